@@ -1,0 +1,253 @@
+"""Settings for the isolation service, driven by environment variables.
+
+With no variable set this is the embedded, single-machine setup: SQLite, an in-process
+cache, Celery tasks run eagerly and the offline responder. ``../shared/API.md`` lists
+every variable; production sets ``DATABASE_URL``, ``REDIS_URL`` and the secrets.
+"""
+
+import base64
+import hashlib
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+
+# Secrets: generated for development only. Running with DEBUG off and no secret would
+# silently make every token and vault forgeable, so refuse to start instead.
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"  # noqa: S105
+
+ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
+if not ENCRYPTION_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "ENCRYPTION_KEYS must be set when DEBUG is off (a comma list of Fernet keys)."
+        )
+    # Derived from the development SECRET_KEY so that a restart can still decrypt.
+    ENCRYPTION_KEYS = [
+        base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
+    ]
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "sessions_app",
+    "audit_app",
+]
+
+MIDDLEWARE = [
+    "sessions_app.middleware.RequestSizeLimitMiddleware",
+    "sessions_app.middleware.ServiceUnavailableMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "isolation_site.urls"
+WSGI_APPLICATION = "isolation_site.wsgi.application"
+ASGI_APPLICATION = "isolation_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database -----------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions make concurrent writers queue instead of failing mid-transaction.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+else:
+    # Persistent connections keep a turn's few queries cheap; the health check makes a
+    # connection killed by a restart or failover heal on the next request.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 2)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Cache, history store, fingerprint index ----------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="isolation"),
+            "OPTIONS": {
+                # Short timeouts so an outage becomes a quick 503, not a hung request.
+                "SOCKET_CONNECT_TIMEOUT": 1,
+                "SOCKET_TIMEOUT": 2,
+            },
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+# No broker configured means the embedded setup: run tasks in the web process.
+CELERY_TASK_ALWAYS_EAGER = env.bool(
+    "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
+)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+# A killed worker's unacknowledged task comes back after the visibility timeout (Redis's
+# default is an hour); it must be well under the 120 s promise, and restores must be
+# checked often. A redelivery may overlap a slow first run: the database keeps one reply.
+CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+CELERY_TASK_TIME_LIMIT = 110
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# Claude -------------------------------------------------------------------------------
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
+LLM_PROVIDER = env.str("LLM_PROVIDER", default="anthropic" if ANTHROPIC_API_KEY else "offline")
+if LLM_PROVIDER not in {"anthropic", "offline"}:
+    raise ImproperlyConfigured("LLM_PROVIDER must be 'anthropic' or 'offline'.")
+CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
+CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=1024)
+CLAUDE_TIMEOUT_SECONDS = env.float("CLAUDE_TIMEOUT_SECONDS", default=30.0)
+# The SDK retries 429/5xx/connection errors with backoff; a turn then gets further
+# attempts as fresh tasks, so a Claude outage of a few calls does not fail the turn.
+CLAUDE_MAX_RETRIES = env.int("CLAUDE_MAX_RETRIES", default=3)
+TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+TURN_RETRY_DELAY_SECONDS = env.float("TURN_RETRY_DELAY_SECONDS", default=2.0)
+CLAUDE_SYSTEM_PROMPT = env.str(
+    "CLAUDE_SYSTEM_PROMPT",
+    default=(
+        "You are a helpful assistant. You only know what this user told you in this "
+        "conversation; never claim to know anything about other users."
+    ),
+)
+
+# Conversation policy ------------------------------------------------------------------
+HISTORY_STORE = env.str("HISTORY_STORE", default="db")
+SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
+PII_MODE = env.str("PII_MODE", default="pseudonymize")
+LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
+MAX_MESSAGE_CHARS = env.int("MAX_MESSAGE_CHARS", default=16000)
+MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
+STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
+# How long a turn may stay pending or running before the sweep re-runs or fails it.
+STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)
+
+# REST framework -----------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # Token first, so an unauthenticated call gets 401 with WWW-Authenticate.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "sessions_app.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"chat": CHAT_THROTTLE_RATE},
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
+        "rest_framework.renderers.BrowsableAPIRenderer"
+    )
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Isolation chat API",
+    "DESCRIPTION": "A multi-tenant chat service on Claude where one user's conversation "
+    "never reaches another user.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Auth, i18n, static -------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"isolation": {"()": "sessions_app.isolation.IsolationLogFilter"}},
+    "formatters": {
+        "ids": {
+            "format": "%(asctime)s %(levelname)s %(name)s "
+            "[user=%(isolation_user)s session=%(isolation_session)s] %(message)s"
+        }
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "ids", "filters": ["isolation"]}
+    },
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+}

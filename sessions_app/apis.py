@@ -1,0 +1,227 @@
+"""DRF views, one per operation: parse input, call one service or selector, serialize."""
+
+import json
+import re
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.exceptions import ValidationError
+from rest_framework.generics import GenericAPIView
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import UserRateThrottle
+from rest_framework.views import APIView
+
+from . import events, selectors, services
+from .serializers import (
+    ErrorSerializer,
+    MessageCreateSerializer,
+    MessageSerializer,
+    SessionCreateSerializer,
+    SessionSerializer,
+    TokenRequestSerializer,
+    TokenSerializer,
+    TurnSerializer,
+)
+
+MAX_WAIT_SECONDS = 60
+STREAM_MAX_SECONDS = 600
+KEEPALIVE_SECONDS = 15
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object for this user."),
+    409: OpenApiResponse(ErrorSerializer, description="A turn is already in flight."),
+    413: OpenApiResponse(ErrorSerializer, description="Request body too large."),
+    429: OpenApiResponse(ErrorSerializer, description="Too many messages."),
+    503: OpenApiResponse(ErrorSerializer, description="A backing service is down."),
+}
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: ERRORS[code] for code in codes}
+
+
+class ChatRateThrottle(UserRateThrottle):
+    """Messages a user may post, over all sessions and the stateless endpoint."""
+
+    scope = "chat"
+
+    def get_rate(self) -> str:
+        # Read at request time so the setting can change without re-importing DRF.
+        return settings.CHAT_THROTTLE_RATE
+
+
+class AuthTokenApi(ObtainAuthToken):
+    @extend_schema(
+        request=TokenRequestSerializer,
+        responses={200: TokenSerializer, **_errors(400, 413, 503)},
+        auth=[],
+    )
+    def post(self, request: Request, *args, **kwargs) -> Response:
+        return super().post(request, *args, **kwargs)
+
+
+class SessionListCreateApi(GenericAPIView):
+    serializer_class = SessionSerializer
+
+    def get_queryset(self):
+        return selectors.chat_session_list_for_owner(user=self.request.user)
+
+    @extend_schema(responses={200: SessionSerializer(many=True), **_errors(401, 503)})
+    def get(self, request: Request) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(SessionSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=SessionCreateSerializer,
+        responses={201: SessionSerializer, **_errors(400, 401, 413, 503)},
+    )
+    def post(self, request: Request) -> Response:
+        data = SessionCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        session = services.chat_session_create(owner=request.user, **data.validated_data)
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailApi(APIView):
+    @extend_schema(responses={200: SessionSerializer, **_errors(401, 404, 503)})
+    def get(self, request: Request, session_id: str) -> Response:
+        session = selectors.chat_session_get_for_owner(user=request.user, session_id=session_id)
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(responses={204: None, **_errors(401, 404, 503)})
+    def delete(self, request: Request, session_id: str) -> Response:
+        services.chat_session_delete(user=request.user, session_id=session_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _wait_seconds(request: Request) -> int | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    if not re.fullmatch(r"\d{1,2}", raw) or int(raw) > MAX_WAIT_SECONDS:
+        raise ValidationError(
+            {"wait": [f"wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}."]}
+        )
+    return int(raw)
+
+
+class MessageListCreateApi(GenericAPIView):
+    serializer_class = MessageSerializer
+
+    def get_queryset(self):
+        return selectors.message_list_for_owner(
+            user=self.request.user, session_id=self.kwargs["session_id"]
+        )
+
+    def get_throttles(self):
+        # Only posting is throttled; reading history is not a message.
+        return [ChatRateThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(responses={200: MessageSerializer(many=True), **_errors(401, 404, 503)})
+    def get(self, request: Request, session_id: str) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "wait", OpenApiTypes.INT, description="Seconds (0-60) to wait for the reply."
+            )
+        ],
+        responses={
+            200: OpenApiResponse(TurnSerializer, description="The turn ended within ?wait."),
+            202: OpenApiResponse(TurnSerializer, description="The turn is accepted."),
+            **_errors(400, 401, 404, 409, 413, 429, 503),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        wait = _wait_seconds(request)
+        data = MessageCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        turn = services.message_accept(
+            user=request.user, session_id=session_id, content=data.validated_data["content"]
+        )
+        services.turn_enqueue(turn_id=turn.pk)
+        turn = selectors.turn_wait_for_owner(user=request.user, turn_id=turn.pk, timeout=wait or 0)
+        ended = wait is not None and turn.is_finished
+        return Response(
+            TurnSerializer(turn).data,
+            status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED,
+        )
+
+
+class TurnDetailApi(APIView):
+    @extend_schema(responses={200: TurnSerializer, **_errors(401, 404, 503)})
+    def get(self, request: Request, turn_id: str) -> Response:
+        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        return Response(TurnSerializer(turn).data)
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """Always answer errors in JSON, whatever Accept says (the stream bypasses renderers)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def _sse(turn) -> str:
+    return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
+
+
+class TurnEventsApi(APIView):
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="`event: turn` with the turn as JSON, at once and on every change; "
+                "ends after the terminal one.",
+            ),
+            **_errors(401, 404, 503),
+        }
+    )
+    def get(self, request: Request, turn_id: str) -> StreamingHttpResponse:
+        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        response = StreamingHttpResponse(
+            self._stream(request.user, turn), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    def _stream(self, user, turn) -> Iterator[str]:
+        changes = events.turn_changes(
+            turn_id=turn.pk, timeout=STREAM_MAX_SECONDS, tick=KEEPALIVE_SECONDS
+        )
+        try:
+            next(changes)
+            turn = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
+            last = (turn.status, turn.updated_at)
+            yield _sse(turn)
+            while not turn.is_finished:
+                changed = next(changes, None)
+                if changed is None:
+                    return
+                if not changed:
+                    yield ": keep-alive\n\n"
+                    continue
+                turn = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
+                if (turn.status, turn.updated_at) != last:
+                    last = (turn.status, turn.updated_at)
+                    yield _sse(turn)
+        finally:
+            changes.close()

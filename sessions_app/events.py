@@ -1,0 +1,70 @@
+"""Turn change notifications: Redis pub/sub when Redis is configured.
+
+``?wait`` and the event stream wake on these instead of polling the database in a loop.
+The payload carries only the turn id; readers re-fetch the turn through the owner check,
+so a notification can never carry conversation data to the wrong reader.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Without Redis (the embedded setup) turns run eagerly; polling is the rare fallback.
+POLL_INTERVAL_SECONDS = 0.25
+
+
+def _channel(turn_id: object) -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX', 'isolation')}:turn:{turn_id}:events"
+
+
+def _redis():
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def publish_turn_changed(*, turn_id: object) -> None:
+    """Tell waiters that the turn changed; a lost notification only delays them."""
+    if not settings.REDIS_URL:
+        return
+    try:
+        _redis().publish(_channel(turn_id), str(turn_id))
+    except Exception:  # noqa: BLE001 - a waiter re-checks on its own deadline anyway
+        logger.warning("could not publish a change of turn %s", turn_id, exc_info=True)
+
+
+def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> Iterator[bool]:
+    """Yield True on each change notification of a turn and False on every idle ``tick``.
+
+    The subscription is open before the first yield, so a caller that re-reads the turn
+    after the first ``next()`` cannot miss a change that happened in between. Stops after
+    ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    if not settings.REDIS_URL:
+        yield False
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+            yield True
+        return
+    pubsub = _redis().pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(_channel(turn_id))
+        yield False
+        last = time.monotonic()
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=min(1.0, remaining))
+            now = time.monotonic()
+            if message is not None:
+                last = now
+                yield True
+            elif now - last >= tick:
+                last = now
+                yield False
+    finally:
+        pubsub.close()

@@ -1,0 +1,101 @@
+"""Chat sessions, their messages and turns: fields and database constraints only."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class ChatSession(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions"
+    )
+    title = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_activity_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+    # Next per-session message number; bumped under a row lock so seq never collides.
+    next_seq = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "-created_at"], name="session_owner_created")]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.owner_id})"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        SUPPRESSED = "suppressed"
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    turn = models.ForeignKey("Turn", on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveIntegerField()
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.OK)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["session", "seq"], name="message_seq_unique"),
+            # One user message and at most one reply per turn, even if two workers race.
+            models.UniqueConstraint(fields=["turn", "role"], name="message_one_per_turn_role"),
+        ]
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq} {self.role}"
+
+
+class Turn(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        SUPPRESSED = "suppressed"
+        FAILED = "failed"
+
+    IN_FLIGHT = (Status.PENDING, Status.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="turns")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    error_code = models.CharField(max_length=40, blank=True, default="")
+    error_detail = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Two web processes racing cannot both start a turn in one session.
+            models.UniqueConstraint(
+                fields=["session"],
+                condition=Q(status__in=["pending", "running"]),
+                name="turn_one_in_flight_per_session",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["updated_at"],
+                condition=Q(status__in=["pending", "running"]),
+                name="turn_in_flight_updated",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.status}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in self.IN_FLIGHT

@@ -1,0 +1,118 @@
+"""Serializers: the JSON shapes of API.md, and strict input validation."""
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .models import ChatSession, Message, Turn
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    message_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ChatSession
+        fields = ["id", "title", "created_at", "expires_at", "message_count"]
+        read_only_fields = ["id", "created_at", "expires_at", "message_count"]
+        extra_kwargs = {"title": {"required": False, "max_length": 200}}
+
+    def get_message_count(self, session: ChatSession) -> int:
+        # seq is contiguous per session, so the count needs no query.
+        return session.next_seq - 1
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Message
+        fields = ["id", "seq", "role", "content", "created_at", "status"]
+        read_only_fields = fields
+
+
+class StrictTextField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of turning them into text."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class MessageCreateSerializer(serializers.Serializer):
+    content = StrictTextField(trim_whitespace=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The message is empty.", code="blank")
+        limit = settings.MAX_MESSAGE_CHARS
+        if len(value) > limit:
+            raise serializers.ValidationError(
+                f"The message is longer than {limit} characters.", code="max_length"
+            )
+        return value
+
+
+class TurnErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class TurnSerializer(serializers.ModelSerializer):
+    user_message = serializers.SerializerMethodField()
+    reply = serializers.SerializerMethodField()
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Turn
+        fields = [
+            "id",
+            "session",
+            "status",
+            "user_message",
+            "reply",
+            "error",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def _message(self, turn: Turn, role: str) -> dict[str, Any] | None:
+        message = next((m for m in turn.messages.all() if m.role == role), None)
+        return MessageSerializer(message).data if message else None
+
+    @extend_schema_field(MessageSerializer)
+    def get_user_message(self, turn: Turn) -> dict[str, Any] | None:
+        return self._message(turn, Message.Role.USER)
+
+    @extend_schema_field(MessageSerializer(allow_null=True))
+    def get_reply(self, turn: Turn) -> dict[str, Any] | None:
+        return self._message(turn, Message.Role.ASSISTANT)
+
+    @extend_schema_field(TurnErrorSerializer(allow_null=True))
+    def get_error(self, turn: Turn) -> dict[str, str] | None:
+        if not turn.error_code:
+            return None
+        return {"code": turn.error_code, "detail": turn.error_detail}
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    title = StrictTextField(required=False, allow_blank=True, max_length=200, default="")
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"})
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()

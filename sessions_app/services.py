@@ -1,0 +1,188 @@
+"""Every write of conversation data: sessions, accepted messages, turn lifecycle."""
+
+import logging
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from audit_app.services import audit_message
+
+from . import events
+from .errors import ServiceUnavailable, TurnInFlight, is_outage
+from .models import ChatSession, Message, Turn
+from .selectors import chat_session_get_for_owner, turn_get
+
+logger = logging.getLogger(__name__)
+
+
+def _expiry(now: timezone.datetime) -> timezone.datetime:
+    return now + timedelta(seconds=settings.SESSION_TTL_SECONDS)
+
+
+def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSession:
+    """Create a session owned by ``owner``."""
+    now = timezone.now()
+    return ChatSession.objects.create(
+        owner=owner, title=title, last_activity_at=now, expires_at=_expiry(now)
+    )
+
+
+@transaction.atomic
+def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
+    """Erase the caller's session and, by cascade, its messages and turns."""
+    session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
+    session.delete()
+
+
+def _turn_start(*, session: ChatSession) -> Turn:
+    # The partial unique index is the real guard; a savepoint keeps the outer
+    # transaction usable when it fires.
+    try:
+        with transaction.atomic():
+            return Turn.objects.create(session=session)
+    except IntegrityError as exc:
+        raise TurnInFlight() from exc
+
+
+@transaction.atomic
+def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
+    """Store the user's message and open a pending turn for it, in one transaction.
+
+    Raise ``TurnInFlight`` if the session already has a turn pending or running.
+    """
+    session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
+    if Turn.objects.filter(session=session, status__in=Turn.IN_FLIGHT).exists():
+        raise TurnInFlight()
+    turn = _turn_start(session=session)
+    now = timezone.now()
+    Message.objects.create(
+        session=session, turn=turn, seq=session.next_seq, role=Message.Role.USER, content=content
+    )
+    ChatSession.objects.filter(pk=session.pk).update(
+        next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=_expiry(now)
+    )
+    audit_message(user_id=user.pk, session_id=session.pk, role="user", content=content)
+    return turn
+
+
+def turn_discard(*, turn_id: uuid.UUID) -> None:
+    """Remove a turn that could not be queued, with its message, as if never accepted."""
+    with transaction.atomic():
+        turn = Turn.objects.select_for_update().filter(pk=turn_id, status=Turn.Status.PENDING)
+        session_ids = list(turn.values_list("session_id", flat=True))
+        turn.delete()
+        ChatSession.objects.filter(pk__in=session_ids).update(next_seq=F("next_seq") - 1)
+
+
+def turn_claim(*, turn_id: object) -> Turn | None:
+    """Mark a turn running and count the attempt; return None if it needs no more work.
+
+    A turn past its attempt budget is failed here, so a task redelivered forever still ends.
+    """
+    updated = Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT).update(
+        status=Turn.Status.RUNNING,
+        attempts=F("attempts") + 1,
+        started_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    if not updated:
+        return None
+    turn = turn_get(turn_id=turn_id)
+    if turn is not None and turn.attempts > settings.TURN_MAX_ATTEMPTS:
+        turn_fail(
+            turn_id=turn.pk,
+            code="retries_exhausted",
+            detail="The assistant could not be reached after several attempts; send again.",
+        )
+        return None
+    if turn is not None:
+        events.publish_turn_changed(turn_id=turn.pk)
+    return turn
+
+
+def turn_requeue(*, turn_id: object) -> None:
+    """Put a running turn back to pending before a retry."""
+    Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING).update(
+        status=Turn.Status.PENDING, updated_at=timezone.now()
+    )
+    events.publish_turn_changed(turn_id=turn_id)
+
+
+def turn_complete(*, turn_id: object, reply: str) -> bool:
+    """Store the reply and end the turn ``completed``; return False if it had already ended.
+
+    The turn row is locked first, and the (turn, role) unique constraint backs it up, so
+    two concurrent runs of one turn never store two replies.
+    """
+    try:
+        with transaction.atomic():
+            turn = Turn.objects.select_for_update().filter(pk=turn_id).first()
+            if turn is None or turn.is_finished:
+                return False
+            session = ChatSession.objects.select_for_update().get(pk=turn.session_id)
+            Message.objects.create(
+                session=session,
+                turn=turn,
+                seq=session.next_seq,
+                role=Message.Role.ASSISTANT,
+                content=reply,
+            )
+            ChatSession.objects.filter(pk=session.pk).update(next_seq=F("next_seq") + 1)
+            now = timezone.now()
+            Turn.objects.filter(pk=turn.pk).update(
+                status=Turn.Status.COMPLETED,
+                finished_at=now,
+                updated_at=now,
+                error_code="",
+                error_detail="",
+            )
+            audit_message(
+                user_id=session.owner_id,
+                session_id=session.pk,
+                role="assistant",
+                content=reply,
+                kind="reply",
+            )
+    except IntegrityError:
+        logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
+        return False
+    events.publish_turn_changed(turn_id=turn_id)
+    return True
+
+
+def turn_fail(*, turn_id: object, code: str, detail: str) -> bool:
+    """End an unfinished turn ``failed``; the user's message stays so they can send again."""
+    now = timezone.now()
+    updated = Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT).update(
+        status=Turn.Status.FAILED,
+        error_code=code,
+        error_detail=detail,
+        finished_at=now,
+        updated_at=now,
+    )
+    if updated:
+        events.publish_turn_changed(turn_id=turn_id)
+    return bool(updated)
+
+
+def turn_enqueue(*, turn_id: uuid.UUID) -> None:
+    """Queue the turn's task; if the broker is down, undo the turn and raise 503.
+
+    Called after the accepting transaction committed, so a worker never sees a turn
+    that is not there yet; undoing keeps "an error leaves nothing behind".
+    """
+    from .tasks import run_turn  # tasks import this module
+
+    try:
+        run_turn.delay(str(turn_id))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logger.warning("broker unavailable; discarding turn %s", turn_id)
+        turn_discard(turn_id=turn_id)
+        raise ServiceUnavailable() from exc

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from . import apis
+
+urlpatterns = [
+    path("auth/token/", apis.AuthTokenApi.as_view(), name="auth-token"),
+    path("sessions/", apis.SessionListCreateApi.as_view(), name="session-list"),
+    path("sessions/<str:session_id>/", apis.SessionDetailApi.as_view(), name="session-detail"),
+    path(
+        "sessions/<str:session_id>/messages/",
+        apis.MessageListCreateApi.as_view(),
+        name="message-list",
+    ),
+    path("turns/<str:turn_id>/", apis.TurnDetailApi.as_view(), name="turn-detail"),
+    path("turns/<str:turn_id>/events/", apis.TurnEventsApi.as_view(), name="turn-events"),
+]

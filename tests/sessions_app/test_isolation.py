@@ -1,0 +1,175 @@
+"""Adversarial isolation: foreign ids everywhere, tampered credentials, the payload guard."""
+
+import re
+import threading
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from audit_app.models import AuditEntry
+from sessions_app import llm
+from sessions_app.isolation import HistoryMessage, IsolationViolation, bound, current_scope
+
+from ..conftest import random_id
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def victim(other_api):
+    """Another user's session with one finished turn."""
+    sid = other_api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    turn = other_api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=5",
+        {"content": "My name is Victoria, CANARY-victim"},
+        format="json",
+    ).json()
+    return {"session": sid, "turn": turn["id"]}
+
+
+def endpoints(session_id: str, turn_id: str) -> list[tuple[str, str, dict | None]]:
+    return [
+        ("get", f"/api/v1/sessions/{session_id}/", None),
+        ("delete", f"/api/v1/sessions/{session_id}/", None),
+        ("get", f"/api/v1/sessions/{session_id}/messages/", None),
+        ("post", f"/api/v1/sessions/{session_id}/messages/", {"content": "What is my name?"}),
+        ("post", f"/api/v1/sessions/{session_id}/messages/?wait=1", {"content": "hi"}),
+        ("get", f"/api/v1/turns/{turn_id}/", None),
+        ("get", f"/api/v1/turns/{turn_id}/events/", None),
+    ]
+
+
+def call(client: APIClient, method: str, path: str, body: dict | None):
+    return (
+        getattr(client, method)(path, body, format="json")
+        if body
+        else getattr(client, method)(path)
+    )
+
+
+def test_foreign_ids_are_404_exactly_like_unknown_ids(api, user, victim, other_api):
+    foreign = endpoints(victim["session"], victim["turn"])
+    unknown = endpoints(random_id(), random_id())
+    for (method, path, body), (_, unknown_path, _) in zip(foreign, unknown, strict=True):
+        response = call(api, method, path, body)
+        baseline = call(api, method, unknown_path, body)
+        assert response.status_code == 404, (method, path, response.content)
+        assert response.content == baseline.content, (method, path)
+        assert response.json()["code"] == "not_found"
+        assert "CANARY-victim" not in response.content.decode()
+    # The victim's data is untouched and still theirs.
+    history = other_api.get(f"/api/v1/sessions/{victim['session']}/messages/").json()
+    assert history["count"] == 2
+    # Each attempt on an existing foreign id was audited against the attacker.
+    attempts = AuditEntry.objects.filter(kind="security", user=user)
+    assert attempts.count() == len(foreign)
+    assert {str(a.session_id) for a in attempts} == {victim["session"]}
+
+
+def test_non_uuid_ids_are_the_same_404(api):
+    baseline = api.get(f"/api/v1/sessions/{random_id()}/").content
+    for bad in ["1", "not-a-uuid", "%00", "..", "' OR 1=1 --"]:
+        response = api.get(f"/api/v1/sessions/{bad}/")
+        assert response.status_code == 404
+        assert response.content == baseline
+
+
+def test_foreign_sessions_never_show_in_listings(api, victim):
+    assert api.get("/api/v1/sessions/").json()["count"] == 0
+
+
+@pytest.mark.parametrize(
+    "header", [None, "Token ", "Token not-a-real-token", "Bearer abc", "Token a b"]
+)
+def test_missing_or_tampered_tokens_are_401(victim, header):
+    client = APIClient()
+    if header is not None:
+        client.credentials(HTTP_AUTHORIZATION=header)
+    for method, path, body in endpoints(victim["session"], victim["turn"]) + [
+        ("get", "/api/v1/sessions/", None),
+        ("post", "/api/v1/sessions/", {"title": "x"}),
+    ]:
+        response = call(client, method, path, body)
+        assert response.status_code == 401, (header, method, path)
+        assert response["WWW-Authenticate"].startswith("Token")
+        assert set(response.json()) >= {"detail", "code"}
+
+
+def test_a_token_with_one_character_changed_is_401(user, victim):
+    key = user.auth_token.key
+    tampered = key[:-1] + ("0" if key[-1] != "0" else "1")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {tampered}")
+    assert client.get("/api/v1/sessions/").status_code == 401
+
+
+def test_guard_refuses_a_payload_with_another_sessions_message(user, other_user):
+    mine = HistoryMessage(
+        user_id=user.pk, session_id=__import__("uuid").uuid4(), role="user", content="hi"
+    )
+    theirs = HistoryMessage(
+        user_id=other_user.pk, session_id=mine.session_id, role="user", content="CANARY-x"
+    )
+    with bound(user_id=user.pk, session_id=mine.session_id):
+        assert llm.send([mine]).startswith("(offline")
+        with pytest.raises(IsolationViolation):
+            llm.send([mine, theirs])
+    assert AuditEntry.objects.filter(kind="security", user=user).count() == 1
+    assert "CANARY-x" not in AuditEntry.objects.get(kind="security").reason
+
+
+def test_guard_refuses_when_no_context_is_bound(user):
+    import uuid
+
+    with pytest.raises(IsolationViolation):
+        llm.send(
+            [HistoryMessage(user_id=user.pk, session_id=uuid.uuid4(), role="user", content="hi")]
+        )
+
+
+def test_the_context_does_not_leak_between_threads():
+    import uuid
+
+    seen: list[object] = []
+    with bound(user_id=1, session_id=uuid.uuid4()):
+        thread = threading.Thread(target=lambda: seen.append(current_scope()))
+        thread.start()
+        thread.join()
+    assert seen == [None]
+    assert current_scope() is None
+
+
+def test_sessions_are_fetched_only_through_selectors_and_services():
+    """Zulip's rule: one access function; any other fetch of ChatSession is a defect."""
+    allowed = {"selectors.py", "services.py"}
+    offenders = []
+    for path in (ROOT / "sessions_app").rglob("*.py"):
+        if path.name in allowed or "stores" in path.parts or "migrations" in path.parts:
+            continue
+        if re.search(r"ChatSession\.objects|Message\.objects|Turn\.objects", path.read_text()):
+            offenders.append(str(path.relative_to(ROOT)))
+    for path in (ROOT / "audit_app").rglob("*.py"):
+        if re.search(r"ChatSession\.objects|Message\.objects", path.read_text()):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_no_module_level_mutable_conversation_state():
+    """Module-level lists, dicts or sets in the apps would be shared by every user."""
+    pattern = re.compile(
+        r"^[A-Za-z_][A-Za-z0-9_]*\s*(:[^=]+)?=\s*(\[|\{|set\(|dict\(|list\()", re.M
+    )
+    offenders = []
+    for app in ("sessions_app", "audit_app"):
+        for path in (ROOT / app).rglob("*.py"):
+            if "migrations" in path.parts:
+                continue
+            for match in pattern.finditer(path.read_text()):
+                offenders.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
+    # Constant tables are allowed only when named as constants (UPPER_CASE); Django
+    # itself requires ``urlpatterns``.
+    allowed = re.compile(r".*: ([A-Z_]+|urlpatterns)\s*(:[^=]+)?=")
+    assert [o for o in offenders if not allowed.match(o)] == []
