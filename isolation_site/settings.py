@@ -185,8 +185,20 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
 STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
-# How long a turn may stay pending or running before the sweep re-runs or fails it.
+# How long a turn may stay pending or running before the sweep re-runs or fails it: past
+# the task's hard time limit, so a live run is never mistaken for a lost one.
 STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)
+SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stale-turns": {
+        "task": "sessions_app.tasks.sweep_stale_turns",
+        "schedule": SWEEP_INTERVAL_SECONDS,
+    },
+    "purge-expired-sessions": {
+        "task": "sessions_app.tasks.purge_expired_sessions",
+        "schedule": env.int("PURGE_INTERVAL_SECONDS", default=300),
+    },
+}
 
 # REST framework -----------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 from django.conf import settings
+from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,12 @@ def _redis():
 
 def publish_turn_changed(*, turn_id: object) -> None:
     """Tell waiters that the turn changed; a lost notification only delays them."""
-    if not settings.REDIS_URL:
-        return
+    if settings.REDIS_URL:
+        # After commit: a woken reader must find the change already visible.
+        transaction.on_commit(lambda: _publish(turn_id))
+
+
+def _publish(turn_id: object) -> None:
     try:
         _redis().publish(_channel(turn_id), str(turn_id))
     except Exception:  # noqa: BLE001 - a waiter re-checks on its own deadline anyway

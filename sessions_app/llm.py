@@ -53,9 +53,12 @@ def client() -> anthropic.Anthropic:
 
 def _api_messages(history: list[HistoryMessage]) -> list[dict[str, str]]:
     # The Messages API wants alternating roles; a failed turn leaves two user messages
-    # in a row, which read naturally as one.
+    # in a row, which read naturally as one. It also refuses a blank text block, so a
+    # blank message (a reply stored before blank replies were refused) is left out.
     merged: list[dict[str, str]] = []
     for message in history:
+        if not message.content.strip():
+            continue
         if merged and merged[-1]["role"] == message.role:
             merged[-1]["content"] += "\n\n" + message.content
         else:
@@ -90,10 +93,19 @@ def _claude_reply(history: list[HistoryMessage]) -> str:
             detail="The assistant sent a response that could not be read.",
             transient=True,
         ) from exc
-    return "".join(block.text for block in response.content if block.type == "text")
+    text = "".join(block.text for block in response.content if block.type == "text")
+    if not text.strip():
+        # Stored, it would show the user nothing, and a blank reply cannot be sent back.
+        raise LLMError(
+            code="claude_empty_reply",
+            detail="The assistant sent an empty reply; send again.",
+            transient=True,
+        )
+    return text
 
 
-_NAME = re.compile(r"\bmy name is ([A-Za-z][\w'-]*(?: [A-Z][\w'-]*)?)", re.IGNORECASE)
+# Only "my name is" ignores case: the name itself is one or two capitalised words.
+_NAME = re.compile(r"\b(?i:my name is) ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)")
 
 
 def offline_reply(history: list[HistoryMessage]) -> str:

@@ -15,7 +15,7 @@ from audit_app.services import audit_message
 from . import events
 from .errors import ServiceUnavailable, TurnInFlight, is_outage
 from .models import ChatSession, Message, Turn
-from .selectors import chat_session_get_for_owner, turn_get
+from .selectors import chat_session_get_for_owner, turn_get, turn_list_stale
 
 logger = logging.getLogger(__name__)
 
@@ -170,19 +170,74 @@ def turn_fail(*, turn_id: object, code: str, detail: str) -> bool:
     return bool(updated)
 
 
+def _enqueue(turn_id: uuid.UUID) -> None:
+    from .tasks import run_turn  # tasks import this module
+
+    run_turn.delay(str(turn_id))
+
+
 def turn_enqueue(*, turn_id: uuid.UUID) -> None:
     """Queue the turn's task; if the broker is down, undo the turn and raise 503.
 
     Called after the accepting transaction committed, so a worker never sees a turn
     that is not there yet; undoing keeps "an error leaves nothing behind".
     """
-    from .tasks import run_turn  # tasks import this module
-
     try:
-        run_turn.delay(str(turn_id))
+        _enqueue(turn_id)
     except Exception as exc:
         if not is_outage(exc):
             raise
         logger.warning("broker unavailable; discarding turn %s", turn_id)
         turn_discard(turn_id=turn_id)
         raise ServiceUnavailable() from exc
+
+
+def turn_sweep_stale(*, older_than_seconds: int) -> dict[str, int]:
+    """Re-queue or fail turns left pending or running past the bound; return the counts.
+
+    Their task was lost (the broker restarted empty) or their worker died after acking.
+    Each turn is decided under a skip-locked row lock and its ``updated_at`` is bumped, so
+    with many sweepers at once exactly one re-queues it per period.
+    """
+    counts = {"requeued": 0, "failed": 0}
+    for turn_id in turn_list_stale(older_than_seconds=older_than_seconds).values_list(
+        "pk", flat=True
+    ):
+        outcome = _turn_sweep_one(turn_id=turn_id, older_than_seconds=older_than_seconds)
+        if outcome:
+            counts[outcome] += 1
+    return counts
+
+
+def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> str | None:
+    with transaction.atomic():
+        turn = (
+            turn_list_stale(older_than_seconds=older_than_seconds)
+            .select_for_update(skip_locked=True)
+            .filter(pk=turn_id)
+            .first()
+        )
+        if turn is None:
+            return None  # another sweeper has it, or it moved on
+        if turn.attempts >= settings.TURN_MAX_ATTEMPTS:
+            outcome = "failed"
+            turn_fail(
+                turn_id=turn.pk,
+                code="stalled",
+                detail="The reply was lost in transit several times; send the message again.",
+            )
+        else:
+            outcome = "requeued"
+            Turn.objects.filter(pk=turn.pk).update(
+                status=Turn.Status.PENDING, updated_at=timezone.now()
+            )
+    if outcome == "requeued":
+        logger.warning("re-queueing stale turn %s", turn_id)
+        _enqueue(turn_id)
+    return outcome
+
+
+def chat_session_purge_expired() -> int:
+    """Erase every expired session with its messages and turns; return how many."""
+    deleted, per_model = ChatSession.objects.filter(expires_at__lte=timezone.now()).delete()
+    return per_model.get(ChatSession._meta.label, 0)

@@ -82,3 +82,15 @@ def _retry_or_fail(task, *, turn, exc: Exception) -> str:
         detail=getattr(exc, "detail", "The assistant took too long to answer; send again."),
     )
     return "failed"
+
+
+@shared_task(acks_late=False, ignore_result=True)
+def sweep_stale_turns() -> dict[str, int]:
+    """Re-queue or fail turns whose task was lost; beat runs it every ``SWEEP_INTERVAL``."""
+    return services.turn_sweep_stale(older_than_seconds=settings.STALE_TURN_SECONDS)
+
+
+@shared_task(acks_late=False, ignore_result=True)
+def purge_expired_sessions() -> int:
+    """Erase expired sessions; beat runs it periodically."""
+    return services.chat_session_purge_expired()

@@ -1,0 +1,115 @@
+"""The stale-turn sweep and the expiry purge: every accepted turn ends, expired data goes."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from sessions_app import services
+from sessions_app.models import ChatSession, Message, Turn
+
+from ..factories import UserFactory
+
+
+def accepted_turn(user, content: str = "hello") -> Turn:
+    """A turn accepted by the API whose task never reached a worker (the broker lost it)."""
+    session = services.chat_session_create(owner=user)
+    return services.message_accept(user=user, session_id=session.pk, content=content)
+
+
+def age(turn: Turn, seconds: int) -> None:
+    Turn.objects.filter(pk=turn.pk).update(updated_at=timezone.now() - timedelta(seconds=seconds))
+
+
+@pytest.mark.django_db
+def test_a_lost_pending_turn_is_requeued_and_completes(user, settings):
+    turn = accepted_turn(user)
+    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+    age(turn, 61)
+    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    turn.refresh_from_db()
+    assert turn.status == "completed"
+    assert Message.objects.filter(turn=turn, role="assistant").count() == 1
+
+
+@pytest.mark.django_db
+def test_a_turn_stuck_running_past_its_budget_fails_with_the_message_kept(user, settings):
+    turn = accepted_turn(user, "keep me")
+    Turn.objects.filter(pk=turn.pk).update(status="running", attempts=settings.TURN_MAX_ATTEMPTS)
+    age(turn, 500)
+    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 1}
+    turn.refresh_from_db()
+    assert turn.status == "failed" and turn.error_code == "stalled" and turn.error_detail
+    assert turn.finished_at is not None
+    assert list(Message.objects.filter(turn=turn).values_list("role", "content")) == [
+        ("user", "keep me")
+    ]
+
+
+@pytest.mark.django_db
+def test_finished_turns_are_left_alone(user):
+    turn = accepted_turn(user)
+    services.turn_fail(turn_id=turn.pk, code="x", detail="y")
+    age(turn, 500)
+    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sweepers_requeue_each_turn_once(fake_claude):
+    turns = [accepted_turn(UserFactory(), f"CANARY-{i}") for i in range(8)]
+    for turn in turns:
+        age(turn, 500)
+    fake_claude.default_delay = 0.2  # keeps the sweeps overlapping
+    totals: list[dict[str, int]] = []
+
+    def sweep() -> None:
+        try:
+            totals.append(services.turn_sweep_stale(older_than_seconds=60))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sweep) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(t["requeued"] for t in totals) == len(turns)
+    assert fake_claude.request_count() == len(turns)
+    for turn in turns:
+        turn.refresh_from_db()
+        assert turn.status == "completed"
+        assert Message.objects.filter(turn=turn, role="assistant").count() == 1
+
+
+@pytest.mark.django_db
+def test_sweep_command_reports_what_it_did(user, capsys):
+    age(accepted_turn(user), 500)
+    call_command("sweep_stale_turns", "--older-than", "60")
+    assert "re-queued 1, failed 0" in capsys.readouterr().out
+
+
+@pytest.mark.django_db
+def test_purge_expired_erases_expired_sessions_and_their_messages(user, other_user, capsys):
+    old = accepted_turn(user).session
+    live = accepted_turn(other_user).session
+    ChatSession.objects.filter(pk=old.pk).update(expires_at=timezone.now())
+    call_command("purge_expired")
+    assert "erased 1 expired sessions" in capsys.readouterr().out
+    assert not ChatSession.objects.filter(pk=old.pk).exists()
+    assert not Message.objects.filter(session_id=old.pk).exists()
+    assert not Turn.objects.filter(session_id=old.pk).exists()
+    assert Message.objects.filter(session_id=live.pk).count() == 1
+
+
+def test_beat_runs_the_sweep_and_the_purge(settings):
+    tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert tasks == {
+        "sessions_app.tasks.sweep_stale_turns",
+        "sessions_app.tasks.purge_expired_sessions",
+    }
+    from isolation_site.celery import app
+
+    assert set(app.conf.beat_schedule) == set(settings.CELERY_BEAT_SCHEDULE)
