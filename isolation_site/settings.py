@@ -161,11 +161,14 @@ if LLM_PROVIDER not in {"anthropic", "offline"}:
     raise ImproperlyConfigured("LLM_PROVIDER must be 'anthropic' or 'offline'.")
 CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=1024)
-CLAUDE_TIMEOUT_SECONDS = env.float("CLAUDE_TIMEOUT_SECONDS", default=30.0)
+CLAUDE_TIMEOUT_SECONDS = env.float("CLAUDE_TIMEOUT_SECONDS", default=25.0)
 # The SDK retries 429/5xx/connection errors with backoff; a turn then gets further
 # attempts as fresh tasks, so a Claude outage of a few calls does not fail the turn.
 CLAUDE_MAX_RETRIES = env.int("CLAUDE_MAX_RETRIES", default=3)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+# A turn's whole life, every attempt included: API.md promises a turn Claude cannot
+# answer ends ``failed`` within 120 s. Calls are sized to end before it.
+TURN_DEADLINE_SECONDS = env.int("TURN_DEADLINE_SECONDS", default=100)
 TURN_RETRY_DELAY_SECONDS = env.float("TURN_RETRY_DELAY_SECONDS", default=2.0)
 CLAUDE_SYSTEM_PROMPT = env.str(
     "CLAUDE_SYSTEM_PROMPT",

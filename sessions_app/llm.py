@@ -7,6 +7,7 @@ checks the whole payload against the bound isolation context first.
 import functools
 import logging
 import re
+import time
 
 import anthropic
 from django.conf import settings
@@ -16,6 +17,9 @@ from audit_app.services import audit_security_event
 from .isolation import HistoryMessage, IsolationViolation, current_scope, guard_payload
 
 logger = logging.getLogger(__name__)
+
+# Below this, a call is not worth starting: the turn fails instead.
+MIN_CALL_SECONDS = 1.0
 
 TRANSIENT_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
 
@@ -66,9 +70,28 @@ def _api_messages(history: list[HistoryMessage]) -> list[dict[str, str]]:
     return merged
 
 
-def _claude_reply(history: list[HistoryMessage]) -> str:
+def _call_options(deadline: float | None) -> dict[str, float | int]:
+    """Size one call's timeout so that all its SDK retries end before ``deadline``."""
+    timeout = settings.CLAUDE_TIMEOUT_SECONDS
+    if deadline is None:
+        return {"timeout": timeout}
+    retries = settings.CLAUDE_MAX_RETRIES
+    # The SDK's backoff between retries is at most 0.5 s * 2**n (under a second of jitter).
+    backoff = sum(min(0.5 * 2**n, 8.0) for n in range(retries))
+    budget = deadline - time.time() - backoff
+    if budget < MIN_CALL_SECONDS:
+        raise LLMError(
+            code="deadline_exceeded",
+            detail="The assistant could not answer in time; send the message again.",
+            transient=False,
+        )
+    return {"timeout": min(timeout, budget / (retries + 1))}
+
+
+def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
     try:
         response = client().messages.create(
+            **_call_options(deadline),
             model=settings.CLAUDE_MODEL,
             max_tokens=settings.CLAUDE_MAX_TOKENS,
             system=settings.CLAUDE_SYSTEM_PROMPT,
@@ -125,11 +148,12 @@ def offline_reply(history: list[HistoryMessage]) -> str:
     return f"{prefix}(offline assistant) You said: {last}"
 
 
-def send(history: list[HistoryMessage]) -> str:
+def send(history: list[HistoryMessage], *, deadline: float | None = None) -> str:
     """Send the conversation to the configured responder and return the reply text.
 
     Raise ``IsolationViolation`` (and audit it) if any message is not the bound
-    (user, session)'s; raise ``LLMError`` if Claude cannot answer.
+    (user, session)'s; raise ``LLMError`` if Claude cannot answer before ``deadline``
+    (a ``time.time()`` value), retries included.
     """
     try:
         guard_payload(history)
@@ -143,4 +167,4 @@ def send(history: list[HistoryMessage]) -> str:
         raise
     if settings.LLM_PROVIDER == "offline":
         return offline_reply(history)
-    return _claude_reply(history)
+    return _claude_reply(history, deadline)

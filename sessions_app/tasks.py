@@ -1,22 +1,44 @@
 """Celery tasks: each takes an id, re-fetches, returns early if the work is done."""
 
 import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery import Task, shared_task
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import close_old_connections
 
 from . import llm, services
 from .errors import is_outage
 from .isolation import IsolationViolation, bound
+from .models import Turn
 from .selectors import turn_history
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 
 def _backoff(attempt: int) -> float:
     return settings.TURN_RETRY_DELAY_SECONDS * (2 ** max(attempt - 1, 0))
+
+
+def _db_step(fn: Callable[..., T], **kwargs: object) -> T:
+    """Run one database step; on a dropped connection, reconnect and run it once more.
+
+    A connection killed by a restart or failover is transient: the step is retried on a
+    fresh connection instead of leaving the turn ``running``.
+    """
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logger.warning("database step %s lost its connection; retrying", fn.__name__)
+        close_old_connections()
+        return fn(**kwargs)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -27,55 +49,55 @@ def run_turn(self, turn_id: str) -> str:
     ``turn_complete`` keeps one reply per turn in the database.
     """
     try:
-        turn = services.turn_claim(turn_id=turn_id)
+        return _run_turn(self, turn_id)
+    except Retry:
+        raise
     except Exception as exc:
         if not is_outage(exc):
+            services.turn_fail(
+                turn_id=turn_id,
+                code="internal_error",
+                detail="The reply could not be produced; send the message again.",
+            )
             raise
-        # A dropped database connection: close it so the retry opens a fresh one.
+        # Still down after a reconnect: try the whole turn again a little later.
         close_old_connections()
         raise self.retry(countdown=_backoff(1), exc=exc) from exc
+
+
+def _run_turn(task: Task, turn_id: str) -> str:
+    turn = _db_step(services.turn_claim, turn_id=turn_id)
     if turn is None:
         return "skipped"
+    # The turn's whole life, every attempt included, fits in TURN_DEADLINE_SECONDS, so a
+    # turn Claude cannot answer still ends ``failed`` within API.md's 120 s.
+    deadline = turn.created_at.timestamp() + settings.TURN_DEADLINE_SECONDS
     owner_id = turn.session.owner_id
     with bound(user_id=owner_id, session_id=turn.session_id):
+        history = _db_step(turn_history, turn=turn, user_id=owner_id)
         try:
-            reply = llm.send(turn_history(turn=turn, user_id=owner_id))
+            reply = llm.send(history, deadline=deadline)
         except IsolationViolation:
             services.turn_fail(
                 turn_id=turn.pk,
                 code="isolation_violation",
-                detail="The reply was refused by the isolation guard; send again.",
+                detail="The reply was refused by the isolation guard; send the message again.",
             )
             return "failed"
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
-            return _retry_or_fail(self, turn=turn, exc=exc)
-        except Exception as exc:
-            if not is_outage(exc):
-                services.turn_fail(
-                    turn_id=turn.pk,
-                    code="internal_error",
-                    detail="The reply could not be produced; send again.",
-                )
-                raise
-            close_old_connections()
-            services.turn_requeue(turn_id=turn.pk)
-            raise self.retry(countdown=_backoff(turn.attempts), exc=exc) from exc
-        try:
-            services.turn_complete(turn_id=turn.pk, reply=reply)
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            close_old_connections()
-            raise self.retry(countdown=_backoff(turn.attempts), exc=exc) from exc
-    return "completed"
+            return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
+        stored = _db_step(services.turn_complete, turn_id=turn.pk, reply=reply)
+    return "completed" if stored else "skipped"
 
 
-def _retry_or_fail(task, *, turn, exc: Exception) -> str:
+def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -> str:
+    countdown = _backoff(turn.attempts)
     transient = getattr(exc, "transient", True)
-    if transient and turn.attempts < settings.TURN_MAX_ATTEMPTS:
+    in_time = time.time() + countdown < deadline - llm.MIN_CALL_SECONDS
+    if transient and in_time and turn.attempts < settings.TURN_MAX_ATTEMPTS:
         logger.info("turn %s attempt %s failed; retrying", turn.pk, turn.attempts)
         services.turn_requeue(turn_id=turn.pk)
-        raise task.retry(countdown=_backoff(turn.attempts), exc=exc)
+        raise task.retry(countdown=countdown, exc=exc)
     services.turn_fail(
         turn_id=turn.pk,
         code=getattr(exc, "code", "timeout"),
