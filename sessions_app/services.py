@@ -105,9 +105,9 @@ def turn_claim(*, turn_id: object) -> Turn | None:
     return turn
 
 
-def turn_requeue(*, turn_id: object) -> None:
-    """Put a running turn back to pending before a retry."""
-    Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING).update(
+def turn_requeue(*, turn_id: object, attempt: int) -> None:
+    """Put a running turn back to pending before a retry, unless a newer attempt owns it."""
+    Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING, attempts=attempt).update(
         status=Turn.Status.PENDING, updated_at=timezone.now()
     )
     events.publish_turn_changed(turn_id=turn_id)
@@ -155,10 +155,17 @@ def turn_complete(*, turn_id: object, reply: str) -> bool:
     return True
 
 
-def turn_fail(*, turn_id: object, code: str, detail: str) -> bool:
-    """End an unfinished turn ``failed``; the user's message stays so they can send again."""
+def turn_fail(*, turn_id: object, code: str, detail: str, attempt: int | None = None) -> bool:
+    """End an unfinished turn ``failed``; the user's message stays so they can send again.
+
+    With ``attempt``, only that attempt may fail the turn: a run overtaken by a redelivered
+    one (which claimed a later attempt) leaves the decision to the newer run.
+    """
     now = timezone.now()
-    updated = Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT).update(
+    unfinished = Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT)
+    if attempt is not None:
+        unfinished = unfinished.filter(attempts=attempt)
+    updated = unfinished.update(
         status=Turn.Status.FAILED,
         error_code=code,
         error_detail=detail,

@@ -80,6 +80,7 @@ def _run_turn(task: Task, turn_id: str) -> str:
         except IsolationViolation:
             services.turn_fail(
                 turn_id=turn.pk,
+                attempt=turn.attempts,
                 code="isolation_violation",
                 detail="The reply was refused by the isolation guard; send the message again.",
             )
@@ -96,10 +97,11 @@ def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -
     in_time = time.time() + countdown < deadline - llm.MIN_CALL_SECONDS
     if transient and in_time and turn.attempts < settings.TURN_MAX_ATTEMPTS:
         logger.info("turn %s attempt %s failed; retrying", turn.pk, turn.attempts)
-        services.turn_requeue(turn_id=turn.pk)
+        services.turn_requeue(turn_id=turn.pk, attempt=turn.attempts)
         raise task.retry(countdown=countdown, exc=exc)
     services.turn_fail(
         turn_id=turn.pk,
+        attempt=turn.attempts,
         code=getattr(exc, "code", "timeout"),
         detail=getattr(exc, "detail", "The assistant took too long to answer; send again."),
     )
