@@ -26,5 +26,7 @@ urlpatterns = [
     ),
 ]
 
+handler400 = "sessions_app.views.bad_request"
+handler403 = "sessions_app.views.permission_denied"
 handler404 = "sessions_app.views.not_found"
 handler500 = "sessions_app.views.server_error"

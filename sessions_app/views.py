@@ -14,6 +14,17 @@ def chat(request: HttpRequest) -> HttpResponse:
     return render(request, "sessions_app/chat.html")
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    return JsonResponse(
+        error_body("The request could not be understood.", "bad_request"), status=400
+    )
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    detail = "You do not have permission to do this."
+    return JsonResponse(error_body(detail, "permission_denied"), status=403)
+
+
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return JsonResponse(error_body("Nothing is at this address.", "not_found"), status=404)
 
