@@ -1,0 +1,81 @@
+"""Settings come from the environment; production refuses to start without its secrets."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_settings(**env: str) -> subprocess.CompletedProcess:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DEBUG",
+            "SECRET_KEY",
+            "ENCRYPTION_KEYS",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "CELERY_TASK_ALWAYS_EAGER",
+            "LLM_PROVIDER",
+            "ANTHROPIC_API_KEY",
+            "DJANGO_SETTINGS_MODULE",
+        }
+    }
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "print(json.dumps({'engine': settings.DATABASES['default']['ENGINE'],"
+        " 'cache': settings.CACHES['default']['BACKEND'],"
+        " 'eager': settings.CELERY_TASK_ALWAYS_EAGER, 'llm': settings.LLM_PROVIDER,"
+        " 'broker': settings.CELERY_BROKER_URL}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "isolation_site.settings", **env},
+    )
+
+
+def test_without_debug_and_secret_key_it_refuses_to_start():
+    result = load_settings()
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_without_debug_and_encryption_keys_it_refuses_to_start():
+    result = load_settings(SECRET_KEY="s")
+    assert result.returncode != 0
+    assert "ENCRYPTION_KEYS must be set" in result.stderr
+
+
+def test_embedded_default_needs_no_services():
+    result = load_settings(DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(
+        '{"engine": "django.db.backends.sqlite3", "cache": '
+        '"django.core.cache.backends.locmem.LocMemCache", "eager": true, "llm": "offline", '
+        '"broker": "memory://"}'
+    )
+
+
+def test_production_services_come_from_the_environment():
+    result = load_settings(
+        SECRET_KEY="s",
+        ENCRYPTION_KEYS="k",
+        ANTHROPIC_API_KEY="key",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/isolation",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(
+        '{"engine": "django.db.backends.postgresql", "cache": '
+        '"django_redis.cache.RedisCache", "eager": false, "llm": "anthropic", '
+        '"broker": "redis://127.0.0.1:6379/0"}'
+    )
