@@ -147,7 +147,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 2,
-    "socket_timeout": 5,
+    # A hung broker costs a post this long before its 503; the cache uses the same bound.
+    "socket_timeout": 2,
 }
 CELERY_TASK_TIME_LIMIT = 110
 CELERY_TASK_SOFT_TIME_LIMIT = 100

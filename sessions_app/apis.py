@@ -10,9 +10,10 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.authtoken.views import ObtainAuthToken
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
@@ -49,6 +50,45 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: ERRORS[code] for code in codes}
 
 
+# Ids are UUIDs; anything else is simply an id that does not exist (404).
+SESSION_ID = OpenApiParameter("session_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+TURN_ID = OpenApiParameter("turn_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
+# A page number past the last page (or not a number) is 404, as DRF's paginator answers.
+PAGE_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such object, or no such page.")
+# Each event of the stream (the Open API 3.0 reading of an event-stream schema).
+TURN_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["turn"]},
+        "data": {"type": "string", "description": "The whole turn object (`Turn`) as JSON."},
+    },
+    "required": ["event", "data"],
+}
+
+
+class PagePagination(PageNumberPagination):
+    """DRF's page numbers, read as strictly as the schema says: ``?page=`` is a number from 1.
+
+    DRF would take an empty ``?page=`` as the first page and ``?page=last`` as the last one;
+    here anything but digits is the same 404 as a page past the end.
+    """
+
+    last_page_strings = ()
+
+    def get_page_number(self, request: Request, paginator) -> int:
+        raw = request.query_params.get(self.page_query_param, "1")
+        if not re.fullmatch(r"[0-9]{1,9}", raw):  # longer: past any last page
+            raise NotFound(self.invalid_page_message)
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
+        return parameters
+
+
 class ChatRateThrottle(UserRateThrottle):
     """Messages a user may post, over all sessions and the stateless endpoint."""
 
@@ -60,6 +100,9 @@ class ChatRateThrottle(UserRateThrottle):
 
 
 class AuthTokenApi(ObtainAuthToken):
+    # Credentials are in the body: a client holding a revoked token must still get a new one.
+    authentication_classes: list = []
+
     @extend_schema(
         request=TokenRequestSerializer,
         responses={200: TokenSerializer, **_errors(400, 413, 503)},
@@ -71,11 +114,18 @@ class AuthTokenApi(ObtainAuthToken):
 
 class SessionListCreateApi(GenericAPIView):
     serializer_class = SessionSerializer
+    pagination_class = PagePagination
 
     def get_queryset(self):
         return selectors.chat_session_list_for_owner(user=self.request.user)
 
-    @extend_schema(responses={200: SessionSerializer(many=True), **_errors(401, 503)})
+    @extend_schema(
+        responses={
+            200: SessionSerializer(many=True),
+            **_errors(401, 503),
+            404: OpenApiResponse(ErrorSerializer, description="No such page."),
+        }
+    )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(SessionSerializer(page, many=True).data)
@@ -92,12 +142,14 @@ class SessionListCreateApi(GenericAPIView):
 
 
 class SessionDetailApi(APIView):
-    @extend_schema(responses={200: SessionSerializer, **_errors(401, 404, 503)})
+    @extend_schema(
+        parameters=[SESSION_ID], responses={200: SessionSerializer, **_errors(401, 404, 503)}
+    )
     def get(self, request: Request, session_id: str) -> Response:
         session = selectors.chat_session_get_for_owner(user=request.user, session_id=session_id)
         return Response(SessionSerializer(session).data)
 
-    @extend_schema(responses={204: None, **_errors(401, 404, 503)})
+    @extend_schema(parameters=[SESSION_ID], responses={204: None, **_errors(401, 404, 503)})
     def delete(self, request: Request, session_id: str) -> Response:
         services.chat_session_delete(user=request.user, session_id=session_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -107,7 +159,7 @@ def _wait_seconds(request: Request) -> int | None:
     raw = request.query_params.get("wait")
     if raw is None:
         return None
-    if not re.fullmatch(r"\d{1,2}", raw) or int(raw) > MAX_WAIT_SECONDS:
+    if not re.fullmatch(r"[0-9]{1,2}", raw) or int(raw) > MAX_WAIT_SECONDS:
         raise ValidationError(
             {"wait": [f"wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}."]}
         )
@@ -116,6 +168,7 @@ def _wait_seconds(request: Request) -> int | None:
 
 class MessageListCreateApi(GenericAPIView):
     serializer_class = MessageSerializer
+    pagination_class = PagePagination
 
     def get_queryset(self):
         return selectors.message_list_for_owner(
@@ -126,7 +179,14 @@ class MessageListCreateApi(GenericAPIView):
         # Only posting is throttled; reading history is not a message.
         return [ChatRateThrottle()] if self.request.method == "POST" else []
 
-    @extend_schema(responses={200: MessageSerializer(many=True), **_errors(401, 404, 503)})
+    @extend_schema(
+        parameters=[SESSION_ID],
+        responses={
+            200: MessageSerializer(many=True),
+            **_errors(401, 503),
+            404: PAGE_NOT_FOUND,
+        },
+    )
     def get(self, request: Request, session_id: str) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
@@ -134,9 +194,13 @@ class MessageListCreateApi(GenericAPIView):
     @extend_schema(
         request=MessageCreateSerializer,
         parameters=[
+            SESSION_ID,
             OpenApiParameter(
-                "wait", OpenApiTypes.INT, description="Seconds (0-60) to wait for the reply."
-            )
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                description=f"Seconds (0-{MAX_WAIT_SECONDS}) to wait for the reply; "
+                "anything else is 400.",
+            ),
         ],
         responses={
             200: OpenApiResponse(TurnSerializer, description="The turn ended within ?wait."),
@@ -161,7 +225,7 @@ class MessageListCreateApi(GenericAPIView):
 
 
 class TurnDetailApi(APIView):
-    @extend_schema(responses={200: TurnSerializer, **_errors(401, 404, 503)})
+    @extend_schema(parameters=[TURN_ID], responses={200: TurnSerializer, **_errors(401, 404, 503)})
     def get(self, request: Request, turn_id: str) -> Response:
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
         return Response(TurnSerializer(turn).data)
@@ -185,30 +249,33 @@ class TurnEventsApi(APIView):
     content_negotiation_class = FirstRendererNegotiation
 
     @extend_schema(
+        parameters=[TURN_ID],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                TURN_EVENT,
                 description="`event: turn` with the turn as JSON, at once and on every change; "
                 "ends after the terminal one.",
             ),
             **_errors(401, 404, 503),
-        }
+        },
     )
     def get(self, request: Request, turn_id: str) -> StreamingHttpResponse:
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        changes = events.turn_changes(
+            turn_id=turn.pk, timeout=STREAM_MAX_SECONDS, tick=KEEPALIVE_SECONDS
+        )
+        # Subscribe before the 200 goes out: with Redis down this is a 503, not a broken
+        # stream. CPython closes the generator (and its subscription) with the response.
+        next(changes)
         response = StreamingHttpResponse(
-            self._stream(request.user, turn), content_type="text/event-stream"
+            self._stream(request.user, turn, changes), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
 
-    def _stream(self, user, turn) -> Iterator[str]:
-        changes = events.turn_changes(
-            turn_id=turn.pk, timeout=STREAM_MAX_SECONDS, tick=KEEPALIVE_SECONDS
-        )
+    def _stream(self, user, turn, changes: Iterator[bool]) -> Iterator[str]:
         try:
-            next(changes)
             turn = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
             last = (turn.status, turn.updated_at)
             yield _sse(turn)

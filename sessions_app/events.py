@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import redis.exceptions
 from django.conf import settings
 from django.db import transaction
 
@@ -53,9 +54,7 @@ def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> I
     deadline = time.monotonic() + timeout
     if not settings.REDIS_URL:
         yield False
-        while (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-            yield True
+        yield from _poll(deadline)
         return
     pubsub = _redis().pubsub(ignore_subscribe_messages=True)
     try:
@@ -63,7 +62,14 @@ def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> I
         yield False
         last = time.monotonic()
         while (remaining := deadline - time.monotonic()) > 0:
-            message = pubsub.get_message(timeout=min(1.0, remaining))
+            try:
+                message = pubsub.get_message(timeout=min(1.0, remaining))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                # Redis went away mid-wait: the turn was accepted and still ends, so the
+                # waiter re-reads it on a timer instead of answering an error.
+                logger.warning("turn notifications lost; polling turn %s", turn_id)
+                yield from _poll(deadline)
+                return
             now = time.monotonic()
             if message is not None:
                 last = now
@@ -73,3 +79,9 @@ def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> I
                 yield False
     finally:
         pubsub.close()
+
+
+def _poll(deadline: float) -> Iterator[bool]:
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+        yield True

@@ -3,12 +3,18 @@
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from isolation_site.celery import app as celery_app
+
+from .apis import FirstRendererNegotiation
 
 DEADLINE_SECONDS = 1.5
 
@@ -29,8 +35,8 @@ def _cache() -> None:
 
 
 def _broker() -> None:
-    if settings.CELERY_TASK_ALWAYS_EAGER:
-        return
+    if celery_app.conf.task_always_eager:
+        return  # tasks run in the web process: there is no broker to need
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=DEADLINE_SECONDS)
         if conn.transport_cls in ("redis", "rediss"):
@@ -40,16 +46,53 @@ def _broker() -> None:
 CHECKS: dict[str, Callable[[], None]] = {"database": _database, "cache": _cache, "broker": _broker}
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    """Report each part "ok" or "down"; 503 if any is down. Runs the checks in parallel."""
+def _check_all() -> dict[str, str]:
+    """Run the checks in parallel; a check not done by the deadline counts as down."""
     pool = ThreadPoolExecutor(max_workers=len(CHECKS))
     futures = {name: pool.submit(check) for name, check in CHECKS.items()}
     wait(futures.values(), timeout=DEADLINE_SECONDS)
     pool.shutdown(wait=False, cancel_futures=True)
-    parts = {
+    return {
         name: "ok" if future.done() and future.exception() is None else "down"
         for name, future in futures.items()
     }
-    healthy = all(state == "ok" for state in parts.values())
-    body = {"status": "ok" if healthy else "unavailable", **parts}
-    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _state() -> serializers.ChoiceField:
+    return serializers.ChoiceField(choices=["ok", "down"])
+
+
+HEALTH = inline_serializer(
+    "Health",
+    fields={
+        "status": serializers.ChoiceField(choices=["ok", "unavailable"]),
+        **{name: _state() for name in CHECKS},
+    },
+)
+
+
+class HealthApi(APIView):
+    """The load balancer's probe: no authentication, no throttle, always JSON."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    throttle_classes: list = []
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(
+        auth=[],
+        responses={
+            200: OpenApiResponse(HEALTH, description="Every part is up."),
+            503: OpenApiResponse(HEALTH, description="A part is down (or did not answer in time)."),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        """Report each part "ok" or "down"; 503 if any is down, within the deadline."""
+        parts = _check_all()
+        healthy = all(state == "ok" for state in parts.values())
+        body = {"status": "ok" if healthy else "unavailable", **parts}
+        return Response(body, status=200 if healthy else 503)
+
+
+healthz = HealthApi.as_view()

@@ -1,9 +1,11 @@
 """Middleware that keeps every error answer JSON: oversize bodies and outages."""
 
 import logging
+import sys
 from collections.abc import Callable
 
 from django.conf import settings
+from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from .errors import error_body, is_outage
@@ -31,22 +33,47 @@ class RequestSizeLimitMiddleware:
 
 
 class ServiceUnavailableMiddleware:
-    """Answer 503 JSON when a backing service fails outside the DRF views (sessions, admin)."""
+    """Answer 503 JSON when a backing service fails outside the DRF views (sessions, admin).
+
+    A view's exception reaches ``process_exception``. One raised by a middleware below this
+    one (say, the session middleware saving to a dead cache) never reaches us as an
+    exception: Django turns it into a 500 (an HTML page under ``DEBUG``) where it is raised.
+    ``got_request_exception`` is sent while that exception is handled, so it marks the
+    request, and the 500 is replaced here.
+    """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         try:
-            return self.get_response(request)
+            response = self.get_response(request)
         except Exception as exc:
             if is_outage(exc):
                 logger.warning("service unavailable: %s", exc.__class__.__name__)
                 return unavailable_response()
             raise
+        if response.status_code == 500 and getattr(request, OUTAGE_MARK, False):
+            return unavailable_response()
+        return response
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
-        return unavailable_response() if is_outage(exc) else None
+        if not is_outage(exc):
+            return None
+        logger.warning("service unavailable: %s", exc.__class__.__name__)
+        return unavailable_response()
+
+
+OUTAGE_MARK = "_backing_service_unavailable"
+
+
+def _mark_outage(sender: object, request: HttpRequest | None = None, **kwargs: object) -> None:
+    exc = sys.exc_info()[1]
+    if request is not None and exc is not None and is_outage(exc):
+        setattr(request, OUTAGE_MARK, True)
+
+
+got_request_exception.connect(_mark_outage, dispatch_uid="sessions_app.middleware.mark_outage")
 
 
 def unavailable_response() -> JsonResponse:

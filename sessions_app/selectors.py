@@ -9,12 +9,13 @@ import uuid
 from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import close_old_connections, connection
 from django.db.models import Prefetch, QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from . import events
-from .errors import ForeignAccess
+from .errors import ForeignAccess, is_outage
 from .isolation import HistoryMessage
 from .models import ChatSession, Message, Turn
 
@@ -136,9 +137,30 @@ def turn_wait_for_owner(*, user: AbstractBaseUser, turn_id: object, timeout: flo
     changes = events.turn_changes(turn_id=turn.pk, timeout=timeout)
     next(changes)  # subscribed: from here on no change can slip by unseen
     try:
-        turn = turn_get_for_owner(user=user, turn_id=turn_id)
+        turn = turn_refresh_for_owner(user=user, turn=turn)
         while not turn.is_finished and next(changes, None) is not None:
-            turn = turn_get_for_owner(user=user, turn_id=turn_id)
+            turn = turn_refresh_for_owner(user=user, turn=turn)
     finally:
         changes.close()
     return turn
+
+
+def turn_refresh_for_owner(*, user: AbstractBaseUser, turn: Turn) -> Turn:
+    """Re-read the caller's turn after a wait; if the database is unreachable, return ``turn``.
+
+    The turn is accepted already: an error answer now would make the client send the
+    message again. A connection killed during the wait (a restart, a failover) is replaced
+    once; if the database still does not answer, the turn is returned as last read.
+    """
+    try:
+        return turn_get_for_owner(user=user, turn_id=turn.pk)
+    except Exception as exc:
+        if not is_outage(exc) or connection.in_atomic_block:
+            raise
+    close_old_connections()
+    try:
+        return turn_get_for_owner(user=user, turn_id=turn.pk)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return turn

@@ -41,8 +41,33 @@ class StrictTextField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+# NUL is refused (DRF's CharField does); a message must hold something besides whitespace.
+# (drf-spectacular adds the empty string beside the pattern of a field that may be blank.)
+NO_NUL = r"^[^\x00]+$"
+NOT_BLANK_NO_NUL = r"^[^\x00]*[^\s\x00][^\x00]*$"
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": settings.MAX_MESSAGE_CHARS,
+        "pattern": NOT_BLANK_NO_NUL,
+        "description": "Not only whitespace, no NUL characters, "
+        f"at most {settings.MAX_MESSAGE_CHARS} characters.",
+    }
+)
+class MessageContentField(StrictTextField):
+    """A message's text; ``MessageCreateSerializer`` checks it against the current limits."""
+
+
+@extend_schema_field({"type": "string", "maxLength": 200, "pattern": NO_NUL, "default": ""})
+class TitleField(StrictTextField):
+    """A session's title: optional, at most 200 characters, no NUL characters."""
+
+
 class MessageCreateSerializer(serializers.Serializer):
-    content = StrictTextField(trim_whitespace=False)
+    content = MessageContentField(trim_whitespace=False)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -106,7 +131,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    title = StrictTextField(required=False, allow_blank=True, max_length=200, default="")
+    title = TitleField(required=False, allow_blank=True, max_length=200, default="")
 
 
 class TokenRequestSerializer(serializers.Serializer):

@@ -236,3 +236,17 @@ def test_a_bad_host_header_is_a_json_400(api):
     response = api.get("/api/v1/sessions/", HTTP_HOST="evil.example.com")
     assert response.status_code == 400
     assert response.json()["code"] == "bad_request"
+
+
+def test_a_client_holding_a_revoked_token_can_still_log_in(user):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token revoked0000000000000000000000000000000")
+    response = client.post(
+        "/api/v1/auth/token/",
+        {"username": user.username, "password": "pw-for-tests"},
+        format="json",
+    )
+    assert response.status_code == 200
+    assert response.json() == {"token": user.auth_token.key}
