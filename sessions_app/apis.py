@@ -276,7 +276,7 @@ class TurnEventsApi(APIView):
 
     def _stream(self, user, turn, changes: Iterator[bool]) -> Iterator[str]:
         try:
-            turn = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
+            turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
             last = (turn.status, turn.updated_at)
             yield _sse(turn)
             while not turn.is_finished:
@@ -286,7 +286,7 @@ class TurnEventsApi(APIView):
                 if not changed:
                     yield ": keep-alive\n\n"
                     continue
-                turn = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
+                turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
                 if (turn.status, turn.updated_at) != last:
                     last = (turn.status, turn.updated_at)
                     yield _sse(turn)

@@ -1,4 +1,3 @@
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +8,7 @@ from rest_framework.test import APIClient
 
 from .factories import UserFactory
 from .fakes.claude import FakeClaude
+from .support import private_redis  # noqa: F401  (a fixture for every suite)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,12 +59,3 @@ def fake_claude(settings) -> Iterator[FakeClaude]:
 
 def random_id() -> str:
     return str(uuid.uuid4())
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -8,9 +8,6 @@ werkzeug's client, so the real request lifecycle runs: Django's test client skip
 ``close_old_connections``, which is what heals persistent database connections.
 """
 
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +16,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from django.contrib.sessions.backends.cache import SessionStore as CacheSessionStore
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
 from django.test import Client as DjangoClient
-from kombu import pools
 from psycopg import sql
 from werkzeug.test import Client, TestResponse
 
@@ -36,6 +31,7 @@ from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.tasks import run_turn
 
 from .factories import UserFactory
+from .support import PrivateRedis, reset_broker_pools, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,15 +42,6 @@ PASSWORD = "pw-for-tests"
 
 
 # The WSGI client --------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 @dataclass
@@ -108,81 +95,6 @@ ALL_OK = {"database": "ok", "cache": "ok", "broker": "ok"}
 # Private Redis servers and the settings that point at them ---------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test alone, without persistence: a restart comes back empty."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
-
-    def start(self) -> "PrivateRedis":
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-            + ["--appendonly", "no", "--daemonize", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert wait_until(self._answers, timeout=10, interval=0.05), "redis-server did not start"
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.exceptions.ConnectionError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a stopped process dies only once resumed
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        """Come back empty on the same port, as Redis without persistence does."""
-        self.kill()
-        self.start()
-        assert self.client().dbsize() == 0
-
-    def freeze(self) -> None:
-        """Hang without closing anything: connections open, nothing answered."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def _reset_broker_pools() -> None:
-    # The producer pool is keyed by the broker URL when first used; drop it so the next
-    # publish connects to the URL configured now.
-    celery_app._pool = None
-    celery_app.amqp._producer_pool = None
-    pools.reset()
-
-
 @contextmanager
 def broker_at(settings, url: str) -> Iterator[None]:
     """Publish tasks to ``url`` instead of running them eagerly (nobody consumes them)."""
@@ -191,12 +103,12 @@ def broker_at(settings, url: str) -> Iterator[None]:
     celery_app.conf.task_always_eager = False
     settings.CELERY_BROKER_URL = url
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    _reset_broker_pools()
+    reset_broker_pools()
     try:
         yield
     finally:
         celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
-        _reset_broker_pools()
+        reset_broker_pools()
 
 
 def cache_at(settings, url: str) -> None:

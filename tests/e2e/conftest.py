@@ -2,12 +2,17 @@
 
 The test process publishes tasks to Redis (``queued_tasks``) instead of running them eagerly;
 ``workers`` starts worker subprocesses that consume them and stops every one at teardown.
-``wait_until`` stays in ``tests/conftest.py`` (other suites use it) and is re-exported here.
+
+For outages: ``services`` starts other long-running subprocesses (``celery beat``, a gunicorn
+web server), ``redis_everywhere`` moves the test process (cache, notifications, broker) to a
+``redis-server`` of the test's own that it may SIGKILL and restart empty, and
+``database_killer`` terminates every connection to the test's own Postgres database.
 """
 
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,64 +20,42 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import pytest
 from django.db import connection
 from redis import Redis
 
 from isolation_site.celery import app as celery_app
 
-from ..conftest import wait_until
 from ..fakes.claude import FakeClaude
+from ..support import PrivateRedis, free_port, reset_broker_pools, wait_until
 
-__all__ = ["Worker", "wait_until"]
+__all__ = ["DatabaseKiller", "PrivateRedis", "Service", "Worker", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 30
 
 
-class Worker:
-    """A real ``celery worker`` subprocess; its output goes to ``log_path``."""
+class Service:
+    """A long-running subprocess (``celery beat``, gunicorn) in its own process group."""
 
-    def __init__(
-        self, env: dict[str, str], name: str, log_path: Path, *, pool: str, concurrency: int
-    ) -> None:
-        self.env = env
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
         self.name = name
+        self.argv = argv
+        self.env = env
         self.log_path = log_path
-        self.pool = pool
-        self.concurrency = concurrency
         self.proc: subprocess.Popen | None = None
-        self.terminating = False
+        self.url = ""  # where it answers, for a server
 
-    def start(self) -> "Worker":
-        # Output goes to a file, not a pipe: an unread pipe fills up and blocks the worker.
+    def start(self) -> "Service":
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "isolation_site",
-                    "worker",
-                    "-P",
-                    self.pool,
-                    "-c",
-                    str(self.concurrency),
-                    "-l",
-                    "info",
-                    "-n",
-                    f"{self.name}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                ],
+                self.argv,
                 cwd=ROOT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # Its own process group: teardown can kill it and anything it spawned.
                 start_new_session=True,
             )
         return self
@@ -87,13 +70,46 @@ class Worker:
         except FileNotFoundError:
             return ""
 
+    def wait_ready(self, ready: Callable[[], bool], timeout: float = READY_TIMEOUT_SECONDS):
+        """Block until ``ready()``; fail with the log if it never is or the process exits."""
+        if not wait_until(lambda: not self.alive or ready(), timeout):
+            raise AssertionError(f"{self.name} not ready in {timeout}s:\n{self.log()}")
+        if not self.alive:
+            raise AssertionError(f"{self.name} exited:\n{self.log()}")
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM the process group; SIGKILL it if it has not exited within ``timeout``."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        # Children (gunicorn's workers) may outlive a parent that exited on its own.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class Worker(Service):
+    """A real ``celery worker`` subprocess; its output goes to ``log_path``."""
+
+    def __init__(
+        self, env: dict[str, str], name: str, log_path: Path, *, pool: str, concurrency: int
+    ) -> None:
+        argv = [sys.executable, "-m", "celery", "-A", "isolation_site", "worker"]
+        argv += ["-P", pool, "-c", str(concurrency), "-l", "info", "-n", f"{name}@%h"]
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        super().__init__(name, argv, env, log_path)
+        self.terminating = False
+
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> "Worker":
         """Block until the worker consumes from the broker; fail with its log if it does not."""
-        if not wait_until(lambda: " ready." in self.log() or not self.alive, timeout):
-            raise AssertionError(f"worker {self.name} not ready in {timeout}s:\n{self.log()}")
-        if not self.alive:
-            raise AssertionError(f"worker {self.name} exited:\n{self.log()}")
-        return self
+        return super().wait_ready(lambda: " ready." in self.log(), timeout)
 
     def succeeded(self, task_name: str = "sessions_app.tasks.run_turn") -> int:
         """How many runs of ``task_name`` this worker finished (from its log)."""
@@ -217,3 +233,135 @@ def workers(worker_env, queued_tasks, tmp_path) -> Iterator[Callable[..., Worker
             worker.stop(timeout=max(deadline - time.monotonic(), 0.1))
             code = worker.proc.returncode if worker.proc else None
             print(f"----- worker {worker.name} (exit {code}) -----\n{worker.log()[-20000:]}")
+
+
+# Other long-running subprocesses: celery beat, a gunicorn web server ----------------------
+
+
+@pytest.fixture
+def services(worker_env, tmp_path) -> Iterator[Callable[..., Service]]:
+    """Start subprocesses with ``services(name, argv, env={...})``; all stopped at teardown."""
+    started: list[Service] = []
+
+    def spawn(name: str, argv: list[str], *, env: dict[str, str] | None = None) -> Service:
+        service = Service(name, argv, {**worker_env, **(env or {})}, tmp_path / f"{name}.log")
+        started.append(service)
+        return service.start()
+
+    try:
+        yield spawn
+    finally:
+        for service in reversed(started):
+            service.stop()
+            code = service.proc.returncode if service.proc else None
+            print(f"----- {service.name} (exit {code}) -----\n{service.log()[-20000:]}")
+
+
+@pytest.fixture
+def beat(services, tmp_path) -> Callable[..., Service]:
+    """Start ``celery beat`` with ``beat(env={...})`` (a schedule file of the test's own)."""
+
+    def spawn(*, env: dict[str, str] | None = None) -> Service:
+        argv = [sys.executable, "-m", "celery", "-A", "isolation_site", "beat", "-l", "info"]
+        argv += ["-s", str(tmp_path / "beat-schedule")]
+        service = services("beat", argv, env=env)
+        return service.wait_ready(lambda: "beat: Starting..." in service.log())
+
+    return spawn
+
+
+@pytest.fixture
+def web_server(services, queued_tasks) -> Callable[..., Service]:
+    """Serve the app with gunicorn, as in production; ``web_server().url`` is where.
+
+    Same environment as the workers: the test database, Redis and broker, the fake Claude.
+    Its log holds gunicorn's access log.
+    """
+
+    def spawn(*, workers: int = 2, threads: int = 8, env: dict[str, str] | None = None) -> Service:
+        port = free_port()
+        argv = [sys.executable, "-m", "gunicorn", "isolation_site.wsgi"]
+        argv += ["-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "gthread"]
+        argv += ["--threads", str(threads), "--timeout", "90", "--graceful-timeout", "3"]
+        # No control socket: its default path is shared by every gunicorn on the machine.
+        argv += ["--no-control-socket", "--access-logfile", "-", "--error-logfile", "-"]
+        service = services("gunicorn", argv, env=env)
+        service.url = f"http://127.0.0.1:{port}"
+        return service.wait_ready(lambda: _answers_health(port))
+
+    return spawn
+
+
+def _answers_health(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+# A Redis server of the test's own ----------------------------------------------------------
+
+
+@pytest.fixture
+def redis_everywhere(settings, private_redis, queued_tasks) -> Iterator[dict[str, str]]:
+    """Cache, notifications and broker of the test process on ``private_redis``.
+
+    Yields the environment that puts subprocesses (workers, beat, web) on it too.
+    """
+    url = private_redis.url
+    # Read before the settings change: the first read loads Celery's conf from them.
+    saved = {key: celery_app.conf[key] for key in ("broker_url", "broker_write_url")}
+    default = settings.CACHES["default"]
+    # Assigning CACHES makes Django drop its cache connections (setting_changed).
+    settings.CACHES = {"default": {**default, "LOCATION": url}}
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    celery_app.conf.update(broker_url=url, broker_write_url=url)
+    reset_broker_pools()
+    try:
+        yield {"REDIS_URL": url, "CELERY_BROKER_URL": url}
+    finally:
+        celery_app.conf.update(saved)
+        reset_broker_pools()
+
+
+# Killing the test database's connections ----------------------------------------------------
+
+
+class DatabaseKiller:
+    """Terminate every connection to one database, as a restart or a failover does."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def terminate_all(self) -> int:
+        """Kill every connection to the database but the killer's own; return how many."""
+        params = connection.settings_dict
+        with psycopg.connect(
+            dbname="postgres",
+            user=params.get("USER") or None,
+            password=params.get("PASSWORD") or None,
+            host=params.get("HOST") or "127.0.0.1",
+            port=params.get("PORT") or 5432,
+            autocommit=True,
+            connect_timeout=5,
+        ) as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.name],
+            ).fetchall()
+        return sum(1 for (terminated,) in rows if terminated)
+
+
+@pytest.fixture
+def database_killer(transactional_db) -> Iterator[DatabaseKiller]:
+    name = connection.settings_dict["NAME"]
+    assert name.startswith("test_"), name  # only ever the test's own database
+    try:
+        yield DatabaseKiller(name)
+    finally:
+        # The test's own connection may have been killed: give teardown's flush a fresh one.
+        connection.close()

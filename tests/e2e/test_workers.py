@@ -18,7 +18,7 @@ from sessions_app.models import Message, Turn
 from ..conftest import client_for
 from ..factories import UserFactory
 from ..fakes.claude import FakeClaude, canaries_in
-from .conftest import wait_until
+from ..support import wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

@@ -1,0 +1,110 @@
+"""Test infrastructure shared by the suites: polling, free ports, a private Redis, pools."""
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from kombu import pools
+from redis import Redis
+
+from isolation_site.celery import app as celery_app
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reset_broker_pools() -> None:
+    """Drop Celery's producer pools, keyed by the broker URL when first used.
+
+    The next publish then connects to the broker configured now.
+    """
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
+    pools.reset()
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test alone, without persistence: a restart comes back empty."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> Redis:
+        return Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def start(self) -> "PrivateRedis":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if not wait_until(self._answers, timeout=10, interval=0.05):
+            raise AssertionError(f"redis-server did not start on port {self.port}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with self.client() as client:
+                return bool(client.ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def run_id(self) -> str:
+        with self.client() as client:
+            return client.info("server")["run_id"]
+
+    def kill(self) -> None:
+        """SIGKILL the server: every connection drops, everything it held is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server dies only once resumed
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Come back empty on the same port, as Redis without persistence does."""
+        self.kill()
+        self.start()
+        assert self.client().dbsize() == 0
+
+    def freeze(self) -> None:
+        """Hang without closing anything: connections open, nothing answered."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis().start()
+    try:
+        yield server
+    finally:
+        server.kill()
