@@ -216,7 +216,7 @@ class MessageListCreateApi(GenericAPIView):
             user=request.user, session_id=session_id, content=data.validated_data["content"]
         )
         services.turn_enqueue(turn_id=turn.pk)
-        turn = selectors.turn_wait_for_owner(user=request.user, turn_id=turn.pk, timeout=wait or 0)
+        turn = selectors.turn_wait_for_owner(user=request.user, turn=turn, timeout=wait or 0)
         ended = wait is not None and turn.is_finished
         return Response(
             TurnSerializer(turn).data,

@@ -44,12 +44,16 @@ def _publish(turn_id: object) -> None:
         logger.warning("could not publish a change of turn %s", turn_id, exc_info=True)
 
 
-def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> Iterator[bool]:
+def turn_changes(
+    *, turn_id: uuid.UUID, timeout: float, tick: float = 15.0, poll_if_down: bool = False
+) -> Iterator[bool]:
     """Yield True on each change notification of a turn and False on every idle ``tick``.
 
     The subscription is open before the first yield, so a caller that re-reads the turn
     after the first ``next()`` cannot miss a change that happened in between. Stops after
-    ``timeout`` seconds.
+    ``timeout`` seconds. If Redis cannot be subscribed to, the first ``next()`` raises,
+    unless ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
+    mid-wait.
     """
     deadline = time.monotonic() + timeout
     if not settings.REDIS_URL:
@@ -58,7 +62,15 @@ def turn_changes(*, turn_id: uuid.UUID, timeout: float, tick: float = 15.0) -> I
         return
     pubsub = _redis().pubsub(ignore_subscribe_messages=True)
     try:
-        pubsub.subscribe(_channel(turn_id))
+        try:
+            pubsub.subscribe(_channel(turn_id))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if not poll_if_down:
+                raise
+            logger.warning("turn notifications unavailable; polling turn %s", turn_id)
+            yield False
+            yield from _poll(deadline)
+            return
         yield False
         last = time.monotonic()
         while (remaining := deadline - time.monotonic()) > 0:

@@ -129,12 +129,15 @@ def turn_list_stale(*, older_than_seconds: int) -> QuerySet[Turn]:
     return Turn.objects.filter(status__in=Turn.IN_FLIGHT, updated_at__lt=cutoff)
 
 
-def turn_wait_for_owner(*, user: AbstractBaseUser, turn_id: object, timeout: float) -> Turn:
-    """Return the caller's turn once it has ended, or as it is after ``timeout`` seconds."""
-    turn = turn_get_for_owner(user=user, turn_id=turn_id)
-    if turn.is_finished or timeout <= 0:
-        return turn
-    changes = events.turn_changes(turn_id=turn.pk, timeout=timeout)
+def turn_wait_for_owner(*, user: AbstractBaseUser, turn: Turn, timeout: float) -> Turn:
+    """Return the caller's just-accepted turn once it has ended, or as it is after ``timeout``.
+
+    Every read here goes through ``turn_refresh_for_owner``: the message is stored, so a
+    connection lost now must not turn into an error that makes the client send it again.
+    """
+    if timeout <= 0:
+        return turn_refresh_for_owner(user=user, turn=turn)
+    changes = events.turn_changes(turn_id=turn.pk, timeout=timeout, poll_if_down=True)
     next(changes)  # subscribed: from here on no change can slip by unseen
     try:
         turn = turn_refresh_for_owner(user=user, turn=turn)
