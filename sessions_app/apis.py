@@ -2,9 +2,11 @@
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -241,6 +243,27 @@ class FirstRendererNegotiation(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+def _streamable(request: Request, chunks: Iterator[str]) -> Iterator[str] | AsyncIterator[str]:
+    """Return ``chunks`` in the form the server can send as they come.
+
+    Under ASGI, Django buffers a synchronous iterator whole before sending anything, which
+    would hold every event back until the turn ends; it gets an asynchronous one that steps
+    the synchronous iterator (database reads included) in the request's thread.
+    """
+    if not isinstance(request._request, ASGIRequest):
+        return chunks
+    return _stepped_in_thread(chunks)
+
+
+async def _stepped_in_thread(chunks: Iterator[str]) -> AsyncIterator[str]:
+    step = sync_to_async(next)
+    try:
+        while (chunk := await step(chunks, None)) is not None:
+            yield chunk
+    finally:
+        await sync_to_async(chunks.close)()  # ends the Redis subscription
+
+
 def _sse(turn) -> str:
     return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
 
@@ -268,7 +291,8 @@ class TurnEventsApi(APIView):
         # stream. CPython closes the generator (and its subscription) with the response.
         next(changes)
         response = StreamingHttpResponse(
-            self._stream(request.user, turn, changes), content_type="text/event-stream"
+            _streamable(request, self._stream(request.user, turn, changes)),
+            content_type="text/event-stream",
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

@@ -292,6 +292,21 @@ def web_server(services, queued_tasks) -> Callable[..., Service]:
     return spawn
 
 
+@pytest.fixture
+def asgi_server(services, queued_tasks) -> Callable[..., Service]:
+    """Serve the app with uvicorn (API.md's ASGI process); ``asgi_server().url`` is where."""
+
+    def spawn(*, env: dict[str, str] | None = None) -> Service:
+        port = free_port()
+        argv = [sys.executable, "-m", "uvicorn", "isolation_site.asgi:application"]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        service = services("uvicorn", argv, env=env)
+        service.url = f"http://127.0.0.1:{port}"
+        return service.wait_ready(lambda: _answers_health(port))
+
+    return spawn
+
+
 def _answers_health(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
