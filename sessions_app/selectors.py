@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import close_old_connections, connection
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, QuerySet, Subquery
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
@@ -95,9 +95,9 @@ def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:
 
 
 def turn_get(*, turn_id: object) -> Turn | None:
-    """Return a turn with its session and messages for a worker, or None if it is gone."""
+    """Return a turn with its session for a worker, or None if it is gone."""
     tid = _as_uuid(turn_id)
-    return _turns_with_messages().filter(pk=tid).first() if tid else None
+    return Turn.objects.select_related("session").filter(pk=tid).first() if tid else None
 
 
 def turn_history(*, turn: Turn, user_id: int) -> list[HistoryMessage]:
@@ -106,12 +106,12 @@ def turn_history(*, turn: Turn, user_id: int) -> list[HistoryMessage]:
     The owner is checked in the query itself: a turn whose session is not ``user_id``'s
     yields nothing rather than another user's messages.
     """
-    user_message = next(m for m in turn.messages.all() if m.role == Message.Role.USER)
+    user_seq = Message.objects.filter(turn_id=turn.pk, role=Message.Role.USER).values("seq")
     rows = (
         Message.objects.filter(
             session_id=turn.session_id,
             session__owner_id=user_id,
-            seq__lte=user_message.seq,
+            seq__lte=Subquery(user_seq[:1]),
             status=Message.Status.OK,
         )
         .order_by("seq")

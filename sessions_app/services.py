@@ -39,26 +39,25 @@ def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
     session.delete()
 
 
-def _turn_start(*, session: ChatSession) -> Turn:
-    # The partial unique index is the real guard; a savepoint keeps the outer
-    # transaction usable when it fires.
-    try:
-        with transaction.atomic():
-            return Turn.objects.create(session=session)
-    except IntegrityError as exc:
-        raise TurnInFlight() from exc
-
-
-@transaction.atomic
 def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
     """Store the user's message and open a pending turn for it, in one transaction.
 
     Raise ``TurnInFlight`` if the session already has a turn pending or running.
     """
+    try:
+        return _message_accept(user=user, session_id=session_id, content=content)
+    except IntegrityError as exc:
+        # The partial unique index, behind the row lock: a writer that skipped the lock.
+        raise TurnInFlight() from exc
+
+
+@transaction.atomic
+def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
+    # The session row lock serialises accepts per session, so the check cannot race.
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     if Turn.objects.filter(session=session, status__in=Turn.IN_FLIGHT).exists():
         raise TurnInFlight()
-    turn = _turn_start(session=session)
+    turn = Turn.objects.create(session=session)
     now = timezone.now()
     Message.objects.create(
         session=session, turn=turn, seq=session.next_seq, role=Message.Role.USER, content=content
@@ -121,10 +120,15 @@ def turn_complete(*, turn_id: object, reply: str) -> bool:
     """
     try:
         with transaction.atomic():
-            turn = Turn.objects.select_for_update().filter(pk=turn_id).first()
+            turn = (
+                Turn.objects.select_related("session")
+                .select_for_update(of=("self", "session"))
+                .filter(pk=turn_id)
+                .first()
+            )
             if turn is None or turn.is_finished:
                 return False
-            session = ChatSession.objects.select_for_update().get(pk=turn.session_id)
+            session = turn.session
             Message.objects.create(
                 session=session,
                 turn=turn,
