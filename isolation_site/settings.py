@@ -181,6 +181,12 @@ CLAUDE_SYSTEM_PROMPT = env.str(
 
 # Conversation policy ------------------------------------------------------------------
 HISTORY_STORE = env.str("HISTORY_STORE", default="db")
+if HISTORY_STORE != "db":
+    # Silently keeping history in Postgres when Redis-only (TTL'd) storage was asked for
+    # would break the promise that setting makes.
+    raise ImproperlyConfigured(
+        f"HISTORY_STORE={HISTORY_STORE!r} is not available yet; only 'db' is built."
+    )
 SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
 PII_MODE = env.str("PII_MODE", default="pseudonymize")
 LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")

@@ -79,3 +79,9 @@ def test_production_services_come_from_the_environment():
         '"django_redis.cache.RedisCache", "eager": false, "llm": "anthropic", '
         '"broker": "redis://127.0.0.1:6379/0"}'
     )
+
+
+def test_a_history_store_that_is_not_built_refuses_to_start():
+    result = load_settings(DEBUG="1", HISTORY_STORE="redis")
+    assert result.returncode != 0
+    assert "HISTORY_STORE='redis' is not available yet" in result.stderr
