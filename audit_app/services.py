@@ -1,8 +1,11 @@
 """Writes to the audit trail. Entries hold hashes and counts, never raw content."""
 
 import hashlib
+import hmac
 import logging
 import uuid
+
+from django.conf import settings
 
 from .models import AuditEntry
 
@@ -10,8 +13,13 @@ logger = logging.getLogger(__name__)
 
 
 def content_hash(text: str) -> str:
-    """Return the SHA-256 hex digest of ``text``."""
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Return a keyed hash of ``text``: comparable within the service, not reversible.
+
+    A plain SHA-256 of a card number or a phone number is recovered by trying candidates;
+    keyed by the server's secret it is not.
+    """
+    key = hashlib.sha256(b"audit-content-hash:" + settings.SECRET_KEY.encode()).digest()
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
 def audit_security_event(*, user_id: int | None, session_id: uuid.UUID | None, reason: str) -> None:

@@ -271,5 +271,9 @@ LOGGING = {
         "console": {"class": "logging.StreamHandler", "formatter": "ids", "filters": ["isolation"]}
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
+    # These log request bodies or SQL parameters at DEBUG, that is, conversation content.
+    "loggers": {
+        name: {"level": "WARNING"}
+        for name in ("httpx", "httpx2", "anthropic", "django.db.backends")
+    },
 }

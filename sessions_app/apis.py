@@ -300,19 +300,24 @@ class TurnEventsApi(APIView):
 
     def _stream(self, user, turn, changes: Iterator[bool]) -> Iterator[str]:
         try:
-            turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
-            last = (turn.status, turn.updated_at)
-            yield _sse(turn)
-            while not turn.is_finished:
-                changed = next(changes, None)
-                if changed is None:
-                    return
-                if not changed:
-                    yield ": keep-alive\n\n"
-                    continue
-                turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
-                if (turn.status, turn.updated_at) != last:
-                    last = (turn.status, turn.updated_at)
-                    yield _sse(turn)
+            yield from self._events(user, turn, changes)
+        except NotFound:
+            return  # the session was deleted or expired mid-stream: end it, say nothing more
         finally:
             changes.close()
+
+    def _events(self, user, turn, changes: Iterator[bool]) -> Iterator[str]:
+        turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
+        last = (turn.status, turn.updated_at)
+        yield _sse(turn)
+        while not turn.is_finished:
+            changed = next(changes, None)
+            if changed is None:
+                return
+            if not changed:
+                yield ": keep-alive\n\n"
+                continue
+            turn = selectors.turn_refresh_for_owner(user=user, turn=turn)
+            if (turn.status, turn.updated_at) != last:
+                last = (turn.status, turn.updated_at)
+                yield _sse(turn)

@@ -2,12 +2,19 @@
 
 ``send`` is the only function that sends conversation content out of the process; it
 checks the whole payload against the bound isolation context first.
+
+Retries within one call are ours, not the SDK's (its client has ``max_retries=0``): the
+SDK sleeps for whatever ``retry-after`` a response names, which can run a turn far past
+its deadline, while here no call starts and no wait ends past it.
 """
 
+import email.utils
 import functools
 import logging
+import random
 import re
 import time
+from collections.abc import Mapping
 
 import anthropic
 from django.conf import settings
@@ -23,6 +30,12 @@ MIN_CALL_SECONDS = 1.0
 
 TRANSIENT_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
 
+# The SDK's backoff when a response names no wait: 0.5 s doubled per retry, at most 8 s.
+RETRY_INITIAL_SECONDS = 0.5
+RETRY_MAX_SECONDS = 8.0
+# ``time.sleep`` refuses longer waits on some platforms; only reachable without a deadline.
+SLEEP_MAX_SECONDS = 4_294_967.0
+
 
 class LLMError(Exception):
     """Claude could not answer; ``transient`` says whether a later attempt may succeed."""
@@ -35,24 +48,16 @@ class LLMError(Exception):
 
 
 @functools.lru_cache(maxsize=4)
-def _client(
-    api_key: str, base_url: str | None, timeout: float, max_retries: int
-) -> anthropic.Anthropic:
+def _client(api_key: str, base_url: str | None) -> anthropic.Anthropic:
     # One client per process and configuration: it holds a connection pool and no
     # conversation data, and building one per call costs more than the call's own work.
-    return anthropic.Anthropic(
-        api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
-    )
+    # Every call passes its own timeout, and ``_claude_reply`` does the retrying.
+    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
 
 
 def client() -> anthropic.Anthropic:
     """Return the process's Anthropic client for the current settings."""
-    return _client(
-        settings.ANTHROPIC_API_KEY,
-        settings.ANTHROPIC_BASE_URL,
-        settings.CLAUDE_TIMEOUT_SECONDS,
-        settings.CLAUDE_MAX_RETRIES,
-    )
+    return _client(settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL)
 
 
 def _api_messages(history: list[HistoryMessage]) -> list[dict[str, str]]:
@@ -70,52 +75,102 @@ def _api_messages(history: list[HistoryMessage]) -> list[dict[str, str]]:
     return merged
 
 
-def _call_options(deadline: float | None) -> dict[str, float | int]:
-    """Size one call's timeout so that all its SDK retries end before ``deadline``."""
+def _call_timeout(deadline: float | None) -> float:
+    """Return one call's timeout: ``CLAUDE_TIMEOUT_SECONDS``, cut to end by ``deadline``."""
     timeout = settings.CLAUDE_TIMEOUT_SECONDS
     if deadline is None:
-        return {"timeout": timeout}
-    retries = settings.CLAUDE_MAX_RETRIES
-    # The SDK's backoff between retries is at most 0.5 s * 2**n (under a second of jitter).
-    backoff = sum(min(0.5 * 2**n, 8.0) for n in range(retries))
-    budget = deadline - time.time() - backoff
-    if budget < MIN_CALL_SECONDS:
+        return timeout
+    left = deadline - time.time()
+    if left < MIN_CALL_SECONDS:
         raise LLMError(
             code="deadline_exceeded",
             detail="The assistant could not answer in time; send the message again.",
             transient=False,
         )
-    return {"timeout": min(timeout, budget / (retries + 1))}
+    return min(timeout, left)
 
 
-def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
-    try:
-        response = client().messages.create(
-            **_call_options(deadline),
-            model=settings.CLAUDE_MODEL,
-            max_tokens=settings.CLAUDE_MAX_TOKENS,
-            system=settings.CLAUDE_SYSTEM_PROMPT,
-            messages=_api_messages(history),
-        )
-    except anthropic.APIStatusError as exc:
-        raise LLMError(
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Return the wait in seconds a response asks for, read as the SDK reads it."""
+    # Milliseconds first (more precise), then seconds (floats allowed), then an HTTP date.
+    for name, per_second in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            return float(headers[name]) / per_second
+        except (KeyError, ValueError):
+            continue
+    date = email.utils.parsedate_tz(headers.get("retry-after", ""))
+    return None if date is None else email.utils.mktime_tz(date) - time.time()
+
+
+def _retryable(exc: Exception) -> bool:
+    # The SDK's own policy, so that moving the retries here changes no request counts:
+    # an unreadable body is left to the task's next attempt, as the SDK left it.
+    if isinstance(exc, anthropic.APIConnectionError):  # timeouts included
+        return True
+    if not isinstance(exc, anthropic.APIStatusError):
+        return False
+    server_says = exc.response.headers.get("x-should-retry")
+    if server_says in ("true", "false"):
+        return server_says == "true"
+    return exc.status_code in TRANSIENT_STATUSES
+
+
+def _retry_wait(exc: Exception, retries: int) -> float | None:
+    """Return how long to wait before retrying ``exc``, or None if it is not retried here."""
+    if retries >= settings.CLAUDE_MAX_RETRIES or not _retryable(exc):
+        return None
+    headers = exc.response.headers if isinstance(exc, anthropic.APIStatusError) else {}
+    asked = _retry_after(headers)
+    if asked is not None and asked > 0:
+        return min(asked, SLEEP_MAX_SECONDS)
+    backoff = min(RETRY_INITIAL_SECONDS * 2**retries, RETRY_MAX_SECONDS)
+    # The SDK's jitter: up to a quarter shorter, so that rejected callers spread out.
+    return backoff * (1 - 0.25 * random.random())
+
+
+def _in_time(wait: float, deadline: float | None) -> bool:
+    # A retry must leave a call worth starting before the deadline; otherwise the last
+    # failure is raised now, and the task (which knows the deadline too) decides.
+    return deadline is None or time.time() + wait <= deadline - MIN_CALL_SECONDS
+
+
+def _llm_error(exc: Exception) -> LLMError:
+    """Return the ``LLMError`` that tells the task what went wrong with one call."""
+    if isinstance(exc, anthropic.APIStatusError):
+        return LLMError(
             code=f"claude_http_{exc.status_code}",
             detail=f"The assistant answered with an error (HTTP {exc.status_code}).",
             transient=exc.status_code in TRANSIENT_STATUSES,
-        ) from exc
-    except anthropic.APIConnectionError as exc:
-        raise LLMError(
+        )
+    if isinstance(exc, anthropic.APIConnectionError):
+        return LLMError(
             code="claude_unreachable",
             detail="The assistant could not be reached in time.",
             transient=True,
-        ) from exc
-    except (anthropic.APIError, ValueError) as exc:
-        # A body that is not valid JSON surfaces as a bare ValueError from the SDK.
-        raise LLMError(
-            code="claude_bad_response",
-            detail="The assistant sent a response that could not be read.",
-            transient=True,
-        ) from exc
+        )
+    # A body that is not valid JSON surfaces as a bare ValueError from the SDK.
+    return LLMError(
+        code="claude_bad_response",
+        detail="The assistant sent a response that could not be read.",
+        transient=True,
+    )
+
+
+def _create(
+    messages: list[dict[str, str]], *, timeout: float, retries: int
+) -> anthropic.types.Message:
+    return client().messages.create(
+        model=settings.CLAUDE_MODEL,
+        max_tokens=settings.CLAUDE_MAX_TOKENS,
+        system=settings.CLAUDE_SYSTEM_PROMPT,
+        messages=messages,
+        timeout=timeout,
+        # The header the SDK sets from its own retry count, which is always 0 now.
+        extra_headers={"x-stainless-retry-count": str(retries)},
+    )
+
+
+def _reply_text(response: anthropic.types.Message) -> str:
     text = "".join(block.text for block in response.content if block.type == "text")
     if not text.strip():
         # Stored, it would show the user nothing, and a blank reply cannot be sent back.
@@ -125,6 +180,25 @@ def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
             transient=True,
         )
     return text
+
+
+def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
+    messages = _api_messages(history)
+    retries = 0
+    while True:
+        try:
+            response = _create(messages, timeout=_call_timeout(deadline), retries=retries)
+        except (anthropic.APIError, ValueError) as exc:
+            error, wait = _llm_error(exc), _retry_wait(exc, retries)
+            if wait is None or not _in_time(wait, deadline):
+                raise error from exc
+            logger.info(
+                "Claude call failed (%s); retry %d in %.2f s", error.code, retries + 1, wait
+            )
+            time.sleep(wait)
+            retries += 1
+        else:
+            return _reply_text(response)
 
 
 # Only "my name is" ignores case: the name itself is one or two capitalised words.

@@ -75,6 +75,9 @@ class Turn(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Past it no attempt starts: set on acceptance, renewed when the sweep re-queues a lost
+    # turn (a lost turn would otherwise be re-run only to fail at once).
+    deadline_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -103,8 +103,9 @@ def turn_get(*, turn_id: object) -> Turn | None:
 def turn_history(*, turn: Turn, user_id: int) -> list[HistoryMessage]:
     """Return the conversation up to ``turn`` for its owner, oldest first.
 
-    The owner is checked in the query itself: a turn whose session is not ``user_id``'s
-    yields nothing rather than another user's messages.
+    The owner is checked in the query itself, and each message carries the session and
+    owner ids of its own row, so the send guard checks what was really read, not what was
+    asked for.
     """
     user_seq = Message.objects.filter(turn_id=turn.pk, role=Message.Role.USER).values("seq")
     rows = (
@@ -115,11 +116,11 @@ def turn_history(*, turn: Turn, user_id: int) -> list[HistoryMessage]:
             status=Message.Status.OK,
         )
         .order_by("seq")
-        .values_list("role", "content")
+        .values_list("session_id", "session__owner_id", "role", "content")
     )
     return [
-        HistoryMessage(user_id=user_id, session_id=turn.session_id, role=role, content=content)
-        for role, content in rows
+        HistoryMessage(user_id=owner_id, session_id=session_id, role=role, content=content)
+        for session_id, owner_id, role, content in rows
     ]
 
 

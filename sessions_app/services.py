@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,8 +20,15 @@ from .selectors import chat_session_get_for_owner, turn_get, turn_list_stale
 logger = logging.getLogger(__name__)
 
 
-def _expiry(now: timezone.datetime) -> timezone.datetime:
+STALLED_DETAIL = "The reply was lost in transit; send the message again."
+
+
+def _expiry(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.SESSION_TTL_SECONDS)
+
+
+def _deadline(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
 
 
 def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSession:
@@ -36,7 +43,10 @@ def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSess
 def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
     """Erase the caller's session and, by cascade, its messages and turns."""
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
+    in_flight = list(session.turns.filter(status__in=Turn.IN_FLIGHT).values_list("pk", flat=True))
     session.delete()
+    for turn_id in in_flight:  # wakes their event streams, which then end
+        events.publish_turn_changed(turn_id=turn_id)
 
 
 def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
@@ -55,17 +65,40 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
 def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
     # The session row lock serialises accepts per session, so the check cannot race.
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
-    if Turn.objects.filter(session=session, status__in=Turn.IN_FLIGHT).exists():
-        raise TurnInFlight()
-    turn = Turn.objects.create(session=session)
+    _turn_in_flight_check(session=session)
     now = timezone.now()
-    Message.objects.create(
+    turn = Turn.objects.create(session=session, deadline_at=_deadline(now))
+    message = Message.objects.create(
         session=session, turn=turn, seq=session.next_seq, role=Message.Role.USER, content=content
     )
     ChatSession.objects.filter(pk=session.pk).update(
         next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=_expiry(now)
     )
     audit_message(user_id=user.pk, session_id=session.pk, role="user", content=content)
+    return _with_messages(turn, [message])
+
+
+def _turn_in_flight_check(*, session: ChatSession) -> None:
+    """Raise ``TurnInFlight`` for a live turn; end a stale one, so the session is not stuck.
+
+    Without beat (the embedded setup, or a production that lost it) a turn whose process
+    died would otherwise answer every later message with 409 for good.
+    """
+    stale_before = timezone.now() - timedelta(seconds=settings.STALE_TURN_SECONDS)
+    for turn in Turn.objects.filter(session=session, status__in=Turn.IN_FLIGHT):
+        if turn.updated_at >= stale_before:
+            raise TurnInFlight()
+        turn_fail(turn_id=turn.pk, code="stalled", detail=STALLED_DETAIL)
+
+
+def _with_messages(turn: Turn, messages: list[Message]) -> Turn:
+    # Fill the prefetch cache with what was just written, as prefetch_related would, so
+    # answering about the turn needs no further query (one that could fail after the
+    # message was accepted, and make the client send it twice).
+    queryset = turn.messages.all()
+    queryset._result_cache = messages
+    queryset._prefetch_done = True
+    turn._prefetched_objects_cache = {"messages": queryset}
     return turn
 
 
@@ -104,12 +137,14 @@ def turn_claim(*, turn_id: object) -> Turn | None:
     return turn
 
 
-def turn_requeue(*, turn_id: object, attempt: int) -> None:
-    """Put a running turn back to pending before a retry, unless a newer attempt owns it."""
-    Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING, attempts=attempt).update(
+def turn_requeue(*, turn_id: object, attempt: int) -> bool:
+    """Put a running turn back to pending before a retry; False if a newer attempt owns it."""
+    updated = Turn.objects.filter(pk=turn_id, status=Turn.Status.RUNNING, attempts=attempt).update(
         status=Turn.Status.PENDING, updated_at=timezone.now()
     )
-    events.publish_turn_changed(turn_id=turn_id)
+    if updated:
+        events.publish_turn_changed(turn_id=turn_id)
+    return bool(updated)
 
 
 def turn_complete(*, turn_id: object, reply: str) -> bool:
@@ -232,15 +267,12 @@ def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> str | Non
             return None  # another sweeper has it, or it moved on
         if turn.attempts >= settings.TURN_MAX_ATTEMPTS:
             outcome = "failed"
-            turn_fail(
-                turn_id=turn.pk,
-                code="stalled",
-                detail="The reply was lost in transit several times; send the message again.",
-            )
+            turn_fail(turn_id=turn.pk, code="stalled", detail=STALLED_DETAIL)
         else:
             outcome = "requeued"
+            now = timezone.now()
             Turn.objects.filter(pk=turn.pk).update(
-                status=Turn.Status.PENDING, updated_at=timezone.now()
+                status=Turn.Status.PENDING, updated_at=now, deadline_at=_deadline(now)
             )
     if outcome == "requeued":
         logger.warning("re-queueing stale turn %s", turn_id)

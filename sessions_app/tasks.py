@@ -3,6 +3,7 @@
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from celery import Task, shared_task
@@ -62,6 +63,11 @@ def run_turn(self, turn_id: str) -> str:
             raise
         # Still down after a reconnect: try the whole turn again a little later.
         close_old_connections()
+        if self.request.is_eager:
+            # An eager retry runs at once, in this very call: it would spin while the
+            # service is down. The turn stays in flight; the sweep or the session's next
+            # message ends it.
+            raise
         raise self.retry(countdown=_backoff(1), exc=exc) from exc
 
 
@@ -71,7 +77,7 @@ def _run_turn(task: Task, turn_id: str) -> str:
         return "skipped"
     # The turn's whole life, every attempt included, fits in TURN_DEADLINE_SECONDS, so a
     # turn Claude cannot answer still ends ``failed`` within API.md's 120 s.
-    deadline = turn.created_at.timestamp() + settings.TURN_DEADLINE_SECONDS
+    deadline = (turn.deadline_at or _deadline_of(turn)).timestamp()
     owner_id = turn.session.owner_id
     with bound(user_id=owner_id, session_id=turn.session_id):
         history = _db_step(turn_history, turn=turn, user_id=owner_id)
@@ -91,13 +97,19 @@ def _run_turn(task: Task, turn_id: str) -> str:
     return "completed" if stored else "skipped"
 
 
+def _deadline_of(turn: Turn) -> datetime:
+    # Turns accepted before deadline_at existed.
+    return turn.created_at + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
+
+
 def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -> str:
     countdown = _backoff(turn.attempts)
     transient = getattr(exc, "transient", True)
     in_time = time.time() + countdown < deadline - llm.MIN_CALL_SECONDS
     if transient and in_time and turn.attempts < settings.TURN_MAX_ATTEMPTS:
         logger.info("turn %s attempt %s failed; retrying", turn.pk, turn.attempts)
-        services.turn_requeue(turn_id=turn.pk, attempt=turn.attempts)
+        if not services.turn_requeue(turn_id=turn.pk, attempt=turn.attempts):
+            return "skipped"  # a newer run of this turn owns it now
         raise task.retry(countdown=countdown, exc=exc)
     services.turn_fail(
         turn_id=turn.pk,

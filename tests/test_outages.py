@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from django.contrib.sessions.backends.cache import SessionStore as CacheSessionStore
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models.signals import post_save
 from django.test import Client as DjangoClient
 from psycopg import sql
 from werkzeug.test import Client, TestResponse
@@ -484,3 +485,27 @@ def test_an_outage_inside_a_middleware_is_503_json_too(settings, redis_everythin
     assert_unavailable(http("GET", "/api/schema/?format=json"), "session saved to dead Redis")
     redis_everything.start()
     assert http("GET", "/api/schema/?format=json").status == 200
+
+
+def test_a_message_accepted_just_before_the_database_goes_is_answered_202(
+    scene, database_switch, queued_on_shared_redis
+):
+    """Once stored, a message is never answered with an error (the client would resend it)."""
+
+    def refuse_after_commit(sender, instance, created, **kwargs):
+        if created and instance.role == "user":
+            transaction.on_commit(database_switch.refuse)
+
+    post_save.connect(refuse_after_commit, sender=Message, dispatch_uid="refuse-after-commit")
+    try:
+        posted = scene.http(
+            "POST", f"/api/v1/sessions/{scene.session_id}/messages/?wait=2", {"content": "kept"}
+        )
+    finally:
+        post_save.disconnect(sender=Message, dispatch_uid="refuse-after-commit")
+        database_switch.allow()
+    assert posted.status == 202, posted
+    assert posted.body["status"] == "pending"
+    assert posted.body["user_message"]["content"] == "kept"
+    stored = Turn.objects.get(pk=posted.body["id"])
+    assert stored.messages.get(role="user").content == "kept"

@@ -21,6 +21,7 @@ import secrets
 import string
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -128,6 +129,7 @@ class _Fault:
     kind: str  # "fail" | "delay" | "hang" | "malformed" | "drop"
     status: int = 0
     retry_after_ms: int | None = None
+    retry_after: float | str | None = None
     should_retry: bool | None = None
     seconds: float = 0.0
 
@@ -239,6 +241,8 @@ class FakeClaude:
         self.requests: list[dict] = []
         # Parallel to `requests`: the headers of each, lower-cased names.
         self.request_headers: list[dict[str, str]] = []
+        # Parallel to `requests`: when each arrived, in `time.monotonic()` seconds.
+        self.request_times: list[float] = []
         # Exceptions raised by the responder; they are also answered as a
         # non-retryable 500 so the test that caused them fails loudly.
         self.responder_errors: list[BaseException] = []
@@ -303,6 +307,7 @@ class FakeClaude:
         with self._lock:
             self.requests.clear()
             self.request_headers.clear()
+            self.request_times.clear()
             self.responder_errors.clear()
             self._faults.clear()
             self._release.set()
@@ -321,19 +326,29 @@ class FakeClaude:
         times: int = 1,
         *,
         retry_after_ms: int | None = 1,
+        retry_after: float | str | None = None,
         should_retry: bool | None = None,
     ) -> None:
         """Answer the next `times` requests with `status` and the real error body.
 
         `retry_after_ms` is sent as `retry-after-ms`, which the SDK obeys instead of its
-        0.5s+ exponential backoff (a value of 0 is ignored by the SDK). `should_retry`,
+        0.5s+ exponential backoff (a value of 0 is ignored by the SDK). `retry_after` is
+        sent as `retry-after`: seconds, or a string sent as is (an HTTP date); clients
+        read it only without a usable `retry-after-ms`, so pass `retry_after_ms=None`
+        with it. `should_retry`,
         if given, is sent as `x-should-retry`, which overrides the SDK's status-based
         retry decision.
         """
         if not 400 <= status <= 599:
             raise ValueError(f"fail() needs a 4xx/5xx status, got {status}")
         self._enqueue(
-            _Fault("fail", status=status, retry_after_ms=retry_after_ms, should_retry=should_retry),
+            _Fault(
+                "fail",
+                status=status,
+                retry_after_ms=retry_after_ms,
+                retry_after=retry_after,
+                should_retry=should_retry,
+            ),
             times,
         )
 
@@ -369,6 +384,7 @@ class FakeClaude:
         with self._lock:
             self.requests.append(record)
             self.request_headers.append({k.lower(): v for k, v in h.headers.items()})
+            self.request_times.append(time.monotonic())
             fault = self._faults.popleft() if self._faults else None
             release = self._release
 
@@ -380,6 +396,8 @@ class FakeClaude:
             headers = []
             if fault.retry_after_ms is not None:
                 headers.append(("retry-after-ms", str(fault.retry_after_ms)))
+            if fault.retry_after is not None:
+                headers.append(("retry-after", str(fault.retry_after)))
             if fault.should_retry is not None:
                 headers.append(("x-should-retry", "true" if fault.should_retry else "false"))
             h._send_error(fault.status, headers=headers)

@@ -250,3 +250,26 @@ def test_a_client_holding_a_revoked_token_can_still_log_in(user):
     )
     assert response.status_code == 200
     assert response.json() == {"token": user.auth_token.key}
+
+
+def test_the_event_stream_ends_when_its_session_is_deleted(
+    api, user, django_capture_on_commit_callbacks, monkeypatch
+):
+    import time
+
+    from sessions_app import apis, services
+
+    # Bounds the test if the stream is not woken: it would then end only at this limit.
+    monkeypatch.setattr(apis, "STREAM_MAX_SECONDS", 10)
+
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")  # pending
+    response = api.get(f"/api/v1/turns/{turn.pk}/events/")
+    assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
+    stream = iter(response.streaming_content)
+    assert b'"status": "pending"' in next(stream)
+    with django_capture_on_commit_callbacks(execute=True):  # the test's transaction
+        assert api.delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+    started = time.monotonic()
+    assert list(stream) == []  # nothing more is said
+    assert time.monotonic() - started < 5  # woken by the deletion, not ended by the limit

@@ -173,3 +173,25 @@ def test_no_module_level_mutable_conversation_state():
     # itself requires ``urlpatterns``.
     allowed = re.compile(r".*: ([A-Z_]+|urlpatterns)\s*(:[^=]+)?=")
     assert [o for o in offenders if not allowed.match(o)] == []
+
+
+def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):
+    """The guard checks what was really read: each message is stamped from its own row."""
+    from sessions_app import services
+    from sessions_app.selectors import turn_history
+
+    mine = services.chat_session_create(owner=user)
+    services.message_accept(user=user, session_id=mine.pk, content="CANARY-mine")
+    services.turn_fail(turn_id=mine.turns.get().pk, code="x", detail="y")
+    turn = services.message_accept(user=user, session_id=mine.pk, content="again")
+    history = turn_history(turn=turn, user_id=user.pk)
+    assert [(m.user_id, m.session_id, m.content) for m in history] == [
+        (user.pk, mine.pk, "CANARY-mine"),
+        (user.pk, mine.pk, "again"),
+    ]
+    # Another user's scope around this history: the real send path refuses it, and audits.
+    with bound(user_id=other_user.pk, session_id=mine.pk), pytest.raises(IsolationViolation):
+        llm.send(history)
+    assert AuditEntry.objects.filter(kind="security", user=other_user).count() == 1
+    # And asking for the history as someone else yields nothing of it.
+    assert turn_history(turn=turn, user_id=other_user.pk) == []

@@ -113,3 +113,34 @@ def test_beat_runs_the_sweep_and_the_purge(settings):
     from isolation_site.celery import app
 
     assert set(app.conf.beat_schedule) == set(settings.CELERY_BEAT_SCHEDULE)
+
+
+@pytest.mark.django_db
+def test_a_stuck_turn_does_not_block_its_session_forever_without_beat(api, user, settings):
+    """No sweep running (the embedded setup): the next message ends the stale turn itself."""
+    turn = accepted_turn(user, "lost")
+    response = api.post(
+        f"/api/v1/sessions/{turn.session_id}/messages/", {"content": "too soon"}, format="json"
+    )
+    assert response.status_code == 409
+    age(turn, settings.STALE_TURN_SECONDS + 1)
+    response = api.post(
+        f"/api/v1/sessions/{turn.session_id}/messages/?wait=5", {"content": "hello?"}, format="json"
+    )
+    assert response.status_code == 200 and response.json()["status"] == "completed"
+    turn.refresh_from_db()
+    assert turn.status == "failed" and turn.error_code == "stalled"
+
+
+@pytest.mark.django_db
+def test_a_requeued_turn_gets_a_fresh_deadline(user, fake_claude, settings):
+    """A turn lost for longer than its deadline is re-run for real, not failed at once."""
+    turn = accepted_turn(user)
+    long_ago = timezone.now() - timedelta(seconds=settings.TURN_DEADLINE_SECONDS * 3)
+    Turn.objects.filter(pk=turn.pk).update(
+        created_at=long_ago, deadline_at=long_ago, updated_at=long_ago
+    )
+    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    turn.refresh_from_db()
+    assert turn.status == "completed", (turn.error_code, turn.error_detail)
+    assert fake_claude.request_count() == 1

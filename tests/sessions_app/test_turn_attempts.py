@@ -1,5 +1,7 @@
 """A run overtaken by a redelivery of its task cannot fail the turn under the newer run."""
 
+import time
+
 import pytest
 
 from sessions_app import services
@@ -42,3 +44,20 @@ def test_the_newest_run_decides_a_failure(twice_claimed):
     assert services.turn_fail(turn_id=turn.pk, attempt=2, code="claude_http_500", detail="d")
     turn.refresh_from_db()
     assert turn.status == "failed"
+
+
+def test_an_overtaken_run_that_fails_transiently_does_not_schedule_a_retry(twice_claimed):
+    from sessions_app import llm
+    from sessions_app.tasks import _retry_or_fail, run_turn
+
+    first = twice_claimed
+    first.attempts = 1  # the first run's view of the turn, before the redelivery claimed it
+    outcome = _retry_or_fail(
+        run_turn,
+        turn=first,
+        exc=llm.LLMError(code="claude_http_529", detail="d", transient=True),
+        deadline=time.time() + 60,
+    )
+    assert outcome == "skipped"
+    first.refresh_from_db()
+    assert first.status == "running" and first.attempts == 2
