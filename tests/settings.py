@@ -25,3 +25,6 @@ from isolation_site.settings import *  # noqa: E402, F403
 REDIS_DB = _redis_db
 TURN_RETRY_DELAY_SECONDS = 0.05
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast test logins
+# The suite does not run collectstatic: WhiteNoise finds the assets where they lie.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

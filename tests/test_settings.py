@@ -85,3 +85,33 @@ def test_a_history_store_that_is_not_built_refuses_to_start():
     result = load_settings(DEBUG="1", HISTORY_STORE="redis")
     assert result.returncode != 0
     assert "HISTORY_STORE='redis' is not available yet" in result.stderr
+
+
+def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
+    """collectstatic, then gunicorn-style serving with DEBUG off: /api/docs/ has its assets."""
+    env = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": "k", "STATIC_ROOT_FOR_TEST": str(tmp_path)}
+    code = (
+        "import django, os; from django.conf import settings;"
+        "settings.STATIC_ROOT = os.environ['STATIC_ROOT_FOR_TEST']; django.setup();"
+        "from django.core.management import call_command;"
+        "call_command('collectstatic', '--noinput', verbosity=0);"
+        "from django.test import Client;"
+        "r = Client().get('/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css');"
+        "print(r.status_code, r.get('Content-Type'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "isolation_site.settings",
+            "DEBUG": "0",
+            "ALLOWED_HOSTS": "testserver",
+            **env,
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith('200 text/css; charset="utf-8"')
