@@ -8,37 +8,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_settings(**env: str) -> subprocess.CompletedProcess:
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in {
-            "DEBUG",
-            "SECRET_KEY",
-            "ENCRYPTION_KEYS",
-            "DATABASE_URL",
-            "REDIS_URL",
-            "CELERY_BROKER_URL",
-            "CELERY_TASK_ALWAYS_EAGER",
-            "LLM_PROVIDER",
-            "ANTHROPIC_API_KEY",
-            "DJANGO_SETTINGS_MODULE",
-        }
-    }
-    code = (
-        "import django, json; from django.conf import settings; django.setup();"
-        "print(json.dumps({'engine': settings.DATABASES['default']['ENGINE'],"
-        " 'cache': settings.CACHES['default']['BACKEND'],"
-        " 'eager': settings.CELERY_TASK_ALWAYS_EAGER, 'llm': settings.LLM_PROVIDER,"
-        " 'broker': settings.CELERY_BROKER_URL}))"
-    )
+SUMMARY = (
+    "import django, json; from django.conf import settings; django.setup();"
+    "print(json.dumps({'engine': settings.DATABASES['default']['ENGINE'],"
+    " 'cache': settings.CACHES['default']['BACKEND'],"
+    " 'eager': settings.CELERY_TASK_ALWAYS_EAGER, 'llm': settings.LLM_PROVIDER,"
+    " 'broker': settings.CELERY_BROKER_URL}))"
+)
+# Set by tests/settings.py for the suite itself; a fresh process must not inherit them.
+SUITE_ENV = {
+    "DEBUG",
+    "SECRET_KEY",
+    "ENCRYPTION_KEYS",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_TASK_ALWAYS_EAGER",
+    "LLM_PROVIDER",
+    "ANTHROPIC_API_KEY",
+    "DJANGO_SETTINGS_MODULE",
+}
+
+
+def load_settings(code: str = SUMMARY, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python with the production settings module and ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k not in SUITE_ENV}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         env={**clean, "DJANGO_SETTINGS_MODULE": "isolation_site.settings", **env},
     )
 
@@ -99,19 +99,6 @@ def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
         "r = Client().get('/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css');"
         "print(r.status_code, r.get('Content-Type'))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "isolation_site.settings",
-            "DEBUG": "0",
-            "ALLOWED_HOSTS": "testserver",
-            **env,
-        },
-    )
+    result = load_settings(code, DEBUG="0", ALLOWED_HOSTS="testserver", **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('200 text/css; charset="utf-8"')
