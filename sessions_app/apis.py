@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
-from . import events, selectors, services
+from . import events, isolation, selectors, services
 from .serializers import (
     ErrorSerializer,
     MessageCreateSerializer,
@@ -68,6 +68,18 @@ TURN_EVENT = {
 }
 
 
+class LoggedUserMixin:
+    """Log lines written while a view runs carry the id of the user it serves."""
+
+    def dispatch(self, request, *args, **kwargs):
+        with isolation.request_bound():
+            return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        isolation.request_user_set(request.user.pk)
+
+
 class PagePagination(PageNumberPagination):
     """DRF's page numbers, read as strictly as the schema says: ``?page=`` is a number from 1.
 
@@ -101,7 +113,7 @@ class ChatRateThrottle(UserRateThrottle):
         return settings.CHAT_THROTTLE_RATE
 
 
-class AuthTokenApi(ObtainAuthToken):
+class AuthTokenApi(LoggedUserMixin, ObtainAuthToken):
     # Credentials are in the body: a client holding a revoked token must still get a new one.
     authentication_classes: list = []
 
@@ -114,7 +126,7 @@ class AuthTokenApi(ObtainAuthToken):
         return super().post(request, *args, **kwargs)
 
 
-class SessionListCreateApi(GenericAPIView):
+class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
     serializer_class = SessionSerializer
     pagination_class = PagePagination
 
@@ -143,7 +155,7 @@ class SessionListCreateApi(GenericAPIView):
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
-class SessionDetailApi(APIView):
+class SessionDetailApi(LoggedUserMixin, APIView):
     @extend_schema(
         parameters=[SESSION_ID], responses={200: SessionSerializer, **_errors(401, 404, 503)}
     )
@@ -168,7 +180,7 @@ def _wait_seconds(request: Request) -> int | None:
     return int(raw)
 
 
-class MessageListCreateApi(GenericAPIView):
+class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
     serializer_class = MessageSerializer
     pagination_class = PagePagination
 
@@ -226,7 +238,7 @@ class MessageListCreateApi(GenericAPIView):
         )
 
 
-class TurnDetailApi(APIView):
+class TurnDetailApi(LoggedUserMixin, APIView):
     @extend_schema(parameters=[TURN_ID], responses={200: TurnSerializer, **_errors(401, 404, 503)})
     def get(self, request: Request, turn_id: str) -> Response:
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
@@ -268,7 +280,7 @@ def _sse(turn) -> str:
     return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
 
 
-class TurnEventsApi(APIView):
+class TurnEventsApi(LoggedUserMixin, APIView):
     content_negotiation_class = FirstRendererNegotiation
 
     @extend_schema(

@@ -34,6 +34,24 @@ class IsolationViolation(Exception):
 
 
 _scope: ContextVar[Scope | None] = ContextVar("isolation_scope", default=None)
+# The authenticated user of the web request being served, for log lines only: a web
+# request sends nothing to Claude, so it binds no scope.
+_request_user: ContextVar[int | None] = ContextVar("isolation_request_user", default=None)
+
+
+@contextlib.contextmanager
+def request_bound() -> Iterator[None]:
+    """Clear the request user for the block, and restore it after (threads are reused)."""
+    token = _request_user.set(None)
+    try:
+        yield
+    finally:
+        _request_user.reset(token)
+
+
+def request_user_set(user_id: int | None) -> None:
+    """Name the request's authenticated user in its log lines (inside ``request_bound``)."""
+    _request_user.set(user_id)
 
 
 @contextlib.contextmanager
@@ -70,6 +88,7 @@ class IsolationLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         scope = _scope.get()
-        record.isolation_user = scope.user_id if scope else "-"
+        user = scope.user_id if scope else _request_user.get()
+        record.isolation_user = "-" if user is None else user
         record.isolation_session = scope.session_id if scope else "-"
         return True

@@ -195,3 +195,18 @@ def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):
     assert AuditEntry.objects.filter(kind="security", user=other_user).count() == 1
     # And asking for the history as someone else yields nothing of it.
     assert turn_history(turn=turn, user_id=other_user.pk) == []
+
+
+def test_web_log_lines_name_the_user_served_and_no_one_after(api, user, victim, caplog):
+    """Layer 5: logs carry the ids. A reused thread must not name the previous user."""
+    import logging
+
+    from sessions_app.isolation import IsolationLogFilter
+
+    caplog.handler.addFilter(IsolationLogFilter())
+    with caplog.at_level(logging.WARNING, logger="audit_app.services"):
+        assert api.get(f"/api/v1/sessions/{victim['session']}/").status_code == 404
+    [record] = [r for r in caplog.records if r.name == "audit_app.services"]
+    assert record.isolation_user == user.pk and record.isolation_session == "-"
+    logging.getLogger("audit_app.services").warning("after the request")
+    assert caplog.records[-1].isolation_user == "-"
