@@ -102,3 +102,19 @@ def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
     result = load_settings(code, DEBUG="0", ALLOWED_HOSTS="testserver", **env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('200 text/css; charset="utf-8"')
+
+
+def test_persistent_connections_are_off_under_asgi_unless_asked_for():
+    code = (
+        "import isolation_site.asgi; from django.conf import settings;"
+        "print(settings.DATABASES['default']['CONN_MAX_AGE'])"
+    )
+    database = {
+        "SECRET_KEY": "s",
+        "ENCRYPTION_KEYS": "k",
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/isolation",
+    }
+    assert load_settings(code, **database).stdout.split()[-1] == "0"
+    assert load_settings(code, CONN_MAX_AGE="30", **database).stdout.split()[-1] == "30"
+    wsgi = code.replace("isolation_site.asgi", "isolation_site.wsgi")
+    assert load_settings(wsgi, **database).stdout.split()[-1] == "60"
