@@ -1,5 +1,6 @@
 """Adversarial isolation: foreign ids everywhere, tampered credentials, the payload guard."""
 
+import ast
 import re
 import threading
 from pathlib import Path
@@ -157,22 +158,66 @@ def test_sessions_are_fetched_only_through_selectors_and_services():
     assert offenders == []
 
 
-def test_no_module_level_mutable_conversation_state():
-    """Module-level lists, dicts or sets in the apps would be shared by every user."""
-    pattern = re.compile(
-        r"^[A-Za-z_][A-Za-z0-9_]*\s*(:[^=]+)?=\s*(\[|\{|set\(|dict\(|list\()", re.M
-    )
+# Declarations Django and DRF read from a class: configuration, never conversation data.
+DECLARATIVE = {
+    "fields",
+    "read_only_fields",
+    "extra_kwargs",
+    "default_error_messages",
+    "indexes",
+    "constraints",
+    "ordering",
+    "list_display",
+    "list_filter",
+    "search_fields",
+    "readonly_fields",
+    "inlines",
+    "authentication_classes",
+    "permission_classes",
+    "throttle_classes",
+    "renderer_classes",
+    "parser_classes",
+}
+MUTABLE_CALLS = {"list", "dict", "set", "defaultdict", "deque", "OrderedDict", "Counter"}
+
+
+def _mutable(value: ast.expr | None) -> bool:
+    literal = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
+    if isinstance(value, literal):
+        return True
+    return isinstance(value, ast.Call) and getattr(value.func, "id", None) in MUTABLE_CALLS
+
+
+def _assignments(body: list[ast.stmt]):
+    for stmt in body:
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    yield target.id, stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            yield stmt.target.id, stmt.value
+
+
+def test_no_module_or_class_level_mutable_conversation_state():
+    """Module- and class-level lists, dicts or sets would be shared by every user.
+
+    Allowed: UPPER_CASE constants, Django's ``urlpatterns``, and the declarations Django and
+    DRF read from a class (``DECLARATIVE``).
+    """
     offenders = []
     for app in ("sessions_app", "audit_app"):
         for path in (ROOT / app).rglob("*.py"):
             if "migrations" in path.parts:
                 continue
-            for match in pattern.finditer(path.read_text()):
-                offenders.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
-    # Constant tables are allowed only when named as constants (UPPER_CASE); Django
-    # itself requires ``urlpatterns``.
-    allowed = re.compile(r".*: ([A-Z_]+|urlpatterns)\s*(:[^=]+)?=")
-    assert [o for o in offenders if not allowed.match(o)] == []
+            tree = ast.parse(path.read_text())
+            for name, value in _assignments(tree.body):
+                if _mutable(value) and not (name.isupper() or name == "urlpatterns"):
+                    offenders.append(f"{path.relative_to(ROOT)}: {name}")
+            for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+                for name, value in _assignments(cls.body):
+                    if _mutable(value) and name not in DECLARATIVE and not name.isupper():
+                        offenders.append(f"{path.relative_to(ROOT)}: {cls.name}.{name}")
+    assert offenders == []
 
 
 def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):
