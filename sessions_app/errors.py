@@ -5,11 +5,18 @@ Every error body is ``{"detail": <a sentence a person can act on>, "code": <stab
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import kombu.exceptions
 import redis.exceptions
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+)
 from django.http import Http404
 from django_redis.exceptions import ConnectionInterrupted
 from rest_framework import exceptions, status
@@ -19,6 +26,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from audit_app.services import audit_security_event
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Errors meaning "a service this request needs is down", never the request's fault.
 OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
@@ -78,6 +87,22 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, OUTAGE_ERRORS) or (
         isinstance(exc, DatabaseError) and "connection" in str(exc).lower()
     )
+
+
+def once_more_on_fresh_connection(fn: Callable[..., T], /, **kwargs: object) -> T:
+    """Run ``fn``; if the database connection was lost, reconnect and run it once more.
+
+    A connection killed by a restart or failover is transient. Inside a transaction the
+    first error stands: the transaction is broken and the caller must decide.
+    """
+    try:
+        return fn(**kwargs)
+    except Exception as exc:
+        if not is_outage(exc) or connection.in_atomic_block:
+            raise
+        logger.warning("%s lost its database connection; retrying", fn.__name__)
+    close_old_connections()
+    return fn(**kwargs)
 
 
 def error_body(detail: str, code: str, **extra: Any) -> dict[str, Any]:

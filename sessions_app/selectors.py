@@ -9,13 +9,13 @@ import uuid
 from datetime import timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Prefetch, QuerySet, Subquery
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from . import events
-from .errors import ForeignAccess, is_outage
+from .errors import ForeignAccess, is_outage, once_more_on_fresh_connection
 from .isolation import HistoryMessage
 from .models import ChatSession, Message, Turn
 
@@ -157,14 +157,8 @@ def turn_refresh_for_owner(*, user: AbstractBaseUser, turn: Turn) -> Turn:
     once; if the database still does not answer, the turn is returned as last read.
     """
     try:
-        return turn_get_for_owner(user=user, turn_id=turn.pk)
+        return once_more_on_fresh_connection(turn_get_for_owner, user=user, turn_id=turn.pk)
     except Exception as exc:
         if not is_outage(exc) or connection.in_atomic_block:
-            raise
-    close_old_connections()
-    try:
-        return turn_get_for_owner(user=user, turn_id=turn.pk)
-    except Exception as exc:
-        if not is_outage(exc):
             raise
         return turn

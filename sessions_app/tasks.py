@@ -2,9 +2,7 @@
 
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -12,34 +10,16 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from . import llm, services
-from .errors import is_outage
+from .errors import is_outage, once_more_on_fresh_connection
 from .isolation import IsolationViolation, bound
 from .models import Turn
 from .selectors import turn_history
-
-T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 
 def _backoff(attempt: int) -> float:
     return settings.TURN_RETRY_DELAY_SECONDS * (2 ** max(attempt - 1, 0))
-
-
-def _db_step(fn: Callable[..., T], **kwargs: object) -> T:
-    """Run one database step; on a dropped connection, reconnect and run it once more.
-
-    A connection killed by a restart or failover is transient: the step is retried on a
-    fresh connection instead of leaving the turn ``running``.
-    """
-    try:
-        return fn(**kwargs)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        logger.warning("database step %s lost its connection; retrying", fn.__name__)
-        close_old_connections()
-        return fn(**kwargs)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -72,7 +52,7 @@ def run_turn(self, turn_id: str) -> str:
 
 
 def _run_turn(task: Task, turn_id: str) -> str:
-    turn = _db_step(services.turn_claim, turn_id=turn_id)
+    turn = once_more_on_fresh_connection(services.turn_claim, turn_id=turn_id)
     if turn is None:
         return "skipped"
     # The turn's whole life, every attempt included, fits in TURN_DEADLINE_SECONDS, so a
@@ -80,7 +60,7 @@ def _run_turn(task: Task, turn_id: str) -> str:
     deadline = (turn.deadline_at or _deadline_of(turn)).timestamp()
     owner_id = turn.session.owner_id
     with bound(user_id=owner_id, session_id=turn.session_id):
-        history = _db_step(turn_history, turn=turn, user_id=owner_id)
+        history = once_more_on_fresh_connection(turn_history, turn=turn, user_id=owner_id)
         try:
             reply = llm.send(history, deadline=deadline)
         except IsolationViolation:
@@ -93,7 +73,7 @@ def _run_turn(task: Task, turn_id: str) -> str:
             return "failed"
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
-        stored = _db_step(services.turn_complete, turn_id=turn.pk, reply=reply)
+        stored = once_more_on_fresh_connection(services.turn_complete, turn_id=turn.pk, reply=reply)
     return "completed" if stored else "skipped"
 
 
