@@ -55,8 +55,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "sessions_app.middleware.RequestSizeLimitMiddleware",
-    "sessions_app.middleware.ServiceUnavailableMiddleware",
+    "core.middleware.RequestSizeLimitMiddleware",
+    "core.middleware.ServiceUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin's and /api/docs/'s assets from gunicorn or uvicorn, no web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -182,13 +182,16 @@ CLAUDE_SYSTEM_PROMPT = env.str(
 )
 
 # Conversation policy ------------------------------------------------------------------
+# Where messages are kept: sessions_app.stores.<name>.HistoryStore.
 HISTORY_STORE = env.str("HISTORY_STORE", default="db")
-if HISTORY_STORE != "db":
-    # Silently keeping history in Postgres when Redis-only (TTL'd) storage was asked for
-    # would break the promise that setting makes.
+if HISTORY_STORE not in ("db", "redis", "cached_db"):
     raise ImproperlyConfigured(
-        f"HISTORY_STORE={HISTORY_STORE!r} is not available yet; only 'db' is built."
+        f"HISTORY_STORE={HISTORY_STORE!r}: choose 'db', 'redis' or 'cached_db'."
     )
+if HISTORY_STORE == "redis" and not REDIS_URL:
+    # Silently keeping history elsewhere when Redis-only (TTL'd) storage was asked for
+    # would break the promise that setting makes.
+    raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
 SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
 PII_MODE = env.str("PII_MODE", default="pseudonymize")
 LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
@@ -201,6 +204,7 @@ STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
 # the task's hard time limit, so a live run is never mistaken for a lost one.
 STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)
 SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
+PURGE_INTERVAL_SECONDS = env.int("PURGE_INTERVAL_SECONDS", default=300)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-turns": {
         "task": "sessions_app.tasks.sweep_stale_turns",
@@ -208,7 +212,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "purge-expired-sessions": {
         "task": "sessions_app.tasks.purge_expired_sessions",
-        "schedule": env.int("PURGE_INTERVAL_SECONDS", default=300),
+        "schedule": PURGE_INTERVAL_SECONDS,
     },
 }
 
@@ -224,7 +228,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "sessions_app.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"chat": CHAT_THROTTLE_RATE},
 }

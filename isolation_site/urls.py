@@ -3,7 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from sessions_app import health, views
+from core import health
+from sessions_app import views
 
 urlpatterns = [
     path("", views.chat, name="chat"),
@@ -26,7 +27,7 @@ urlpatterns = [
     ),
 ]
 
-handler400 = "sessions_app.views.bad_request"
-handler403 = "sessions_app.views.permission_denied"
-handler404 = "sessions_app.views.not_found"
-handler500 = "sessions_app.views.server_error"
+handler400 = "core.views.bad_request"
+handler403 = "core.views.permission_denied"
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

@@ -1,52 +1,17 @@
-"""Errors of the API and the one DRF exception handler that shapes them.
+"""Errors of the chat API: another user's object, a turn already in flight."""
 
-Every error body is ``{"detail": <a sentence a person can act on>, "code": <stable word>}``.
-"""
-
-import logging
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
 
-import kombu.exceptions
-import redis.exceptions
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    OperationalError,
-    close_old_connections,
-    connection,
-)
-from django.http import Http404
-from django_redis.exceptions import ConnectionInterrupted
 from rest_framework import exceptions, status
-from rest_framework.response import Response
-from rest_framework.views import exception_handler as drf_exception_handler
 
 from audit_app.services import audit_security_event
-
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# Errors meaning "a service this request needs is down", never the request's fault.
-OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    OperationalError,
-    InterfaceError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionInterrupted,
-    kombu.exceptions.OperationalError,
-    ConnectionError,
-    TimeoutError,
-)
 
 
 class ForeignAccess(exceptions.NotFound):
     """Another user's object: answered exactly like a missing one, but audited.
 
-    The audit entry is written by the exception handler, after the request's transaction
-    has rolled back, so the trail keeps it.
+    ``core.errors.exception_handler`` calls ``audit`` after the request's transaction has
+    rolled back, so the trail keeps the entry.
     """
 
     def __init__(self, detail: str, *, user_id: int, session_id: uuid.UUID, what: str) -> None:
@@ -68,83 +33,3 @@ class TurnInFlight(exceptions.APIException):
         "wait for it to finish, then send again."
     )
     default_code = "turn_in_flight"
-
-
-class RequestTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "The request body is too large."
-    default_code = "request_too_large"
-
-
-class ServiceUnavailable(exceptions.APIException):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "A service this request needs is unavailable; try again shortly."
-    default_code = "unavailable"
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Tell whether ``exc`` means a backing service is unreachable."""
-    return isinstance(exc, OUTAGE_ERRORS) or (
-        isinstance(exc, DatabaseError) and "connection" in str(exc).lower()
-    )
-
-
-def once_more_on_fresh_connection(fn: Callable[..., T], /, **kwargs: object) -> T:
-    """Run ``fn``; if the database connection was lost, reconnect and run it once more.
-
-    A connection killed by a restart or failover is transient. Inside a transaction the
-    first error stands: the transaction is broken and the caller must decide.
-    """
-    try:
-        return fn(**kwargs)
-    except Exception as exc:
-        if not is_outage(exc) or connection.in_atomic_block:
-            raise
-        logger.warning("%s lost its database connection; retrying", fn.__name__)
-    close_old_connections()
-    return fn(**kwargs)
-
-
-def error_body(detail: str, code: str, **extra: Any) -> dict[str, Any]:
-    return {"detail": detail, "code": code, **extra}
-
-
-def _flatten(detail: Any) -> str:
-    if isinstance(detail, dict):
-        field, value = next(iter(detail.items()))
-        text = _flatten(value)
-        return text if field in ("non_field_errors", "detail") else f"{field}: {text}"
-    if isinstance(detail, list) and detail:
-        return _flatten(detail[0])
-    return str(detail)
-
-
-def _first_code(codes: Any) -> str:
-    if isinstance(codes, dict):
-        return _first_code(next(iter(codes.values()))) if codes else "invalid"
-    if isinstance(codes, list):
-        return _first_code(codes[0]) if codes else "invalid"
-    return str(codes)
-
-
-def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Turn any API exception into the contract's JSON body; outages become 503."""
-    if is_outage(exc):
-        logger.warning("service unavailable: %s", exc.__class__.__name__)
-        exc = ServiceUnavailable()
-    elif isinstance(exc, ForeignAccess):
-        exc.audit()
-    elif isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    response = drf_exception_handler(exc, context)
-    if response is None:
-        return None
-    if isinstance(exc, exceptions.ValidationError):
-        response.data = error_body(
-            _flatten(exc.detail), _first_code(exc.get_codes()), errors=exc.detail
-        )
-    else:
-        detail = getattr(exc, "detail", str(exc))
-        code = _first_code(exc.get_codes()) if hasattr(exc, "get_codes") else "error"
-        response.data = error_body(_flatten(detail), code)
-    return response

@@ -8,11 +8,13 @@ so a notification can never carry conversation data to the wrong reader.
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import redis.exceptions
 from django.conf import settings
 from django.db import transaction
+
+from .models import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +99,36 @@ def _poll(deadline: float) -> Iterator[bool]:
     while (remaining := deadline - time.monotonic()) > 0:
         time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
         yield True
+
+
+def turn_watch(
+    *,
+    turn: Turn,
+    refresh: Callable[[Turn], Turn],
+    timeout: float,
+    tick: float = 15.0,
+    poll_if_down: bool = False,
+) -> Iterator[Turn | None]:
+    """Yield the turn as it is now, then each time it changes, until it ends or ``timeout``.
+
+    On an idle ``tick`` the turn is re-read as well (a lost notification cannot hold a
+    watcher until its timeout) and None is yielded if nothing changed: the event stream
+    sends a keep-alive then. ``refresh`` re-reads the turn for its owner. Subscribed
+    before the first read, so no change can slip by unseen; if Redis cannot be subscribed
+    to, the first ``next()`` raises, unless ``poll_if_down``.
+    """
+    changes = turn_changes(turn_id=turn.pk, timeout=timeout, tick=tick, poll_if_down=poll_if_down)
+    next(changes)
+    try:
+        turn = refresh(turn)
+        last = (turn.status, turn.updated_at)
+        yield turn
+        while not turn.is_finished and (changed := next(changes, None)) is not None:
+            turn = refresh(turn)
+            if (turn.status, turn.updated_at) != last:
+                last = (turn.status, turn.updated_at)
+                yield turn
+            elif not changed:
+                yield None
+    finally:
+        changes.close()

@@ -11,12 +11,24 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
+
+from core.logcontext import request_user
 
 
 @dataclass(frozen=True)
 class Scope:
     user_id: int
     session_id: uuid.UUID
+
+
+class Message(Protocol):
+    """What the guard reads of a message on its way to Claude: whose it is, and its text."""
+
+    user_id: int
+    session_id: uuid.UUID
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
@@ -34,24 +46,6 @@ class IsolationViolation(Exception):
 
 
 _scope: ContextVar[Scope | None] = ContextVar("isolation_scope", default=None)
-# The authenticated user of the web request being served, for log lines only: a web
-# request sends nothing to Claude, so it binds no scope.
-_request_user: ContextVar[int | None] = ContextVar("isolation_request_user", default=None)
-
-
-@contextlib.contextmanager
-def request_bound() -> Iterator[None]:
-    """Clear the request user for the block, and restore it after (threads are reused)."""
-    token = _request_user.set(None)
-    try:
-        yield
-    finally:
-        _request_user.reset(token)
-
-
-def request_user_set(user_id: int | None) -> None:
-    """Name the request's authenticated user in its log lines (inside ``request_bound``)."""
-    _request_user.set(user_id)
 
 
 @contextlib.contextmanager
@@ -70,7 +64,7 @@ def current_scope() -> Scope | None:
     return _scope.get()
 
 
-def guard_payload(messages: Iterable[HistoryMessage]) -> None:
+def guard_payload(messages: Iterable[Message]) -> None:
     """Refuse a payload unless a scope is bound and every message belongs to it."""
     scope = _scope.get()
     if scope is None:
@@ -88,7 +82,7 @@ class IsolationLogFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         scope = _scope.get()
-        user = scope.user_id if scope else _request_user.get()
+        user = scope.user_id if scope else request_user()
         record.isolation_user = "-" if user is None else user
         record.isolation_session = scope.session_id if scope else "-"
         return True

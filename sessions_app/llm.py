@@ -14,14 +14,14 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import anthropic
 from django.conf import settings
 
 from audit_app.services import audit_security_event
 
-from .isolation import HistoryMessage, IsolationViolation, current_scope, guard_payload
+from .isolation import IsolationViolation, Message, current_scope, guard_payload
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ RETRY_INITIAL_SECONDS = 0.5
 RETRY_MAX_SECONDS = 8.0
 # ``time.sleep`` refuses longer waits on some platforms; only reachable without a deadline.
 SLEEP_MAX_SECONDS = 4_294_967.0
+
+
+class TurnAbandoned(Exception):
+    """The turn is gone (its session was deleted): nothing more may be sent for it."""
 
 
 class LLMError(Exception):
@@ -60,7 +64,7 @@ def client() -> anthropic.Anthropic:
     return _client(settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL)
 
 
-def _api_messages(history: list[HistoryMessage]) -> list[dict[str, str]]:
+def _api_messages(history: Sequence[Message]) -> list[dict[str, str]]:
     # The Messages API wants alternating roles; a failed turn leaves two user messages
     # in a row, which read naturally as one. It also refuses a blank text block, so a
     # blank message (a reply stored before blank replies were refused) is left out.
@@ -182,10 +186,14 @@ def _reply_text(response: anthropic.types.Message) -> str:
     return text
 
 
-def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
+def _claude_reply(
+    history: Sequence[Message], deadline: float | None, still_wanted: Callable[[], bool]
+) -> str:
     messages = _api_messages(history)
     retries = 0
     while True:
+        if not still_wanted():
+            raise TurnAbandoned()
         try:
             response = _create(messages, timeout=_call_timeout(deadline), retries=retries)
         except (anthropic.APIError, ValueError) as exc:
@@ -205,7 +213,7 @@ def _claude_reply(history: list[HistoryMessage], deadline: float | None) -> str:
 _NAME = re.compile(r"\b(?i:my name is) ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)")
 
 
-def offline_reply(history: list[HistoryMessage]) -> str:
+def offline_reply(history: Sequence[Message]) -> str:
     """Answer deterministically from ``history`` alone, the session it is given.
 
     It remembers a name the user gave in this session, which makes isolation visible in
@@ -222,12 +230,22 @@ def offline_reply(history: list[HistoryMessage]) -> str:
     return f"{prefix}(offline assistant) You said: {last}"
 
 
-def send(history: list[HistoryMessage], *, deadline: float | None = None) -> str:
+def _always() -> bool:
+    return True
+
+
+def send(
+    history: Sequence[Message],
+    *,
+    deadline: float | None = None,
+    still_wanted: Callable[[], bool] = _always,
+) -> str:
     """Send the conversation to the configured responder and return the reply text.
 
     Raise ``IsolationViolation`` (and audit it) if any message is not the bound
     (user, session)'s; raise ``LLMError`` if Claude cannot answer before ``deadline``
-    (a ``time.time()`` value), retries included.
+    (a ``time.time()`` value), retries included; raise ``TurnAbandoned`` if
+    ``still_wanted()`` turns false: it is asked before every call, retries included.
     """
     try:
         guard_payload(history)
@@ -241,4 +259,4 @@ def send(history: list[HistoryMessage], *, deadline: float | None = None) -> str
         raise
     if settings.LLM_PROVIDER == "offline":
         return offline_reply(history)
-    return _claude_reply(history, deadline)
+    return _claude_reply(history, deadline, still_wanted)

@@ -105,7 +105,8 @@ class TurnSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def _message(self, turn: Turn, role: str) -> dict[str, Any] | None:
-        message = next((m for m in turn.messages.all() if m.role == role), None)
+        # The turn's messages come from the history store with the turn (``exchange``).
+        message = next((m for m in turn.exchange if m.role == role), None)
         return MessageSerializer(message).data if message else None
 
     @extend_schema_field(MessageSerializer)
@@ -121,13 +122,6 @@ class TurnSerializer(serializers.ModelSerializer):
         if not turn.error_code:
             return None
         return {"code": turn.error_code, "detail": turn.error_detail}
-
-
-class ErrorSerializer(serializers.Serializer):
-    """The body of every error response."""
-
-    detail = serializers.CharField()
-    code = serializers.CharField()
 
 
 class SessionCreateSerializer(serializers.Serializer):

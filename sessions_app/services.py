@@ -1,4 +1,8 @@
-"""Every write of conversation data: sessions, accepted messages, turn lifecycle."""
+"""Every write of conversation data: sessions, accepted messages, turn lifecycle.
+
+Messages go to the configured history store; sessions and turns are rows. Nothing here
+enqueues a task (``tasks`` does, and calls in here): no import circle.
+"""
 
 import logging
 import uuid
@@ -13,9 +17,11 @@ from django.utils import timezone
 from audit_app.services import audit_message
 
 from . import events
-from .errors import ServiceUnavailable, TurnInFlight, is_outage
-from .models import ChatSession, Message, Turn
-from .selectors import chat_session_get_for_owner, turn_get, turn_list_stale
+from .errors import TurnInFlight
+from .models import ChatSession, Turn
+from .queries import turn_get, turn_list_stale
+from .selectors import chat_session_get_for_owner
+from .stores import DuplicateReply, StoredMessage, history_store
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +47,14 @@ def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSess
 
 @transaction.atomic
 def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
-    """Erase the caller's session and, by cascade, its messages and turns."""
+    """Erase the caller's session everywhere: its messages in the store, its turns.
+
+    Under the session's row lock no turn can store a reply meanwhile; a turn in retry
+    finds itself gone before its next call to Claude.
+    """
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     in_flight = list(session.turns.filter(status__in=Turn.IN_FLIGHT).values_list("pk", flat=True))
+    history_store().erase(session_ids=[session.pk])
     session.delete()
     for turn_id in in_flight:  # wakes their event streams, which then end
         events.publish_turn_changed(turn_id=turn_id)
@@ -56,7 +67,7 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
     """
     try:
         return _message_accept(user=user, session_id=session_id, content=content)
-    except IntegrityError as exc:
+    except (IntegrityError, DuplicateReply) as exc:
         # The partial unique index, behind the row lock: a writer that skipped the lock.
         raise TurnInFlight() from exc
 
@@ -68,14 +79,18 @@ def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str)
     _turn_in_flight_check(session=session)
     now = timezone.now()
     turn = Turn.objects.create(session=session, deadline_at=_deadline(now))
-    message = Message.objects.create(
-        session=session, turn=turn, seq=session.next_seq, role=Message.Role.USER, content=content
+    session.expires_at = _expiry(now)
+    message = history_store().append_user_message(
+        session=session, turn_id=turn.pk, seq=session.next_seq, content=content
     )
     ChatSession.objects.filter(pk=session.pk).update(
-        next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=_expiry(now)
+        next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=session.expires_at
     )
     audit_message(user_id=user.pk, session_id=session.pk, role="user", content=content)
-    return _with_messages(turn, [message])
+    # What was just written answers the request: no further read that could fail after
+    # the message was accepted (and make the client send it twice).
+    turn.exchange = [message]
+    return turn
 
 
 def _turn_in_flight_check(*, session: ChatSession) -> None:
@@ -91,24 +106,20 @@ def _turn_in_flight_check(*, session: ChatSession) -> None:
         turn_fail(turn_id=turn.pk, code="stalled", detail=STALLED_DETAIL)
 
 
-def _with_messages(turn: Turn, messages: list[Message]) -> Turn:
-    # Fill the prefetch cache with what was just written, as prefetch_related would, so
-    # answering about the turn needs no further query (one that could fail after the
-    # message was accepted, and make the client send it twice).
-    queryset = turn.messages.all()
-    queryset._result_cache = messages
-    queryset._prefetch_done = True
-    turn._prefetched_objects_cache = {"messages": queryset}
-    return turn
-
-
 def turn_discard(*, turn_id: uuid.UUID) -> None:
     """Remove a turn that could not be queued, with its message, as if never accepted."""
     with transaction.atomic():
-        turn = Turn.objects.select_for_update().filter(pk=turn_id, status=Turn.Status.PENDING)
-        session_ids = list(turn.values_list("session_id", flat=True))
+        turn = (
+            Turn.objects.select_related("session")
+            .select_for_update(of=("self", "session"))
+            .filter(pk=turn_id, status=Turn.Status.PENDING)
+            .first()
+        )
+        if turn is None:
+            return
+        history_store().discard_turn(session=turn.session, turn_id=turn.pk)
         turn.delete()
-        ChatSession.objects.filter(pk__in=session_ids).update(next_seq=F("next_seq") - 1)
+        ChatSession.objects.filter(pk=turn.session_id).update(next_seq=F("next_seq") - 1)
 
 
 def turn_claim(*, turn_id: object) -> Turn | None:
@@ -147,11 +158,12 @@ def turn_requeue(*, turn_id: object, attempt: int) -> bool:
     return bool(updated)
 
 
-def turn_complete(*, turn_id: object, reply: str) -> bool:
-    """Store the reply and end the turn ``completed``; return False if it had already ended.
+def turn_complete(*, turn_id: object, reply: str, status: str = "ok") -> bool:
+    """Store the reply and end the turn; return False if it had already ended.
 
-    The turn row is locked first, and the (turn, role) unique constraint backs it up, so
-    two concurrent runs of one turn never store two replies.
+    The turn and session rows are locked first, and the store keeps one reply per turn,
+    so two concurrent runs of one turn never store two replies. ``status`` "suppressed"
+    ends the turn suppressed: the reply stored is then the neutral notice.
     """
     try:
         with transaction.atomic():
@@ -163,35 +175,44 @@ def turn_complete(*, turn_id: object, reply: str) -> bool:
             )
             if turn is None or turn.is_finished:
                 return False
-            session = turn.session
-            Message.objects.create(
-                session=session,
-                turn=turn,
-                seq=session.next_seq,
-                role=Message.Role.ASSISTANT,
-                content=reply,
-            )
-            ChatSession.objects.filter(pk=session.pk).update(next_seq=F("next_seq") + 1)
+            message = _reply_append(turn=turn, reply=reply, status=status)
             now = timezone.now()
+            ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
             Turn.objects.filter(pk=turn.pk).update(
-                status=Turn.Status.COMPLETED,
+                status=Turn.Status.SUPPRESSED if status == "suppressed" else Turn.Status.COMPLETED,
                 finished_at=now,
                 updated_at=now,
                 error_code="",
                 error_detail="",
             )
             audit_message(
-                user_id=session.owner_id,
-                session_id=session.pk,
+                user_id=turn.session.owner_id,
+                session_id=turn.session_id,
                 role="assistant",
-                content=reply,
+                content=message.content,
                 kind="reply",
             )
-    except IntegrityError:
+    except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
         return False
     events.publish_turn_changed(turn_id=turn_id)
     return True
+
+
+def _reply_append(*, turn: Turn, reply: str, status: str) -> StoredMessage:
+    try:
+        return history_store().append_reply(
+            session=turn.session,
+            turn_id=turn.pk,
+            seq=turn.session.next_seq,
+            content=reply,
+            status=status,
+        )
+    except DuplicateReply as duplicate:
+        if duplicate.existing is None:
+            raise  # the database store: the reply is there, this transaction is spoilt
+        # An earlier run stored it and then lost its database commit: finish with it.
+        return duplicate.existing
 
 
 def turn_fail(*, turn_id: object, code: str, detail: str, attempt: int | None = None) -> bool:
@@ -216,46 +237,29 @@ def turn_fail(*, turn_id: object, code: str, detail: str, attempt: int | None = 
     return bool(updated)
 
 
-def _enqueue(turn_id: uuid.UUID) -> None:
-    from .tasks import run_turn  # tasks import this module
-
-    run_turn.delay(str(turn_id))
-
-
-def turn_enqueue(*, turn_id: uuid.UUID) -> None:
-    """Queue the turn's task; if the broker is down, undo the turn and raise 503.
-
-    Called after the accepting transaction committed, so a worker never sees a turn
-    that is not there yet; undoing keeps "an error leaves nothing behind".
-    """
-    try:
-        _enqueue(turn_id)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        logger.warning("broker unavailable; discarding turn %s", turn_id)
-        turn_discard(turn_id=turn_id)
-        raise ServiceUnavailable() from exc
-
-
-def turn_sweep_stale(*, older_than_seconds: int) -> dict[str, int]:
-    """Re-queue or fail turns left pending or running past the bound; return the counts.
+def turn_sweep_stale(*, older_than_seconds: int) -> tuple[list[Turn], int]:
+    """Decide turns left pending or running past the bound: return those put back to
+    pending (for the caller to queue again) and how many were failed.
 
     Their task was lost (the broker restarted empty) or their worker died after acking.
     Each turn is decided under a skip-locked row lock and its ``updated_at`` is bumped, so
     with many sweepers at once exactly one re-queues it per period.
     """
-    counts = {"requeued": 0, "failed": 0}
+    requeued: list[Turn] = []
+    failed = 0
     for turn_id in turn_list_stale(older_than_seconds=older_than_seconds).values_list(
         "pk", flat=True
     ):
-        outcome = _turn_sweep_one(turn_id=turn_id, older_than_seconds=older_than_seconds)
-        if outcome:
-            counts[outcome] += 1
-    return counts
+        turn = _turn_sweep_one(turn_id=turn_id, older_than_seconds=older_than_seconds)
+        if turn is not None and turn.is_finished:
+            failed += 1
+        elif turn is not None:
+            logger.warning("re-queueing stale turn %s", turn_id)
+            requeued.append(turn)
+    return requeued, failed
 
 
-def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> str | None:
+def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> Turn | None:
     with transaction.atomic():
         turn = (
             turn_list_stale(older_than_seconds=older_than_seconds)
@@ -266,21 +270,36 @@ def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> str | Non
         if turn is None:
             return None  # another sweeper has it, or it moved on
         if turn.attempts >= settings.TURN_MAX_ATTEMPTS:
-            outcome = "failed"
             turn_fail(turn_id=turn.pk, code="stalled", detail=STALLED_DETAIL)
+            turn.status = Turn.Status.FAILED
         else:
-            outcome = "requeued"
             now = timezone.now()
             Turn.objects.filter(pk=turn.pk).update(
                 status=Turn.Status.PENDING, updated_at=now, deadline_at=_deadline(now)
             )
-    if outcome == "requeued":
-        logger.warning("re-queueing stale turn %s", turn_id)
-        _enqueue(turn_id)
-    return outcome
+    return turn
+
+
+PURGE_BATCH = 500
 
 
 def chat_session_purge_expired() -> int:
-    """Erase every expired session with its messages and turns; return how many."""
-    deleted, per_model = ChatSession.objects.filter(expires_at__lte=timezone.now()).delete()
-    return per_model.get(ChatSession._meta.label, 0)
+    """Erase every expired session everywhere, as ``DELETE`` does; return how many."""
+    erased = 0
+    while batch := _purge_expired_batch():
+        erased += batch
+    return erased
+
+
+@transaction.atomic
+def _purge_expired_batch() -> int:
+    # Locked and skipped if busy: a session being written to now is taken next time.
+    expired = ChatSession.objects.filter(expires_at__lte=timezone.now()).select_for_update(
+        skip_locked=True
+    )
+    ids = list(expired.values_list("pk", flat=True)[:PURGE_BATCH])
+    if not ids:
+        return 0
+    history_store().erase(session_ids=ids)
+    ChatSession.objects.filter(pk__in=ids).delete()
+    return len(ids)

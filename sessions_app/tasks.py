@@ -1,19 +1,26 @@
-"""Celery tasks: each takes an id, re-fetches, returns early if the work is done."""
+"""Celery tasks, and the one place that queues them.
+
+Each task takes ids, re-fetches, returns early if the work is done and calls services.
+Services never queue a task: they write; this module queues and calls them.
+"""
 
 import logging
 import time
+import uuid
 from datetime import datetime, timedelta
 
-from celery import Task, shared_task
+from celery import Task, current_app, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.cache import cache
 from django.db import close_old_connections
 
+from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connection
+
 from . import llm, services
-from .errors import is_outage, once_more_on_fresh_connection
 from .isolation import IsolationViolation, bound
 from .models import Turn
-from .selectors import turn_history
+from .queries import turn_history, turn_in_flight
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +29,37 @@ def _backoff(attempt: int) -> float:
     return settings.TURN_RETRY_DELAY_SECONDS * (2 ** max(attempt - 1, 0))
 
 
+def turn_enqueue(*, turn: Turn) -> None:
+    """Queue the turn's task; if the broker is down, undo the turn and raise 503.
+
+    Called after the accepting transaction committed, so a worker never sees a turn
+    that is not there yet; undoing keeps "an error leaves nothing behind". The task
+    carries the owner and session fixed when the message was accepted: the worker binds
+    its isolation scope from them, not from the row it is about to read.
+    """
+    try:
+        _queue(turn)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logger.warning("broker unavailable; discarding turn %s", turn.pk)
+        services.turn_discard(turn_id=turn.pk)
+        raise ServiceUnavailable() from exc
+
+
+def _queue(turn: Turn) -> None:
+    run_turn.delay(str(turn.pk), turn.session.owner_id, str(turn.session_id))
+
+
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def run_turn(self, turn_id: str) -> str:
+def run_turn(self, turn_id: str, user_id: int, session_id: str) -> str:
     """Answer one turn: call Claude with the session's history and store the reply.
 
     Safe to redeliver, even while a first run is alive: a finished turn is skipped, and
-    ``turn_complete`` keeps one reply per turn in the database.
+    ``turn_complete`` keeps one reply per turn.
     """
     try:
-        return _run_turn(self, turn_id)
+        return _run_turn(self, turn_id, user_id=user_id, session_id=uuid.UUID(session_id))
     except Retry:
         raise
     except Exception as exc:
@@ -51,18 +80,19 @@ def run_turn(self, turn_id: str) -> str:
         raise self.retry(countdown=_backoff(1), exc=exc) from exc
 
 
-def _run_turn(task: Task, turn_id: str) -> str:
+def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) -> str:
     turn = once_more_on_fresh_connection(services.turn_claim, turn_id=turn_id)
     if turn is None:
         return "skipped"
     # The turn's whole life, every attempt included, fits in TURN_DEADLINE_SECONDS, so a
     # turn Claude cannot answer still ends ``failed`` within API.md's 120 s.
     deadline = (turn.deadline_at or _deadline_of(turn)).timestamp()
-    owner_id = turn.session.owner_id
-    with bound(user_id=owner_id, session_id=turn.session_id):
-        history = once_more_on_fresh_connection(turn_history, turn=turn, user_id=owner_id)
+    with bound(user_id=user_id, session_id=session_id):
+        history = once_more_on_fresh_connection(turn_history, turn=turn)
         try:
-            reply = llm.send(history, deadline=deadline)
+            reply = llm.send(
+                history, deadline=deadline, still_wanted=lambda: turn_in_flight(turn_id=turn.pk)
+            )
         except IsolationViolation:
             services.turn_fail(
                 turn_id=turn.pk,
@@ -71,6 +101,8 @@ def _run_turn(task: Task, turn_id: str) -> str:
                 detail="The reply was refused by the isolation guard; send the message again.",
             )
             return "failed"
+        except llm.TurnAbandoned:
+            return "abandoned"  # the session was deleted: nothing more is sent or stored
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
         stored = once_more_on_fresh_connection(services.turn_complete, turn_id=turn.pk, reply=reply)
@@ -100,13 +132,39 @@ def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -
     return "failed"
 
 
+def turns_sweep(*, older_than_seconds: int) -> dict[str, int]:
+    """Re-queue or fail turns whose task was lost; return the counts."""
+    requeued, failed = services.turn_sweep_stale(older_than_seconds=older_than_seconds)
+    for turn in requeued:
+        _queue(turn)
+    return {"requeued": len(requeued), "failed": failed}
+
+
 @shared_task(acks_late=False, ignore_result=True)
 def sweep_stale_turns() -> dict[str, int]:
     """Re-queue or fail turns whose task was lost; beat runs it every ``SWEEP_INTERVAL``."""
-    return services.turn_sweep_stale(older_than_seconds=settings.STALE_TURN_SECONDS)
+    return turns_sweep(older_than_seconds=settings.STALE_TURN_SECONDS)
 
 
 @shared_task(acks_late=False, ignore_result=True)
 def purge_expired_sessions() -> int:
     """Erase expired sessions; beat runs it periodically."""
     return services.chat_session_purge_expired()
+
+
+def purge_expired_if_due() -> None:
+    """Without beat (the embedded setup runs tasks eagerly), purge now and then in-line.
+
+    Expired sessions must not stay in the SQLite file for good; at most one purge per
+    ``PURGE_INTERVAL_SECONDS``, whichever request comes first.
+    """
+    if not current_app.conf.task_always_eager:
+        return  # beat's job
+    try:
+        due = cache.add("purge-expired-due", 1, timeout=settings.PURGE_INTERVAL_SECONDS)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return  # the cache is down: the purge waits for a request that finds it up
+    if due:
+        purge_expired_sessions()

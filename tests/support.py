@@ -108,3 +108,11 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.kill()
+
+
+def turn_task_args(turn_id: object) -> list:
+    """The arguments ``run_turn`` is queued with: the turn, its owner and its session."""
+    from sessions_app.models import Turn
+
+    turn = Turn.objects.select_related("session").get(pk=turn_id)
+    return [str(turn.pk), turn.session.owner_id, str(turn.session_id)]

@@ -24,10 +24,10 @@ from django.test import Client as DjangoClient
 from psycopg import sql
 from werkzeug.test import Client, TestResponse
 
+from core.errors import is_outage
 from isolation_site.celery import app as celery_app
 from isolation_site.wsgi import application
 from sessions_app import services
-from sessions_app.errors import is_outage
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.tasks import run_turn
 
@@ -424,7 +424,7 @@ def test_publishing_to_a_dead_broker_fails_fast(broker_only, transactional_db):
     broker_only.kill()
     started = time.monotonic()
     with pytest.raises(Exception) as raised:  # whichever outage error; checked below
-        run_turn.delay("00000000-0000-0000-0000-000000000000")
+        run_turn.delay("00000000-0000-0000-0000-000000000000", 1, "00000000-0000-0000-0000-000000000000")
     elapsed = time.monotonic() - started
     assert is_outage(raised.value), repr(raised.value)
     assert elapsed < FAIL_FAST_SECONDS, elapsed

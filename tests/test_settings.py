@@ -81,10 +81,16 @@ def test_production_services_come_from_the_environment():
     )
 
 
-def test_a_history_store_that_is_not_built_refuses_to_start():
+def test_an_unknown_history_store_refuses_to_start():
+    result = load_settings(DEBUG="1", HISTORY_STORE="memory")
+    assert result.returncode != 0
+    assert "HISTORY_STORE='memory': choose 'db', 'redis' or 'cached_db'" in result.stderr
+
+
+def test_the_redis_history_store_without_redis_refuses_to_start():
     result = load_settings(DEBUG="1", HISTORY_STORE="redis")
     assert result.returncode != 0
-    assert "HISTORY_STORE='redis' is not available yet" in result.stderr
+    assert "HISTORY_STORE='redis' needs REDIS_URL" in result.stderr
 
 
 def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):

@@ -10,6 +10,8 @@ from sessions_app import llm, services
 from sessions_app.models import Turn
 from sessions_app.tasks import run_turn
 
+from ..support import turn_task_args
+
 pytestmark = pytest.mark.django_db
 
 
@@ -33,7 +35,7 @@ def test_a_turn_past_its_deadline_fails_without_calling_claude(api, user, fake_c
     turn = services.message_accept(user=user, session_id=session.pk, content="late")
     past = turn.created_at - timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
     Turn.objects.filter(pk=turn.pk).update(created_at=past, deadline_at=turn.created_at)
-    assert run_turn.apply(args=[str(turn.pk)]).result == "failed"
+    assert run_turn.apply(args=turn_task_args(turn.pk)).result == "failed"
     turn.refresh_from_db()
     assert turn.status == "failed" and turn.error_code == "deadline_exceeded"
     assert fake_claude.request_count() == 0

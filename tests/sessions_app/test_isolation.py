@@ -3,6 +3,7 @@
 import ast
 import re
 import threading
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ def test_the_context_does_not_leak_between_threads():
 
 def test_sessions_are_fetched_only_through_selectors_and_services():
     """Zulip's rule: one access function; any other fetch of ChatSession is a defect."""
-    allowed = {"selectors.py", "services.py"}
+    allowed = {"selectors.py", "services.py", "queries.py"}
     offenders = []
     for path in (ROOT / "sessions_app").rglob("*.py"):
         if path.name in allowed or "stores" in path.parts or "migrations" in path.parts:
@@ -223,13 +224,14 @@ def test_no_module_or_class_level_mutable_conversation_state():
 def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):
     """The guard checks what was really read: each message is stamped from its own row."""
     from sessions_app import services
-    from sessions_app.selectors import turn_history
+    from sessions_app.queries import turn_history
+    from sessions_app.stores import history_store
 
     mine = services.chat_session_create(owner=user)
     services.message_accept(user=user, session_id=mine.pk, content="CANARY-mine")
     services.turn_fail(turn_id=mine.turns.get().pk, code="x", detail="y")
     turn = services.message_accept(user=user, session_id=mine.pk, content="again")
-    history = turn_history(turn=turn, user_id=user.pk)
+    history = turn_history(turn=turn)
     assert [(m.user_id, m.session_id, m.content) for m in history] == [
         (user.pk, mine.pk, "CANARY-mine"),
         (user.pk, mine.pk, "again"),
@@ -238,8 +240,9 @@ def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):
     with bound(user_id=other_user.pk, session_id=mine.pk), pytest.raises(IsolationViolation):
         llm.send(history)
     assert AuditEntry.objects.filter(kind="security", user=other_user).count() == 1
-    # And asking for the history as someone else yields nothing of it.
-    assert turn_history(turn=turn, user_id=other_user.pk) == []
+    # And asking the store for it as someone else yields nothing of it.
+    as_other = SimpleNamespace(pk=mine.pk, owner_id=other_user.pk, next_seq=99)
+    assert history_store().history(session=as_other, turn_id=turn.pk) == []
 
 
 def test_web_log_lines_name_the_user_served_and_no_one_after(api, user, victim, caplog):
@@ -255,3 +258,23 @@ def test_web_log_lines_name_the_user_served_and_no_one_after(api, user, victim, 
     assert record.isolation_user == user.pk and record.isolation_session == "-"
     logging.getLogger("audit_app.services").warning("after the request")
     assert caplog.records[-1].isolation_user == "-"
+
+
+def test_a_task_pointed_at_another_users_turn_is_refused_by_the_guard(
+    user, other_user, fake_claude
+):
+    """The scope comes from the task (fixed at acceptance), the history from the store: a
+    task carrying one user's ids but another user's turn id never reaches Claude."""
+    from sessions_app import services
+    from sessions_app.tasks import run_turn
+
+    mine = services.chat_session_create(owner=user)
+    theirs = services.chat_session_create(owner=other_user)
+    their_turn = services.message_accept(
+        user=other_user, session_id=theirs.pk, content="CANARY-theirs"
+    )
+    outcome = run_turn.apply(args=[str(their_turn.pk), user.pk, str(mine.pk)]).result
+    assert outcome == "failed"
+    assert fake_claude.request_count() == 0
+    refused = AuditEntry.objects.filter(kind="security", user=user, session_id=mine.pk)
+    assert refused.exists() and "CANARY" not in refused.first().reason

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from sessions_app import services
+from sessions_app import services, tasks
 from sessions_app.models import ChatSession, Message, Turn
 
 from ..factories import UserFactory
@@ -27,9 +27,9 @@ def age(turn: Turn, seconds: int) -> None:
 @pytest.mark.django_db
 def test_a_lost_pending_turn_is_requeued_and_completes(user, settings):
     turn = accepted_turn(user)
-    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0}
     age(turn, 61)
-    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0}
     turn.refresh_from_db()
     assert turn.status == "completed"
     assert Message.objects.filter(turn=turn, role="assistant").count() == 1
@@ -40,7 +40,7 @@ def test_a_turn_stuck_running_past_its_budget_fails_with_the_message_kept(user, 
     turn = accepted_turn(user, "keep me")
     Turn.objects.filter(pk=turn.pk).update(status="running", attempts=settings.TURN_MAX_ATTEMPTS)
     age(turn, 500)
-    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 1}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 1}
     turn.refresh_from_db()
     assert turn.status == "failed" and turn.error_code == "stalled" and turn.error_detail
     assert turn.finished_at is not None
@@ -54,7 +54,7 @@ def test_finished_turns_are_left_alone(user):
     turn = accepted_turn(user)
     services.turn_fail(turn_id=turn.pk, code="x", detail="y")
     age(turn, 500)
-    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -67,7 +67,7 @@ def test_concurrent_sweepers_requeue_each_turn_once(fake_claude):
 
     def sweep() -> None:
         try:
-            totals.append(services.turn_sweep_stale(older_than_seconds=60))
+            totals.append(tasks.turns_sweep(older_than_seconds=60))
         finally:
             connection.close()
 
@@ -140,7 +140,7 @@ def test_a_requeued_turn_gets_a_fresh_deadline(user, fake_claude, settings):
     Turn.objects.filter(pk=turn.pk).update(
         created_at=long_ago, deadline_at=long_ago, updated_at=long_ago
     )
-    assert services.turn_sweep_stale(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0}
     turn.refresh_from_db()
     assert turn.status == "completed", (turn.error_code, turn.error_detail)
     assert fake_claude.request_count() == 1

@@ -8,6 +8,7 @@ reply, and the payload Claude receives holds this session only. Tasks run eagerl
 import json
 import re
 import threading
+import time
 import uuid
 
 import pytest
@@ -18,6 +19,7 @@ from sessions_app.models import Message, Turn
 from sessions_app.tasks import run_turn
 
 from ..fakes.claude import FakeClaude, canaries_in
+from ..support import turn_task_args, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +56,7 @@ def rerun(turn_id: object) -> str:
     """Run the task again in this thread, as a redelivery would, and return its outcome."""
     # Not ``.get()``: Celery's "never block in a task" flag is process-wide, and eager
     # ``delay()`` calls racing in other threads can leave it set.
-    result = run_turn.apply(args=[str(turn_id)])
+    result = run_turn.apply(args=turn_task_args(turn_id))
     assert result.successful(), result.traceback
     return result.result
 
@@ -255,8 +257,8 @@ def test_redelivering_a_completed_turn_does_not_call_claude_again(api, fake_clau
     assert turn["status"] == "completed" and fake_claude.request_count() == 1
 
     assert rerun(turn["id"]) == "skipped"
-    assert run_turn(turn["id"]) == "skipped"
-    assert run_turn.delay(turn["id"]).result == "skipped"
+    assert run_turn(*turn_task_args(turn["id"])) == "skipped"
+    assert run_turn.delay(*turn_task_args(turn["id"])).result == "skipped"
 
     assert fake_claude.request_count() == 1
     assert api.get(f"/api/v1/turns/{turn['id']}/").json() == turn
@@ -279,8 +281,9 @@ def test_redelivering_a_failed_turn_leaves_it_failed(api, fake_claude: FakeClaud
 def test_a_turn_of_a_deleted_session_is_skipped(api, user, fake_claude: FakeClaude):
     sid = new_session(api)
     turn = services.message_accept(user=user, session_id=sid, content="hello")  # not queued
+    queued = turn_task_args(turn.pk)
     assert api.delete(f"/api/v1/sessions/{sid}/").status_code == 204
-    assert rerun(turn.pk) == "skipped"
+    assert run_turn.apply(args=queued).result == "skipped"
     assert fake_claude.request_count() == 0
     assert not Message.objects.filter(turn_id=turn.pk).exists()
 
@@ -391,3 +394,35 @@ def test_a_stored_blank_reply_is_left_out_of_the_payload(api, user, fake_claude:
     turn = send(api, sid, "second")
     assert turn["status"] == "completed"
     assert fake_claude.requests[-1]["messages"] == [{"role": "user", "content": "first\n\nsecond"}]
+
+
+@pytest.mark.parametrize("store", ["db", "redis", "cached_db"])
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_session_stops_its_turn_retrying(
+    store: str, settings, api, user, fake_claude: FakeClaude
+):
+    """From the 204 on, no request carrying the session's content starts towards Claude."""
+    settings.HISTORY_STORE = store
+    sid = new_session(api)
+    turn = services.message_accept(user=user, session_id=sid, content="CANARY-deleted")
+    fake_claude.fail(500, times=50, retry_after_ms=300)  # retried, again and again
+    outcome: list[str] = []
+    queued = turn_task_args(turn.pk)
+
+    def redelivered() -> None:
+        try:
+            outcome.append(run_turn.apply(args=queued).result)
+        finally:
+            connection.close()
+
+    run = threading.Thread(target=redelivered)
+    run.start()
+    assert wait_until(lambda: fake_claude.request_count() >= 2, 10)
+    assert api.delete(f"/api/v1/sessions/{sid}/").status_code == 204
+    calls_at_204 = fake_claude.request_count()
+    run.join(30)
+    assert not run.is_alive() and outcome == ["abandoned"]
+    time.sleep(0.5)  # longer than a retry's wait: a call still to come would have come
+    assert fake_claude.request_count() == calls_at_204
+    assert not Message.objects.filter(session_id=sid).exists()
+    assert not Turn.objects.filter(pk=turn.pk).exists()

@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from sessions_app.services import turn_sweep_stale
+from sessions_app.tasks import turns_sweep
 
 
 class Command(BaseCommand):
@@ -16,5 +16,5 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, older_than: int, **options) -> None:
-        counts = turn_sweep_stale(older_than_seconds=older_than)
+        counts = turns_sweep(older_than_seconds=older_than)
         self.stdout.write(f"re-queued {counts['requeued']}, failed {counts['failed']}")

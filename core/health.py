@@ -3,6 +3,7 @@
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from celery import current_app as celery_app
 from django.core.cache import cache
 from django.db import connection
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -12,9 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from isolation_site.celery import app as celery_app
-
-from .apis import FirstRendererNegotiation
+from .api import FirstRendererNegotiation
 
 DEADLINE_SECONDS = 1.5
 

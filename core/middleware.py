@@ -73,7 +73,7 @@ def _mark_outage(sender: object, request: HttpRequest | None = None, **kwargs: o
         setattr(request, OUTAGE_MARK, True)
 
 
-got_request_exception.connect(_mark_outage, dispatch_uid="sessions_app.middleware.mark_outage")
+got_request_exception.connect(_mark_outage, dispatch_uid="core.middleware.mark_outage")
 
 
 def unavailable_response() -> JsonResponse:

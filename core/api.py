@@ -1,0 +1,106 @@
+"""What every API view of the site shares: pagination, logging, JSON-only answers, the
+error table of the schema, and the adapter that streams under ASGI."""
+
+import re
+from collections.abc import AsyncIterator, Iterator
+
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+
+from .logcontext import request_bound, request_user_set
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of every error response."""
+
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
+    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
+    403: OpenApiResponse(ErrorSerializer, description="Not allowed for this user."),
+    404: OpenApiResponse(ErrorSerializer, description="No such object for this user."),
+    409: OpenApiResponse(ErrorSerializer, description="A turn is already in flight."),
+    413: OpenApiResponse(ErrorSerializer, description="Request body too large."),
+    429: OpenApiResponse(ErrorSerializer, description="Too many messages."),
+    503: OpenApiResponse(ErrorSerializer, description="A backing service is down."),
+}
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """Return the schema's error responses for the given status codes."""
+    return {code: ERRORS[code] for code in codes}
+
+
+class LoggedUserMixin:
+    """Name the user a view serves in the log lines written while it runs."""
+
+    def dispatch(self, request, *args, **kwargs):
+        with request_bound():
+            return super().dispatch(request, *args, **kwargs)
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        super().initial(request, *args, **kwargs)
+        request_user_set(request.user.pk)
+
+
+class PagePagination(PageNumberPagination):
+    """DRF's page numbers, read as strictly as the schema says: ``?page=`` is a number from 1.
+
+    DRF would take an empty ``?page=`` as the first page and ``?page=last`` as the last one;
+    here anything but digits is the same 404 as a page past the end.
+    """
+
+    last_page_strings = ()
+
+    def get_page_number(self, request: Request, paginator) -> int:
+        raw = request.query_params.get(self.page_query_param, "1")
+        if not re.fullmatch(r"[0-9]{1,9}", raw):  # longer: past any last page
+            raise NotFound(self.invalid_page_message)
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
+        return parameters
+
+
+class FirstRendererNegotiation(BaseContentNegotiation):
+    """Always answer errors in JSON, whatever Accept says (the stream bypasses renderers)."""
+
+    def select_parser(self, request, parsers):
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
+def streamable(request: Request, chunks: Iterator[str]) -> Iterator[str] | AsyncIterator[str]:
+    """Return ``chunks`` in the form the server can send as they come.
+
+    Under ASGI, Django buffers a synchronous iterator whole before sending anything, which
+    would hold every event back until the stream ends; it gets an asynchronous one that
+    steps the synchronous iterator (database reads included) in the request's thread.
+    """
+    if not isinstance(request._request, ASGIRequest):
+        return chunks
+    return _stepped_in_thread(chunks)
+
+
+async def _stepped_in_thread(chunks: Iterator[str]) -> AsyncIterator[str]:
+    step = sync_to_async(next)
+    try:
+        while (chunk := await step(chunks, None)) is not None:
+            yield chunk
+    finally:
+        await sync_to_async(chunks.close)()  # ends the Redis subscription

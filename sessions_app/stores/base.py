@@ -1,0 +1,191 @@
+"""The contract every history store keeps, and the checks they share.
+
+Shaped after ``django.contrib.sessions.backends.base``: this class does the shared work
+(every message read back is checked against the owner and session asked for, and a
+mismatch is audited and refused); a backend implements the short ``_``-prefixed contract.
+Backends raise the neutral exceptions below, never their database's or Redis's own.
+
+Sessions, turns and ownership are database rows whatever the store; a store keeps the
+messages. Sequence numbers are allocated by the caller under the session's row lock, so a
+store never decides an order.
+"""
+
+import abc
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from audit_app.services import audit_security_event
+from core.errors import BackendUnavailable
+
+USER = "user"
+ASSISTANT = "assistant"
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message as a store returns it, naming the owner and session it was stored for."""
+
+    id: int
+    seq: int
+    role: str
+    content: str
+    status: str
+    created_at: datetime
+    turn_id: uuid.UUID
+    session_id: uuid.UUID
+    user_id: int
+
+
+class StoreUnavailable(BackendUnavailable):
+    """The store cannot be reached; nothing was written (an API call answers 503)."""
+
+
+class ForeignData(StoreUnavailable):
+    """A value read back names another owner or session: refused, audited, never used."""
+
+
+class DuplicateReply(Exception):
+    """The turn already has its message of this role.
+
+    ``existing`` is that message when the store could read it without spoiling the caller's
+    transaction, else None (the database store: the transaction must be rolled back).
+    """
+
+    def __init__(self, existing: StoredMessage | None) -> None:
+        super().__init__("the turn already has this message")
+        self.existing = existing
+
+
+class SessionLike:
+    """What a store needs of a session: its id, its owner's id and when it expires."""
+
+    pk: uuid.UUID
+    owner_id: int
+    expires_at: datetime
+    next_seq: int
+
+
+class BaseHistoryStore(abc.ABC):
+    """The history of each session, appended to and read back for its owner only."""
+
+    # -- public API: used by services and selectors ------------------------------------
+
+    def append_user_message(
+        self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str
+    ) -> StoredMessage:
+        """Store the user message of a new turn at ``seq``; raise ``DuplicateReply`` if the
+        turn has one already."""
+        return self._append(
+            session, turn_id=turn_id, seq=seq, role=USER, content=content, status=OK
+        )
+
+    def append_reply(
+        self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str, status: str = OK
+    ) -> StoredMessage:
+        """Store the one reply of a turn at ``seq``, atomically; raise ``DuplicateReply`` if
+        it has one (a redelivered run racing the first)."""
+        return self._append(
+            session, turn_id=turn_id, seq=seq, role=ASSISTANT, content=content, status=status
+        )
+
+    def turn_messages(self, *, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:
+        """Return the turn's user message and reply (if any), in ``seq`` order."""
+        messages = self._checked(session, self._turn_messages(session, turn_id))
+        return [m for m in messages if m.turn_id == turn_id]
+
+    def history(self, *, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:
+        """Return what Claude is sent for a turn: the session's delivered messages up to and
+        including the turn's user message, oldest first."""
+        messages = self._checked(session, self._all(session))
+        upto = next((m.seq for m in messages if m.turn_id == turn_id and m.role == USER), None)
+        if upto is None:
+            return []
+        return [m for m in messages if m.seq <= upto and m.status == OK]
+
+    def page(self, *, session: SessionLike, offset: int, limit: int) -> list[StoredMessage]:
+        """Return up to ``limit`` messages of the session from position ``offset``, by seq."""
+        return self._checked(session, self._page(session, offset, limit))
+
+    def discard_turn(self, *, session: SessionLike, turn_id: uuid.UUID) -> None:
+        """Remove a turn's messages: it is being undone as if never accepted."""
+        self._discard_turn(session, turn_id)
+
+    def erase(self, *, session_ids: Iterable[uuid.UUID]) -> None:
+        """Erase everything kept for these sessions; erasing an unknown session does nothing.
+
+        Called before the session rows are deleted (``DELETE`` and the expiry purge); a
+        store with a TTL also lets expired sessions disappear by themselves.
+        """
+        ids = list(session_ids)
+        if ids:
+            self._erase(ids)
+
+    def set_status(
+        self, *, session: SessionLike, turn_id: uuid.UUID, role: str, status: str
+    ) -> None:
+        """Change the status of a turn's message (a withheld reply released on review)."""
+        self._set_status(session, turn_id, role, status)
+
+    # -- the shared check --------------------------------------------------------------
+
+    def _checked(
+        self, session: SessionLike, messages: Sequence[StoredMessage]
+    ) -> list[StoredMessage]:
+        """Refuse a read that holds anything but this owner's and this session's messages.
+
+        A reused connection, a mis-keyed cache entry or a bug must never hand one user's
+        message to another: the value itself names its owner and session, and both must
+        be the ones asked for.
+        """
+        for message in messages:
+            if message.user_id != session.owner_id or message.session_id != session.pk:
+                audit_security_event(
+                    user_id=session.owner_id,
+                    session_id=session.pk,
+                    reason=f"{type(self).__module__} returned a message of another "
+                    "owner or session; refused",
+                )
+                raise ForeignData("the history store returned a value of another session")
+        return list(messages)
+
+    # -- the contract each backend implements ------------------------------------------
+
+    @abc.abstractmethod
+    def _append(
+        self,
+        session: SessionLike,
+        *,
+        turn_id: uuid.UUID,
+        seq: int,
+        role: str,
+        content: str,
+        status: str,
+    ) -> StoredMessage:
+        """Write one message atomically; one per (turn, role), else ``DuplicateReply``."""
+
+    @abc.abstractmethod
+    def _turn_messages(self, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:
+        """Return the turn's messages, as stored (the base class checks them)."""
+
+    @abc.abstractmethod
+    def _all(self, session: SessionLike) -> list[StoredMessage]:
+        """Return every message of the session, by seq."""
+
+    @abc.abstractmethod
+    def _page(self, session: SessionLike, offset: int, limit: int) -> list[StoredMessage]:
+        """Return a slice of the session's messages, by seq."""
+
+    @abc.abstractmethod
+    def _discard_turn(self, session: SessionLike, turn_id: uuid.UUID) -> None:
+        """Delete the turn's messages."""
+
+    @abc.abstractmethod
+    def _erase(self, session_ids: list[uuid.UUID]) -> None:
+        """Delete every message of these sessions."""
+
+    @abc.abstractmethod
+    def _set_status(self, session: SessionLike, turn_id: uuid.UUID, role: str, status: str) -> None:
+        """Change one message's status."""

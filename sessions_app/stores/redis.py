@@ -1,0 +1,223 @@
+"""History only in Redis, under keys that expire with the session.
+
+All keys of one session share one Redis Cluster hash slot (the ``{<session id>}`` hash
+tag), so each write is one atomic Lua script on a cluster too:
+
+- ``session:{<id>}:messages``: hash, seq -> the message as JSON, naming owner and session
+- ``session:{<id>}:turns``: hash, ``<turn id>:<role>`` -> seq (one message per turn and role)
+- ``session:{<id>}:owner``: the owner's id
+
+Every key expires when the session does, and is pushed back on each write. Losing Redis
+loses the history: the trade-off ``HISTORY_STORE=redis`` chooses.
+"""
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+import redis.exceptions
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from .base import (
+    BaseHistoryStore,
+    DuplicateReply,
+    ForeignData,
+    SessionLike,
+    StoredMessage,
+    StoreUnavailable,
+)
+
+# Message ids are integers, like the database's; a counter of their own (in its own
+# slot: it holds no conversation data) numbers them.
+MESSAGE_IDS_KEY = "history:message_ids"
+
+# KEYS: messages, turns, owner. ARGV: seq, message JSON, turn field, owner, expire-at,
+# turn id.
+# Returns 1 when written, -1 when the session's keys belong to another owner, or the
+# JSON of the message the turn already has for this role.
+APPEND = """
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[4] then return -1 end
+local existing = redis.call('HGET', KEYS[2], ARGV[3])
+if existing then
+  local stored = redis.call('HGET', KEYS[1], existing)
+  -- The seq may since hold another turn's message (a run whose commit failed left it).
+  if stored and cjson.decode(stored)['t'] == ARGV[6] then return stored end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[4])
+for i = 1, 3 do redis.call('EXPIREAT', KEYS[i], ARGV[5]) end
+return 1
+"""
+
+# KEYS: messages, turns. ARGV: turn fields. Returns the messages those fields point to.
+TURN_MESSAGES = """
+local out = {}
+for _, field in ipairs(ARGV) do
+  local seq = redis.call('HGET', KEYS[2], field)
+  if seq then
+    local stored = redis.call('HGET', KEYS[1], seq)
+    if stored then table.insert(out, stored) end
+  end
+end
+return out
+"""
+
+# KEYS: messages, turns. ARGV: turn fields. Removes the messages and their index entries.
+DISCARD = """
+for _, field in ipairs(ARGV) do
+  local seq = redis.call('HGET', KEYS[2], field)
+  if seq then
+    redis.call('HDEL', KEYS[1], seq)
+    redis.call('HDEL', KEYS[2], field)
+  end
+end
+return 1
+"""
+
+# KEYS: messages, turns. ARGV: turn field, new status.
+SET_STATUS = """
+local seq = redis.call('HGET', KEYS[2], ARGV[1])
+if not seq then return 0 end
+local stored = redis.call('HGET', KEYS[1], seq)
+if not stored then return 0 end
+local message = cjson.decode(stored)
+message['st'] = ARGV[2]
+redis.call('HSET', KEYS[1], seq, cjson.encode(message))
+return 1
+"""
+
+
+def _keys(session_id: uuid.UUID) -> tuple[str, str, str]:
+    tag = f"session:{{{session_id}}}"
+    return f"{tag}:messages", f"{tag}:turns", f"{tag}:owner"
+
+
+def _field(turn_id: uuid.UUID, role: str) -> str:
+    return f"{turn_id}:{role}"
+
+
+def _encode(message: StoredMessage) -> str:
+    return json.dumps(
+        {
+            "id": message.id,
+            "q": message.seq,
+            "r": message.role,
+            "c": message.content,
+            "st": message.status,
+            "at": message.created_at.isoformat(),
+            "t": str(message.turn_id),
+            "s": str(message.session_id),
+            "u": message.user_id,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _decode(raw: bytes | str) -> StoredMessage:
+    value = json.loads(raw)
+    return StoredMessage(
+        id=value["id"],
+        seq=value["q"],
+        role=value["r"],
+        content=value["c"],
+        status=value["st"],
+        created_at=datetime.fromisoformat(value["at"]),
+        turn_id=uuid.UUID(value["t"]),
+        session_id=uuid.UUID(value["s"]),
+        user_id=value["u"],
+    )
+
+
+@contextmanager
+def _neutral() -> Iterator[None]:
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise StoreUnavailable("the Redis history store did not answer") from exc
+
+
+def _live(session: SessionLike, messages: list[StoredMessage]) -> list[StoredMessage]:
+    # A message past the session's counter was written by a run whose database commit
+    # then failed: it was never delivered, and the next message takes its number.
+    return sorted((m for m in messages if m.seq < session.next_seq), key=lambda m: m.seq)
+
+
+class HistoryStore(BaseHistoryStore):
+    def _client(self):
+        return get_redis_connection("default")
+
+    def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
+        with _neutral():
+            client = self._client()
+            message = StoredMessage(
+                id=int(client.incr(MESSAGE_IDS_KEY)),
+                seq=seq,
+                role=role,
+                content=content,
+                status=status,
+                created_at=timezone.now(),
+                turn_id=turn_id,
+                session_id=session.pk,
+                user_id=session.owner_id,
+            )
+            outcome = client.register_script(APPEND)(
+                keys=_keys(session.pk),
+                args=[
+                    seq,
+                    _encode(message),
+                    _field(turn_id, role),
+                    session.owner_id,
+                    int(session.expires_at.timestamp()) + 1,
+                    str(turn_id),
+                ],
+            )
+        if outcome == 1:
+            return message
+        if outcome == -1:
+            raise ForeignData("the session's Redis keys name another owner")
+        raise DuplicateReply(self._checked(session, [_decode(outcome)])[0])
+
+    def _turn_messages(self, session, turn_id: uuid.UUID) -> list[StoredMessage]:
+        fields = [_field(turn_id, "user"), _field(turn_id, "assistant")]
+        with _neutral():
+            found = self._client().register_script(TURN_MESSAGES)(
+                keys=_keys(session.pk)[:2], args=fields
+            )
+        return _live(session, [_decode(raw) for raw in found])
+
+    def _all(self, session) -> list[StoredMessage]:
+        with _neutral():
+            found = self._client().hvals(_keys(session.pk)[0])
+        return _live(session, [_decode(raw) for raw in found])
+
+    def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
+        # seq runs 1, 2, 3... without gaps per session, so a page is a range of fields.
+        last = min(offset + limit, session.next_seq - 1)
+        if last <= offset:
+            return []
+        with _neutral():
+            found = self._client().hmget(_keys(session.pk)[0], list(range(offset + 1, last + 1)))
+        return _live(session, [_decode(raw) for raw in found if raw is not None])
+
+    def _discard_turn(self, session, turn_id: uuid.UUID) -> None:
+        fields = [_field(turn_id, "user"), _field(turn_id, "assistant")]
+        with _neutral():
+            self._client().register_script(DISCARD)(keys=_keys(session.pk)[:2], args=fields)
+
+    def _erase(self, session_ids: list[uuid.UUID]) -> None:
+        with _neutral():
+            pipe = self._client().pipeline(transaction=False)
+            for session_id in session_ids:
+                pipe.delete(*_keys(session_id))  # one slot per session: one command each
+            pipe.execute()
+
+    def _set_status(self, session, turn_id: uuid.UUID, role: str, status: str) -> None:
+        with _neutral():
+            self._client().register_script(SET_STATUS)(
+                keys=_keys(session.pk)[:2], args=[_field(turn_id, role), status]
+            )

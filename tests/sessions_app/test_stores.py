@@ -1,0 +1,285 @@
+"""The history stores' one contract, run against every backend on the real Postgres and Redis.
+
+``StoreContract`` holds the tests; each backend is a one-line subclass. What only one backend
+can show (Redis keys and their TTL, a poisoned cache entry) follows in its own class.
+"""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from audit_app.models import AuditEntry
+from sessions_app import services
+from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.stores import DuplicateReply, ForeignData, StoreUnavailable, history_store
+
+from ..conftest import client_for
+from ..support import PrivateRedis
+
+pytestmark = pytest.mark.django_db
+
+
+def _scan(pattern: str) -> list[bytes]:
+    return list(get_redis_connection("default").scan_iter(match=pattern, count=1000))
+
+
+class StoreContract:
+    store_name = ""
+
+    @pytest.fixture(autouse=True)
+    def _store(self, settings):
+        settings.HISTORY_STORE = self.store_name
+
+    @pytest.fixture
+    def session(self, user) -> ChatSession:
+        return services.chat_session_create(owner=user)
+
+    def accept(self, user, session: ChatSession, content: str) -> Turn:
+        turn = services.message_accept(user=user, session_id=session.pk, content=content)
+        session.refresh_from_db()
+        return turn
+
+    def test_a_turn_reads_back_its_message_and_its_one_reply(self, user, session):
+        turn = self.accept(user, session, "CANARY-1 hello")
+        assert services.turn_complete(turn_id=turn.pk, reply="hi there")
+        session.refresh_from_db()
+        messages = history_store().turn_messages(session=session, turn_id=turn.pk)
+        assert [(m.seq, m.role, m.content, m.status) for m in messages] == [
+            (1, "user", "CANARY-1 hello", "ok"),
+            (2, "assistant", "hi there", "ok"),
+        ]
+        assert {(m.user_id, m.session_id, m.turn_id) for m in messages} == {
+            (user.pk, session.pk, turn.pk)
+        }
+
+    def test_a_second_reply_to_a_turn_is_refused(self, user, session):
+        turn = self.accept(user, session, "hello")
+        assert services.turn_complete(turn_id=turn.pk, reply="first")
+        session.refresh_from_db()
+        with pytest.raises(DuplicateReply), transaction.atomic():
+            history_store().append_reply(
+                session=session, turn_id=turn.pk, seq=session.next_seq, content="second"
+            )
+        # And through the service, as a redelivered run would try it:
+        assert not services.turn_complete(turn_id=turn.pk, reply="second")
+        session.refresh_from_db()
+        contents = [m.content for m in history_store().page(session=session, offset=0, limit=10)]
+        assert contents == ["hello", "first"]
+
+    def test_history_is_the_delivered_messages_up_to_the_turn(self, user, session):
+        first = self.accept(user, session, "one")
+        services.turn_complete(turn_id=first.pk, reply="withheld", status="suppressed")
+        second = self.accept(user, session, "two")
+        services.turn_fail(turn_id=second.pk, code="x", detail="y")
+        third = self.accept(user, session, "three")
+        history = history_store().history(session=session, turn_id=third.pk)
+        assert [(m.role, m.content) for m in history] == [
+            ("user", "one"),
+            ("user", "two"),
+            ("user", "three"),
+        ]
+        # An earlier turn's history stops at that turn.
+        earlier = history_store().history(session=session, turn_id=first.pk)
+        assert [m.content for m in earlier] == ["one"]
+
+    def test_pages_are_slices_by_seq(self, user, session):
+        for n in range(5):
+            turn = self.accept(user, session, f"q{n}")
+            services.turn_complete(turn_id=turn.pk, reply=f"a{n}")
+        session.refresh_from_db()
+        page = history_store().page(session=session, offset=3, limit=4)
+        assert [(m.seq, m.content) for m in page] == [(4, "a1"), (5, "q2"), (6, "a2"), (7, "q3")]
+        assert history_store().page(session=session, offset=10, limit=5) == []
+
+    def test_another_owner_gets_nothing_of_the_session(self, user, other_user, session):
+        turn = self.accept(user, session, "CANARY-mine")
+        session.owner_id = other_user.pk  # a caller asking as someone else
+        try:
+            leaked = history_store().history(session=session, turn_id=turn.pk)
+        except ForeignData:
+            leaked = []
+        assert leaked == []
+
+    def test_a_discarded_turn_leaves_nothing(self, user, session):
+        turn = self.accept(user, session, "never queued")
+        services.turn_discard(turn_id=turn.pk)
+        session.refresh_from_db()
+        assert session.next_seq == 1
+        assert history_store().turn_messages(session=session, turn_id=turn.pk) == []
+        assert history_store().page(session=session, offset=0, limit=10) == []
+
+    def test_delete_erases_everything_kept_for_the_session(self, user, session, other_user):
+        theirs = services.chat_session_create(owner=other_user)
+        kept = self.accept(other_user, theirs, "CANARY-theirs")
+        turn = self.accept(user, session, "CANARY-gone")
+        services.turn_complete(turn_id=turn.pk, reply="reply")
+        client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")  # fill any cache
+        assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+        assert not Message.objects.filter(session_id=session.pk).exists()
+        assert not ChatSession.objects.filter(pk=session.pk).exists()
+        assert _scan(f"*{session.pk}*") == []
+        theirs.refresh_from_db()
+        [message] = history_store().turn_messages(session=theirs, turn_id=kept.pk)
+        assert message.content == "CANARY-theirs"
+
+    def test_the_expiry_purge_erases_expired_sessions_everywhere(self, user, session):
+        turn = self.accept(user, session, "CANARY-expired")
+        services.turn_complete(turn_id=turn.pk, reply="reply")
+        live = services.chat_session_create(owner=user)
+        self.accept(user, live, "CANARY-live")
+        ChatSession.objects.filter(pk=session.pk).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+        assert services.chat_session_purge_expired() == 1
+        assert not Message.objects.filter(session_id=session.pk).exists()
+        assert _scan(f"*{session.pk}*") == []
+        live.refresh_from_db()
+        assert len(history_store().page(session=live, offset=0, limit=10)) == 1
+
+    def test_through_the_api_the_owner_reads_and_others_get_404(self, api, other_api):
+        sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+        turn = api.post(
+            f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": "CANARY-api"}, format="json"
+        ).json()
+        assert turn["status"] == "completed" and turn["reply"]["content"]
+        listing = api.get(f"/api/v1/sessions/{sid}/messages/").json()
+        assert [m["seq"] for m in listing["results"]] == [1, 2]
+        assert listing["count"] == 2
+        assert api.get(f"/api/v1/turns/{turn['id']}/").json() == turn
+        for path in (f"/api/v1/sessions/{sid}/messages/", f"/api/v1/turns/{turn['id']}/"):
+            response = other_api.get(path)
+            assert response.status_code == 404 and "CANARY" not in response.content.decode()
+
+    def test_a_redis_outage_mid_post_is_503_and_leaves_nothing(
+        self, settings, private_redis: PrivateRedis, user, session
+    ):
+        api = client_for(user)
+        default = settings.CACHES["default"]
+        settings.CACHES = {"default": {**default, "LOCATION": private_redis.url}}
+        settings.REDIS_URL = private_redis.url
+        settings.CHAT_THROTTLE_RATE = None  # throttling off: only the store needs Redis here
+        private_redis.kill()
+        response = api.post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "lost?"}, format="json"
+        )
+        if self.store_name == "redis":
+            assert response.status_code == 503 and response.json()["code"] == "unavailable"
+            assert not Turn.objects.filter(session=session).exists()
+            session.refresh_from_db()
+            assert session.next_seq == 1
+        else:
+            # The database is the truth: the cache is read past and the message is kept.
+            assert response.status_code == 202, response.content
+            assert Message.objects.filter(session=session, role="user").count() == 1
+
+
+class TestDbStore(StoreContract):
+    store_name = "db"
+
+
+class TestRedisStore(StoreContract):
+    store_name = "redis"
+
+    def test_content_lives_only_in_namespaced_keys_that_expire_with_the_session(
+        self, user, session
+    ):
+        turn = self.accept(user, session, "CANARY-redis")
+        services.turn_complete(turn_id=turn.pk, reply="reply")
+        assert not Message.objects.filter(session=session).exists()
+        keys = sorted(k.decode() for k in _scan(f"session:{{{session.pk}}}:*"))
+        tag = f"session:{{{session.pk}}}"
+        assert keys == [f"{tag}:messages", f"{tag}:owner", f"{tag}:turns"]
+        client = get_redis_connection("default")
+        session.refresh_from_db()
+        left = (session.expires_at - timezone.now()).total_seconds()
+        for key in keys:
+            assert left - 5 <= client.ttl(key) <= left + 5, key
+        assert client.get(f"{tag}:owner") == str(user.pk).encode()
+
+    def test_a_value_naming_another_owner_is_refused_and_audited(self, user, other_user, session):
+        """The March 2023 failure: a reader handed another user's value must not use it."""
+        self.accept(user, session, "mine")
+        theirs = services.chat_session_create(owner=other_user)
+        their_turn = self.accept(other_user, theirs, "CANARY-theirs")
+        client = get_redis_connection("default")
+        stolen = client.hget(f"session:{{{theirs.pk}}}:messages", 1)
+        client.hset(f"session:{{{session.pk}}}:messages", 1, stolen)  # the wrong value
+        session.refresh_from_db()
+        with pytest.raises(ForeignData):
+            history_store().page(session=session, offset=0, limit=10)
+        with pytest.raises(ForeignData):
+            history_store().history(session=session, turn_id=their_turn.pk)
+        assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
+        response = client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")
+        assert response.status_code == 503 and "CANARY" not in response.content.decode()
+
+    def test_a_reply_stored_before_a_lost_commit_is_reused_not_doubled(self, user, session):
+        turn = self.accept(user, session, "hello")
+        # A first run wrote the reply to Redis, then lost its database commit.
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content="from run one"
+        )
+        assert services.turn_complete(turn_id=turn.pk, reply="from run two")
+        session.refresh_from_db()
+        contents = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
+        assert contents == ["hello", "from run one"] and session.next_seq == 3
+
+    def test_store_errors_are_neutral(self, settings, private_redis: PrivateRedis, session):
+        settings.CACHES = {
+            "default": {**settings.CACHES["default"], "LOCATION": private_redis.url}
+        }
+        private_redis.kill()
+        with pytest.raises(StoreUnavailable):
+            history_store().turn_messages(session=session, turn_id=uuid.uuid4())
+        with pytest.raises(StoreUnavailable):
+            history_store().erase(session_ids=[session.pk])
+
+
+class TestCachedDbStore(StoreContract):
+    store_name = "cached_db"
+
+    def test_an_entry_is_never_served_stale_or_to_another_owner(self, user, other_user, session):
+        from django.core.cache import cache
+
+        first = self.accept(user, session, "one")
+        services.turn_complete(turn_id=first.pk, reply="reply one")
+        session.refresh_from_db()
+        assert len(history_store().page(session=session, offset=0, limit=9)) == 2  # cached
+        key = f"session:{{{session.pk}}}:messages"
+        entry = cache.get(key)
+        assert entry["count"] == 2
+        # A later append whose invalidation was lost: the old entry must not be served.
+        second = self.accept(user, session, "two")
+        cache.set(key, entry)
+        session.refresh_from_db()
+        history = history_store().history(session=session, turn_id=second.pk)
+        assert [m.content for m in history] == ["one", "reply one", "two"]
+        # An entry holding another owner's messages is refused and audited.
+        theirs = services.chat_session_create(owner=other_user)
+        self.accept(other_user, theirs, "CANARY-theirs")
+        theirs.refresh_from_db()
+        history_store().page(session=theirs, offset=0, limit=9)  # cached for them
+        poisoned = cache.get(f"session:{{{theirs.pk}}}:messages")
+        poisoned = {**poisoned, "user_id": user.pk, "session_id": session.pk, "count": 1}
+        session.next_seq = 2  # matches the poisoned count
+        cache.set(key, poisoned)
+        with pytest.raises(ForeignData):
+            history_store().page(session=session, offset=0, limit=9)
+        assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
+
+
+def test_the_store_is_chosen_by_the_setting(settings):
+    from sessions_app.stores import cached_db, db, redis
+
+    for name, module in (("db", db), ("redis", redis), ("cached_db", cached_db)):
+        settings.HISTORY_STORE = name
+        assert type(history_store()) is module.HistoryStore
+
+
+def test_an_unknown_turn_has_no_history(user):
+    session = services.chat_session_create(owner=user)
+    assert history_store().history(session=session, turn_id=uuid.uuid4()) == []
