@@ -424,7 +424,8 @@ def test_publishing_to_a_dead_broker_fails_fast(broker_only, transactional_db):
     broker_only.kill()
     started = time.monotonic()
     with pytest.raises(Exception) as raised:  # whichever outage error; checked below
-        run_turn.delay("00000000-0000-0000-0000-000000000000", 1, "00000000-0000-0000-0000-000000000000")
+        nil = "00000000-0000-0000-0000-000000000000"
+        run_turn.delay(nil, 1, nil)
     elapsed = time.monotonic() - started
     assert is_outage(raised.value), repr(raised.value)
     assert elapsed < FAIL_FAST_SECONDS, elapsed

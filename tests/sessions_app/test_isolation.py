@@ -3,8 +3,8 @@
 import ast
 import re
 import threading
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rest_framework.test import APIClient
