@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 import environ
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +37,16 @@ if not ENCRYPTION_KEYS:
     ENCRYPTION_KEYS = [
         base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
     ]
+for _key in ENCRYPTION_KEYS:
+    try:
+        Fernet(_key)
+    except ValueError:
+        # Refused now, not at the first vault write: no message would be storable.
+        raise ImproperlyConfigured(
+            "ENCRYPTION_KEYS must be Fernet keys (url-safe base64 of 32 bytes); generate one "
+            "with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'"
+        ) from None
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 
@@ -193,7 +204,14 @@ if HISTORY_STORE == "redis" and not REDIS_URL:
     # would break the promise that setting makes.
     raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
 SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
+# PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
 PII_MODE = env.str("PII_MODE", default="pseudonymize")
+if PII_MODE not in ("off", "redact", "pseudonymize"):
+    raise ImproperlyConfigured(
+        f"PII_MODE={PII_MODE!r}: choose 'off', 'redact' or 'pseudonymize'."
+    )
+# Regions whose national phone formats are recognised (international +numbers always are).
+PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR", "IN"])
 LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
 MAX_MESSAGE_CHARS = env.int("MAX_MESSAGE_CHARS", default=16000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)

@@ -209,8 +209,9 @@ def _claude_reply(
             return _reply_text(response)
 
 
-# Only "my name is" ignores case: the name itself is one or two capitalised words.
-_NAME = re.compile(r"\b(?i:my name is) ([A-Z][\w'-]*(?: [A-Z][\w'-]*)?)")
+# Only "my name is" ignores case: the name itself is one or two capitalised words, or
+# the placeholder that stands for it once pseudonymised.
+_NAME = re.compile(r"\b(?i:my name is) (<PERSON_\d+>|[A-Z][\w'-]*(?: [A-Z][\w'-]*)?)")
 
 
 def offline_reply(history: Sequence[Message]) -> str:

@@ -102,3 +102,21 @@ class Turn(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status not in self.IN_FLIGHT
+
+
+class SessionVault(models.Model):
+    """The originals behind one session's PII placeholders, encrypted with its own data key.
+
+    ``wrapped_key`` is the session's data key encrypted under ``ENCRYPTION_KEYS``;
+    ``entries`` is ``{placeholder: original}`` as JSON encrypted with the data key. The row
+    goes with its session, and with it the only copy of the key.
+    """
+
+    session = models.OneToOneField(
+        ChatSession, on_delete=models.CASCADE, primary_key=True, related_name="vault"
+    )
+    wrapped_key = models.BinaryField()
+    entries = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"vault of {self.session_id}"

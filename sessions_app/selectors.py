@@ -17,6 +17,7 @@ from rest_framework.exceptions import NotFound
 from core.errors import is_outage, once_more_on_fresh_connection
 from core.ids import as_uuid
 
+from . import privacy
 from .errors import ForeignAccess
 from .models import ChatSession, Turn
 from .stores import history_store
@@ -68,7 +69,8 @@ def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:
     if turn is None:
         session_id = Turn.objects.filter(pk=tid).values_list("session_id", flat=True).first()
         raise _not_found(user=user, session_id=session_id, detail=TURN_NOT_FOUND, what="turn")
-    turn.exchange = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
+    exchange = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
+    turn.exchange = privacy.messages_restore(session_id=turn.session_id, messages=exchange)
     return turn
 
 
@@ -85,7 +87,8 @@ class SessionHistory(Sequence):
         if not isinstance(index, slice):
             raise TypeError("a session's history is read by slices")
         start, stop, _ = index.indices(len(self))
-        return history_store().page(session=self.session, offset=start, limit=stop - start)
+        page = history_store().page(session=self.session, offset=start, limit=stop - start)
+        return privacy.messages_restore(session_id=self.session.pk, messages=page)
 
 
 def message_list_for_owner(*, user: AbstractBaseUser, session_id: object) -> SessionHistory:

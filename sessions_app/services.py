@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from audit_app.services import audit_message
 
-from . import events
+from . import events, privacy
 from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
@@ -80,6 +80,7 @@ def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str)
     now = timezone.now()
     turn = Turn.objects.create(session=session, deadline_at=_deadline(now))
     session.expires_at = _expiry(now)
+    content = privacy.content_scrub(session_id=session.pk, content=content)
     message = history_store().append_user_message(
         session=session, turn_id=turn.pk, seq=session.next_seq, content=content
     )
@@ -89,7 +90,7 @@ def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str)
     audit_message(user_id=user.pk, session_id=session.pk, role="user", content=content)
     # What was just written answers the request: no further read that could fail after
     # the message was accepted (and make the client send it twice).
-    turn.exchange = [message]
+    turn.exchange = privacy.messages_restore(session_id=session.pk, messages=[message])
     return turn
 
 

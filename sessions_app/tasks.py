@@ -17,7 +17,7 @@ from django.db import close_old_connections
 
 from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connection
 
-from . import llm, services
+from . import llm, privacy, services
 from .isolation import IsolationViolation, bound
 from .models import Turn
 from .queries import turn_history, turn_in_flight
@@ -105,6 +105,7 @@ def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) 
             return "abandoned"  # the session was deleted: nothing more is sent or stored
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
+        reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply)
         stored = once_more_on_fresh_connection(services.turn_complete, turn_id=turn.pk, reply=reply)
     return "completed" if stored else "skipped"
 

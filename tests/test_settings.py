@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+VALID_KEY = "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c="
 
 
 SUMMARY = (
@@ -68,7 +69,7 @@ def test_embedded_default_needs_no_services():
 def test_production_services_come_from_the_environment():
     result = load_settings(
         SECRET_KEY="s",
-        ENCRYPTION_KEYS="k",
+        ENCRYPTION_KEYS=VALID_KEY,
         ANTHROPIC_API_KEY="key",
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/isolation",
         REDIS_URL="redis://127.0.0.1:6379/0",
@@ -95,7 +96,7 @@ def test_the_redis_history_store_without_redis_refuses_to_start():
 
 def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
     """collectstatic, then gunicorn-style serving with DEBUG off: /api/docs/ has its assets."""
-    env = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": "k", "STATIC_ROOT_FOR_TEST": str(tmp_path)}
+    env = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY, "STATIC_ROOT_FOR_TEST": str(tmp_path)}
     code = (
         "import django, os; from django.conf import settings;"
         "settings.STATIC_ROOT = os.environ['STATIC_ROOT_FOR_TEST']; django.setup();"
@@ -117,10 +118,22 @@ def test_persistent_connections_are_off_under_asgi_unless_asked_for():
     )
     database = {
         "SECRET_KEY": "s",
-        "ENCRYPTION_KEYS": "k",
+        "ENCRYPTION_KEYS": VALID_KEY,
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/isolation",
     }
     assert load_settings(code, **database).stdout.split()[-1] == "0"
     assert load_settings(code, CONN_MAX_AGE="30", **database).stdout.split()[-1] == "30"
     wsgi = code.replace("isolation_site.asgi", "isolation_site.wsgi")
     assert load_settings(wsgi, **database).stdout.split()[-1] == "60"
+
+
+def test_encryption_keys_that_are_not_fernet_keys_refuse_to_start():
+    result = load_settings(SECRET_KEY="s", ENCRYPTION_KEYS=f"{VALID_KEY},not-a-key")
+    assert result.returncode != 0
+    assert "ENCRYPTION_KEYS must be Fernet keys" in result.stderr
+
+
+def test_an_unknown_pii_mode_refuses_to_start():
+    result = load_settings(DEBUG="1", PII_MODE="mask")
+    assert result.returncode != 0
+    assert "PII_MODE='mask': choose 'off', 'redact' or 'pseudonymize'" in result.stderr

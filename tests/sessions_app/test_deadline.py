@@ -81,13 +81,16 @@ def http_date(seconds_from_now: float) -> str:
         {"retry_after_ms": 60_000},
         {"retry_after_ms": None, "retry_after": 60},
         {"retry_after_ms": None, "retry_after": "60.5"},
-        {"retry_after_ms": None, "retry_after": http_date(60)},
+        {"retry_after_ms": None, "retry_after": http_date},
     ],
     ids=["retry-after-ms", "retry-after-seconds", "retry-after-float", "retry-after-date"],
 )
 def test_a_wait_past_the_deadline_is_not_slept(api, fake_claude, settings, wait_header):
     settings.TURN_DEADLINE_SECONDS = 6
     settings.TURN_MAX_ATTEMPTS = 1  # one attempt, so every request counted is a retry's
+    if callable(wait_header.get("retry_after")):
+        # A date a minute from now, taken when the test runs, not when it was collected.
+        wait_header = {**wait_header, "retry_after": wait_header["retry_after"](60)}
     fake_claude.fail(429, times=10, **wait_header)
     turn, took = post_and_time(api)
     assert turn["status"] == "failed" and turn["error"]["code"] == "claude_http_429"

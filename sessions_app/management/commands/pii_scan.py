@@ -1,0 +1,40 @@
+import json
+import sys
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from sessions_app.pii import detect, pseudonymize_spans, redact_spans
+
+
+class Command(BaseCommand):
+    help = (
+        "Read text lines on stdin and write each one with its personal data scrubbed; with "
+        '--json, one {"text", "entities"} object a line (offsets into the input line).'
+    )
+    # call_command(..., stdin=...) hands the lines in tests.
+    stealth_options = ("stdin",)
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--mode",
+            choices=("redact", "pseudonymize"),
+            default="pseudonymize",
+            help="redact: [TYPE]; pseudonymize (default): <TYPE_N>, numbered across the run",
+        )
+        parser.add_argument("--json", action="store_true", help="one JSON object a line")
+
+    def handle(self, *args, **options) -> None:
+        stdin = options.get("stdin") or sys.stdin
+        vault: dict[str, str] = {}  # one vault for the whole run, as for one session
+        for raw in stdin:
+            line = raw.rstrip("\r\n")
+            spans = detect(line)
+            if options["mode"] == "redact":
+                text = redact_spans(line, spans)
+            else:
+                text, new = pseudonymize_spans(line, spans, vault=vault)
+                vault.update(new)
+            if options["json"]:
+                entities = [{"type": s.type, "start": s.start, "end": s.end} for s in spans]
+                text = json.dumps({"text": text, "entities": entities}, ensure_ascii=False)
+            self.stdout.write(text)

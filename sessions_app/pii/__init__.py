@@ -1,0 +1,33 @@
+"""Personal data in chat text: detection, redaction and per-session pseudonymization.
+
+Pure Python with no Django import, so it runs the same in web processes, workers and the
+``pii_scan`` command. See ``detect``, ``redact``, ``pseudonymize``, ``restore`` and
+``scrub_reply``.
+"""
+
+from .detectors import DEFAULT_REGIONS, ENTITY_TYPES, Span, detect
+from .scrub import (
+    MODES,
+    PLACEHOLDER,
+    pseudonymize,
+    pseudonymize_spans,
+    redact,
+    redact_spans,
+    restore,
+    scrub_reply,
+)
+
+__all__ = (
+    "DEFAULT_REGIONS",
+    "ENTITY_TYPES",
+    "MODES",
+    "PLACEHOLDER",
+    "Span",
+    "detect",
+    "pseudonymize",
+    "pseudonymize_spans",
+    "redact",
+    "redact_spans",
+    "restore",
+    "scrub_reply",
+)

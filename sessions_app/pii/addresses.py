@@ -1,0 +1,119 @@
+"""Street addresses (LOCATION) and US ZIP codes, which count only in an address or after "ZIP".
+
+A LOCATION span is the street line: number, street name, street type, an optional direction
+and unit ("1600 Pennsylvania Ave NW", "221B Baker Street, Apt 4"); French, German, Spanish and
+Italian street lines ("12 rue de la Paix", "Hauptstraße 5", "Via Roma 12") too. Cities are not
+personal data on their own and are left alone.
+"""
+
+import re
+from collections.abc import Iterator
+
+Found = Iterator[tuple[int, int, float]]
+
+# Abbreviations may take a dot; a full word's dot ends the sentence, not the address.
+_SUFFIX = (
+    r"(?:(?:Street|Avenue|Road|Boulevard|Lane|Drive|Court|Place|Way|Terrace|Parkway|Highway"
+    r"|Circle|Square|Trail|Close|Crescent|Row|Alley|Plaza|Loop|Mews|Gardens|Grove|Walk|Pike"
+    r"|Expressway|Freeway)\b"
+    r"|(?:St|Ave|Av|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Pkwy|Hwy|Cir|Sq|Trl|Cres)\b\.?)"
+)
+_NAME_WORD = r"(?:[A-Z][A-Za-z'’\-]*\.?|\d{1,3}(?:st|nd|rd|th))"
+_UNIT = (
+    r"(?:,?[ \t]+(?:Apt|Apartment|Suite|Ste|Unit|Flat|Floor|Fl|Room|Rm)\.?[ \t]*#?[ \t]*\w{1,5}"
+    r"|,?[ \t]+#\w{1,5})"
+)
+_DIRECTION = r"(?:[ \t]+(?:NW|NE|SW|SE|N|S|E|W|North|South|East|West)\b)"
+STREET = re.compile(
+    # The look-behind follows the first digit so that the scan can skip to digits.
+    r"\d(?<![\w\-]\d)\d{0,5}[A-Za-z]?(?:-\d{1,4})?[ \t]+"
+    r"(?:(?:"
+    + _NAME_WORD
+    + r"[ \t]+){1,4}"
+    + _SUFFIX
+    + r"|Broadway\b)"
+    + _DIRECTION
+    + r"?"
+    + _UNIT
+    + r"?"
+)
+_FR_TYPE = r"(?i:rue|avenue|av\.|boulevard|bd|place|allée|chemin|quai|impasse|route|cours)"
+_LOWER_LINK = r"(?:(?:de|du|des|la|le|l'|l’|d'|d’|del|de la)[ \t]*)"
+_CAPITAL_WORD = r"[A-ZÀ-Ý][\w'’\-]*"
+FRENCH = re.compile(
+    rf"\d(?<![\w\-]\d)\d{{0,3}}(?:[ \t]?(?:bis|ter))?,?[ \t]+{_FR_TYPE}[ \t]+{_LOWER_LINK}*"
+    rf"{_CAPITAL_WORD}(?:[ \t]+{_LOWER_LINK}*{_CAPITAL_WORD}){{0,3}}"
+)
+_FR_TYPES = (
+    "rue",
+    "av",
+    "bd",
+    "boulevard",
+    "place",
+    "allée",
+    "chemin",
+    "quai",
+    "impasse",
+    "route",
+    "cours",
+)
+_DE_TYPES = ("straße", "strasse", "str.", "weg", "platz", "allee", "gasse", "ring", "damm")
+GERMAN = re.compile(
+    r"\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|str\.|weg|platz|allee|gasse|ring|damm)"
+    r"[ \t]+\d{1,4}[a-z]?\b"
+)
+_SOUTH_TYPES = ("Calle", "Avenida", "Carrer", "Rua", "Via", "Viale", "Piazza", "Corso")
+SOUTHERN = re.compile(
+    r"\b(?:Calle|Avenida|Carrer|Rua|Via|Viale|Piazza|Corso)[ \t]+(?:(?:de|del|la|dos|da)[ \t]+)*"
+    r"[A-ZÀ-Ý][\w'’]*(?:[ \t]+[A-ZÀ-Ý][\w'’]*)?,?[ \t]+\d{1,4}\b"
+)
+
+
+def find_streets(text: str) -> Found:
+    """Yield street addresses: a house number next to a named street of a known type."""
+    for match in STREET.finditer(text):
+        yield match.start(), match.end(), 0.85
+    # The street types are looked for first: substring tests cost far less than the patterns.
+    lower = text.lower()
+    others = [FRENCH] if any(kind in lower for kind in _FR_TYPES) else []
+    if any(kind in text for kind in _DE_TYPES):
+        others.append(GERMAN)
+    if any(kind in text for kind in _SOUTH_TYPES):
+        others.append(SOUTHERN)
+    for pattern in others:
+        for match in pattern.finditer(text):
+            yield match.start(), match.end(), 0.8
+
+
+_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH"
+    "|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP"
+)
+_STATE_NAMES = (
+    "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|Florida|Georgia"
+    "|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|Maine|Maryland|Massachusetts"
+    "|Michigan|Minnesota|Mississippi|Missouri|Montana|Nebraska|Nevada|New Hampshire|New Jersey"
+    "|New Mexico|New York|North Carolina|North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania"
+    "|Rhode Island|South Carolina|South Dakota|Tennessee|Texas|Utah|Vermont|Virginia|Washington"
+    "|West Virginia|Wisconsin|Wyoming|Puerto Rico"
+)
+_ZIP = r"(\d{5}(?:-\d{4})?)(?![\w\-]|\.\d)"
+ZIP_AFTER_KEYWORD = re.compile(
+    r"(?i:\b(?:zip|zip\s*code|zipcode|postal\s+code|postcode)\b)[ \t]*(?:is|was|[:#=])?[ \t]*"
+    + _ZIP
+)
+ZIP_AFTER_STATE = re.compile(
+    r",[ \t]*(?:(?:" + _STATES + r")\.?|" + _STATE_NAMES + r"),?[ \t]+" + _ZIP
+)
+
+
+def find_zips(text: str) -> Found:
+    """Yield ZIP codes after a state ("…, CA 94103") or a ZIP keyword, not bare numbers."""
+    lower = text.lower()
+    patterns = [ZIP_AFTER_STATE] if "," in text else []
+    if "zip" in lower or "post" in lower:
+        patterns.append(ZIP_AFTER_KEYWORD)
+    for pattern in patterns:
+        for match in pattern.finditer(text):
+            if not match.group(1).startswith("00000"):
+                yield match.start(1), match.end(1), 0.9

@@ -1,0 +1,123 @@
+"""Replace detected personal data: irreversibly (redact) or by per-session placeholders.
+
+A vault maps placeholders to originals for one session ("<EMAIL_ADDRESS_1>" -> "a@b.com"). The
+functions here only read the vault they are given and return new entries; storing and
+encrypting the vault is the caller's job.
+"""
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from .detectors import DEFAULT_REGIONS, ENTITY_TYPES, Span, detect
+
+MODES = ("off", "redact", "pseudonymize")
+PLACEHOLDER = re.compile(r"<(" + "|".join(ENTITY_TYPES) + r")_([1-9]\d{0,8})>")
+
+
+def placeholder_for(kind: str, number: int) -> str:
+    """Return the placeholder of the ``number``-th value of type ``kind`` in a session."""
+    return f"<{kind}_{number}>"
+
+
+def _outside_placeholders(text: str, spans: list[Span]) -> list[Span]:
+    # A placeholder already in the text is never detected again ("<PERSON_1>" stays as it is).
+    taken = [m.span() for m in PLACEHOLDER.finditer(text)] if "<" in text else []
+    return [s for s in spans if all(s.end <= a or s.start >= b for a, b in taken)]
+
+
+def _replace(text: str, spans: Sequence[Span], replacement: Callable[[Span], str]) -> str:
+    parts, position = [], 0
+    for span in spans:
+        parts += [text[position : span.start], replacement(span)]
+        position = span.end
+    parts.append(text[position:])
+    return "".join(parts)
+
+
+def redact_spans(text: str, spans: Sequence[Span]) -> str:
+    """Return ``text`` with each of ``spans`` replaced by its type, "[EMAIL_ADDRESS]"."""
+    return _replace(text, spans, lambda span: f"[{span.type}]")
+
+
+def redact(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> str:
+    """Return ``text`` with every detected value replaced by "[TYPE]", irreversibly."""
+    return redact_spans(text, _outside_placeholders(text, detect(text, regions=regions)))
+
+
+def pseudonymize_spans(
+    text: str, spans: Sequence[Span], *, vault: Mapping[str, str]
+) -> tuple[str, dict[str, str]]:
+    """Replace ``spans`` by placeholders of ``vault``; return the text and the new entries.
+
+    A value already in the vault with the same type keeps its placeholder; a new one gets the
+    next number of its type after the highest the vault holds.
+    """
+    known = {
+        (m.group(1), original): key
+        for key, original in vault.items()
+        if (m := PLACEHOLDER.fullmatch(key))
+    }
+    highest: dict[str, int] = {}
+    for key in vault:
+        if match := PLACEHOLDER.fullmatch(key):
+            highest[match.group(1)] = max(highest.get(match.group(1), 0), int(match.group(2)))
+    new: dict[str, str] = {}
+
+    def replacement(span: Span) -> str:
+        original = text[span.start : span.end]
+        if (span.type, original) not in known:
+            highest[span.type] = highest.get(span.type, 0) + 1
+            key = placeholder_for(span.type, highest[span.type])
+            known[span.type, original] = key
+            new[key] = original
+        return known[span.type, original]
+
+    return _replace(text, spans, replacement), new
+
+
+def pseudonymize(
+    text: str, *, vault: Mapping[str, str], regions: Sequence[str] = DEFAULT_REGIONS
+) -> tuple[str, dict[str, str]]:
+    """Return ``text`` with placeholders for its personal data, and the vault's new entries."""
+    spans = _outside_placeholders(text, detect(text, regions=regions))
+    return pseudonymize_spans(text, spans, vault=vault)
+
+
+def restore(text: str, *, vault: Mapping[str, str]) -> str:
+    """Put the originals back for the placeholders of ``vault``; leave any other as it is.
+
+    A placeholder the model invented, or one of another session, does not resolve here.
+    """
+    if "<" not in text or not vault:
+        return text
+    return PLACEHOLDER.sub(lambda m: vault.get(m.group(), m.group()), text)
+
+
+def scrub_reply(
+    text: str, *, vault: Mapping[str, str], mode: str, regions: Sequence[str] = DEFAULT_REGIONS
+) -> str:
+    """Scrub a model's reply before it is stored.
+
+    Placeholders stay. In "pseudonymize" mode a detected value that is an original of this
+    vault becomes its placeholder and any other is redacted ("[TYPE]"); in "redact" mode all
+    are redacted; "off" returns ``text`` unchanged.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown PII mode {mode!r}, expected one of {MODES}")
+    if mode == "off":
+        return text
+    spans = _outside_placeholders(text, detect(text, regions=regions))
+    if mode == "redact":
+        return redact_spans(text, spans)
+    by_value: dict[str, str] = {}
+    same_type: dict[tuple[str, str], str] = {}
+    for key, original in vault.items():
+        if match := PLACEHOLDER.fullmatch(key):
+            by_value.setdefault(original, key)
+            same_type[match.group(1), original] = key
+
+    def replacement(span: Span) -> str:
+        value = text[span.start : span.end]
+        return same_type.get((span.type, value)) or by_value.get(value) or f"[{span.type}]"
+
+    return _replace(text, spans, replacement)

@@ -1,0 +1,80 @@
+"""``PII_MODE`` applied where content enters and where its owner reads it.
+
+Before storage, a user's message is redacted or pseudonymised (placeholders, originals in
+the session's vault); a reply is scrubbed too: a PII value of this session's vault goes
+back to its placeholder, any other is redacted. What the owner reads has the placeholders
+of their own session restored; a placeholder of another session, or one the model made
+up, stays as it is.
+"""
+
+import dataclasses
+import json
+import re
+import uuid
+from collections.abc import Sequence
+
+from django.conf import settings
+
+from . import crypto
+from .models import SessionVault
+from .pii import pseudonymize, redact, restore, scrub_reply
+from .stores import StoredMessage
+
+PLACEHOLDER = re.compile(r"<[A-Z_]+_\d+>")
+
+
+def vault_read(*, session_id: uuid.UUID) -> dict[str, str]:
+    """Return the session's ``{placeholder: original}``, or {} if it has none."""
+    vault = SessionVault.objects.filter(session_id=session_id).first()
+    if vault is None:
+        return {}
+    return json.loads(crypto.open_with(bytes(vault.wrapped_key), bytes(vault.entries)))
+
+
+def _vault_write(*, session_id: uuid.UUID, entries: dict[str, str]) -> None:
+    """Store the session's vault (the caller holds the session's row lock)."""
+    vault = SessionVault.objects.filter(session_id=session_id).first()
+    wrapped = bytes(vault.wrapped_key) if vault else crypto.data_key_new()[1]
+    sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
+    SessionVault.objects.update_or_create(
+        session_id=session_id, defaults={"wrapped_key": wrapped, "entries": sealed}
+    )
+
+
+def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
+    """Return the user's message as it may be stored and sent to Claude.
+
+    Call with the session's row locked: new placeholders extend its vault.
+    """
+    regions = settings.PII_PHONE_REGIONS
+    if settings.PII_MODE == "off":
+        return content
+    if settings.PII_MODE == "redact":
+        return redact(content, regions=regions)
+    scrubbed, new = pseudonymize(content, vault={}, regions=regions)
+    if not new:
+        return scrubbed  # nothing found: the vault need not be read
+    vault = vault_read(session_id=session_id)
+    scrubbed, new = pseudonymize(content, vault=vault, regions=regions)
+    if new:
+        _vault_write(session_id=session_id, entries={**vault, **new})
+    return scrubbed
+
+
+def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
+    """Return Claude's reply as it may be stored: no PII but this session's placeholders."""
+    mode, regions = settings.PII_MODE, settings.PII_PHONE_REGIONS
+    scrubbed = scrub_reply(reply, vault={}, mode=mode, regions=regions)
+    if scrubbed == reply or mode != "pseudonymize":
+        return scrubbed
+    return scrub_reply(reply, vault=vault_read(session_id=session_id), mode=mode, regions=regions)
+
+
+def messages_restore(
+    *, session_id: uuid.UUID, messages: Sequence[StoredMessage]
+) -> list[StoredMessage]:
+    """Return the messages with this session's placeholders replaced by the originals."""
+    if not any(PLACEHOLDER.search(m.content) for m in messages):
+        return list(messages)
+    vault = vault_read(session_id=session_id)
+    return [dataclasses.replace(m, content=restore(m.content, vault=vault)) for m in messages]

@@ -1,0 +1,272 @@
+"""The pure PII layer: detection of each type, its tricky negatives, the scrub modes, the corpus."""
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import phonenumbers
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sessions_app.pii import (
+    DEFAULT_REGIONS,
+    MODES,
+    Span,
+    detect,
+    pseudonymize,
+    redact,
+    restore,
+    scrub_reply,
+)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+MARK = re.compile(r"\{\{([A-Z_]+)\|(.*?)\}\}")
+
+
+def found(text: str) -> list[tuple[str, str]]:
+    return [(span.type, text[span.start : span.end]) for span in detect(text)]
+
+
+def types(text: str) -> set[str]:
+    return {span.type for span in detect(text)}
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("write to anna.k@example.org today", "EMAIL_ADDRESS", "anna.k@example.org"),
+        ("mail J.Smith+x@mail.example.co.uk.", "EMAIL_ADDRESS", "J.Smith+x@mail.example.co.uk"),
+        ("Call (415) 555-0132 now", "PHONE_NUMBER", "(415) 555-0132"),
+        ("London: +44 20 7946 0958", "PHONE_NUMBER", "+44 20 7946 0958"),
+        ("UK mobile 07911 123456", "PHONE_NUMBER", "07911 123456"),
+        ("Berlin 030 1234567", "PHONE_NUMBER", "030 1234567"),
+        ("Paris 01 23 45 67 89", "PHONE_NUMBER", "01 23 45 67 89"),
+        ("Mumbai +91 98765 43210", "PHONE_NUMBER", "+91 98765 43210"),
+        ("Tokyo +81 3-1234-5678", "PHONE_NUMBER", "+81 3-1234-5678"),
+        ("Lagos +234 803 123 4567", "PHONE_NUMBER", "+234 803 123 4567"),
+        ("card 4111 1111 1111 1111 ok", "CREDIT_CARD", "4111 1111 1111 1111"),
+        ("amex 3782 822463 10005", "CREDIT_CARD", "3782 822463 10005"),
+        ("mc 5555-5555-5555-4444", "CREDIT_CARD", "5555-5555-5555-4444"),
+        ("SSN 123-45-6789.", "US_SSN", "123-45-6789"),
+        ("ssn 078051121 for the form", "US_SSN", "078051121"),
+        ("IBAN DE89 3704 0044 0532 0130 00.", "IBAN_CODE", "DE89 3704 0044 0532 0130 00"),
+        ("to GB82 WEST 1234 5698 7654 32 ok", "IBAN_CODE", "GB82 WEST 1234 5698 7654 32"),
+        ("iban FR1420041010050500013M02606", "IBAN_CODE", "FR1420041010050500013M02606"),
+        ("host 192.168.1.10 is down", "IP_ADDRESS", "192.168.1.10"),
+        ("v6 2001:db8:85a3::8a2e:370:7334 here", "IP_ADDRESS", "2001:db8:85a3::8a2e:370:7334"),
+        ("loopback ::1 works", "IP_ADDRESS", "::1"),
+        ("I live at 221B Baker Street, London", "LOCATION", "221B Baker Street"),
+        ("at 1600 Pennsylvania Ave NW, Washington", "LOCATION", "1600 Pennsylvania Ave NW"),
+        ("new: 1234 Elm St, Apt 5B, Austin", "LOCATION", "1234 Elm St, Apt 5B"),
+        ("Paris: 12 rue de la Paix, 75002", "LOCATION", "12 rue de la Paix"),
+        ("ZIP 94103 please", "US_ZIP_CODE", "94103"),
+        ("Austin, TX 78701", "US_ZIP_CODE", "78701"),
+        ("Springfield, Illinois 62704-1234", "US_ZIP_CODE", "62704-1234"),
+        ("Hi, my name is Priya Sharma.", "PERSON", "Priya Sharma"),
+        ("I spoke with John Smith yesterday", "PERSON", "John Smith"),
+        ("Dear Mr. Nakamura,", "PERSON", "Nakamura"),
+        ("Thanks,\nOluwaseun", "PERSON", "Oluwaseun"),
+        ("The courier gave it to Łukasz Kowalski", "PERSON", "Łukasz Kowalski"),
+        ("Wei Zhang will join", "PERSON", "Wei Zhang"),
+        ("José García signed", "PERSON", "José García"),
+        ("Hi Will, any news?", "PERSON", "Will"),
+        ("my name is jennifer lopez", "PERSON", "jennifer lopez"),
+        ("Liam O'Brien called", "PERSON", "Liam O'Brien"),
+        ("Talk to Ahmed al-Sayed", "PERSON", "Ahmed al-Sayed"),
+    ],
+)
+def test_detects_each_type(text: str, kind: str, value: str) -> None:
+    assert (kind, value) in found(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "user@localhost is not a sender",
+        "name@company has no top-level domain",
+        "I mistyped test@example.con",
+        "a@b.c is not real",
+        "ping @maria_dev on the issue",
+        "Order 4829103 was delivered",
+        "my order number is 8472910355",
+        "Meeting on 2024-03-15 at 10:30",
+        "It costs $1,299.00 or 1.299,00 EUR",
+        "We upgraded from 3.11.2 to 3.12.1",
+        "The population grew to 8 336 817",
+        "The build 20240101.3 failed",
+        "Part number 123-45-678 fits",
+        "I typed 4111 1111 1111 1112 and it failed",  # Luhn-invalid
+        "The reference 1234 5678 9012 3456 is on the letter",
+        "000-12-3456 has a zero area",
+        "666-12-3456 is never issued",
+        "900-12-3456 is an advertising number",
+        "123-00-4567 has a zero group",
+        "123-45-0000 has a zero serial",
+        "123-45 6789 mixes separators",
+        "The IBAN DE89 3704 0044 0532 0130 01 has a bad checksum",
+        "GB00 WEST 1234 5698 7654 32 fails mod 97",
+        "Install version 1.2.3.4 of the plugin",
+        "999.999.1.1 is not an address",
+        "Section 4.3.2.1 of the manual",
+        "Use std::vector here",
+        "At 10:30:00 we meet",
+        "Order 48291 shipped today",
+        "I have 12345 points",
+        "We sold 94103 units",
+        "The 5 Main Concerns of the report",
+        "New York is lovely in the spring",
+        "Thank You for your help!",
+        "Order Status: shipped",
+        "Will you send it today?",
+        "May I change my address?",
+        "Bill me at the end of the month.",
+        "Mark this ticket as resolved",
+        "Hope you are well",
+        "Dear Customer, your order has shipped",
+        "Hi Team, any update?",
+        "Can Claude help me?",
+        "The office is in San Francisco",
+        "41111111 5555 12345 987654321 00000000000",
+        "",
+    ],
+)
+def test_ignores_tricky_negatives(text: str) -> None:
+    assert found(text) == []
+
+
+def test_a_digit_string_is_never_a_name() -> None:
+    assert "PERSON" not in types("my name is 12345 and yours is 67890")
+
+
+def test_spans_are_sorted_and_do_not_overlap() -> None:
+    text = "Priya Sharma, priya@example.in, +44 20 7946 0958, card 4111111111111111, 10.0.0.1"
+    spans = detect(text)
+    assert [s.type for s in spans] == [
+        "PERSON",
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IP_ADDRESS",
+    ]
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
+    assert all(isinstance(s, Span) and 0 < s.score <= 1 for s in spans)
+
+
+def test_overlaps_resolve_to_the_best_span() -> None:
+    # Sixteen digits that pass Luhn are also a candidate phone number: the card wins.
+    assert found("call 4111 1111 1111 1111") == [("CREDIT_CARD", "4111 1111 1111 1111")]
+    # An SSN-shaped run is not also reported as a phone.
+    assert found("SSN 123-45-6789") == [("US_SSN", "123-45-6789")]
+
+
+def test_national_formats_follow_the_regions() -> None:
+    assert detect("Berlin 030 1234567", regions=("US",)) == []
+    assert detect("Berlin 030 1234567", regions=("DE",))[0].type == "PHONE_NUMBER"
+    # An international number is found whatever the regions.
+    assert detect("call +49 30 1234567", regions=("US",))[0].type == "PHONE_NUMBER"
+    assert "GB" in DEFAULT_REGIONS and "UK" not in DEFAULT_REGIONS
+
+
+@pytest.mark.parametrize(
+    "region", ["US", "GB", "DE", "FR", "ES", "IT", "NL", "IN", "AU", "JP", "BR"]
+)
+def test_library_example_numbers_are_found_in_international_format(region: str) -> None:
+    for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
+        example = phonenumbers.example_number_for_type(region, kind)
+        number = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        assert found(f"call {number} please") == [("PHONE_NUMBER", number)]
+
+
+def test_redact_replaces_by_type() -> None:
+    text = "Mail anna@example.com or call (415) 555-0132, Priya Sharma"
+    assert redact(text) == "Mail [EMAIL_ADDRESS] or call [PHONE_NUMBER], [PERSON]"
+
+
+def test_pseudonymize_numbers_per_type_and_reuses_known_values() -> None:
+    text, new = pseudonymize("anna@example.com, bob@example.org, anna@example.com", vault={})
+    assert text == "<EMAIL_ADDRESS_1>, <EMAIL_ADDRESS_2>, <EMAIL_ADDRESS_1>"
+    assert new == {"<EMAIL_ADDRESS_1>": "anna@example.com", "<EMAIL_ADDRESS_2>": "bob@example.org"}
+    vault = {**new, "<PHONE_NUMBER_4>": "(415) 555-0132"}
+    text, more = pseudonymize("bob@example.org, carol@example.net, (415) 555-0132", vault=vault)
+    assert text == "<EMAIL_ADDRESS_2>, <EMAIL_ADDRESS_3>, <PHONE_NUMBER_4>"
+    assert more == {"<EMAIL_ADDRESS_3>": "carol@example.net"}  # only the new entries
+
+
+def test_pseudonymize_leaves_existing_placeholders_alone() -> None:
+    text, new = pseudonymize("<PERSON_1> wrote to <EMAIL_ADDRESS_1>", vault={})
+    assert (text, new) == ("<PERSON_1> wrote to <EMAIL_ADDRESS_1>", {})
+
+
+def test_restore_leaves_unknown_and_foreign_placeholders() -> None:
+    vault = {"<EMAIL_ADDRESS_1>": "anna@example.com"}
+    reply = "Sent to <EMAIL_ADDRESS_1>, not <EMAIL_ADDRESS_7> nor <PERSON_1> nor <FOO_1>."
+    assert restore(reply, vault=vault) == (
+        "Sent to anna@example.com, not <EMAIL_ADDRESS_7> nor <PERSON_1> nor <FOO_1>."
+    )
+    assert restore("<EMAIL_ADDRESS_1>", vault={}) == "<EMAIL_ADDRESS_1>"
+
+
+@given(st.lists(st.sampled_from(["anna@example.com", "Priya Sharma", "(415) 555-0132", "hi"])))
+def test_pseudonymize_then_restore_gives_the_original(parts: list[str]) -> None:
+    original = " and ".join(parts)
+    text, vault = pseudonymize(original, vault={})
+    assert restore(text, vault=vault) == original
+
+
+def test_scrub_reply_modes() -> None:
+    vault = {"<EMAIL_ADDRESS_1>": "anna@example.com"}
+    reply = "I wrote to <EMAIL_ADDRESS_1> and anna@example.com, cc eve@example.org."
+    assert scrub_reply(reply, vault=vault, mode="pseudonymize") == (
+        "I wrote to <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_1>, cc [EMAIL_ADDRESS]."
+    )
+    assert scrub_reply(reply, vault=vault, mode="redact") == (
+        "I wrote to <EMAIL_ADDRESS_1> and [EMAIL_ADDRESS], cc [EMAIL_ADDRESS]."
+    )
+    assert scrub_reply(reply, vault=vault, mode="off") == reply
+    assert MODES == ("off", "redact", "pseudonymize")
+    with pytest.raises(ValueError):
+        scrub_reply(reply, vault=vault, mode="loud")
+
+
+def parse_marked(line: str) -> dict:
+    """Turn one marked-up corpus line into ``{"text", "entities"}`` with computed offsets."""
+    line = line.replace("\\n", "\n")
+    pieces, entities, position, length = [], [], 0, 0
+    for match in MARK.finditer(line):
+        before, value = line[position : match.start()], match.group(2)
+        length += len(before)
+        entities.append({"type": match.group(1), "start": length, "end": length + len(value)})
+        pieces += [before, value]
+        length += len(value)
+        position = match.end()
+    pieces.append(line[position:])
+    return {"text": "".join(pieces), "entities": entities}
+
+
+def corpus() -> list[dict]:
+    lines = (DATA / "pii_corpus.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_corpus_is_the_marked_source_with_right_offsets() -> None:
+    marked = (DATA / "pii_corpus_marked.txt").read_text(encoding="utf-8").splitlines()
+    expected = [parse_marked(line) for line in marked if line.strip() and line[0] != "#"]
+    assert corpus() == expected
+    assert len(expected) >= 300
+
+
+def test_corpus_f1_is_at_least_095_for_every_type() -> None:
+    hit, predicted, gold = Counter(), Counter(), Counter()
+    for row in corpus():
+        truth = {(e["type"], e["start"], e["end"]) for e in row["entities"]}
+        guess = {(s.type, s.start, s.end) for s in detect(row["text"])}
+        for kind, *_ in truth & guess:
+            hit[kind] += 1
+        predicted.update(kind for kind, *_ in guess)
+        gold.update(kind for kind, *_ in truth)
+    for kind in gold:
+        f1 = 2 * hit[kind] / (predicted[kind] + gold[kind])
+        assert f1 >= 0.95, f"{kind}: F1 {f1:.3f}"
+    assert len(gold) == 9
