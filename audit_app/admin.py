@@ -1,14 +1,245 @@
-from django.contrib import admin
+"""The review console: flagged entries first, why each was flagged, and the two decisions.
 
+Nothing here edits or deletes an entry; the only writes are review decisions (each
+recorded, with reviewer and time, as a ``review`` entry) and the audit of each read of
+withheld text.
+"""
+
+import uuid
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+
+from sessions_app.services import turn_release_withheld
+
+from . import selectors, services
 from .models import AuditEntry
+
+REVIEW_PERMISSION = "audit_app.change_auditentry"
+WITHHELD_PERMISSION = "audit_app.view_withheld_text"
+
+
+def _entries_url(**params: object) -> str:
+    query = "&".join(f"{name}={value}" for name, value in params.items())
+    return f"{reverse('admin:audit_app_auditentry_changelist')}?{query}"
 
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "kind", "user", "session_id", "role", "flagged", "review_state"]
-    list_filter = ["kind", "flagged", "review_state"]
-    search_fields = ["session_id", "user__username", "reason"]
-    readonly_fields = [f.name for f in AuditEntry._meta.fields if f.name != "review_state"]
+    list_display = [
+        "created_at",
+        "kind",
+        "user_id",
+        "username",
+        "session_id",
+        "role",
+        "count",
+        "flagged",
+        "review_state",
+        "reason",
+    ]
+    list_filter = [
+        "flagged",
+        "review_state",
+        "kind",
+        ("created_at", admin.DateFieldListFilter),
+        ("user", admin.RelatedOnlyFieldListFilter),
+    ]
+    search_help_text = "A session id, or a username."
+    search_fields = ["user__username"]
+    # Open flags on top, then everything else newest first.
+    ordering = ["-flagged", "review_state", "-created_at", "-id"]
+    list_select_related = ["user"]
+    actions = ["confirm_leak", "mark_false_positive", "release_reply"]
+    readonly_fields = ["evidence_display"]
+    change_form_template = "admin/audit_app/auditentry/change_form.html"
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False  # the trail is append-only
+    @admin.display(description="username")
+    def username(self, entry: AuditEntry) -> str:
+        return entry.user.get_username() if entry.user else "-"
+
+    def get_fields(self, request: HttpRequest, obj: AuditEntry | None = None) -> list[str]:
+        return [f.name for f in AuditEntry._meta.fields if f.name != "evidence"] + [
+            "evidence_display"
+        ]
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str):
+        try:
+            return queryset.filter(session_id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return super().get_search_results(request, queryset, search_term)
+
+    # Append-only: view and review, never add, change or delete.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
+        return False
+
+    def has_review_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(REVIEW_PERMISSION)
+
+    @admin.display(description="evidence")
+    def evidence_display(self, entry: AuditEntry) -> str:
+        items = (entry.evidence or {}).get("items", [])
+        if not items:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}-{}</td><td>{}%</td><td>{}</td></tr>",
+            (
+                (item["start"], item["end"], item["weight_pct"], self._introducers(item))
+                for item in items
+            ),
+        )
+        head = "<tr><th>characters</th><th>weight</th><th>introduced by</th></tr>"
+        return format_html("<table>{}{}</table>", mark_safe(head), rows)  # noqa: S308
+
+    def _introducers(self, item: dict) -> str:
+        return format_html_join(
+            ", ",
+            '<a href="{}">user {} / session {}</a>',
+            (
+                (
+                    _entries_url(user=p["user_id"], session_id=p["session_id"]),
+                    p["user_id"],
+                    p["session_id"],
+                )
+                for p in item["introduced_by"]
+            ),
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        count = selectors.audit_open_flag_count()
+        title = f"Audit entries: {count} open flag{'s' if count != 1 else ''}"
+        return super().changelist_view(request, {"title": title, **(extra_context or {})})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        context = {
+            "can_review": self.has_review_permission(request),
+            "can_read_withheld": request.user.has_perm(WITHHELD_PERMISSION),
+            **(extra_context or {}),
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+    def get_urls(self):
+        own = [
+            path(
+                "<int:entry_id>/review/<str:decision>/",
+                self.admin_site.admin_view(self.review_view),
+                name="audit_app_auditentry_review",
+            ),
+            path(
+                "<int:entry_id>/withheld/",
+                self.admin_site.admin_view(self.withheld_view),
+                name="audit_app_auditentry_withheld",
+            ),
+        ]
+        return own + super().get_urls()
+
+    @admin.action(description="Confirm leak", permissions=["review"])
+    def confirm_leak(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._decide(request, queryset, leak=True)
+
+    @admin.action(description="Mark false positive", permissions=["review"])
+    def mark_false_positive(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._decide(request, queryset, leak=False)
+
+    @admin.action(
+        description="Mark false positive and release the reply to its user",
+        permissions=["review"],
+    )
+    def release_reply(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._decide(request, queryset, leak=False, release=True)
+
+    def _decide(
+        self, request: HttpRequest, queryset: QuerySet, *, leak: bool, release: bool = False
+    ) -> None:
+        flagged = list(queryset.filter(flagged=True).values_list("pk", flat=True))
+        for entry_id in flagged:
+            _decide_one(entry_id=entry_id, reviewer_id=request.user.pk, leak=leak, release=release)
+        self.message_user(request, f"{len(flagged)} flagged entries reviewed.", messages.SUCCESS)
+
+    def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
+        return _review(self, request, entry_id=entry_id, decision=decision)
+
+    def withheld_view(self, request: HttpRequest, entry_id: int) -> HttpResponse:
+        if not request.user.has_perm(WITHHELD_PERMISSION):
+            raise PermissionDenied
+        entry = get_object_or_404(AuditEntry, pk=entry_id, flagged=True)
+        text = selectors.withheld_text_for(entry)
+        if text is not None:
+            services.audit_withheld_text_read(entry_id=entry.pk, reader_id=request.user.pk)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Withheld reply of entry {entry.pk}",
+            "entry": entry,
+            "opts": self.opts,
+            "segments": _segments(text, entry.evidence) if text is not None else None,
+        }
+        return TemplateResponse(request, "admin/audit_app/auditentry/withheld.html", context)
+
+
+def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: str):
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    decisions = ("leak", "false_positive", "release")
+    if not model_admin.has_review_permission(request) or decision not in decisions:
+        raise PermissionDenied
+    get_object_or_404(AuditEntry, pk=entry_id, flagged=True)
+    _decide_one(
+        entry_id=entry_id,
+        reviewer_id=request.user.pk,
+        leak=decision == "leak",
+        release=decision == "release",
+    )
+    model_admin.message_user(request, f"Entry {entry_id} reviewed.", messages.SUCCESS)
+    return HttpResponseRedirect(reverse("admin:audit_app_auditentry_change", args=[entry_id]))
+
+
+def _decide_one(*, entry_id: int, reviewer_id: int, leak: bool, release: bool) -> None:
+    """Record the decision; a false positive released delivers the withheld reply."""
+    entry = services.audit_review_decide(entry_id=entry_id, reviewer_id=reviewer_id, leak=leak)
+    wanted = release and not leak and entry.turn_id is not None
+    if wanted and turn_release_withheld(turn_id=entry.turn_id):
+        services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
+
+
+def _segments(text: str, evidence: dict) -> list[tuple[str, bool]]:
+    """Split ``text`` into (piece, matched) runs, so the template can mark the matches."""
+    spans = sorted((item["start"], item["end"]) for item in (evidence or {}).get("items", []))
+    segments, at = [], 0
+    for start, end in spans:
+        start = max(start, at)
+        if start < end:
+            segments += [(text[at:start], False), (text[start:end], True)]
+            at = end
+    return segments + [(text[at:], False)]
+
+
+def _index_with_open_flags(site: admin.AdminSite) -> None:
+    """Show the number of open flags beside "Audit entries" on the admin index."""
+    app_list = site.get_app_list
+
+    def get_app_list(request: HttpRequest, app_label: str | None = None) -> list[dict]:
+        apps = app_list(request, app_label)
+        for model in (m for app in apps for m in app["models"]):
+            if model.get("model") is AuditEntry:
+                count = selectors.audit_open_flag_count()
+                model["name"] = f"{model['name']} ({count} open flag{'s' if count != 1 else ''})"
+        return apps
+
+    site.get_app_list = get_app_list
+
+
+_index_with_open_flags(admin.site)

@@ -1,15 +1,46 @@
-"""Writes to the audit trail. Entries hold hashes and counts, never raw content."""
+"""Writes to the audit trail and the fingerprint index. Entries hold hashes, counts and
+offsets, never raw content."""
 
 import hashlib
 import hmac
 import logging
 import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import lru_cache
 
 from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Subquery
+from django.utils import timezone
 
-from .models import AuditEntry
+from . import chain, fingerprint
+from .fingerprint import ScanResult
+from .index import MAX_RECORDS, DbIndex, IndexUnavailable, Layout, RedisIndex
+from .models import AuditChainHead, AuditEntry
+
+__all__ = (
+    "IndexUnavailable",
+    "ScanResult",
+    "audit_chain_seal",
+    "audit_flagged_reply",
+    "audit_message",
+    "audit_reply_released",
+    "audit_review_decide",
+    "audit_security_event",
+    "audit_withheld_text_read",
+    "content_hash",
+    "fingerprints_erase_session",
+    "fingerprints_register",
+    "reply_scan",
+)
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_FINGERPRINT_TTL_SECONDS = 30 * 24 * 3600
+DEFAULT_AGGREGATE_WINDOW_SECONDS = 60
+# 4,096 hashes per generation: listpacks (<= 128 fields) up to ~400,000 features each.
+DEFAULT_BUCKET_BITS = 12
 
 
 def content_hash(text: str) -> str:
@@ -22,23 +53,258 @@ def content_hash(text: str) -> str:
     return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
 
 
-def audit_security_event(*, user_id: int | None, session_id: uuid.UUID | None, reason: str) -> None:
-    """Record a refused access or isolation violation; never let auditing break the caller."""
+# Audit entries ---------------------------------------------------------------------------
+
+
+def audit_security_event(
+    *,
+    user_id: int | None,
+    session_id: uuid.UUID | None,
+    reason: str,
+    turn_id: uuid.UUID | None = None,
+) -> None:
+    """Record a refused access or isolation violation; never let auditing break the caller.
+
+    Repeats of the same event by the same user within the aggregation window add to one
+    entry's ``count``, so a flood cannot bury other events.
+    """
     logger.warning("security event: %s (user=%s session=%s)", reason, user_id, session_id)
+    try:
+        with transaction.atomic():  # a savepoint: a failure leaves the caller's transaction
+            _security_event_count(
+                user_id=user_id, session_id=session_id, reason=reason, turn_id=turn_id
+            )
+    except Exception as exc:  # noqa: BLE001 - the caller's answer matters more than the trail
+        logger.error("could not audit a security event: %s", exc.__class__.__name__)
+
+
+def _security_event_count(
+    *, user_id: int | None, session_id: uuid.UUID | None, reason: str, turn_id: uuid.UUID | None
+) -> None:
+    window = getattr(settings, "AUDIT_AGGREGATE_WINDOW_SECONDS", DEFAULT_AGGREGATE_WINDOW_SECONDS)
+    open_entries = AuditEntry.objects.filter(
+        kind=AuditEntry.Kind.SECURITY,
+        user_id=user_id,
+        reason=reason,
+        chain_seq__isnull=True,
+        created_at__gte=timezone.now() - timedelta(seconds=window),
+    )
+    # One row only, and still unsealed when the UPDATE gets its lock: a row the sealer
+    # took meanwhile is re-checked by the database and left alone.
+    first = Subquery(open_entries.order_by("id").values("id")[:1])
+    if open_entries.filter(id__in=first).update(count=F("count") + 1):
+        return
     AuditEntry.objects.create(
-        kind=AuditEntry.Kind.SECURITY, user_id=user_id, session_id=session_id, reason=reason
+        kind=AuditEntry.Kind.SECURITY,
+        user_id=user_id,
+        session_id=session_id,
+        turn_id=turn_id,
+        reason=reason,
     )
 
 
 def audit_message(
-    *, user_id: int, session_id: uuid.UUID, role: str, content: str, kind: str = "message"
+    *,
+    user_id: int,
+    session_id: uuid.UUID,
+    role: str,
+    content: str,
+    kind: str = "message",
+    turn_id: uuid.UUID | None = None,
 ) -> AuditEntry:
     """Record that a message was stored: its hash and token count, not its text."""
     return AuditEntry.objects.create(
         kind=kind,
         user_id=user_id,
         session_id=session_id,
+        turn_id=turn_id,
         role=role,
         content_hash=content_hash(content),
         token_count=len(content.split()),
     )
+
+
+def evidence_json(result: ScanResult) -> dict:
+    """Return the evidence of ``result`` as stored: offsets and ids, no text, no floats."""
+    return {
+        "score_pct": round(result.score * 100),
+        "items": [
+            {
+                "start": item.start,
+                "end": item.end,
+                "weight_pct": round(item.weight * 100),
+                "introduced_by": [
+                    {"user_id": p.user_id, "session_id": p.session_id} for p in item.introduced_by
+                ],
+            }
+            for item in result.evidence
+        ],
+    }
+
+
+def audit_flagged_reply(
+    *,
+    user_id: int,
+    session_id: uuid.UUID,
+    turn_id: uuid.UUID,
+    content: str,
+    result: ScanResult,
+    delivered: bool,
+) -> AuditEntry:
+    """Record a reply judged to carry another user's data, open for review."""
+    action = "delivered and flagged" if delivered else "suppressed"
+    return AuditEntry.objects.create(
+        kind=AuditEntry.Kind.REPLY,
+        user_id=user_id,
+        session_id=session_id,
+        turn_id=turn_id,
+        role="assistant",
+        content_hash=content_hash(content),
+        token_count=len(content.split()),
+        flagged=True,
+        reason=f"reply {action}: {len(result.evidence)} token(s) introduced only by other users",
+        evidence=evidence_json(result),
+        review_state=AuditEntry.ReviewState.OPEN,
+    )
+
+
+@transaction.atomic
+def audit_review_decide(*, entry_id: int, reviewer_id: int, leak: bool) -> AuditEntry:
+    """Record a reviewer's decision on a flagged entry, and a ``review`` entry saying so."""
+    entry = AuditEntry.objects.select_for_update().get(pk=entry_id, flagged=True)
+    state = AuditEntry.ReviewState.CONFIRMED if leak else AuditEntry.ReviewState.FALSE_POSITIVE
+    entry.review_state, entry.reviewed_by_id, entry.reviewed_at = state, reviewer_id, timezone.now()
+    entry.save(update_fields=["review_state", "reviewed_by", "reviewed_at"])
+    AuditEntry.objects.create(
+        kind=AuditEntry.Kind.REVIEW,
+        user_id=reviewer_id,
+        session_id=entry.session_id,
+        turn_id=entry.turn_id,
+        reason=f"entry {entry.pk} marked {state}",
+    )
+    return entry
+
+
+def audit_reply_released(*, entry_id: int, reviewer_id: int) -> AuditEntry:
+    """Record that a reviewer released the withheld reply behind a flagged entry."""
+    entry = AuditEntry.objects.get(pk=entry_id)
+    return AuditEntry.objects.create(
+        kind=AuditEntry.Kind.REVIEW,
+        user_id=reviewer_id,
+        session_id=entry.session_id,
+        turn_id=entry.turn_id,
+        reason=f"withheld reply of entry {entry.pk} released to its user",
+    )
+
+
+def audit_withheld_text_read(*, entry_id: int, reader_id: int) -> AuditEntry:
+    """Record that a staff member read the withheld text behind a flagged entry."""
+    entry = AuditEntry.objects.get(pk=entry_id)
+    return AuditEntry.objects.create(
+        kind=AuditEntry.Kind.REVIEW,
+        user_id=reader_id,
+        session_id=entry.session_id,
+        turn_id=entry.turn_id,
+        reason=f"withheld text of entry {entry.pk} read",
+    )
+
+
+# The hash chain ----------------------------------------------------------------------------
+
+
+def chain_key() -> bytes:
+    """Return the key of the audit hash chain (``AUDIT_CHAIN_KEY``, else from SECRET_KEY)."""
+    secret = getattr(settings, "AUDIT_CHAIN_KEY", "") or settings.SECRET_KEY
+    return fingerprint.derive_key(secret, "audit-chain")
+
+
+def audit_chain_seal(*, batch_size: int = 1000) -> int:
+    """Seal every entry written so far into the hash chain, in id order; return how many.
+
+    Writers never wait for this: they insert unsealed rows. Only sealers queue, on the
+    chain head's row lock.
+    """
+    total = 0
+    while (sealed := _chain_seal_batch(batch_size)) > 0:
+        total += sealed
+        if sealed < batch_size:
+            break
+    return total
+
+
+@transaction.atomic
+def _chain_seal_batch(limit: int) -> int:
+    AuditChainHead.objects.bulk_create([AuditChainHead(pk=1)], ignore_conflicts=True)
+    head = AuditChainHead.objects.select_for_update().get(pk=1)
+    # Locked, so a flood counter cannot bump an entry between its hashing and its seal.
+    rows = list(
+        AuditEntry.objects.select_for_update().filter(chain_seq__isnull=True).order_by("id")[:limit]
+    )
+    key, prev, seq, now = chain_key(), head.entry_hash or chain.GENESIS, head.seq, timezone.now()
+    for row in rows:
+        seq += 1
+        row.chain_seq, row.prev_hash, row.sealed_at = seq, prev, now
+        fields = {name: getattr(row, name) for name in chain.HASHED_FIELDS}
+        row.entry_hash = prev = chain.entry_hash(key=key, prev_hash=prev, fields=fields)
+    AuditEntry.objects.bulk_update(rows, ["chain_seq", "prev_hash", "entry_hash", "sealed_at"])
+    AuditChainHead.objects.filter(pk=1).update(seq=seq, entry_hash=prev, updated_at=now)
+    return len(rows)
+
+
+# Fingerprints ------------------------------------------------------------------------------
+
+
+def _fingerprint_ttl() -> int:
+    return getattr(settings, "FINGERPRINT_TTL_SECONDS", DEFAULT_FINGERPRINT_TTL_SECONDS)
+
+
+@lru_cache(maxsize=8)
+def _redis_index(url: str, ttl: int, bits: int) -> RedisIndex:
+    return RedisIndex(url=url, layout=Layout(ttl_seconds=ttl, bucket_bits=bits))
+
+
+def fingerprint_index() -> RedisIndex | DbIndex:
+    """Return the configured index: Redis when a URL is set, else the database table."""
+    url = getattr(settings, "FINGERPRINT_REDIS_URL", "") or settings.REDIS_URL
+    if not url:
+        return DbIndex(ttl_seconds=_fingerprint_ttl())
+    bits = getattr(settings, "FINGERPRINT_BUCKET_BITS", DEFAULT_BUCKET_BITS)
+    return _redis_index(url, _fingerprint_ttl(), bits)
+
+
+def _digests(text: str) -> tuple[list[fingerprint.Feature], dict[str, bytes]]:
+    found = fingerprint.features(text)
+    key = fingerprint.derive_key(settings.SECRET_KEY, "fingerprint")
+    return found, {f.text: fingerprint.keyed_digest(key, f.text) for f in found}
+
+
+def fingerprints_register(*, user_id: int, session_id: uuid.UUID, text: str) -> None:
+    """Register the distinctive tokens of ``text`` as introduced by this user's session.
+
+    Raise ``IndexUnavailable`` if the index cannot be reached.
+    """
+    _found, digests = _digests(text)
+    fingerprint_index().add(sorted(set(digests.values())), user_id=user_id, session_id=session_id)
+
+
+def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
+    """Judge whether ``text`` carries tokens only other users introduced; one index read.
+
+    Raise ``IndexUnavailable`` if the index cannot be reached.
+    """
+    found, digests = _digests(text)
+    postings = fingerprint_index().lookup(sorted(set(digests.values())))
+    by_text = {feature: postings.get(digest, []) for feature, digest in digests.items()}
+    return fingerprint.score(
+        found, by_text, user_id=user_id, session_id=str(session_id), max_users=MAX_RECORDS
+    )
+
+
+def fingerprints_erase_session(*, session_id: uuid.UUID, texts: Iterable[str] = ()) -> None:
+    """Remove the session's postings. With Redis, pass the session's ``texts``: the layout
+    keeps no per-session list (it would double its memory), so they name the postings.
+
+    Raise ``IndexUnavailable`` if the index cannot be reached.
+    """
+    digests = {d for text in texts for d in _digests(text)[1].values()}
+    fingerprint_index().erase_session(sorted(digests), session_id=session_id)

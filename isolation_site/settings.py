@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "pgtrigger",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "sessions_app",
@@ -207,12 +208,25 @@ SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
 PII_MODE = env.str("PII_MODE", default="pseudonymize")
 if PII_MODE not in ("off", "redact", "pseudonymize"):
-    raise ImproperlyConfigured(
-        f"PII_MODE={PII_MODE!r}: choose 'off', 'redact' or 'pseudonymize'."
-    )
+    raise ImproperlyConfigured(f"PII_MODE={PII_MODE!r}: choose 'off', 'redact' or 'pseudonymize'.")
 # Regions whose national phone formats are recognised (international +numbers always are).
 PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR", "IN"])
+# A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
 LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
+if LEAK_ACTION not in ("suppress", "flag"):
+    raise ImproperlyConfigured(f"LEAK_ACTION={LEAK_ACTION!r}: choose 'suppress' or 'flag'.")
+# The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
+# REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
+FINGERPRINT_REDIS_URL = env.str("FINGERPRINT_REDIS_URL", default="")
+FINGERPRINT_TTL_SECONDS = env.int("FINGERPRINT_TTL_SECONDS", default=30 * 24 * 3600)
+FINGERPRINT_BUCKET_BITS = env.int("FINGERPRINT_BUCKET_BITS", default=12)
+# Audit log: repeated security events of one user and reason within this window are one
+# counted entry; entries are sealed into the hash chain every AUDIT_SEAL_INTERVAL_SECONDS.
+AUDIT_AGGREGATE_WINDOW_SECONDS = env.int("AUDIT_AGGREGATE_WINDOW_SECONDS", default=60)
+AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=5)
+# Set it to keep verifying the chain across a SECRET_KEY rotation (else derived from it).
+AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
+AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
 MAX_MESSAGE_CHARS = env.int("MAX_MESSAGE_CHARS", default=16000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
@@ -227,6 +241,10 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-stale-turns": {
         "task": "sessions_app.tasks.sweep_stale_turns",
         "schedule": SWEEP_INTERVAL_SECONDS,
+    },
+    "seal-audit-chain": {
+        "task": "audit_app.tasks.seal_audit_chain",
+        "schedule": AUDIT_SEAL_INTERVAL_SECONDS,
     },
     "purge-expired-sessions": {
         "task": "sessions_app.tasks.purge_expired_sessions",

@@ -107,7 +107,7 @@ class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
     def post(self, request: Request) -> Response:
         data = SessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        tasks.purge_expired_if_due()
+        tasks.beat_jobs_if_due()
         session = services.chat_session_create(owner=request.user, **data.validated_data)
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
@@ -201,6 +201,7 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
         wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
         turn = services.message_accept(
             user=request.user, session_id=session_id, content=data.validated_data["content"]
         )

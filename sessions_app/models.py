@@ -78,6 +78,9 @@ class Turn(models.Model):
     # Past it no attempt starts: set on acceptance, renewed when the sweep re-queues a lost
     # turn (a lost turn would otherwise be re-run only to fail at once).
     deadline_at = models.DateTimeField(null=True, blank=True)
+    # A suppressed reply's text, sealed with ENCRYPTION_KEYS, for staff review only; the
+    # user's reply message holds the neutral notice instead.
+    withheld = models.BinaryField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from core.ids import as_uuid
 
+from . import crypto
 from .models import Turn
 from .stores import StoredMessage, history_store
 
@@ -40,3 +41,12 @@ def turn_list_stale(*, older_than_seconds: int) -> QuerySet[Turn]:
     """Return turns left pending or running for longer than the given age."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     return Turn.objects.filter(status__in=Turn.IN_FLIGHT, updated_at__lt=cutoff)
+
+
+def turn_withheld_text(*, turn_id: object) -> str | None:
+    """Return the text withheld from a suppressed turn, for staff review; None if none.
+
+    The review console checks the reader's permission and audits the read.
+    """
+    sealed = Turn.objects.filter(pk=turn_id).values_list("withheld", flat=True).first()
+    return crypto.unseal(bytes(sealed)).decode() if sealed else None

@@ -14,9 +14,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from audit_app.services import audit_message
+from audit_app.services import (
+    ScanResult,
+    audit_flagged_reply,
+    audit_message,
+    fingerprints_register,
+    reply_scan,
+)
 
-from . import events, privacy
+from . import crypto, events, privacy
 from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
@@ -27,6 +33,11 @@ logger = logging.getLogger(__name__)
 
 
 STALLED_DETAIL = "The reply was lost in transit; send the message again."
+# What the user reads in place of a withheld reply: nothing of the withheld text.
+SUPPRESSED_NOTICE = (
+    "This reply was withheld because it appeared to contain information from another "
+    "conversation. It has been sent for review; please ask again."
+)
 
 
 def _expiry(now: datetime) -> datetime:
@@ -87,7 +98,10 @@ def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str)
     ChatSession.objects.filter(pk=session.pk).update(
         next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=session.expires_at
     )
-    audit_message(user_id=user.pk, session_id=session.pk, role="user", content=content)
+    audit_message(
+        user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=content
+    )
+    fingerprints_register(user_id=user.pk, session_id=session.pk, text=content)
     # What was just written answers the request: no further read that could fail after
     # the message was accepted (and make the client send it twice).
     turn.exchange = privacy.messages_restore(session_id=session.pk, messages=[message])
@@ -159,44 +173,94 @@ def turn_requeue(*, turn_id: object, attempt: int) -> bool:
     return bool(updated)
 
 
-def turn_complete(*, turn_id: object, reply: str, status: str = "ok") -> bool:
+def turn_deliver(*, turn: Turn, reply: str) -> bool:
+    """Scan the reply against the fingerprint index, then store or withhold it (one read).
+
+    Raise ``IndexUnavailable`` if the index cannot be reached: the task tries again later.
+    """
+    scan = reply_scan(user_id=turn.session.owner_id, session_id=turn.session_id, text=reply)
+    return turn_complete(turn_id=turn.pk, reply=reply, scan=scan)
+
+
+def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None) -> bool:
     """Store the reply and end the turn; return False if it had already ended.
 
     The turn and session rows are locked first, and the store keeps one reply per turn,
-    so two concurrent runs of one turn never store two replies. ``status`` "suppressed"
-    ends the turn suppressed: the reply stored is then the neutral notice.
+    so two concurrent runs of one turn never store two replies. A reply the ``scan`` found
+    to carry other users' data is flagged for review and, under ``LEAK_ACTION=suppress``,
+    withheld: sealed on the turn, the neutral notice stored in its place, the turn ended
+    ``suppressed``. A delivered reply's fingerprints join the index.
     """
+    leaked = scan is not None and scan.leaked
+    suppress = leaked and settings.LEAK_ACTION == "suppress"
     try:
         with transaction.atomic():
-            turn = (
-                Turn.objects.select_related("session")
-                .select_for_update(of=("self", "session"))
-                .filter(pk=turn_id)
-                .first()
-            )
+            turn = _turn_lock(turn_id)
             if turn is None or turn.is_finished:
                 return False
-            message = _reply_append(turn=turn, reply=reply, status=status)
+            message = _reply_append(
+                turn=turn,
+                reply=SUPPRESSED_NOTICE if suppress else reply,
+                status="suppressed" if suppress else "ok",
+            )
             now = timezone.now()
             ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
             Turn.objects.filter(pk=turn.pk).update(
-                status=Turn.Status.SUPPRESSED if status == "suppressed" else Turn.Status.COMPLETED,
+                status=Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED,
+                withheld=crypto.seal(reply.encode()) if suppress else None,
                 finished_at=now,
                 updated_at=now,
                 error_code="",
                 error_detail="",
             )
-            audit_message(
-                user_id=turn.session.owner_id,
-                session_id=turn.session_id,
-                role="assistant",
-                content=message.content,
-                kind="reply",
-            )
+            _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
+            if not suppress:
+                fingerprints_register(
+                    user_id=turn.session.owner_id, session_id=turn.session_id, text=reply
+                )
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
         return False
     events.publish_turn_changed(turn_id=turn_id)
+    return True
+
+
+def _turn_lock(turn_id: object) -> Turn | None:
+    return (
+        Turn.objects.select_related("session")
+        .select_for_update(of=("self", "session"))
+        .filter(pk=turn_id)
+        .first()
+    )
+
+
+def _reply_audit(*, turn: Turn, content: str, scan: ScanResult | None) -> None:
+    ids = {"user_id": turn.session.owner_id, "session_id": turn.session_id, "turn_id": turn.pk}
+    if scan is None:
+        audit_message(**ids, role="assistant", content=content, kind="reply")
+    else:
+        delivered = settings.LEAK_ACTION != "suppress"
+        audit_flagged_reply(**ids, content=content, result=scan, delivered=delivered)
+
+
+def turn_release_withheld(*, turn_id: object) -> bool:
+    """Deliver a withheld reply that review found harmless; return False if there is none.
+
+    The turn then shows it (``completed``), and its fingerprints join the index.
+    """
+    with transaction.atomic():
+        turn = _turn_lock(turn_id)
+        if turn is None or turn.status != Turn.Status.SUPPRESSED or not turn.withheld:
+            return False
+        text = crypto.unseal(bytes(turn.withheld)).decode()
+        history_store().reply_rewrite(
+            session=turn.session, turn_id=turn.pk, content=text, status="ok"
+        )
+        Turn.objects.filter(pk=turn.pk).update(
+            status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
+        )
+        fingerprints_register(user_id=turn.session.owner_id, session_id=turn.session_id, text=text)
+    events.publish_turn_changed(turn_id=turn.pk)
     return True
 
 

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
 
+from audit_app.services import audit_chain_seal
 from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connection
 
 from . import llm, privacy, services
@@ -106,7 +107,7 @@ def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) 
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
         reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply)
-        stored = once_more_on_fresh_connection(services.turn_complete, turn_id=turn.pk, reply=reply)
+        stored = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
     return "completed" if stored else "skipped"
 
 
@@ -153,19 +154,25 @@ def purge_expired_sessions() -> int:
     return services.chat_session_purge_expired()
 
 
-def purge_expired_if_due() -> None:
-    """Without beat (the embedded setup runs tasks eagerly), purge now and then in-line.
+def beat_jobs_if_due() -> None:
+    """Without beat (the embedded setup runs tasks eagerly), run its jobs in-line, each at
+    most once per its period, on whichever request comes first.
 
-    Expired sessions must not stay in the SQLite file for good; at most one purge per
-    ``PURGE_INTERVAL_SECONDS``, whichever request comes first.
+    Expired sessions must not stay in the SQLite file for good, and the audit log must
+    be sealed into its hash chain there too.
     """
     if not current_app.conf.task_always_eager:
         return  # beat's job
-    try:
-        due = cache.add("purge-expired-due", 1, timeout=settings.PURGE_INTERVAL_SECONDS)
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        return  # the cache is down: the purge waits for a request that finds it up
-    if due:
-        purge_expired_sessions()
+    jobs = (
+        ("purge-expired-due", settings.PURGE_INTERVAL_SECONDS, services.chat_session_purge_expired),
+        ("seal-audit-chain-due", settings.AUDIT_SEAL_INTERVAL_SECONDS, audit_chain_seal),
+    )
+    for key, period, job in jobs:
+        try:
+            due = cache.add(key, 1, timeout=period)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return  # the cache is down: the jobs wait for a request that finds it up
+        if due:
+            job()

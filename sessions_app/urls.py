@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import apis
 
@@ -13,4 +13,5 @@ urlpatterns = [
     ),
     path("turns/<str:turn_id>/", apis.TurnDetailApi.as_view(), name="turn-detail"),
     path("turns/<str:turn_id>/events/", apis.TurnEventsApi.as_view(), name="turn-events"),
+    path("audit/", include("audit_app.urls")),
 ]

@@ -73,6 +73,10 @@ ENDPOINTS: dict[tuple[str, str], dict] = {
         "success": {"200"},
         "errors": {"401", "404", "503"},
     },
+    ("get", f"{V1}/audit/entries/"): {
+        "success": {"200"},
+        "errors": {"400", "401", "403", "404", "503"},
+    },
     ("get", "/healthz"): {
         "success": {"200"},
         "errors": {"503"},

@@ -123,11 +123,11 @@ class BaseHistoryStore(abc.ABC):
         if ids:
             self._erase(ids)
 
-    def set_status(
-        self, *, session: SessionLike, turn_id: uuid.UUID, role: str, status: str
+    def reply_rewrite(
+        self, *, session: SessionLike, turn_id: uuid.UUID, content: str, status: str
     ) -> None:
-        """Change the status of a turn's message (a withheld reply released on review)."""
-        self._set_status(session, turn_id, role, status)
+        """Replace the text and status of a turn's reply (a withheld reply released on review)."""
+        self._rewrite(session, turn_id, ASSISTANT, content, status)
 
     # -- the shared check --------------------------------------------------------------
 
@@ -187,5 +187,7 @@ class BaseHistoryStore(abc.ABC):
         """Delete every message of these sessions."""
 
     @abc.abstractmethod
-    def _set_status(self, session: SessionLike, turn_id: uuid.UUID, role: str, status: str) -> None:
-        """Change one message's status."""
+    def _rewrite(
+        self, session: SessionLike, turn_id: uuid.UUID, role: str, content: str, status: str
+    ) -> None:
+        """Replace one message's text and status."""

@@ -4,7 +4,7 @@ One cache entry per session holds its whole history, names its owner and session
 records how many messages it holds. It is used only when that count equals the session
 row's (``next_seq - 1``, read under the ownership gate), so an entry written before an
 append can never be served after it, even if its invalidation was lost. Every write
-invalidates it too (a status change keeps the count). A cache that does not answer is
+invalidates it too (a rewrite keeps the count). A cache that does not answer is
 read past: the database alone still serves.
 """
 
@@ -57,8 +57,8 @@ class HistoryStore(db.HistoryStore):
         super()._erase(session_ids)
         self._invalidate(session_ids)
 
-    def _set_status(self, session, turn_id: uuid.UUID, role: str, status: str) -> None:
-        super()._set_status(session, turn_id, role, status)
+    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
+        super()._rewrite(session, turn_id, role, content, status)
         self._invalidate([session.pk])
 
     def _invalidate(self, session_ids: list[uuid.UUID]) -> None:

@@ -66,5 +66,7 @@ class HistoryStore(BaseHistoryStore):
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         Message.objects.filter(session_id__in=session_ids).delete()
 
-    def _set_status(self, session, turn_id: uuid.UUID, role: str, status: str) -> None:
-        self._rows(session).filter(turn_id=turn_id, role=role).update(status=status)
+    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
+        self._rows(session).filter(turn_id=turn_id, role=role).update(
+            content=content, status=status
+        )

@@ -79,14 +79,15 @@ end
 return 1
 """
 
-# KEYS: messages, turns. ARGV: turn field, new status.
-SET_STATUS = """
+# KEYS: messages, turns. ARGV: turn field, new text, new status.
+REWRITE = """
 local seq = redis.call('HGET', KEYS[2], ARGV[1])
 if not seq then return 0 end
 local stored = redis.call('HGET', KEYS[1], seq)
 if not stored then return 0 end
 local message = cjson.decode(stored)
-message['st'] = ARGV[2]
+message['c'] = ARGV[2]
+message['st'] = ARGV[3]
 redis.call('HSET', KEYS[1], seq, cjson.encode(message))
 return 1
 """
@@ -216,8 +217,8 @@ class HistoryStore(BaseHistoryStore):
                 pipe.delete(*_keys(session_id))  # one slot per session: one command each
             pipe.execute()
 
-    def _set_status(self, session, turn_id: uuid.UUID, role: str, status: str) -> None:
+    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
         with _neutral():
-            self._client().register_script(SET_STATUS)(
-                keys=_keys(session.pk)[:2], args=[_field(turn_id, role), status]
+            self._client().register_script(REWRITE)(
+                keys=_keys(session.pk)[:2], args=[_field(turn_id, role), content, status]
             )

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from audit_app.models import AuditEntry
+from audit_app.services import ScanResult
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import DuplicateReply, ForeignData, StoreUnavailable, history_store
@@ -72,7 +73,8 @@ class StoreContract:
 
     def test_history_is_the_delivered_messages_up_to_the_turn(self, user, session):
         first = self.accept(user, session, "one")
-        services.turn_complete(turn_id=first.pk, reply="withheld", status="suppressed")
+        leak = ScanResult(leaked=True, score=1.0, evidence=[])
+        services.turn_complete(turn_id=first.pk, reply="withheld", scan=leak)
         second = self.accept(user, session, "two")
         services.turn_fail(turn_id=second.pk, code="x", detail="y")
         third = self.accept(user, session, "three")
@@ -229,9 +231,7 @@ class TestRedisStore(StoreContract):
         assert contents == ["hello", "from run one"] and session.next_seq == 3
 
     def test_store_errors_are_neutral(self, settings, private_redis: PrivateRedis, session):
-        settings.CACHES = {
-            "default": {**settings.CACHES["default"], "LOCATION": private_redis.url}
-        }
+        settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": private_redis.url}}
         private_redis.kill()
         with pytest.raises(StoreUnavailable):
             history_store().turn_messages(session=session, turn_id=uuid.uuid4())

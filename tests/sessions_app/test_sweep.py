@@ -104,11 +104,12 @@ def test_purge_expired_erases_expired_sessions_and_their_messages(user, other_us
     assert Message.objects.filter(session_id=live.pk).count() == 1
 
 
-def test_beat_runs_the_sweep_and_the_purge(settings):
+def test_beat_runs_the_sweep_the_purge_and_the_audit_seal(settings):
     tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert tasks == {
         "sessions_app.tasks.sweep_stale_turns",
         "sessions_app.tasks.purge_expired_sessions",
+        "audit_app.tasks.seal_audit_chain",
     }
     from isolation_site.celery import app
 

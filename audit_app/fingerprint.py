@@ -1,0 +1,196 @@
+"""Fingerprints of text: distinctive tokens and bigrams, keyed hashes, scoring. Pure: no Django.
+
+A *feature* is a normalised token or pair of adjacent tokens that could point to one
+person's data: a word outside everyday vocabulary, a long number, a code like ``A7X9``,
+a capitalised name pair. Everyday words, short numbers and pseudonymisation placeholders
+are never features: a model produces them on its own, so they prove nothing.
+"""
+
+import hashlib
+import hmac
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from wordfreq import zipf_frequency
+
+# `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
+# Digit groups joined by hyphens are one number (phones, order numbers), dates are not.
+TOKEN = re.compile(r"\d+(?:-\d+)+|[^\W_]+")
+YEAR = re.compile(r"1[89]\d\d|20\d\d")
+DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{2,4}")
+
+LEAK_THRESHOLD = 1.0
+# Words at least this frequent (Zipf scale: 3 is about once per million words) are
+# everyday vocabulary for the model, whoever else used them.
+COMMON_ZIPF = 3.5
+RARE_ZIPF = 2.5
+# A capitalised pair counts as a name only if one half is not a very common word:
+# "John Smith" and "New York" are what a model writes as examples by itself.
+NAME_PART_ZIPF = 4.5
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A normalised token or bigram of a text, where it is, and how much it proves."""
+
+    text: str
+    start: int
+    end: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Posting:
+    """One user's session that introduced a feature."""
+
+    user_id: int
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A feature of the scanned text that only other users introduced."""
+
+    start: int
+    end: int
+    weight: float
+    introduced_by: tuple[Posting, ...]
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    leaked: bool
+    score: float
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Token:
+    text: str
+    start: int
+    end: int
+    capitalised: bool
+
+
+@lru_cache(maxsize=65536)
+def _zipf(word: str) -> float:
+    return zipf_frequency(word, "en")
+
+
+def _tokens(text: str) -> list[_Token]:
+    masked = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    tokens = []
+    for match in TOKEN.finditer(masked):
+        raw = match.group()
+        if DATE.fullmatch(raw):
+            continue
+        norm = unicodedata.normalize("NFKC", raw).casefold().replace("-", "")
+        tokens.append(_Token(norm, match.start(), match.end(), raw[:1].isupper()))
+    return tokens
+
+
+@lru_cache(maxsize=65536)
+def token_weight(word: str) -> float:
+    """Return how much a single normalised token proves (0: nothing)."""
+    if word.isdigit():
+        return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
+    if len(word) < 4:
+        return 0.0
+    zipf = _zipf(word)
+    if any(ch.isdigit() for ch in word):
+        return 1.0 if zipf < RARE_ZIPF else 0.0
+    if zipf == 0.0:
+        return 1.0
+    return 0.6 if zipf < RARE_ZIPF else 0.3 if zipf < COMMON_ZIPF else 0.0
+
+
+def _house_number(a: _Token, b: _Token) -> bool:
+    # "4821 Johnson": a number before a capitalised word, as in an address; not a year.
+    if not (a.text.isdigit() and 2 <= len(a.text) <= 6 and b.capitalised and b.text.isalpha()):
+        return False
+    return len(b.text) >= 3 and not YEAR.fullmatch(a.text)
+
+
+def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
+    # A pair proves more than its halves: the other user wrote both, in this order.
+    if (wa and wb) or _house_number(a, b):
+        return 1.0
+    if (wa or wb) and min(len(a.text), len(b.text)) >= 3:
+        return 1.0 if max(wa, wb) >= 0.5 else 0.6
+    if _name_like(a, b):  # a name: weak unless one half is unusual
+        return 0.6 if min(_zipf(a.text), _zipf(b.text)) < NAME_PART_ZIPF else 0.5
+    return 0.0
+
+
+def _name_like(a: _Token, b: _Token) -> bool:
+    both = (a, b)
+    return all(t.capitalised and t.text.isalpha() and len(t.text) >= 3 for t in both)
+
+
+def features(text: str) -> list[Feature]:
+    """Return the distinctive tokens and adjacent pairs of ``text``, with offsets."""
+    tokens = _tokens(text)
+    weights = [token_weight(t.text) for t in tokens]
+    found = [Feature(t.text, t.start, t.end, w) for t, w in zip(tokens, weights, strict=True) if w]
+    for i in range(len(tokens) - 1):
+        a, b = tokens[i], tokens[i + 1]
+        if b.start - a.end > 3:  # not adjacent: a sentence or clause apart
+            continue
+        weight = _pair_weight(a, b, weights[i], weights[i + 1])
+        if weight:
+            found.append(Feature(f"{a.text} {b.text}", a.start, b.end, weight))
+    return found
+
+
+def derive_key(secret: str, purpose: str) -> bytes:
+    """Return a key for ``purpose`` derived from the server's ``secret``."""
+    return hashlib.sha256(f"{purpose}:{secret}".encode()).digest()
+
+
+def keyed_digest(key: bytes, feature_text: str) -> bytes:
+    """Return the 8-byte keyed hash that stands for a feature in the index."""
+    return hmac.new(key, feature_text.encode(), hashlib.sha256).digest()[:8]
+
+
+def score(
+    found: Iterable[Feature],
+    postings: Mapping[str, list[Posting] | None],
+    *,
+    user_id: int,
+    session_id: str,
+    max_users: int,
+) -> ScanResult:
+    """Judge ``found`` against each feature's ``postings`` (None: too many users share it).
+
+    Evidence is a feature that other users introduced and this user and this session never
+    did. The text is leaked once the evidence's weights reach ``LEAK_THRESHOLD``.
+    """
+    evidence = []
+    for feature in found:
+        introduced = postings.get(feature.text)
+        if not introduced:
+            continue
+        users = {p.user_id for p in introduced}
+        if user_id in users or any(p.session_id == session_id for p in introduced):
+            continue
+        if len(users) > max_users:
+            continue
+        evidence.append(Evidence(feature.start, feature.end, feature.weight, tuple(introduced)))
+    total = _total(evidence)
+    return ScanResult(leaked=total >= LEAK_THRESHOLD, score=total, evidence=evidence)
+
+
+def _total(evidence: list[Evidence]) -> float:
+    # A bigram and its own tokens are one piece of evidence: count the strongest of
+    # overlapping spans, so "Quince" inside "Bartholomew Quince" is not counted twice.
+    total, covered = 0.0, []
+    for item in sorted(evidence, key=lambda e: -e.weight):
+        if any(item.start < end and start < item.end for start, end in covered):
+            continue
+        covered.append((item.start, item.end))
+        total += item.weight
+    return round(total, 3)

@@ -1,0 +1,278 @@
+"""The fingerprint index: keyed feature hashes -> the (user, session) pairs that introduced them.
+
+Two interchangeable backends with one contract: ``RedisIndex`` (the app's only Redis
+code) and ``DbIndex`` (the embedded default, a table shared by every process using the
+database). Both raise ``IndexUnavailable`` when their store is down, never its own error.
+
+Redis layout, chosen for memory (a posting costs about 30 bytes, measured by the bench):
+keys ``fp:{generation}:{bucket}`` are small hashes that Redis keeps as listpacks; the
+field is the rest of the feature's 8-byte keyed hash (6 bytes), the value up to
+``MAX_RECORDS`` records of 20 bytes (user id u32, session UUID) or ``*`` once more users
+than that introduced the feature. Retention: a generation key expires ``ttl`` after the
+generation ends, so a posting lives between ``ttl`` and ``ttl * (1 + 1/GENERATIONS)``.
+"""
+
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+
+import redis
+from django.db import DatabaseError
+from django.utils import timezone
+
+from core.errors import BackendUnavailable
+
+from .fingerprint import Posting
+from .models import FingerprintPosting
+
+GENERATIONS = 4
+RECORD = 20
+# Three records of 20 bytes stay under Redis's 64-byte listpack value limit.
+MAX_RECORDS = 3
+COMMON = b"*"
+
+
+class IndexUnavailable(BackendUnavailable):
+    """The fingerprint index cannot be reached: the scan cannot judge this reply."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    ttl_seconds: int
+    bucket_bits: int
+
+    @property
+    def generation_seconds(self) -> int:
+        return max(1, self.ttl_seconds // GENERATIONS)
+
+    def generation(self, now: float) -> int:
+        return int(now // self.generation_seconds)
+
+    def expire_at(self, generation: int) -> int:
+        return (generation + 1) * self.generation_seconds + self.ttl_seconds
+
+    def key(self, digest: bytes, generation: int) -> str:
+        """Return the hash key that holds ``digest`` (the scripts derive the same)."""
+        bucket = int.from_bytes(digest[:2], "big") >> (16 - self.bucket_bits)
+        return f"fp:{generation}:{bucket:x}"
+
+
+# Scripts take the digests as one blob of 8-byte hashes and derive each key and field
+# themselves: packing hundreds of arguments costs more client time than the whole lookup.
+# (So keys are not declared: on Redis Cluster, give the prefix a hash tag.)
+_SLOT = """
+local function slot(blob, i, g, shift)
+  local b = math.floor((string.byte(blob, i) * 256 + string.byte(blob, i + 1)) / 2 ^ shift)
+  return 'fp:' .. g .. ':' .. string.format('%x', b), string.sub(blob, i + 2, i + 7)
+end
+"""
+
+_REGISTER = (
+    _SLOT
+    + """
+local rec, expire_at, maxr = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local g, shift, blob = ARGV[4], 16 - tonumber(ARGV[5]), ARGV[6]
+local user = string.sub(rec, 1, 4)
+for i = 1, #blob, 8 do
+  local key, f = slot(blob, i, g, shift)
+  local v = redis.call('HGET', key, f)
+  if not v then
+    redis.call('HSET', key, f, rec)
+  elseif v ~= '*' then
+    local n, present = #v / 20, false
+    for j = 0, n - 1 do
+      if string.sub(v, j * 20 + 1, j * 20 + 4) == user then present = true break end
+    end
+    if not present then
+      if n >= maxr then redis.call('HSET', key, f, '*')
+      else redis.call('HSET', key, f, v .. rec) end
+    end
+  end
+  redis.call('EXPIREAT', key, expire_at)
+end
+return #blob / 8
+"""
+)
+
+_LOOKUP = (
+    _SLOT
+    + """
+local g0, g1, shift, blob = tonumber(ARGV[1]), tonumber(ARGV[2]), 16 - tonumber(ARGV[3]), ARGV[4]
+local out = {}
+for i = 1, #blob, 8 do
+  local found = {}
+  for g = g0, g1 do
+    local key, f = slot(blob, i, g, shift)
+    local v = redis.call('HGET', key, f)
+    if v then found[#found + 1] = v end
+  end
+  out[#out + 1] = found
+end
+return out
+"""
+)
+
+_ERASE = (
+    _SLOT
+    + """
+local session, g0, g1 = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local shift, blob = 16 - tonumber(ARGV[4]), ARGV[5]
+for i = 1, #blob, 8 do
+  for g = g0, g1 do
+    local key, f = slot(blob, i, g, shift)
+    local v = redis.call('HGET', key, f)
+    if v and v ~= '*' then
+      local kept = ''
+      for j = 0, #v / 20 - 1 do
+        local r = string.sub(v, j * 20 + 1, j * 20 + 20)
+        if string.sub(r, 5, 20) ~= session then kept = kept .. r end
+      end
+      if kept == '' then redis.call('HDEL', key, f) else redis.call('HSET', key, f, kept) end
+    end
+  end
+end
+return #blob / 8
+"""
+)
+
+
+def _record(user_id: int, session_id: uuid.UUID) -> bytes:
+    return struct.pack(">I", user_id) + session_id.bytes
+
+
+def _postings(value: bytes) -> list[Posting]:
+    return [
+        Posting(
+            struct.unpack(">I", value[i : i + 4])[0], str(uuid.UUID(bytes=value[i + 4 : i + 20]))
+        )
+        for i in range(0, len(value), RECORD)
+    ]
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> redis.Redis:
+    # One pool per process and URL: it holds connections, never conversation data.
+    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+
+
+class RedisIndex:
+    def __init__(self, *, url: str, layout: Layout) -> None:
+        self.client = _client(url)
+        self.layout = layout
+        self._register = self.client.register_script(_REGISTER)
+        self._lookup = self.client.register_script(_LOOKUP)
+        self._erase = self.client.register_script(_ERASE)
+
+    def add(self, digests: Sequence[bytes], *, user_id: int, session_id: uuid.UUID) -> None:
+        """Record that the session introduced each of ``digests``; one round trip."""
+        if not digests:
+            return
+        generation = self.layout.generation(time.time())
+        record = _record(user_id, session_id)
+        args = [record, self.layout.expire_at(generation), MAX_RECORDS, generation]
+        self._call(self._register, args + [self.layout.bucket_bits, b"".join(digests)])
+
+    def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
+        """Return each digest's postings (None: too many users share it); one round trip."""
+        if not digests:
+            return {}
+        now = self.layout.generation(time.time())
+        args = [now - GENERATIONS, now, self.layout.bucket_bits, b"".join(digests)]
+        found: dict[bytes, list[Posting] | None] = {}
+        for digest, values in zip(digests, self._call(self._lookup, args), strict=True):
+            found[digest] = []
+            for value in values:
+                _merge(found, digest, value)
+        return found
+
+    def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:
+        """Remove the session's postings of ``digests`` (shared ``*`` entries stay)."""
+        if digests:
+            now = self.layout.generation(time.time())
+            args = [session_id.bytes, now - GENERATIONS, now, self.layout.bucket_bits]
+            self._call(self._erase, args + [b"".join(digests)])
+
+    def _call(self, script, args: list) -> list:
+        try:
+            return script(keys=[], args=args)
+        except redis.exceptions.RedisError as exc:
+            raise IndexUnavailable("the fingerprint index (Redis) is unavailable") from exc
+
+
+def _merge(found: dict, digest: bytes, value: bytes) -> None:
+    if not value:
+        found.setdefault(digest, [])
+        return
+    if value == COMMON or found.get(digest, []) is None:
+        found[digest] = None
+        return
+    known = found.setdefault(digest, [])
+    users = {p.user_id for p in known}
+    known.extend(p for p in _postings(value) if p.user_id not in users)
+    if len({p.user_id for p in known}) > MAX_RECORDS:
+        found[digest] = None
+
+
+def _signed(digest: bytes) -> int:
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class DbIndex:
+    """The embedded index: a table of postings, read with one query per scan."""
+
+    def __init__(self, *, ttl_seconds: int) -> None:
+        self.ttl = timedelta(seconds=ttl_seconds)
+
+    def add(self, digests: Sequence[bytes], *, user_id: int, session_id: uuid.UUID) -> None:
+        """Record that the session introduced each of ``digests`` not already too shared."""
+        wanted = {_signed(d) for d in digests}
+        try:
+            self._add(wanted, user_id=user_id, session_id=session_id)
+        except DatabaseError as exc:
+            raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
+
+    def _add(self, wanted: set[int], *, user_id: int, session_id: uuid.UUID) -> None:
+        users: dict[int, set[int]] = {}
+        for digest, user in self._rows(wanted).values_list("digest", "user_id"):
+            users.setdefault(digest, set()).add(user)
+        now = timezone.now()
+        rows = [
+            FingerprintPosting(digest=d, user_id=user_id, session_id=session_id, created_at=now)
+            for d in wanted
+            if user_id not in users.get(d, set()) and len(users.get(d, ())) <= MAX_RECORDS
+        ]
+        FingerprintPosting.objects.bulk_create(rows, ignore_conflicts=True)
+
+    def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
+        """Return each digest's postings (None: too many users share it); one query."""
+        by_int = {_signed(d): d for d in digests}
+        found: dict[bytes, list[Posting] | None] = {d: [] for d in digests}
+        try:
+            rows = list(self._rows(set(by_int)).values_list("digest", "user_id", "session_id"))
+        except DatabaseError as exc:
+            raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
+        for digest, user, session in rows:
+            known = found[by_int[digest]]
+            if known is not None and all(p.user_id != user for p in known):
+                known.append(Posting(user, str(session)))
+        return {
+            d: (None if p is not None and len(p) > MAX_RECORDS else p) for d, p in found.items()
+        }
+
+    def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:
+        """Remove every posting of the session (``digests`` is not needed here)."""
+        FingerprintPosting.objects.filter(session_id=session_id).delete()
+
+    def purge_expired(self) -> int:
+        """Delete postings past their retention; return how many."""
+        return FingerprintPosting.objects.filter(created_at__lt=timezone.now() - self.ttl).delete()[
+            0
+        ]
+
+    def _rows(self, digests: set[int]):
+        since = timezone.now() - self.ttl
+        return FingerprintPosting.objects.filter(digest__in=digests, created_at__gte=since)

@@ -1,0 +1,34 @@
+"""``manage.py verify_audit_chain``: check the audit log's hash chain (exit 1 if broken)."""
+
+import sys
+
+from django.core.management.base import BaseCommand
+
+from audit_app.selectors import audit_chain_verify
+from audit_app.services import audit_chain_seal
+
+
+class Command(BaseCommand):
+    help = "Check the audit log's hash chain; exit 1 and name the first broken entry."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--seal", action="store_true", help="seal the entries awaiting sealing first"
+        )
+
+    def handle(self, *args, **options) -> None:
+        if options["seal"]:
+            audit_chain_seal()
+        report = audit_chain_verify()
+        verdict = report.verdict
+        if verdict.broken is not None:
+            broken = verdict.broken
+            self.stderr.write(
+                f"BROKEN at chain_seq {broken.chain_seq} (entry id {broken.entry_id}): "
+                f"{broken.problem}; {verdict.sealed} entries verified before it"
+            )
+            sys.exit(1)
+        self.stdout.write(
+            f"ok, {verdict.sealed} entries sealed, {report.unsealed} awaiting sealing, "
+            f"oldest unsealed age {report.oldest_unsealed_age:.0f}s"
+        )

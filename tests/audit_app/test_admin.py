@@ -1,0 +1,111 @@
+"""The review console, driven through the admin pages."""
+
+import uuid
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from audit_app.fingerprint import Evidence, Posting, ScanResult
+from audit_app.models import AuditEntry
+from audit_app.services import audit_flagged_reply
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+REPLY = "Your order ORD-583920 is on its way to Bartholomew Quince."
+CHANGELIST = "/admin/audit_app/auditentry/"
+
+
+@pytest.fixture
+def reviewer(client):
+    user = UserFactory(is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_auditentry", "change_auditentry"])
+    )
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def flagged(user, other_user) -> AuditEntry:
+    victim_session = str(uuid.uuid4())
+    start = REPLY.index("ORD")
+    result = ScanResult(
+        leaked=True,
+        score=1.0,
+        evidence=[Evidence(start, start + 10, 1.0, (Posting(other_user.pk, victim_session),))],
+    )
+    return audit_flagged_reply(
+        user_id=user.pk,
+        session_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        content=REPLY,
+        result=result,
+        delivered=False,
+    )
+
+
+def test_flagged_entries_come_first_and_the_index_counts_open_flags(client, reviewer, flagged):
+    AuditEntry.objects.create(kind="message", user=reviewer)  # newer, unflagged
+    page = client.get(CHANGELIST)
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list)[0] == flagged
+    assert "1 open flag" in page.content.decode()
+    assert "(1 open flag)" in client.get("/admin/").content.decode()
+    assert client.get(CHANGELIST + f"?q={flagged.session_id}").context["cl"].result_count == 1
+    assert client.get(CHANGELIST + "?flagged__exact=0").context["cl"].result_count == 1
+
+
+def test_an_entry_shows_its_evidence_with_links_and_no_text(client, reviewer, flagged, other_user):
+    page = client.get(f"{CHANGELIST}{flagged.pk}/change/").content.decode()
+    item = flagged.evidence["items"][0]
+    assert f"{item['start']}-{item['end']}" in page
+    assert f"?user={other_user.pk}&amp;session_id={item['introduced_by'][0]['session_id']}" in page
+    assert "ORD-583920" not in page and "Quince" not in page
+    assert "Confirm leak" in page and "Read withheld text" not in page
+
+
+def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
+    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/")
+    assert response.status_code == 302
+    flagged.refresh_from_db()
+    assert flagged.review_state == "confirmed" and flagged.reviewed_by_id == reviewer.pk
+    assert flagged.reviewed_at is not None
+    review = AuditEntry.objects.get(kind="review")
+    assert review.user_id == reviewer.pk and str(flagged.pk) in review.reason
+    client.post(CHANGELIST, {"action": "mark_false_positive", "_selected_action": [flagged.pk]})
+    flagged.refresh_from_db()
+    assert flagged.review_state == "false_positive"
+    assert AuditEntry.objects.filter(kind="review").count() == 2
+
+
+def test_nothing_can_be_added_changed_or_deleted(client, reviewer, flagged):
+    assert client.get(CHANGELIST + "add/").status_code == 403
+    assert client.get(f"{CHANGELIST}{flagged.pk}/delete/").status_code == 403
+    client.post(f"{CHANGELIST}{flagged.pk}/change/", {"reason": "nothing happened"})
+    flagged.refresh_from_db()
+    assert flagged.reason.startswith("reply suppressed")
+
+
+def test_withheld_text_needs_its_permission_and_each_read_is_audited(
+    client, reviewer, flagged, settings
+):
+    url = f"{CHANGELIST}{flagged.pk}/withheld/"
+    assert client.get(url).status_code == 403
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
+    settings.AUDIT_WITHHELD_TEXT_READER = "tests.audit_app.test_admin.fake_withheld_reader"
+    page = client.get(url).content.decode()
+    assert "<mark>ORD-583920</mark>" in page
+    assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 1
+    client.get(url)
+    assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 2
+
+
+def test_without_a_reader_nothing_is_shown_and_nothing_audited(client, reviewer, flagged):
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
+    page = client.get(f"{CHANGELIST}{flagged.pk}/withheld/").content.decode()
+    assert "No withheld text" in page
+    assert not AuditEntry.objects.filter(kind="review").exists()
+
+
+def fake_withheld_reader(*, turn_id: uuid.UUID) -> str:
+    return REPLY

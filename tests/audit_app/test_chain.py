@@ -1,0 +1,229 @@
+"""The audit log is append-only and its hash chain finds a changed, inserted or missing row."""
+
+import threading
+import uuid
+
+import pgtrigger
+import pytest
+from django.core.management import call_command
+from django.db import DatabaseError, connection, transaction
+
+from audit_app import chain
+from audit_app.models import AppendOnlyError, AuditEntry
+from audit_app.selectors import audit_chain_verify
+from audit_app.services import audit_chain_seal, audit_message, audit_security_event
+
+TRIGGERS = "audit_app.AuditEntry"
+TABLE = AuditEntry._meta.db_table
+
+
+def _raw(sql: str, params: list) -> None:
+    """Run ``sql`` with ``{table}`` standing for the audit table, past the ORM's guards."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(table=TABLE), params)
+
+
+def _write(user, n: int) -> list[AuditEntry]:
+    session = uuid.uuid4()
+    return [
+        audit_message(user_id=user.pk, session_id=session, role="user", content=f"message {i}")
+        for i in range(n)
+    ]
+
+
+def _verify_cli() -> tuple[int, str]:
+    try:
+        call_command("verify_audit_chain")
+    except SystemExit as exc:
+        return int(exc.code), ""
+    return 0, ""
+
+
+@pytest.mark.django_db
+class TestAppendOnly:
+    def test_the_orm_refuses_to_change_or_delete_an_entry(self, user):
+        entry = _write(user, 1)[0]
+        entry.reason = "rewritten"
+        with pytest.raises(AppendOnlyError):
+            entry.save()
+        with pytest.raises(AppendOnlyError):
+            entry.delete()
+        with pytest.raises(AppendOnlyError):
+            AuditEntry.objects.filter(pk=entry.pk).update(reason="rewritten")
+        with pytest.raises(AppendOnlyError):
+            AuditEntry.objects.all().delete()
+
+    def test_review_fields_may_change(self, user):
+        entry = _write(user, 1)[0]
+        entry.review_state = AuditEntry.ReviewState.CONFIRMED
+        entry.save(update_fields=["review_state"])
+        assert AuditEntry.objects.get(pk=entry.pk).review_state == "confirmed"
+
+    def test_the_database_refuses_update_and_delete_past_the_orm(self, user):
+        entry = _write(user, 1)[0]
+        for sql in (
+            "UPDATE {table} SET reason = 'x' WHERE id = %s",
+            "DELETE FROM {table} WHERE id = %s",
+        ):
+            with pytest.raises(DatabaseError, match="pgtrigger"), transaction.atomic():
+                _raw(sql, [entry.pk])
+
+    def test_a_sealed_entry_cannot_be_unsealed_or_recounted(self, user):
+        entry = _write(user, 1)[0]
+        audit_chain_seal()
+        for sql in (
+            "UPDATE {table} SET chain_seq = NULL WHERE id = %s",
+            "UPDATE {table} SET count = 5 WHERE id = %s",
+            "UPDATE {table} SET entry_hash = 'x' WHERE id = %s",
+        ):
+            with pytest.raises(DatabaseError, match="pgtrigger"), transaction.atomic():
+                _raw(sql, [entry.pk])
+
+
+@pytest.mark.django_db
+class TestChain:
+    def test_sealing_links_every_entry_in_order(self, user):
+        entries = _write(user, 5)
+        assert audit_chain_verify().unsealed == 5
+        assert audit_chain_seal() == 5
+        sealed = AuditEntry.objects.order_by("chain_seq")
+        assert [e.pk for e in sealed] == [e.pk for e in entries]
+        assert [e.chain_seq for e in sealed] == [1, 2, 3, 4, 5]
+        report = audit_chain_verify()
+        assert report.verdict.ok and report.verdict.sealed == 5 and report.unsealed == 0
+        assert audit_chain_seal() == 0
+
+    def test_the_command_reports_sealed_and_waiting_entries(self, user, capsys):
+        _write(user, 3)
+        audit_chain_seal()
+        _write(user, 2)
+        call_command("verify_audit_chain")
+        out = capsys.readouterr().out
+        assert out.startswith("ok, 3 entries sealed, 2 awaiting sealing, oldest unsealed age")
+
+    def test_a_changed_row_is_found(self, user, capsys):
+        entries = _write(user, 4)
+        audit_chain_seal()
+        with pgtrigger.ignore(f"{TRIGGERS}:audit_content_read_only"):
+            _raw("UPDATE {table} SET token_count = 99 WHERE id = %s", [entries[2].pk])
+        with pytest.raises(SystemExit) as exc:
+            call_command("verify_audit_chain")
+        assert exc.value.code == 1
+        err = capsys.readouterr().err
+        assert f"chain_seq 3 (entry id {entries[2].pk})" in err and "altered" in err
+
+    def test_a_forged_row_is_found(self, user):
+        _write(user, 3)
+        audit_chain_seal()
+        last = AuditEntry.objects.get(chain_seq=3)
+        forged = {
+            "id": last.pk + 1000,
+            "chain_seq": 4,
+            "kind": "message",
+            "user_id": user.pk,
+            "token_count": 1,
+            "count": 1,
+            "flagged": False,
+            "reason": "",
+            "evidence": {},
+        }
+        fake_hash = chain.entry_hash(key=b"guessed", prev_hash=last.entry_hash, fields=forged)
+        _raw(
+            "INSERT INTO {table} (id, created_at, kind, user_id, role,"
+            " content_hash, token_count, count, flagged, reason, evidence, review_state,"
+            " chain_seq, prev_hash, entry_hash, sealed_at) VALUES (%s, now(), 'message', %s,"
+            " 'user', '', 1, 1, false, '', %s, 'none', 4, %s, %s, now())",
+            [forged["id"], user.pk, "{}", last.entry_hash, fake_hash],
+        )
+        verdict = audit_chain_verify().verdict
+        assert not verdict.ok and verdict.broken.chain_seq == 4
+        assert verdict.broken.entry_id == forged["id"]
+
+    @pytest.mark.parametrize("position", [2, 5])
+    def test_a_deleted_row_is_found(self, user, position):
+        _write(user, 5)
+        audit_chain_seal()
+        victim = AuditEntry.objects.get(chain_seq=position)
+        with pgtrigger.ignore(f"{TRIGGERS}:audit_no_delete"):
+            _raw("DELETE FROM {table} WHERE id = %s", [victim.pk])
+        verdict = audit_chain_verify().verdict
+        assert not verdict.ok and verdict.broken.chain_seq == position
+        assert "missing" in verdict.broken.problem
+        assert _verify_cli()[0] == 1
+
+    def test_review_decisions_do_not_break_the_chain(self, user):
+        entry = _write(user, 1)[0]
+        audit_chain_seal()
+        entry.review_state = AuditEntry.ReviewState.FALSE_POSITIVE
+        entry.save(update_fields=["review_state"])
+        assert audit_chain_verify().verdict.ok
+
+
+@pytest.mark.django_db
+class TestSecurityEvents:
+    def test_a_flood_of_foreign_id_attempts_is_one_counted_entry(self, user):
+        for _ in range(50):
+            audit_security_event(
+                user_id=user.pk, session_id=uuid.uuid4(), reason="access to session"
+            )
+        audit_security_event(user_id=user.pk, session_id=None, reason="refused to send a payload")
+        entries = AuditEntry.objects.filter(kind="security").order_by("id")
+        assert [(e.reason, e.count) for e in entries] == [
+            ("access to session", 50),
+            ("refused to send a payload", 1),
+        ]
+
+    def test_a_sealed_entry_is_not_recounted_a_new_one_starts(self, user):
+        audit_security_event(user_id=user.pk, session_id=None, reason="access to turn")
+        audit_chain_seal()
+        audit_security_event(user_id=user.pk, session_id=None, reason="access to turn")
+        assert list(AuditEntry.objects.order_by("id").values_list("count", flat=True)) == [1, 1]
+        audit_chain_seal()
+        assert audit_chain_verify().verdict.ok
+
+    def test_auditing_never_breaks_the_caller(self, user, caplog):
+        # An id that cannot be stored: the write fails, the caller goes on.
+        audit_security_event(user_id=2**80, session_id=None, reason="access to session")
+        assert "could not audit" in caplog.text
+        with transaction.atomic():  # and the caller's transaction is still usable
+            assert AuditEntry.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_appends_and_sealing_keep_one_valid_chain(user):
+    writers, per_writer, errors = 6, 25, []
+
+    def write(n: int) -> None:
+        try:
+            session = uuid.uuid4()
+            for i in range(per_writer):
+                audit_message(user_id=user.pk, session_id=session, role="user", content=f"{n}{i}")
+                if i % 5 == 0:
+                    audit_security_event(user_id=user.pk, session_id=session, reason="access")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    def seal() -> None:
+        try:
+            for _ in range(20):
+                audit_chain_seal(batch_size=7)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    threads += [threading.Thread(target=seal) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    audit_chain_seal()
+    report = audit_chain_verify()
+    assert report.verdict.ok, report.verdict.broken
+    assert report.unsealed == 0
+    assert report.verdict.sealed == AuditEntry.objects.count()
+    assert sum(AuditEntry.objects.filter(kind="security").values_list("count", flat=True)) == 30

@@ -1,0 +1,110 @@
+"""The fingerprint index and the leak scan, the same contract on Redis and on the database."""
+
+import uuid
+
+import pytest
+from redis import Redis
+
+from audit_app import fingerprint
+from audit_app.index import DbIndex, IndexUnavailable, RedisIndex
+from audit_app.services import (
+    fingerprint_index,
+    fingerprints_erase_session,
+    fingerprints_register,
+    reply_scan,
+)
+
+ALICE_DATA = (
+    "My order ORD-583920 for Bartholomew Quince ships to 42 Wisteria Lane. Codename Bluefalcon."
+)
+LEAKED = "Your order ORD-583920 is on its way to Bartholomew Quince."
+
+
+def _register(user_id: int, text: str, session: uuid.UUID | None = None) -> uuid.UUID:
+    session = session or uuid.uuid4()
+    fingerprints_register(user_id=user_id, session_id=session, text=text)
+    return session
+
+
+class IndexContract:
+    """Every index backend must pass these; subclasses only choose the backend."""
+
+    def test_another_users_distinctive_data_is_a_leak(self):
+        alice_session = _register(1, ALICE_DATA)
+        bob_session = _register(2, "What is my order status?")
+        result = reply_scan(user_id=2, session_id=bob_session, text=LEAKED)
+        assert result.leaked and result.score >= 1
+        matched = {LEAKED[e.start : e.end] for e in result.evidence}
+        assert "ORD-583920" in matched or "order ORD-583920" in matched
+        assert any("Quince" in m for m in matched)
+        introducers = {(p.user_id, p.session_id) for e in result.evidence for p in e.introduced_by}
+        assert introducers == {(1, str(alice_session))}
+
+    def test_a_users_own_data_is_not_a_leak(self):
+        alice_session = _register(1, ALICE_DATA)
+        assert not reply_scan(user_id=1, session_id=alice_session, text=LEAKED).leaked
+        # ...in any of the user's sessions
+        assert not reply_scan(user_id=1, session_id=uuid.uuid4(), text=LEAKED).leaked
+
+    def test_common_words_numbers_and_placeholders_are_no_evidence(self):
+        _register(1, "Please check my order status and the delivery date 2024-03-15, 42 items.")
+        _register(1, "My email is <EMAIL_ADDRESS_1> and my card [CREDIT_CARD]")
+        reply = (
+            "Your order status: 42 items ship on 2024-03-15. Email <EMAIL_ADDRESS_1> [CREDIT_CARD]"
+        )
+        result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=reply)
+        assert not result.leaked and result.evidence == []
+
+    def test_a_token_many_users_introduced_is_no_evidence(self):
+        for user_id in range(1, 6):
+            _register(user_id, "We use the Bluefalcon framework")
+        result = reply_scan(user_id=9, session_id=uuid.uuid4(), text="Try Bluefalcon.")
+        assert not result.leaked and result.evidence == []
+
+    def test_one_rare_word_alone_is_not_enough(self):
+        _register(1, "I love quince jam")
+        result = reply_scan(user_id=2, session_id=uuid.uuid4(), text="A quince is a fruit.")
+        assert not result.leaked
+
+    def test_erasing_a_session_removes_its_postings(self):
+        alice_session = _register(1, ALICE_DATA)
+        fingerprints_erase_session(session_id=alice_session, texts=[ALICE_DATA])
+        assert not reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
+
+
+@pytest.mark.django_db
+class TestRedisIndex(IndexContract):
+    @pytest.fixture(autouse=True)
+    def _redis(self, settings):
+        assert settings.REDIS_URL
+        assert isinstance(fingerprint_index(), RedisIndex)
+
+    def test_the_index_holds_no_plain_words(self, settings):
+        _register(1, ALICE_DATA)
+        client = Redis.from_url(settings.REDIS_URL)
+        dump = b"".join(field for key in client.scan_iter("fp:*") for field in client.hgetall(key))
+        for word in (b"bluefalcon", b"quince", b"583920", b"wisteria"):
+            assert word not in dump.lower()
+
+    def test_redis_down_is_a_neutral_error(self, settings, private_redis):
+        settings.REDIS_URL = private_redis.url
+        private_redis.kill()
+        with pytest.raises(IndexUnavailable):
+            reply_scan(user_id=1, session_id=uuid.uuid4(), text=LEAKED)
+        with pytest.raises(IndexUnavailable):
+            _register(1, ALICE_DATA)
+
+
+@pytest.mark.django_db
+class TestDbIndex(IndexContract):
+    @pytest.fixture(autouse=True)
+    def _no_redis(self, settings):
+        settings.REDIS_URL = ""
+        assert isinstance(fingerprint_index(), DbIndex)
+
+
+def test_features_keep_offsets_into_the_text():
+    text = "Ship to Bartholomew Quince, order ORD-583920."
+    for feature in fingerprint.features(text):
+        assert fingerprint._tokens(text[feature.start : feature.end])
+    assert not fingerprint.features("the order status is fine, thanks for 12 items")

@@ -1,0 +1,144 @@
+"""The leak scan end to end: a reply carrying another user's data is withheld (or flagged),
+kept encrypted for review, and a reviewer decides in the admin."""
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from audit_app.models import AuditEntry
+from sessions_app.models import Turn
+from sessions_app.queries import turn_withheld_text
+from sessions_app.services import SUPPRESSED_NOTICE
+
+from ..factories import UserFactory
+from ..fakes.claude import FakeClaude
+
+pytestmark = pytest.mark.django_db
+
+STORES = ["db", "redis", "cached_db"]
+SECRET = "Remember my codename: Vexmoria Quintaplex, and my order 48291-XK7."
+LEAK = "Your codename is Vexmoria Quintaplex and your order is 48291-XK7."
+
+
+def _post(api, content: str, sid: str | None = None) -> tuple[str, dict]:
+    sid = sid or api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=10", {"content": content}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    return sid, response.json()
+
+
+def _leaking(body: dict) -> str:
+    """A model that hands out what another user told it, to whoever asks."""
+    last = body["messages"][-1]["content"]
+    return LEAK if "codename" in str(last).lower() and "Remember" not in str(last) else "Noted."
+
+
+@pytest.fixture
+def leaked(api, other_api, fake_claude: FakeClaude) -> dict:
+    """The owner's secret, then another user's turn whose reply carries it."""
+    fake_claude.set_responder(_leaking)
+    _post(api, SECRET)
+    sid, turn = _post(other_api, "What is my codename?")
+    return {"session": sid, "turn": turn}
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, fake_claude):
+    settings.HISTORY_STORE = store
+    fake_claude.set_responder(_leaking)
+    _post(api, SECRET)
+    sid, turn = _post(other_api, "What is my codename?")
+    assert turn["status"] == "suppressed"
+    assert turn["reply"] == {**turn["reply"], "content": SUPPRESSED_NOTICE, "status": "suppressed"}
+    seen = [
+        other_api.get(f"/api/v1/turns/{turn['id']}/").content,
+        other_api.get(f"/api/v1/sessions/{sid}/messages/").content,
+        b"".join(other_api.get(f"/api/v1/turns/{turn['id']}/events/").streaming_content),
+    ]
+    for body in seen:
+        assert b"Vexmoria" not in body and b"48291" not in body
+    # Kept encrypted for review, and flagged with where each matched token came from.
+    assert b"Vexmoria" not in bytes(Turn.objects.get(pk=turn["id"]).withheld)
+    assert turn_withheld_text(turn_id=turn["id"]) == LEAK
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    assert entry.turn_id is not None and str(entry.turn_id) == turn["id"]
+    assert entry.review_state == "open" and "suppressed" in entry.reason
+    assert "Vexmoria" not in str(entry.evidence) and entry.evidence["items"]
+    # The history the next turn sends to Claude holds nothing of it.
+    fake_claude.set_responder(lambda body: "ok")
+    _post(other_api, "Thanks", sid)
+    assert "Vexmoria" not in str(fake_claude.requests[-1]["messages"])
+
+
+def test_leak_action_flag_delivers_and_flags(settings, api, other_api, fake_claude):
+    settings.LEAK_ACTION = "flag"
+    fake_claude.set_responder(_leaking)
+    _post(api, SECRET)
+    _, turn = _post(other_api, "What is my codename?")
+    assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    assert "delivered and flagged" in entry.reason and entry.review_state == "open"
+
+
+def test_a_users_own_data_in_their_reply_is_not_a_leak(api, fake_claude):
+    fake_claude.set_responder(lambda body: LEAK)
+    sid, _ = _post(api, SECRET)
+    _, turn = _post(api, "What is my codename?", sid)
+    assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
+    assert not AuditEntry.objects.filter(flagged=True).exists()
+
+
+def test_everyday_replies_are_not_flagged(api, other_api, fake_claude):
+    _post(api, SECRET)
+    fake_claude.set_responder(lambda body: "Your order is on its way and should arrive Monday.")
+    _, turn = _post(other_api, "Where is my order?")
+    assert turn["status"] == "completed"
+    assert not AuditEntry.objects.filter(flagged=True).exists()
+
+
+def _reviewer(*permissions: str):
+    staff = UserFactory(is_staff=True)
+    for codename in permissions:
+        staff.user_permissions.add(Permission.objects.get(codename=codename))
+    return staff
+
+
+def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
+    client, leaked, other_api
+):
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    staff = _reviewer("view_auditentry", "change_auditentry")
+    client.force_login(staff)
+    listing = client.get("/admin/audit_app/auditentry/")
+    assert listing.status_code == 200 and b"1 open flag" in listing.content
+    page = client.get(f"/admin/audit_app/auditentry/{entry.pk}/change/")
+    assert page.status_code == 200 and b"introduced by" in page.content
+    # Reading the withheld text needs its own permission, and each read is audited.
+    assert client.get(f"/admin/audit_app/auditentry/{entry.pk}/withheld/").status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
+    withheld = client.get(f"/admin/audit_app/auditentry/{entry.pk}/withheld/")
+    assert withheld.status_code == 200 and b"Vexmoria" in withheld.content
+    assert AuditEntry.objects.filter(kind="review", user=staff, reason__contains="read").exists()
+    # The decision: a false positive, released to its user.
+    decided = client.post(f"/admin/audit_app/auditentry/{entry.pk}/review/release/")
+    assert decided.status_code == 302
+    entry.refresh_from_db()
+    assert entry.review_state == "false_positive" and entry.reviewed_by == staff
+    turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
+    assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
+    assert AuditEntry.objects.filter(kind="review", reason__contains="released").exists()
+
+
+def test_a_reviewer_confirms_a_leak_and_the_reply_stays_withheld(client, leaked, other_api):
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    client.force_login(_reviewer("view_auditentry", "change_auditentry"))
+    assert client.post(f"/admin/audit_app/auditentry/{entry.pk}/review/leak/").status_code == 302
+    entry.refresh_from_db()
+    assert entry.review_state == "confirmed"
+    turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
+    assert turn["status"] == "suppressed" and turn["reply"]["content"] == SUPPRESSED_NOTICE
+
+
+def test_the_audit_api_is_for_staff_only(api, leaked):
+    assert api.get("/api/v1/audit/entries/").status_code == 403
