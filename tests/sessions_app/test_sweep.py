@@ -145,3 +145,23 @@ def test_a_requeued_turn_gets_a_fresh_deadline(user, fake_claude, settings):
     turn.refresh_from_db()
     assert turn.status == "completed", (turn.error_code, turn.error_detail)
     assert fake_claude.request_count() == 1
+
+
+@pytest.mark.django_db
+def test_without_beat_requests_run_the_purge_and_the_seal_now_and_then(api, user, settings):
+    """The embedded default (eager tasks, no beat): expired sessions do not stay for good."""
+    from audit_app.models import AuditEntry
+
+    assert settings.CELERY_TASK_ALWAYS_EAGER
+    old = accepted_turn(user).session
+    ChatSession.objects.filter(pk=old.pk).update(expires_at=timezone.now())
+    assert AuditEntry.objects.filter(chain_seq__isnull=True).exists()
+    assert api.post("/api/v1/sessions/", {}, format="json").status_code == 201
+    assert not ChatSession.objects.filter(pk=old.pk).exists()
+    assert not Message.objects.filter(session_id=old.pk).exists()
+    assert not AuditEntry.objects.filter(chain_seq__isnull=True).exists()  # sealed
+    # At most once per period: a second expired session waits for the next one.
+    newer = accepted_turn(user).session
+    ChatSession.objects.filter(pk=newer.pk).update(expires_at=timezone.now())
+    api.post("/api/v1/sessions/", {}, format="json")
+    assert ChatSession.objects.filter(pk=newer.pk).exists()
