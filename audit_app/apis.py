@@ -42,9 +42,3 @@ class AuditEntryListApi(LoggedUserMixin, ListAPIView):
     )
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
-
-    def finalize_response(self, request: Request, response: Response, *args, **kwargs) -> Response:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        # The trail names users and sessions: no shared cache may keep it.
-        response["Cache-Control"] = "no-store"
-        return response

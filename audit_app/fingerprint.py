@@ -12,7 +12,6 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from wordfreq import zipf_frequency
 
@@ -76,7 +75,6 @@ class _Token:
     capitalised: bool
 
 
-@lru_cache(maxsize=65536)
 def _zipf(word: str) -> float:
     return zipf_frequency(word, "en")
 
@@ -93,7 +91,6 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
-@lru_cache(maxsize=65536)
 def token_weight(word: str) -> float:
     """Return how much a single normalised token proves (0: nothing)."""
     if word.isdigit():

@@ -42,11 +42,11 @@ def prepare(env: dict[str, str], users: int) -> list[tuple[str, str]]:
     sh(sys.executable, "manage.py", "migrate", "-v", "0", env=env)
     script = (
         "import json;from django.contrib.auth.models import User;"
-        "from rest_framework.authtoken.models import Token;"
+        "from sessions_app.tokens import auth_token_issue;"
         "from sessions_app.services import chat_session_create;out=[]\n"
         f"for i in range({users}):\n"
-        " u=User.objects.create_user(f'bench{i}');t=Token.objects.create(user=u)\n"
-        " out.append((t.key, str(chat_session_create(owner=u).pk)))\n"
+        " u=User.objects.create_user(f'bench{i}');key,_=auth_token_issue(user=u)\n"
+        " out.append((key, str(chat_session_create(owner=u).pk)))\n"
         "print(json.dumps(out))"
     )
     out = subprocess.run(
@@ -100,6 +100,7 @@ def main() -> None:
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "bench.settings",
             "DEBUG": "0",
+            "SECURE_HTTPS": "0",
             "SECRET_KEY": "bench",
             "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",

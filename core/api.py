@@ -3,6 +3,7 @@ error table of the schema, and the adapter that streams under ASGI."""
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from types import MappingProxyType
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
@@ -23,16 +24,18 @@ class ErrorSerializer(serializers.Serializer):
     code = serializers.CharField()
 
 
-ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
-    401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
-    403: OpenApiResponse(ErrorSerializer, description="Not allowed for this user."),
-    404: OpenApiResponse(ErrorSerializer, description="No such object for this user."),
-    409: OpenApiResponse(ErrorSerializer, description="A turn is already in flight."),
-    413: OpenApiResponse(ErrorSerializer, description="Request body too large."),
-    429: OpenApiResponse(ErrorSerializer, description="Too many messages."),
-    503: OpenApiResponse(ErrorSerializer, description="A backing service is down."),
-}
+ERRORS = MappingProxyType(
+    {
+        400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
+        401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
+        403: OpenApiResponse(ErrorSerializer, description="Not allowed for this user."),
+        404: OpenApiResponse(ErrorSerializer, description="No such object for this user."),
+        409: OpenApiResponse(ErrorSerializer, description="A turn is already in flight."),
+        413: OpenApiResponse(ErrorSerializer, description="Request body too large."),
+        429: OpenApiResponse(ErrorSerializer, description="Too many messages."),
+        503: OpenApiResponse(ErrorSerializer, description="A backing service is down."),
+    }
+)
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:

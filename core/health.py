@@ -1,7 +1,8 @@
 """``/healthz``: database, cache and broker, each answered within the deadline."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
+from types import MappingProxyType
 
 from celery import current_app as celery_app
 from django.core.cache import cache
@@ -42,7 +43,9 @@ def _broker() -> None:
             conn.default_channel.client.ping()
 
 
-CHECKS: dict[str, Callable[[], None]] = {"database": _database, "cache": _cache, "broker": _broker}
+CHECKS: Mapping[str, Callable[[], None]] = MappingProxyType(
+    {"database": _database, "cache": _cache, "broker": _broker}
+)
 
 
 def _check_all() -> dict[str, str]:

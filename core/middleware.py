@@ -7,10 +7,30 @@ from collections.abc import Callable
 from django.conf import settings
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import patch_cache_control
 
 from .errors import error_body, is_outage
 
 logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1/"
+
+
+class NoStoreApiMiddleware:
+    """Say ``Cache-Control: no-store`` on every answer under ``/api/v1/``.
+
+    Every one of them may carry conversation or account data: no browser, proxy or CDN
+    cache may keep one user's answer and hand it to another.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.path.startswith(API_PREFIX):
+            patch_cache_control(response, no_store=True, private=True)
+        return response
 
 
 class RequestSizeLimitMiddleware:

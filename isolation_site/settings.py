@@ -7,6 +7,7 @@ every variable; production sets ``DATABASE_URL``, ``REDIS_URL`` and the secrets.
 
 import base64
 import hashlib
+import re
 from pathlib import Path
 
 import environ
@@ -50,6 +51,26 @@ for _key in ENCRYPTION_KEYS:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 
+# HTTPS ----------------------------------------------------------------------------------
+# On unless DEBUG: HTTP is redirected to HTTPS (but /healthz, the load balancer's probe),
+# HSTS, secure-only cookies. Off only for plain HTTP on a trusted network.
+SECURE_HTTPS = env.bool("SECURE_HTTPS", default=not DEBUG)
+if SECURE_HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_HSTS_SECONDS = 31536000
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# The header a TLS-terminating proxy sets, e.g. X-Forwarded-Proto: "https" in it means the
+# request came over TLS. Unset, such a header is ignored (a client could forge it).
+PROXY_SSL_HEADER = env.str("PROXY_SSL_HEADER", default="")
+if PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -58,7 +79,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "pgtrigger",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -67,6 +88,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every API answer, errors of the middleware below included, says no-store.
+    "core.middleware.NoStoreApiMiddleware",
     "core.middleware.RequestSizeLimitMiddleware",
     "core.middleware.ServiceUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -232,6 +255,8 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
 STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
+# ?wait requests and event streams one user may hold open at once; one more: 429.
+MAX_WAITS_PER_USER = env.int("MAX_WAITS_PER_USER", default=8)
 # How long a turn may stay pending or running before the sweep re-runs or fails it: past
 # the task's hard time limit, so a live run is never mistaken for a lost one.
 STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)
@@ -256,7 +281,7 @@ CELERY_BEAT_SCHEDULE = {
 REST_FRAMEWORK = {
     # Token first, so an unauthenticated call gets 401 with WWW-Authenticate.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "sessions_app.tokens.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -267,6 +292,10 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"chat": CHAT_THROTTLE_RATE},
+    # Proxies in front that append to X-Forwarded-For: the failed-sign-in limit per client
+    # address takes the address the nearest one saw. 0: the peer's own address, since a
+    # client can write any X-Forwarded-For it likes.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(
@@ -283,12 +312,30 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # /healthz's parts share one set of states: one schema name for it.
+    "ENUM_NAME_OVERRIDES": {"PartStateEnum": ["ok", "down"]},
 }
 
 # Auth, i18n, static -------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": f"django.contrib.auth.password_validation.{name}"}
+    for name in (
+        "UserAttributeSimilarityValidator",
+        "MinimumLengthValidator",
+        "CommonPasswordValidator",
+        "NumericPasswordValidator",
+    )
 ]
+# Every password sign-in (API token, login page, admin) passes the failed-sign-in limit.
+AUTHENTICATION_BACKENDS = ["sessions_app.signin.ThrottledModelBackend"]
+# Failed sign-ins allowed per username and per client address in one window (DRF syntax).
+LOGIN_THROTTLE_RATE = env.str("LOGIN_THROTTLE_RATE", default="10/min")
+if not re.fullmatch(r"[0-9]+/[smhd][a-z]*", LOGIN_THROTTLE_RATE):
+    raise ImproperlyConfigured(
+        f"LOGIN_THROTTLE_RATE={LOGIN_THROTTLE_RATE!r}: give a count per period, e.g. '10/min'."
+    )
+# An API token stops working this long after it was issued.
+TOKEN_TTL_SECONDS = env.int("TOKEN_TTL_SECONDS", default=86400)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"

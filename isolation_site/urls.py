@@ -5,11 +5,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
 from sessions_app import views
+from sessions_app.signin import throttled_page
 
 urlpatterns = [
     path("", views.chat, name="chat"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    # Both HTML sign-in pages answer 429 past the failed-sign-in limit (sessions_app.signin);
+    # the admin's own login is overridden here, ahead of the rest of the admin.
+    path("accounts/login/", throttled_page(auth_views.LoginView.as_view()), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/login/", throttled_page(admin.site.login)),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("api/v1/", include("sessions_app.urls")),

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.http import HttpRequest
+from knox.models import AuthToken
 
 from .models import ChatSession, Message, Turn
 
@@ -16,7 +18,16 @@ class ChatSessionAdmin(admin.ModelAdmin):
     list_display = ["id", "owner", "title", "created_at", "expires_at"]
     list_filter = ["created_at"]
     search_fields = ["id", "owner__username", "title"]
-    readonly_fields = ["id", "owner", "created_at", "last_activity_at", "next_seq"]
+    # Retention is the service's policy, not staff's: no extending or reviving a session.
+    readonly_fields = [
+        "id",
+        "owner",
+        "title",
+        "created_at",
+        "last_activity_at",
+        "expires_at",
+        "next_seq",
+    ]
     inlines = [MessageInline]
 
 
@@ -25,3 +36,26 @@ class TurnAdmin(admin.ModelAdmin):
     list_display = ["id", "session", "status", "attempts", "error_code", "created_at"]
     list_filter = ["status", "error_code"]
     readonly_fields = [f.name for f in Turn._meta.fields]
+
+
+# Knox's own token admin creates tokens and shows each new key once; staff need neither.
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class AuthTokenAdmin(admin.ModelAdmin):
+    """Who holds API tokens and until when; staff may revoke one (delete), not read one.
+
+    Only digests are stored, and none is shown: nothing on these pages can sign in.
+    """
+
+    list_display = ["user", "created", "expiry"]
+    fields = ["user", "created", "expiry"]
+    readonly_fields = fields
+    search_fields = ["user__username"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuthToken | None = None) -> bool:
+        return False

@@ -1,16 +1,20 @@
 """DRF views, one per operation: parse input, call one service or selector, serialize."""
 
+import contextlib
 import functools
 import json
 import re
 from collections.abc import Iterator
+from types import MappingProxyType
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
-from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework import exceptions, status
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
@@ -26,14 +30,18 @@ from core.api import (
     errors,
     streamable,
 )
+from core.errors import ServiceUnavailable
 
-from . import events, selectors, services, tasks
+from . import events, selectors, services, stateless, tasks, tokens
+from .llm import LLMError
 from .models import Turn
 from .serializers import (
     MessageCreateSerializer,
     MessageSerializer,
     SessionCreateSerializer,
     SessionSerializer,
+    StatelessChatRequestSerializer,
+    StatelessChatSerializer,
     TokenRequestSerializer,
     TokenSerializer,
     TurnSerializer,
@@ -48,15 +56,18 @@ SESSION_ID = OpenApiParameter("session_id", OpenApiTypes.UUID, OpenApiParameter.
 TURN_ID = OpenApiParameter("turn_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 # A page number past the last page (or not a number) is 404, as DRF's paginator answers.
 PAGE_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such object, or no such page.")
-# Each event of the stream (the Open API 3.0 reading of an event-stream schema).
-TURN_EVENT = {
-    "type": "object",
-    "properties": {
-        "event": {"type": "string", "enum": ["turn"]},
-        "data": {"type": "string", "description": "The whole turn object (`Turn`) as JSON."},
-    },
-    "required": ["event", "data"],
-}
+
+
+def _turn_event() -> dict:
+    """Each event of the stream (the Open API 3.0 reading of an event-stream schema)."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"type": "string", "enum": ["turn"]},
+            "data": {"type": "string", "description": "The whole turn object (`Turn`) as JSON."},
+        },
+        "required": ["event", "data"],
+    }
 
 
 class ChatRateThrottle(UserRateThrottle):
@@ -69,17 +80,39 @@ class ChatRateThrottle(UserRateThrottle):
         return settings.CHAT_THROTTLE_RATE
 
 
-class AuthTokenApi(LoggedUserMixin, ObtainAuthToken):
-    # Credentials are in the body: a client holding a revoked token must still get a new one.
-    authentication_classes: list = []
+class AuthTokenApi(LoggedUserMixin, APIView):
+    def get_authenticators(self) -> list:
+        # Signing in reads the credentials in the body: a client holding an expired or
+        # revoked token must still get a new one. Signing out names the token itself.
+        # (The schema generator asks before it has a request.)
+        if getattr(self.request, "method", None) == "POST":
+            return []
+        return [tokens.TokenAuthentication()]
+
+    def get_permissions(self) -> list:
+        return [] if getattr(self.request, "method", None) == "POST" else super().get_permissions()
 
     @extend_schema(
         request=TokenRequestSerializer,
-        responses={200: TokenSerializer, **errors(400, 413, 503)},
+        responses={
+            200: TokenSerializer,
+            **errors(400, 413, 503),
+            429: OpenApiResponse(
+                ErrorSerializer, description="Too many failed sign-ins; see Retry-After."
+            ),
+        },
         auth=[],
     )
-    def post(self, request: Request, *args, **kwargs) -> Response:
-        return super().post(request, *args, **kwargs)
+    def post(self, request: Request) -> Response:
+        data = TokenRequestSerializer(data=request.data, context={"request": request})
+        data.is_valid(raise_exception=True)
+        key, expires_at = tokens.auth_token_issue(user=data.validated_data["user"])
+        return Response(TokenSerializer({"token": key, "expires_at": expires_at}).data)
+
+    @extend_schema(request=None, responses={204: None, **errors(401, 503)})
+    def delete(self, request: Request) -> Response:
+        tokens.auth_token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
@@ -201,12 +234,17 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
         wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        # Taken before anything is stored: a 429 for too many waits leaves no message.
+        release = events.wait_slot_acquire(user_id=request.user.pk) if wait else _nothing
         tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
         turn = services.message_accept(
             user=request.user, session_id=session_id, content=data.validated_data["content"]
         )
-        tasks.turn_enqueue(turn=turn)
-        turn = _turn_wait(user=request.user, turn=turn, timeout=wait or 0)
+        try:
+            tasks.turn_enqueue(turn=turn)
+            turn = _turn_wait(user=request.user, turn=turn, timeout=wait or 0)
+        finally:
+            release()
         ended = wait is not None and turn.is_finished
         return Response(
             TurnSerializer(turn).data,
@@ -221,6 +259,33 @@ class TurnDetailApi(LoggedUserMixin, APIView):
         return Response(TurnSerializer(turn).data)
 
 
+def _nothing() -> None:
+    return None
+
+
+class _Releasing:
+    """The stream's chunks, giving its wait slot back when the server closes the stream.
+
+    A generator not yet started runs no ``finally`` when closed; this ``close`` always runs.
+    """
+
+    def __init__(self, chunks: Iterator[str], release) -> None:
+        self.chunks = chunks
+        self.release = release
+
+    def __iter__(self) -> "_Releasing":
+        return self
+
+    def __next__(self) -> str:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        try:
+            self.chunks.close()
+        finally:
+            self.release()
+
+
 def _sse(turn: Turn) -> str:
     return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
 
@@ -232,15 +297,23 @@ class TurnEventsApi(LoggedUserMixin, APIView):
         parameters=[TURN_ID],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                TURN_EVENT,
+                _turn_event(),
                 description="`event: turn` with the turn as JSON, at once and on every change; "
                 "ends after the terminal one.",
             ),
-            **errors(401, 404, 503),
+            **errors(401, 404, 429, 503),
         },
     )
     def get(self, request: Request, turn_id: str) -> StreamingHttpResponse:
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        release = events.wait_slot_acquire(user_id=request.user.pk)
+        try:
+            return self._response(request, turn, release)
+        except BaseException:
+            release()
+            raise
+
+    def _response(self, request: Request, turn: Turn, release) -> StreamingHttpResponse:
         watch = events.turn_watch(
             turn=turn,
             refresh=functools.partial(_refresh, request.user),
@@ -251,8 +324,9 @@ class TurnEventsApi(LoggedUserMixin, APIView):
         # broken stream. CPython closes the generator (and its subscription) with the
         # response.
         first = next(watch)
+        chunks = _Releasing(self._stream(first, watch), release)
         response = StreamingHttpResponse(
-            streamable(request, self._stream(first, watch)), content_type="text/event-stream"
+            streamable(request, chunks), content_type="text/event-stream"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -267,3 +341,116 @@ class TurnEventsApi(LoggedUserMixin, APIView):
             return  # the session was deleted or expired mid-stream: end it, say nothing more
         finally:
             watch.close()
+
+
+# Stateless sessions ------------------------------------------------------------------------
+
+TOKEN_STATUSES = MappingProxyType(
+    {
+        stateless.TokenOtherUser: status.HTTP_403_FORBIDDEN,
+        stateless.TokenTooLarge: status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    }
+)
+CLAUDE_UNAVAILABLE = (
+    "The assistant could not answer in time; your token is unchanged: send it again "
+    "with your message."
+)
+
+
+class StatelessTokenError(exceptions.APIException):
+    """A stateless token that cannot be used: 400 (malformed, truncated, altered, expired),
+    403 (another user's) or 413 (the next one would be too large)."""
+
+    def __init__(self, error: stateless.TokenError) -> None:
+        self.status_code = TOKEN_STATUSES.get(type(error), status.HTTP_400_BAD_REQUEST)
+        super().__init__(error.detail, error.code)
+
+
+@contextlib.contextmanager
+def _stateless_errors() -> Iterator[None]:
+    """Answer the stateless turn's neutral errors as the API's."""
+    try:
+        yield
+    except stateless.TokenError as exc:
+        raise StatelessTokenError(exc) from exc
+    except LLMError as exc:
+        raise ServiceUnavailable(CLAUDE_UNAVAILABLE) from exc
+
+
+class StatelessChatApi(LoggedUserMixin, APIView):
+    """One turn of a stateless conversation: its history comes and goes in the token.
+
+    Under ASGI a turn awaits Claude on the event loop, holding no thread while it waits;
+    under WSGI it runs in the request's thread (see ``as_view``).
+    """
+
+    throttle_classes = [ChatRateThrottle]
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        """Return the endpoint: a coroutine view, as Django serves it under either server.
+
+        Under ASGI a POST runs ``apost`` on the server's event loop. Anything else, and
+        every request under WSGI (where Django runs a coroutine view in a one-off loop),
+        goes to the plain DRF view in the request's own thread: synchronous, with the
+        process's sync Claude client.
+        """
+        in_thread = sync_to_async(super().as_view(**initkwargs))
+
+        async def view(request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
+            if isinstance(request, ASGIRequest) and request.method == "POST":
+                self = cls(**initkwargs)
+                self.setup(request, *args, **kwargs)
+                return await self.apost(request, *args, **kwargs)
+            return await in_thread(request, *args, **kwargs)
+
+        # How drf-spectacular finds the DRF view behind a URL.
+        view.cls, view.initkwargs = cls, initkwargs
+        return csrf_exempt(view)  # as DRF's views: SessionAuthentication checks CSRF itself
+
+    @extend_schema(
+        request=StatelessChatRequestSerializer,
+        responses={
+            200: StatelessChatSerializer,
+            **errors(400, 401, 403),
+            413: OpenApiResponse(
+                ErrorSerializer, description="Request body too large, or the next token would be."
+            ),
+            **errors(429, 503),
+        },
+        description="One turn of a stateless conversation: the history travels in `token` "
+        "(null on the first turn), encrypted, bound to the caller and expiring; nothing of it "
+        "is kept on the server. A token may be sent again: that forks the conversation. "
+        "On any error the last token stays good.",
+    )
+    def post(self, request: Request) -> Response:
+        data = self._input(request)
+        with _stateless_errors():
+            result = stateless.stateless_chat(user_id=request.user.pk, **data)
+        return Response(StatelessChatSerializer(result).data)
+
+    async def apost(self, request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
+        """POST on the event loop: DRF's dispatch, with only Claude awaited.
+
+        Authentication, permissions, the throttle, parsing and the error answer are DRF's
+        own, run in a thread: they read the database and the cache.
+        """
+        drf_request = self.initialize_request(request, *args, **kwargs)
+        self.request, self.headers = drf_request, self.default_response_headers
+        try:
+            data = await sync_to_async(self._accept)(drf_request, *args, **kwargs)
+            with _stateless_errors():
+                result = await stateless.stateless_chat_async(user_id=drf_request.user.pk, **data)
+            response = Response(StatelessChatSerializer(result).data)
+        except Exception as exc:
+            response = await sync_to_async(self.handle_exception)(exc)
+        return self.finalize_response(drf_request, response, *args, **kwargs)
+
+    def _accept(self, request: Request, *args, **kwargs) -> dict:
+        self.initial(request, *args, **kwargs)
+        return self._input(request)
+
+    def _input(self, request: Request) -> dict:
+        data = StatelessChatRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        return {"token": data.validated_data["token"], "content": data.validated_data["content"]}

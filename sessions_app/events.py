@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 
 import redis.exceptions
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
+from rest_framework.exceptions import Throttled
 
 from .models import Turn
 
@@ -132,3 +134,41 @@ def turn_watch(
                 yield None
     finally:
         changes.close()
+
+
+class TooManyWaits(Throttled):
+    default_detail = (
+        "You already have as many replies being waited for or streamed as allowed; "
+        "close one, or poll the turn instead."
+    )
+    default_code = "too_many_waits"
+
+
+# A counter left behind by a process that died mid-wait fades after this long.
+WAIT_SLOT_TTL_SECONDS = 15 * 60
+WAIT_RETRY_AFTER_SECONDS = 5
+
+
+def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
+    """Take one of the user's ``MAX_WAITS_PER_USER`` slots; return the function releasing it.
+
+    Raise ``TooManyWaits`` (429 with ``Retry-After``) when they are all taken: one user's
+    open streams must not hold every web thread while everyone else waits.
+    """
+    key = f"wait-slots:{user_id}"
+    cache.add(key, 0, timeout=WAIT_SLOT_TTL_SECONDS)
+    held = cache.incr(key)
+    cache.touch(key, WAIT_SLOT_TTL_SECONDS)
+
+    def release() -> None:
+        try:
+            cache.decr(key)
+        except ValueError:
+            pass  # faded meanwhile: nothing left to give back
+        except Exception:  # noqa: BLE001 - the cache went away; the counter fades with it
+            logger.warning("could not release a wait slot of user %s", user_id)
+
+    if held > settings.MAX_WAITS_PER_USER:
+        release()
+        raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
+    return release

@@ -8,15 +8,19 @@ SDK sleeps for whatever ``retry-after`` a response names, which can run a turn f
 its deadline, while here no call starts and no wait ends past it.
 """
 
+import asyncio
 import email.utils
 import functools
 import logging
 import random
 import re
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 
 import anthropic
+from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from audit_app.services import audit_security_event
@@ -28,7 +32,7 @@ logger = logging.getLogger(__name__)
 # Below this, a call is not worth starting: the turn fails instead.
 MIN_CALL_SECONDS = 1.0
 
-TRANSIENT_STATUSES = {408, 409, 429, 500, 502, 503, 504, 529}
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 # The SDK's backoff when a response names no wait: 0.5 s doubled per retry, at most 8 s.
 RETRY_INITIAL_SECONDS = 0.5
@@ -62,6 +66,26 @@ def _client(api_key: str, base_url: str | None) -> anthropic.Anthropic:
 def client() -> anthropic.Anthropic:
     """Return the process's Anthropic client for the current settings."""
     return _client(settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL)
+
+
+# The async client's connection pool belongs to the event loop it was first used in, so
+# there is one per loop (uvicorn runs one per process), dropped with its loop.
+_async_clients: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str | None], anthropic.AsyncAnthropic]
+] = weakref.WeakKeyDictionary()
+_async_clients_lock = threading.Lock()
+
+
+def async_client() -> anthropic.AsyncAnthropic:
+    """Return the running event loop's AsyncAnthropic client for the current settings."""
+    config = (settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL)
+    with _async_clients_lock:
+        clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+        if config not in clients:
+            clients[config] = anthropic.AsyncAnthropic(
+                api_key=config[0], base_url=config[1], max_retries=0
+            )
+        return clients[config]
 
 
 def _api_messages(history: Sequence[Message]) -> list[dict[str, str]]:
@@ -160,18 +184,33 @@ def _llm_error(exc: Exception) -> LLMError:
     )
 
 
+def _request(messages: list[dict[str, str]], *, timeout: float, retries: int) -> dict:
+    """Return the arguments of one ``messages.create`` call, the same for both clients."""
+    return {
+        "model": settings.CLAUDE_MODEL,
+        "max_tokens": settings.CLAUDE_MAX_TOKENS,
+        "system": settings.CLAUDE_SYSTEM_PROMPT,
+        "messages": messages,
+        "timeout": timeout,
+        # The header the SDK sets from its own retry count, which is always 0 now.
+        "extra_headers": {"x-stainless-retry-count": str(retries)},
+    }
+
+
 def _create(
     messages: list[dict[str, str]], *, timeout: float, retries: int
 ) -> anthropic.types.Message:
-    return client().messages.create(
-        model=settings.CLAUDE_MODEL,
-        max_tokens=settings.CLAUDE_MAX_TOKENS,
-        system=settings.CLAUDE_SYSTEM_PROMPT,
-        messages=messages,
-        timeout=timeout,
-        # The header the SDK sets from its own retry count, which is always 0 now.
-        extra_headers={"x-stainless-retry-count": str(retries)},
-    )
+    return client().messages.create(**_request(messages, timeout=timeout, retries=retries))
+
+
+def _wait_before_retry(exc: Exception, retries: int, deadline: float | None) -> float:
+    """Return how long to wait before retrying after ``exc``; raise its ``LLMError`` if the
+    call is not retried (not transient, out of retries, or no time left)."""
+    error, wait = _llm_error(exc), _retry_wait(exc, retries)
+    if wait is None or not _in_time(wait, deadline):
+        raise error from exc
+    logger.info("Claude call failed (%s); retry %d in %.2f s", error.code, retries + 1, wait)
+    return wait
 
 
 def _reply_text(response: anthropic.types.Message) -> str:
@@ -197,13 +236,26 @@ def _claude_reply(
         try:
             response = _create(messages, timeout=_call_timeout(deadline), retries=retries)
         except (anthropic.APIError, ValueError) as exc:
-            error, wait = _llm_error(exc), _retry_wait(exc, retries)
-            if wait is None or not _in_time(wait, deadline):
-                raise error from exc
-            logger.info(
-                "Claude call failed (%s); retry %d in %.2f s", error.code, retries + 1, wait
-            )
-            time.sleep(wait)
+            time.sleep(_wait_before_retry(exc, retries, deadline))
+            retries += 1
+        else:
+            return _reply_text(response)
+
+
+async def _claude_reply_async(
+    history: Sequence[Message], deadline: float | None, still_wanted: Callable[[], bool]
+) -> str:
+    # ``_claude_reply`` on the event loop: the same request, retry policy and errors.
+    messages = _api_messages(history)
+    retries = 0
+    while True:
+        if not still_wanted():
+            raise TurnAbandoned()
+        request = _request(messages, timeout=_call_timeout(deadline), retries=retries)
+        try:
+            response = await async_client().messages.create(**request)
+        except (anthropic.APIError, ValueError) as exc:
+            await asyncio.sleep(_wait_before_retry(exc, retries, deadline))
             retries += 1
         else:
             return _reply_text(response)
@@ -251,13 +303,38 @@ def send(
     try:
         guard_payload(history)
     except IsolationViolation as exc:
-        scope = current_scope()
-        audit_security_event(
-            user_id=scope.user_id if scope else None,
-            session_id=scope.session_id if scope else None,
-            reason=f"refused to send a payload: {exc}",
-        )
+        _audit_refused(exc)
         raise
     if settings.LLM_PROVIDER == "offline":
         return offline_reply(history)
     return _claude_reply(history, deadline, still_wanted)
+
+
+async def send_async(
+    history: Sequence[Message],
+    *,
+    deadline: float | None = None,
+    still_wanted: Callable[[], bool] = _always,
+) -> str:
+    """``send`` for the event loop: the same guard, retries and errors, awaiting Claude
+    through the loop's ``AsyncAnthropic`` client.
+
+    The guard reads the isolation scope of the calling coroutine: bind it there.
+    """
+    try:
+        guard_payload(history)
+    except IsolationViolation as exc:
+        await sync_to_async(_audit_refused)(exc)  # the audit writes to the database
+        raise
+    if settings.LLM_PROVIDER == "offline":
+        return offline_reply(history)
+    return await _claude_reply_async(history, deadline, still_wanted)
+
+
+def _audit_refused(exc: IsolationViolation) -> None:
+    scope = current_scope()
+    audit_security_event(
+        user_id=scope.user_id if scope else None,
+        session_id=scope.session_id if scope else None,
+        reason=f"refused to send a payload: {exc}",
+    )

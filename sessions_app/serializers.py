@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -130,8 +131,49 @@ class SessionCreateSerializer(serializers.Serializer):
 
 class TokenRequestSerializer(serializers.Serializer):
     username = serializers.CharField()
-    password = serializers.CharField(style={"input_type": "password"})
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The request goes along: the failed-sign-in limit counts per client address too.
+        user = authenticate(
+            request=self.context["request"],
+            username=attrs["username"],
+            password=attrs["password"],
+        )
+        if user is None:
+            raise serializers.ValidationError(
+                "Unable to sign in with these credentials.", code="authorization"
+            )
+        return {"user": user}
 
 
 class TokenSerializer(serializers.Serializer):
-    token = serializers.CharField()
+    token = serializers.CharField(help_text="Send it as `Authorization: Bearer <token>`.")
+    expires_at = serializers.DateTimeField()
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "nullable": True,
+        "minLength": 1,
+        "pattern": r"^[A-Za-z0-9_-]+={0,2}$",
+        # No maxLength: a token past the limit is refused with 413, not 400.
+        "description": "The token of the last reply, unchanged; null to start a conversation. "
+        f"A turn that would make it longer than {settings.STATELESS_TOKEN_MAX_BYTES} "
+        "characters is refused (413).",
+    }
+)
+class StatelessTokenField(StrictTextField):
+    """A stateless token as sent: its form and authenticity are ``stateless.token_open``'s."""
+
+
+class StatelessChatRequestSerializer(MessageCreateSerializer):
+    """A stateless turn: the message (checked as any message is) and the last token."""
+
+    token = StatelessTokenField(allow_null=True, allow_blank=True, trim_whitespace=False)
+
+
+class StatelessChatSerializer(serializers.Serializer):
+    reply = serializers.CharField(help_text="Claude's reply, as its owner reads it.")
+    token = serializers.CharField(help_text="The token to send with the next message.")

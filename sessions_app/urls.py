@@ -13,5 +13,6 @@ urlpatterns = [
     ),
     path("turns/<str:turn_id>/", apis.TurnDetailApi.as_view(), name="turn-detail"),
     path("turns/<str:turn_id>/events/", apis.TurnEventsApi.as_view(), name="turn-events"),
+    path("stateless/chat/", apis.StatelessChatApi.as_view(), name="stateless-chat"),
     path("audit/", include("audit_app.urls")),
 ]

@@ -6,7 +6,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from .factories import UserFactory
+from .factories import UserFactory, token_for
 from .fakes.claude import FakeClaude
 from .support import private_redis  # noqa: F401  (a fixture for every suite)
 
@@ -20,8 +20,9 @@ def _clean_cache() -> Iterator[None]:
 
 
 def client_for(user) -> APIClient:
+    """Return an API client signed in as ``user`` with a token of its own."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {user.auth_token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
     return client
 
 

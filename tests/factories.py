@@ -1,6 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
-from rest_framework.authtoken.models import Token
+
+from sessions_app.tokens import auth_token_issue
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -12,7 +13,12 @@ class UserFactory(factory.django.DjangoModelFactory):
     password = factory.PostGenerationMethodCall("set_password", "pw-for-tests")
 
     @factory.post_generation
-    def token(self, create: bool, extracted: object, **kwargs: object) -> None:
+    def saved(self, create: bool, extracted: object, **kwargs: object) -> None:
         if create:
-            self.save()
-            Token.objects.get_or_create(user=self)
+            self.save()  # the password was set after the first save
+
+
+def token_for(user) -> str:
+    """Issue ``user`` a new API token, as signing in does, and return its key."""
+    key, _ = auth_token_issue(user=user)
+    return key

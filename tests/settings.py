@@ -19,6 +19,10 @@ os.environ["REDIS_URL"] = f"redis://127.0.0.1:6379/{_redis_db}"
 os.environ.setdefault("CELERY_TASK_ALWAYS_EAGER", "1")
 os.environ.setdefault("LLM_PROVIDER", "offline")
 os.environ.setdefault("CHAT_THROTTLE_RATE", "10000/min")
+# Tests that sign in often are not about the failed-sign-in limit; test_auth sets its own.
+os.environ.setdefault("LOGIN_THROTTLE_RATE", "10000/min")
+# The suite speaks plain HTTP to its own servers (tests of the HTTPS policy turn it on).
+os.environ.setdefault("SECURE_HTTPS", "0")
 
 from isolation_site.settings import *  # noqa: E402, F403
 

@@ -10,9 +10,3 @@ def test_content_hash_is_keyed_so_short_secrets_cannot_be_guessed_back(settings)
     before = content_hash(card)
     settings.SECRET_KEY = "another-secret"
     assert content_hash(card) != before
-
-
-def test_conversation_content_loggers_are_quiet_at_debug(settings):
-    loggers = settings.LOGGING["loggers"]
-    for name in ("anthropic", "httpx", "httpx2", "django.db.backends"):
-        assert loggers[name]["level"] == "WARNING"

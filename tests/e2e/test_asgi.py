@@ -9,7 +9,7 @@ import pytest
 from sessions_app import services
 from sessions_app.models import Turn
 
-from ..factories import UserFactory
+from ..factories import UserFactory, token_for
 
 pytestmark = pytest.mark.worker
 
@@ -48,7 +48,7 @@ def test_event_stream_under_asgi_sends_each_change_as_it_happens(asgi_server):
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             f"GET /api/v1/turns/{turn.pk}/events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Token {user.auth_token.key}\r\n\r\n".encode()
+            f"Authorization: Token {token_for(user)}\r\n\r\n".encode()
         )
         reader = EventReader(sock)
         # No worker runs: the turn stays pending, and its first event must still arrive.

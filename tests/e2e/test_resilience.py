@@ -27,7 +27,7 @@ from isolation_site.wsgi import application
 from sessions_app.models import Message, Turn
 
 from ..conftest import client_for
-from ..factories import UserFactory
+from ..factories import UserFactory, token_for
 from ..fakes.claude import FakeClaude, canaries_in
 from ..support import PrivateRedis, wait_until
 
@@ -212,7 +212,7 @@ class WsgiClient:
 
 def _chat_through_kills(user, canary: str, messages: int, log: list) -> dict:
     """One user's conversation while connections die: 503s are retried, nothing else is."""
-    web = WsgiClient(user.auth_token.key)
+    web = WsgiClient(token_for(user))
     turns: dict[str, str] = {}
     try:
         status, body = _until_not_503(lambda: web("POST", "/api/v1/sessions/", {}), log)
@@ -271,6 +271,7 @@ def test_database_connections_killed_twice_while_turns_run(
     canaries = [_canary() for _ in users]
     retried_503s: list[bytes] = []
     messages = 4
+    first_token = token_for(users[0])  # issued now: issuing writes, and writes heal later
 
     with ThreadPoolExecutor(max_workers=len(users)) as pool:
         futures = [
@@ -282,7 +283,7 @@ def test_database_connections_killed_twice_while_turns_run(
             assert wait_until(lambda: Turn.objects.filter(status="running").count() >= 3, 20)
             killed.append(database_killer.terminate_all())
             # This thread's own connection was among them: its next request heals it.
-            status, body = WsgiClient(users[0].auth_token.key)("GET", "/api/v1/sessions/")
+            status, body = WsgiClient(first_token)("GET", "/api/v1/sessions/")
             assert status == 200, body
             time.sleep(3)
         results = [future.result(timeout=120) for future in futures]
@@ -299,7 +300,7 @@ def test_database_connections_killed_twice_while_turns_run(
 
     # New messages complete, on the connections that replaced the killed ones.
     for user, canary, result in zip(users, canaries, results, strict=True):
-        web = WsgiClient(user.auth_token.key)
+        web = WsgiClient(token_for(user))
         status, body = web(
             "POST", f"/api/v1/sessions/{result['session']}/messages/?wait=30", {"content": canary}
         )
@@ -467,7 +468,7 @@ def _hangs_up(reader: Reader, sid: str, canary: str, seed: int) -> None:
 
 def _user_traffic(base_url: str, user, canary: str, seed: int) -> tuple[set[str], dict]:
     """Both of one user's clients: one chats normally, one hangs up; both on their own thread."""
-    normal, hanging = Reader(base_url, user.auth_token.key), Reader(base_url, user.auth_token.key)
+    normal, hanging = Reader(base_url, token_for(user)), Reader(base_url, token_for(user))
     try:
         sids = [normal.call("POST", "/api/v1/sessions/", {})[1]["id"] for _ in range(2)]
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -515,7 +516,7 @@ def test_hang_ups_cancel_nothing_and_leak_nothing(workers, web_server, fake_clau
 
     # Afterwards each owner sees every turn and all its history, and only its own.
     for user, canary, (_, info) in zip(users, canaries, results, strict=True):
-        reader = Reader(base_url, user.auth_token.key)
+        reader = Reader(base_url, token_for(user))
         try:
             listing = reader.call("GET", "/api/v1/sessions/")[1]
             assert sorted(s["id"] for s in listing["results"]) == sorted(info["sessions"])

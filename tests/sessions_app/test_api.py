@@ -1,6 +1,7 @@
 """The REST contract of API.md on the embedded task runner (eager) and the offline responder."""
 
 import pytest
+from rest_framework.test import APIClient
 
 from sessions_app.models import Message, Turn
 
@@ -24,12 +25,13 @@ def test_token_endpoint_returns_a_working_token(db):
         format="json",
     )
     assert response.status_code == 200
-    assert response.json() == {"token": user.auth_token.key}
+    body = response.json()
+    assert set(body) == {"token", "expires_at"}
+    client = APIClient(HTTP_AUTHORIZATION=f"Token {body['token']}")
+    assert client.get("/api/v1/sessions/").status_code == 200
 
 
 def test_token_endpoint_refuses_a_wrong_password(user):
-    from rest_framework.test import APIClient
-
     response = APIClient().post(
         "/api/v1/auth/token/", {"username": user.username, "password": "nope"}, format="json"
     )
@@ -239,17 +241,16 @@ def test_a_bad_host_header_is_a_json_400(api):
 
 
 def test_a_client_holding_a_revoked_token_can_still_log_in(user):
-    from rest_framework.test import APIClient
-
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION="Token revoked0000000000000000000000000000000")
+    client = client_for(user)
+    assert client.delete("/api/v1/auth/token/").status_code == 204
     response = client.post(
         "/api/v1/auth/token/",
         {"username": user.username, "password": "pw-for-tests"},
         format="json",
     )
     assert response.status_code == 200
-    assert response.json() == {"token": user.auth_token.key}
+    client.credentials(HTTP_AUTHORIZATION=f"Token {response.json()['token']}")
+    assert client.get("/api/v1/sessions/").status_code == 200
 
 
 def test_the_event_stream_ends_when_its_session_is_deleted(

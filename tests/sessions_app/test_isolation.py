@@ -1,8 +1,5 @@
 """Adversarial isolation: foreign ids everywhere, tampered credentials, the payload guard."""
 
-import ast
-import re
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,9 +9,10 @@ from rest_framework.test import APIClient
 
 from audit_app.models import AuditEntry
 from sessions_app import llm
-from sessions_app.isolation import HistoryMessage, IsolationViolation, bound, current_scope
+from sessions_app.isolation import HistoryMessage, IsolationViolation, bound
 
 from ..conftest import random_id
+from ..factories import token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -103,7 +101,8 @@ def test_missing_or_tampered_tokens_are_401(victim, header):
 
 
 def test_a_token_with_one_character_changed_is_401(user, victim):
-    key = user.auth_token.key
+    key = token_for(user)
+    assert APIClient(HTTP_AUTHORIZATION=f"Token {key}").get("/api/v1/sessions/").status_code == 200
     tampered = key[:-1] + ("0" if key[-1] != "0" else "1")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {tampered}")
@@ -132,99 +131,6 @@ def test_guard_refuses_when_no_context_is_bound(user):
         llm.send(
             [HistoryMessage(user_id=user.pk, session_id=uuid.uuid4(), role="user", content="hi")]
         )
-
-
-def test_the_context_does_not_leak_between_threads():
-    import uuid
-
-    seen: list[object] = []
-    with bound(user_id=1, session_id=uuid.uuid4()):
-        thread = threading.Thread(target=lambda: seen.append(current_scope()))
-        thread.start()
-        thread.join()
-    assert seen == [None]
-    assert current_scope() is None
-
-
-def test_sessions_are_fetched_only_through_selectors_and_services():
-    """Zulip's rule: one access function; any other fetch of ChatSession is a defect."""
-    allowed = {"selectors.py", "services.py", "queries.py"}
-    offenders = []
-    for path in (ROOT / "sessions_app").rglob("*.py"):
-        if path.name in allowed or "stores" in path.parts or "migrations" in path.parts:
-            continue
-        if re.search(r"ChatSession\.objects|Message\.objects|Turn\.objects", path.read_text()):
-            offenders.append(str(path.relative_to(ROOT)))
-    for path in (ROOT / "audit_app").rglob("*.py"):
-        if re.search(r"ChatSession\.objects|Message\.objects", path.read_text()):
-            offenders.append(str(path.relative_to(ROOT)))
-    assert offenders == []
-
-
-# Declarations Django and DRF read from a class: configuration, never conversation data.
-DECLARATIVE = {
-    "fields",
-    "read_only_fields",
-    "extra_kwargs",
-    "default_error_messages",
-    "indexes",
-    "constraints",
-    "ordering",
-    "list_display",
-    "list_filter",
-    "search_fields",
-    "readonly_fields",
-    "inlines",
-    "authentication_classes",
-    "permission_classes",
-    "throttle_classes",
-    "renderer_classes",
-    "parser_classes",
-    "permissions",
-    "triggers",
-    "actions",
-    "list_select_related",
-}
-MUTABLE_CALLS = {"list", "dict", "set", "defaultdict", "deque", "OrderedDict", "Counter"}
-
-
-def _mutable(value: ast.expr | None) -> bool:
-    literal = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
-    if isinstance(value, literal):
-        return True
-    return isinstance(value, ast.Call) and getattr(value.func, "id", None) in MUTABLE_CALLS
-
-
-def _assignments(body: list[ast.stmt]):
-    for stmt in body:
-        if isinstance(stmt, ast.Assign):
-            for target in stmt.targets:
-                if isinstance(target, ast.Name):
-                    yield target.id, stmt.value
-        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-            yield stmt.target.id, stmt.value
-
-
-def test_no_module_or_class_level_mutable_conversation_state():
-    """Module- and class-level lists, dicts or sets would be shared by every user.
-
-    Allowed: UPPER_CASE constants, Django's ``urlpatterns``, and the declarations Django and
-    DRF read from a class (``DECLARATIVE``).
-    """
-    offenders = []
-    for app in ("sessions_app", "audit_app"):
-        for path in (ROOT / app).rglob("*.py"):
-            if "migrations" in path.parts:
-                continue
-            tree = ast.parse(path.read_text())
-            for name, value in _assignments(tree.body):
-                if _mutable(value) and not (name.isupper() or name == "urlpatterns"):
-                    offenders.append(f"{path.relative_to(ROOT)}: {name}")
-            for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-                for name, value in _assignments(cls.body):
-                    if _mutable(value) and name not in DECLARATIVE and not name.isupper():
-                        offenders.append(f"{path.relative_to(ROOT)}: {cls.name}.{name}")
-    assert offenders == []
 
 
 def test_history_carries_the_ids_of_the_rows_it_read(user, other_user):

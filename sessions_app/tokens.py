@@ -1,0 +1,63 @@
+"""API tokens: django-rest-knox's, one per sign-in, stored only as a hash, expiring.
+
+Clients send ``Authorization: Token <key>`` or ``Authorization: Bearer <key>``; the schema
+declares the bearer scheme, which generated clients speak without configuration.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from knox.auth import TokenAuthentication as KnoxTokenAuthentication
+from knox.models import AuthToken
+from rest_framework.authentication import get_authorization_header
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
+
+# Knox keys are hexadecimal; anything else is refused before it reaches a query (a NUL,
+# say, that Postgres would refuse with an error instead of a 401).
+KEY_CHARACTERS = frozenset("0123456789abcdefABCDEF")
+
+
+def auth_token_issue(*, user) -> tuple[str, datetime]:
+    """Issue a new API token for ``user``; return its key (kept nowhere) and its expiry."""
+    token, key = AuthToken.objects.create(
+        user=user, expiry=timedelta(seconds=settings.TOKEN_TTL_SECONDS)
+    )
+    return key, token.expiry
+
+
+def auth_token_revoke(*, token: AuthToken) -> None:
+    """Sign ``token`` out: from now on it authenticates nothing."""
+    token.delete()
+
+
+class TokenAuthentication(KnoxTokenAuthentication):
+    """Knox tokens under either spelling of the header: ``Token <key>`` or ``Bearer <key>``."""
+
+    keywords = (b"token", b"bearer")
+
+    def authenticate(self, request: Request) -> tuple | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() not in self.keywords:
+            return None  # not a token: the next authentication class may know it
+        if len(parts) != 2:
+            raise AuthenticationFailed("Invalid token header: send 'Token <key>'.")
+        if not set(parts[1].decode("latin-1")) <= KEY_CHARACTERS:
+            raise AuthenticationFailed("Invalid token.")
+        return self.authenticate_credentials(parts[1])
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """Declare the API token as the bearer scheme in the OpenAPI document."""
+
+    target_class = TokenAuthentication
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema) -> dict:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token from `POST /api/v1/auth/token/`, sent as "
+            "`Authorization: Bearer <token>` (or `Authorization: Token <token>`).",
+        }

@@ -1,0 +1,371 @@
+"""Sign-in and API tokens: issue, use, expiry, revocation, the failed-sign-in limit, the
+password policy, the demo seed and what the admin shows.
+
+The limit is tested through its three doors (the token endpoint, the login page, the admin
+login) on the real Redis cache; addresses are set per request with ``REMOTE_ADDR``.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import MD5PasswordHasher
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from sessions_app import services
+from sessions_app.models import ChatSession
+
+from ..conftest import ROOT
+from ..factories import UserFactory, token_for
+
+pytestmark = pytest.mark.django_db
+
+TOKEN_URL = "/api/v1/auth/token/"
+SESSIONS_URL = "/api/v1/sessions/"
+PASSWORD = "pw-for-tests"
+
+
+def sign_in_api(username: str, password: str, address: str = "10.0.0.1"):
+    return APIClient().post(
+        TOKEN_URL, {"username": username, "password": password}, format="json", REMOTE_ADDR=address
+    )
+
+
+def sign_in_page(path: str, username: str, password: str, address: str = "10.0.0.1"):
+    return Client().post(path, {"username": username, "password": password}, REMOTE_ADDR=address)
+
+
+def with_token(key: str, keyword: str = "Token") -> APIClient:
+    return APIClient(HTTP_AUTHORIZATION=f"{keyword} {key}")
+
+
+# Tokens --------------------------------------------------------------------------------------
+
+
+def test_a_sign_in_issues_a_token_that_works_under_token_and_bearer(user):
+    response = sign_in_api(user.username, PASSWORD)
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"token", "expires_at"}
+    for keyword in ("Token", "Bearer", "bearer"):
+        assert with_token(body["token"], keyword).get(SESSIONS_URL).status_code == 200, keyword
+
+
+def test_the_token_expires_after_token_ttl_seconds(user, settings):
+    settings.TOKEN_TTL_SECONDS = 3600
+    before = timezone.now()
+    body = sign_in_api(user.username, PASSWORD).json()
+    expires_at = AuthToken.objects.get(user=user).expiry
+    assert abs(expires_at - (before + timedelta(seconds=3600))) < timedelta(seconds=5)
+    assert body["expires_at"].startswith(expires_at.strftime("%Y-%m-%dT%H:%M:%S"))
+
+    settings.TOKEN_TTL_SECONDS = 1
+    key = sign_in_api(user.username, PASSWORD).json()["token"]
+    assert with_token(key).get(SESSIONS_URL).status_code == 200
+    time.sleep(1.1)
+    response = with_token(key).get(SESSIONS_URL)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    assert set(response.json()) >= {"detail", "code"}
+
+
+def test_each_sign_in_gets_its_own_token_and_sign_out_revokes_only_that_one(user):
+    phone, laptop = (sign_in_api(user.username, PASSWORD).json()["token"] for _ in range(2))
+    assert phone != laptop
+    assert with_token(phone).get(SESSIONS_URL).status_code == 200
+    assert with_token(laptop, "Bearer").get(SESSIONS_URL).status_code == 200
+
+    assert with_token(phone, "Bearer").delete(TOKEN_URL).status_code == 204
+    assert with_token(phone).get(SESSIONS_URL).status_code == 401
+    assert with_token(phone).delete(TOKEN_URL).status_code == 401
+    assert with_token(laptop).get(SESSIONS_URL).status_code == 200
+
+
+def test_signing_out_needs_a_token(user):
+    response = APIClient().delete(TOKEN_URL)
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
+    browser = APIClient()
+    browser.force_login(user)  # a session cookie holds no token to sign out
+    assert browser.delete(TOKEN_URL).status_code == 401
+
+
+@pytest.mark.parametrize("key", ["\u00e9" * 64, "g" * 64, "ab\x00cd"])
+def test_a_key_that_is_not_hexadecimal_is_401(user, key):
+    response = with_token(key).get(SESSIONS_URL)
+    assert response.status_code == 401
+    assert set(response.json()) >= {"detail", "code"}
+
+
+def test_the_database_holds_no_usable_key(user):
+    keys = [sign_in_api(user.username, PASSWORD).json()["token"] for _ in range(2)]
+    keys.append(token_for(user))
+    stored = [
+        str(value)
+        for model in apps.get_models()
+        for row in model._base_manager.values_list()
+        for value in row
+    ]
+    assert len(stored) > 10
+    for key in keys:
+        assert not any(key in value for value in stored)
+        assert with_token(key).get(SESSIONS_URL).status_code == 200
+
+
+def test_the_schema_declares_the_bearer_scheme():
+    document = APIClient().get("/api/schema/?format=json").json()
+    schemes = document["components"]["securitySchemes"]
+    bearer = [name for name, scheme in schemes.items() if scheme.get("scheme") == "bearer"]
+    assert bearer and schemes[bearer[0]]["type"] == "http"
+    assert {bearer[0]: []} in document["paths"][SESSIONS_URL]["get"]["security"]
+    assert {bearer[0]: []} in document["paths"][TOKEN_URL]["delete"]["security"]
+    assert "security" not in document["paths"][TOKEN_URL]["post"] or document["paths"][TOKEN_URL][
+        "post"
+    ]["security"] in ([], [{}])
+
+
+# The failed-sign-in limit --------------------------------------------------------------------
+
+LOGIN_PAGE = "/accounts/login/"
+ADMIN_LOGIN = "/admin/login/"
+
+
+def assert_throttled(response) -> None:
+    assert response.status_code == 429
+    assert 1 <= int(response["Retry-After"]) <= 60
+
+
+def test_failures_are_limited_per_username_across_every_sign_in(user, settings):
+    settings.LOGIN_THROTTLE_RATE = "3/min"
+    # Each failure from another address: only the username's count can be reached.
+    assert sign_in_api(user.username, "wrong", "10.0.1.1").status_code == 400
+    assert sign_in_page(LOGIN_PAGE, user.username, "wrong", "10.0.1.2").status_code == 200
+    assert sign_in_page(ADMIN_LOGIN, user.username, "wrong", "10.0.1.3").status_code == 200
+
+    response = sign_in_api(user.username, PASSWORD, "10.0.1.4")  # the right password
+    assert_throttled(response)
+    assert response.json()["code"] == "throttled"
+    assert "Try again in" in response.json()["detail"]
+    assert_throttled(sign_in_page(LOGIN_PAGE, user.username, PASSWORD, "10.0.1.5"))
+    assert_throttled(sign_in_page(ADMIN_LOGIN, user.username, PASSWORD, "10.0.1.6"))
+    # Another user, from one of those addresses, is not concerned.
+    assert sign_in_api(UserFactory().username, PASSWORD, "10.0.1.1").status_code == 200
+
+
+def test_failures_are_limited_per_address_across_every_sign_in(settings):
+    settings.LOGIN_THROTTLE_RATE = "3/min"
+    users = [UserFactory() for _ in range(5)]
+    address = "10.0.2.1"
+    assert sign_in_api(users[0].username, "wrong", address).status_code == 400
+    assert sign_in_page(LOGIN_PAGE, users[1].username, "wrong", address).status_code == 200
+    assert sign_in_page(ADMIN_LOGIN, "nobody-at-all", "wrong", address).status_code == 200
+
+    assert_throttled(sign_in_api(users[3].username, PASSWORD, address))
+    assert_throttled(sign_in_page(LOGIN_PAGE, users[3].username, PASSWORD, address))
+    assert_throttled(sign_in_page(ADMIN_LOGIN, users[4].username, PASSWORD, address))
+    # The same users elsewhere are not concerned.
+    assert sign_in_api(users[3].username, PASSWORD, "10.0.2.2").status_code == 200
+
+
+def test_a_forged_forwarded_for_header_does_not_change_the_address(settings):
+    settings.LOGIN_THROTTLE_RATE = "2/min"
+    for n in range(2):
+        response = APIClient().post(
+            TOKEN_URL,
+            {"username": f"guess{n}", "password": "wrong"},
+            format="json",
+            REMOTE_ADDR="10.0.3.1",
+            HTTP_X_FORWARDED_FOR=f"192.0.2.{n}",
+        )
+        assert response.status_code == 400
+    response = APIClient().post(
+        TOKEN_URL,
+        {"username": "guess9", "password": "wrong"},
+        format="json",
+        REMOTE_ADDR="10.0.3.1",
+        HTTP_X_FORWARDED_FOR="192.0.2.99",
+    )
+    assert_throttled(response)
+
+
+def test_successful_sign_ins_never_count(user, settings):
+    settings.LOGIN_THROTTLE_RATE = "2/min"
+    for _ in range(5):
+        assert sign_in_api(user.username, PASSWORD).status_code == 200
+        assert sign_in_page(LOGIN_PAGE, user.username, PASSWORD).status_code == 302
+    assert sign_in_api(user.username, "wrong").status_code == 400
+    assert sign_in_api(user.username, PASSWORD).status_code == 200
+    assert sign_in_page(LOGIN_PAGE, user.username, "wrong").status_code == 200
+    assert_throttled(sign_in_api(user.username, PASSWORD))
+
+
+def test_a_throttled_sign_in_spends_no_password_hash(user, settings, monkeypatch):
+    settings.LOGIN_THROTTLE_RATE = "1/min"
+    hashes = []
+    encode = MD5PasswordHasher.encode
+    monkeypatch.setattr(
+        MD5PasswordHasher, "encode", lambda self, *a: hashes.append(1) or encode(self, *a)
+    )
+    assert sign_in_api(user.username, "wrong").status_code == 400
+    assert hashes
+    hashes.clear()
+    assert_throttled(sign_in_api(user.username, PASSWORD))
+    assert_throttled(sign_in_api("nobody-at-all", "wrong"))  # same address
+    assert_throttled(sign_in_page(LOGIN_PAGE, user.username, PASSWORD))
+    assert hashes == []
+
+
+def test_parallel_guesses_cannot_slip_past_the_limit(settings, monkeypatch):
+    """Each guess takes its place in the count before its (slow) hash runs."""
+    settings.LOGIN_THROTTLE_RATE = "5/min"
+    hashes = []
+    encode = MD5PasswordHasher.encode
+
+    def slow_encode(self, *args):
+        hashes.append(1)
+        time.sleep(0.3)
+        return encode(self, *args)
+
+    monkeypatch.setattr(MD5PasswordHasher, "encode", slow_encode)
+
+    def guess(n: int) -> int:
+        try:
+            return sign_in_api(f"nobody{n}", "wrong", "10.0.4.1").status_code
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(20) as pool:
+        statuses = sorted(pool.map(guess, range(20)))
+    assert statuses == [400] * 5 + [429] * 15
+    assert len(hashes) == 5
+
+
+def test_the_limit_ends_when_its_window_passes(user, settings):
+    settings.LOGIN_THROTTLE_RATE = "2/s"
+    assert sign_in_api(user.username, "wrong").status_code == 400
+    assert sign_in_api(user.username, "wrong").status_code == 400
+    response = sign_in_api(user.username, PASSWORD)
+    assert_throttled(response)
+    time.sleep(int(response["Retry-After"]) + 0.05)
+    assert sign_in_api(user.username, PASSWORD).status_code == 200
+
+
+def test_an_unthrottled_sign_in_page_still_works(user, settings):
+    settings.LOGIN_THROTTLE_RATE = "3/min"
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    assert sign_in_page(ADMIN_LOGIN, staff.username, PASSWORD).status_code == 302
+    page = Client().get(ADMIN_LOGIN)
+    assert page.status_code == 200 and b'name="password"' in page.content
+
+
+# Passwords and the demo seed -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("short1!", "password_too_short"),
+        ("password123", "password_too_common"),
+        ("49381726354", "password_entirely_numeric"),
+        ("bartholomew-quince", "password_too_similar"),
+    ],
+)
+def test_passwords_meet_djangos_full_set_of_validators(password, why):
+    user = get_user_model()(username="bartholomew-quince")
+    with pytest.raises(ValidationError) as refused:
+        validate_password(password, user=user)
+    assert why in {error.code for error in refused.value.error_list}
+
+
+def test_a_good_password_passes_the_validators():
+    validate_password("mauve-lantern-orbit-47", user=get_user_model()(username="alice"))
+
+
+def test_seed_demo_users_refuses_with_debug_off():
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    env.pop("DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "seed_demo_users"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DEBUG" in result.stderr
+    assert "API token" not in result.stdout
+    assert not get_user_model().objects.filter(username="staff").exists()
+
+
+def test_seed_demo_users_prints_working_logins_with_debug_on(settings, capsys):
+    settings.DEBUG = True
+    call_command("seed_demo_users")
+    call_command("seed_demo_users")  # a second run keeps the users, issues new tokens
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if "API token" in line]
+    assert [line[0] for line in lines] == ["alice", "bob", "staff"] * 2
+    for username, _, password, _, _, key, _ in lines:
+        assert sign_in_api(username, password).status_code == 200
+        assert with_token(key).get(SESSIONS_URL).status_code == 200
+
+
+# The admin -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staff_client(client):
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    return client
+
+
+def test_staff_cannot_extend_or_retitle_a_session(staff_client, user):
+    session = services.chat_session_create(owner=user, title="groceries")
+    url = f"/admin/sessions_app/chatsession/{session.pk}/change/"
+    page = staff_client.get(url)
+    assert page.status_code == 200
+    assert b'name="title"' not in page.content and b'name="expires_at' not in page.content
+    later = timezone.now() + timedelta(days=365)
+    staff_client.post(
+        url,
+        {
+            "title": "renamed",
+            "expires_at_0": later.strftime("%Y-%m-%d"),
+            "expires_at_1": "00:00:00",
+            "messages-TOTAL_FORMS": "0",
+            "messages-INITIAL_FORMS": "0",
+        },
+    )
+    session.refresh_from_db()
+    fresh = ChatSession.objects.get(pk=session.pk)
+    assert fresh.title == "groceries"
+    assert fresh.expires_at == session.expires_at < later
+
+
+def test_the_token_admin_shows_no_usable_key(staff_client, user):
+    key = sign_in_api(user.username, PASSWORD).json()["token"]
+    token = AuthToken.objects.get(user=user)
+    listing = staff_client.get("/admin/knox/authtoken/")
+    detail = staff_client.get(f"/admin/knox/authtoken/{token.pk}/change/")
+    assert listing.status_code == detail.status_code == 200
+    assert user.username.encode() in listing.content
+    for page in (listing, detail):
+        assert key.encode() not in page.content
+        assert key[: len(token.token_key)].encode() not in page.content
+    # Knox's own admin would issue a token and show its key; this one issues none.
+    assert staff_client.get("/admin/knox/authtoken/add/").status_code == 403
+    # Revoking (deleting) a token stays possible.
+    staff_client.post(f"/admin/knox/authtoken/{token.pk}/delete/", {"post": "yes"})
+    assert with_token(key).get(SESSIONS_URL).status_code == 401

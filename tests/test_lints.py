@@ -1,0 +1,203 @@
+"""Lints that read the code (with ``ast``) for the ways conversation data could be shared or
+fetched around the ownership gate, each shown to catch the defect it names."""
+
+import ast
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = ("sessions_app", "audit_app", "core")
+
+
+def _sources(*apps: str):
+    for app in apps:
+        for path in sorted((ROOT / app).rglob("*.py")):
+            if "migrations" not in path.parts:
+                yield str(path.relative_to(ROOT)), path.read_text()
+
+
+# -- 1. No mutable state shared by every request ------------------------------------------
+
+# Declarations Django and DRF read from a class: configuration, never conversation data.
+DECLARATIVE = {
+    "fields", "read_only_fields", "extra_kwargs", "default_error_messages", "indexes",
+    "constraints", "ordering", "list_display", "list_filter", "search_fields",
+    "readonly_fields", "inlines", "authentication_classes", "permission_classes",
+    "throttle_classes", "renderer_classes", "parser_classes", "permissions", "triggers",
+    "actions", "list_select_related", "exclude",
+}  # fmt: skip
+MODULE_DECLARATIVE = {"urlpatterns", "__all__"}
+# Module-level containers that are shared on purpose, each with why it holds no
+# conversation data.
+SHARED = {
+    "_async_clients": "one AsyncAnthropic client per event loop: connection pools",
+}
+MUTABLE_CALLS = {
+    "list", "dict", "set", "defaultdict", "deque", "OrderedDict", "Counter",
+    "WeakKeyDictionary", "WeakValueDictionary", "WeakSet",
+}  # fmt: skip
+# Every cached function, with why its cache holds no conversation data. A new one must be
+# added here, so that a cache keyed by content (one user's text handed to the next caller)
+# cannot slip in.
+CACHED = {
+    "_store": "one store object per HISTORY_STORE name: configuration",
+    "_client": "one Anthropic client per (API key, base URL): a connection pool",
+    "_async_client": "one AsyncAnthropic per event loop and configuration",
+    "_multi": "one MultiFernet per tuple of ENCRYPTION_KEYS",
+    "_redis_index": "one index object per (URL, TTL, bucket bits)",
+    "_plan": "phone numbering-plan metadata per region code",
+}
+
+
+def _mutable(value: ast.expr | None) -> bool:
+    literal = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
+    if isinstance(value, literal):
+        return True
+    if not isinstance(value, ast.Call):
+        return False
+    name = getattr(value.func, "id", None) or getattr(value.func, "attr", None)
+    return name in MUTABLE_CALLS
+
+
+def _assignments(body: list[ast.stmt]):
+    for stmt in body:
+        if isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    yield target.id, stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            yield stmt.target.id, stmt.value
+
+
+def _cache_decorated(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                name = getattr(target, "attr", None) or getattr(target, "id", None)
+                if name in {"lru_cache", "cache", "cached_property"}:
+                    yield node.name
+
+
+def shared_state_offenses(name: str, source: str) -> list[str]:
+    """Return module- and class-level mutable values and unlisted caches in ``source``.
+
+    UPPER_CASE is no excuse: a module-level ``HISTORY = {}`` is shared by every user.
+    Constants are tuples, frozensets or read-only mappings.
+    """
+    tree = ast.parse(source)
+    found = [
+        f"{name}: {target}"
+        for target, value in _assignments(tree.body)
+        if _mutable(value) and target not in MODULE_DECLARATIVE | SHARED.keys()
+    ]
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        found += [
+            f"{name}: {cls.name}.{target}"
+            for target, value in _assignments(cls.body)
+            if _mutable(value) and target not in DECLARATIVE
+        ]
+    found += [f"{name}: @cache {fn}" for fn in _cache_decorated(tree) if fn not in CACHED]
+    return found
+
+
+def test_no_mutable_state_shared_by_every_request():
+    offenders = [o for path, src in _sources(*APPS) for o in shared_state_offenses(path, src)]
+    assert offenders == []
+
+
+def test_the_shared_state_lint_catches_what_it_names():
+    broken = """
+        import functools
+        HISTORY = {}
+        _messages = []
+        _by_user = collections.defaultdict(list)
+        class Store:
+            cache = dict()
+        @functools.lru_cache
+        def reply_for(content): ...
+    """
+    assert shared_state_offenses("broken.py", textwrap.dedent(broken)) == [
+        "broken.py: HISTORY",
+        "broken.py: _messages",
+        "broken.py: _by_user",
+        "broken.py: Store.cache",
+        "broken.py: @cache reply_for",
+    ]
+    fine = "NAMES = ('a', 'b')\nurlpatterns = []\nclass M:\n    fields = ['x']\n"
+    assert shared_state_offenses("fine.py", fine) == []
+
+
+# -- 2. Sessions, messages and turns fetched only through the gate ------------------------
+
+MODELS = {"ChatSession", "Message", "Turn", "SessionVault"}
+MANAGERS = {"objects", "_default_manager", "_base_manager"}
+# The reverse accessor from a user to their sessions skips the gate's "live" filter and
+# its audit. (The ones from a session start from a row the gate already handed out.)
+RELATED = {"chat_sessions"}
+TABLES = ("sessions_app_chatsession", "sessions_app_message", "sessions_app_turn")
+# Where fetching them is the module's job: the gate, the writes, the worker's reads by
+# turn id, the glue of the vault, the stores.
+GATE = {
+    "sessions_app/selectors.py",
+    "sessions_app/services.py",
+    "sessions_app/queries.py",
+    "sessions_app/privacy.py",
+}
+
+
+def ownership_offenses(name: str, source: str) -> list[str]:
+    """Return every way ``source`` reaches conversation rows other than through the gate:
+    model managers, reverse relations, ``apps.get_model`` and raw SQL on their tables."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute):
+            owner = getattr(node.value, "id", None) or getattr(node.value, "attr", None)
+            if node.attr in MANAGERS and owner in MODELS:
+                found.append(f"{name}:{node.lineno} {owner}.{node.attr}")
+            elif node.attr in RELATED and not isinstance(node.ctx, ast.Store):
+                found.append(f"{name}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get_model":
+            names = {a.value for a in node.args if isinstance(a, ast.Constant)}
+            if names & (MODELS | {"sessions_app"}):
+                found.append(f"{name}:{node.lineno} get_model")
+        elif isinstance(node, ast.Constant) and _names_a_table(node.value):
+            found.append(f"{name}:{node.lineno} raw SQL")
+    return found
+
+
+def _names_a_table(value: object) -> bool:
+    return isinstance(value, str) and any(table in value.lower() for table in TABLES)
+
+
+def _outside_the_gate():
+    for path, source in _sources(*APPS):
+        if path not in GATE and "/stores/" not in path and not path.endswith("models.py"):
+            yield path, source
+
+
+def test_conversation_rows_are_fetched_only_through_the_gate():
+    """Zulip's rule: one access function; any other fetch is a defect."""
+    offenders = [o for path, src in _outside_the_gate() for o in ownership_offenses(path, src)]
+    assert offenders == []
+
+
+def test_the_ownership_lint_catches_every_way_around_the_gate():
+    broken = """
+        from django.apps import apps
+        from django.db import connection
+        def leak(user, sid):
+            a = ChatSession.objects.get(pk=sid)
+            b = Turn._default_manager.all()
+            c = user.chat_sessions.first()
+            e = apps.get_model("sessions_app", "Message")
+            connection.cursor().execute("SELECT content FROM sessions_app_message")
+    """
+    found = ownership_offenses("broken.py", textwrap.dedent(broken))
+    assert sorted(o.split(" ", 1)[1] for o in found) == [
+        ".chat_sessions",
+        "ChatSession.objects",
+        "Turn._default_manager",
+        "get_model",
+        "raw SQL",
+    ]
