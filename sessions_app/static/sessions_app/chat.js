@@ -1,0 +1,587 @@
+// The chat page: talks to /api/v1/ with the session cookie and the CSRF token.
+// No framework and no build step; the Content Security Policy allows no inline script.
+"use strict";
+
+(() => {
+  const root = document.getElementById("chat");
+  if (!root) return;
+
+  const API = root.dataset.api;
+  const LOGIN_URL = root.dataset.loginUrl;
+  const CSRF = document.querySelector('meta[name="csrf-token"]').content;
+  const TERMINAL = new Set(["completed", "suppressed", "failed"]);
+  const POLL_MS = 1000;
+  const TURN_KEY = "isolated-chat:turn:"; // sessionStorage: the last turn of each chat (ids only)
+
+  const $ = (id) => document.getElementById(id);
+  const els = {
+    sessions: $("sessions"),
+    sessionsEmpty: $("sessions-empty"),
+    newChat: $("new-chat"),
+    title: $("chat-title"),
+    del: $("delete-chat"),
+    banner: $("banner"),
+    bannerText: $("banner-text"),
+    bannerAction: $("banner-action"),
+    log: $("log"),
+    pending: $("pending"),
+    live: $("live"),
+    composer: $("composer"),
+    message: $("message"),
+    send: $("send"),
+    dialog: $("confirm-delete"),
+  };
+
+  const state = {
+    sessionId: null, // the open chat; null for a new chat not saved yet
+    sessions: [],
+    turn: null, // the open chat's turn being watched: {id, sessionId}
+    stream: null,
+    pollTimer: null,
+    sending: false,
+    offline: false,
+    loads: 0, // the newest load wins when chats are switched quickly
+    bannerAction: null,
+    coolDown: null, // the 429 countdown, while Send waits
+    reconnectTimer: null,
+  };
+
+  // ---- the API ----------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, body, retryAfter) {
+      super((body && body.detail) || `The server answered ${status}.`);
+      this.status = status;
+      this.code = (body && body.code) || "";
+      this.retryAfter = Number.parseInt(retryAfter || "", 10) || null;
+    }
+  }
+  class ConnectionLost extends Error {}
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json", "X-CSRFToken": CSRF };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(API + path, {
+        method,
+        headers,
+        credentials: "same-origin",
+        cache: "no-store",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch {
+      throw new ConnectionLost("The connection to the server was lost.");
+    }
+    if (response.status === 204) return null;
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null; // a proxy's HTML error page, say
+    }
+    if (!response.ok) throw new ApiError(response.status, data, response.headers.get("Retry-After"));
+    return data;
+  }
+
+  async function messagesOf(sessionId) {
+    const all = [];
+    for (let page = 1; ; page += 1) {
+      const data = await api("GET", `sessions/${sessionId}/messages/?page=${page}`);
+      all.push(...data.results);
+      if (!data.next) return all;
+    }
+  }
+
+  // ---- what the user sees ------------------------------------------------------------
+
+  function announce(text) {
+    els.live.textContent = "";
+    window.setTimeout(() => {
+      els.live.textContent = text;
+    }, 50);
+  }
+
+  function showBanner(text, action) {
+    els.bannerText.textContent = text;
+    state.bannerAction = action ? action.run : null;
+    els.bannerAction.hidden = !action;
+    if (action) els.bannerAction.textContent = action.label;
+    els.banner.dataset.kind = (action && action.kind) || "";
+    els.banner.hidden = false;
+    scrollToEnd(); // the banner took room from the conversation: keep its end in sight
+  }
+
+  function hideBanner() {
+    els.banner.hidden = true;
+    els.banner.dataset.kind = "";
+    state.bannerAction = null;
+  }
+
+  function showPending(on) {
+    els.pending.hidden = !on;
+    els.log.setAttribute("aria-busy", on ? "true" : "false");
+    if (on) scrollToEnd();
+  }
+
+  function scrollToEnd() {
+    els.log.scrollTop = els.log.scrollHeight;
+  }
+
+  function clearLog() {
+    els.log.replaceChildren();
+    const empty = document.createElement("li");
+    empty.className = "empty muted";
+    empty.id = "log-empty";
+    empty.textContent = "Say hello: the assistant only knows what you tell it in this chat.";
+    els.log.append(empty);
+  }
+
+  function messageItem(role, text, extraClass) {
+    $("log-empty")?.remove();
+    const li = document.createElement("li");
+    li.className = `msg ${role}${extraClass ? ` ${extraClass}` : ""}`;
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = role === "user" ? "You" : "Assistant";
+    const body = document.createElement("div");
+    body.className = "text";
+    body.textContent = text;
+    li.append(who, body);
+    els.log.append(li);
+    scrollToEnd();
+    return li;
+  }
+
+  function appendMessage(message) {
+    const suppressed = message.status === "suppressed";
+    const li = messageItem(message.role, message.content, suppressed ? "suppressed" : "");
+    li.dataset.seq = message.seq;
+    if (suppressed) {
+      const badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = "Withheld for review";
+      li.querySelector(".who").append(" ", badge);
+    }
+    return li;
+  }
+
+  function showFailed(turn) {
+    const detail = (turn.error && turn.error.detail) || "The assistant could not answer.";
+    const li = messageItem("assistant", `No reply: ${detail}`, "failed");
+    li.setAttribute("role", "group");
+    li.setAttribute("aria-label", "Failed reply");
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.textContent = "Retry";
+    retry.addEventListener("click", () => {
+      li.remove();
+      send(turn.user_message.content, { retry: true });
+    });
+    li.append(retry);
+    announce(`The assistant could not reply. ${detail} Use Retry to send your message again.`);
+  }
+
+  function renderSessions() {
+    const focused = document.activeElement && document.activeElement.dataset.session;
+    els.sessions.replaceChildren();
+    for (const session of state.sessions) {
+      const li = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.session = session.id;
+      const title = document.createElement("span");
+      title.className = "title";
+      title.textContent = session.title || "Untitled chat";
+      const count = document.createElement("span");
+      count.className = "count";
+      const n = session.message_count;
+      count.textContent = `${n} message${n === 1 ? "" : "s"}`;
+      button.append(title, count);
+      if (session.id === state.sessionId) button.setAttribute("aria-current", "true");
+      button.addEventListener("click", () => openSession(session.id));
+      li.append(button);
+      els.sessions.append(li);
+      if (session.id === focused) button.focus();
+    }
+    els.sessionsEmpty.hidden = state.sessions.length > 0;
+  }
+
+  function setOpenChat(sessionId) {
+    state.sessionId = sessionId;
+    const session = state.sessions.find((s) => s.id === sessionId);
+    els.title.textContent = session ? session.title || "Untitled chat" : "New chat";
+    els.del.hidden = !sessionId;
+    const url = sessionId ? `#${sessionId}` : window.location.pathname;
+    window.history.replaceState(null, "", url);
+    renderSessions();
+  }
+
+  // ---- errors: each says what to do --------------------------------------------------
+
+  function handleError(err, { content } = {}) {
+    if (err instanceof ConnectionLost) return connectionLost();
+    if (!(err instanceof ApiError)) {
+      showBanner(`Something went wrong in this page: ${err.message}`, reloadAction());
+      return;
+    }
+    const { status } = err;
+    if (status === 401 || status === 403) {
+      showBanner("You are signed out: your sign-in has ended. Log in again to go on.", {
+        label: "Log in",
+        run: () => window.location.assign(LOGIN_URL),
+      });
+    } else if (status === 404) {
+      chatGone(state.sessionId);
+    } else if (status === 409) {
+      showBanner(
+        "The assistant is still answering your previous message in this chat. " +
+          "Wait for its reply, then send this one again (it is still in the box).",
+        null,
+      );
+      if (!state.turn) openSession(state.sessionId, { quiet: true });
+    } else if (status === 429) {
+      coolDown(err.retryAfter || 10);
+    } else if (status === 503 || status >= 500) {
+      showBanner(
+        "The service is briefly unavailable, so your message was not sent. It is still in " +
+          "the box: try again in a moment.",
+        content !== undefined ? { label: "Try again", run: () => send(content) } : null,
+      );
+    } else {
+      showBanner(`${err.message}`, null); // 400, 413: the API's own sentence
+    }
+  }
+
+  function reloadAction() {
+    return { label: "Reload the page", run: () => window.location.reload() };
+  }
+
+  function chatGone(sessionId) {
+    if (sessionId) forgetTurn(sessionId);
+    state.sessions = state.sessions.filter((s) => s.id !== sessionId);
+    stopWatching();
+    showPending(false);
+    renderSessions();
+    els.del.hidden = true;
+    showBanner(
+      "This chat has expired or was deleted: chats end after a while without messages. " +
+        "Start a new chat to go on; what you typed stays in the box.",
+      { label: "Start a new chat", kind: "expired", run: () => newChat() },
+    );
+  }
+
+  function coolDown(seconds) {
+    window.clearInterval(state.coolDown);
+    let left = seconds;
+    const tell = () =>
+      showBanner(
+        `You are sending messages too fast. Wait ${left} second${left === 1 ? "" : "s"}, ` +
+          "then send again; your message is still in the box.",
+        null,
+      );
+    els.send.disabled = true;
+    tell();
+    state.coolDown = window.setInterval(() => {
+      left -= 1;
+      if (left > 0) return tell();
+      window.clearInterval(state.coolDown);
+      state.coolDown = null;
+      els.send.disabled = false;
+      hideBanner();
+      announce("You can send again.");
+    }, 1000);
+  }
+
+  // ---- a lost connection: say so, and recover by itself ------------------------------
+
+  function connectionLost() {
+    closeStream();
+    window.clearTimeout(state.pollTimer);
+    if (state.offline) return;
+    state.offline = true;
+    showBanner(
+      "Connection lost. Reconnecting… Nothing you sent is lost; this page catches up by itself.",
+      { label: "Try now", kind: "offline", run: () => reconnect(0) },
+    );
+    reconnect(1000);
+  }
+
+  function reconnect(delay) {
+    window.clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = window.setTimeout(async () => {
+      try {
+        await fetch("/healthz", { cache: "no-store" }); // any answer: the server is reachable
+      } catch {
+        reconnect(Math.min(Math.max(delay, 500) * 2, 10000));
+        return;
+      }
+      if (!state.offline) return;
+      state.offline = false;
+      hideBanner();
+      announce("Connection restored.");
+      await refresh();
+    }, delay);
+  }
+
+  async function refresh() {
+    try {
+      await loadSessions();
+    } catch (err) {
+      return handleError(err);
+    }
+    if (state.sessionId) return openSession(state.sessionId, { quiet: true });
+  }
+
+  // ---- a turn: the event stream, polling as the fallback -----------------------------
+
+  function rememberTurn(sessionId, turnId) {
+    try {
+      window.sessionStorage.setItem(TURN_KEY + sessionId, turnId);
+    } catch {
+      // Storage may be off: only resuming after a reload is lost.
+    }
+  }
+
+  function forgetTurn(sessionId) {
+    try {
+      window.sessionStorage.removeItem(TURN_KEY + sessionId);
+    } catch {
+      // as above
+    }
+  }
+
+  function rememberedTurn(sessionId) {
+    try {
+      return window.sessionStorage.getItem(TURN_KEY + sessionId);
+    } catch {
+      return null;
+    }
+  }
+
+  function closeStream() {
+    if (state.stream) state.stream.close();
+    state.stream = null;
+  }
+
+  function stopWatching() {
+    closeStream();
+    window.clearTimeout(state.pollTimer);
+    state.turn = null;
+  }
+
+  function watch(turn) {
+    stopWatching();
+    state.turn = { id: turn.id, sessionId: turn.session };
+    rememberTurn(turn.session, turn.id);
+    if (TERMINAL.has(turn.status)) return finish(turn);
+    showPending(true);
+    if (!("EventSource" in window)) return schedulePoll(POLL_MS);
+    const watched = state.turn;
+    const stream = new EventSource(`${API}turns/${turn.id}/events/`);
+    state.stream = stream;
+    stream.addEventListener("turn", (event) => {
+      if (state.turn !== watched) return;
+      const seen = JSON.parse(event.data);
+      if (TERMINAL.has(seen.status)) finish(seen);
+    });
+    // Refused (429), cut, or ended without a terminal event: poll instead.
+    stream.addEventListener("error", () => {
+      if (state.stream !== stream) return;
+      closeStream();
+      schedulePoll(0);
+    });
+  }
+
+  function schedulePoll(delay) {
+    window.clearTimeout(state.pollTimer);
+    state.pollTimer = window.setTimeout(pollOnce, delay);
+  }
+
+  async function pollOnce() {
+    const watched = state.turn;
+    if (!watched) return;
+    try {
+      const turn = await api("GET", `turns/${watched.id}/`);
+      if (state.turn !== watched) return;
+      if (TERMINAL.has(turn.status)) finish(turn);
+      else schedulePoll(POLL_MS);
+    } catch (err) {
+      if (state.turn !== watched) return;
+      if (err instanceof ApiError && (err.status === 429 || err.status >= 500)) {
+        schedulePoll(POLL_MS * 3); // the turn goes on server-side; ask again a little later
+      } else {
+        handleError(err);
+      }
+    }
+  }
+
+  function finish(turn) {
+    stopWatching();
+    showPending(false);
+    if (turn.session !== state.sessionId) return;
+    if (turn.status === "failed") {
+      showFailed(turn);
+    } else {
+      forgetTurn(turn.session);
+      appendMessage(turn.reply);
+      announce(
+        turn.status === "suppressed"
+          ? "The reply was withheld for review: it appeared to hold another conversation's data."
+          : `Assistant: ${turn.reply.content}`,
+      );
+    }
+    loadSessions().catch(() => {}); // message counts; an error here changes nothing shown
+  }
+
+  async function resumeTurn(sessionId) {
+    const turnId = rememberedTurn(sessionId);
+    if (!turnId) return;
+    let turn;
+    try {
+      turn = await api("GET", `turns/${turnId}/`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return forgetTurn(sessionId);
+      throw err;
+    }
+    if (state.sessionId !== sessionId) return;
+    if (turn.status === "failed") showFailed(turn);
+    else if (!TERMINAL.has(turn.status)) watch(turn);
+    else forgetTurn(sessionId); // its reply is in the history already
+  }
+
+  // ---- chats -------------------------------------------------------------------------
+
+  async function loadSessions() {
+    const page = await api("GET", "sessions/");
+    state.sessions = page.results;
+    renderSessions();
+    const open = state.sessions.find((s) => s.id === state.sessionId);
+    if (open) els.title.textContent = open.title || "Untitled chat";
+  }
+
+  async function openSession(sessionId, { quiet = false } = {}) {
+    const load = ++state.loads;
+    stopWatching();
+    showPending(false);
+    if (!quiet) hideBanner();
+    setOpenChat(sessionId);
+    try {
+      const messages = await messagesOf(sessionId);
+      if (load !== state.loads) return;
+      clearLog();
+      for (const message of messages) appendMessage(message);
+      await resumeTurn(sessionId);
+    } catch (err) {
+      if (load === state.loads) handleError(err);
+    }
+  }
+
+  function newChat() {
+    state.loads += 1;
+    stopWatching();
+    showPending(false);
+    hideBanner();
+    setOpenChat(null);
+    clearLog();
+    els.message.focus();
+  }
+
+  function newTitle() {
+    const when = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+    // Not the first message: titles are stored as typed, and messages may hold personal data.
+    return `Chat of ${when.format(new Date())}`;
+  }
+
+  async function send(content, { retry = false } = {}) {
+    if (state.sending) return;
+    if (!content.trim()) {
+      els.message.focus();
+      announce("Write a message first.");
+      return;
+    }
+    state.sending = true;
+    els.send.disabled = true;
+    hideBanner();
+    try {
+      if (!state.sessionId) {
+        const session = await api("POST", "sessions/", { title: newTitle() });
+        state.sessions.unshift(session);
+        setOpenChat(session.id);
+      }
+      const turn = await api("POST", `sessions/${state.sessionId}/messages/`, { content });
+      if (!retry && els.message.value === content) els.message.value = "";
+      appendMessage(turn.user_message);
+      watch(turn);
+      loadSessions().catch(() => {});
+    } catch (err) {
+      handleError(err, { content });
+    } finally {
+      state.sending = false;
+      if (!state.coolDown) els.send.disabled = false;
+    }
+  }
+
+  async function deleteChat() {
+    const sessionId = state.sessionId;
+    try {
+      await api("DELETE", `sessions/${sessionId}/`);
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) return handleError(err);
+    }
+    forgetTurn(sessionId);
+    state.sessions = state.sessions.filter((s) => s.id !== sessionId);
+    newChat();
+    announce("The chat was deleted.");
+    loadSessions().catch(handleError);
+  }
+
+  // ---- wiring ------------------------------------------------------------------------
+
+  els.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send(els.message.value);
+  });
+  els.message.addEventListener("keydown", (event) => {
+    const plainEnter = event.key === "Enter" && !event.shiftKey && !event.altKey;
+    if (plainEnter && !event.ctrlKey && !event.metaKey && !event.isComposing) {
+      event.preventDefault();
+      if (!els.send.disabled) els.composer.requestSubmit();
+    }
+  });
+  els.newChat.addEventListener("click", newChat);
+  els.del.addEventListener("click", () => {
+    els.dialog.returnValue = "";
+    els.dialog.showModal();
+  });
+  els.dialog.addEventListener("close", () => {
+    if (els.dialog.returnValue === "delete") deleteChat();
+    else els.del.focus();
+  });
+  els.bannerAction.addEventListener("click", () => {
+    if (state.bannerAction) state.bannerAction();
+  });
+  window.addEventListener("offline", connectionLost);
+  window.addEventListener("online", () => {
+    if (state.offline) reconnect(0);
+  });
+
+  async function start() {
+    try {
+      await loadSessions();
+    } catch (err) {
+      return handleError(err);
+    }
+    const wanted = window.location.hash.slice(1);
+    if (wanted && !state.sessions.some((s) => s.id === wanted)) {
+      newChat();
+      chatGone(wanted);
+      return;
+    }
+    const first = wanted || (state.sessions[0] && state.sessions[0].id);
+    if (first) openSession(first);
+    else newChat();
+  }
+
+  start();
+})();

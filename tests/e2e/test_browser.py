@@ -1,0 +1,302 @@
+"""The chat page in a real browser: Debian's Chromium driven by Playwright, against gunicorn,
+a Celery worker and the fake Claude, each user signed in through the real login page.
+
+Chromium comes from ``apt-get install -y chromium`` (``.ci/run`` installs it); a browser is
+never downloaded. Screenshots of the main states go to the test's ``tmp_path``.
+"""
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+
+from audit_app.models import AuditEntry
+from sessions_app.models import ChatSession
+from sessions_app.services import SUPPRESSED_NOTICE
+
+from ..factories import UserFactory
+from ..fakes.claude import FakeClaude
+
+pytestmark = pytest.mark.worker
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PASSWORD = "pw-for-tests"  # UserFactory's
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "chat.png"
+# A small retry budget, so a failed turn fails in well under a second.
+BUDGET = {"TURN_MAX_ATTEMPTS": "2", "CLAUDE_MAX_RETRIES": "1", "TURN_RETRY_DELAY_SECONDS": "0.1"}
+CALLS_PER_TURN = 2 * (1 + 1)
+PHONE = {"width": 390, "height": 844}
+
+ALICE_SECRET, BOB_SECRET = "Zorblax-4417", "Quenthrip-8862"
+CODENAME = "Remember my codename: Vexmoria Quintaplex, and my order 48291-XK7."
+LEAK = "Your codename is Vexmoria Quintaplex and your order is 48291-XK7."
+
+
+def _said(body: dict) -> list[str]:
+    """The user's messages in a Messages API request, oldest first."""
+    texts = []
+    for message in body["messages"]:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = "".join(block.get("text", "") for block in content)
+        if message["role"] == "user":
+            texts.append(content)
+    return texts
+
+
+def remembering(body: dict) -> str:
+    """A model that knows only the conversation it is sent, and hands out what is asked.
+
+    Asked for a codename, it answers with the one a user told it once (from its "memory",
+    that is, another user's conversation): the reply the leak scan must catch.
+    """
+    said = _said(body)
+    if "What is my secret" in said[-1]:
+        told = [m.group(1) for m in (re.search(r"my secret is (\S+)", s) for s in said) if m]
+        return f"Your secret is {told[-1]}" if told else "You have not told me a secret."
+    if "codename" in said[-1] and "Remember" not in said[-1]:
+        return LEAK
+    return "Noted."
+
+
+# Fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
+    # Playwright's sync API keeps an event loop in this thread, so Django would refuse the
+    # test's own ORM calls as async-unsafe; they are plain synchronous code between browser
+    # steps. Allowed for this module only.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+        with sync_playwright() as playwright:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            expect.set_options(timeout=20_000)
+            yield launched
+            launched.close()
+
+
+@pytest.fixture
+def site(web_server, workers, fake_claude: FakeClaude) -> str:
+    """gunicorn and a Celery worker on the test's database, Redis and fake Claude."""
+    fake_claude.set_responder(remembering)
+    worker = workers(pool="threads", concurrency=4, env=BUDGET)
+    # tests.settings: it knows the test users' fast password hash, and WhiteNoise serves the
+    # static files where they lie (the suite does not run collectstatic).
+    server = web_server(
+        workers=1, threads=16, env={"DJANGO_SETTINGS_MODULE": "tests.settings", **BUDGET}
+    )
+    worker.wait_ready()
+    return server.url
+
+
+@pytest.fixture
+def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
+    """New browser contexts (each its own cookie jar: one user each); all closed after."""
+    opened: list[BrowserContext] = []
+    yield opened
+    for context in opened:
+        context.close()
+
+
+@pytest.fixture
+def open_context(browser: Browser, contexts: list[BrowserContext]):
+    def open_one(**options) -> BrowserContext:
+        context = browser.new_context(**options)
+        contexts.append(context)
+        return context
+
+    return open_one
+
+
+# Helpers --------------------------------------------------------------------------------------
+
+
+def sign_in(context: BrowserContext, url: str, username: str) -> Page:
+    """Open the chat, get sent to the login page, log in there; return the chat page."""
+    page = context.new_page()
+    violations: list[str] = []
+    page.on(
+        "console", lambda msg: violations.append(msg.text) if "Security Policy" in msg.text else 0
+    )
+    page.csp_violations = violations
+    page.goto(f"{url}/")
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    return page
+
+
+def send(page: Page, text: str) -> None:
+    box = page.get_by_label("Message")
+    box.fill(text)
+    box.press("Enter")
+
+
+def replies(page: Page):
+    return page.locator("#log .msg.assistant .text")
+
+
+def assert_no_csp_violations(*pages: Page) -> None:
+    for page in pages:
+        assert page.csp_violations == [], page.csp_violations
+
+
+# Tests ----------------------------------------------------------------------------------------
+
+
+def test_two_users_at_once_each_see_only_their_own_conversation(
+    site, open_context, fake_claude, tmp_path
+):
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    alice_page = sign_in(open_context(), site, "alice")
+    bob_page = sign_in(open_context(viewport=PHONE), site, "bob")  # phone width
+    alice_page.screenshot(path=tmp_path / "empty-chat.png")
+
+    # Both tell a secret at the same time; the slow model shows the pending state.
+    fake_claude.delay(1.5, times=2)
+    send(alice_page, f"Hello! my secret is {ALICE_SECRET}")
+    send(bob_page, f"Hi, my secret is {BOB_SECRET}")
+    for page in (alice_page, bob_page):
+        expect(page.locator("#pending")).to_be_visible()
+        expect(page.get_by_label("Message")).to_have_value("")
+    alice_page.screenshot(path=tmp_path / "pending.png")
+    for page in (alice_page, bob_page):
+        expect(replies(page)).to_have_text(["Noted."])
+        expect(page.locator("#pending")).to_be_hidden()
+
+    send(alice_page, "What is my secret?")
+    send(bob_page, "What is my secret?")
+    expect(replies(alice_page).last).to_have_text(f"Your secret is {ALICE_SECRET}")
+    expect(replies(bob_page).last).to_have_text(f"Your secret is {BOB_SECRET}")
+    assert BOB_SECRET not in alice_page.content() and ALICE_SECRET not in bob_page.content()
+    # The new reply was announced to screen readers.
+    expect(alice_page.locator("[aria-live]")).to_contain_text(ALICE_SECRET)
+    # The sidebar: the chat, titled, with its messages counted.
+    chats = alice_page.locator("#sessions button")
+    expect(chats).to_have_count(1)
+    expect(chats).to_contain_text(re.compile(r"Chat of .*4 messages"))
+    alice_page.screenshot(path=tmp_path / "alice.png")
+    bob_page.screenshot(path=tmp_path / "bob-phone.png", full_page=True)
+    if not DOCS_SCREENSHOT.exists() or os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tmp_path / "alice.png", DOCS_SCREENSHOT)
+    # Claude was never sent one user's secret in the other's conversation.
+    assert not [r for r in fake_claude.requests if ALICE_SECRET in str(r) and BOB_SECRET in str(r)]
+
+    # A model that hands Alice's codename to Bob: the reply is withheld, visibly marked.
+    send(alice_page, CODENAME)
+    expect(replies(alice_page).last).to_have_text("Noted.")
+    send(bob_page, "What is my codename?")
+    withheld = bob_page.locator("#log .msg.assistant.suppressed")
+    expect(withheld.locator(".text")).to_have_text(SUPPRESSED_NOTICE)
+    expect(withheld.locator(".badge")).to_have_text("Withheld for review")
+    assert "Vexmoria" not in bob_page.content() and "48291" not in bob_page.content()
+    bob_page.screenshot(path=tmp_path / "suppressed.png", full_page=True)
+
+    # A reload keeps the history (and the open chat), the withheld reply marked as before.
+    for page in (alice_page, bob_page):
+        page.reload()
+    expect(alice_page.locator("#log .msg.user .text")).to_have_text(
+        [f"Hello! my secret is {ALICE_SECRET}", "What is my secret?", CODENAME]
+    )
+    expect(replies(alice_page)).to_have_text(["Noted.", f"Your secret is {ALICE_SECRET}", "Noted."])
+    expect(bob_page.locator("#log .msg.assistant.suppressed .badge")).to_be_visible()
+
+    # A reviewer confirms the leak in the admin.
+    staff = UserFactory(username="reviewer", is_staff=True)
+    for codename in ("view_auditentry", "change_auditentry"):
+        staff.user_permissions.add(Permission.objects.get(codename=codename))
+    admin = open_context().new_page()
+    admin.goto(f"{site}/admin/login/?next=/admin/audit_app/auditentry/")
+    admin.locator("#id_username").fill("reviewer")
+    admin.locator("#id_password").fill(PASSWORD)
+    admin.get_by_role("button", name="Log in").click()
+    expect(admin.get_by_text("Audit entries: 1 open flag")).to_be_visible()
+    admin.locator("#result_list tbody tr").first.locator("th a").click()
+    expect(admin.get_by_text("introduced by")).to_be_visible()
+    admin.get_by_role("button", name="Confirm leak").click()
+    expect(admin.locator(".messagelist")).to_contain_text("reviewed")
+    admin.screenshot(path=tmp_path / "admin-review.png", full_page=True)
+    entry = AuditEntry.objects.get(flagged=True)
+    assert entry.review_state == "confirmed" and entry.reviewed_by == staff
+    # The API's browsable documentation works beside the page's policy.
+    admin.goto(f"{site}/api/docs/")
+    expect(admin.locator(".swagger-ui .info .title")).to_contain_text("Isolation chat API")
+
+    # Deleting asks first; Cancel keeps the chat, Delete erases it.
+    alice_page.get_by_role("button", name="Delete chat").click()
+    expect(alice_page.get_by_role("dialog")).to_be_visible()
+    alice_page.get_by_role("button", name="Cancel").click()
+    expect(chats).to_have_count(1)
+    alice_page.get_by_role("button", name="Delete chat").click()
+    alice_page.get_by_role("button", name="Delete", exact=True).click()
+    expect(alice_page.get_by_text("No chats yet.")).to_be_visible()
+    expect(alice_page.locator("#log .msg")).to_have_count(0)
+    assert not ChatSession.objects.filter(owner=alice).exists()
+    assert ChatSession.objects.filter(owner=bob).count() == 1
+    assert_no_csp_violations(alice_page, bob_page)
+
+
+def test_failure_states_say_what_to_do_and_recover(site, open_context, fake_claude, tmp_path):
+    user = UserFactory(username="carol")
+    context = open_context()
+    page = sign_in(context, site, "carol")
+
+    # Claude fails past the retry budget: the error, and Retry sends the message again.
+    fake_claude.fail(500, times=CALLS_PER_TURN)
+    send(page, "Hello there")
+    failed = page.locator("#log .msg.failed")
+    expect(failed).to_contain_text("HTTP 500")
+    page.screenshot(path=tmp_path / "failed.png")
+    failed.get_by_role("button", name="Retry").click()
+    expect(failed).to_have_count(0)
+    expect(replies(page)).to_have_text(["Noted."])
+    expect(page.locator("#log .msg.user .text")).to_have_text(["Hello there", "Hello there"])
+
+    # A second message while the first is answered: 409, and what to do.
+    fake_claude.delay(2.0)
+    send(page, "One")
+    expect(page.locator("#pending")).to_be_visible()
+    send(page, "Two")
+    expect(page.get_by_role("alert")).to_contain_text("still answering your previous message")
+    expect(page.get_by_label("Message")).to_have_value("Two")
+    expect(replies(page)).to_have_count(2)
+
+    # The connection drops: said, then recovered by itself.
+    context.set_offline(True)
+    expect(page.get_by_role("alert")).to_contain_text("Connection lost")
+    context.set_offline(False)
+    expect(page.get_by_role("alert")).to_be_hidden()
+
+    # The chat expires: said, with a new chat offered; the typed text is kept.
+    ChatSession.objects.filter(owner=user).update(expires_at=timezone.now())
+    send(page, "Are you still there?")
+    expect(page.get_by_role("alert")).to_contain_text("expired")
+    page.screenshot(path=tmp_path / "expired.png")
+    page.get_by_role("button", name="Start a new chat").click()
+    expect(page.get_by_label("Message")).to_have_value("Are you still there?")
+    expect(page.get_by_label("Message")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(replies(page)).to_have_text(["Noted."])
+    assert_no_csp_violations(page)
