@@ -104,7 +104,8 @@ def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
         "from django.core.management import call_command;"
         "call_command('collectstatic', '--noinput', verbosity=0);"
         "from django.test import Client;"
-        "r = Client().get('/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css', secure=True);"
+        "r = Client().get("
+        "'/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui.css', secure=True);"
         "print(r.status_code, r.get('Content-Type'))"
     )
     result = load_settings(code, DEBUG="0", ALLOWED_HOSTS="testserver", **env)
