@@ -187,25 +187,22 @@ def audit_review_decide(*, entry_id: int, reviewer_id: int, leak: bool) -> Audit
 
 def audit_reply_released(*, entry_id: int, reviewer_id: int) -> AuditEntry:
     """Record that a reviewer released the withheld reply behind a flagged entry."""
-    entry = AuditEntry.objects.get(pk=entry_id)
-    return AuditEntry.objects.create(
-        kind=AuditEntry.Kind.REVIEW,
-        user_id=reviewer_id,
-        session_id=entry.session_id,
-        turn_id=entry.turn_id,
-        reason=f"withheld reply of entry {entry.pk} released to its user",
-    )
+    return _review_note(entry_id, reviewer_id, "withheld reply of entry {} released to its user")
 
 
 def audit_withheld_text_read(*, entry_id: int, reader_id: int) -> AuditEntry:
     """Record that a staff member read the withheld text behind a flagged entry."""
+    return _review_note(entry_id, reader_id, "withheld text of entry {} read")
+
+
+def _review_note(entry_id: int, staff_id: int, reason: str) -> AuditEntry:
     entry = AuditEntry.objects.get(pk=entry_id)
     return AuditEntry.objects.create(
         kind=AuditEntry.Kind.REVIEW,
-        user_id=reader_id,
+        user_id=staff_id,
         session_id=entry.session_id,
         turn_id=entry.turn_id,
-        reason=f"withheld text of entry {entry.pk} read",
+        reason=reason.format(entry.pk),
     )
 
 

@@ -105,13 +105,14 @@ def _first_code(codes: Any) -> str:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Turn any API exception into the contract's JSON body; outages become 503."""
+    if callable(audit := getattr(exc, "audit", None)):
+        # An error that must leave a trace (another user's id tried, a store handing back
+        # another user's value) records it here, after the request's transaction has
+        # rolled back, so the trail keeps it.
+        audit()
     if is_outage(exc):
         logger.warning("service unavailable: %s", exc.__class__.__name__)
         exc = ServiceUnavailable()
-    elif callable(audit := getattr(exc, "audit", None)):
-        # An error that must leave a trace (another user's id tried) records it here,
-        # after the request's transaction has rolled back, so the trail keeps it.
-        audit()
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     response = drf_exception_handler(exc, context)

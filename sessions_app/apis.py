@@ -236,11 +236,11 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
         data.is_valid(raise_exception=True)
         # Taken before anything is stored: a 429 for too many waits leaves no message.
         release = events.wait_slot_acquire(user_id=request.user.pk) if wait else _nothing
-        tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
-        turn = services.message_accept(
-            user=request.user, session_id=session_id, content=data.validated_data["content"]
-        )
-        try:
+        try:  # every way out gives the slot back, an error answer's too
+            tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
+            turn = services.message_accept(
+                user=request.user, session_id=session_id, content=data.validated_data["content"]
+            )
             tasks.turn_enqueue(turn=turn)
             turn = _turn_wait(user=request.user, turn=turn, timeout=wait or 0)
         finally:

@@ -21,13 +21,14 @@ from audit_app.services import (
     fingerprints_register,
     reply_scan,
 )
+from core.ids import as_uuid
 
 from . import crypto, events, privacy
 from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
 from .selectors import chat_session_get_for_owner
-from .stores import DuplicateReply, StoredMessage, history_store
+from .stores import DuplicateReply, SessionRef, StoredMessage, history_store
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +77,38 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
 
     Raise ``TurnInFlight`` if the session already has a turn pending or running.
     """
+    turn_id = uuid.uuid4()
     try:
-        return _message_accept(user=user, session_id=session_id, content=content)
-    except (IntegrityError, DuplicateReply) as exc:
-        # The partial unique index, behind the row lock: a writer that skipped the lock.
-        raise TurnInFlight() from exc
+        return _message_accept(user=user, session_id=session_id, content=content, turn_id=turn_id)
+    except BaseException as exc:
+        # A store outside the database (Redis) does not roll back with the transaction:
+        # what it took of this turn goes, so that an error answer leaves nothing behind.
+        _message_undo(owner_id=user.pk, session_id=session_id, turn_id=turn_id)
+        if isinstance(exc, IntegrityError | DuplicateReply):
+            # The partial unique index, behind the row lock: a writer that skipped the lock.
+            raise TurnInFlight() from exc
+        raise
+
+
+def _message_undo(*, owner_id: int, session_id: object, turn_id: uuid.UUID) -> None:
+    sid = as_uuid(session_id)
+    if sid is None or not history_store().keeps_outside_the_database:
+        return
+    try:
+        history_store().discard_turn(session=SessionRef(pk=sid, owner_id=owner_id), turn_id=turn_id)
+    except Exception:  # noqa: BLE001 - the answer is an error already; the TTL ends the rest
+        logger.warning("could not undo turn %s in the history store", turn_id)
 
 
 @transaction.atomic
-def _message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
+def _message_accept(
+    *, user: AbstractBaseUser, session_id: object, content: str, turn_id: uuid.UUID
+) -> Turn:
     # The session row lock serialises accepts per session, so the check cannot race.
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     _turn_in_flight_check(session=session)
     now = timezone.now()
-    turn = Turn.objects.create(session=session, deadline_at=_deadline(now))
+    turn = Turn.objects.create(id=turn_id, session=session, deadline_at=_deadline(now))
     session.expires_at = _expiry(now)
     content = privacy.content_scrub(session_id=session.pk, content=content)
     message = history_store().append_user_message(

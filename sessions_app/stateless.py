@@ -275,17 +275,23 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
     Raise ``TokenTooLarge`` if the reply would grow the token past its limit (nothing is
     recorded then), ``IndexUnavailable`` if the fingerprint index is down.
     """
-    scan = reply_scan(user_id=turn.user_id, session_id=turn.id, text=reply)
+    # The user's own words first, as a stored session's are when accepted: echoing them is
+    # no leak, and a scan before it would tell the user whether someone else used them.
+    _, content = turn.messages[-1]
+    fingerprints_register(user_id=turn.user_id, session_id=turn.id, text=content)
+    # What is scanned and indexed is what may be kept, as for stored sessions.
+    scrubbed = scrub_reply(
+        reply, vault=turn.vault, mode=settings.PII_MODE, regions=settings.PII_PHONE_REGIONS
+    )
+    scan = reply_scan(user_id=turn.user_id, session_id=turn.id, text=scrubbed)
     suppress = scan.leaked and settings.LEAK_ACTION == "suppress"
     if suppress:
         kept, after, shown = SUPPRESSED_NOTICE, turn, SUPPRESSED_NOTICE
     else:
-        kept = scrub_reply(
-            reply, vault=turn.vault, mode=settings.PII_MODE, regions=settings.PII_PHONE_REGIONS
-        )
+        kept = scrubbed
         after, shown = turn.added("assistant", kept), restore(kept, vault=turn.vault)
     token = token_issue(after)
-    _turn_record(turn=turn, reply=reply, kept=kept, scan=scan, delivered=not suppress)
+    _turn_record(turn=turn, kept=kept, scan=scan, delivered=not suppress)
     return StatelessReply(reply=shown, token=token)
 
 
@@ -342,10 +348,8 @@ def _audit_refused(exc: TokenRefused, *, user_id: int) -> None:
 
 
 @transaction.atomic
-def _turn_record(
-    *, turn: Conversation, reply: str, kept: str, scan: ScanResult, delivered: bool
-) -> None:
-    """Audit both messages (hashes and counts) and index what was delivered."""
+def _turn_record(*, turn: Conversation, kept: str, scan: ScanResult, delivered: bool) -> None:
+    """Audit both messages (hashes and counts) and index the reply if it was delivered."""
     ids = {"user_id": turn.user_id, "session_id": turn.id}
     _, content = turn.messages[-1]
     audit_message(**ids, role="user", content=content)
@@ -353,6 +357,5 @@ def _turn_record(
         audit_flagged_reply(**ids, turn_id=None, content=kept, result=scan, delivered=delivered)
     else:
         audit_message(**ids, role="assistant", content=kept, kind="reply")
-    fingerprints_register(**ids, text=content)
     if delivered:
-        fingerprints_register(**ids, text=reply)
+        fingerprints_register(**ids, text=kept)

@@ -64,6 +64,8 @@ def run_turn(self, turn_id: str, user_id: int, session_id: str) -> str:
     except Retry:
         raise
     except Exception as exc:
+        if callable(audit := getattr(exc, "audit", None)):
+            audit()  # after the failed step's transaction: the trail keeps it
         if not is_outage(exc):
             services.turn_fail(
                 turn_id=turn_id,

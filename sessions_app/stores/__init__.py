@@ -10,6 +10,7 @@ from .base import (
     BaseHistoryStore,
     DuplicateReply,
     ForeignData,
+    SessionRef,
     StoredMessage,
     StoreUnavailable,
 )
@@ -18,6 +19,7 @@ __all__ = (
     "BaseHistoryStore",
     "DuplicateReply",
     "ForeignData",
+    "SessionRef",
     "StoreUnavailable",
     "StoredMessage",
     "history_store",

@@ -44,7 +44,24 @@ class StoreUnavailable(BackendUnavailable):
 
 
 class ForeignData(StoreUnavailable):
-    """A value read back names another owner or session: refused, audited, never used."""
+    """A value read back names another owner or session: refused, audited, never used.
+
+    The audit entry is written by whoever handles the error (the API's exception handler,
+    the task), after the transaction it happened in has rolled back, so the trail keeps it.
+    """
+
+    def __init__(self, detail: str, *, user_id: int, session_id: uuid.UUID, store: str) -> None:
+        super().__init__(detail)
+        self.user_id = user_id
+        self.session_id = session_id
+        self.store = store
+
+    def audit(self) -> None:
+        audit_security_event(
+            user_id=self.user_id,
+            session_id=self.session_id,
+            reason=f"{self.store} held a value of another owner or session; refused",
+        )
 
 
 class DuplicateReply(Exception):
@@ -59,6 +76,14 @@ class DuplicateReply(Exception):
         self.existing = existing
 
 
+@dataclass(frozen=True)
+class SessionRef:
+    """A session named by its ids alone, for a store call that needs no more (an undo)."""
+
+    pk: uuid.UUID
+    owner_id: int
+
+
 class SessionLike:
     """What a store needs of a session: its id, its owner's id and when it expires."""
 
@@ -70,6 +95,9 @@ class SessionLike:
 
 class BaseHistoryStore(abc.ABC):
     """The history of each session, appended to and read back for its owner only."""
+
+    # Whether a write outlives a rolled-back database transaction (and must be undone).
+    keeps_outside_the_database = False
 
     # -- public API: used by services and selectors ------------------------------------
 
@@ -142,14 +170,16 @@ class BaseHistoryStore(abc.ABC):
         """
         for message in messages:
             if message.user_id != session.owner_id or message.session_id != session.pk:
-                audit_security_event(
-                    user_id=session.owner_id,
-                    session_id=session.pk,
-                    reason=f"{type(self).__module__} returned a message of another "
-                    "owner or session; refused",
-                )
-                raise ForeignData("the history store returned a value of another session")
+                raise self._foreign(session)
         return list(messages)
+
+    def _foreign(self, session: SessionLike) -> ForeignData:
+        return ForeignData(
+            "the history store returned a value of another session",
+            user_id=session.owner_id,
+            session_id=session.pk,
+            store=type(self).__module__,
+        )
 
     # -- the contract each backend implements ------------------------------------------
 

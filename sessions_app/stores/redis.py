@@ -24,7 +24,6 @@ from django_redis import get_redis_connection
 from .base import (
     BaseHistoryStore,
     DuplicateReply,
-    ForeignData,
     SessionLike,
     StoredMessage,
     StoreUnavailable,
@@ -149,6 +148,8 @@ def _live(session: SessionLike, messages: list[StoredMessage]) -> list[StoredMes
 
 
 class HistoryStore(BaseHistoryStore):
+    keeps_outside_the_database = True
+
     def _client(self):
         return get_redis_connection("default")
 
@@ -180,7 +181,7 @@ class HistoryStore(BaseHistoryStore):
         if outcome == 1:
             return message
         if outcome == -1:
-            raise ForeignData("the session's Redis keys name another owner")
+            raise self._foreign(session)  # the session's keys name another owner
         raise DuplicateReply(self._checked(session, [_decode(outcome)])[0])
 
     def _turn_messages(self, session, turn_id: uuid.UUID) -> list[StoredMessage]:

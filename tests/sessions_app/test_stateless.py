@@ -574,3 +574,33 @@ def test_the_sync_and_async_clients_send_the_same_request(api, fake_claude, user
         for h in fake_claude.request_headers
     ]
     assert headers[0].keys() == headers[1].keys()
+
+
+# What the scan may tell, and what it indexes ------------------------------------------------
+
+
+def test_echoing_ones_own_words_is_no_leak_and_tells_nothing_of_others(
+    api, other_api, fake_claude: FakeClaude
+):
+    """A reply scanned before the user's own message is indexed would be withheld exactly
+    when someone else had used those words: one bit of another user's conversation."""
+    sid = other_api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    their_secret = "Please ship order ZQ-88213377 to the Xylophrax warehouse"
+    posted = other_api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": their_secret}, format="json"
+    )
+    assert posted.json()["status"] == "completed"
+    probe = _chat(api, "Xylophrax 88213377")  # the fake Claude echoes it back
+    assert probe["reply"] == "Echo: Xylophrax 88213377"
+    assert not AuditEntry.objects.filter(flagged=True).exists()
+
+
+def test_what_is_scanned_and_indexed_is_the_scrubbed_reply(api, other_api, fake_claude):
+    """PII redacted from what the user reads never enters the fingerprint index either."""
+    fake_claude.set_responder(lambda body: "Write to quillfeather.vantrask@example.org today.")
+    assert _chat(api, "Who do I write to?")["reply"] == "Write to [EMAIL_ADDRESS] today."
+    # Had its tokens been indexed as this user's, the same words to another user would be
+    # evidence of a leak.
+    fake_claude.set_responder(lambda body: "Quillfeather Vantrask answered.")
+    assert _chat(other_api, "Who answered?")["reply"] != SUPPRESSED_NOTICE
+    assert not AuditEntry.objects.filter(flagged=True).exists()

@@ -215,9 +215,19 @@ class TestRedisStore(StoreContract):
             history_store().page(session=session, offset=0, limit=10)
         with pytest.raises(ForeignData):
             history_store().history(session=session, turn_id=their_turn.pk)
-        assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
         response = client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")
         assert response.status_code == 503 and "CANARY" not in response.content.decode()
+        # Audited when answered, after the request's transaction: the trail keeps it.
+        assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
+
+    def test_keys_naming_another_owner_refuse_a_write_and_audit_it(self, user, session):
+        get_redis_connection("default").set(f"session:{{{session.pk}}}:owner", "999999")
+        response = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "hello"}, format="json"
+        )
+        assert response.status_code == 503
+        assert not Turn.objects.filter(session=session).exists()
+        assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
 
     def test_a_reply_stored_before_a_lost_commit_is_reused_not_doubled(self, user, session):
         turn = self.accept(user, session, "hello")
@@ -267,8 +277,9 @@ class TestCachedDbStore(StoreContract):
         poisoned = {**poisoned, "user_id": user.pk, "session_id": session.pk, "count": 1}
         session.next_seq = 2  # matches the poisoned count
         cache.set(key, poisoned)
-        with pytest.raises(ForeignData):
+        with pytest.raises(ForeignData) as refused:
             history_store().page(session=session, offset=0, limit=9)
+        refused.value.audit()  # what the API's exception handler and the task do
         assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
 
 
@@ -283,3 +294,26 @@ def test_the_store_is_chosen_by_the_setting(settings):
 def test_an_unknown_turn_has_no_history(user):
     session = services.chat_session_create(owner=user)
     assert history_store().history(session=session, turn_id=uuid.uuid4()) == []
+
+
+def test_a_post_answered_with_an_error_leaves_nothing_in_the_redis_store(
+    settings, user, private_redis
+):
+    """Redis does not roll back with the database: a post that fails after its append
+    (here the fingerprint index is down) takes its message back out."""
+    from sessions_app.models import ChatSession
+
+    settings.HISTORY_STORE = "redis"
+    settings.FINGERPRINT_REDIS_URL = private_redis.url
+    private_redis.kill()
+    session = services.chat_session_create(owner=user)
+    response = client_for(user).post(
+        f"/api/v1/sessions/{session.pk}/messages/",
+        {"content": "my secret Zorblaxian plan"},
+        format="json",
+    )
+    assert response.status_code == 503
+    assert not Turn.objects.filter(session=session).exists()
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 1
+    held = get_redis_connection("default").hvals(f"session:{{{session.pk}}}:messages")
+    assert not any(b"Zorblaxian" in value for value in held)

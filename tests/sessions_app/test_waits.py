@@ -84,3 +84,18 @@ def test_a_finished_wait_gives_its_slot_back(api, settings):
             f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": f"m{n}"}, format="json"
         )
         assert response.status_code == 200, response.content
+
+
+def test_a_wait_answered_with_an_error_gives_its_slot_back(api, settings):
+    settings.MAX_WAITS_PER_USER = 1
+    unknown = "00000000-0000-4000-8000-000000000000"
+    for _ in range(3):  # 404s: each took a slot, and must have given it back
+        response = api.post(
+            f"/api/v1/sessions/{unknown}/messages/?wait=1", {"content": "hi"}, format="json"
+        )
+        assert response.status_code == 404
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": "hi"}, format="json"
+    )
+    assert response.status_code == 200, response.content

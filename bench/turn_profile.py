@@ -1,0 +1,126 @@
+"""One chat turn, stage by stage: wall and CPU time of each step a turn takes, in-process.
+
+    .venv/bin/python bench/turn_profile.py [--turns 300] [--store db]
+
+The same calls the view and the worker make, in order, timed one by one on the real
+Postgres and Redis with the fake Claude answering at once through the real SDK; PII
+(pseudonymize) and the leak scan on. It makes its own database, ``isolation_bench_profile``,
+and uses Redis db 12. CPU is this process's (``time.process_time``), so it leaves out
+Postgres's and Redis's own; wall time includes their round trips.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DB = "isolation_bench_profile"
+ENV = {
+    "DJANGO_SETTINGS_MODULE": "bench.settings",
+    "DEBUG": "0",  # DEBUG would record every query: a cost production does not pay
+    "SECRET_KEY": "bench-only-secret-key-bench-only-secret-key-bench-only",
+    "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
+    "SECURE_HTTPS": "0",
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
+    "REDIS_URL": "redis://127.0.0.1:6379/12",
+    "CELERY_TASK_ALWAYS_EAGER": "1",
+    "LLM_PROVIDER": "anthropic",
+    "ANTHROPIC_API_KEY": "bench",
+}
+TEXT = "Hi, I am Dana Whitfield; my order 48291-XK7 to 221B Baker Street is late. Any news?"
+
+
+def prepare(base_url: str, store: str) -> None:
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB], check=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
+    subprocess.run(["redis-cli", "-n", "12", "flushdb"], check=True, capture_output=True)
+    env = {**os.environ, **ENV}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
+    os.environ.update(ENV, ANTHROPIC_BASE_URL=base_url, HISTORY_STORE=store)
+    import django
+
+    django.setup()
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = defaultdict(list)
+        self.cpu: dict[str, list[float]] = defaultdict(list)
+
+    def time(self, stage: str, fn, /, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn(**kwargs)
+        self.wall[stage].append(time.perf_counter() - wall)
+        self.cpu[stage].append(time.process_time() - cpu)
+        return result
+
+
+def one_turn(watch: Stopwatch, user, session_id) -> None:
+    from sessions_app import events, llm, privacy, queries, selectors, services
+    from sessions_app.isolation import bound
+
+    turn = watch.time(
+        "accept (lock, PII, store, fingerprints, audit)",
+        services.message_accept,
+        user=user,
+        session_id=session_id,
+        content=f"{TEXT} {uuid.uuid4().hex[:8]}",
+    )
+    claimed = watch.time("claim", services.turn_claim, turn_id=turn.pk)
+    with bound(user_id=user.pk, session_id=claimed.session_id):
+        history = watch.time("history (store)", queries.turn_history, turn=claimed)
+        reply = watch.time("Claude call (SDK, fake answers at once)", llm.send, history=history)
+    reply = watch.time(
+        "reply scrub (PII)", privacy.reply_scrub, session_id=claimed.session_id, reply=reply
+    )
+    watch.time("scan + store reply + end turn", services.turn_deliver, turn=claimed, reply=reply)
+    watch.time("notify (pub/sub)", events._publish, turn_id=turn.pk)
+    watch.time(
+        "wake re-read (gate + store + restore)",
+        selectors.turn_get_for_owner,
+        user=user,
+        turn_id=turn.pk,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--store", default="db", choices=["db", "redis", "cached_db"])
+    args = parser.parse_args()
+    from tests.fakes.claude import FakeClaude
+
+    with FakeClaude() as fake:
+        prepare(fake.url, args.store)
+        from django.contrib.auth.models import User
+
+        from sessions_app import services
+
+        watch = Stopwatch()
+        users = [User.objects.create_user(f"profile{n}") for n in range(20)]
+        sessions = [services.chat_session_create(owner=u).pk for u in users]
+        for n in range(args.turns):
+            one_turn(watch, users[n % 20], sessions[n % 20])
+    rows = [(stage, watch.wall[stage], watch.cpu[stage]) for stage in watch.wall]
+    total_wall = sum(statistics.median(w) for _, w, _ in rows)
+    total_cpu = sum(statistics.median(c) for _, _, c in rows)
+    print(f"{args.turns} turns, store {args.store}; medians in ms (CPU: this process only)")
+    print("| stage | wall p50 | CPU p50 | share of wall |")
+    print("| --- | --- | --- | --- |")
+    for stage, wall, cpu in rows:
+        w, c = statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
+        print(f"| {stage} | {w:.2f} | {c:.2f} | {w / (total_wall * 1e3):.0%} |")
+    print(f"| total | {total_wall * 1e3:.2f} | {total_cpu * 1e3:.2f} | |")
+
+
+if __name__ == "__main__":
+    main()
