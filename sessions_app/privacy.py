@@ -9,7 +9,6 @@ up, stays as it is.
 
 import dataclasses
 import json
-import re
 import uuid
 from collections.abc import Sequence
 
@@ -17,10 +16,8 @@ from django.conf import settings
 
 from . import crypto
 from .models import SessionVault
-from .pii import pseudonymize, redact, restore, scrub_reply
+from .pii import PLACEHOLDER, pseudonymize_spans, redact_spans, restore, scrub_reply, spans_to_scrub
 from .stores import StoredMessage
-
-PLACEHOLDER = re.compile(r"<[A-Z_]+_\d+>")
 
 
 def vault_read(*, session_id: uuid.UUID) -> dict[str, str]:
@@ -46,16 +43,15 @@ def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
 
     Call with the session's row locked: new placeholders extend its vault.
     """
-    regions = settings.PII_PHONE_REGIONS
     if settings.PII_MODE == "off":
         return content
+    spans = spans_to_scrub(content, regions=settings.PII_PHONE_REGIONS)
+    if not spans:
+        return content  # nothing found: the vault need not be read
     if settings.PII_MODE == "redact":
-        return redact(content, regions=regions)
-    scrubbed, new = pseudonymize(content, vault={}, regions=regions)
-    if not new:
-        return scrubbed  # nothing found: the vault need not be read
+        return redact_spans(content, spans)
     vault = vault_read(session_id=session_id)
-    scrubbed, new = pseudonymize(content, vault=vault, regions=regions)
+    scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new:
         _vault_write(session_id=session_id, entries={**vault, **new})
     return scrubbed
@@ -64,10 +60,10 @@ def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
 def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
     """Return Claude's reply as it may be stored: no PII but this session's placeholders."""
     mode, regions = settings.PII_MODE, settings.PII_PHONE_REGIONS
-    scrubbed = scrub_reply(reply, vault={}, mode=mode, regions=regions)
-    if scrubbed == reply or mode != "pseudonymize":
-        return scrubbed
-    return scrub_reply(reply, vault=vault_read(session_id=session_id), mode=mode, regions=regions)
+    if mode == "off" or not spans_to_scrub(reply, regions=regions):
+        return reply  # nothing found: the vault need not be read
+    vault = vault_read(session_id=session_id) if mode == "pseudonymize" else {}
+    return scrub_reply(reply, vault=vault, mode=mode, regions=regions)
 
 
 def messages_restore(

@@ -143,13 +143,8 @@ def _turn_in_flight_check(*, session: ChatSession) -> None:
 def turn_discard(*, turn_id: uuid.UUID) -> None:
     """Remove a turn that could not be queued, with its message, as if never accepted."""
     with transaction.atomic():
-        turn = (
-            Turn.objects.select_related("session")
-            .select_for_update(of=("self", "session"))
-            .filter(pk=turn_id, status=Turn.Status.PENDING)
-            .first()
-        )
-        if turn is None:
+        turn = _turn_lock(turn_id)
+        if turn is None or turn.status != Turn.Status.PENDING:
             return
         history_store().discard_turn(session=turn.session, turn_id=turn.pk)
         turn.delete()

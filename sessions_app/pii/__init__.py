@@ -15,6 +15,7 @@ from .scrub import (
     redact_spans,
     restore,
     scrub_reply,
+    spans_to_scrub,
 )
 
 __all__ = (
@@ -30,4 +31,5 @@ __all__ = (
     "redact_spans",
     "restore",
     "scrub_reply",
+    "spans_to_scrub",
 )

@@ -25,6 +25,11 @@ def _outside_placeholders(text: str, spans: list[Span]) -> list[Span]:
     return [s for s in spans if all(s.end <= a or s.start >= b for a, b in taken)]
 
 
+def spans_to_scrub(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]:
+    """Return the personal data in ``text`` that scrubbing replaces (placeholders excluded)."""
+    return _outside_placeholders(text, detect(text, regions=regions))
+
+
 def _replace(text: str, spans: Sequence[Span], replacement: Callable[[Span], str]) -> str:
     parts, position = [], 0
     for span in spans:
@@ -79,8 +84,7 @@ def pseudonymize(
     text: str, *, vault: Mapping[str, str], regions: Sequence[str] = DEFAULT_REGIONS
 ) -> tuple[str, dict[str, str]]:
     """Return ``text`` with placeholders for its personal data, and the vault's new entries."""
-    spans = _outside_placeholders(text, detect(text, regions=regions))
-    return pseudonymize_spans(text, spans, vault=vault)
+    return pseudonymize_spans(text, spans_to_scrub(text, regions=regions), vault=vault)
 
 
 def restore(text: str, *, vault: Mapping[str, str]) -> str:
@@ -106,7 +110,7 @@ def scrub_reply(
         raise ValueError(f"unknown PII mode {mode!r}, expected one of {MODES}")
     if mode == "off":
         return text
-    spans = _outside_placeholders(text, detect(text, regions=regions))
+    spans = spans_to_scrub(text, regions=regions)
     if mode == "redact":
         return redact_spans(text, spans)
     by_value: dict[str, str] = {}
