@@ -4,6 +4,7 @@ Messages go to the configured history store; sessions and turns are rows. Nothin
 enqueues a task (``tasks`` does, and calls in here): no import circle.
 """
 
+import dataclasses
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -110,20 +111,22 @@ def _message_accept(
     now = timezone.now()
     turn = Turn.objects.create(id=turn_id, session=session, deadline_at=_deadline(now))
     session.expires_at = _expiry(now)
-    content = privacy.content_scrub(session_id=session.pk, content=content)
+    stored = privacy.content_scrub(session_id=session.pk, content=content)
     message = history_store().append_user_message(
-        session=session, turn_id=turn.pk, seq=session.next_seq, content=content
+        session=session, turn_id=turn.pk, seq=session.next_seq, content=stored
     )
     ChatSession.objects.filter(pk=session.pk).update(
         next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=session.expires_at
     )
     audit_message(
-        user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=content
+        user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=stored
     )
-    fingerprints_register(user_id=user.pk, session_id=session.pk, text=content)
+    fingerprints_register(user_id=user.pk, session_id=session.pk, text=stored)
     # What was just written answers the request: no further read that could fail after
-    # the message was accepted (and make the client send it twice).
-    turn.exchange = privacy.messages_restore(session_id=session.pk, messages=[message])
+    # the message was accepted (and make the client send it twice). Its owner reads the
+    # originals, which under pseudonymisation are what was sent; redacted text stays so.
+    shown = content if settings.PII_MODE == "pseudonymize" else stored
+    turn.exchange = [dataclasses.replace(message, content=shown)]
     return turn
 
 
