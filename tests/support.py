@@ -116,3 +116,13 @@ def turn_task_args(turn_id: object) -> list:
 
     turn = Turn.objects.select_related("session").get(pk=turn_id)
     return [str(turn.pk), turn.session.owner_id, str(turn.session_id)]
+
+
+def post_and_wait(api, content: str, sid: str | None = None) -> tuple[str, dict]:
+    """Post ``content`` (to a new session unless ``sid``), wait for the turn; return both."""
+    sid = sid or api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=10", {"content": content}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    return sid, response.json()

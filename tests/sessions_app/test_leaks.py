@@ -11,21 +11,13 @@ from sessions_app.services import SUPPRESSED_NOTICE
 
 from ..factories import UserFactory
 from ..fakes.claude import FakeClaude
+from ..support import post_and_wait
 
 pytestmark = pytest.mark.django_db
 
 STORES = ["db", "redis", "cached_db"]
 SECRET = "Remember my codename: Vexmoria Quintaplex, and my order 48291-XK7."
 LEAK = "Your codename is Vexmoria Quintaplex and your order is 48291-XK7."
-
-
-def _post(api, content: str, sid: str | None = None) -> tuple[str, dict]:
-    sid = sid or api.post("/api/v1/sessions/", {}, format="json").json()["id"]
-    response = api.post(
-        f"/api/v1/sessions/{sid}/messages/?wait=10", {"content": content}, format="json"
-    )
-    assert response.status_code == 200, response.content
-    return sid, response.json()
 
 
 def _leaking(body: dict) -> str:
@@ -38,8 +30,8 @@ def _leaking(body: dict) -> str:
 def leaked(api, other_api, fake_claude: FakeClaude) -> dict:
     """The owner's secret, then another user's turn whose reply carries it."""
     fake_claude.set_responder(_leaking)
-    _post(api, SECRET)
-    sid, turn = _post(other_api, "What is my codename?")
+    post_and_wait(api, SECRET)
+    sid, turn = post_and_wait(other_api, "What is my codename?")
     return {"session": sid, "turn": turn}
 
 
@@ -47,8 +39,8 @@ def leaked(api, other_api, fake_claude: FakeClaude) -> dict:
 def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, fake_claude):
     settings.HISTORY_STORE = store
     fake_claude.set_responder(_leaking)
-    _post(api, SECRET)
-    sid, turn = _post(other_api, "What is my codename?")
+    post_and_wait(api, SECRET)
+    sid, turn = post_and_wait(other_api, "What is my codename?")
     assert turn["status"] == "suppressed"
     assert turn["reply"] == {**turn["reply"], "content": SUPPRESSED_NOTICE, "status": "suppressed"}
     seen = [
@@ -67,15 +59,15 @@ def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, 
     assert "Vexmoria" not in str(entry.evidence) and entry.evidence["items"]
     # The history the next turn sends to Claude holds nothing of it.
     fake_claude.set_responder(lambda body: "ok")
-    _post(other_api, "Thanks", sid)
+    post_and_wait(other_api, "Thanks", sid)
     assert "Vexmoria" not in str(fake_claude.requests[-1]["messages"])
 
 
 def test_leak_action_flag_delivers_and_flags(settings, api, other_api, fake_claude):
     settings.LEAK_ACTION = "flag"
     fake_claude.set_responder(_leaking)
-    _post(api, SECRET)
-    _, turn = _post(other_api, "What is my codename?")
+    post_and_wait(api, SECRET)
+    _, turn = post_and_wait(other_api, "What is my codename?")
     assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
     [entry] = AuditEntry.objects.filter(flagged=True)
     assert "delivered and flagged" in entry.reason and entry.review_state == "open"
@@ -83,16 +75,16 @@ def test_leak_action_flag_delivers_and_flags(settings, api, other_api, fake_clau
 
 def test_a_users_own_data_in_their_reply_is_not_a_leak(api, fake_claude):
     fake_claude.set_responder(lambda body: LEAK)
-    sid, _ = _post(api, SECRET)
-    _, turn = _post(api, "What is my codename?", sid)
+    sid, _ = post_and_wait(api, SECRET)
+    _, turn = post_and_wait(api, "What is my codename?", sid)
     assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
     assert not AuditEntry.objects.filter(flagged=True).exists()
 
 
 def test_everyday_replies_are_not_flagged(api, other_api, fake_claude):
-    _post(api, SECRET)
+    post_and_wait(api, SECRET)
     fake_claude.set_responder(lambda body: "Your order is on its way and should arrive Monday.")
-    _, turn = _post(other_api, "Where is my order?")
+    _, turn = post_and_wait(other_api, "Where is my order?")
     assert turn["status"] == "completed"
     assert not AuditEntry.objects.filter(flagged=True).exists()
 

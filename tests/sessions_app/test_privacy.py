@@ -14,6 +14,7 @@ from sessions_app.models import SessionVault
 from sessions_app.stores import history_store
 
 from ..fakes.claude import FakeClaude
+from ..support import post_and_wait
 
 pytestmark = pytest.mark.django_db
 
@@ -24,15 +25,6 @@ RAW = ("Alice Johnson", "alice.johnson@example.com", "+44 20 7946 0958")
 
 def _sent_to_claude(fake: FakeClaude) -> str:
     return json.dumps([body.get("messages") for body in fake.requests])
-
-
-def _post(api, content: str, sid: str | None = None) -> tuple[str, dict]:
-    sid = sid or api.post("/api/v1/sessions/", {}, format="json").json()["id"]
-    response = api.post(
-        f"/api/v1/sessions/{sid}/messages/?wait=10", {"content": content}, format="json"
-    )
-    assert response.status_code == 200, response.content
-    return sid, response.json()
 
 
 def _stored(session_id: str) -> str:
@@ -47,7 +39,7 @@ def test_pseudonymised_claude_sees_placeholders_the_owner_sees_originals(
     store, settings, api, fake_claude: FakeClaude
 ):
     settings.HISTORY_STORE = store
-    sid, turn = _post(api, SECRET)
+    sid, turn = post_and_wait(api, SECRET)
     sent = _sent_to_claude(fake_claude)
     assert not any(raw in sent for raw in RAW)
     assert "<PERSON_1>" in sent and "<EMAIL_ADDRESS_1>" in sent and "<PHONE_NUMBER_1>" in sent
@@ -61,16 +53,16 @@ def test_pseudonymised_claude_sees_placeholders_the_owner_sees_originals(
     events = api.get(f"/api/v1/turns/{turn['id']}/events/")
     assert "alice.johnson@example.com" in b"".join(events.streaming_content).decode()
     # The same value again in the session keeps its placeholder.
-    _post(api, "Again: alice.johnson@example.com", sid)
+    post_and_wait(api, "Again: alice.johnson@example.com", sid)
     assert "Again: <EMAIL_ADDRESS_1>" in _stored(sid)
 
 
 def test_placeholders_of_another_session_or_made_up_ones_stay_as_they_are(
     api, fake_claude: FakeClaude
 ):
-    _post(api, SECRET)  # another session of the same user holds <EMAIL_ADDRESS_1>
+    post_and_wait(api, SECRET)  # another session of the same user holds <EMAIL_ADDRESS_1>
     fake_claude.set_responder(lambda body: "I know <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_7>.")
-    sid, turn = _post(api, "Hello, who am I?")
+    sid, turn = post_and_wait(api, "Hello, who am I?")
     assert turn["reply"]["content"] == "I know <EMAIL_ADDRESS_1> and <EMAIL_ADDRESS_7>."
     assert "alice" not in api.get(f"/api/v1/sessions/{sid}/messages/").content.decode().lower()
 
@@ -78,16 +70,16 @@ def test_placeholders_of_another_session_or_made_up_ones_stay_as_they_are(
 def test_another_user_sees_neither_originals_nor_placeholders_resolved(
     api, other_api, fake_claude: FakeClaude
 ):
-    _post(api, SECRET)
+    post_and_wait(api, SECRET)
     fake_claude.set_responder(lambda body: "Your email is <EMAIL_ADDRESS_1>.")
-    sid, turn = _post(other_api, "What is my email?")
+    sid, turn = post_and_wait(other_api, "What is my email?")
     assert turn["reply"]["content"] == "Your email is <EMAIL_ADDRESS_1>."
     assert not any(raw in json.dumps(turn) for raw in RAW)
 
 
 def test_a_reply_holding_pii_not_of_this_session_is_redacted(api, fake_claude: FakeClaude):
     fake_claude.set_responder(lambda body: "Contact bob.smith@example.org about <PERSON_1>.")
-    sid, turn = _post(api, "My name is Alice Johnson.")
+    sid, turn = post_and_wait(api, "My name is Alice Johnson.")
     assert turn["reply"]["content"] == "Contact [EMAIL_ADDRESS] about Alice Johnson."
     assert "bob.smith" not in _stored(sid)
 
@@ -96,7 +88,7 @@ def test_a_reply_holding_pii_not_of_this_session_is_redacted(api, fake_claude: F
 def test_redact_mode_is_irreversible(store, settings, api, fake_claude: FakeClaude):
     settings.HISTORY_STORE = store
     settings.PII_MODE = "redact"
-    sid, turn = _post(api, SECRET)
+    sid, turn = post_and_wait(api, SECRET)
     expected = "My name is [PERSON], write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
     assert turn["user_message"]["content"] == expected
     assert not any(raw in _sent_to_claude(fake_claude) + _stored(sid) for raw in RAW)
@@ -105,14 +97,14 @@ def test_redact_mode_is_irreversible(store, settings, api, fake_claude: FakeClau
 
 def test_off_mode_keeps_the_text_as_sent(settings, api, fake_claude: FakeClaude):
     settings.PII_MODE = "off"
-    sid, turn = _post(api, SECRET)
+    sid, turn = post_and_wait(api, SECRET)
     assert SECRET in _sent_to_claude(fake_claude) and turn["user_message"]["content"] == SECRET
 
 
 @pytest.mark.parametrize("store", STORES)
 def test_deleting_a_session_makes_its_vault_unreadable(store, settings, api, fake_claude):
     settings.HISTORY_STORE = store
-    sid, _ = _post(api, SECRET)
+    sid, _ = post_and_wait(api, SECRET)
     vault = SessionVault.objects.get(session_id=sid)
     copy_of_entries = bytes(vault.entries)  # as a backup or replica would hold it
     assert "alice.johnson@example.com" not in copy_of_entries.decode()
@@ -126,7 +118,7 @@ def test_deleting_a_session_makes_its_vault_unreadable(store, settings, api, fak
 
 def test_raw_pii_reaches_neither_audit_entries_nor_logs(api, fake_claude: FakeClaude, caplog):
     with caplog.at_level(logging.DEBUG):
-        _post(api, SECRET)
+        post_and_wait(api, SECRET)
     entries = json.dumps(list(AuditEntry.objects.values()), default=str)
     for raw in RAW:
         assert raw not in entries
