@@ -7,7 +7,8 @@ from types import MappingProxyType
 
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
-from drf_spectacular.utils import OpenApiResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.negotiation import BaseContentNegotiation
@@ -20,19 +21,29 @@ from .logcontext import request_bound, request_user_set
 class ErrorSerializer(serializers.Serializer):
     """The body of every error response."""
 
-    detail = serializers.CharField()
-    code = serializers.CharField()
+    detail = serializers.CharField(help_text="A sentence a person can act on.")
+    code = serializers.CharField(help_text="A stable machine word.")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Invalid input (400) only: each field's messages.",
+    )
 
 
 ERRORS = MappingProxyType(
     {
-        400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
+        # Any request may be refused so: a Host this site does not serve, a Content-Length
+        # that is not a number.
+        400: OpenApiResponse(
+            ErrorSerializer,
+            description="Invalid input, or a request that could not be understood.",
+        ),
         401: OpenApiResponse(ErrorSerializer, description="Not authenticated."),
         403: OpenApiResponse(ErrorSerializer, description="Not allowed for this user."),
         404: OpenApiResponse(ErrorSerializer, description="No such object for this user."),
         409: OpenApiResponse(ErrorSerializer, description="A turn is already in flight."),
         413: OpenApiResponse(ErrorSerializer, description="Request body too large."),
-        429: OpenApiResponse(ErrorSerializer, description="Too many messages."),
+        429: OpenApiResponse(ErrorSerializer, description="Throttled; see Retry-After."),
         503: OpenApiResponse(ErrorSerializer, description="A backing service is down."),
     }
 )
@@ -41,6 +52,17 @@ ERRORS = MappingProxyType(
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     """Return the schema's error responses for the given status codes."""
     return {code: ERRORS[code] for code in codes}
+
+
+# Every 429 says when to try again.
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    required=True,
+    response=[429],
+    description="Seconds to wait before trying again.",
+)
 
 
 class LoggedUserMixin:

@@ -291,7 +291,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, describing each operation in its own words (core/openapi.py).
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"chat": CHAT_THROTTLE_RATE},
     # Proxies in front that append to X-Forwarded-For: the failed-sign-in limit per client
     # address takes the address the nearest one saw. 0: the peer's own address, since a
@@ -313,8 +314,17 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Operation ids and tags without the version prefix: a generated client's
+    # `sessions.sessions_create`, not `api.api_v1_sessions_create`.
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
     # /healthz's parts share one set of states: one schema name for it.
     "ENUM_NAME_OVERRIDES": {"PartStateEnum": ["ok", "down"]},
+    # Nullable objects and unions (a turn's reply and error, the stateless token) as OpenAPI
+    # 3.0 validators read them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "core.openapi.nullable_unions",
+    ],
 }
 
 # Auth, i18n, static -------------------------------------------------------------------

@@ -1,9 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core import health
+from core import views as core_views
 from sessions_app import views
 from sessions_app.signin import throttled_page
 
@@ -17,6 +18,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("api/v1/", include("sessions_app.urls")),
+    # Any other address under the API prefix: the JSON 404, DEBUG or not.
+    re_path(r"^api/v1(?:/|$)", core_views.api_not_found),
     path(
         "api/schema/",
         SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]),

@@ -23,6 +23,7 @@ from rest_framework.throttling import UserRateThrottle
 from rest_framework.views import APIView
 
 from core.api import (
+    RETRY_AFTER,
     ErrorSerializer,
     FirstRendererNegotiation,
     LoggedUserMixin,
@@ -58,15 +59,14 @@ TURN_ID = OpenApiParameter("turn_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 PAGE_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such object, or no such page.")
 
 
-def _turn_event() -> dict:
-    """Each event of the stream (the Open API 3.0 reading of an event-stream schema)."""
+def _turn_events() -> dict:
+    """The stream's body as OpenAPI 3.0 says it: text, read event by event as it comes."""
     return {
-        "type": "object",
-        "properties": {
-            "event": {"type": "string", "enum": ["turn"]},
-            "data": {"type": "string", "description": "The whole turn object (`Turn`) as JSON."},
-        },
-        "required": ["event", "data"],
+        "type": "string",
+        "description": "Server-sent events: `event: turn` lines, each followed by a `data:` "
+        "line holding the whole turn (`Turn`) as JSON and a blank line; `:` comment lines "
+        "keep the connection alive.",
+        "example": 'event: turn\ndata: {"id": "...", "status": "completed", ...}\n\n',
     }
 
 
@@ -94,6 +94,7 @@ class AuthTokenApi(LoggedUserMixin, APIView):
 
     @extend_schema(
         request=TokenRequestSerializer,
+        parameters=[RETRY_AFTER],
         responses={
             200: TokenSerializer,
             **errors(400, 413, 503),
@@ -104,13 +105,19 @@ class AuthTokenApi(LoggedUserMixin, APIView):
         auth=[],
     )
     def post(self, request: Request) -> Response:
+        """Sign in: a new API token for the username and password, and when it expires.
+
+        Each sign-in issues a new token; earlier ones stay valid until they expire or are
+        signed out. Past the failed-sign-in limit, 429 with `Retry-After`, right or wrong.
+        """
         data = TokenRequestSerializer(data=request.data, context={"request": request})
         data.is_valid(raise_exception=True)
         key, expires_at = tokens.auth_token_issue(user=data.validated_data["user"])
         return Response(TokenSerializer({"token": key, "expires_at": expires_at}).data)
 
-    @extend_schema(request=None, responses={204: None, **errors(401, 503)})
+    @extend_schema(request=None, responses={204: None, **errors(400, 401, 503)})
     def delete(self, request: Request) -> Response:
+        """Sign the calling token out: it gets 401 from then on; other tokens stay valid."""
         tokens.auth_token_revoke(token=request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -125,11 +132,12 @@ class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
     @extend_schema(
         responses={
             200: SessionSerializer(many=True),
-            **errors(401, 503),
+            **errors(400, 401, 503),
             404: OpenApiResponse(ErrorSerializer, description="No such page."),
         }
     )
     def get(self, request: Request) -> Response:
+        """List the caller's live sessions, a page at a time (`?page=N`)."""
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(SessionSerializer(page, many=True).data)
 
@@ -138,6 +146,7 @@ class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
         responses={201: SessionSerializer, **errors(400, 401, 413, 503)},
     )
     def post(self, request: Request) -> Response:
+        """Start a session (a conversation) owned by the caller, with an optional title."""
         data = SessionCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         tasks.beat_jobs_if_due()
@@ -147,14 +156,16 @@ class SessionListCreateApi(LoggedUserMixin, GenericAPIView):
 
 class SessionDetailApi(LoggedUserMixin, APIView):
     @extend_schema(
-        parameters=[SESSION_ID], responses={200: SessionSerializer, **errors(401, 404, 503)}
+        parameters=[SESSION_ID], responses={200: SessionSerializer, **errors(400, 401, 404, 503)}
     )
     def get(self, request: Request, session_id: str) -> Response:
+        """Read one of the caller's sessions; anyone else's, or an expired one, is 404."""
         session = selectors.chat_session_get_for_owner(user=request.user, session_id=session_id)
         return Response(SessionSerializer(session).data)
 
-    @extend_schema(parameters=[SESSION_ID], responses={204: None, **errors(401, 404, 503)})
+    @extend_schema(parameters=[SESSION_ID], responses={204: None, **errors(400, 401, 404, 503)})
     def delete(self, request: Request, session_id: str) -> Response:
+        """Delete the session: its content is erased everywhere it is kept, its turn stops."""
         services.chat_session_delete(user=request.user, session_id=session_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -205,11 +216,12 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
         parameters=[SESSION_ID],
         responses={
             200: MessageSerializer(many=True),
-            **errors(401, 503),
+            **errors(400, 401, 503),
             404: PAGE_NOT_FOUND,
         },
     )
     def get(self, request: Request, session_id: str) -> Response:
+        """List the session's messages in `seq` order, 100 a page (`?page=N`)."""
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(MessageSerializer(page, many=True).data)
 
@@ -223,14 +235,26 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
                 description=f"Seconds (0-{MAX_WAIT_SECONDS}) to wait for the reply; "
                 "anything else is 400.",
             ),
+            RETRY_AFTER,
         ],
         responses={
             200: OpenApiResponse(TurnSerializer, description="The turn ended within ?wait."),
             202: OpenApiResponse(TurnSerializer, description="The turn is accepted."),
-            **errors(400, 401, 404, 409, 413, 429, 503),
+            **errors(400, 401, 404, 409, 413, 503),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="Too many messages, or too many waits and streams of the caller's "
+                "open at once (the message is not stored); see Retry-After.",
+            ),
         },
     )
     def post(self, request: Request, session_id: str) -> Response:
+        """Post a message: 202 with the new turn (`pending`), Claude answers in the background.
+
+        With `?wait=N` (0-60), wait up to N seconds for the turn to end: 200 with the ended
+        turn, or 202 if it has not ended by then. A second message while a turn of the session
+        is in flight is 409; too many waits of the caller's open at once, 429.
+        """
         wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -253,8 +277,11 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
 
 
 class TurnDetailApi(LoggedUserMixin, APIView):
-    @extend_schema(parameters=[TURN_ID], responses={200: TurnSerializer, **errors(401, 404, 503)})
+    @extend_schema(
+        parameters=[TURN_ID], responses={200: TurnSerializer, **errors(400, 401, 404, 503)}
+    )
     def get(self, request: Request, turn_id: str) -> Response:
+        """Read a turn of the caller's: its status, message, reply or error."""
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
         return Response(TurnSerializer(turn).data)
 
@@ -294,17 +321,27 @@ class TurnEventsApi(LoggedUserMixin, APIView):
     content_negotiation_class = FirstRendererNegotiation
 
     @extend_schema(
-        parameters=[TURN_ID],
+        parameters=[TURN_ID, RETRY_AFTER],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                _turn_event(),
+                _turn_events(),
                 description="`event: turn` with the turn as JSON, at once and on every change; "
                 "ends after the terminal one.",
             ),
-            **errors(401, 404, 429, 503),
+            **errors(400, 401, 404, 503),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="Too many waits and streams of the caller's open at once; "
+                "see Retry-After.",
+            ),
         },
     )
     def get(self, request: Request, turn_id: str) -> StreamingHttpResponse:
+        """Follow a turn as server-sent events (`text/event-stream`) until it ends.
+
+        One `event: turn` at once with the whole turn as JSON `data`, another at every change;
+        the stream ends after the terminal one. A `:` comment line every 15 s keeps it alive.
+        """
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
         release = events.wait_slot_acquire(user_id=request.user.pk)
         try:
@@ -410,6 +447,7 @@ class StatelessChatApi(LoggedUserMixin, APIView):
 
     @extend_schema(
         request=StatelessChatRequestSerializer,
+        parameters=[RETRY_AFTER],
         responses={
             200: StatelessChatSerializer,
             **errors(400, 401, 403),

@@ -62,7 +62,16 @@ class MessageContentField(StrictTextField):
     """A message's text; ``MessageCreateSerializer`` checks it against the current limits."""
 
 
-@extend_schema_field({"type": "string", "maxLength": 200, "pattern": NO_NUL, "default": ""})
+# No schema default: "" would break the pattern (drf-spectacular puts it beside it); a title
+# left out is the service's "" all the same.
+@extend_schema_field(
+    {
+        "type": "string",
+        "maxLength": 200,
+        "pattern": NO_NUL,
+        "description": "At most 200 characters, no NUL characters; empty when left out.",
+    }
+)
 class TitleField(StrictTextField):
     """A session's title: optional, at most 200 characters, no NUL characters."""
 
@@ -126,7 +135,7 @@ class TurnSerializer(serializers.ModelSerializer):
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    title = TitleField(required=False, allow_blank=True, max_length=200, default="")
+    title = TitleField(required=False, allow_blank=True, max_length=200)
 
 
 class TokenRequestSerializer(serializers.Serializer):

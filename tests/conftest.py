@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 from django.core.cache import cache
+from django.test.client import Client
 from rest_framework.test import APIClient
 
+from . import contract
 from .factories import UserFactory, token_for
 from .fakes.claude import FakeClaude
 from .support import private_redis  # noqa: F401  (a fixture for every suite)
@@ -17,6 +19,26 @@ ROOT = Path(__file__).resolve().parent.parent
 def _clean_cache() -> Iterator[None]:
     cache.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _api_keeps_to_its_schema(monkeypatch) -> None:
+    """Check every call the test clients make under /api/v1/ against the live schema.
+
+    DRF's ``APIClient`` sends through Django's ``Client.request`` too; see ``contract``.
+    """
+    send = Client.request
+
+    def checked(self: Client, **request):
+        if not contract.is_api_call(request):
+            return send(self, **request)
+        body = contract.take_body(request)
+        environ = self._base_environ(**request)  # what is sent: defaults and cookies too
+        response = send(self, **request)
+        contract.exchange(environ, body, response)
+        return response
+
+    monkeypatch.setattr(Client, "request", checked)
 
 
 def client_for(user) -> APIClient:

@@ -240,6 +240,25 @@ def test_a_bad_host_header_is_a_json_400(api):
     assert response.json()["code"] == "bad_request"
 
 
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [
+        ("/api/v1/nothing-here/", None),
+        ("/api/v1/sessions/x/y/z/", None),
+        ("/api/v1", None),
+        ("/api/v1/sessions", "/api/v1/sessions/"),  # the address meant is named
+    ],
+)
+def test_an_unknown_api_address_is_the_json_404_debug_or_not(api, settings, debug, path, meant):
+    settings.DEBUG = debug  # with DEBUG on Django would answer its HTML page
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["code"] == "not_found"
+    assert response.json()["detail"].endswith(meant or "Nothing is at this address.")
+
+
 def test_a_client_holding_a_revoked_token_can_still_log_in(user):
     client = client_for(user)
     assert client.delete("/api/v1/auth/token/").status_code == 204
