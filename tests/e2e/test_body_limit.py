@@ -95,9 +95,11 @@ def test_a_chunked_body_over_the_limit_is_413_before_it_is_read_whole(server, to
     status, sent, body = _stream_chunked_until_answered(server, token, total=50 * LIMIT)
     assert status == 413, body
     assert json.loads(body)["code"] == "request_too_large"
-    # The server stopped reading near the limit (what the client got out counts the
-    # kernels' socket buffers too), never taking the 50 MiB offered.
-    assert sent < 1.5 * LIMIT, sent
+    # The server answered near the limit and stopped reading, never taking the 50 MiB
+    # offered. What the client got out also counts both kernels' socket buffers, which a
+    # loaded machine fills; how much the application itself reads is measured exactly in
+    # tests/test_bodylimit.py.
+    assert sent < 8 * LIMIT, sent
 
 
 def test_a_declared_length_over_the_limit_is_413_at_once(server, token):
