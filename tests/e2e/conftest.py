@@ -354,8 +354,27 @@ class DatabaseKiller:
 
     def terminate_all(self) -> int:
         """Kill every connection to the database but the killer's own; return how many."""
+        with self._admin() as admin:
+            rows = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.name],
+            ).fetchall()
+        return sum(1 for (terminated,) in rows if terminated)
+
+    def connections(self) -> int:
+        """How many connections the database has now, the killer's own left out."""
+        with self._admin() as admin:
+            (count,) = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.name],
+            ).fetchone()
+        return count
+
+    def _admin(self) -> psycopg.Connection:
         params = connection.settings_dict
-        with psycopg.connect(
+        return psycopg.connect(
             dbname="postgres",
             user=params.get("USER") or None,
             password=params.get("PASSWORD") or None,
@@ -363,13 +382,7 @@ class DatabaseKiller:
             port=params.get("PORT") or 5432,
             autocommit=True,
             connect_timeout=5,
-        ) as admin:
-            rows = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                [self.name],
-            ).fetchall()
-        return sum(1 for (terminated,) in rows if terminated)
+        )
 
 
 @pytest.fixture

@@ -281,6 +281,8 @@ def test_database_connections_killed_twice_while_turns_run(
         killed = []
         for _ in range(2):
             assert wait_until(lambda: Turn.objects.filter(status="running").count() >= 3, 20)
+            # Workers reconnect lazily after a kill: kill again once they hold connections.
+            assert wait_until(lambda: database_killer.connections() >= 3, 20)
             killed.append(database_killer.terminate_all())
             # This thread's own connection was among them: its next request heals it.
             status, body = WsgiClient(first_token)("GET", "/api/v1/sessions/")
