@@ -55,12 +55,24 @@ class Stopwatch:
     def __init__(self) -> None:
         self.wall: dict[str, list[float]] = defaultdict(list)
         self.cpu: dict[str, list[float]] = defaultdict(list)
+        self.queries: dict[str, list[list[str]]] = defaultdict(list)
+        self.turns = 0
 
     def time(self, stage: str, fn, /, **kwargs):
+        from django.db import connection
+
+        seen: list[str] = []
+
+        def count(execute, sql, params, many, context):
+            seen.append(sql)
+            return execute(sql, params, many, context)
+
         wall, cpu = time.perf_counter(), time.process_time()
-        result = fn(**kwargs)
+        with connection.execute_wrapper(count):
+            result = fn(**kwargs)
         self.wall[stage].append(time.perf_counter() - wall)
         self.cpu[stage].append(time.process_time() - cpu)
+        self.queries[stage].append(seen)
         return result
 
 
@@ -96,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--store", default="db", choices=["db", "redis", "cached_db"])
+    parser.add_argument("--sql", action="store_true", help="list one turn's SQL by stage")
     args = parser.parse_args()
     from tests.fakes.claude import FakeClaude
 
@@ -110,16 +123,25 @@ def main() -> None:
         sessions = [services.chat_session_create(owner=u).pk for u in users]
         for n in range(args.turns):
             one_turn(watch, users[n % 20], sessions[n % 20])
+            watch.turns += 1
     rows = [(stage, watch.wall[stage], watch.cpu[stage]) for stage in watch.wall]
     total_wall = sum(statistics.median(w) for _, w, _ in rows)
     total_cpu = sum(statistics.median(c) for _, _, c in rows)
     print(f"{args.turns} turns, store {args.store}; medians in ms (CPU: this process only)")
-    print("| stage | wall p50 | CPU p50 | share of wall |")
-    print("| --- | --- | --- | --- |")
+    print("| stage | wall p50 | CPU p50 | share of wall | SQL statements |")
+    print("| --- | --- | --- | --- | --- |")
+    total_queries = 0.0
     for stage, wall, cpu in rows:
         w, c = statistics.median(wall) * 1e3, statistics.median(cpu) * 1e3
-        print(f"| {stage} | {w:.2f} | {c:.2f} | {w / (total_wall * 1e3):.0%} |")
-    print(f"| total | {total_wall * 1e3:.2f} | {total_cpu * 1e3:.2f} | |")
+        q = sum(map(len, watch.queries[stage])) / watch.turns
+        total_queries += q
+        print(f"| {stage} | {w:.2f} | {c:.2f} | {w / (total_wall * 1e3):.0%} | {q:.1f} |")
+    print(f"| total | {total_wall * 1e3:.2f} | {total_cpu * 1e3:.2f} | | {total_queries:.1f} |")
+    if args.sql:
+        for stage in watch.wall:
+            print(f"\n{stage}:")
+            for sql in watch.queries[stage][-1]:  # the last turn's: past the first's setup
+                print("   ", sql[:160])
 
 
 if __name__ == "__main__":
