@@ -15,7 +15,13 @@ Found = Iterator[tuple[int, int, float]]
 _SUFFIX = (
     r"(?:(?:Street|Avenue|Road|Boulevard|Lane|Drive|Court|Place|Way|Terrace|Parkway|Highway"
     r"|Circle|Square|Trail|Close|Crescent|Row|Alley|Plaza|Loop|Mews|Gardens|Grove|Walk|Pike"
-    r"|Expressway|Freeway)\b"
+    r"|Expressway|Freeway"
+    # More of USPS Publication 28's street suffixes, those rarely found after capitalised
+    # words outside an address ("Pass", "Point", "Station", "Park" are left out).
+    r"|Crest|Ridge|Heights|Hill|Falls|Springs|Creek|Hollow|Glen|Knoll|Meadows|Landing"
+    r"|Junction|Estates|Harbor|Manor|Shores|Summit|Valley|Village|Ferry|Forge|Flats|Oval"
+    r"|Ranch|Rapids|Trace|Turnpike|Bypass|Causeway|Cove|Crossing|Dale|Lodge|Orchard|Prairie"
+    r"|Vista|Brook|Bend|Bluff|Canyon|Cliffs|Mill|Mills)\b"
     r"|(?:St|Ave|Av|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Pkwy|Hwy|Cir|Sq|Trl|Cres)\b\.?)"
 )
 _NAME_WORD = r"(?:[A-Z][A-Za-z'’\-]*\.?|\d{1,3}(?:st|nd|rd|th))"
@@ -44,28 +50,29 @@ FRENCH = re.compile(
     rf"\d(?<![\w\-]\d)\d{{0,3}}(?:[ \t]?(?:bis|ter))?,?[ \t]+{_FR_TYPE}[ \t]+{_LOWER_LINK}*"
     rf"{_CAPITAL_WORD}(?:[ \t]+{_LOWER_LINK}*{_CAPITAL_WORD}){{0,3}}"
 )
-_FR_TYPES = (
-    "rue",
-    "av",
-    "bd",
-    "boulevard",
-    "place",
-    "allée",
-    "chemin",
-    "quai",
-    "impasse",
-    "route",
-    "cours",
+# Each pattern opens with a character class and looks behind after it: the regex engine then
+# skips straight to digits or capitals instead of trying every position, which costs less than
+# the substring tests for street types that used to gate these patterns.
+# German and Dutch: the type is the end of the word ("Hauptstraße 5", "Kerkstraat 12"), or a
+# word of its own after hyphenated names ("Konrad-Adenauer-Allee 3"); "6-8" and "4/3" are one
+# house number.
+_DE_NL_TYPE = (
+    r"(?:straße|strasse|str\.|weg|platz|allee|gasse|ring|damm"
+    r"|straat|laan|singel|plein|gracht|kade|dijk|steeg|dreef)"
 )
-_DE_TYPES = ("straße", "strasse", "str.", "weg", "platz", "allee", "gasse", "ring", "damm")
 GERMAN = re.compile(
-    r"\b[A-ZÄÖÜ][a-zäöüß]+(?:straße|strasse|str\.|weg|platz|allee|gasse|ring|damm)"
-    r"[ \t]+\d{1,4}[a-z]?\b"
+    r"[A-ZÄÖÜ](?<!\w.)[a-zäöüß]+(?:-[A-ZÄÖÜ][a-zäöüß]+)*"
+    rf"(?:{_DE_NL_TYPE}|-(?i:{_DE_NL_TYPE}))"
+    r"[ \t]+\d{1,4}[a-z]?(?:[-/]\d{1,4}[a-z]?)?\b"
 )
-_SOUTH_TYPES = ("Calle", "Avenida", "Carrer", "Rua", "Via", "Viale", "Piazza", "Corso")
+# Its word boundary before the street type is checked on the match (see find_streets).
 SOUTHERN = re.compile(
-    r"\b(?:Calle|Avenida|Carrer|Rua|Via|Viale|Piazza|Corso)[ \t]+(?:(?:de|del|la|dos|da)[ \t]+)*"
+    r"(?:Calle|Avenida|Carrer|Rua|Via|Viale|Piazza|Corso|Paseo|Plaza|Camino|Ronda|Rambla"
+    r"|Pasaje|Travesía|Carretera|Glorieta|Avinguda|Passeig|Strada|Vicolo|Largo|Piazzale"
+    r"|Borgo|Contrada)[ \t]+(?:(?:de|del|la|dos|da)[ \t]+)*"
     r"[A-ZÀ-Ý][\w'’]*(?:[ \t]+[A-ZÀ-Ý][\w'’]*)?,?[ \t]+\d{1,4}\b"
+    # the floor, flat or door after the number: "Piso 3", "Puerta 5", "Interno 2"
+    r"(?:,?[ \t]+(?:Piso|Puerta|Piano|Interno|Scala|Appartamento|Apt\.?)[ \t]*\w{1,4}\b)?"
 )
 
 
@@ -73,21 +80,19 @@ def find_streets(text: str) -> Found:
     """Yield street addresses: a house number next to a named street of a known type."""
     for match in STREET.finditer(text):
         yield match.start(), match.end(), 0.85
-    # The street types are looked for first: substring tests cost far less than the patterns.
-    lower = text.lower()
-    others = [FRENCH] if any(kind in lower for kind in _FR_TYPES) else []
-    if any(kind in text for kind in _DE_TYPES):
-        others.append(GERMAN)
-    if any(kind in text for kind in _SOUTH_TYPES):
-        others.append(SOUTHERN)
-    for pattern in others:
+    for pattern in (FRENCH, GERMAN):
         for match in pattern.finditer(text):
             yield match.start(), match.end(), 0.8
+    for match in SOUTHERN.finditer(text):
+        start = match.start()
+        if start == 0 or not (text[start - 1].isalnum() or text[start - 1] == "_"):
+            yield start, match.end(), 0.8
 
 
 _STATES = (
     "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH"
-    "|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP"
+    "|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP|FM|MH|PW"
+    "|AA|AE|AP"
 )
 _STATE_NAMES = (
     "Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|Florida|Georgia"

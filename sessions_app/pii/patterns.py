@@ -46,6 +46,8 @@ ISSUERS: tuple[tuple[tuple[int, int], frozenset[int]], ...] = (
     ((644, 649), frozenset({16, 17, 18, 19})),
     ((65, 65), frozenset({16, 17, 18, 19})),
     ((3528, 3589), frozenset({16, 17, 18, 19})),  # JCB
+    ((2131, 2131), frozenset({15})),  # JCB's older 15-digit ranges
+    ((1800, 1800), frozenset({15})),
     ((300, 305), frozenset({14, 15, 16, 17, 18, 19})),  # Diners Club
     ((36, 36), frozenset({14, 15, 16, 17, 18, 19})),
     ((38, 39), frozenset({16, 17, 18, 19})),
@@ -56,18 +58,22 @@ ISSUERS: tuple[tuple[tuple[int, int], frozenset[int]], ...] = (
 )
 
 
+_ISSUER_WIDTHS = tuple((low, high, len(str(low)), lengths) for (low, high), lengths in ISSUERS)
+_NOT_DIGITS = str.maketrans("", "", " -")
+
+
 def _issued(digits: str) -> bool:
-    for (low, high), lengths in ISSUERS:
-        width = len(str(low))
-        if len(digits) in lengths and low <= int(digits[:width]) <= high:
-            return True
-    return False
+    count = len(digits)
+    return any(
+        count in lengths and low <= int(digits[:width]) <= high
+        for low, high, width, lengths in _ISSUER_WIDTHS
+    )
 
 
 def find_cards(text: str) -> Found:
     """Yield card numbers that pass Luhn and start with a card network's prefix."""
     for match in CARD.finditer(text):
-        digits = re.sub(r"\D", "", match.group())
+        digits = match.group().translate(_NOT_DIGITS)
         if _issued(digits) and luhn.is_valid(digits):
             yield match.start(), match.end(), 1.0
 
@@ -92,7 +98,8 @@ def find_ssns(text: str) -> Found:
             yield match.start(), match.end(), 0.7
 
 
-IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+# The look-behind follows the first letter so that the scan can skip to capitals.
+IBAN = re.compile(r"[A-Z](?<![A-Za-z0-9].)[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
 
 
 def _mod97(candidate: str) -> bool:

@@ -22,6 +22,9 @@ from .gazetteer import (
 
 # A capitalised word (or "al-Sayed"); [^\W\d_a-z] is any letter but a-z, checked with isupper().
 CAP_WORD = re.compile(r"(?<![\w'’\-])(?:[ae]l-)?[^\W\d_a-z][^\W\d_]*(?:['’\-][^\W\d_]+)*")
+# The same without the "al-" prefix, its look-behind after the first letter: a pattern that
+# opens with a character class lets the regex engine skip to capitals, about twice as fast.
+CAP_WORD_FAST = re.compile(r"[^\W\d_a-z](?<![\w'’\-].)[^\W\d_]*(?:['’\-][^\W\d_]+)*")
 # "my name is jennifer lopez": people type their own name in lower case too.
 LOWER_NAME = re.compile(
     r"(?i:\bmy\s+name\s+is|\bcall\s+me)\s+([a-z][^\W\d_]*)(?:\s+([a-z][^\W\d_]*))?"
@@ -165,20 +168,35 @@ def _key(word: str) -> str:
 
 
 def _capitalised(text: str) -> list[Word]:
+    """Return the capitalised words that may start or continue a name, in order.
+
+    A word that can never be a name ("Please", "The") is left out, as ``find_persons`` would
+    skip it anyway and ``_joins`` never links across it: most capitalised words in a chat are
+    such words, and dropping them here spares the per-word work.
+    """
     words = []
-    for match in CAP_WORD.finditer(text):
+    pattern = CAP_WORD if "l-" in text else CAP_WORD_FAST
+    for match in pattern.finditer(text):
         word = match.group()
         if word[-2:] in ("'s", "’s"):
             word = word[:-2]
         head = word[3:4] if word[2:3] == "-" and word[:2] in ("al", "el") else word[0]
         if head.isupper() and not (len(word) > 1 and word.isupper()):
-            start = match.start()
-            words.append(Word(start, start + len(word), _key(word)))
+            key = _key(word)
+            if key not in NEVER_NAMES or "-" in key:
+                start = match.start()
+                words.append(Word(start, start + len(word), key))
     return words
 
 
+# English words the name lists do not hold ("Please", "The") are no name after any cue. One
+# letter stays (a middle initial), and so do place prefixes ("St. Louis" is no person).
+NEVER_NAMES = frozenset(
+    w for w in ENGLISH_WORDS - FIRST_NAMES - LAST_NAMES if len(w) > 1 and w not in PLACE_PREFIXES
+)
+
+
 def _never_a_name(key: str) -> bool:
-    # An English word the name lists do not hold ("Please", "The") is no name after any cue.
     return key in ENGLISH_WORDS and key not in FIRST_NAMES and key not in LAST_NAMES
 
 
@@ -258,8 +276,11 @@ def _joins(text: str, left: Word, right: Word) -> bool:
         return True
     if gap == ". ":  # after a middle initial: "John F. Kennedy"
         return left.end - left.start == 1
-    # "Ludwig van Beethoven", "Ahmed bin Rashid"
-    return gap[:1] == " " and gap[-1:] == " " and gap[1:-1] in PARTICLES
+    # "Ludwig van Beethoven", "Ahmed bin Rashid", "Loes van der Berg", "María de la Cruz"
+    if gap[:1] != " " or gap[-1:] != " " or len(gap) > 12:
+        return False
+    particles = gap[1:-1].split(" ")
+    return len(particles) <= 2 and all(p in PARTICLES for p in particles)
 
 
 def _extend(text: str, words: list[Word], i: int) -> int:

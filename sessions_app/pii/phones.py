@@ -21,9 +21,14 @@ from phonenumbers import (
 # phonenumbers recompiles its metadata's patterns on every call unless told to keep them.
 re_util.enable_pattern_cache()
 
+# Six digits at least (seven with a "(0)"): the shorter runs of every message (years, counts,
+# prices) are never handed to Python. Each repetition takes exactly one digit.
+# An extension ("x123", "ext. 45") is part of the span but not of the number validated.
 PHONE_CANDIDATE = re.compile(
-    r"(?<![\w+.\-/:])\+?\(?\d(?:[ \t.\-]?(?:\(0\)[ \t]?)?\(?\d\)?)+(?![\w\-]|\.\d|/\d|:\d)"
+    r"(?<![\w+.\-/:])\+?\(?\d(?:[ \t.\-]?(?:\(0\)[ \t]?)?\(?\d\)?){5,}"
+    r"(?P<ext>[ \t]?(?:x|ext\.?)[ \t]?\d{1,6})?(?![\w\-]|\.\d|/\d|:\d)"
 )
+_NOT_DIGITS = str.maketrans("", "", " \t.-()+")
 # Shapes that are digits but not phone numbers: dates, SSN-shaped runs, dotted version strings.
 NOT_PHONE = re.compile(
     r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}|\d{3}[- ]\d{2}[- ]\d{4}"
@@ -119,18 +124,22 @@ def _national_ok(text: str, start: int, candidate: str, digits: str) -> bool:
 def find_phones(text: str, regions: Sequence[str]) -> Iterator[tuple[int, int, float]]:
     """Yield ``(start, end, score)`` of each valid phone number in ``text``."""
     for match in PHONE_CANDIDATE.finditer(text):
-        candidate = match.group().rstrip(" \t.-")
-        digits = "".join(c for c in candidate if c.isdigit())
+        start = match.start()
+        extension = match.start("ext")
+        candidate = text[start : extension if extension >= 0 else match.end()]
+        digits = candidate.translate(_NOT_DIGITS)
         if not MIN_DIGITS <= len(digits) <= MAX_DIGITS or NOT_PHONE.fullmatch(candidate):
             continue
-        start = match.start()
+        end = match.end()
         if candidate.startswith("+"):
             # "+44 (0)20 ...": the bracketed trunk zero is not dialled from abroad
-            dialled = "".join(c for c in candidate.replace("(0)", "", 1) if c.isdigit())
+            dialled = candidate.replace("(0)", "", 1).translate(_NOT_DIGITS)
             if _valid_international(dialled):
-                yield start, start + len(candidate), 0.95
+                yield start, end, 0.95
             continue
         if not _national_ok(text, start, candidate, digits):
             continue
         if any(_valid_national(digits, r) for r in regions):
-            yield start, start + len(candidate), 0.8
+            yield start, end, 0.8
+        elif digits[:2] == "00" and digits[2:3] != "0" and _valid_international(digits[2:]):
+            yield start, end, 0.8  # "0044 20 7946 0958": 00 is the "+" dialled from Europe
