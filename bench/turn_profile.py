@@ -5,8 +5,9 @@
 The same calls the view and the worker make, in order, timed one by one on the real
 Postgres and Redis with the fake Claude answering at once through the real SDK; PII
 (pseudonymize) and the leak scan on. It makes its own database, ``isolation_bench_profile``,
-and uses Redis db 12. CPU is this process's (``time.process_time``), so it leaves out
-Postgres's and Redis's own; wall time includes their round trips.
+and uses Redis db 12 (``--redis-db``). CPU is this process's (``time.process_time``), so it
+leaves out Postgres's and Redis's own; wall time includes their round trips. ``--sql`` lists
+the statements of one turn, stage by stage.
 """
 
 import argparse
@@ -29,7 +30,6 @@ ENV = {
     "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
     "SECURE_HTTPS": "0",
     "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
-    "REDIS_URL": "redis://127.0.0.1:6379/12",
     "CELERY_TASK_ALWAYS_EAGER": "1",
     "LLM_PROVIDER": "anthropic",
     "ANTHROPIC_API_KEY": "bench",
@@ -37,10 +37,11 @@ ENV = {
 TEXT = "Hi, I am Dana Whitfield; my order 48291-XK7 to 221B Baker Street is late. Any news?"
 
 
-def prepare(base_url: str, store: str) -> None:
+def prepare(base_url: str, store: str, redis_db: int) -> None:
     subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB], check=True)
     subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
-    subprocess.run(["redis-cli", "-n", "12", "flushdb"], check=True, capture_output=True)
+    subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], check=True, capture_output=True)
+    ENV["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
     env = {**os.environ, **ENV}
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
@@ -109,11 +110,12 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=300)
     parser.add_argument("--store", default="db", choices=["db", "redis", "cached_db"])
     parser.add_argument("--sql", action="store_true", help="list one turn's SQL by stage")
+    parser.add_argument("--redis-db", type=int, default=12)
     args = parser.parse_args()
     from tests.fakes.claude import FakeClaude
 
-    with FakeClaude() as fake:
-        prepare(fake.url, args.store)
+    with FakeClaude(keep_alive=True) as fake:
+        prepare(fake.url, args.store, args.redis_db)
         from django.contrib.auth.models import User
 
         from sessions_app import services

@@ -20,12 +20,18 @@ app.autodiscover_tasks()
 def _connections_check(task, **kwargs) -> None:
     """Between tasks as between requests: drop connections past ``CONN_MAX_AGE`` or broken.
 
-    ``CONN_HEALTH_CHECKS`` then tests a kept connection before its first query.
+    Without ``CONN_HEALTH_CHECKS``' ``SELECT 1`` before the task's first query: every
+    database step of a turn already runs again once on a fresh connection if its
+    connection was lost (``once_more_on_fresh_connection``), so the check would only add
+    a round trip to every task.
     """
-    if not task.request.is_eager:  # an eager task runs inside a request's transaction
-        from django.db import close_old_connections
+    if task.request.is_eager:  # an eager task runs inside a request's transaction
+        return
+    from django.db import close_old_connections, connections
 
-        close_old_connections()
+    close_old_connections()
+    for connection in connections.all(initialized_only=True):
+        connection.health_check_done = True
 
 
 @signals.task_postrun.connect

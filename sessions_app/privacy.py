@@ -16,26 +16,47 @@ from django.conf import settings
 
 from . import crypto
 from .models import SessionVault
-from .pii import PLACEHOLDER, pseudonymize_spans, redact_spans, restore, scrub_reply, spans_to_scrub
+from .pii import (
+    PLACEHOLDER,
+    pseudonymize_spans,
+    redact_spans,
+    restore,
+    scrub_reply_spans,
+    spans_to_scrub,
+)
 from .stores import StoredMessage
 
 
 def vault_read(*, session_id: uuid.UUID) -> dict[str, str]:
     """Return the session's ``{placeholder: original}``, or {} if it has none."""
-    vault = SessionVault.objects.filter(session_id=session_id).first()
-    if vault is None:
-        return {}
-    return json.loads(crypto.open_with(bytes(vault.wrapped_key), bytes(vault.entries)))
+    return _vault_open(session_id)[1]
 
 
-def _vault_write(*, session_id: uuid.UUID, entries: dict[str, str]) -> None:
-    """Store the session's vault (the caller holds the session's row lock)."""
-    vault = SessionVault.objects.filter(session_id=session_id).first()
-    wrapped = bytes(vault.wrapped_key) if vault else crypto.data_key_new()[1]
-    sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
-    SessionVault.objects.update_or_create(
-        session_id=session_id, defaults={"wrapped_key": wrapped, "entries": sealed}
+def _vault_open(session_id: uuid.UUID) -> tuple[bytes | None, dict[str, str]]:
+    """Return the session's wrapped data key (None: no vault yet) and its entries."""
+    row = (
+        SessionVault.objects.filter(session_id=session_id)
+        .values_list("wrapped_key", "entries")
+        .first()
     )
+    if row is None:
+        return None, {}
+    wrapped = bytes(row[0])
+    return wrapped, json.loads(crypto.open_with(wrapped, bytes(row[1])))
+
+
+def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[str, str]) -> None:
+    """Store the session's vault under its data key, the first time under a new one.
+
+    The caller holds the session's row lock, so no other writer can create it meanwhile.
+    """
+    if wrapped is not None:
+        sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
+        SessionVault.objects.filter(session_id=session_id).update(entries=sealed)
+        return
+    wrapped = crypto.data_key_new()[1]
+    sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
+    SessionVault.objects.create(session_id=session_id, wrapped_key=wrapped, entries=sealed)
 
 
 def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
@@ -50,20 +71,23 @@ def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
         return content  # nothing found: the vault need not be read
     if settings.PII_MODE == "redact":
         return redact_spans(content, spans)
-    vault = vault_read(session_id=session_id)
+    wrapped, vault = _vault_open(session_id)
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new:
-        _vault_write(session_id=session_id, entries={**vault, **new})
+        _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new})
     return scrubbed
 
 
 def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
     """Return Claude's reply as it may be stored: no PII but this session's placeholders."""
-    mode, regions = settings.PII_MODE, settings.PII_PHONE_REGIONS
-    if mode == "off" or not spans_to_scrub(reply, regions=regions):
+    mode = settings.PII_MODE
+    if mode == "off":
+        return reply
+    spans = spans_to_scrub(reply, regions=settings.PII_PHONE_REGIONS)
+    if not spans:
         return reply  # nothing found: the vault need not be read
     vault = vault_read(session_id=session_id) if mode == "pseudonymize" else {}
-    return scrub_reply(reply, vault=vault, mode=mode, regions=regions)
+    return scrub_reply_spans(reply, spans, vault=vault, mode=mode)
 
 
 def messages_restore(

@@ -76,8 +76,18 @@ def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
 def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
     """Store the user's message and open a pending turn for it, in one transaction.
 
-    Raise ``TurnInFlight`` if the session already has a turn pending or running.
+    Raise ``TurnInFlight`` if the session already has a turn pending or running; a turn
+    in flight past ``STALE_TURN_SECONDS`` is ended first, so the session is not stuck.
     """
+    try:
+        return _message_accept_or_undo(user=user, session_id=session_id, content=content)
+    except TurnInFlight:
+        if not _turn_stale_end(user=user, session_id=session_id):
+            raise
+    return _message_accept_or_undo(user=user, session_id=session_id, content=content)
+
+
+def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
     turn_id = uuid.uuid4()
     try:
         return _message_accept(user=user, session_id=session_id, content=content, turn_id=turn_id)
@@ -86,7 +96,8 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
         # what it took of this turn goes, so that an error answer leaves nothing behind.
         _message_undo(owner_id=user.pk, session_id=session_id, turn_id=turn_id)
         if isinstance(exc, IntegrityError | DuplicateReply):
-            # The partial unique index, behind the row lock: a writer that skipped the lock.
+            # The partial unique index: one turn in flight per session. Relying on it
+            # instead of looking first saves every accepted message a query.
             raise TurnInFlight() from exc
         raise
 
@@ -105,9 +116,8 @@ def _message_undo(*, owner_id: int, session_id: object, turn_id: uuid.UUID) -> N
 def _message_accept(
     *, user: AbstractBaseUser, session_id: object, content: str, turn_id: uuid.UUID
 ) -> Turn:
-    # The session row lock serialises accepts per session, so the check cannot race.
+    # The session row lock serialises accepts per session.
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
-    _turn_in_flight_check(session=session)
     now = timezone.now()
     turn = Turn.objects.create(id=turn_id, session=session, deadline_at=_deadline(now))
     session.expires_at = _expiry(now)
@@ -130,17 +140,21 @@ def _message_accept(
     return turn
 
 
-def _turn_in_flight_check(*, session: ChatSession) -> None:
-    """Raise ``TurnInFlight`` for a live turn; end a stale one, so the session is not stuck.
+def _turn_stale_end(*, user: AbstractBaseUser, session_id: object) -> bool:
+    """End the session's turns in flight past ``STALE_TURN_SECONDS``; True if there were any.
 
     Without beat (the embedded setup, or a production that lost it) a turn whose process
     died would otherwise answer every later message with 409 for good.
     """
     stale_before = timezone.now() - timedelta(seconds=settings.STALE_TURN_SECONDS)
-    for turn in Turn.objects.filter(session=session, status__in=Turn.IN_FLIGHT):
-        if turn.updated_at >= stale_before:
-            raise TurnInFlight()
-        turn_fail(turn_id=turn.pk, code="stalled", detail=STALLED_DETAIL)
+    stale = Turn.objects.filter(
+        session_id=as_uuid(session_id),
+        session__owner=user,
+        status__in=Turn.IN_FLIGHT,
+        updated_at__lt=stale_before,
+    ).values_list("pk", flat=True)
+    ended = [turn_fail(turn_id=pk, code="stalled", detail=STALLED_DETAIL) for pk in stale]
+    return any(ended)
 
 
 def turn_discard(*, turn_id: uuid.UUID) -> None:

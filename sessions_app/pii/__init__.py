@@ -15,6 +15,7 @@ from .scrub import (
     redact_spans,
     restore,
     scrub_reply,
+    scrub_reply_spans,
     spans_to_scrub,
 )
 
@@ -31,5 +32,6 @@ __all__ = (
     "redact_spans",
     "restore",
     "scrub_reply",
+    "scrub_reply_spans",
     "spans_to_scrub",
 )

@@ -110,7 +110,13 @@ def scrub_reply(
         raise ValueError(f"unknown PII mode {mode!r}, expected one of {MODES}")
     if mode == "off":
         return text
-    spans = spans_to_scrub(text, regions=regions)
+    return scrub_reply_spans(text, spans_to_scrub(text, regions=regions), vault=vault, mode=mode)
+
+
+def scrub_reply_spans(
+    text: str, spans: Sequence[Span], *, vault: Mapping[str, str], mode: str
+) -> str:
+    """``scrub_reply`` with the spans ``spans_to_scrub`` already found in ``text``."""
     if mode == "redact":
         return redact_spans(text, spans)
     by_value: dict[str, str] = {}

@@ -154,7 +154,8 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so streamed answers can use chunked encoding like the real API;
     # every response still says `Connection: close` so that no idle keep-alive
-    # connection outlives stop().
+    # connection outlives stop(), unless the fake keeps connections alive as the real
+    # API does (benchmarks: a new connection per call is a cost production does not pay).
     protocol_version = "HTTP/1.1"
     server: _Server
 
@@ -196,7 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("request-id", request_id or _new_id("req_"))
         for name, value in headers:
             self.send_header(name, value)
-        self.send_header("connection", "close")
+        if not self.server.fake.keep_alive:
+            self.send_header("connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -235,8 +237,9 @@ class FakeClaude:
     and answered normally after ``default_delay`` seconds.
     """
 
-    def __init__(self, responder: Responder | None = None) -> None:
+    def __init__(self, responder: Responder | None = None, *, keep_alive: bool = False) -> None:
         self._responder: Responder = responder or echo_last_user_message
+        self.keep_alive = keep_alive
         self.default_delay: float = 0.0
         self.requests: list[dict] = []
         # Parallel to `requests`: the headers of each, lower-cased names.
