@@ -1,22 +1,43 @@
 """Chat-turn throughput against the bare DRF endpoint, on real services.
 
-Starts the fake Claude server (no delay), gunicorn (WSGI, gthread) and Celery workers on
-Postgres and Redis, then drives both endpoints with concurrent clients for a fixed time
-and prints requests per second. Usage (from the repo root, services running):
+Starts the fake Claude server (no delay), gunicorn (WSGI, gthread) and a Celery worker on
+Postgres, Redis and the chosen broker, then drives both endpoints with concurrent clients
+and prints requests per second, CPU per operation of each process group (read from /proc)
+and the resident memory of the web and worker processes. Usage (from the repo root, the
+services running; only 127.0.0.1 is ever contacted):
 
-    .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16]
+    .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
+        [--broker redis[,amqp]] [--turns N] [--db-name isolation_bench] [--redis-db 15]
 
-It creates and drops its own database, ``isolation_bench``, and uses Redis db 15.
+``--broker amqp`` uses RabbitMQ at 127.0.0.1:5672 in a virtual host of the run's own
+(made and deleted with ``rabbitmqctl``). ``--turns N`` drives N turns (and N bare
+requests) instead of a fixed time, and samples the web and worker processes' memory at
+the start, middle and end of the turns, to show whether it grows with turns served.
+
+CPU per operation is a group's user + system time over a phase divided by the operations
+that succeeded: ``web`` is the gunicorn master and its workers, ``worker`` the Celery
+worker's processes, ``postgres``, ``redis`` and ``rabbitmq`` every process of that server
+on the machine (so anything else using them counts too), ``bench`` this process (the load
+and the fake Claude). A turn that ``?wait`` answers with 202 is polled to its end, so a
+client never posts into a turn still in flight; clients start a new session every
+``--session-turns`` turns, so the history a turn loads does not grow with the run.
+
+It creates and drops its own database (``--db-name``, default ``isolation_bench``) and
+flushes its own Redis database (``--redis-db``, default 15), and serves on a free port;
+run two benches side by side with different ones.
 """
 
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import urllib3
@@ -26,27 +47,151 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fakes.claude import FakeClaude  # noqa: E402
 
-DB = "isolation_bench"
-PORT = 8765
-BASE = f"http://127.0.0.1:{PORT}"
+HOST = "127.0.0.1"
+AMQP = "amqp://guest:guest@127.0.0.1:5672"
+TICK = os.sysconf("SC_CLK_TCK")
+# Process groups whose CPU is reported; postgres, redis and rabbitmq are every process of
+# that server on the machine (so other work on it counts too).
+GROUPS = ("web", "worker", "postgres", "redis", "rabbitmq", "bench")
+SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
 
 
-def sh(*args: str, env: dict[str, str]) -> None:
-    subprocess.run(args, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+# /proc ---------------------------------------------------------------------------------
 
 
-def prepare(env: dict[str, str], users: int) -> list[tuple[str, str]]:
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
-    subprocess.run(["redis-cli", "-n", "15", "flushdb"], check=True, stdout=subprocess.DEVNULL)
-    sh(sys.executable, "manage.py", "migrate", "-v", "0", env=env)
+@dataclass(frozen=True)
+class Proc:
+    ppid: int
+    comm: str
+    ticks: int  # utime + stime
+
+
+def proc_table() -> dict[int, Proc]:
+    """Every process now: parent, command name, CPU ticks used (user + system)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry)] = Proc(int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+    return table
+
+
+def descendants(root: int, table: dict[int, Proc]) -> set[int]:
+    """``root`` and every process below it."""
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, p in table.items() if p.ppid == parent and pid not in found]
+        found.update(children)
+        frontier.extend(children)
+    return found & table.keys()
+
+
+def group_pids(table: dict[int, Proc], web: int, worker: int) -> dict[str, set[int]]:
+    groups = {"web": descendants(web, table), "worker": descendants(worker, table)}
+    for group, comm in SERVER_COMMS.items():
+        groups[group] = {pid for pid, p in table.items() if p.comm == comm}
+    groups["bench"] = {os.getpid()}  # the load generator and the fake Claude
+    return groups
+
+
+def cpu_snapshot(web: int, worker: int) -> dict[str, dict[int, int]]:
+    """CPU ticks per process, by group."""
+    table = proc_table()
+    return {
+        group: {pid: table[pid].ticks for pid in pids}
+        for group, pids in group_pids(table, web, worker).items()
+    }
+
+
+class CpuMeter:
+    """CPU milliseconds each group uses from now until ``stop()``.
+
+    Sampled every second, so a process that exits meanwhile (a Postgres backend closed
+    after ``CONN_MAX_AGE``) still counts up to its last sample; a new one counts in full.
+    """
+
+    def __init__(self, web: int, worker: int, interval: float = 1.0) -> None:
+        self.web, self.worker, self.interval = web, worker, interval
+        self.start = cpu_snapshot(web, worker)
+        self.last = {group: dict(ticks) for group, ticks in self.start.items()}
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self._update()
+
+    def _update(self) -> None:
+        for group, ticks in cpu_snapshot(self.web, self.worker).items():
+            self.last[group].update(ticks)
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.thread.join()
+        self._update()
+        return {
+            group: sum(t - self.start[group].get(pid, 0) for pid, t in self.last[group].items())
+            * 1000
+            / TICK
+            for group in GROUPS
+        }
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss_of(web: int, worker: int) -> dict[str, float]:
+    """Resident memory of each web process (master, workers) and of the worker's processes."""
+    table = proc_table()
+    out = {}
+    for role, root in (("web", web), ("worker", worker)):
+        for pid in sorted(descendants(root, table)):
+            kind = "master" if pid == root and role == "web" else role
+            out[f"{kind}:{pid}"] = rss_mb(pid)
+    return out
+
+
+# Setup -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def prepare(env: dict[str, str], db: str, redis_db: int, users: int) -> list[str]:
+    """A fresh database with ``users`` users; return one API token each."""
+    pg = ["-h", HOST, "-U", "postgres"]
+    subprocess.run(["dropdb", *pg, "--if-exists", db], check=True)
+    subprocess.run(["createdb", *pg, db], check=True)
+    flush_redis(redis_db)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
     script = (
         "import json;from django.contrib.auth.models import User;"
-        "from sessions_app.tokens import auth_token_issue;"
-        "from sessions_app.services import chat_session_create;out=[]\n"
+        "from sessions_app.tokens import auth_token_issue;out=[]\n"
         f"for i in range({users}):\n"
         " u=User.objects.create_user(f'bench{i}');key,_=auth_token_issue(user=u)\n"
-        " out.append((key, str(chat_session_create(owner=u).pk)))\n"
+        " out.append(key)\n"
         "print(json.dumps(out))"
     )
     out = subprocess.run(
@@ -57,45 +202,344 @@ def prepare(env: dict[str, str], users: int) -> list[tuple[str, str]]:
         capture_output=True,
         text=True,
     ).stdout
-    return [tuple(pair) for pair in json.loads(out.strip().splitlines()[-1])]
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def drive(path_for, users: list[tuple[str, str]], seconds: float) -> tuple[int, int]:
-    http = urllib3.PoolManager(maxsize=len(users), retries=False, timeout=60)
-    done, errors = [0], [0]
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
+def flush_redis(redis_db: int) -> None:
+    subprocess.run(
+        ["redis-cli", "-h", HOST, "-n", str(redis_db), "flushdb"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
-    def client(token: str, session: str) -> None:
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "--quiet", *args], check=True, capture_output=True)
+
+
+@dataclass
+class Stack:
+    """gunicorn and a Celery worker on one broker."""
+
+    env: dict[str, str]
+    port: int
+    web_workers: int
+    concurrency: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def web(self) -> int:
+        return self.procs[0].pid
+
+    @property
+    def worker(self) -> int:
+        return self.procs[1].pid
+
+    def start(self) -> "Stack":
+        gunicorn = [sys.executable, "-m", "gunicorn", "isolation_site.wsgi"]
+        gunicorn += ["-b", f"{HOST}:{self.port}", "-w", str(self.web_workers), "-k", "gthread"]
+        gunicorn += ["--threads", "8", "--timeout", "90", "--log-level", "warning"]
+        gunicorn += ["--no-control-socket", "--env", "DJANGO_SETTINGS_MODULE=bench.settings"]
+        celery = [sys.executable, "-m", "celery", "-A", "isolation_site", "worker"]
+        celery += ["-P", "threads", "-c", str(self.concurrency), "-l", "warning"]
+        celery += ["--without-gossip", "--without-mingle"]
+        self.procs.append(subprocess.Popen(gunicorn, cwd=ROOT, env=self.env))
+        # Its banner goes to stdout; warnings and errors still reach stderr.
+        self.procs.append(
+            subprocess.Popen(celery, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL)
+        )
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+# Load --------------------------------------------------------------------------------------
+
+
+class Clients:
+    """Concurrent clients, one user (token) each, on one keep-alive pool."""
+
+    def __init__(self, base: str, tokens: list[str], session_turns: int) -> None:
+        self.base = base
+        self.tokens = tokens
+        self.session_turns = session_turns
+        self.early = 0  # turns whose ?wait answered 202 before the end (polled instead)
+        self.lock = threading.Lock()
+        self.http = urllib3.PoolManager(maxsize=len(tokens), retries=False, timeout=60)
+
+    def _post(self, token: str, path: str, body: dict) -> urllib3.BaseHTTPResponse:
+        return self.http.request(
+            "POST",
+            self.base + path,
+            body=json.dumps(body),
+            headers={**self._auth(token), "Content-Type": "application/json"},
+        )
+
+    def new_session(self, token: str) -> str:
+        response = self._post(token, "/api/v1/sessions/", {})
+        if response.status != 201:
+            raise RuntimeError(f"session not created: {response.status} {response.data[:200]}")
+        return response.json()["id"]
+
+    def _succeeds(self, token: str, path: str) -> bool:
+        """Post once; a turn succeeds if it ends ``completed``.
+
+        A ``?wait`` may answer 202 before the turn ends (its wait ran out, or the server
+        had no wait slot free): then poll the turn until it ends, as a client must before
+        its next message (which would otherwise get 409).
+        """
+        response = self._post(token, path, {"content": f"hello {uuid.uuid4()}"})
+        if response.status == 201:
+            return True  # the bare endpoint
+        if response.status == 202:
+            with self.lock:
+                self.early += 1
+            return self._poll(token, response.json()["id"]) == "completed"
+        return response.status == 200 and response.json().get("status") == "completed"
+
+    def _poll(self, token: str, turn_id: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            response = http.request(
-                "POST",
-                BASE + path_for(session),
-                body=json.dumps({"content": f"hello {uuid.uuid4()}"}),
-                headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+            response = self.http.request(
+                "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
             )
-            with lock:
-                if response.status in (200, 201):
-                    done[0] += 1
-                else:
-                    errors[0] += 1
+            status = response.json().get("status") if response.status == 200 else None
+            if status not in ("pending", "running"):
+                return str(status)
+            time.sleep(0.05)
+        return "timeout"
 
-    threads = [threading.Thread(target=client, args=pair) for pair in users]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return done[0], errors[0]
+    @staticmethod
+    def _auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Token {token}"}
+
+    def run(
+        self,
+        path_for: Callable[[str], str],
+        *,
+        seconds: float,
+        ops: int = 0,
+        at_half: Callable[[], None] | None = None,
+    ) -> tuple[int, int, float]:
+        """Drive ``path_for(session)`` until ``seconds`` pass or ``ops`` requests were sent.
+
+        Returns (successes, errors, elapsed seconds); ``early`` then holds how many turns
+        were answered 202 and polled to their end. ``at_half`` runs once, when half of
+        ``ops`` have succeeded.
+        """
+        sessions = {token: self.new_session(token) for token in self.tokens}
+        state = {"sent": 0, "done": 0, "errors": 0}
+        lock = self.lock
+        self.early = 0
+        deadline = time.monotonic() + seconds
+
+        def client(token: str) -> None:
+            session, served = sessions[token], 0
+            while time.monotonic() < deadline:
+                with lock:
+                    if ops and state["sent"] >= ops:
+                        return
+                    state["sent"] += 1
+                try:
+                    if self.session_turns and served == self.session_turns:
+                        session, served = self.new_session(token), 0
+                    ok = self._succeeds(token, path_for(session))
+                except (urllib3.exceptions.HTTPError, RuntimeError):
+                    ok = False
+                served += 1
+                with lock:
+                    state["done" if ok else "errors"] += 1
+                    half = ok and ops and state["done"] == ops // 2
+                if half and at_half:
+                    at_half()
+
+        threads = [threading.Thread(target=client, args=(token,)) for token in self.tokens]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return state["done"], state["errors"], time.monotonic() - started
+
+
+def wait_healthy(base: str, timeout: float = 60) -> None:
+    http = urllib3.PoolManager(retries=False, timeout=5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if http.request("GET", base + "/healthz").status == 200:
+                return
+        except urllib3.exceptions.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{base}/healthz not 200 within {timeout}s")
+
+
+@dataclass
+class Phase:
+    name: str
+    done: int
+    errors: int
+    elapsed: float
+    cpu: dict[str, float]  # ms per successful operation, by group
+    early: int = 0  # turns answered 202 before their end, then polled
+
+    @property
+    def rate(self) -> float:
+        return self.done / self.elapsed if self.elapsed else 0.0
+
+
+def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=None) -> Phase:
+    meter = CpuMeter(stack.web, stack.worker)
+    seconds = args.max_seconds if args.turns else args.seconds
+    done, errors, elapsed = clients.run(path_for, seconds=seconds, ops=args.turns, at_half=at_half)
+    cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
+    return Phase(name, done, errors, elapsed, cpu, clients.early)
+
+
+def turn_path(session: str) -> str:
+    return f"/api/v1/sessions/{session}/messages/?wait=30"
+
+
+def bare_path(session: str) -> str:
+    return f"/bench/bare/{session}/"
+
+
+def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -> list[dict]:
+    """Start the stack on ``broker``, measure every client count; return the results."""
+    env = dict(base_env)
+    vhost = f"{args.db_name}-{os.getpid()}"
+    if broker == "amqp":
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        env["CELERY_BROKER_URL"] = f"{AMQP}/{vhost}"
+    flush_redis(args.redis_db)
+    port = args.port or free_port()
+    base = f"http://{HOST}:{port}"
+    stack = Stack(env, port, args.web_workers, args.celery_concurrency).start()
+    results = []
+    try:
+        wait_healthy(base)
+        # Warm up: every web thread, database connection and the worker's consumer.
+        warm = Clients(base, tokens, 0)
+        warm.run(turn_path, seconds=60, ops=len(tokens))
+        for count in args.clients:
+            results.append(measure_clients(stack, base, broker, count, args, tokens))
+        results[-1]["rss_after"] = rss_of(stack.web, stack.worker)
+    finally:
+        stack.stop()
+        if broker == "amqp":
+            rabbitmqctl("delete_vhost", vhost)
+    return results
+
+
+def measure_clients(stack: Stack, base: str, broker: str, count: int, args, tokens) -> dict:
+    clients = Clients(base, tokens[:count], args.session_turns)
+    bare = measure(stack, clients, "bare", bare_path, args)
+    rss = {"start": rss_of(stack.web, stack.worker)}
+    turns = measure(
+        stack,
+        clients,
+        "turn",
+        turn_path,
+        args,
+        at_half=lambda: rss.__setitem__("middle", rss_of(stack.web, stack.worker)),
+    )
+    rss["end"] = rss_of(stack.web, stack.worker)
+    result = {"broker": broker, "clients": count, "bare": bare, "turn": turns, "rss": rss}
+    report(result, args)
+    return result
+
+
+# Output ----------------------------------------------------------------------------------
+
+
+def report(result: dict, args) -> None:
+    bare, turn = result["bare"], result["turn"]
+    print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
+    for phase in (bare, turn):
+        unit = "req/s" if phase.name == "bare" else "turns/s"
+        print(
+            f"{phase.name:5} {phase.rate:8.1f} {unit:7} ({phase.done} in {phase.elapsed:.1f} s, "
+            f"{phase.errors} errors, {phase.early} answered 202 and polled)"
+        )
+    print(f"ratio {turn.rate / bare.rate if bare.rate else 0:8.3f}  (goal: at least 0.333)")
+    print("CPU ms per operation: " + "  ".join(f"{g:>8}" for g in GROUPS) + "  web+worker")
+    for phase in (bare, turn):
+        cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
+        print(f"  {phase.name:19}{cells}  {phase.cpu['web'] + phase.cpu['worker']:10.2f}")
+    print("RSS MB (turn phase): " + rss_line(result["rss"]), flush=True)
+
+
+def rss_line(rss: dict[str, dict[str, float]]) -> str:
+    parts = []
+    for moment in ("start", "middle", "end"):
+        if moment in rss:
+            cells = " ".join(f"{k.split(':')[0]}={v:.0f}" for k, v in rss[moment].items())
+            parts.append(f"{moment}: {cells}")
+    return " | ".join(parts)
+
+
+def summary(results: list[dict]) -> None:
+    print(
+        "\n| broker | clients | bare req/s | turns/s | ratio | CPU ms/turn web | worker |"
+        " postgres | redis | rabbitmq | CPU ms/bare web | postgres |"
+    )
+    print("| --- " * 12 + "|")
+    for r in results:
+        b, t = r["bare"], r["turn"]
+        print(
+            f"| {r['broker']} | {r['clients']} | {b.rate:.1f} | {t.rate:.1f} | "
+            f"{t.rate / b.rate if b.rate else 0:.3f} | {t.cpu['web']:.2f} | "
+            f"{t.cpu['worker']:.2f} | {t.cpu['postgres']:.2f} | {t.cpu['redis']:.2f} | "
+            f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} |"
+        )
+    for r in results:
+        if "rss_after" in r:
+            cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
+            print(f"RSS after the {r['broker']} run: {cells}")
+
+
+def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
+    return lambda text: [kind(part) for part in text.split(",") if part]
+
+
+def broker_kind(name: str) -> str:
+    if name not in ("redis", "amqp"):
+        raise argparse.ArgumentTypeError(f"broker must be redis or amqp, not {name!r}")
+    return name
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--clients", type=int, default=16)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20, help="each phase's length")
+    parser.add_argument("--turns", type=int, default=0, help="N turns (and N bare) instead")
+    parser.add_argument("--max-seconds", type=float, default=1800, help="bound with --turns")
+    parser.add_argument("--clients", type=comma_list(int), default=[16], help="e.g. 16,64")
+    parser.add_argument("--broker", type=comma_list(broker_kind), default=["redis"])
+    parser.add_argument("--db-name", default="isolation_bench")
+    parser.add_argument("--redis-db", type=int, default=15)
+    parser.add_argument("--port", type=int, default=0, help="gunicorn's; default a free one")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--celery-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--session-turns",
+        type=int,
+        default=25,
+        help="a client starts a new session after this many turns (0: never), so the "
+        "history a turn loads does not grow with the run's length",
+    )
     args = parser.parse_args()
-    with FakeClaude() as fake:
+    results = []
+    with FakeClaude(keep_alive=True) as fake:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "bench.settings",
@@ -103,82 +547,25 @@ def main() -> None:
             "SECURE_HTTPS": "0",
             "SECRET_KEY": "bench",
             "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
-            "REDIS_URL": "redis://127.0.0.1:6379/15",
+            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{args.db_name}",
+            "REDIS_URL": f"redis://{HOST}:6379/{args.redis_db}",
             "ANTHROPIC_API_KEY": "bench",
             "ANTHROPIC_BASE_URL": fake.url,
             "CHAT_THROTTLE_RATE": "1000000/min",
             "LOG_LEVEL": "WARNING",
         }
-        users = prepare(env, args.clients)
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "isolation_site.wsgi",
-                    "-b",
-                    f"127.0.0.1:{PORT}",
-                    "-w",
-                    str(args.web_workers),
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    "8",
-                    "--timeout",
-                    "90",
-                    "--log-level",
-                    "warning",
-                    "--env",
-                    "DJANGO_SETTINGS_MODULE=bench.settings",
-                ],
-                cwd=ROOT,
-                env=env,
-            ),
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "isolation_site",
-                    "worker",
-                    "-P",
-                    "threads",
-                    "-c",
-                    str(args.celery_concurrency),
-                    "-l",
-                    "warning",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=ROOT,
-                env=env,
-            ),
-        ]
-        try:
-            time.sleep(6)
-            bare_done, bare_err = drive(lambda s: f"/bench/bare/{s}/", users, args.seconds)
-            turn_done, turn_err = drive(
-                lambda s: f"/api/v1/sessions/{s}/messages/?wait=30", users, args.seconds
-            )
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(30)
-    bare, turns = bare_done / args.seconds, turn_done / args.seconds
-    print(
-        f"clients={args.clients} seconds={args.seconds} web_workers={args.web_workers} "
-        f"celery_threads={args.celery_concurrency}"
-    )
-    print(f"bare DRF endpoint : {bare:8.1f} req/s  ({bare_err} errors)")
-    print(
-        f"chat turn (?wait) : {turns:8.1f} turns/s ({turn_err} errors, "
-        f"{fake.request_count()} Claude calls)"
-    )
-    print(f"ratio             : {turns / bare:8.3f}  (goal: at least 0.333)")
+        env.pop("CELERY_BROKER_URL", None)  # redis: REDIS_URL's database
+        tokens = prepare(env, args.db_name, args.redis_db, max(args.clients))
+        size = f"turns={args.turns}" if args.turns else f"seconds={args.seconds}"
+        print(
+            f"{size} clients={args.clients} brokers={args.broker} "
+            f"web_workers={args.web_workers} celery_threads={args.celery_concurrency} "
+            f"session_turns={args.session_turns} db={args.db_name} redis_db={args.redis_db}"
+        )
+        for broker in args.broker:
+            results += run_broker(broker, args, env, tokens)
+        print(f"\n{fake.request_count()} Claude calls in all")
+    summary(results)
 
 
 if __name__ == "__main__":

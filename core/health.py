@@ -35,9 +35,16 @@ def _cache() -> None:
 
 
 def _broker() -> None:
+    """Open a new connection to the broker and make it answer: Redis or RabbitMQ.
+
+    A new connection, not a pooled one (a pooled one may predate the outage). With RabbitMQ
+    (amqp) connecting is the AMQP handshake, which the broker must answer and which opens
+    the virtual host with our credentials; with Redis, a PING follows. Both are bounded by
+    the deadline, so a hung broker costs no more than a refused one.
+    """
     if celery_app.conf.task_always_eager:
         return  # tasks run in the web process: there is no broker to need
-    with celery_app.connection_for_write() as conn:
+    with celery_app.connection_for_write(connect_timeout=DEADLINE_SECONDS) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=DEADLINE_SECONDS)
         if conn.transport_cls in ("redis", "rediss"):
             conn.default_channel.client.ping()

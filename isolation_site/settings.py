@@ -162,12 +162,19 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory:/
 CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
 )
+# RabbitMQ (amqp://, amqps://) or Redis (redis://, rediss://): the two behave differently
+# when a worker dies, so some settings below depend on which one it is.
+BROKER_IS_AMQP = CELERY_BROKER_URL.partition("://")[0] in {"amqp", "amqps", "pyamqp"}
 CELERY_TASK_IGNORE_RESULT = True
+# A task is acknowledged only once it has run (run_turn is idempotent), so a worker's death
+# hands it to another worker instead of losing it.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Bounds the TCP connect and, with RabbitMQ, the AMQP handshake: a down broker is a quick
+# 503 for a post, not a hung request.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {
@@ -176,11 +183,11 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_step": 0.5,
     "interval_max": 1,
 }
-# A killed worker's unacknowledged task comes back after the visibility timeout (Redis's
-# default is an hour); it must be well under the 120 s promise, and restores must be
-# checked often. A redelivery may overlap a slow first run: the database keeps one reply.
+# Redis: a killed worker's unacknowledged task comes back after the visibility timeout
+# (Redis's default is an hour); it must be well under the 120 s promise, and restores must
+# be checked often. A redelivery may overlap a slow first run: the database keeps one reply.
 CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {
+REDIS_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
@@ -188,6 +195,25 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A hung broker costs a post this long before its 503; the cache uses the same bound.
     "socket_timeout": 2,
 }
+# RabbitMQ: no visibility timeout. An unacknowledged task is redelivered the moment the
+# channel that took it closes (its worker killed, its connection lost), and never while
+# that channel lives, except past RabbitMQ's consumer_timeout (30 min by default; a turn
+# holds its delivery at most its retry countdown plus the 110 s time limit, so leave the
+# default, or anything over 5 min). Publisher confirms make a 202 mean RabbitMQ holds the
+# task, as Redis's reply does; the read and write timeouts bound a hung broker (py-amqp
+# would silently ignore the Redis options above).
+AMQP_BROKER_TRANSPORT_OPTIONS = {
+    "confirm_publish": True,
+    "read_timeout": 2,
+    "write_timeout": 2,
+}
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    AMQP_BROKER_TRANSPORT_OPTIONS if BROKER_IS_AMQP else REDIS_BROKER_TRANSPORT_OPTIONS
+)
+# A task running when its RabbitMQ connection drops can no longer be acknowledged and is
+# already redelivered elsewhere: stop it (prefork pool) rather than run it twice. Not with
+# Redis, where the run can still acknowledge after reconnecting.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = BROKER_IS_AMQP
 CELERY_TASK_TIME_LIMIT = 110
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -14,6 +14,7 @@ events of a stream read.
 import functools
 import json
 import re
+import threading
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -32,18 +33,35 @@ API_PREFIX = "/api/v1/"
 HOST = "http://testserver"
 
 
+# drf-spectacular's generator is not thread-safe: tests with many client threads would
+# build the document at once on first use and crash inside it. One builds, others wait.
+_build_lock = threading.Lock()
+_validator_lock = threading.Lock()
+
+
 @functools.cache
-def live_document() -> dict:
-    """Return the OpenAPI document as ``/api/schema/?format=json`` serves it (built once)."""
+def _live_document() -> dict:
     schema = SchemaGenerator().get_schema(request=None, public=True)
     return json.loads(OpenApiJsonRenderer().render(schema))
 
 
+def live_document() -> dict:
+    """Return the OpenAPI document as ``/api/schema/?format=json`` serves it (built once)."""
+    with _build_lock:
+        return _live_document()
+
+
 @functools.cache
-def strict_openapi() -> OpenAPI:
-    """Return the live document's validator: checked itself, no undeclared property allowed."""
+def _strict_openapi() -> OpenAPI:
     config = Config(additional_properties_default_policy="forbid")
     return OpenAPI.from_dict(live_document(), config=config)
+
+
+def strict_openapi() -> OpenAPI:
+    """Return the live document's validator: checked itself, no undeclared property allowed."""
+    live_document()  # outside the lock below: it takes the same one
+    with _validator_lock:
+        return _strict_openapi()
 
 
 @functools.cache

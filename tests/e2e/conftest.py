@@ -1,7 +1,10 @@
 """Real ``celery worker`` subprocesses on the test's Postgres database, Redis and fake Claude.
 
-The test process publishes tasks to Redis (``queued_tasks``) instead of running them eagerly;
-``workers`` starts worker subprocesses that consume them and stops every one at teardown.
+The test process publishes tasks to the broker (``queued_tasks``) instead of running them
+eagerly; ``workers`` starts worker subprocesses that consume them and stops every one at
+teardown. The broker is the test's Redis database, or with ``broker`` parametrized indirectly
+to ``"amqp"``, a RabbitMQ virtual host of the test's own (``RabbitVhost``), so parallel test
+processes never take each other's tasks.
 
 For outages: ``services`` starts other long-running subprocesses (``celery beat``, a gunicorn
 web server), ``redis_everywhere`` moves the test process (cache, notifications, broker) to a
@@ -16,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -30,10 +34,12 @@ from isolation_site.celery import app as celery_app
 from ..fakes.claude import FakeClaude
 from ..support import PrivateRedis, free_port, reset_broker_pools, wait_until
 
-__all__ = ["DatabaseKiller", "PrivateRedis", "Service", "Worker", "wait_until"]
+__all__ = ["DatabaseKiller", "PrivateRedis", "RabbitVhost", "Service", "Worker", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 30
+# RabbitMQ without the virtual host: each test that uses it adds a vhost of its own.
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
 
 
 class Service:
@@ -153,9 +159,82 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
+# The broker: the test's Redis database, or a RabbitMQ virtual host of the test's own ---------
+
+
+class RabbitVhost:
+    """A RabbitMQ virtual host of one test alone, made and deleted with ``rabbitmqctl``.
+
+    Its queues (Celery's ``celery`` queue among them) are invisible from other vhosts, so
+    parallel test processes cannot consume each other's tasks; deleting it deletes them.
+    """
+
+    def __init__(self) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")
+        self.name = f"iso-test-{worker}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.url = f"{AMQP_URL}/{quote(self.name, safe='')}"
+
+    def create(self) -> "RabbitVhost":
+        user = AMQP_URL.split("://", 1)[1].split(":", 1)[0]
+        try:
+            self._ctl("add_vhost", self.name)
+            self._ctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
+        except (OSError, subprocess.SubprocessError) as exc:
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                self.delete()
+            pytest.fail(
+                f"RabbitMQ is needed (rabbitmqctl: {exc}); start it with "
+                "`rabbitmq-server -detached` (.ci/run does)"
+            )
+        return self
+
+    def close_connections(self) -> None:
+        """Close every client connection to the vhost, as a network failure would.
+
+        RabbitMQ then requeues the tasks those connections held unacknowledged.
+        """
+        self._ctl("close_all_connections", "--vhost", self.name, "closed by the test")
+
+    def delete(self) -> None:
+        self._ctl("delete_vhost", self.name)
+
+    @staticmethod
+    def _ctl(*args: str) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "--quiet", *args],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+
 @pytest.fixture
-def worker_env(settings, transactional_db, fake_claude: FakeClaude) -> dict[str, str]:
-    """Environment for worker subprocesses: same database, Redis and fake Claude as the test."""
+def rabbit_vhost() -> Iterator[RabbitVhost]:
+    vhost = RabbitVhost().create()
+    try:
+        yield vhost
+    finally:
+        vhost.delete()
+
+
+@pytest.fixture
+def broker(request, settings) -> str:
+    """The broker URL of this test's tasks: its Redis database unless parametrized.
+
+    ``@pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)`` runs a test
+    with each; ``"amqp"`` is a RabbitMQ vhost of the test's own (``rabbit_vhost``).
+    """
+    kind = getattr(request, "param", "redis")
+    if kind == "redis":
+        return settings.REDIS_URL
+    if kind == "amqp":
+        return request.getfixturevalue("rabbit_vhost").url
+    raise ValueError(f"unknown broker {kind!r}")
+
+
+@pytest.fixture
+def worker_env(settings, transactional_db, fake_claude: FakeClaude, broker) -> dict[str, str]:
+    """Environment for worker subprocesses: same database, Redis, broker and fake Claude."""
     assert connection.vendor == "postgresql", "worker tests need the Postgres test database"
     return {
         **os.environ,
@@ -166,7 +245,7 @@ def worker_env(settings, transactional_db, fake_claude: FakeClaude) -> dict[str,
         "ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "DATABASE_URL": _database_url(),
         "REDIS_URL": settings.REDIS_URL,
-        "CELERY_BROKER_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": broker,
         "CELERY_TASK_ALWAYS_EAGER": "0",
         "CACHE_KEY_PREFIX": settings.CACHES["default"].get("KEY_PREFIX", "isolation"),
         "TURN_RETRY_DELAY_SECONDS": "0.1",
@@ -182,18 +261,38 @@ def worker_env(settings, transactional_db, fake_claude: FakeClaude) -> dict[str,
 
 
 @pytest.fixture
-def queued_tasks(settings) -> Iterator[Redis]:
-    """Publish tasks to this test's Redis broker instead of running them in the test process."""
-    broker = Redis.from_url(settings.REDIS_URL)
-    broker.flushdb()
-    eager = celery_app.conf.task_always_eager
+def queued_tasks(settings, broker) -> Iterator[Redis]:
+    """Publish tasks to this test's broker instead of running them in the test process.
+
+    Yields a client of the test's Redis database (emptied before and after).
+    """
+    redis = Redis.from_url(settings.REDIS_URL)
+    redis.flushdb()
+    # Read before changing: the first read loads Celery's conf from the settings.
+    saved = {
+        key: celery_app.conf[key]
+        for key in ("task_always_eager", "broker_url", "broker_write_url")
+        + ("broker_transport_options", "worker_cancel_long_running_tasks_on_connection_loss")
+    }
     celery_app.conf.task_always_eager = False
+    if broker != settings.REDIS_URL:
+        # What isolation_site.settings chooses for an amqp:// CELERY_BROKER_URL.
+        settings.CELERY_BROKER_URL = broker
+        celery_app.conf.update(
+            broker_url=broker,
+            broker_write_url=broker,
+            broker_transport_options=settings.AMQP_BROKER_TRANSPORT_OPTIONS,
+            worker_cancel_long_running_tasks_on_connection_loss=True,
+        )
+        reset_broker_pools()
     try:
-        yield broker
+        yield redis
     finally:
-        celery_app.conf.task_always_eager = eager
-        broker.flushdb()
-        broker.close()
+        celery_app.conf.update(saved)
+        if broker != settings.REDIS_URL:
+            reset_broker_pools()
+        redis.flushdb()
+        redis.close()
 
 
 @pytest.fixture

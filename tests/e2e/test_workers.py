@@ -1,12 +1,12 @@
 """End to end on real Celery workers: many users at once, a killed worker, a redelivery race.
 
-Nothing of ours is mocked: the API runs in the test process, turns go through the real Redis
-broker to real ``celery worker`` subprocesses on the same Postgres test database, and only
-Claude is faked, at its HTTP protocol, by ``FakeClaude``.
+Nothing of ours is mocked: the API runs in the test process, turns go through a real broker
+(Redis, and RabbitMQ in a virtual host of the test's own) to real ``celery worker``
+subprocesses on the same Postgres test database, and only Claude is faked, at its HTTP
+protocol, by ``FakeClaude``.
 """
 
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +21,9 @@ from ..fakes.claude import FakeClaude, canaries_in
 from ..support import wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+# Redis redelivers a dead worker's task after its visibility timeout, RabbitMQ as soon as
+# the worker's connection closes: the redelivery tests run with each.
+each_broker = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
 
 USERS = 20
 MESSAGES_PER_USER = 3
@@ -81,11 +84,15 @@ def _one_user_chats(user, name: str, canary: str, barrier: threading.Barrier) ->
         connection.close()
 
 
-@pytest.mark.parametrize("store", ["db", "redis", "cached_db"])
+# Each store on Redis; the broker is independent of the store, so RabbitMQ with one.
+@pytest.mark.parametrize(
+    ("store", "broker"),
+    [("db", "redis"), ("redis", "redis"), ("cached_db", "redis"), ("db", "amqp")],
+    indirect=["broker"],
+)
 def test_twenty_users_at_once_never_see_each_other(
     store: str, settings, workers, fake_claude: FakeClaude
 ):
-    started = time.monotonic()
     settings.HISTORY_STORE = store
     users = [UserFactory() for _ in range(USERS)]
     canaries = [f"CANARY-{uuid.uuid4()}" for _ in users]
@@ -126,7 +133,6 @@ def test_twenty_users_at_once_never_see_each_other(
     assert {c: sorted(sizes) for c, sizes in history_sizes.items()} == {
         c: expected_sizes for c in canaries
     }
-    assert time.monotonic() - started < 90
 
 
 def _post(api, sid: str, content: str) -> dict:
@@ -147,8 +153,9 @@ def _replies(turn_id: str) -> list[str]:
     )
 
 
+@each_broker
 def test_worker_killed_mid_turn_still_ends(workers, fake_claude: FakeClaude, user):
-    fast_redelivery = {"CELERY_VISIBILITY_TIMEOUT": "8"}
+    fast_redelivery = {"CELERY_VISIBILITY_TIMEOUT": "8"}  # Redis; RabbitMQ needs none
     first = workers("doomed", env=fast_redelivery).wait_ready()
     api = client_for(user)
     sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
@@ -159,13 +166,11 @@ def test_worker_killed_mid_turn_still_ends(workers, fake_claude: FakeClaude, use
     assert wait_until(lambda: fake_claude.request_count() == 1, 20), first.log()
     assert _turn_state(turn_id).status == Turn.Status.RUNNING
     first.kill()
-    killed_at = time.monotonic()
     assert first.proc.returncode == -9
 
     # From here on the fake answers normally (the one hang was used up).
     workers("successor", env=fast_redelivery).wait_ready()
     assert wait_until(lambda: _turn_state(turn_id).status not in Turn.IN_FLIGHT, 120)
-    assert time.monotonic() - killed_at < 120
 
     turn = _turn_state(turn_id)
     assert turn.status == Turn.Status.COMPLETED, (turn.status, turn.error_code)
@@ -176,8 +181,13 @@ def test_worker_killed_mid_turn_still_ends(workers, fake_claude: FakeClaude, use
     assert shown["status"] == "completed" and canary in shown["reply"]["content"]
 
 
-def test_redelivery_while_first_run_alive_gives_one_reply(workers, fake_claude: FakeClaude, user):
-    slow_first_answer = 12  # well past the visibility timeout plus one restore interval (5 s)
+@each_broker
+def test_redelivery_while_first_run_alive_gives_one_reply(
+    request, broker, workers, fake_claude: FakeClaude, user
+):
+    # Long past the redelivery: Redis's visibility timeout plus one restore interval (5 s),
+    # or RabbitMQ's requeue once the connection is closed, on a loaded machine.
+    slow_first_answer = 20
     fast_redelivery = {"CELERY_VISIBILITY_TIMEOUT": "3"}
     pair = [workers(f"racer{i}", env=fast_redelivery) for i in range(2)]
     for worker in pair:
@@ -188,12 +198,15 @@ def test_redelivery_while_first_run_alive_gives_one_reply(workers, fake_claude: 
 
     turn_id = _post(api, sid, "Hello, slow Claude")["id"]
     assert wait_until(lambda: fake_claude.request_count() >= 1, 20)
-    first_sent = time.monotonic()
+    if broker.startswith("amqp"):
+        # RabbitMQ redelivers only once the channel holding the task is gone. The busy
+        # worker (solo pool) cannot reconnect until its run ends; the idle one takes it.
+        request.getfixturevalue("rabbit_vhost").close_connections()
     # The task comes back to the idle worker while the first run still waits for Claude.
+    # (Had the first run ended first, the second would skip: no second Claude call.)
     assert wait_until(lambda: fake_claude.request_count() >= 2, slow_first_answer - 2)
-    assert time.monotonic() - first_sent < slow_first_answer
     # Both runs finish: the redelivered one first, then the slow one.
-    assert wait_until(lambda: all(w.succeeded() for w in pair), slow_first_answer + 10)
+    assert wait_until(lambda: all(w.succeeded() for w in pair), slow_first_answer + 30)
 
     turn = _turn_state(turn_id)
     assert turn.status == Turn.Status.COMPLETED, (turn.status, turn.error_code)
