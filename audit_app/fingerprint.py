@@ -12,8 +12,11 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from typing import NamedTuple
 
-from wordfreq import zipf_frequency
+from wordfreq import get_frequency_list, zipf_frequency
+from wordfreq.numbers import smash_numbers
 
 # `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
@@ -67,27 +70,61 @@ class ScanResult:
     evidence: list[Evidence] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Token:
+class _Token(NamedTuple):
+    # A tuple, not a dataclass: a reply has dozens of tokens and each scan builds them all.
     text: str
     start: int
     end: int
     capitalised: bool
 
 
+# NamedTuple's own constructor is Python code; tuple's is not (same object, same fields).
+_new_token = tuple.__new__
+
+
+@cache
+def _vocabulary() -> dict[str, float]:
+    # wordfreq's English list as word -> Zipf (bucket i holds the words of Zipf 9 - i/100):
+    # a fixed table, the same for every process and user. One dict lookup replaces
+    # zipf_frequency's tokenizer and its cache, which would keep every word ever asked about.
+    table = {}
+    for index, bucket in enumerate(get_frequency_list("en")):
+        zipf = round(9 - index / 100, 2)
+        table.update(dict.fromkeys(bucket, zipf))
+    return table
+
+
 def _zipf(word: str) -> float:
-    return zipf_frequency(word, "en")
+    vocabulary = _vocabulary()
+    zipf = vocabulary.get(word)
+    if zipf is not None:
+        return zipf
+    # An ASCII token outside the list is one wordfreq token it does not know (Zipf 0), also
+    # with its digit runs read as zeros, as wordfreq reads them: codes and ids end here.
+    if word.isascii() and (word.isalpha() or smash_numbers(word) not in vocabulary):
+        return 0.0
+    return zipf_frequency(word, "en")  # other scripts: wordfreq's own tokenizer decides
 
 
 def _tokens(text: str) -> list[_Token]:
-    masked = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    if "<" in text or "[" in text:
+        text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
     tokens = []
-    for match in TOKEN.finditer(masked):
+    for match in TOKEN.finditer(text):
         raw = match.group()
-        if DATE.fullmatch(raw):
-            continue
-        norm = unicodedata.normalize("NFKC", raw).casefold().replace("-", "")
-        tokens.append(_Token(norm, match.start(), match.end(), raw[:1].isupper()))
+        if "-" in raw:
+            if DATE.fullmatch(raw):
+                continue
+            raw_norm = raw.replace("-", "")
+        else:
+            raw_norm = raw
+        # NFKC leaves ASCII as it is, and casefold is lower there: skip both for most words.
+        if raw_norm.isascii():
+            norm = raw_norm.lower()
+        else:
+            norm = unicodedata.normalize("NFKC", raw_norm).casefold()
+        start, end = match.span()
+        tokens.append(_new_token(_Token, (norm, start, end, raw[:1].isupper())))
     return tokens
 
 
@@ -98,7 +135,7 @@ def token_weight(word: str) -> float:
     if len(word) < 4:
         return 0.0
     zipf = _zipf(word)
-    if any(ch.isdigit() for ch in word):
+    if not word.isalpha() and any(ch.isdigit() for ch in word):
         return 1.0 if zipf < RARE_ZIPF else 0.0
     if zipf == 0.0:
         return 1.0
@@ -114,7 +151,11 @@ def _house_number(a: _Token, b: _Token) -> bool:
 
 def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
     # A pair proves more than its halves: the other user wrote both, in this order.
-    if (wa and wb) or _house_number(a, b):
+    if wa and wb:
+        return 1.0
+    if not (wa or wb or b.capitalised):  # most pairs: two everyday words, nothing to prove
+        return 0.0
+    if _house_number(a, b):
         return 1.0
     if (wa or wb) and min(len(a.text), len(b.text)) >= 3:
         return 1.0 if max(wa, wb) >= 0.5 else 0.6
@@ -150,7 +191,14 @@ def derive_key(secret: str, purpose: str) -> bytes:
 
 def keyed_digest(key: bytes, feature_text: str) -> bytes:
     """Return the 8-byte keyed hash that stands for a feature in the index."""
-    return hmac.new(key, feature_text.encode(), hashlib.sha256).digest()[:8]
+    mac = _keyed(key).copy()  # HMAC-SHA256, its key schedule done once per key
+    mac.update(feature_text.encode())
+    return mac.digest()[:8]
+
+
+@lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def score(

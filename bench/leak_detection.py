@@ -4,7 +4,10 @@ Every user has a name, an address, order numbers, a phone and a project codename
 talks about them among everyday chatter. The index holds all users' messages; replies
 are then scanned, a known fraction carrying another user's data. The seed's rule (any
 word of five letters or more that another user ever used is a leak) is judged on the
-same replies. Usage (from the repo root, Redis on 127.0.0.1:6379):
+same replies. Each scan is the worker's own call (``reply_scan``), timed in wall time and in
+this thread's CPU time: on a shared machine the first also counts waiting for a core. Long
+replies (hundreds of words, as a model writes) are timed apart. Usage (from the repo root,
+Redis on 127.0.0.1:6379):
 
     .venv/bin/python bench/leak_detection.py [--users 10000] [--replies 4000] [--leak-rate 0.1]
 
@@ -37,7 +40,7 @@ import names  # noqa: E402
 from redis import Redis  # noqa: E402
 from wordfreq import top_n_list  # noqa: E402
 
-from audit_app.services import fingerprints_register, reply_scan  # noqa: E402
+from audit_app.services import ScanResult, fingerprints_register, reply_scan  # noqa: E402
 
 CITIES = [
     "Springfield",
@@ -113,6 +116,8 @@ NOISE = [
     "Reference {code} in your notes.",
     "Use a strong password like Falcon-River-42.",
 ]
+# A long reply joins this many short ones (about 30 words each).
+LONG_REPLY_PARTS = 15
 MONTHS = [
     "January",
     "February",
@@ -265,6 +270,16 @@ class Tally:
         return self.fp / max(1, self.fp + self.tn)
 
 
+def _timed_scan(user: User, text: str) -> tuple[ScanResult, tuple[float, float]]:
+    # The worker's own call, whole: features, keyed hashes, the Redis round trip, scoring.
+    # Wall time includes waiting for Redis and for a core (the machine is shared); CPU
+    # time (this thread's) is the scan's own work, steadier under other people's load.
+    wall, cpu = time.perf_counter(), time.thread_time()
+    result = reply_scan(user_id=user.id, session_id=user.sessions[0], text=text)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    return result, (wall * 1000, cpu * 1000)
+
+
 def evaluate(rng: random.Random, users: list[User], args, seed_rule: SeedRule) -> dict:
     ours, seed, latencies = Tally(), Tally(), []
     single: dict[str, Tally] = defaultdict(Tally)
@@ -274,9 +289,8 @@ def evaluate(rng: random.Random, users: list[User], args, seed_rule: SeedRule) -
         leak = rng.random() < args.leak_rate and victim is not user
         kinds = ["name", rng.choice(["address", "order", "codename", "phone"])] if leak else []
         text = leaked_reply(rng, user, victim, kinds) if leak else clean_reply(rng, user)
-        started = time.perf_counter()
-        result = reply_scan(user_id=user.id, session_id=user.sessions[0], text=text)
-        latencies.append((time.perf_counter() - started) * 1000)
+        result, timing = _timed_scan(user, text)
+        latencies.append(timing)
         ours.add(leak, result.leaked)
         seed.add(leak, seed_rule.leaked(user.id, text))
         if leak:  # the same victim's single items, one at a time
@@ -287,6 +301,17 @@ def evaluate(rng: random.Random, users: list[User], args, seed_rule: SeedRule) -
                     reply_scan(user_id=user.id, session_id=user.sessions[0], text=alone).leaked,
                 )
     return {"ours": ours, "seed": seed, "latencies": latencies, "single": single}
+
+
+def long_reply_timings(users: list[User], args) -> list[tuple[float, float]]:
+    # A model's real answers run to hundreds of words and the scan's work grows with them:
+    # time some of that length too (own random stream: the corpus above stays the same).
+    rng, timings = random.Random(args.seed + 1), []
+    for _ in range(args.long_replies):
+        user = rng.choice(users[: args.active])
+        text = " ".join(clean_reply(rng, user) for _ in range(LONG_REPLY_PARTS))
+        timings.append(_timed_scan(user, text)[1])
+    return timings
 
 
 def memory_per_posting() -> tuple[float, int, int]:
@@ -304,10 +329,15 @@ def memory_per_posting() -> tuple[float, int, int]:
     return memory / max(1, postings), postings, len(keys)
 
 
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 def report(results: dict, memory: tuple[float, int, int], args) -> None:
-    ours, seed, lat = results["ours"], results["seed"], sorted(results["latencies"])
-    p50 = statistics.median(lat)
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    ours, seed = results["ours"], results["seed"]
+    p50, p99 = _percentiles([wall for wall, _cpu in results["latencies"]])
+    cpu50, cpu99 = _percentiles([cpu for _wall, cpu in results["latencies"]])
     per_posting, postings, keys = memory
     print(
         f"users in index: {args.users}; replies: {args.replies} "
@@ -323,6 +353,13 @@ def report(results: dict, memory: tuple[float, int, int], args) -> None:
         f"{'seed rule (>=5 letters, any user)':<34}{seed.recall:>8.3f}{seed.fp_rate:>9.2%} "
         f"{'-':>8} {'-':>8}{'-':>11}"
     )
+    print(f"scan CPU time (this thread): p50 {cpu50:.3f} ms, p99 {cpu99:.3f} ms")
+    if results["long"]:
+        wall, cpu = (_percentiles(list(column)) for column in zip(*results["long"], strict=True))
+        print(
+            f"{len(results['long'])} long replies (~{LONG_REPLY_PARTS * 30} words): wall p50 "
+            f"{wall[0]:.3f} p99 {wall[1]:.3f} ms; CPU p50 {cpu[0]:.3f} p99 {cpu[1]:.3f} ms"
+        )
     print(f"index: {postings} postings in {keys} Redis keys (MEMORY USAGE, samples 0)")
     single = results["single"]
     print(
@@ -338,6 +375,7 @@ def main() -> None:
     parser.add_argument("--replies", type=int, default=4000)
     parser.add_argument("--leak-rate", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--long-replies", type=int, default=500)
     args = parser.parse_args()
     Redis.from_url(REDIS_URL).flushdb()
     rng, seed_rule = random.Random(args.seed), SeedRule()
@@ -347,6 +385,7 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     results = evaluate(rng, users, args, seed_rule)
+    results["long"] = long_reply_timings(users, args)
     report(results, memory_per_posting(), args)
 
 

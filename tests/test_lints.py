@@ -46,6 +46,8 @@ CACHED = {
     "_multi": "one MultiFernet per tuple of ENCRYPTION_KEYS",
     "_redis_index": "one index object per (URL, TTL, bucket bits)",
     "_plan": "phone numbering-plan metadata per region code",
+    "_vocabulary": "wordfreq's fixed English word list: the same for every user",
+    "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",
 }
 
 

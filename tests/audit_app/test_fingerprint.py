@@ -1,0 +1,77 @@
+"""Feature extraction: the scan's own word table gives wordfreq's answers."""
+
+import random
+import string
+
+from wordfreq import get_frequency_list, zipf_frequency
+
+from audit_app import fingerprint
+
+# Vocabulary words of every band, codes, words wordfreq does not know, other scripts.
+SAMPLES = [
+    "order",
+    "quince",
+    "wisteria",
+    "bartholomew",
+    "vexmoria",
+    "bluefalcon",
+    "ka12345",
+    "mp3",
+    "24th",
+    "covid19",
+    "x1y2z3",
+    "müller",
+    "straße",
+    "josé",
+    "zoë",
+    "東京都",
+    "σίσυφος",
+    "½½½½",
+    "²²²²",
+    "١٢٣٤٥",
+]
+
+
+def _reference_weight(word: str) -> float:
+    # The rule as written against wordfreq's own lookup, before the scan had its table.
+    if word.isdigit():
+        return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
+    if len(word) < 4:
+        return 0.0
+    zipf = zipf_frequency(word, "en")
+    if any(ch.isdigit() for ch in word):
+        return 1.0 if zipf < fingerprint.RARE_ZIPF else 0.0
+    if zipf == 0.0:
+        return 1.0
+    if zipf < fingerprint.RARE_ZIPF:
+        return 0.6
+    return 0.3 if zipf < fingerprint.COMMON_ZIPF else 0.0
+
+
+def _words(rng: random.Random) -> list[str]:
+    bands = get_frequency_list("en")
+    vocabulary = [rng.choice(band) for band in rng.sample(bands, 200) if band]
+    letters = string.ascii_lowercase + string.digits
+    invented = ["".join(rng.choices(letters, k=rng.randint(4, 9))) for _ in range(300)]
+    return SAMPLES + [w for w in vocabulary if w.isalnum()] + invented
+
+
+def test_token_weights_follow_wordfreq():
+    for word in _words(random.Random(3)):
+        assert fingerprint.token_weight(word) == _reference_weight(word), word
+
+
+def test_names_are_judged_by_wordfreq_too():
+    # "John Smith" is what a model writes by itself (both halves very common); a rarer
+    # surname makes the pair stronger evidence.
+    weights = {f.text: f.weight for f in fingerprint.features("Ask John Smith or Emily Quince.")}
+    assert weights["john smith"] == 0.5
+    assert weights["emily quince"] == 0.6
+
+
+def test_offsets_survive_normalisation():
+    text = "Ｆｕｌｌ ＡＢＣ１２３４ for Müller, call 555-0100-22 on 2024-03-15 <EMAIL_ADDRESS_1>."
+    found = {f.text: text[f.start : f.end] for f in fingerprint.features(text)}
+    assert found["abc1234"] == "ＡＢＣ１２３４"
+    assert found["555010022"] == "555-0100-22"
+    assert not any("2024" in key or "email" in key for key in found)

@@ -1,0 +1,82 @@
+"""The index backends' lookup contract: postings per user, shared features, generations."""
+
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+
+from audit_app.index import MAX_RECORDS, DbIndex, Layout, RedisIndex
+
+RARE = b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
+SHARED = b"\xfe\xdc\xba\x98\x76\x54\x32\x10"
+UNKNOWN = b"\x00\x11\x22\x33\x44\x55\x66\x77"
+
+
+class LookupContract:
+    """Every index backend must pass these; subclasses only build the backend."""
+
+    index: RedisIndex | DbIndex
+
+    def test_unknown_digests_have_no_postings(self):
+        assert self.index.lookup([]) == {}
+        assert self.index.lookup([UNKNOWN]) == {UNKNOWN: []}
+
+    def test_postings_name_each_user_once_with_their_session(self):
+        first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        self.index.add([RARE, SHARED], user_id=1, session_id=first)
+        self.index.add([RARE], user_id=1, session_id=second)
+        self.index.add([RARE], user_id=2, session_id=other)
+        found = self.index.lookup([UNKNOWN, RARE, SHARED])
+        assert found[UNKNOWN] == []
+        assert {(p.user_id, p.session_id) for p in found[RARE]} in (
+            {(1, str(first)), (2, str(other))},
+            {(1, str(second)), (2, str(other))},
+        )
+        assert [(p.user_id, p.session_id) for p in found[SHARED]] == [(1, str(first))]
+
+    def test_a_feature_of_too_many_users_is_shared(self):
+        for user_id in range(1, MAX_RECORDS + 3):
+            self.index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
+        self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        found = self.index.lookup([SHARED, RARE])
+        assert found[SHARED] is None
+        assert [p.user_id for p in found[RARE]] == [1]
+
+
+@pytest.mark.django_db
+class TestRedisLookup(LookupContract):
+    @pytest.fixture(autouse=True)
+    def _index(self):
+        self.index = RedisIndex(url=settings.REDIS_URL, layout=Layout(3600, 12))
+
+    def test_postings_of_every_live_generation_are_merged(self):
+        # One-second generations: what was added a generation ago is still found.
+        index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
+        old = uuid.uuid4()
+        index.add([RARE], user_id=1, session_id=old)
+        generation = index.layout.generation(time.time())
+        while index.layout.generation(time.time()) == generation:
+            time.sleep(0.05)
+        index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        index.add([RARE], user_id=2, session_id=uuid.uuid4())
+        postings = index.lookup([RARE])[RARE]
+        assert [p.user_id for p in postings] == [1, 2]
+        assert postings[0].session_id == str(old)  # the first generation's session comes first
+
+    def test_shared_in_one_generation_is_shared_in_all(self):
+        index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
+        index.add([SHARED], user_id=1, session_id=uuid.uuid4())
+        generation = index.layout.generation(time.time())
+        while index.layout.generation(time.time()) == generation:
+            time.sleep(0.05)
+        for user_id in range(2, MAX_RECORDS + 3):
+            index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
+        assert index.lookup([SHARED]) == {SHARED: None}
+
+
+@pytest.mark.django_db
+class TestDbLookup(LookupContract):
+    @pytest.fixture(autouse=True)
+    def _index(self):
+        self.index = DbIndex(ttl_seconds=3600)
