@@ -4,10 +4,12 @@ import logging
 import sys
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import patch_cache_control
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from .errors import error_body, is_outage
 
@@ -16,30 +18,77 @@ logger = logging.getLogger(__name__)
 API_PREFIX = "/api/v1/"
 
 
-class NoStoreApiMiddleware:
+class _EitherMode:
+    """A middleware that runs in the request's thread under WSGI and on the event loop
+    under ASGI: a coroutine view (``?wait``, the event stream) then awaits without a thread
+    blocked in the middleware chain for as long as it waits.
+
+    ``before`` may answer the request itself; ``after`` finishes the response. Both only
+    read headers: nothing here does I/O.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        if (early := self.before(request)) is not None:
+            return early
+        return self.after(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        if (early := self.before(request)) is not None:
+            return early
+        return self.after(request, await self.get_response(request))
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+class StaticFilesMiddleware(_EitherMode):
+    """WhiteNoise's static files (the admin's, the chat page's, /api/docs/'s), and every
+    other request passed straight on.
+
+    WhiteNoise's own middleware is synchronous only: under ASGI, Django would run it, and
+    every request below it, ``?wait`` included, in a thread held until the answer is
+    complete. Here only a request for a static file reaches it.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        super().__init__(get_response)
+        # No file at the path: None, and the request goes on down the chain.
+        self.files = WhiteNoiseMiddleware(get_response=lambda request: None)
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return self.files(request)
+
+
+class NoStoreApiMiddleware(_EitherMode):
     """Say ``Cache-Control: no-store`` on every answer under ``/api/v1/``.
 
     Every one of them may carry conversation or account data: no browser, proxy or CDN
     cache may keep one user's answer and hand it to another.
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        response = self.get_response(request)
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if request.path.startswith(API_PREFIX):
             patch_cache_control(response, no_store=True, private=True)
         return response
 
 
-class RequestSizeLimitMiddleware:
+class RequestSizeLimitMiddleware(_EitherMode):
     """Answer 413 before reading a body larger than ``MAX_REQUEST_BYTES``."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -49,10 +98,10 @@ class RequestSizeLimitMiddleware:
         if length > settings.MAX_REQUEST_BYTES:
             detail = f"The request body is larger than {settings.MAX_REQUEST_BYTES} bytes."
             return JsonResponse(error_body(detail, "request_too_large"), status=413)
-        return self.get_response(request)
+        return None
 
 
-class ServiceUnavailableMiddleware:
+class ServiceUnavailableMiddleware(_EitherMode):
     """Answer 503 JSON when a backing service fails outside the DRF views (sessions, admin).
 
     A view's exception reaches ``process_exception``. One raised by a middleware below this
@@ -62,20 +111,30 @@ class ServiceUnavailableMiddleware:
     request, and the 500 is replaced here.
     """
 
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
-
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
         try:
-            response = self.get_response(request)
+            return self.after(request, self.get_response(request))
         except Exception as exc:
-            if is_outage(exc):
-                logger.warning("service unavailable: %s", exc.__class__.__name__)
-                return unavailable_response()
-            raise
+            return self._outage(exc)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return self.after(request, await self.get_response(request))
+        except Exception as exc:
+            return self._outage(exc)
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if response.status_code == 500 and getattr(request, OUTAGE_MARK, False):
             return unavailable_response()
         return response
+
+    def _outage(self, exc: Exception) -> HttpResponse:
+        if not is_outage(exc):
+            raise exc
+        logger.warning("service unavailable: %s", exc.__class__.__name__)
+        return unavailable_response()
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         if not is_outage(exc):

@@ -95,7 +95,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     # Serves the admin's and /api/docs/'s assets from gunicorn or uvicorn, no web server needed.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "core.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -284,6 +284,14 @@ CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
 STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
 # ?wait requests and event streams one user may hold open at once; one more: 429.
 MAX_WAITS_PER_USER = env.int("MAX_WAITS_PER_USER", default=8)
+# Waits and streams one web process holds at once (past it: ?wait 202 at once, a stream
+# 503). Unset: under gunicorn its threads less an eighth (gunicorn.conf.py tells the app
+# its thread count), elsewhere no bound (under uvicorn a wait holds no thread).
+WAITS_PER_PROCESS = env.int("WAITS_PER_PROCESS", default=None)
+# Under uvicorn: the threads of a worker process that run waits' and streams' database work.
+ASGI_THREADS = env.int("ASGI_THREADS", default=8)
+if ASGI_THREADS < 1:
+    raise ImproperlyConfigured("ASGI_THREADS must be at least 1.")
 # How long a turn may stay pending or running before the sweep re-runs or fails it: past
 # the task's hard time limit, so a live run is never mistaken for a lost one.
 STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)

@@ -1,15 +1,21 @@
 """DRF views, one per operation: parse input, call one service or selector, serialize."""
 
+import asyncio
 import contextlib
 import functools
+import inspect
 import json
 import re
-from collections.abc import Iterator
+import select
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import MappingProxyType
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
@@ -181,7 +187,27 @@ def _wait_seconds(request: Request) -> int | None:
     return int(raw)
 
 
-def _turn_wait(*, user, turn: Turn, timeout: float) -> Turn:
+def _client_gone(request: Request) -> Callable[[], bool]:
+    """Under gunicorn, tell whether the client hung up: its socket reads as closed.
+
+    A wait or a stream the client left then gives its thread back at once, instead of at
+    the turn's end (the turn itself goes on). Elsewhere (TLS sockets, other servers) never.
+    """
+    sock = request.META.get("gunicorn.socket")
+    if sock is None or isinstance(sock, ssl.SSLSocket):
+        return events.never
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and not sock.recv(1, socket.MSG_PEEK)
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def _turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | None = None) -> Turn:
     """Return the just-accepted turn once it has ended, or as it is after ``timeout``.
 
     Every read goes through ``turn_refresh_for_owner``: the message is stored, so a
@@ -190,8 +216,26 @@ def _turn_wait(*, user, turn: Turn, timeout: float) -> Turn:
     refresh = functools.partial(_refresh, user)
     if timeout <= 0:
         return refresh(turn)
-    for seen in events.turn_watch(turn=turn, refresh=refresh, timeout=timeout, poll_if_down=True):
+    watch = events.turn_watch(
+        turn=turn, refresh=refresh, timeout=timeout, poll_if_down=True, gone=gone
+    )
+    for seen in watch:
         turn = seen or turn
+    return turn
+
+
+async def _turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
+    """``_turn_wait`` on the event loop: no thread is held between the re-reads."""
+    refresh = functools.partial(_refresh, user)
+    if timeout <= 0:
+        return await events.in_thread(refresh, turn)
+    watch = events.AsyncTurnWatch(turn=turn, refresh=refresh, timeout=timeout, poll_if_down=True)
+    try:
+        turn = await watch.start()
+        async for seen in watch:
+            turn = seen or turn
+    finally:
+        watch.close()
     return turn
 
 
@@ -199,9 +243,140 @@ def _refresh(user, turn: Turn) -> Turn:
     return selectors.turn_refresh_for_owner(user=user, turn=turn)
 
 
-class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
+def _wait_slots(*, user_id: int, wait: int | None) -> tuple[int, Callable[[], None]]:
+    """Take the slots a ``?wait`` holds; return how long it may wait and their release.
+
+    The caller's own slot first: past ``MAX_WAITS_PER_USER`` that is 429, and nothing is
+    stored. Then one of the process's: if none is free the message is still accepted and
+    answered at once (202; the client polls), rather than queued behind other waits.
+    """
+    if not wait:
+        return 0, _nothing
+    release_user = events.wait_slot_acquire(user_id=user_id)
+    release_budget = events.wait_budget_take()
+    if release_budget is None:
+        release_user()
+        return 0, _nothing
+    return wait, _both(release_budget, release_user)
+
+
+def _stream_slots(*, user_id: int) -> Callable[[], None]:
+    """Take the slots a stream holds (429 past the caller's own, 503 past the process's)."""
+    release_user = events.wait_slot_acquire(user_id=user_id)
+    release_budget = events.wait_budget_take()
+    if release_budget is None:
+        release_user()
+        raise events.WaitBudgetSpent()
+    return _both(release_budget, release_user)
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def release() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return release
+
+
+def _request_thread_release() -> None:
+    """Let the request's own thread end while the request has nothing for it to do.
+
+    Under ASGI Django runs a request's synchronous parts (middleware hooks, signals) on a
+    thread of that request's own, kept until the response is sent and idle in between: a
+    thousand open streams would be a thousand idle threads. This ends it now, after
+    closing its database connections as the request's end would; a later synchronous step
+    of the request (the response's close) gets a new one. It uses asgiref's per-request
+    executors; where they are not as expected it does nothing.
+    """
+    context = getattr(SyncToAsync, "thread_sensitive_context", None)
+    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
+    current = context.get(None) if context is not None else None
+    if current is None or executors is None or getattr(current, "_executor", None) is not None:
+        return
+    executor = executors.pop(current, None)
+    if executor is not None:
+        executor.submit(connections.close_all)
+        executor.shutdown(wait=False)
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _ServerModeView:
+    """A DRF view that is a coroutine view under ASGI and a plain one under WSGI.
+
+    Django asks each request's handler whether a view is a coroutine function: the ASGI
+    handler asks on the event loop, the WSGI one in the request's thread. So the answer
+    follows the server: under WSGI the DRF view runs in the request's thread as before
+    (no event loop made per request on the hot path), and under ASGI ``async_methods``
+    run on the server's event loop while any other method runs in a thread as Django
+    runs a plain view there.
+    """
+
+    def __init__(self, cls, initkwargs: dict, sync_view, async_methods: dict[str, str]) -> None:
+        functools.update_wrapper(self, sync_view)  # name, csrf_exempt, cls, initkwargs
+        self.view_class, self.view_initkwargs = cls, initkwargs
+        self.sync_view = sync_view
+        self.async_methods = async_methods
+        self.in_thread = sync_to_async(sync_view)
+
+    # How asgiref (and so Django) tells a coroutine function: Python 3.11, then 3.12+.
+    @property
+    def _is_coroutine(self):
+        return asyncio.coroutines._is_coroutine if _in_event_loop() else None
+
+    @property
+    def _is_coroutine_marker(self):
+        return getattr(inspect, "_is_coroutine_mark", None) if _in_event_loop() else None
+
+    def __call__(self, request: HttpRequest, *args, **kwargs):
+        if not _in_event_loop():
+            return self.sync_view(request, *args, **kwargs)
+        return self._serve(request, *args, **kwargs)
+
+    async def _serve(self, request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
+        method = self.async_methods.get(request.method)
+        if method is None or not isinstance(request, ASGIRequest):
+            return await self.in_thread(request, *args, **kwargs)
+        view = self.view_class(**self.view_initkwargs)
+        view.setup(request, *args, **kwargs)
+        return await getattr(view, method)(request, *args, **kwargs)
+
+
+class _AsyncDispatch:
+    """DRF's dispatch for a method served on the event loop (see ``_ServerModeView``).
+
+    Authentication, permissions, throttles, parsing and the error answer are DRF's own,
+    run on the database pool (they read the database and the cache); ``serve`` gets the
+    DRF request and awaits what it must.
+    """
+
+    async def dispatch_async(self, request: HttpRequest, serve, **kwargs) -> HttpResponseBase:
+        drf_request = self.initialize_request(request, **kwargs)
+        self.args, self.kwargs = (), kwargs
+        self.request, self.headers = drf_request, self.default_response_headers
+        try:
+            response = await serve(drf_request)
+        except Exception as exc:
+            response = await events.in_thread(self.handle_exception, exc)
+        return self.finalize_response(drf_request, response, **kwargs)
+
+
+class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
     serializer_class = MessageSerializer
     pagination_class = PagePagination
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        """Under ASGI a POST runs ``apost`` on the event loop; see ``_ServerModeView``."""
+        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"POST": "apost"})
 
     def get_queryset(self):
         return selectors.message_list_for_owner(
@@ -256,24 +431,63 @@ class MessageListCreateApi(LoggedUserMixin, GenericAPIView):
         is in flight is 409; too many waits of the caller's open at once, 429.
         """
         wait = _wait_seconds(request)
+        turn, timeout, release = self._accept(request, session_id, wait)
+        try:  # every way out gives the slots back, an error answer's too
+            turn = _turn_wait(
+                user=request.user, turn=turn, timeout=timeout, gone=_client_gone(request)
+            )
+        finally:
+            release()
+        return self._answer(TurnSerializer(turn).data, ended=wait is not None and turn.is_finished)
+
+    async def apost(self, request: HttpRequest, session_id: str) -> HttpResponseBase:
+        """POST on the event loop: the accept and each re-read in a thread, the wait awaited."""
+
+        async def serve(drf_request: Request) -> Response:
+            turn, wait, timeout, release = await events.in_thread(
+                self._accept_checked, drf_request, session_id
+            )
+            try:
+                if timeout:
+                    _request_thread_release()
+                    turn = await _turn_wait_async(user=drf_request.user, turn=turn, timeout=timeout)
+                data = await events.in_thread(lambda: TurnSerializer(turn).data)
+            finally:
+                await events.in_thread(release)
+            return self._answer(data, ended=wait is not None and turn.is_finished)
+
+        return await self.dispatch_async(request, serve, session_id=session_id)
+
+    def _accept_checked(self, request: Request, session_id: str) -> tuple:
+        """DRF's own checks (authentication, the throttle), then ``_accept``."""
+        self.initial(request, session_id=session_id)
+        wait = _wait_seconds(request)
+        turn, timeout, release = self._accept(request, session_id, wait)
+        return turn, wait, timeout, release
+
+    def _accept(self, request: Request, session_id: str, wait: int | None) -> tuple:
+        """Validate, take the wait's slots, store the message and queue its turn.
+
+        Return the turn, how long to wait for it and the slots' release.
+        """
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         # Taken before anything is stored: a 429 for too many waits leaves no message.
-        release = events.wait_slot_acquire(user_id=request.user.pk) if wait else _nothing
-        try:  # every way out gives the slot back, an error answer's too
+        timeout, release = _wait_slots(user_id=request.user.pk, wait=wait)
+        try:
             tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
             turn = services.message_accept(
                 user=request.user, session_id=session_id, content=data.validated_data["content"]
             )
             tasks.turn_enqueue(turn=turn)
-            turn = _turn_wait(user=request.user, turn=turn, timeout=wait or 0)
-        finally:
+        except BaseException:
             release()
-        ended = wait is not None and turn.is_finished
-        return Response(
-            TurnSerializer(turn).data,
-            status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED,
-        )
+            raise
+        return turn, timeout, release
+
+    @staticmethod
+    def _answer(data: dict, *, ended: bool) -> Response:
+        return Response(data, status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)
 
 
 class TurnDetailApi(LoggedUserMixin, APIView):
@@ -317,22 +531,78 @@ def _sse(turn: Turn) -> str:
     return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
 
 
-class TurnEventsApi(LoggedUserMixin, APIView):
+class _AsyncStream:
+    """The stream's chunks on the event loop, its first one already read.
+
+    Django calls ``close`` when the response ends, after a hang-up too (an async
+    generator's ``finally`` would run only when it is collected): it ends the subscription
+    and gives the slots back.
+    """
+
+    def __init__(self, first: str, watch: events.AsyncTurnWatch, release) -> None:
+        self.first = first
+        self.watch = watch
+        self.release = release
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[str]:
+        _request_thread_release()  # the middleware are done: nothing for it until the end
+        yield self.first
+        try:
+            async for turn in self.watch:
+                yield ": keep-alive\n\n" if turn is None else await events.in_thread(_sse, turn)
+        except NotFound:
+            return  # the session was deleted or expired mid-stream: end it, say nothing more
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.watch.close()
+        finally:
+            self.release()
+
+
+# A stream refused because the process holds as many as it may (WSGI: threads).
+RETRY_AFTER_BUSY = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[503],
+    description="With 503: seconds to wait before trying again.",
+)
+
+
+class TurnEventsApi(_AsyncDispatch, LoggedUserMixin, APIView):
     content_negotiation_class = FirstRendererNegotiation
 
+    @classmethod
+    def as_view(cls, **initkwargs):
+        """Under ASGI the stream runs on the event loop (``aget``); see ``_ServerModeView``."""
+        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget"})
+
     @extend_schema(
-        parameters=[TURN_ID, RETRY_AFTER],
+        parameters=[TURN_ID, RETRY_AFTER, RETRY_AFTER_BUSY],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
                 _turn_events(),
                 description="`event: turn` with the turn as JSON, at once and on every change; "
                 "ends after the terminal one.",
             ),
-            **errors(400, 401, 404, 503),
+            **errors(400, 401, 404),
             429: OpenApiResponse(
                 ErrorSerializer,
                 description="Too many waits and streams of the caller's open at once; "
                 "see Retry-After.",
+            ),
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="A backing service is down, or the server holds as many streams "
+                "as it may (then with Retry-After).",
             ),
         },
     )
@@ -342,13 +612,43 @@ class TurnEventsApi(LoggedUserMixin, APIView):
         One `event: turn` at once with the whole turn as JSON `data`, another at every change;
         the stream ends after the terminal one. A `:` comment line every 15 s keeps it alive.
         """
-        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
-        release = events.wait_slot_acquire(user_id=request.user.pk)
+        turn, release = self._open(request, turn_id)
         try:
             return self._response(request, turn, release)
         except BaseException:
             release()
             raise
+
+    async def aget(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:
+        """GET on the event loop: the stream awaits changes holding no thread."""
+
+        async def serve(drf_request: Request) -> HttpResponseBase:
+            turn, release = await events.in_thread(self._open_checked, drf_request, turn_id)
+            watch = events.AsyncTurnWatch(
+                turn=turn,
+                refresh=functools.partial(_refresh, drf_request.user),
+                timeout=STREAM_MAX_SECONDS,
+                tick=KEEPALIVE_SECONDS,
+            )
+            try:
+                # Subscribed and read before the 200 goes out: with Redis down, a 503.
+                first = await events.in_thread(_sse, await watch.start())
+            except BaseException:
+                watch.close()
+                await events.in_thread(release)
+                raise
+            return self._headers(StreamingHttpResponse(_AsyncStream(first, watch, release)))
+
+        return await self.dispatch_async(request, serve, turn_id=turn_id)
+
+    def _open_checked(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
+        """DRF's own checks (authentication, throttles), then ``_open``."""
+        self.initial(request, turn_id=turn_id)
+        return self._open(request, turn_id)
+
+    def _open(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
+        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        return turn, _stream_slots(user_id=request.user.pk)
 
     def _response(self, request: Request, turn: Turn, release) -> StreamingHttpResponse:
         watch = events.turn_watch(
@@ -356,15 +656,18 @@ class TurnEventsApi(LoggedUserMixin, APIView):
             refresh=functools.partial(_refresh, request.user),
             timeout=STREAM_MAX_SECONDS,
             tick=KEEPALIVE_SECONDS,
+            gone=_client_gone(request),
         )
         # Subscribe and read before the 200 goes out: with Redis down this is a 503, not a
         # broken stream. CPython closes the generator (and its subscription) with the
         # response.
         first = next(watch)
         chunks = _Releasing(self._stream(first, watch), release)
-        response = StreamingHttpResponse(
-            streamable(request, chunks), content_type="text/event-stream"
-        )
+        return self._headers(StreamingHttpResponse(streamable(request, chunks)))
+
+    @staticmethod
+    def _headers(response: StreamingHttpResponse) -> StreamingHttpResponse:
+        response["Content-Type"] = "text/event-stream"
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response

@@ -1,24 +1,43 @@
-"""Turn change notifications: Redis pub/sub when Redis is configured.
+"""Turn change notifications: Redis pub/sub when Redis is configured; and what waits on them.
 
 ``?wait`` and the event stream wake on these instead of polling the database in a loop.
 The payload carries only the turn id; readers re-fetch the turn through the owner check,
 so a notification can never carry conversation data to the wrong reader.
+
+Under WSGI a waiter holds its thread and its own subscription (``turn_watch``), within the
+process's wait budget (``wait_budget_take``). Under ASGI it awaits on the event loop
+(``AsyncTurnWatch``): one listener connection per process fans notifications out, and only
+the re-reads take a thread, briefly.
 """
 
+import asyncio
+import contextlib
+import functools
 import logging
+import os
+import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+import redis.asyncio
 import redis.exceptions
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
-from rest_framework.exceptions import Throttled
+from django.db import close_old_connections, transaction
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from rest_framework.exceptions import APIException, Throttled
 
 from .models import Turn
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Without Redis (the embedded setup) turns run eagerly; polling is the rare fallback.
 POLL_INTERVAL_SECONDS = 0.25
@@ -49,20 +68,27 @@ def _publish(turn_id: object) -> None:
 
 
 def turn_changes(
-    *, turn_id: uuid.UUID, timeout: float, tick: float = 15.0, poll_if_down: bool = False
+    *,
+    turn_id: uuid.UUID,
+    timeout: float,
+    tick: float = 15.0,
+    poll_if_down: bool = False,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[bool]:
     """Yield True on each change notification of a turn and False on every idle ``tick``.
 
     The subscription is open before the first yield, so a caller that re-reads the turn
     after the first ``next()`` cannot miss a change that happened in between. Stops after
-    ``timeout`` seconds. If Redis cannot be subscribed to, the first ``next()`` raises,
-    unless ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
+    ``timeout`` seconds, or as soon as ``gone()`` (checked about every second) says the
+    client hung up. If Redis cannot be subscribed to, the first ``next()`` raises, unless
+    ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
     mid-wait.
     """
     deadline = time.monotonic() + timeout
+    gone = gone or never
     if not settings.REDIS_URL:
         yield False
-        yield from _poll(deadline)
+        yield from _poll(deadline, gone)
         return
     pubsub = _redis().pubsub(ignore_subscribe_messages=True)
     try:
@@ -73,18 +99,18 @@ def turn_changes(
                 raise
             logger.warning("turn notifications unavailable; polling turn %s", turn_id)
             yield False
-            yield from _poll(deadline)
+            yield from _poll(deadline, gone)
             return
         yield False
         last = time.monotonic()
-        while (remaining := deadline - time.monotonic()) > 0:
+        while (remaining := deadline - time.monotonic()) > 0 and not gone():
             try:
                 message = pubsub.get_message(timeout=min(1.0, remaining))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 # Redis went away mid-wait: the turn was accepted and still ends, so the
                 # waiter re-reads it on a timer instead of answering an error.
                 logger.warning("turn notifications lost; polling turn %s", turn_id)
-                yield from _poll(deadline)
+                yield from _poll(deadline, gone)
                 return
             now = time.monotonic()
             if message is not None:
@@ -97,8 +123,13 @@ def turn_changes(
         pubsub.close()
 
 
-def _poll(deadline: float) -> Iterator[bool]:
-    while (remaining := deadline - time.monotonic()) > 0:
+def never() -> bool:
+    """A hang-up test for servers that cannot tell: the client is never gone."""
+    return False
+
+
+def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[bool]:
+    while (remaining := deadline - time.monotonic()) > 0 and not gone():
         time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
         yield True
 
@@ -110,6 +141,7 @@ def turn_watch(
     timeout: float,
     tick: float = 15.0,
     poll_if_down: bool = False,
+    gone: Callable[[], bool] | None = None,
 ) -> Iterator[Turn | None]:
     """Yield the turn as it is now, then each time it changes, until it ends or ``timeout``.
 
@@ -117,9 +149,11 @@ def turn_watch(
     watcher until its timeout) and None is yielded if nothing changed: the event stream
     sends a keep-alive then. ``refresh`` re-reads the turn for its owner. Subscribed
     before the first read, so no change can slip by unseen; if Redis cannot be subscribed
-    to, the first ``next()`` raises, unless ``poll_if_down``.
+    to, the first ``next()`` raises, unless ``poll_if_down``. Ends early once ``gone()``.
     """
-    changes = turn_changes(turn_id=turn.pk, timeout=timeout, tick=tick, poll_if_down=poll_if_down)
+    changes = turn_changes(
+        turn_id=turn.pk, timeout=timeout, tick=tick, poll_if_down=poll_if_down, gone=gone
+    )
     next(changes)
     try:
         turn = refresh(turn)
@@ -172,3 +206,399 @@ def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
         release()
         raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
     return release
+
+
+# The process's wait budget ------------------------------------------------------------------
+# Under WSGI a wait holds one of the server's threads for its whole length: past a budget the
+# process answers ?wait with 202 at once (the client polls) and a stream with 503, so some
+# threads always stay free for short requests and a burst of waits never queues them.
+
+WAIT_BUDGET_RETRY_AFTER_SECONDS = 2
+
+
+class _Budget:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.semaphore = threading.BoundedSemaphore(size) if size else None
+
+
+_budget_lock = threading.Lock()
+_budget: _Budget | None = None
+
+
+def wait_budget_size() -> int | None:
+    """Return how many waits this process lets run at once, or None for no bound.
+
+    The ``WAITS_PER_PROCESS`` setting says it outright. Otherwise under gunicorn
+    (``gunicorn.conf.py`` names its thread count in ``WEB_THREADS``) it is the threads less
+    an eighth (at least one) kept for short requests; under ASGI, where a wait holds no
+    thread, and under any other server there is no bound.
+    """
+    if settings.WAITS_PER_PROCESS is not None:
+        return max(0, settings.WAITS_PER_PROCESS)
+    threads = int(os.environ.get("WEB_THREADS") or 0)
+    return threads - max(1, threads // 8) if threads else None
+
+
+def wait_budget_take() -> Callable[[], None] | None:
+    """Take one of the process's wait slots without blocking; return its release, or None.
+
+    None means none is free: the caller answers at once instead of waiting.
+    """
+    global _budget
+    size = wait_budget_size()
+    if size is None:
+        return _nothing
+    with _budget_lock:
+        if _budget is None or _budget.size != size:
+            _budget = _Budget(size)  # a changed setting: slots held of the old one go back to it
+        budget = _budget
+    if budget.semaphore is None or not budget.semaphore.acquire(blocking=False):
+        return None
+    return _once(budget.semaphore.release)
+
+
+def _once(release: Callable[[], None]) -> Callable[[], None]:
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            release()
+
+    return once
+
+
+def _nothing() -> None:
+    return None
+
+
+class WaitBudgetSpent(APIException):
+    """503 with ``Retry-After``: every wait this process may hold is taken."""
+
+    status_code = 503
+    default_detail = "The server is busy with other streams; try again shortly."
+    default_code = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wait = WAIT_BUDGET_RETRY_AFTER_SECONDS
+
+
+# Under ASGI: one listener per event loop ----------------------------------------------------
+# A wait awaits a notification on the event loop instead of holding a thread: one Redis
+# pub/sub connection per process (per event loop) carries every channel, subscribed once
+# however many waiters share it, and fans each notification out to them. Database work
+# (each re-read of a turn) runs on a bounded pool of threads and gives it straight back.
+
+SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _database_threads() -> ThreadPoolExecutor:
+    """The process's pool for database work of async views (``ASGI_THREADS``, default 8)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            size = settings.ASGI_THREADS
+            _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="asgi-db")
+        return _executor
+
+
+async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on a thread of the process's pool and await it; the thread goes back after.
+
+    As around a request, unusable or expired database connections are dropped before and
+    after: a pool thread's connection would otherwise never be health-checked (and, with
+    ``CONN_MAX_AGE=0``, never closed).
+    """
+    pool = _database_threads()
+    call = sync_to_async(_on_fresh_connections, thread_sensitive=False, executor=pool)
+    return await call(functools.partial(fn, *args, **kwargs))
+
+
+def _on_fresh_connections(fn: Callable[[], T]) -> T:
+    close_old_connections()
+    try:
+        return fn()
+    finally:
+        close_old_connections()
+
+
+class Subscription:
+    """One waiter's hold on a turn's channel: ``changed`` is set on every notification.
+
+    ``lost`` turns true if the listener's connection is gone: the waiter polls from then
+    on. ``close`` is idempotent and may be called from any thread.
+    """
+
+    def __init__(self, listener: "TurnListener", channel: str) -> None:
+        self.listener = listener
+        self.channel = channel
+        self.changed = asyncio.Event()
+        self.lost = False
+        self.closed = False
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a notification (or the loss); True if one came."""
+        try:
+            await asyncio.wait_for(self.changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.changed.clear()
+        return True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        loop = self.listener.loop
+        if loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.listener.drop(self)
+        else:
+            loop.call_soon_threadsafe(self.listener.drop, self)
+
+
+class _Channel:
+    def __init__(self, ready: asyncio.Future) -> None:
+        self.subscriptions: set[Subscription] = set()
+        self.ready = ready  # True once Redis confirmed the subscription, False if it is lost
+
+
+class TurnListener:
+    """The event loop's one pub/sub connection; channels subscribed while someone waits."""
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.url = url
+        self.loop = loop
+        self.channels: dict[str, _Channel] = {}
+        self._confirmations: dict[str, deque[asyncio.Future]] = {}
+        self._pubsub = None
+        self._reader: asyncio.Task | None = None
+        self._lock = asyncio.Lock()  # commands go out in the order they were asked for
+        self._tasks: set[asyncio.Task] = set()
+
+    async def subscribe(self, turn_id: object) -> Subscription:
+        """Return a subscription to the turn's changes, active on Redis when this returns.
+
+        Raise ``redis.exceptions.ConnectionError`` if Redis cannot be reached.
+        """
+        channel = _channel(turn_id)
+        subscription = Subscription(self, channel)
+        entry = self.channels.get(channel)
+        if entry is None:
+            entry = _Channel(self.loop.create_future())
+            self.channels[channel] = entry
+            self._confirmations.setdefault(channel, deque()).append(entry.ready)
+            self._later(self._command("subscribe", channel))
+        entry.subscriptions.add(subscription)
+        try:
+            ready = asyncio.shield(entry.ready)
+            confirmed = await asyncio.wait_for(ready, SUBSCRIBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            subscription.close()
+            raise redis.exceptions.TimeoutError("no subscription confirmed in time") from None
+        except BaseException:
+            subscription.close()
+            raise
+        if not confirmed:
+            subscription.close()
+            raise redis.exceptions.ConnectionError("turn notifications are unavailable")
+        return subscription
+
+    def drop(self, subscription: Subscription) -> None:
+        """Forget a closed subscription; unsubscribe the channel when it was the last."""
+        entry = self.channels.get(subscription.channel)
+        if entry is None or subscription not in entry.subscriptions:
+            return
+        entry.subscriptions.discard(subscription)
+        if not entry.subscriptions:
+            del self.channels[subscription.channel]
+            self._later(self._command("unsubscribe", subscription.channel))
+
+    def _later(self, coroutine) -> None:
+        task = self.loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _command(self, name: str, channel: str) -> None:
+        async with self._lock:
+            try:
+                if name == "subscribe":
+                    pubsub = await self._connected()
+                    await pubsub.subscribe(channel)
+                    if self._reader is None:  # reads once something is subscribed
+                        self._reader = self.loop.create_task(self._read(pubsub))
+                elif self._pubsub is not None:
+                    await self._pubsub.unsubscribe(channel)
+            except Exception as exc:  # noqa: BLE001 - every waiter falls back to polling
+                await self._lose(exc)
+
+    async def _connected(self):
+        if self._pubsub is None:
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+            )
+            self._pubsub = client.pubsub()
+        return self._pubsub
+
+    async def _read(self, pubsub) -> None:
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    self._dispatch(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            if pubsub is self._pubsub:
+                async with self._lock:
+                    await self._lose(exc)
+
+    def _dispatch(self, message: dict) -> None:
+        channel = message["channel"]
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        if message["type"] == "subscribe":
+            waiting = self._confirmations.get(channel)
+            if waiting:
+                ready = waiting.popleft()
+                if not waiting:
+                    del self._confirmations[channel]
+                if not ready.done():
+                    ready.set_result(True)
+        elif message["type"] == "message" and (entry := self.channels.get(channel)):
+            for subscription in entry.subscriptions:
+                subscription.changed.set()
+
+    async def _lose(self, exc: BaseException) -> None:
+        """The connection is gone: every waiter polls; the next subscriber reconnects."""
+        logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
+        pubsub, self._pubsub = self._pubsub, None
+        for entry in self.channels.values():
+            for subscription in entry.subscriptions:
+                subscription.lost = True
+                subscription.changed.set()
+            if not entry.ready.done():
+                entry.ready.set_result(False)
+        self.channels.clear()
+        for waiting in self._confirmations.values():
+            for ready in waiting:
+                if not ready.done():
+                    ready.set_result(False)
+        self._confirmations.clear()
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
+# The listener's connection belongs to the event loop it was made in, so there is one per
+# loop (uvicorn runs one per process), dropped with its loop. It holds a Redis connection
+# and the names of the channels waited on (turn ids), never conversation data.
+_listeners: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TurnListener] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def turn_listener() -> TurnListener:
+    """Return the running event loop's listener (one per loop, so one per uvicorn worker)."""
+    loop = asyncio.get_running_loop()
+    listener = _listeners.get(loop)
+    if listener is None or listener.url != settings.REDIS_URL:
+        listener = _listeners[loop] = TurnListener(settings.REDIS_URL, loop)
+    return listener
+
+
+class AsyncTurnWatch:
+    """``turn_watch`` for the event loop: the turn now, then on each change, until it ends.
+
+    ``await start()`` subscribes and then reads the turn (so no change slips by unseen) and
+    returns it; if Redis cannot be reached it raises, unless ``poll_if_down``. Iterating
+    yields the turn at each change, None on an idle ``tick`` (after a re-read that found
+    nothing new), and stops when the turn ends or after ``timeout``. Every read runs
+    ``refresh`` on the database pool; nothing holds a thread in between. If Redis goes
+    away mid-wait, the watch re-reads on a timer instead. ``close`` (any thread,
+    idempotent) ends the subscription.
+    """
+
+    def __init__(
+        self,
+        *,
+        turn: Turn,
+        refresh: Callable[[Turn], Turn],
+        timeout: float,
+        tick: float = 15.0,
+        poll_if_down: bool = False,
+    ) -> None:
+        self.turn = turn
+        self.refresh = refresh
+        self.deadline = time.monotonic() + timeout
+        self.tick = tick
+        self.poll_if_down = poll_if_down
+        self.subscription: Subscription | None = None
+        self.closed = False
+        self._last_seen = (turn.status, turn.updated_at)
+        self._last_event = time.monotonic()
+
+    async def start(self) -> Turn:
+        if settings.REDIS_URL:
+            try:
+                self.subscription = await turn_listener().subscribe(self.turn.pk)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if not self.poll_if_down:
+                    raise
+                logger.warning("turn notifications unavailable; polling turn %s", self.turn.pk)
+        self.turn = await in_thread(self.refresh, self.turn)
+        self._last_seen = (self.turn.status, self.turn.updated_at)
+        self._last_event = time.monotonic()
+        return self.turn
+
+    def __aiter__(self) -> "AsyncTurnWatch":
+        return self
+
+    async def __anext__(self) -> Turn | None:
+        while not self.turn.is_finished and not self.closed:
+            changed = await self._next_change()
+            if changed is None:
+                break
+            self.turn = await in_thread(self.refresh, self.turn)
+            seen = (self.turn.status, self.turn.updated_at)
+            if seen != self._last_seen:
+                self._last_seen = seen
+                return self.turn
+            if not changed:
+                return None
+        raise StopAsyncIteration
+
+    async def _next_change(self) -> bool | None:
+        """True on a notification (or a poll), False on an idle tick, None past the deadline."""
+        now = time.monotonic()
+        remaining = self.deadline - now
+        if remaining <= 0:
+            return None
+        subscription = self.subscription
+        if subscription is None or subscription.lost:
+            await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+            return True
+        until_tick = max(self.tick - (now - self._last_event), 0)
+        if await subscription.wait(min(until_tick, remaining)):
+            self._last_event = time.monotonic()
+            return True  # a lost subscription wakes its waiter too: it re-reads, then polls
+        if time.monotonic() >= self.deadline:
+            return None
+        self._last_event = time.monotonic()
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.subscription is not None:
+            self.subscription.close()

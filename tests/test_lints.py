@@ -31,6 +31,8 @@ MODULE_DECLARATIVE = {"urlpatterns", "__all__"}
 # conversation data.
 SHARED = {
     "_async_clients": "one AsyncAnthropic client per event loop: connection pools",
+    "_listeners": "one turn-notification listener per event loop: a Redis connection and "
+    "channel names (turn ids)",
 }
 MUTABLE_CALLS = {
     "list", "dict", "set", "defaultdict", "deque", "OrderedDict", "Counter",

@@ -1,9 +1,13 @@
-"""Turn notifications: what a waiter does when Redis is not there."""
+"""Turn notifications: the listener each event loop shares, and what a waiter does when
+Redis is not there."""
 
+import asyncio
+import copy
 import uuid
 
 import pytest
 import redis
+from django.conf import settings
 
 from sessions_app import events
 
@@ -27,3 +31,160 @@ def test_the_event_stream_is_told_when_redis_is_down(dead_redis):
     changes = events.turn_changes(turn_id=uuid.uuid4(), timeout=0.6)
     with pytest.raises(redis.exceptions.ConnectionError):
         next(changes)
+
+
+# Under ASGI: one listener per event loop ----------------------------------------------------
+
+
+class Stub:
+    """A turn as a waiter sees it; ``refresh`` stands in for the owner-checked re-read."""
+
+    def __init__(self, status: str = "pending") -> None:
+        self.pk = uuid.uuid4()
+        self.status = status
+        self.updated_at = 0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in ("completed", "suppressed", "failed")
+
+
+def channel(turn_id: object) -> str:
+    """The turn's channel, as the workers publish on it."""
+    return f"{settings.CACHES['default'].get('KEY_PREFIX', 'isolation')}:turn:{turn_id}:events"
+
+
+def subscribers(url: str, turn_id: object) -> int:
+    with redis.Redis.from_url(url) as client:
+        [(_, count)] = client.pubsub_numsub(channel(turn_id))
+    return count
+
+
+def published(url: str, turn_id: object) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.publish(channel(turn_id), str(turn_id))
+
+
+async def until(predicate, timeout: float = 10) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return predicate()
+
+
+def test_one_subscription_per_turn_fans_each_change_out_to_every_waiter(settings):
+    url, turn, other = settings.REDIS_URL, uuid.uuid4(), uuid.uuid4()
+
+    async def scenario() -> None:
+        listener = events.turn_listener()
+        assert events.turn_listener() is listener  # one per event loop
+        waiters = [await listener.subscribe(turn) for _ in range(3)]
+        bystander = await listener.subscribe(other)
+        assert subscribers(url, turn) == 1  # three waiters, one subscription
+        published(url, turn)
+        assert [await waiter.wait(10) for waiter in waiters] == [True, True, True]
+        assert not bystander.changed.is_set()  # only the turn's own waiters are woken
+        for waiter in waiters:
+            waiter.close()
+        bystander.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_channel_is_unsubscribed_when_its_last_waiter_leaves(settings):
+    url, turn = settings.REDIS_URL, uuid.uuid4()
+
+    async def scenario() -> None:
+        listener = events.turn_listener()
+        first, second = await listener.subscribe(turn), await listener.subscribe(turn)
+        first.close()
+        first.close()  # idempotent
+        await asyncio.sleep(0.1)
+        assert subscribers(url, turn) == 1  # the second still waits
+        second.close()
+        assert await until(lambda: subscribers(url, turn) == 0)
+        again = await listener.subscribe(turn)  # and a newcomer subscribes afresh
+        assert subscribers(url, turn) == 1
+        published(url, turn)
+        assert await again.wait(10)
+        again.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_watch_subscribes_before_its_first_read(settings):
+    url, turn = settings.REDIS_URL, Stub()
+    seen_at_read = []
+
+    def refresh(current: Stub) -> Stub:
+        seen_at_read.append(subscribers(url, turn.pk))
+        return current
+
+    async def scenario() -> None:
+        watch = events.AsyncTurnWatch(turn=turn, refresh=refresh, timeout=5)
+        assert await watch.start() is turn
+        watch.close()
+
+    asyncio.run(scenario())
+    assert seen_at_read == [1]
+
+
+def test_a_watch_wakes_on_a_change_and_ends_with_the_turn(settings):
+    url, stored = settings.REDIS_URL, Stub()  # ``stored``: the row, as a re-read finds it
+
+    def refresh(current: Stub) -> Stub:
+        return copy.copy(stored)
+
+    async def scenario() -> list[str]:
+        watch = events.AsyncTurnWatch(turn=copy.copy(stored), refresh=refresh, timeout=60, tick=60)
+        statuses = [(await watch.start()).status]
+        for status in ("running", "completed"):
+            stored.status, stored.updated_at = status, stored.updated_at + 1
+            published(url, stored.pk)
+            statuses.append((await anext(watch)).status)
+        assert [seen async for seen in watch] == []  # ended: nothing more
+        watch.close()
+        return statuses
+
+    assert asyncio.run(scenario()) == ["pending", "running", "completed"]
+
+
+def test_a_watch_polls_when_the_listener_loses_redis(settings, private_redis):
+    settings.REDIS_URL = private_redis.url
+    stored, reads = Stub(), []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append(current.status)
+        if len(reads) >= 4:  # it ends while no notification can come
+            stored.status, stored.updated_at = "completed", 1
+        return copy.copy(stored)
+
+    async def scenario() -> list[str]:
+        # Without polling, the watch would see nothing before its timeout (no idle tick).
+        watch = events.AsyncTurnWatch(
+            turn=copy.copy(stored), refresh=refresh, timeout=60, tick=120, poll_if_down=True
+        )
+        await watch.start()
+        private_redis.kill()
+        statuses = [seen.status async for seen in watch if seen is not None]
+        assert watch.subscription.lost
+        watch.close()
+        return statuses
+
+    assert asyncio.run(scenario()) == ["completed"]
+
+
+def test_a_watch_is_told_when_redis_is_down_unless_it_may_poll(dead_redis):
+    def refresh(current: Stub) -> Stub:
+        return current
+
+    async def scenario() -> None:
+        watch = events.AsyncTurnWatch(turn=Stub(), refresh=refresh, timeout=1)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await watch.start()
+        polling = events.AsyncTurnWatch(turn=Stub(), refresh=refresh, timeout=1, poll_if_down=True)
+        assert (await polling.start()).status == "pending"
+        polling.close()
+
+    asyncio.run(scenario())

@@ -4,6 +4,7 @@ import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
+from sessions_app import events
 from sessions_app.models import Turn
 
 pytestmark = pytest.mark.django_db
@@ -99,3 +100,110 @@ def test_a_wait_answered_with_an_error_gives_its_slot_back(api, settings):
         f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": "hi"}, format="json"
     )
     assert response.status_code == 200, response.content
+
+
+# The process's wait budget: under WSGI a wait holds a thread --------------------------------
+
+
+@pytest.fixture
+def queued(settings):
+    """Tasks go to the broker instead of running in the request: a posted turn stays pending."""
+    from redis import Redis
+
+    from isolation_site.celery import app as celery_app
+
+    from ..support import reset_broker_pools
+
+    broker = Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery")
+    saved = celery_app.conf.broker_url, celery_app.conf.task_always_eager
+    celery_app.conf.broker_url, celery_app.conf.task_always_eager = settings.REDIS_URL, False
+    reset_broker_pools()
+    try:
+        yield broker
+    finally:
+        celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
+        reset_broker_pools()
+        broker.delete("celery")
+        broker.close()
+
+
+def test_the_budget_leaves_threads_of_the_server_free_for_short_requests(settings, monkeypatch):
+    settings.WAITS_PER_PROCESS = None
+    monkeypatch.delenv("WEB_THREADS", raising=False)
+    assert events.wait_budget_size() is None  # runserver, ASGI: no thread held per wait
+    monkeypatch.setenv("WEB_THREADS", "8")  # gunicorn.conf.py names the worker's threads
+    assert events.wait_budget_size() == 7
+    monkeypatch.setenv("WEB_THREADS", "32")
+    assert events.wait_budget_size() == 28
+    monkeypatch.setenv("WEB_THREADS", "1")
+    assert events.wait_budget_size() == 0
+    settings.WAITS_PER_PROCESS = 3
+    assert events.wait_budget_size() == 3
+
+
+def test_a_budget_slot_is_taken_without_blocking_and_given_back_once(settings):
+    settings.WAITS_PER_PROCESS = 1
+    release = events.wait_budget_take()
+    assert release is not None
+    assert events.wait_budget_take() is None  # none free: at once, not after a wait
+    release()
+    release()  # a second call gives back nothing more
+    again = events.wait_budget_take()
+    assert again is not None
+    assert events.wait_budget_take() is None
+    again()
+
+
+def test_with_no_wait_slot_free_a_wait_is_answered_at_once_and_the_turn_ends_later(
+    api, user, queued, settings, fake_claude
+):
+    from sessions_app import tasks
+
+    from ..support import turn_task_args
+
+    settings.WAITS_PER_PROCESS = 0
+    settings.MAX_WAITS_PER_USER = 1
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=30", {"content": "CANARY-budget"}, format="json"
+    )
+    assert response.status_code == 202, response.content
+    turn = response.json()
+    assert turn["status"] == "pending"
+    assert turn["user_message"]["content"] == "CANARY-budget"  # accepted and stored
+    stored = api.get(f"/api/v1/sessions/{sid}/messages/").json()["results"]
+    assert [m["content"] for m in stored] == ["CANARY-budget"]
+    assert queued.llen("celery") == 1  # and queued: it is answered later
+    tasks.run_turn.apply(args=turn_task_args(turn["id"]))
+    later = api.get(f"/api/v1/turns/{turn['id']}/").json()
+    assert later["status"] == "completed"
+    assert "CANARY-budget" in later["reply"]["content"]
+    # The user's own slot was not kept either.
+    settings.WAITS_PER_PROCESS = None
+    held = api.get(f"/api/v1/turns/{turn['id']}/events/")
+    assert held.status_code == 200
+    hang_up(held)
+
+
+def test_with_no_wait_slot_free_a_stream_is_503_with_retry_after_and_keeps_no_slot(
+    api, other_api, pending, settings
+):
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = 0
+    path = f"/api/v1/turns/{pending.pk}/events/"
+    refused = api.get(path)
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "unavailable"
+    assert int(refused["Retry-After"]) > 0
+    settings.WAITS_PER_PROCESS = 1
+    held = api.get(path)  # the user's one slot was given back
+    assert held.status_code == 200
+    sid = other_api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    theirs = other_api.post(f"/api/v1/sessions/{sid}/messages/", {"content": "x"}, format="json")
+    # The process's one slot is taken: another user's stream is refused, not queued.
+    assert other_api.get(f"/api/v1/turns/{theirs.json()['id']}/events/").status_code == 503
+    hang_up(held)
+    again = api.get(path)
+    assert again.status_code == 200
+    hang_up(again)

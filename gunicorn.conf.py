@@ -1,0 +1,25 @@
+"""Settings gunicorn reads by itself from the directory it starts in.
+
+API.md's command line (``gunicorn isolation_site.wsgi ... -k gthread --threads 8``) runs
+from the repo root, so this file applies to it unchanged; flags on the command line win.
+"""
+
+import os
+
+# How long an idle kept-alive connection stays open. gunicorn's default, 2 s, is about as
+# long as an API client waits between two requests (a poll after a 202, a Retry-After):
+# the gthread worker then closes the connection just as the client's next request
+# arrives, unread, and the kernel answers it with a reset that no log records. Idle
+# connections cost no thread here (they wait in the worker's poller), only a socket, and
+# past ``worker_connections`` less the threads they are closed after their response.
+keepalive = 75
+
+
+def post_fork(server, worker) -> None:
+    """Tell the app how many threads each worker serves, before it loads.
+
+    Under WSGI a ``?wait`` or an event stream holds a thread for as long as it lasts; the
+    process's wait budget (``sessions_app.events.wait_budget_size``) is sized from this so
+    that threads always stay free for short requests. ``WAITS_PER_PROCESS`` overrides it.
+    """
+    os.environ["WEB_THREADS"] = str(server.cfg.threads)
