@@ -217,11 +217,15 @@ def _turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | N
     if timeout <= 0:
         return refresh(turn)
     watch = events.turn_watch(
-        turn=turn, refresh=refresh, timeout=timeout, poll_if_down=True, gone=gone
+        turn=turn,
+        refresh=functools.partial(_refresh_when_ended, user),
+        timeout=timeout,
+        poll_if_down=True,
+        gone=gone,
     )
     for seen in watch:
         turn = seen or turn
-    return turn
+    return turn if turn.is_finished else refresh(turn)
 
 
 async def _turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
@@ -229,18 +233,29 @@ async def _turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
     refresh = functools.partial(_refresh, user)
     if timeout <= 0:
         return await events.in_thread(refresh, turn)
-    watch = events.AsyncTurnWatch(turn=turn, refresh=refresh, timeout=timeout, poll_if_down=True)
+    watch = events.AsyncTurnWatch(
+        turn=turn,
+        refresh=functools.partial(_refresh_when_ended, user),
+        timeout=timeout,
+        poll_if_down=True,
+    )
     try:
         turn = await watch.start()
         async for seen in watch:
             turn = seen or turn
     finally:
         watch.close()
-    return turn
+    return turn if turn.is_finished else await events.in_thread(refresh, turn)
 
 
 def _refresh(user, turn: Turn) -> Turn:
     return selectors.turn_refresh_for_owner(user=user, turn=turn)
+
+
+def _refresh_when_ended(user, turn: Turn) -> Turn:
+    # A wait answers nothing before its turn ends: until then a notification ("running")
+    # costs one small query, not the turn, its messages and the vault.
+    return _refresh(user, turn) if selectors.turn_ended_for_owner(user=user, turn=turn) else turn
 
 
 def _wait_slots(*, user_id: int, wait: int | None) -> tuple[int, Callable[[], None]]:

@@ -109,3 +109,23 @@ def turn_refresh_for_owner(*, user: AbstractBaseUser, turn: Turn) -> Turn:
         if not is_outage(exc) or connection.in_atomic_block:
             raise
         return turn
+
+
+def turn_ended_for_owner(*, user: AbstractBaseUser, turn: Turn) -> bool:
+    """Tell whether the caller's turn has ended or is gone: one small query, no content.
+
+    A wait re-reads the whole turn only once this says so. If the database cannot answer,
+    say no: the wait goes on, as ``turn_refresh_for_owner`` would have it.
+    """
+    try:
+        status = once_more_on_fresh_connection(_turn_status, user=user, turn_id=turn.pk)
+    except Exception as exc:
+        if not is_outage(exc) or connection.in_atomic_block:
+            raise
+        return False
+    return status not in Turn.IN_FLIGHT
+
+
+def _turn_status(*, user: AbstractBaseUser, turn_id: uuid.UUID) -> str | None:
+    owned = Turn.objects.filter(pk=turn_id, session__in=_live_owned(user))
+    return owned.values_list("status", flat=True).first()

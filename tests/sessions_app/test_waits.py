@@ -207,3 +207,63 @@ def test_with_no_wait_slot_free_a_stream_is_503_with_retry_after_and_keeps_no_sl
     again = api.get(path)
     assert again.status_code == 200
     hang_up(again)
+
+
+# What a wait reads: the whole turn only once it has ended -----------------------------------
+
+
+def test_a_wait_checks_its_turn_with_one_small_query_until_it_ends(
+    user, other_user, pending, django_assert_num_queries
+):
+    from sessions_app import selectors, services
+
+    with django_assert_num_queries(1):
+        assert not selectors.turn_ended_for_owner(user=user, turn=pending)
+    services.turn_claim(turn_id=pending.pk)
+    assert not selectors.turn_ended_for_owner(user=user, turn=pending)
+    services.turn_complete(turn_id=pending.pk, reply="done")
+    assert selectors.turn_ended_for_owner(user=user, turn=pending)
+
+
+def test_for_another_user_a_turn_is_ended_so_the_full_read_answers_404(other_user, pending):
+    from rest_framework.exceptions import NotFound
+
+    from sessions_app import selectors
+
+    # "Ended" sends the waiter to the gated full read, which is the one 404 for them.
+    assert selectors.turn_ended_for_owner(user=other_user, turn=pending)
+    with pytest.raises(NotFound):
+        selectors.turn_refresh_for_owner(user=other_user, turn=pending)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wait_that_times_out_answers_the_turn_as_it_is_then(api, user, queued):
+    """A wait that saw only "running" still answers it, not the turn as it was accepted."""
+    import threading
+
+    from sessions_app import services
+
+    from ..support import wait_until
+
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    claimed = []
+
+    def claim() -> None:
+        from django.db import connection
+
+        try:
+            pending = Turn.objects.filter(session_id=sid, status="pending")
+            if wait_until(pending.exists, timeout=10):
+                claimed.append(services.turn_claim(turn_id=pending.get().pk))
+        finally:
+            connection.close()
+
+    worker = threading.Thread(target=claim)
+    worker.start()
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=2", {"content": "slow"}, format="json"
+    )
+    worker.join(10)
+    assert claimed and claimed[0] is not None
+    assert response.status_code == 202, response.content
+    assert response.json()["status"] == "running"
