@@ -391,7 +391,21 @@ class Reader:
         sock.close()
 
     def hang_up_streaming(self, turn_id: str, *, reset: bool) -> bytes:
-        """Read the event stream's first event, then close the connection."""
+        """Read the event stream's first event, then close the connection.
+
+        A 503 (every wait slot of the process taken, by streams whose clients hung up and
+        that the server has not noticed yet) is retried after its ``Retry-After``, as a
+        client does.
+        """
+        for _ in range(30):
+            data = self._hang_up_streaming(turn_id, reset=reset)
+            if b" 503 " not in data.split(b"\r\n", 1)[0]:
+                return data
+            retry_after = re.search(rb"(?im)^retry-after: *(\d+)", data)
+            time.sleep(int(retry_after.group(1)) if retry_after else 1)
+        return data
+
+    def _hang_up_streaming(self, turn_id: str, *, reset: bool) -> bytes:
         sock = self._raw("GET", f"/api/v1/turns/{turn_id}/events/", reset=reset)
         data = b""
         try:

@@ -1,26 +1,17 @@
-"""Turn change notifications: Redis pub/sub when Redis is configured; and what waits on them.
+"""Waiting under ASGI: one listener per event loop, and the asynchronous watch of a turn.
 
-``?wait`` and the event stream wake on these instead of polling the database in a loop.
-The payload carries only the turn id; readers re-fetch the turn through the owner check,
-so a notification can never carry conversation data to the wrong reader.
-
-Under WSGI a waiter holds its thread and its own subscription (``turn_watch``), within the
-process's wait budget (``wait_budget_take``). Under ASGI it awaits on the event loop
-(``AsyncTurnWatch``): one listener connection per process fans notifications out, and only
-the re-reads take a thread, briefly.
+A waiter awaits on the event loop; only its re-reads take a thread, briefly.
 """
 
 import asyncio
 import contextlib
 import functools
 import logging
-import os
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -28,261 +19,15 @@ import redis.asyncio
 import redis.exceptions
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.cache import cache
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from rest_framework.exceptions import APIException, Throttled
 
-from .models import Turn
+from ..models import Turn
+from .notify import POLL_INTERVAL_SECONDS, _channel
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# Without Redis (the embedded setup) turns run eagerly; polling is the rare fallback.
-POLL_INTERVAL_SECONDS = 0.25
-
-
-def _channel(turn_id: object) -> str:
-    return f"{settings.CACHES['default'].get('KEY_PREFIX', 'isolation')}:turn:{turn_id}:events"
-
-
-def _redis():
-    from django_redis import get_redis_connection
-
-    return get_redis_connection("default")
-
-
-def publish_turn_changed(*, turn_id: object) -> None:
-    """Tell waiters that the turn changed; a lost notification only delays them."""
-    if settings.REDIS_URL:
-        # After commit: a woken reader must find the change already visible.
-        transaction.on_commit(lambda: _publish(turn_id))
-
-
-def _publish(turn_id: object) -> None:
-    try:
-        _redis().publish(_channel(turn_id), str(turn_id))
-    except Exception:  # noqa: BLE001 - a waiter re-checks on its own deadline anyway
-        logger.warning("could not publish a change of turn %s", turn_id, exc_info=True)
-
-
-def turn_changes(
-    *,
-    turn_id: uuid.UUID,
-    timeout: float,
-    tick: float = 15.0,
-    poll_if_down: bool = False,
-    gone: Callable[[], bool] | None = None,
-) -> Iterator[bool]:
-    """Yield True on each change notification of a turn and False on every idle ``tick``.
-
-    The subscription is open before the first yield, so a caller that re-reads the turn
-    after the first ``next()`` cannot miss a change that happened in between. Stops after
-    ``timeout`` seconds, or as soon as ``gone()`` (checked about every second) says the
-    client hung up. If Redis cannot be subscribed to, the first ``next()`` raises, unless
-    ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
-    mid-wait.
-    """
-    deadline = time.monotonic() + timeout
-    gone = gone or never
-    if not settings.REDIS_URL:
-        yield False
-        yield from _poll(deadline, gone)
-        return
-    pubsub = _redis().pubsub(ignore_subscribe_messages=True)
-    try:
-        try:
-            pubsub.subscribe(_channel(turn_id))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            if not poll_if_down:
-                raise
-            logger.warning("turn notifications unavailable; polling turn %s", turn_id)
-            yield False
-            yield from _poll(deadline, gone)
-            return
-        yield False
-        last = time.monotonic()
-        while (remaining := deadline - time.monotonic()) > 0 and not gone():
-            try:
-                message = pubsub.get_message(timeout=min(1.0, remaining))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                # Redis went away mid-wait: the turn was accepted and still ends, so the
-                # waiter re-reads it on a timer instead of answering an error.
-                logger.warning("turn notifications lost; polling turn %s", turn_id)
-                yield from _poll(deadline, gone)
-                return
-            now = time.monotonic()
-            if message is not None:
-                last = now
-                yield True
-            elif now - last >= tick:
-                last = now
-                yield False
-    finally:
-        pubsub.close()
-
-
-def never() -> bool:
-    """A hang-up test for servers that cannot tell: the client is never gone."""
-    return False
-
-
-def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[bool]:
-    while (remaining := deadline - time.monotonic()) > 0 and not gone():
-        time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-        yield True
-
-
-def turn_watch(
-    *,
-    turn: Turn,
-    refresh: Callable[[Turn], Turn],
-    timeout: float,
-    tick: float = 15.0,
-    poll_if_down: bool = False,
-    gone: Callable[[], bool] | None = None,
-) -> Iterator[Turn | None]:
-    """Yield the turn as it is now, then each time it changes, until it ends or ``timeout``.
-
-    On an idle ``tick`` the turn is re-read as well (a lost notification cannot hold a
-    watcher until its timeout) and None is yielded if nothing changed: the event stream
-    sends a keep-alive then. ``refresh`` re-reads the turn for its owner. Subscribed
-    before the first read, so no change can slip by unseen; if Redis cannot be subscribed
-    to, the first ``next()`` raises, unless ``poll_if_down``. Ends early once ``gone()``.
-    """
-    changes = turn_changes(
-        turn_id=turn.pk, timeout=timeout, tick=tick, poll_if_down=poll_if_down, gone=gone
-    )
-    next(changes)
-    try:
-        turn = refresh(turn)
-        last = (turn.status, turn.updated_at)
-        yield turn
-        while not turn.is_finished and (changed := next(changes, None)) is not None:
-            turn = refresh(turn)
-            if (turn.status, turn.updated_at) != last:
-                last = (turn.status, turn.updated_at)
-                yield turn
-            elif not changed:
-                yield None
-    finally:
-        changes.close()
-
-
-class TooManyWaits(Throttled):
-    default_detail = (
-        "You already have as many replies being waited for or streamed as allowed; "
-        "close one, or poll the turn instead."
-    )
-    default_code = "too_many_waits"
-
-
-# A counter left behind by a process that died mid-wait fades after this long.
-WAIT_SLOT_TTL_SECONDS = 15 * 60
-WAIT_RETRY_AFTER_SECONDS = 5
-
-
-def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
-    """Take one of the user's ``MAX_WAITS_PER_USER`` slots; return the function releasing it.
-
-    Raise ``TooManyWaits`` (429 with ``Retry-After``) when they are all taken: one user's
-    open streams must not hold every web thread while everyone else waits.
-    """
-    key = f"wait-slots:{user_id}"
-    cache.add(key, 0, timeout=WAIT_SLOT_TTL_SECONDS)
-    held = cache.incr(key)
-    cache.touch(key, WAIT_SLOT_TTL_SECONDS)
-
-    def release() -> None:
-        try:
-            cache.decr(key)
-        except ValueError:
-            pass  # faded meanwhile: nothing left to give back
-        except Exception:  # noqa: BLE001 - the cache went away; the counter fades with it
-            logger.warning("could not release a wait slot of user %s", user_id)
-
-    if held > settings.MAX_WAITS_PER_USER:
-        release()
-        raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
-    return release
-
-
-# The process's wait budget ------------------------------------------------------------------
-# Under WSGI a wait holds one of the server's threads for its whole length: past a budget the
-# process answers ?wait with 202 at once (the client polls) and a stream with 503, so some
-# threads always stay free for short requests and a burst of waits never queues them.
-
-WAIT_BUDGET_RETRY_AFTER_SECONDS = 2
-
-
-class _Budget:
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.semaphore = threading.BoundedSemaphore(size) if size else None
-
-
-_budget_lock = threading.Lock()
-_budget: _Budget | None = None
-
-
-def wait_budget_size() -> int | None:
-    """Return how many waits this process lets run at once, or None for no bound.
-
-    The ``WAITS_PER_PROCESS`` setting says it outright. Otherwise under gunicorn
-    (``gunicorn.conf.py`` names its thread count in ``WEB_THREADS``) it is the threads less
-    an eighth (at least one) kept for short requests; under ASGI, where a wait holds no
-    thread, and under any other server there is no bound.
-    """
-    if settings.WAITS_PER_PROCESS is not None:
-        return max(0, settings.WAITS_PER_PROCESS)
-    threads = int(os.environ.get("WEB_THREADS") or 0)
-    return threads - max(1, threads // 8) if threads else None
-
-
-def wait_budget_take() -> Callable[[], None] | None:
-    """Take one of the process's wait slots without blocking; return its release, or None.
-
-    None means none is free: the caller answers at once instead of waiting.
-    """
-    global _budget
-    size = wait_budget_size()
-    if size is None:
-        return _nothing
-    with _budget_lock:
-        if _budget is None or _budget.size != size:
-            _budget = _Budget(size)  # a changed setting: slots held of the old one go back to it
-        budget = _budget
-    if budget.semaphore is None or not budget.semaphore.acquire(blocking=False):
-        return None
-    return _once(budget.semaphore.release)
-
-
-def _once(release: Callable[[], None]) -> Callable[[], None]:
-    done = threading.Event()
-
-    def once() -> None:
-        if not done.is_set():
-            done.set()
-            release()
-
-    return once
-
-
-def _nothing() -> None:
-    return None
-
-
-class WaitBudgetSpent(APIException):
-    """503 with ``Retry-After``: every wait this process may hold is taken."""
-
-    status_code = 503
-    default_detail = "The server is busy with other streams; try again shortly."
-    default_code = "unavailable"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.wait = WAIT_BUDGET_RETRY_AFTER_SECONDS
 
 
 # Under ASGI: one listener per event loop ----------------------------------------------------

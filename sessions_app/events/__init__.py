@@ -1,0 +1,53 @@
+"""Turn change notifications: Redis pub/sub when Redis is configured; and what waits on them.
+
+``?wait`` and the event stream wake on these instead of polling the database in a loop.
+The payload carries only the turn id; readers re-fetch the turn through the owner check,
+so a notification can never carry conversation data to the wrong reader.
+
+Under WSGI a waiter holds its thread and its own subscription (``turn_watch``), within the
+process's wait budget (``wait_budget_take``). Under ASGI it awaits on the event loop
+(``AsyncTurnWatch``): one listener connection per process fans notifications out, and only
+the re-reads take a thread, briefly.
+"""
+
+from .listener import (
+    SUBSCRIBE_TIMEOUT_SECONDS,
+    AsyncTurnWatch,
+    Subscription,
+    TurnListener,
+    in_thread,
+    turn_listener,
+)
+from .notify import POLL_INTERVAL_SECONDS, never, publish_turn_changed, turn_changes, turn_watch
+from .slots import (
+    WAIT_BUDGET_RETRY_AFTER_SECONDS,
+    WAIT_RETRY_AFTER_SECONDS,
+    WAIT_SLOT_TTL_SECONDS,
+    TooManyWaits,
+    WaitBudgetSpent,
+    wait_budget_size,
+    wait_budget_take,
+    wait_slot_acquire,
+)
+
+__all__ = (
+    "POLL_INTERVAL_SECONDS",
+    "SUBSCRIBE_TIMEOUT_SECONDS",
+    "WAIT_BUDGET_RETRY_AFTER_SECONDS",
+    "WAIT_RETRY_AFTER_SECONDS",
+    "WAIT_SLOT_TTL_SECONDS",
+    "AsyncTurnWatch",
+    "Subscription",
+    "TooManyWaits",
+    "TurnListener",
+    "WaitBudgetSpent",
+    "in_thread",
+    "never",
+    "publish_turn_changed",
+    "turn_changes",
+    "turn_listener",
+    "turn_watch",
+    "wait_budget_size",
+    "wait_budget_take",
+    "wait_slot_acquire",
+)

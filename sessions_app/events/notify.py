@@ -1,0 +1,149 @@
+"""Turn change notifications (Redis pub/sub) and the synchronous watch of a turn.
+
+The payload carries only the turn id; readers re-fetch the turn through the owner check,
+so a notification can never carry conversation data to the wrong reader. Under WSGI a
+waiter holds its thread and its own subscription (``turn_watch``).
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import redis.asyncio
+import redis.exceptions
+from django.conf import settings
+from django.db import transaction
+
+from ..models import Turn
+
+logger = logging.getLogger(__name__)
+# Without Redis (the embedded setup) turns run eagerly; polling is the rare fallback.
+POLL_INTERVAL_SECONDS = 0.25
+
+
+def _channel(turn_id: object) -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX', 'isolation')}:turn:{turn_id}:events"
+
+
+def _redis():
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def publish_turn_changed(*, turn_id: object) -> None:
+    """Tell waiters that the turn changed; a lost notification only delays them."""
+    if settings.REDIS_URL:
+        # After commit: a woken reader must find the change already visible.
+        transaction.on_commit(lambda: _publish(turn_id))
+
+
+def _publish(turn_id: object) -> None:
+    try:
+        _redis().publish(_channel(turn_id), str(turn_id))
+    except Exception:  # noqa: BLE001 - a waiter re-checks on its own deadline anyway
+        logger.warning("could not publish a change of turn %s", turn_id, exc_info=True)
+
+
+def turn_changes(
+    *,
+    turn_id: uuid.UUID,
+    timeout: float,
+    tick: float = 15.0,
+    poll_if_down: bool = False,
+    gone: Callable[[], bool] | None = None,
+) -> Iterator[bool]:
+    """Yield True on each change notification of a turn and False on every idle ``tick``.
+
+    The subscription is open before the first yield, so a caller that re-reads the turn
+    after the first ``next()`` cannot miss a change that happened in between. Stops after
+    ``timeout`` seconds, or as soon as ``gone()`` (checked about every second) says the
+    client hung up. If Redis cannot be subscribed to, the first ``next()`` raises, unless
+    ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
+    mid-wait.
+    """
+    deadline = time.monotonic() + timeout
+    gone = gone or never
+    if not settings.REDIS_URL:
+        yield False
+        yield from _poll(deadline, gone)
+        return
+    pubsub = _redis().pubsub(ignore_subscribe_messages=True)
+    try:
+        try:
+            pubsub.subscribe(_channel(turn_id))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if not poll_if_down:
+                raise
+            logger.warning("turn notifications unavailable; polling turn %s", turn_id)
+            yield False
+            yield from _poll(deadline, gone)
+            return
+        yield False
+        last = time.monotonic()
+        while (remaining := deadline - time.monotonic()) > 0 and not gone():
+            try:
+                message = pubsub.get_message(timeout=min(1.0, remaining))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                # Redis went away mid-wait: the turn was accepted and still ends, so the
+                # waiter re-reads it on a timer instead of answering an error.
+                logger.warning("turn notifications lost; polling turn %s", turn_id)
+                yield from _poll(deadline, gone)
+                return
+            now = time.monotonic()
+            if message is not None:
+                last = now
+                yield True
+            elif now - last >= tick:
+                last = now
+                yield False
+    finally:
+        pubsub.close()
+
+
+def never() -> bool:
+    """A hang-up test for servers that cannot tell: the client is never gone."""
+    return False
+
+
+def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[bool]:
+    while (remaining := deadline - time.monotonic()) > 0 and not gone():
+        time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+        yield True
+
+
+def turn_watch(
+    *,
+    turn: Turn,
+    refresh: Callable[[Turn], Turn],
+    timeout: float,
+    tick: float = 15.0,
+    poll_if_down: bool = False,
+    gone: Callable[[], bool] | None = None,
+) -> Iterator[Turn | None]:
+    """Yield the turn as it is now, then each time it changes, until it ends or ``timeout``.
+
+    On an idle ``tick`` the turn is re-read as well (a lost notification cannot hold a
+    watcher until its timeout) and None is yielded if nothing changed: the event stream
+    sends a keep-alive then. ``refresh`` re-reads the turn for its owner. Subscribed
+    before the first read, so no change can slip by unseen; if Redis cannot be subscribed
+    to, the first ``next()`` raises, unless ``poll_if_down``. Ends early once ``gone()``.
+    """
+    changes = turn_changes(
+        turn_id=turn.pk, timeout=timeout, tick=tick, poll_if_down=poll_if_down, gone=gone
+    )
+    next(changes)
+    try:
+        turn = refresh(turn)
+        last = (turn.status, turn.updated_at)
+        yield turn
+        while not turn.is_finished and (changed := next(changes, None)) is not None:
+            turn = refresh(turn)
+            if (turn.status, turn.updated_at) != last:
+                last = (turn.status, turn.updated_at)
+                yield turn
+            elif not changed:
+                yield None
+    finally:
+        changes.close()
