@@ -13,14 +13,24 @@ from ..fakes.claude import FakeClaude
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
+# The worker names its connections, so that no other connection to the test database (one
+# left by an earlier test's threads, say) can pass for the worker's.
+WORKER_APP = "isolation-test-worker"
+
+
 def _backends() -> dict[int, object]:
-    """The test database's connections but this test's own: ``{pid: backend_start}``."""
+    """The worker's connections to the test database: ``{pid: backend_start}``."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid, backend_start FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND application_name = %s",
+            [WORKER_APP],
         )
         return dict(cursor.fetchall())
+
+
+def _named(worker_env: dict[str, str], **env: str) -> dict[str, str]:
+    return {"DATABASE_URL": f"{worker_env['DATABASE_URL']}?application_name={WORKER_APP}", **env}
 
 
 def _turn(api, sid: str, n: int) -> dict:
@@ -31,8 +41,10 @@ def _turn(api, sid: str, n: int) -> dict:
     return response.json()
 
 
-def test_worker_reuses_its_connection_across_turns(workers, fake_claude: FakeClaude, user):
-    workers(pool="solo").wait_ready()
+def test_worker_reuses_its_connection_across_turns(
+    workers, worker_env, fake_claude: FakeClaude, user
+):
+    workers(pool="solo", env=_named(worker_env)).wait_ready()
     api = client_for(user)
     sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
     assert _turn(api, sid, 0)["status"] == "completed"
@@ -48,10 +60,11 @@ def test_worker_reuses_its_connection_across_turns(workers, fake_claude: FakeCla
 
 
 def test_worker_drops_its_connection_after_a_task_that_did_not_succeed(
-    workers, fake_claude: FakeClaude, user
+    workers, worker_env, fake_claude: FakeClaude, user
 ):
     """A task cut short may leave a connection Django thinks usable: it is not reused."""
-    workers(pool="solo", env={"TURN_MAX_ATTEMPTS": "2", "CLAUDE_MAX_RETRIES": "0"}).wait_ready()
+    env = _named(worker_env, TURN_MAX_ATTEMPTS="2", CLAUDE_MAX_RETRIES="0")
+    workers(pool="solo", env=env).wait_ready()
     api = client_for(user)
     sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
     assert _turn(api, sid, 0)["status"] == "completed"

@@ -277,10 +277,11 @@ def test_the_event_stream_ends_when_its_session_is_deleted(
 ):
     import time
 
-    from sessions_app import apis, services
+    from sessions_app import services
+    from sessions_app.apis import turns
 
     # Bounds the test if the stream is not woken: it would then end only at this limit.
-    monkeypatch.setattr(apis, "STREAM_MAX_SECONDS", 10)
+    monkeypatch.setattr(turns, "STREAM_MAX_SECONDS", 10)
 
     session = services.chat_session_create(owner=user)
     turn = services.message_accept(user=user, session_id=session.pk, content="hi")  # pending

@@ -1,0 +1,171 @@
+"""Posting a message and waiting for its turn; reading the history."""
+
+import re
+
+from django.http import HttpRequest, HttpResponseBase
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.generics import GenericAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from core.api import (
+    RETRY_AFTER,
+    ErrorSerializer,
+    LoggedUserMixin,
+    PagePagination,
+    errors,
+)
+
+from .. import events, selectors, services, tasks
+from ..serializers import (
+    MessageCreateSerializer,
+    MessageSerializer,
+    TurnSerializer,
+)
+from .common import (
+    MAX_WAIT_SECONDS,
+    PAGE_NOT_FOUND,
+    SESSION_ID,
+    ChatRateThrottle,
+)
+from .serving import _AsyncDispatch, _request_thread_release, _ServerModeView
+from .waiting import (
+    _client_gone,
+    _turn_wait,
+    _turn_wait_async,
+    _wait_slots,
+)
+
+
+def _wait_seconds(request: Request) -> int | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,2}", raw) or int(raw) > MAX_WAIT_SECONDS:
+        raise ValidationError(
+            {"wait": [f"wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}."]}
+        )
+    return int(raw)
+
+
+class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
+    serializer_class = MessageSerializer
+    pagination_class = PagePagination
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        """Under ASGI a POST runs ``apost`` on the event loop; see ``_ServerModeView``."""
+        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"POST": "apost"})
+
+    def get_queryset(self):
+        return selectors.message_list_for_owner(
+            user=self.request.user, session_id=self.kwargs["session_id"]
+        )
+
+    def get_throttles(self):
+        # Only posting is throttled; reading history is not a message.
+        return [ChatRateThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(
+        parameters=[SESSION_ID],
+        responses={
+            200: MessageSerializer(many=True),
+            **errors(400, 401, 503),
+            404: PAGE_NOT_FOUND,
+        },
+    )
+    def get(self, request: Request, session_id: str) -> Response:
+        """List the session's messages in `seq` order, 100 a page (`?page=N`)."""
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(MessageSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=MessageCreateSerializer,
+        parameters=[
+            SESSION_ID,
+            OpenApiParameter(
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                description=f"Seconds (0-{MAX_WAIT_SECONDS}) to wait for the reply; "
+                "anything else is 400.",
+            ),
+            RETRY_AFTER,
+        ],
+        responses={
+            200: OpenApiResponse(TurnSerializer, description="The turn ended within ?wait."),
+            202: OpenApiResponse(TurnSerializer, description="The turn is accepted."),
+            **errors(400, 401, 404, 409, 413, 503),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="Too many messages, or too many waits and streams of the caller's "
+                "open at once (the message is not stored); see Retry-After.",
+            ),
+        },
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        """Post a message: 202 with the new turn (`pending`), Claude answers in the background.
+
+        With `?wait=N` (0-60), wait up to N seconds for the turn to end: 200 with the ended
+        turn, or 202 if it has not ended by then. A second message while a turn of the session
+        is in flight is 409; too many waits of the caller's open at once, 429.
+        """
+        wait = _wait_seconds(request)
+        turn, timeout, release = self._accept(request, session_id, wait)
+        try:  # every way out gives the slots back, an error answer's too
+            turn = _turn_wait(
+                user=request.user, turn=turn, timeout=timeout, gone=_client_gone(request)
+            )
+        finally:
+            release()
+        return self._answer(TurnSerializer(turn).data, ended=wait is not None and turn.is_finished)
+
+    async def apost(self, request: HttpRequest, session_id: str) -> HttpResponseBase:
+        """POST on the event loop: the accept and each re-read in a thread, the wait awaited."""
+
+        async def serve(drf_request: Request) -> Response:
+            turn, wait, timeout, release = await events.in_thread(
+                self._accept_checked, drf_request, session_id
+            )
+            try:
+                if timeout:
+                    _request_thread_release()
+                    turn = await _turn_wait_async(user=drf_request.user, turn=turn, timeout=timeout)
+                data = await events.in_thread(lambda: TurnSerializer(turn).data)
+            finally:
+                await events.in_thread(release)
+            return self._answer(data, ended=wait is not None and turn.is_finished)
+
+        return await self.dispatch_async(request, serve, session_id=session_id)
+
+    def _accept_checked(self, request: Request, session_id: str) -> tuple:
+        """DRF's own checks (authentication, the throttle), then ``_accept``."""
+        self.initial(request, session_id=session_id)
+        wait = _wait_seconds(request)
+        turn, timeout, release = self._accept(request, session_id, wait)
+        return turn, wait, timeout, release
+
+    def _accept(self, request: Request, session_id: str, wait: int | None) -> tuple:
+        """Validate, take the wait's slots, store the message and queue its turn.
+
+        Return the turn, how long to wait for it and the slots' release.
+        """
+        data = MessageCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        # Taken before anything is stored: a 429 for too many waits leaves no message.
+        timeout, release = _wait_slots(user_id=request.user.pk, wait=wait)
+        try:
+            tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
+            turn = services.message_accept(
+                user=request.user, session_id=session_id, content=data.validated_data["content"]
+            )
+            tasks.turn_enqueue(turn=turn)
+        except BaseException:
+            release()
+            raise
+        return turn, timeout, release
+
+    @staticmethod
+    def _answer(data: dict, *, ended: bool) -> Response:
+        return Response(data, status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)

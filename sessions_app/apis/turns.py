@@ -1,0 +1,239 @@
+"""A turn, and its event stream."""
+
+import functools
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.api import (
+    RETRY_AFTER,
+    ErrorSerializer,
+    FirstRendererNegotiation,
+    LoggedUserMixin,
+    errors,
+    streamable,
+)
+
+from .. import events, selectors
+from ..models import Turn
+from ..serializers import (
+    TurnSerializer,
+)
+from .common import (
+    KEEPALIVE_SECONDS,
+    STREAM_MAX_SECONDS,
+    TURN_ID,
+)
+from .serving import _AsyncDispatch, _request_thread_release, _ServerModeView
+from .waiting import (
+    _client_gone,
+    _refresh,
+    _stream_slots,
+)
+
+
+def _turn_events() -> dict:
+    """The stream's body as OpenAPI 3.0 says it: text, read event by event as it comes."""
+    return {
+        "type": "string",
+        "description": "Server-sent events: `event: turn` lines, each followed by a `data:` "
+        "line holding the whole turn (`Turn`) as JSON and a blank line; `:` comment lines "
+        "keep the connection alive.",
+        "example": 'event: turn\ndata: {"id": "...", "status": "completed", ...}\n\n',
+    }
+
+
+class TurnDetailApi(LoggedUserMixin, APIView):
+    @extend_schema(
+        parameters=[TURN_ID], responses={200: TurnSerializer, **errors(400, 401, 404, 503)}
+    )
+    def get(self, request: Request, turn_id: str) -> Response:
+        """Read a turn of the caller's: its status, message, reply or error."""
+        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        return Response(TurnSerializer(turn).data)
+
+
+class _Releasing:
+    """The stream's chunks, giving its wait slot back when the server closes the stream.
+
+    A generator not yet started runs no ``finally`` when closed; this ``close`` always runs.
+    """
+
+    def __init__(self, chunks: Iterator[str], release) -> None:
+        self.chunks = chunks
+        self.release = release
+
+    def __iter__(self) -> "_Releasing":
+        return self
+
+    def __next__(self) -> str:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        try:
+            self.chunks.close()
+        finally:
+            self.release()
+
+
+def _sse(turn: Turn) -> str:
+    return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
+
+
+class _AsyncStream:
+    """The stream's chunks on the event loop, its first one already read.
+
+    Django calls ``close`` when the response ends, after a hang-up too (an async
+    generator's ``finally`` would run only when it is collected): it ends the subscription
+    and gives the slots back.
+    """
+
+    def __init__(self, first: str, watch: events.AsyncTurnWatch, release) -> None:
+        self.first = first
+        self.watch = watch
+        self.release = release
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[str]:
+        _request_thread_release()  # the middleware are done: nothing for it until the end
+        yield self.first
+        try:
+            async for turn in self.watch:
+                yield ": keep-alive\n\n" if turn is None else await events.in_thread(_sse, turn)
+        except NotFound:
+            return  # the session was deleted or expired mid-stream: end it, say nothing more
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.watch.close()
+        finally:
+            self.release()
+
+
+# A stream refused because the process holds as many as it may (WSGI: threads).
+RETRY_AFTER_BUSY = OpenApiParameter(
+    "Retry-After",
+    OpenApiTypes.INT,
+    OpenApiParameter.HEADER,
+    response=[503],
+    description="With 503: seconds to wait before trying again.",
+)
+
+
+class TurnEventsApi(_AsyncDispatch, LoggedUserMixin, APIView):
+    content_negotiation_class = FirstRendererNegotiation
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        """Under ASGI the stream runs on the event loop (``aget``); see ``_ServerModeView``."""
+        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget"})
+
+    @extend_schema(
+        parameters=[TURN_ID, RETRY_AFTER, RETRY_AFTER_BUSY],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                _turn_events(),
+                description="`event: turn` with the turn as JSON, at once and on every change; "
+                "ends after the terminal one.",
+            ),
+            **errors(400, 401, 404),
+            429: OpenApiResponse(
+                ErrorSerializer,
+                description="Too many waits and streams of the caller's open at once; "
+                "see Retry-After.",
+            ),
+            503: OpenApiResponse(
+                ErrorSerializer,
+                description="A backing service is down, or the server holds as many streams "
+                "as it may (then with Retry-After).",
+            ),
+        },
+    )
+    def get(self, request: Request, turn_id: str) -> StreamingHttpResponse:
+        """Follow a turn as server-sent events (`text/event-stream`) until it ends.
+
+        One `event: turn` at once with the whole turn as JSON `data`, another at every change;
+        the stream ends after the terminal one. A `:` comment line every 15 s keeps it alive.
+        """
+        turn, release = self._open(request, turn_id)
+        try:
+            return self._response(request, turn, release)
+        except BaseException:
+            release()
+            raise
+
+    async def aget(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:
+        """GET on the event loop: the stream awaits changes holding no thread."""
+
+        async def serve(drf_request: Request) -> HttpResponseBase:
+            turn, release = await events.in_thread(self._open_checked, drf_request, turn_id)
+            watch = events.AsyncTurnWatch(
+                turn=turn,
+                refresh=functools.partial(_refresh, drf_request.user),
+                timeout=STREAM_MAX_SECONDS,
+                tick=KEEPALIVE_SECONDS,
+            )
+            try:
+                # Subscribed and read before the 200 goes out: with Redis down, a 503.
+                first = await events.in_thread(_sse, await watch.start())
+            except BaseException:
+                watch.close()
+                await events.in_thread(release)
+                raise
+            return self._headers(StreamingHttpResponse(_AsyncStream(first, watch, release)))
+
+        return await self.dispatch_async(request, serve, turn_id=turn_id)
+
+    def _open_checked(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
+        """DRF's own checks (authentication, throttles), then ``_open``."""
+        self.initial(request, turn_id=turn_id)
+        return self._open(request, turn_id)
+
+    def _open(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
+        turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
+        return turn, _stream_slots(user_id=request.user.pk)
+
+    def _response(self, request: Request, turn: Turn, release) -> StreamingHttpResponse:
+        watch = events.turn_watch(
+            turn=turn,
+            refresh=functools.partial(_refresh, request.user),
+            timeout=STREAM_MAX_SECONDS,
+            tick=KEEPALIVE_SECONDS,
+            gone=_client_gone(request),
+        )
+        # Subscribe and read before the 200 goes out: with Redis down this is a 503, not a
+        # broken stream. CPython closes the generator (and its subscription) with the
+        # response.
+        first = next(watch)
+        chunks = _Releasing(self._stream(first, watch), release)
+        return self._headers(StreamingHttpResponse(streamable(request, chunks)))
+
+    @staticmethod
+    def _headers(response: StreamingHttpResponse) -> StreamingHttpResponse:
+        response["Content-Type"] = "text/event-stream"
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    def _stream(self, first: Turn, watch: Iterator[Turn | None]) -> Iterator[str]:
+        try:
+            yield _sse(first)
+            for turn in watch:
+                yield ": keep-alive\n\n" if turn is None else _sse(turn)
+        except NotFound:
+            return  # the session was deleted or expired mid-stream: end it, say nothing more
+        finally:
+            watch.close()
