@@ -30,5 +30,5 @@ class ChatRateThrottle(UserRateThrottle):
         return settings.CHAT_THROTTLE_RATE
 
 
-def _nothing() -> None:
+def nothing() -> None:
     return None

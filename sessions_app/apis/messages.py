@@ -30,12 +30,12 @@ from .common import (
     SESSION_ID,
     ChatRateThrottle,
 )
-from .serving import _AsyncDispatch, _request_thread_release, _ServerModeView
+from .serving import AsyncDispatch, ServerModeView, request_thread_release
 from .waiting import (
-    _client_gone,
-    _turn_wait,
-    _turn_wait_async,
-    _wait_slots,
+    client_gone,
+    turn_wait,
+    turn_wait_async,
+    wait_slots_take,
 )
 
 
@@ -50,14 +50,14 @@ def _wait_seconds(request: Request) -> int | None:
     return int(raw)
 
 
-class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
+class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
     serializer_class = MessageSerializer
     pagination_class = PagePagination
 
     @classmethod
     def as_view(cls, **initkwargs):
-        """Under ASGI a POST runs ``apost`` on the event loop; see ``_ServerModeView``."""
-        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"POST": "apost"})
+        """Under ASGI a POST runs ``apost`` on the event loop; see ``ServerModeView``."""
+        return ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"POST": "apost"})
 
     def get_queryset(self):
         return selectors.message_list_for_owner(
@@ -114,8 +114,8 @@ class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
         wait = _wait_seconds(request)
         turn, timeout, release = self._accept(request, session_id, wait)
         try:  # every way out gives the slots back, an error answer's too
-            turn = _turn_wait(
-                user=request.user, turn=turn, timeout=timeout, gone=_client_gone(request)
+            turn = turn_wait(
+                user=request.user, turn=turn, timeout=timeout, gone=client_gone(request)
             )
         finally:
             release()
@@ -130,8 +130,8 @@ class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
             )
             try:
                 if timeout:
-                    _request_thread_release()
-                    turn = await _turn_wait_async(user=drf_request.user, turn=turn, timeout=timeout)
+                    request_thread_release()
+                    turn = await turn_wait_async(user=drf_request.user, turn=turn, timeout=timeout)
                 data = await events.in_thread(lambda: TurnSerializer(turn).data)
             finally:
                 await events.in_thread(release)
@@ -154,7 +154,7 @@ class MessageListCreateApi(_AsyncDispatch, LoggedUserMixin, GenericAPIView):
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         # Taken before anything is stored: a 429 for too many waits leaves no message.
-        timeout, release = _wait_slots(user_id=request.user.pk, wait=wait)
+        timeout, release = wait_slots_take(user_id=request.user.pk, wait=wait)
         try:
             tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
             turn = services.message_accept(

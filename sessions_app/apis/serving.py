@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponseBase
 from .. import events
 
 
-def _request_thread_release() -> None:
+def request_thread_release() -> None:
     """Let the request's own thread end while the request has nothing for it to do.
 
     Under ASGI Django runs a request's synchronous parts (middleware hooks, signals) on a
@@ -41,7 +41,7 @@ def _in_event_loop() -> bool:
     return True
 
 
-class _ServerModeView:
+class ServerModeView:
     """A DRF view that is a coroutine view under ASGI and a plain one under WSGI.
 
     Django asks each request's handler whether a view is a coroutine function: the ASGI
@@ -82,8 +82,8 @@ class _ServerModeView:
         return await getattr(view, method)(request, *args, **kwargs)
 
 
-class _AsyncDispatch:
-    """DRF's dispatch for a method served on the event loop (see ``_ServerModeView``).
+class AsyncDispatch:
+    """DRF's dispatch for a method served on the event loop (see ``ServerModeView``).
 
     Authentication, permissions, throttles, parsing and the error answer are DRF's own,
     run on the database pool (they read the database and the cache); ``serve`` gets the

@@ -31,11 +31,11 @@ from .common import (
     STREAM_MAX_SECONDS,
     TURN_ID,
 )
-from .serving import _AsyncDispatch, _request_thread_release, _ServerModeView
+from .serving import AsyncDispatch, ServerModeView, request_thread_release
 from .waiting import (
-    _client_gone,
-    _refresh,
-    _stream_slots,
+    client_gone,
+    stream_slots_take,
+    turn_reread,
 )
 
 
@@ -105,7 +105,7 @@ class _AsyncStream:
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[str]:
-        _request_thread_release()  # the middleware are done: nothing for it until the end
+        request_thread_release()  # the middleware are done: nothing for it until the end
         yield self.first
         try:
             async for turn in self.watch:
@@ -133,13 +133,13 @@ RETRY_AFTER_BUSY = OpenApiParameter(
 )
 
 
-class TurnEventsApi(_AsyncDispatch, LoggedUserMixin, APIView):
+class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
     content_negotiation_class = FirstRendererNegotiation
 
     @classmethod
     def as_view(cls, **initkwargs):
-        """Under ASGI the stream runs on the event loop (``aget``); see ``_ServerModeView``."""
-        return _ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget"})
+        """Under ASGI the stream runs on the event loop (``aget``); see ``ServerModeView``."""
+        return ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget"})
 
     @extend_schema(
         parameters=[TURN_ID, RETRY_AFTER, RETRY_AFTER_BUSY],
@@ -182,7 +182,7 @@ class TurnEventsApi(_AsyncDispatch, LoggedUserMixin, APIView):
             turn, release = await events.in_thread(self._open_checked, drf_request, turn_id)
             watch = events.AsyncTurnWatch(
                 turn=turn,
-                refresh=functools.partial(_refresh, drf_request.user),
+                refresh=functools.partial(turn_reread, drf_request.user),
                 timeout=STREAM_MAX_SECONDS,
                 tick=KEEPALIVE_SECONDS,
             )
@@ -204,15 +204,15 @@ class TurnEventsApi(_AsyncDispatch, LoggedUserMixin, APIView):
 
     def _open(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
-        return turn, _stream_slots(user_id=request.user.pk)
+        return turn, stream_slots_take(user_id=request.user.pk)
 
     def _response(self, request: Request, turn: Turn, release) -> StreamingHttpResponse:
         watch = events.turn_watch(
             turn=turn,
-            refresh=functools.partial(_refresh, request.user),
+            refresh=functools.partial(turn_reread, request.user),
             timeout=STREAM_MAX_SECONDS,
             tick=KEEPALIVE_SECONDS,
-            gone=_client_gone(request),
+            gone=client_gone(request),
         )
         # Subscribe and read before the 200 goes out: with Redis down this is a 503, not a
         # broken stream. CPython closes the generator (and its subscription) with the

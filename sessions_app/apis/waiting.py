@@ -10,10 +10,10 @@ from rest_framework.request import Request
 
 from .. import events, selectors
 from ..models import Turn
-from .common import _nothing
+from .common import nothing
 
 
-def _client_gone(request: Request) -> Callable[[], bool]:
+def client_gone(request: Request) -> Callable[[], bool]:
     """Under gunicorn, tell whether the client hung up: its socket reads as closed.
 
     A wait or a stream the client left then gives its thread back at once, instead of at
@@ -33,13 +33,13 @@ def _client_gone(request: Request) -> Callable[[], bool]:
     return gone
 
 
-def _turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | None = None) -> Turn:
+def turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | None = None) -> Turn:
     """Return the just-accepted turn once it has ended, or as it is after ``timeout``.
 
     Every read goes through ``turn_refresh_for_owner``: the message is stored, so a
     connection lost now must not turn into an error that makes the client send it again.
     """
-    refresh = functools.partial(_refresh, user)
+    refresh = functools.partial(turn_reread, user)
     if timeout <= 0:
         return refresh(turn)
     watch = events.turn_watch(
@@ -54,9 +54,9 @@ def _turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | N
     return turn if turn.is_finished else refresh(turn)
 
 
-async def _turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
-    """``_turn_wait`` on the event loop: no thread is held between the re-reads."""
-    refresh = functools.partial(_refresh, user)
+async def turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
+    """``turn_wait`` on the event loop: no thread is held between the re-reads."""
+    refresh = functools.partial(turn_reread, user)
     if timeout <= 0:
         return await events.in_thread(refresh, turn)
     watch = events.AsyncTurnWatch(
@@ -74,17 +74,17 @@ async def _turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
     return turn if turn.is_finished else await events.in_thread(refresh, turn)
 
 
-def _refresh(user, turn: Turn) -> Turn:
+def turn_reread(user, turn: Turn) -> Turn:
     return selectors.turn_refresh_for_owner(user=user, turn=turn)
 
 
 def _refresh_when_ended(user, turn: Turn) -> Turn:
     # A wait answers nothing before its turn ends: until then a notification ("running")
     # costs one small query, not the turn, its messages and the vault.
-    return _refresh(user, turn) if selectors.turn_ended_for_owner(user=user, turn=turn) else turn
+    return turn_reread(user, turn) if selectors.turn_ended_for_owner(user=user, turn=turn) else turn
 
 
-def _wait_slots(*, user_id: int, wait: int | None) -> tuple[int, Callable[[], None]]:
+def wait_slots_take(*, user_id: int, wait: int | None) -> tuple[int, Callable[[], None]]:
     """Take the slots a ``?wait`` holds; return how long it may wait and their release.
 
     The caller's own slot first: past ``MAX_WAITS_PER_USER`` that is 429, and nothing is
@@ -92,26 +92,26 @@ def _wait_slots(*, user_id: int, wait: int | None) -> tuple[int, Callable[[], No
     answered at once (202; the client polls), rather than queued behind other waits.
     """
     if not wait:
-        return 0, _nothing
+        return 0, nothing
     release_user = events.wait_slot_acquire(user_id=user_id)
     release_budget = events.wait_budget_take()
     if release_budget is None:
         release_user()
-        return 0, _nothing
-    return wait, _both(release_budget, release_user)
+        return 0, nothing
+    return wait, both_released(release_budget, release_user)
 
 
-def _stream_slots(*, user_id: int) -> Callable[[], None]:
+def stream_slots_take(*, user_id: int) -> Callable[[], None]:
     """Take the slots a stream holds (429 past the caller's own, 503 past the process's)."""
     release_user = events.wait_slot_acquire(user_id=user_id)
     release_budget = events.wait_budget_take()
     if release_budget is None:
         release_user()
         raise events.WaitBudgetSpent()
-    return _both(release_budget, release_user)
+    return both_released(release_budget, release_user)
 
 
-def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+def both_released(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
     def release() -> None:
         try:
             first()
