@@ -144,6 +144,9 @@ def sign_in(context: BrowserContext, url: str, username: str) -> Page:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    # The page is drawn before its deferred script has run; keys pressed before that are
+    # the browser's own (Enter types a new line): wait until the script has wired them.
+    page.wait_for_load_state("load")
     return page
 
 
