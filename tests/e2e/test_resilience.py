@@ -354,7 +354,7 @@ class Reader:
             "POST", f"/api/v1/sessions/{sid}/messages/?wait=30", {"content": content}
         )
         deadline = time.monotonic() + 60
-        while status == 202 and turn["status"] in ("pending", "running"):
+        while status in (200, 202) and turn["status"] in ("pending", "running"):
             assert time.monotonic() < deadline, turn
             time.sleep(0.2)
             status, turn = self.call("GET", f"/api/v1/turns/{turn['id']}/")
