@@ -78,7 +78,8 @@ class Stopwatch:
 
 
 def one_turn(watch: Stopwatch, user, session_id) -> None:
-    from sessions_app import events, llm, privacy, queries, selectors, services
+    from sessions_app import llm, privacy, queries, selectors, services
+    from sessions_app.events import notify
     from sessions_app.isolation import bound
 
     turn = watch.time(
@@ -96,7 +97,7 @@ def one_turn(watch: Stopwatch, user, session_id) -> None:
         "reply scrub (PII)", privacy.reply_scrub, session_id=claimed.session_id, reply=reply
     )
     watch.time("scan + store reply + end turn", services.turn_deliver, turn=claimed, reply=reply)
-    watch.time("notify (pub/sub)", events._publish, turn_id=turn.pk)
+    watch.time("notify (pub/sub)", notify._publish, turn_id=turn.pk)
     watch.time(
         "wake re-read (gate + store + restore)",
         selectors.turn_get_for_owner,
