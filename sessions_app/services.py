@@ -190,7 +190,7 @@ def turn_claim(*, turn_id: object) -> Turn | None:
         )
         return None
     if turn is not None:
-        events.publish_turn_changed(turn_id=turn.pk)
+        events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.RUNNING)
     return turn
 
 
@@ -200,7 +200,7 @@ def turn_requeue(*, turn_id: object, attempt: int) -> bool:
         status=Turn.Status.PENDING, updated_at=timezone.now()
     )
     if updated:
-        events.publish_turn_changed(turn_id=turn_id)
+        events.publish_turn_changed(turn_id=turn_id, status=Turn.Status.PENDING)
     return bool(updated)
 
 
@@ -252,7 +252,8 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
         return False
-    events.publish_turn_changed(turn_id=turn_id)
+    ended = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
+    events.publish_turn_changed(turn_id=turn_id, status=ended)
     return True
 
 
@@ -291,7 +292,7 @@ def turn_release_withheld(*, turn_id: object) -> bool:
             status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
         )
         fingerprints_register(user_id=turn.session.owner_id, session_id=turn.session_id, text=text)
-    events.publish_turn_changed(turn_id=turn.pk)
+    events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.COMPLETED)
     return True
 
 
@@ -329,7 +330,7 @@ def turn_fail(*, turn_id: object, code: str, detail: str, attempt: int | None = 
         updated_at=now,
     )
     if updated:
-        events.publish_turn_changed(turn_id=turn_id)
+        events.publish_turn_changed(turn_id=turn_id, status=Turn.Status.FAILED)
     return bool(updated)
 
 

@@ -1,6 +1,8 @@
 """Posting a message and waiting for its turn; reading the history."""
 
+import dataclasses
 import re
+from collections.abc import Callable, Iterator
 
 from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -19,6 +21,7 @@ from core.api import (
 )
 
 from .. import events, selectors, services, tasks
+from ..models import Turn
 from ..serializers import (
     MessageCreateSerializer,
     MessageSerializer,
@@ -36,6 +39,7 @@ from .waiting import (
     turn_wait,
     turn_wait_async,
     wait_slots_take,
+    wait_subscribe,
 )
 
 
@@ -111,61 +115,79 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         turn, or 202 if it has not ended by then. A second message while a turn of the session
         is in flight is 409; too many waits of the caller's open at once, 429.
         """
-        wait = _wait_seconds(request)
-        turn, timeout, release = self._accept(request, session_id, wait)
+        accepted = self._accept(request, session_id, gone=client_gone(request))
         try:  # every way out gives the slots back, an error answer's too
-            turn = turn_wait(
-                user=request.user, turn=turn, timeout=timeout, gone=client_gone(request)
-            )
+            turn = turn_wait(user=request.user, turn=accepted.turn, changes=accepted.changes)
         finally:
-            release()
-        return self._answer(TurnSerializer(turn).data, ended=wait is not None and turn.is_finished)
+            accepted.release()
+        ended = accepted.wait is not None and turn.is_finished
+        return self._answer(TurnSerializer(turn).data, ended=ended)
 
     async def apost(self, request: HttpRequest, session_id: str) -> HttpResponseBase:
         """POST on the event loop: the accept and each re-read in a thread, the wait awaited."""
 
         async def serve(drf_request: Request) -> Response:
-            turn, wait, timeout, release = await events.in_thread(
-                self._accept_checked, drf_request, session_id
-            )
+            accepted = await events.in_thread(self._accept_checked, drf_request, session_id)
+            turn = accepted.turn
             try:
-                if timeout:
+                if accepted.timeout:
                     request_thread_release()
-                    turn = await turn_wait_async(user=drf_request.user, turn=turn, timeout=timeout)
+                    turn = await turn_wait_async(
+                        user=drf_request.user, turn=turn, timeout=accepted.timeout
+                    )
                 data = await events.in_thread(lambda: TurnSerializer(turn).data)
             finally:
-                await events.in_thread(release)
-            return self._answer(data, ended=wait is not None and turn.is_finished)
+                await events.in_thread(accepted.release)
+            return self._answer(data, ended=accepted.wait is not None and turn.is_finished)
 
         return await self.dispatch_async(request, serve, session_id=session_id)
 
-    def _accept_checked(self, request: Request, session_id: str) -> tuple:
+    def _accept_checked(self, request: Request, session_id: str) -> "_Accepted":
         """DRF's own checks (authentication, the throttle), then ``_accept``."""
         self.initial(request, session_id=session_id)
-        wait = _wait_seconds(request)
-        turn, timeout, release = self._accept(request, session_id, wait)
-        return turn, wait, timeout, release
+        return self._accept(request, session_id)
 
-    def _accept(self, request: Request, session_id: str, wait: int | None) -> tuple:
+    def _accept(
+        self, request: Request, session_id: str, *, gone: Callable[[], bool] | None = None
+    ) -> "_Accepted":
         """Validate, take the wait's slots, store the message and queue its turn.
 
-        Return the turn, how long to wait for it and the slots' release.
+        With ``gone`` (a synchronous wait) the wait subscribes to the turn's changes before
+        the turn is queued, so that it needs no first read of the turn.
         """
+        wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         # Taken before anything is stored: a 429 for too many waits leaves no message.
         timeout, release = wait_slots_take(user_id=request.user.pk, wait=wait)
+        changes = None
         try:
             tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
             turn = services.message_accept(
                 user=request.user, session_id=session_id, content=data.validated_data["content"]
             )
+            if timeout and gone is not None:
+                changes = wait_subscribe(turn_id=turn.pk, timeout=timeout, gone=gone)
             tasks.turn_enqueue(turn=turn)
         except BaseException:
+            if changes is not None:
+                changes.close()
             release()
             raise
-        return turn, timeout, release
+        return _Accepted(turn, wait, timeout, release, changes)
 
     @staticmethod
     def _answer(data: dict, *, ended: bool) -> Response:
         return Response(data, status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Accepted:
+    """A message accepted: its turn, the ``?wait`` asked, the time the slots allow, the
+    slots' release and, for a synchronous wait, the turn's changes subscribed to."""
+
+    turn: Turn
+    wait: int | None
+    timeout: int
+    release: Callable[[], None]
+    changes: Iterator[str | None] | None

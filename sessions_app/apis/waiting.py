@@ -4,8 +4,9 @@ import functools
 import select
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+from celery import current_app
 from rest_framework.request import Request
 
 from .. import events, selectors
@@ -33,25 +34,51 @@ def client_gone(request: Request) -> Callable[[], bool]:
     return gone
 
 
-def turn_wait(*, user, turn: Turn, timeout: float, gone: Callable[[], bool] | None = None) -> Turn:
-    """Return the just-accepted turn once it has ended, or as it is after ``timeout``.
+def wait_subscribe(
+    *, turn_id: object, timeout: float, gone: Callable[[], bool] | None = None
+) -> Iterator[str | None]:
+    """Subscribe to a turn's changes for a wait of ``timeout`` seconds; see ``turn_wait``.
 
-    Every read goes through ``turn_refresh_for_owner``: the message is stored, so a
-    connection lost now must not turn into an error that makes the client send it again.
+    Called before the turn is queued: every change then comes as a notification, so the
+    wait needs no first read. With Redis down the wait polls instead.
     """
-    refresh = functools.partial(turn_reread, user)
-    if timeout <= 0:
-        return refresh(turn)
-    watch = events.turn_watch(
-        turn=turn,
-        refresh=functools.partial(_refresh_when_ended, user),
-        timeout=timeout,
-        poll_if_down=True,
-        gone=gone,
-    )
-    for seen in watch:
-        turn = seen or turn
-    return turn if turn.is_finished else refresh(turn)
+    changes = events.turn_changes(turn_id=turn_id, timeout=timeout, poll_if_down=True, gone=gone)
+    next(changes)
+    # A task run eagerly has run by the time the wait begins, its notifications published
+    # only when the request's transaction commits (or, inside a test's, never): look first.
+    return _first_look(changes) if current_app.conf.task_always_eager else changes
+
+
+def _first_look(changes: Iterator[str | None]) -> Iterator[str | None]:
+    try:
+        yield events.UNKNOWN
+        yield from changes
+    finally:
+        changes.close()
+
+
+def turn_wait(*, user, turn: Turn, changes: Iterator[str | None] | None) -> Turn:
+    """Return the just-accepted turn once it has ended, or as it is when ``changes`` stop.
+
+    ``changes`` comes from ``wait_subscribe``, taken before the turn was queued; without
+    it (no wait) the turn is read as it is now. A notification that the turn is pending or
+    running costs nothing, one that it ended a read of the whole turn, and an idle tick or
+    a poll one small query first. Every read goes through ``turn_refresh_for_owner``: the
+    message is stored, so a connection lost now must not turn into an error that makes the
+    client send it again.
+    """
+    if changes is None:
+        return turn_reread(user, turn)
+    try:
+        for status in changes:
+            if status in Turn.IN_FLIGHT:
+                continue
+            turn = turn_reread(user, turn) if status else _refresh_when_ended(user, turn)
+            if turn.is_finished:
+                return turn
+    finally:
+        changes.close()
+    return turn_reread(user, turn)
 
 
 async def turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
@@ -64,6 +91,7 @@ async def turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
         refresh=functools.partial(_refresh_when_ended, user),
         timeout=timeout,
         poll_if_down=True,
+        unread=Turn.IN_FLIGHT,
     )
     try:
         turn = await watch.start()

@@ -18,7 +18,14 @@ from .listener import (
     in_thread,
     turn_listener,
 )
-from .notify import POLL_INTERVAL_SECONDS, never, publish_turn_changed, turn_changes, turn_watch
+from .notify import (
+    POLL_INTERVAL_SECONDS,
+    UNKNOWN,
+    never,
+    publish_turn_changed,
+    turn_changes,
+    turn_watch,
+)
 from .slots import (
     WAIT_BUDGET_RETRY_AFTER_SECONDS,
     WAIT_RETRY_AFTER_SECONDS,
@@ -38,6 +45,7 @@ __all__ = (
     "WAIT_SLOT_TTL_SECONDS",
     "AsyncTurnWatch",
     "Subscription",
+    "UNKNOWN",
     "TooManyWaits",
     "TurnListener",
     "WaitBudgetSpent",

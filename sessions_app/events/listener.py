@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..models import Turn
-from .notify import POLL_INTERVAL_SECONDS, _channel
+from .notify import POLL_INTERVAL_SECONDS, UNKNOWN, _channel, _status
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +72,8 @@ def _on_fresh_connections(fn: Callable[[], T]) -> T:
 
 
 class Subscription:
-    """One waiter's hold on a turn's channel: ``changed`` is set on every notification.
+    """One waiter's hold on a turn's channel: ``changed`` is set on every notification,
+    ``status`` says the newest one's status (``UNKNOWN`` if it did not say).
 
     ``lost`` turns true if the listener's connection is gone: the waiter polls from then
     on. ``close`` is idempotent and may be called from any thread.
@@ -82,6 +83,7 @@ class Subscription:
         self.listener = listener
         self.channel = channel
         self.changed = asyncio.Event()
+        self.status = UNKNOWN
         self.lost = False
         self.closed = False
 
@@ -219,7 +221,9 @@ class TurnListener:
                 if not ready.done():
                     ready.set_result(True)
         elif message["type"] == "message" and (entry := self.channels.get(channel)):
+            status = _status(message["data"])
             for subscription in entry.subscriptions:
+                subscription.status = status
                 subscription.changed.set()
 
     async def _lose(self, exc: BaseException) -> None:
@@ -229,6 +233,7 @@ class TurnListener:
         for entry in self.channels.values():
             for subscription in entry.subscriptions:
                 subscription.lost = True
+                subscription.status = UNKNOWN
                 subscription.changed.set()
             if not entry.ready.done():
                 entry.ready.set_result(False)
@@ -270,9 +275,10 @@ class AsyncTurnWatch:
     returns it; if Redis cannot be reached it raises, unless ``poll_if_down``. Iterating
     yields the turn at each change, None on an idle ``tick`` (after a re-read that found
     nothing new), and stops when the turn ends or after ``timeout``. Every read runs
-    ``refresh`` on the database pool; nothing holds a thread in between. If Redis goes
-    away mid-wait, the watch re-reads on a timer instead. ``close`` (any thread,
-    idempotent) ends the subscription.
+    ``refresh`` on the database pool; nothing holds a thread in between. A notification
+    naming a status in ``unread`` is not read (a wait has nothing to answer before the turn
+    ends). If Redis goes away mid-wait, the watch re-reads on a timer instead. ``close``
+    (any thread, idempotent) ends the subscription.
     """
 
     def __init__(
@@ -283,8 +289,10 @@ class AsyncTurnWatch:
         timeout: float,
         tick: float = 15.0,
         poll_if_down: bool = False,
+        unread: Collection[str] = (),
     ) -> None:
         self.turn = turn
+        self.unread = unread
         self.refresh = refresh
         self.deadline = time.monotonic() + timeout
         self.tick = tick
@@ -315,6 +323,9 @@ class AsyncTurnWatch:
             changed = await self._next_change()
             if changed is None:
                 break
+            said = self.subscription.status if self.subscription is not None else UNKNOWN
+            if changed and said in self.unread:
+                continue
             self.turn = await in_thread(self.refresh, self.turn)
             seen = (self.turn.status, self.turn.updated_at)
             if seen != self._last_seen:

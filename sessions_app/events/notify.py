@@ -1,8 +1,10 @@
 """Turn change notifications (Redis pub/sub) and the synchronous watch of a turn.
 
-The payload carries only the turn id; readers re-fetch the turn through the owner check,
-so a notification can never carry conversation data to the wrong reader. Under WSGI a
-waiter holds its thread and its own subscription (``turn_watch``).
+The payload carries only the turn's new status (the channel names the turn); readers
+re-fetch the turn through the owner check, so a notification can never carry conversation
+data to the wrong reader. The status lets a ``?wait``, which answers only once its turn has
+ended, skip the read at "running". Under WSGI a waiter holds its thread and its own
+subscription (``turn_changes``).
 """
 
 import logging
@@ -32,16 +34,21 @@ def _redis():
     return get_redis_connection("default")
 
 
-def publish_turn_changed(*, turn_id: object) -> None:
-    """Tell waiters that the turn changed; a lost notification only delays them."""
+# What a notification says when the publisher does not name the new status (a session
+# deleted with its turns): readers re-read.
+UNKNOWN = ""
+
+
+def publish_turn_changed(*, turn_id: object, status: str = UNKNOWN) -> None:
+    """Tell waiters that the turn changed, to ``status``; a lost notification only delays them."""
     if settings.REDIS_URL:
         # After commit: a woken reader must find the change already visible.
-        transaction.on_commit(lambda: _publish(turn_id))
+        transaction.on_commit(lambda: _publish(turn_id, status))
 
 
-def _publish(turn_id: object) -> None:
+def _publish(turn_id: object, status: str = UNKNOWN) -> None:
     try:
-        _redis().publish(_channel(turn_id), str(turn_id))
+        _redis().publish(_channel(turn_id), str(status))
     except Exception:  # noqa: BLE001 - a waiter re-checks on its own deadline anyway
         logger.warning("could not publish a change of turn %s", turn_id, exc_info=True)
 
@@ -53,20 +60,22 @@ def turn_changes(
     tick: float = 15.0,
     poll_if_down: bool = False,
     gone: Callable[[], bool] | None = None,
-) -> Iterator[bool]:
-    """Yield True on each change notification of a turn and False on every idle ``tick``.
+) -> Iterator[str | None]:
+    """Yield the new status (``UNKNOWN`` if not said) on each change notification of a
+    turn, and None first and on every idle ``tick``.
 
     The subscription is open before the first yield, so a caller that re-reads the turn
-    after the first ``next()`` cannot miss a change that happened in between. Stops after
-    ``timeout`` seconds, or as soon as ``gone()`` (checked about every second) says the
-    client hung up. If Redis cannot be subscribed to, the first ``next()`` raises, unless
-    ``poll_if_down``: then it falls back to a timer, as it does when Redis goes away
-    mid-wait.
+    after the first ``next()``, or creates or queues it then, cannot miss a change that
+    happened after. Stops after ``timeout`` seconds, or as soon as ``gone()`` (checked
+    about every second) says the client hung up. If Redis cannot be subscribed to, the
+    first ``next()`` raises, unless ``poll_if_down``: then it falls back to a timer (a
+    change of unknown status at once, then every ``POLL_INTERVAL_SECONDS``), as it does
+    when Redis goes away mid-wait.
     """
     deadline = time.monotonic() + timeout
     gone = gone or never
     if not settings.REDIS_URL:
-        yield False
+        yield None
         yield from _poll(deadline, gone)
         return
     pubsub = _redis().pubsub(ignore_subscribe_messages=True)
@@ -77,10 +86,10 @@ def turn_changes(
             if not poll_if_down:
                 raise
             logger.warning("turn notifications unavailable; polling turn %s", turn_id)
-            yield False
+            yield None
             yield from _poll(deadline, gone)
             return
-        yield False
+        yield None
         last = time.monotonic()
         while (remaining := deadline - time.monotonic()) > 0 and not gone():
             try:
@@ -94,10 +103,10 @@ def turn_changes(
             now = time.monotonic()
             if message is not None:
                 last = now
-                yield True
+                yield _status(message["data"])
             elif now - last >= tick:
                 last = now
-                yield False
+                yield None
     finally:
         pubsub.close()
 
@@ -107,10 +116,18 @@ def never() -> bool:
     return False
 
 
-def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[bool]:
+def _status(data: bytes | str) -> str:
+    """The status a notification names; anything else counts as unknown (read to know)."""
+    status = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    return status if status in Turn.Status.values else UNKNOWN
+
+
+def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[str]:
+    # A first look at once: no notification will say what happened before the poll began.
+    yield UNKNOWN
     while (remaining := deadline - time.monotonic()) > 0 and not gone():
         time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-        yield True
+        yield UNKNOWN
 
 
 def turn_watch(
@@ -138,12 +155,14 @@ def turn_watch(
         turn = refresh(turn)
         last = (turn.status, turn.updated_at)
         yield turn
-        while not turn.is_finished and (changed := next(changes, None)) is not None:
+        for change in () if turn.is_finished else changes:
             turn = refresh(turn)
             if (turn.status, turn.updated_at) != last:
                 last = (turn.status, turn.updated_at)
                 yield turn
-            elif not changed:
+            elif change is None:
                 yield None
+            if turn.is_finished:
+                break
     finally:
         changes.close()

@@ -23,8 +23,9 @@ def dead_redis(settings, private_redis):
 def test_a_waiter_falls_back_to_polling_when_redis_is_down(dead_redis):
     changes = events.turn_changes(turn_id=uuid.uuid4(), timeout=0.6, poll_if_down=True)
     ticks = list(changes)
-    assert ticks[0] is False  # "subscribed": the caller may read the turn now
-    assert ticks[1:] and all(ticks[1:])  # then a re-read on every poll until the timeout
+    assert ticks[0] is None  # "subscribed": the caller may read the turn now
+    # Then a re-read at once and on every poll until the timeout, of a status not known.
+    assert len(ticks) > 2 and set(ticks[1:]) == {events.UNKNOWN}
 
 
 def test_the_event_stream_is_told_when_redis_is_down(dead_redis):
@@ -188,3 +189,31 @@ def test_a_watch_is_told_when_redis_is_down_unless_it_may_poll(dead_redis):
         polling.close()
 
     asyncio.run(scenario())
+
+
+def test_a_watch_told_of_a_status_it_does_not_read_sleeps_on(settings):
+    url, stored, reads = settings.REDIS_URL, Stub(), []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append(stored.status)
+        return copy.copy(stored)
+
+    def said(status: str) -> None:
+        with redis.Redis.from_url(url) as client:
+            client.publish(channel(stored.pk), status)
+
+    async def scenario() -> str:
+        watch = events.AsyncTurnWatch(
+            turn=copy.copy(stored), refresh=refresh, timeout=60, tick=60, unread=("running",)
+        )
+        await watch.start()
+        stored.status, stored.updated_at = "running", 1
+        said("running")  # not read: a wait has nothing to answer yet
+        stored.status, stored.updated_at = "completed", 2
+        said("completed")
+        ended = await anext(watch)
+        watch.close()
+        return ended.status
+
+    assert asyncio.run(scenario()) == "completed"
+    assert reads == ["pending", "completed"]

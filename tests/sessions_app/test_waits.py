@@ -267,3 +267,123 @@ def test_a_wait_that_times_out_answers_the_turn_as_it_is_then(api, user, queued)
     assert claimed and claimed[0] is not None
     assert response.status_code == 202, response.content
     assert response.json()["status"] == "running"
+
+
+# What a notification tells a wait: the turn's new status, so "running" costs no read -----
+
+
+def _fed(*statuses, seen: list):
+    """Notifications as a subscription yields them; ``seen`` says how far the wait read."""
+    try:
+        for status in statuses:
+            yield status
+            seen.append(status)
+    finally:
+        seen.append("closed")
+
+
+def test_a_wait_reads_nothing_at_running_and_the_whole_turn_once_at_its_end(user, pending):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app import selectors, services
+    from sessions_app.apis.waiting import turn_wait
+
+    services.turn_claim(turn_id=pending.pk)
+    services.turn_complete(turn_id=pending.pk, reply="done")
+    with CaptureQueriesContext(connection) as full:
+        selectors.turn_refresh_for_owner(user=user, turn=pending)
+    seen: list = []
+    with CaptureQueriesContext(connection) as waited:
+        # The row is completed already; only the notifications say when to look.
+        turn = turn_wait(
+            user=user, turn=pending, changes=_fed("running", "pending", "completed", seen=seen)
+        )
+    assert turn.status == "completed" and turn.exchange[-1].content == "done"
+    assert len(waited) == len(full)  # one full read, nothing at "running" or "pending"
+    assert seen == ["running", "pending", "closed"]  # it stopped there, subscription closed
+
+
+def test_a_wait_told_of_an_end_that_has_not_happened_reads_on(user, pending):
+    from sessions_app import services
+    from sessions_app.apis.waiting import turn_wait
+
+    services.turn_claim(turn_id=pending.pk)
+    seen: list = []
+    # A notification is a hint, never the answer: the re-read decides.
+    turn = turn_wait(user=user, turn=pending, changes=_fed("completed", None, seen=seen))
+    assert turn.status == "running"
+    assert seen == ["completed", None, "closed"]
+
+
+def test_an_idle_tick_or_a_poll_checks_the_status_before_reading_the_turn(
+    user, pending, django_assert_num_queries
+):
+    from sessions_app import services
+    from sessions_app.apis.waiting import turn_wait
+
+    services.turn_claim(turn_id=pending.pk)
+    seen: list = []
+    # The last read, at the end of the wait, is the whole turn: here the one small status
+    # query each, then that read.
+    with django_assert_num_queries(2 + _full_read_queries(user, pending)):
+        turn_wait(user=user, turn=pending, changes=_fed(None, events.UNKNOWN, seen=seen))
+
+
+def _full_read_queries(user, turn) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app import selectors
+
+    with CaptureQueriesContext(connection) as full:
+        selectors.turn_refresh_for_owner(user=user, turn=turn)
+    return len(full)
+
+
+def test_a_wait_subscribes_before_its_turn_is_queued(api, queued, monkeypatch, settings):
+    """So that it needs no first read: no change of the turn can come before it listens."""
+    import redis
+
+    from sessions_app import tasks
+    from sessions_app.events.notify import _channel
+
+    at_queue = []
+    queue = tasks._queue
+
+    def counted(turn) -> None:
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            [(_, count)] = client.pubsub_numsub(_channel(turn.pk))
+        at_queue.append(count)
+        queue(turn)
+
+    monkeypatch.setattr(tasks, "_queue", counted)
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(
+        f"/api/v1/sessions/{sid}/messages/?wait=1", {"content": "hi"}, format="json"
+    )
+    assert response.status_code == 202  # no worker here: it stays pending
+    assert at_queue == [1]
+
+
+def test_a_notification_names_the_new_status_and_nothing_else(
+    user, pending, settings, django_capture_on_commit_callbacks
+):
+    import redis
+
+    from sessions_app import services
+    from sessions_app.events.notify import _channel
+
+    with redis.Redis.from_url(settings.REDIS_URL) as client:
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(_channel(pending.pk))
+        with django_capture_on_commit_callbacks(execute=True):
+            services.turn_claim(turn_id=pending.pk)
+        with django_capture_on_commit_callbacks(execute=True):
+            services.turn_complete(turn_id=pending.pk, reply="Dana's parcel left on Monday")
+        payloads = []
+        for _ in range(20):  # a None may be the subscription's own confirmation: read on
+            if (message := pubsub.get_message(timeout=0.1)) is not None:
+                payloads.append(message["data"])
+        pubsub.close()
+    assert payloads == [b"running", b"completed"]
