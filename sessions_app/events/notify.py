@@ -3,8 +3,8 @@
 The payload carries only the turn's new status (the channel names the turn); readers
 re-fetch the turn through the owner check, so a notification can never carry conversation
 data to the wrong reader. The status lets a ``?wait``, which answers only once its turn has
-ended, skip the read at "running". Under WSGI a waiter holds its thread and its own
-subscription (``turn_changes``).
+ended, skip the read at "running". Under WSGI a waiter holds its thread and shares the
+process's one listener (``turn_changes``).
 """
 
 import logging
@@ -78,37 +78,42 @@ def turn_changes(
         yield None
         yield from _poll(deadline, gone)
         return
-    pubsub = _redis().pubsub(ignore_subscribe_messages=True)
+    from .loop_thread import subscribe_from_thread  # it builds on the listener, which on this
+
     try:
-        try:
-            pubsub.subscribe(_channel(turn_id))
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            if not poll_if_down:
-                raise
-            logger.warning("turn notifications unavailable; polling turn %s", turn_id)
-            yield None
-            yield from _poll(deadline, gone)
-            return
+        subscription = subscribe_from_thread(turn_id)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        if not poll_if_down:
+            raise
+        logger.warning("turn notifications unavailable; polling turn %s", turn_id)
+        yield None
+        yield from _poll(deadline, gone)
+        return
+    try:
         yield None
         last = time.monotonic()
         while (remaining := deadline - time.monotonic()) > 0 and not gone():
             try:
-                message = pubsub.get_message(timeout=min(1.0, remaining))
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                status = subscription.wait(min(1.0, remaining))
+            except redis.exceptions.TimeoutError:
+                status, lost = None, True  # the listener is stuck: as good as lost
+            else:
+                lost = subscription.lost
+            if lost:
                 # Redis went away mid-wait: the turn was accepted and still ends, so the
                 # waiter re-reads it on a timer instead of answering an error.
                 logger.warning("turn notifications lost; polling turn %s", turn_id)
                 yield from _poll(deadline, gone)
                 return
             now = time.monotonic()
-            if message is not None:
+            if status is not None:
                 last = now
-                yield _status(message["data"])
+                yield status
             elif now - last >= tick:
                 last = now
                 yield None
     finally:
-        pubsub.close()
+        subscription.close()
 
 
 def never() -> bool:

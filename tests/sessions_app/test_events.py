@@ -217,3 +217,56 @@ def test_a_watch_told_of_a_status_it_does_not_read_sleeps_on(settings):
 
     assert asyncio.run(scenario()) == "completed"
     assert reads == ["pending", "completed"]
+
+
+# Under WSGI: the same listener, on an event loop of the process's own -----------------------
+
+
+def pubsub_connections(url: str) -> int:
+    """Pub/sub connections to this test's Redis database (each xdist worker has its own)."""
+    db = int(url.rsplit("/", 1)[1])
+    with redis.Redis.from_url(url) as client:
+        return sum(1 for c in client.client_list(_type="pubsub") if int(c["db"]) == db)
+
+
+def test_waiting_threads_share_one_connection_and_each_hears_its_own_turn(settings):
+    import threading
+
+    url = settings.REDIS_URL
+    turns = [uuid.uuid4() for _ in range(6)]
+    heard: dict = {}
+    ready = threading.Barrier(len(turns) + 1)
+
+    def wait(turn_id) -> None:
+        changes = events.turn_changes(turn_id=turn_id, timeout=10, tick=60)
+        next(changes)  # subscribed
+        ready.wait()
+        heard[turn_id] = next(changes)
+        changes.close()
+
+    threads = [threading.Thread(target=wait, args=(t,)) for t in turns]
+    for thread in threads:
+        thread.start()
+    ready.wait(10)
+    assert pubsub_connections(url) == 1  # six waits, one connection
+    with redis.Redis.from_url(url) as client:
+        for n, turn_id in enumerate(turns):
+            client.publish(channel(turn_id), "completed" if n % 2 else "running")
+    for thread in threads:
+        thread.join(10)
+    assert heard == {t: "completed" if n % 2 else "running" for n, t in enumerate(turns)}
+    assert all(subscribers(url, t) == 0 for t in turns) or asyncio.run(
+        until(lambda: all(subscribers(url, t) == 0 for t in turns))
+    )
+
+
+def test_a_forked_process_starts_a_listener_of_its_own(monkeypatch):
+    from sessions_app.events import loop_thread
+
+    first = loop_thread._process_loop()
+    assert loop_thread._process_loop() is first
+    monkeypatch.setattr(loop_thread.os, "getpid", lambda: first.pid + 1)
+    child = loop_thread._process_loop()
+    # A forked child inherits the parent's loop object but not its thread: it needs its own.
+    assert child is not first and child.thread.is_alive()
+    child.loop.call_soon_threadsafe(child.loop.stop)
