@@ -7,7 +7,10 @@ import threading
 from collections.abc import Callable
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django_redis import get_redis_connection
+from django_redis.cache import RedisCache
+from redis.commands.core import Script
 from rest_framework.exceptions import APIException, Throttled
 
 logger = logging.getLogger(__name__)
@@ -26,6 +29,35 @@ WAIT_SLOT_TTL_SECONDS = 15 * 60
 WAIT_RETRY_AFTER_SECONDS = 5
 
 
+# A user's slots are one counter in the cache. On Redis each step is one script, atomic and
+# one round trip (EVALSHA): a wait's cost is paid on every chat turn that waits.
+# Take: count one more, renew the fade-out, and give it straight back past the cap.
+_TAKE = Script(
+    None,  # no client of its own: each call names the connection it runs on
+    b"""
+    local held = redis.call('INCR', KEYS[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    if held > tonumber(ARGV[2]) then
+        redis.call('DECR', KEYS[1])
+        return 0
+    end
+    return held
+    """,
+)
+# Give back: never below zero, and never bring back a counter that has faded (it would
+# have no fade-out of its own).
+_GIVE_BACK = Script(
+    None,
+    b"""
+    local held = tonumber(redis.call('GET', KEYS[1]))
+    if held and held > 0 then
+        return redis.call('DECR', KEYS[1])
+    end
+    return 0
+    """,
+)
+
+
 def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
     """Take one of the user's ``MAX_WAITS_PER_USER`` slots; return the function releasing it.
 
@@ -33,17 +65,37 @@ def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
     open streams must not hold every web thread while everyone else waits.
     """
     key = f"wait-slots:{user_id}"
+    if not isinstance(caches["default"], RedisCache):
+        return _cache_slot_acquire(key)  # the embedded default: the in-process cache
+    redis_key = cache.make_key(key)
+    connection = get_redis_connection("default")
+    args = (WAIT_SLOT_TTL_SECONDS, settings.MAX_WAITS_PER_USER)
+    if not _TAKE(keys=[redis_key], args=args, client=connection):
+        raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
+
+    def release() -> None:
+        try:
+            _GIVE_BACK(keys=[redis_key], client=connection)
+        except Exception:  # noqa: BLE001 - Redis went away; the counter fades with it
+            logger.warning("could not release a wait slot of user %s", user_id)
+
+    return release
+
+
+def _cache_slot_acquire(key: str) -> Callable[[], None]:
+    """``wait_slot_acquire`` on any other Django cache: three calls, cheap in-process."""
     cache.add(key, 0, timeout=WAIT_SLOT_TTL_SECONDS)
     held = cache.incr(key)
     cache.touch(key, WAIT_SLOT_TTL_SECONDS)
 
     def release() -> None:
         try:
-            cache.decr(key)
+            if cache.decr(key) < 0:
+                cache.incr(key)  # a counter that faded and came back: not below zero
         except ValueError:
             pass  # faded meanwhile: nothing left to give back
         except Exception:  # noqa: BLE001 - the cache went away; the counter fades with it
-            logger.warning("could not release a wait slot of user %s", user_id)
+            logger.warning("could not release a wait slot (%s)", key)
 
     if held > settings.MAX_WAITS_PER_USER:
         release()

@@ -102,6 +102,100 @@ def test_a_wait_answered_with_an_error_gives_its_slot_back(api, settings):
     assert response.status_code == 200, response.content
 
 
+# The user's slot counter itself, on Redis and on the in-process cache ---------------------
+
+
+class WaitSlotContract:
+    """What any cache must give ``wait_slot_acquire``: a counter that keeps to the cap, gives
+    back exactly what it took and never counts below zero."""
+
+    CAP = 3
+
+    @pytest.fixture(autouse=True)
+    def _cap(self, settings):
+        settings.MAX_WAITS_PER_USER = self.CAP
+
+    def take(self, user_id: int = 1) -> list:
+        return [events.wait_slot_acquire(user_id=user_id) for _ in range(self.CAP)]
+
+    def assert_exactly_the_cap_is_free(self, user_id: int = 1) -> None:
+        held = self.take(user_id)  # a count gone wrong below refuses one of these
+        with pytest.raises(events.TooManyWaits):
+            events.wait_slot_acquire(user_id=user_id)  # and one gone wrong above lets it in
+        for release in held:
+            release()
+
+    def test_past_the_cap_each_acquire_is_refused_and_takes_nothing(self):
+        held = self.take()
+        for _ in range(5):
+            with pytest.raises(events.TooManyWaits) as refused:
+                events.wait_slot_acquire(user_id=1)
+            assert refused.value.status_code == 429 and refused.value.wait > 0
+        held.pop()()
+        held.append(events.wait_slot_acquire(user_id=1))  # the refusals gave theirs back
+        with pytest.raises(events.TooManyWaits):
+            events.wait_slot_acquire(user_id=1)
+        for release in held:
+            release()
+        self.assert_exactly_the_cap_is_free()
+
+    def test_the_cap_is_per_user(self):
+        held = self.take(user_id=1)
+        self.assert_exactly_the_cap_is_free(user_id=2)
+        for release in held:
+            release()
+
+    def test_releases_after_the_counter_faded_do_not_count_below_zero(self):
+        from django.core.cache import cache
+
+        before = events.wait_slot_acquire(user_id=1)
+        cache.clear()  # the counter faded (its TTL) while that wait was held
+        after = events.wait_slot_acquire(user_id=1)
+        before()  # gives back the slot of ``after``: the count is 0 now
+        after()  # and must stay 0, not -1 (which would let one wait too many in)
+        before()  # another release at 0 leaves it at 0 too
+        self.assert_exactly_the_cap_is_free()
+
+
+class TestWaitSlotsOnRedis(WaitSlotContract):
+    def test_the_counter_fades_and_a_release_leaves_no_counter_that_would_not(self, settings):
+        from django_redis import get_redis_connection
+
+        redis = get_redis_connection("default")
+        held = events.wait_slot_acquire(user_id=1)
+        (key,) = redis.keys("*")  # the test's Redis database holds the counter alone
+        assert 0 < redis.ttl(key) <= events.WAIT_SLOT_TTL_SECONDS
+        redis.expire(key, 1)
+        events.wait_slot_acquire(user_id=1)  # each acquire renews the fade-out
+        assert redis.ttl(key) > 1
+        redis.delete(key)  # faded
+        held()
+        assert redis.keys("*") == []  # not a -1 without a TTL
+
+    def test_with_redis_gone_acquiring_is_an_outage_and_releasing_does_not_fail(
+        self, settings, private_redis
+    ):
+        from core.errors import is_outage
+
+        default = settings.CACHES["default"]
+        settings.CACHES = {"default": {**default, "LOCATION": private_redis.url}}
+        held = events.wait_slot_acquire(user_id=1)
+        private_redis.kill()
+        held()  # the wait is over: its answer must not fail for a counter that fades anyway
+        with pytest.raises(Exception) as down:
+            events.wait_slot_acquire(user_id=1)
+        assert is_outage(down.value)  # a 503 from the error handler
+
+
+class TestWaitSlotsOnTheInProcessCache(WaitSlotContract):
+    @pytest.fixture(autouse=True)
+    def _in_process(self, settings):
+        from django.core.cache import cache
+
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        cache.clear()
+
+
 # The process's wait budget: under WSGI a wait holds a thread --------------------------------
 
 
