@@ -8,9 +8,11 @@ up, stays as it is.
 """
 
 import dataclasses
+import enum
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
 from django.conf import settings
 
@@ -27,6 +29,14 @@ from .pii import (
 from .stores import StoredMessage
 
 
+class _Unread(enum.Enum):
+    UNREAD = enum.auto()
+
+
+# ``messages_restore``'s vault row not given: it reads the row itself if it needs it.
+UNREAD: Final = _Unread.UNREAD
+
+
 def vault_read(*, session_id: uuid.UUID) -> dict[str, str]:
     """Return the session's ``{placeholder: original}``, or {} if it has none."""
     return _vault_open(session_id)[1]
@@ -41,8 +51,12 @@ def _vault_open(session_id: uuid.UUID) -> tuple[bytes | None, dict[str, str]]:
     )
     if row is None:
         return None, {}
-    wrapped = bytes(row[0])
-    return wrapped, json.loads(crypto.open_with(wrapped, bytes(row[1])))
+    return _vault_unseal(wrapped=row[0], entries=row[1])
+
+
+def _vault_unseal(*, wrapped: bytes, entries: bytes) -> tuple[bytes, dict[str, str]]:
+    wrapped = bytes(wrapped)  # Postgres hands binary columns back as memoryview
+    return wrapped, json.loads(crypto.open_with(wrapped, bytes(entries)))
 
 
 def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[str, str]) -> None:
@@ -91,10 +105,29 @@ def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
 
 
 def messages_restore(
-    *, session_id: uuid.UUID, messages: Sequence[StoredMessage]
+    *,
+    session_id: uuid.UUID,
+    messages: Sequence[StoredMessage],
+    vault_row: SessionVault | None | _Unread = UNREAD,
 ) -> list[StoredMessage]:
-    """Return the messages with this session's placeholders replaced by the originals."""
+    """Return the messages with this session's placeholders replaced by the originals.
+
+    ``vault_row`` is the session's vault as the caller read it along with the session
+    (``select_related("vault")``; None: it has none), so the restore needs no query of
+    its own; left out, the vault is read here, and only if a message holds a placeholder.
+    """
     if not any(PLACEHOLDER.search(m.content) for m in messages):
         return list(messages)
-    vault = vault_read(session_id=session_id)
+    vault = _vault_entries(session_id, vault_row)
     return [dataclasses.replace(m, content=restore(m.content, vault=vault)) for m in messages]
+
+
+def _vault_entries(session_id: uuid.UUID, row: SessionVault | None | _Unread) -> dict[str, str]:
+    if row is UNREAD:
+        return vault_read(session_id=session_id)
+    if row is None:
+        return {}
+    if row.session_id != session_id:
+        # Another session's originals must never fill this one's placeholders.
+        raise ValueError("the vault row given is not this session's")
+    return _vault_unseal(wrapped=row.wrapped_key, entries=row.entries)[1]

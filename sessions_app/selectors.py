@@ -61,16 +61,19 @@ def chat_session_get_for_owner(
 def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:
     """Return the caller's turn in a live session, with its messages in ``exchange``."""
     tid = as_uuid(turn_id)
-    turn = (
-        Turn.objects.select_related("session").filter(pk=tid, session__in=_live_owned(user)).first()
-        if tid
-        else None
-    )
+    # The session's vault rides along (a LEFT JOIN on its primary key), so restoring the
+    # exchange's placeholders needs no query of its own. The owner gate is the same filter.
+    turns = Turn.objects.select_related("session", "session__vault")
+    turn = turns.filter(pk=tid, session__in=_live_owned(user)).first() if tid else None
     if turn is None:
         session_id = Turn.objects.filter(pk=tid).values_list("session_id", flat=True).first()
         raise _not_found(user=user, session_id=session_id, detail=TURN_NOT_FOUND, what="turn")
     exchange = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
-    turn.exchange = privacy.messages_restore(session_id=turn.session_id, messages=exchange)
+    turn.exchange = privacy.messages_restore(
+        session_id=turn.session_id,
+        messages=exchange,
+        vault_row=getattr(turn.session, "vault", None),  # read along; None: it has none
+    )
     return turn
 
 

@@ -151,3 +151,67 @@ def test_the_broker_carries_ids_only(settings, api, user, fake_claude: FakeClaud
     assert json.loads(body)[0] == [response.json()["id"], user.pk, sid]
     for raw in (*RAW, "Alice", "write to"):
         assert raw not in queued.decode() and raw not in body
+
+
+# Reading a turn back: the vault comes along with the turn, not in a query of its own -------
+
+JOINED_VAULT = 'JOIN "sessions_app_sessionvault"'
+VAULT_ALONE = 'FROM "sessions_app_sessionvault"'
+
+
+def _turn_read(user, turn_id: str) -> tuple[list[str], list[str]]:
+    """Read the turn through the gate; return its exchange's texts and the SQL it took."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app import selectors
+
+    with CaptureQueriesContext(connection) as read:
+        turn = selectors.turn_get_for_owner(user=user, turn_id=turn_id)
+    return [m.content for m in turn.exchange], [q["sql"] for q in read.captured_queries]
+
+
+@pytest.mark.parametrize("mode", ["off", "redact", "pseudonymize"])
+@pytest.mark.parametrize("store", STORES)
+def test_a_turn_read_back_restores_with_the_vault_read_along_with_it(
+    store, mode, settings, user, api, fake_claude: FakeClaude
+):
+    settings.HISTORY_STORE = store
+    settings.PII_MODE = mode
+    _, posted = post_and_wait(api, SECRET)
+    exchange, sql = _turn_read(user, posted["id"])
+    if mode == "redact":
+        expected = "My name is [PERSON], write to [EMAIL_ADDRESS] or call [PHONE_NUMBER]."
+        assert exchange == [expected, f"Echo: {expected}"]
+    else:
+        assert exchange == [SECRET, f"Echo: {SECRET}"]
+    assert JOINED_VAULT in sql[0] and 'FROM "sessions_app_turn"' in sql[0]
+    assert not any(VAULT_ALONE in statement for statement in sql)
+
+
+def test_placeholders_in_a_session_without_a_vault_stay_and_no_vault_is_read(
+    user, api, fake_claude: FakeClaude
+):
+    post_and_wait(api, SECRET)  # another session of the user has a vault
+    fake_claude.set_responder(lambda body: "I know <EMAIL_ADDRESS_1>.")
+    sid, posted = post_and_wait(api, "Hello, who am I?")
+    assert not SessionVault.objects.filter(session_id=sid).exists()
+    exchange, sql = _turn_read(user, posted["id"])
+    assert exchange == ["Hello, who am I?", "I know <EMAIL_ADDRESS_1>."]
+    assert not any(VAULT_ALONE in statement for statement in sql)
+
+
+def test_a_restore_refuses_the_vault_of_another_session(user, api, fake_claude: FakeClaude):
+    from sessions_app import privacy
+    from sessions_app.models import ChatSession
+
+    theirs, _ = post_and_wait(api, SECRET)
+    fake_claude.set_responder(lambda body: "Write to <EMAIL_ADDRESS_1>.")
+    sid, _ = post_and_wait(api, "Hello")
+    page = history_store().page(session=ChatSession.objects.get(pk=sid), offset=0, limit=9)
+    with pytest.raises(ValueError):
+        privacy.messages_restore(
+            session_id=page[0].session_id,
+            messages=page,
+            vault_row=SessionVault.objects.get(session_id=theirs),
+        )
