@@ -6,7 +6,8 @@ for a user (a test in ``tests/`` enforces it).
 """
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
@@ -21,6 +22,8 @@ from . import privacy
 from .errors import ForeignAccess
 from .models import ChatSession, Turn
 from .stores import history_store
+
+T = TypeVar("T")
 
 SESSION_NOT_FOUND = "No session with this id."
 TURN_NOT_FOUND = "No turn with this id."
@@ -106,12 +109,7 @@ def turn_refresh_for_owner(*, user: AbstractBaseUser, turn: Turn) -> Turn:
     message again. A connection killed during the wait (a restart, a failover) is replaced
     once; if the database still does not answer, the turn is returned as last read.
     """
-    try:
-        return once_more_on_fresh_connection(turn_get_for_owner, user=user, turn_id=turn.pk)
-    except Exception as exc:
-        if not is_outage(exc) or connection.in_atomic_block:
-            raise
-        return turn
+    return _or_when_down(turn, turn_get_for_owner, user=user, turn_id=turn.pk)
 
 
 def turn_ended_for_owner(*, user: AbstractBaseUser, turn: Turn) -> bool:
@@ -120,15 +118,24 @@ def turn_ended_for_owner(*, user: AbstractBaseUser, turn: Turn) -> bool:
     A wait re-reads the whole turn only once this says so. If the database cannot answer,
     say no: the wait goes on, as ``turn_refresh_for_owner`` would have it.
     """
+    return _or_when_down(False, _turn_ended, user=user, turn_id=turn.pk)
+
+
+def _turn_ended(*, user: AbstractBaseUser, turn_id: uuid.UUID) -> bool:
+    owned = Turn.objects.filter(pk=turn_id, session__in=_live_owned(user))
+    return owned.values_list("status", flat=True).first() not in Turn.IN_FLIGHT
+
+
+def _or_when_down(fallback: T, fn: Callable[..., T], /, **kwargs: object) -> T:
+    """Run ``fn``, once more on a fresh connection if its own was lost; if the database
+    still does not answer, return ``fallback``.
+
+    For reads after a wait, whose answer must not turn into an error. Inside a transaction
+    the error stands: the transaction is broken and its owner must decide.
+    """
     try:
-        status = once_more_on_fresh_connection(_turn_status, user=user, turn_id=turn.pk)
+        return once_more_on_fresh_connection(fn, **kwargs)
     except Exception as exc:
         if not is_outage(exc) or connection.in_atomic_block:
             raise
-        return False
-    return status not in Turn.IN_FLIGHT
-
-
-def _turn_status(*, user: AbstractBaseUser, turn_id: uuid.UUID) -> str | None:
-    owned = Turn.objects.filter(pk=turn_id, session__in=_live_owned(user))
-    return owned.values_list("status", flat=True).first()
+        return fallback

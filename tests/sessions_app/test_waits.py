@@ -481,3 +481,39 @@ def test_a_notification_names_the_new_status_and_nothing_else(
                 payloads.append(message["data"])
         pubsub.close()
     assert payloads == [b"running", b"completed"]
+
+
+def _database_answering(error: Exception):
+    from django.db import connection
+
+    def answer(execute, sql, params, many, context):
+        raise error
+
+    return connection.execute_wrapper(answer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_the_database_down_a_wait_goes_on_and_answers_the_turn_as_last_read(user, pending):
+    from django.db import OperationalError
+
+    from sessions_app import selectors
+
+    # The message is accepted already: an error now would make the client send it again.
+    with _database_answering(OperationalError("server closed the connection unexpectedly")):
+        assert selectors.turn_ended_for_owner(user=user, turn=pending) is False
+        assert selectors.turn_refresh_for_owner(user=user, turn=pending) is pending
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_error_that_is_no_outage_or_inside_a_transaction_stands(user, pending):
+    from django.db import OperationalError, ProgrammingError, transaction
+
+    from sessions_app import selectors
+
+    reads = (selectors.turn_ended_for_owner, selectors.turn_refresh_for_owner)
+    for read in reads:
+        with pytest.raises(ProgrammingError), _database_answering(ProgrammingError("no column")):
+            read(user=user, turn=pending)
+        lost = OperationalError("connection lost")
+        with pytest.raises(OperationalError), transaction.atomic(), _database_answering(lost):
+            read(user=user, turn=pending)
