@@ -7,6 +7,7 @@ for a user (a test in ``tests/`` enforces it).
 
 import uuid
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -59,6 +60,43 @@ def chat_session_get_for_owner(
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     return session
+
+
+def chat_session_take_seq_for_owner(
+    *, user: AbstractBaseUser, session_id: object, now: datetime, expires_at: datetime
+) -> ChatSession:
+    """Lock the caller's live session for a new message, and take the message's ``seq``.
+
+    One statement (``UPDATE ... RETURNING``) does what a locking read and an update did:
+    the counter advances, the session is kept alive until ``expires_at``, and its row stays
+    locked until the transaction ends, serialising the session's accepts. The session comes
+    back with ``next_seq`` as it was before, the seq taken. Every other case raises
+    the one NotFound, as ``chat_session_get_for_owner`` does.
+    """
+    sid = as_uuid(session_id)
+    session = None
+    if sid:
+        ops, pk = connection.ops, ChatSession._meta.pk
+        params = [
+            ops.adapt_datetimefield_value(now),
+            ops.adapt_datetimefield_value(expires_at),
+            pk.get_db_prep_value(sid, connection),
+            user.pk,
+            ops.adapt_datetimefield_value(now),
+        ]
+        session = next(iter(ChatSession.objects.raw(_TAKE_SEQ, params)), None)
+    if session is None:
+        raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
+    session.next_seq -= 1
+    return session
+
+
+_TAKE_SEQ = """
+    UPDATE sessions_app_chatsession
+    SET next_seq = next_seq + 1, last_activity_at = %s, expires_at = %s
+    WHERE id = %s AND owner_id = %s AND expires_at > %s
+    RETURNING *
+"""
 
 
 def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:

@@ -28,7 +28,7 @@ from . import crypto, events, privacy
 from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
-from .selectors import chat_session_get_for_owner
+from .selectors import chat_session_get_for_owner, chat_session_take_seq_for_owner
 from .stores import DuplicateReply, SessionRef, StoredMessage, history_store
 
 logger = logging.getLogger(__name__)
@@ -117,16 +117,14 @@ def _message_accept(
     *, user: AbstractBaseUser, session_id: object, content: str, turn_id: uuid.UUID
 ) -> Turn:
     # The session row lock serialises accepts per session.
-    session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     now = timezone.now()
+    session = chat_session_take_seq_for_owner(
+        user=user, session_id=session_id, now=now, expires_at=_expiry(now)
+    )
     turn = Turn.objects.create(id=turn_id, session=session, deadline_at=_deadline(now))
-    session.expires_at = _expiry(now)
     stored = privacy.content_scrub(session_id=session.pk, content=content)
     message = history_store().append_user_message(
         session=session, turn_id=turn.pk, seq=session.next_seq, content=stored
-    )
-    ChatSession.objects.filter(pk=session.pk).update(
-        next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=session.expires_at
     )
     audit_message(
         user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=stored

@@ -1,0 +1,70 @@
+"""Accepting a message: the session's lock, counter and expiry taken in one statement."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.exceptions import NotFound
+
+from sessions_app import selectors, services
+from sessions_app.errors import ForeignAccess
+from sessions_app.models import ChatSession
+
+pytestmark = pytest.mark.django_db
+
+
+def test_taking_a_seq_advances_the_counter_and_keeps_the_session_alive(user):
+    session = services.chat_session_create(owner=user)
+    now = timezone.now() + timedelta(seconds=5)
+    taken = selectors.chat_session_take_seq_for_owner(
+        user=user, session_id=session.pk, now=now, expires_at=now + timedelta(hours=3)
+    )
+    assert (taken.pk, taken.owner_id, taken.next_seq) == (session.pk, user.pk, 1)
+    again = selectors.chat_session_take_seq_for_owner(
+        user=user, session_id=str(session.pk), now=now, expires_at=now + timedelta(hours=3)
+    )
+    assert again.next_seq == 2
+    row = ChatSession.objects.get(pk=session.pk)
+    assert row.next_seq == 3
+    assert (row.last_activity_at, row.expires_at) == (now, now + timedelta(hours=3))
+
+
+def test_another_users_session_is_the_audited_not_found_and_stays_untouched(user, other_user):
+    theirs = services.chat_session_create(owner=other_user)
+    before = ChatSession.objects.get(pk=theirs.pk)
+    now = timezone.now()
+    with pytest.raises(ForeignAccess):
+        selectors.chat_session_take_seq_for_owner(
+            user=user, session_id=theirs.pk, now=now, expires_at=now + timedelta(days=9)
+        )
+    after = ChatSession.objects.get(pk=theirs.pk)
+    assert (after.next_seq, after.expires_at) == (before.next_seq, before.expires_at)
+
+
+@pytest.mark.parametrize("session_id", ["not-a-uuid", "00000000-0000-0000-0000-000000000000"])
+def test_an_unknown_id_is_not_found(user, session_id):
+    now = timezone.now()
+    with pytest.raises(NotFound):
+        selectors.chat_session_take_seq_for_owner(
+            user=user, session_id=session_id, now=now, expires_at=now
+        )
+
+
+def test_an_expired_session_takes_no_message(user):
+    session = services.chat_session_create(owner=user)
+    ChatSession.objects.filter(pk=session.pk).update(expires_at=timezone.now())
+    with pytest.raises(NotFound):
+        services.message_accept(user=user, session_id=session.pk, content="too late")
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 1
+
+
+def test_the_accept_touches_the_session_row_once(user):
+    session = services.chat_session_create(owner=user)
+    with CaptureQueriesContext(connection) as accept:
+        turn = services.message_accept(user=user, session_id=session.pk, content="hello")
+    touching = [q["sql"] for q in accept if "sessions_app_chatsession" in q["sql"].split("(")[0]]
+    assert len(touching) == 1 and touching[0].lstrip().startswith("UPDATE")
+    assert turn.exchange[0].seq == 1
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 2
