@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -272,6 +273,7 @@ class Clients:
         self.tokens = tokens
         self.session_turns = session_turns
         self.early = 0  # turns whose ?wait answered 202 before the end (polled instead)
+        self.latencies: list[float] = []  # seconds per successful operation, polls included
         self.lock = threading.Lock()
         self.http = urllib3.PoolManager(maxsize=len(tokens), retries=False, timeout=60)
 
@@ -339,6 +341,7 @@ class Clients:
         state = {"sent": 0, "done": 0, "errors": 0}
         lock = self.lock
         self.early = 0
+        self.latencies = []
         deadline = time.monotonic() + seconds
 
         def client(token: str) -> None:
@@ -351,12 +354,16 @@ class Clients:
                 try:
                     if self.session_turns and served == self.session_turns:
                         session, served = self.new_session(token), 0
+                    sent = time.perf_counter()
                     ok = self._succeeds(token, path_for(session))
+                    took = time.perf_counter() - sent
                 except (urllib3.exceptions.HTTPError, RuntimeError):
                     ok = False
                 served += 1
                 with lock:
                     state["done" if ok else "errors"] += 1
+                    if ok:
+                        self.latencies.append(took)
                     half = ok and ops and state["done"] == ops // 2
                 if half and at_half:
                     at_half()
@@ -391,6 +398,12 @@ class Phase:
     elapsed: float
     cpu: dict[str, float]  # ms per successful operation, by group
     early: int = 0  # turns answered 202 before their end, then polled
+    latencies: list[float] = field(default_factory=list)
+
+    def latency_ms(self, q: float) -> float:
+        """The ``q`` quantile of a successful operation's time, in ms (client side)."""
+        ordered = sorted(self.latencies)
+        return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1e3 if ordered else 0.0
 
     @property
     def rate(self) -> float:
@@ -402,7 +415,7 @@ def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=N
     seconds = args.max_seconds if args.turns else args.seconds
     done, errors, elapsed = clients.run(path_for, seconds=seconds, ops=args.turns, at_half=at_half)
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
-    return Phase(name, done, errors, elapsed, cpu, clients.early)
+    return Phase(name, done, errors, elapsed, cpu, clients.early, clients.latencies)
 
 
 def turn_path(session: str) -> str:
@@ -472,6 +485,11 @@ def report(result: dict, args) -> None:
             f"{phase.errors} errors, {phase.early} answered 202 and polled)"
         )
     print(f"ratio {turn.rate / bare.rate if bare.rate else 0:8.3f}  (goal: at least 0.333)")
+    for phase in (bare, turn):
+        print(
+            f"{phase.name:5} latency p50 {phase.latency_ms(0.5):.1f} ms, "
+            f"p99 {phase.latency_ms(0.99):.1f} ms"
+        )
     print("CPU ms per operation: " + "  ".join(f"{g:>8}" for g in GROUPS) + "  web+worker")
     for phase in (bare, turn):
         cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
@@ -491,21 +509,41 @@ def rss_line(rss: dict[str, dict[str, float]]) -> str:
 def summary(results: list[dict]) -> None:
     print(
         "\n| broker | clients | bare req/s | turns/s | ratio | CPU ms/turn web | worker |"
-        " postgres | redis | rabbitmq | CPU ms/bare web | postgres |"
+        " postgres | redis | rabbitmq | CPU ms/bare web | postgres | turn p50 ms | bare p50 ms |"
     )
-    print("| --- " * 12 + "|")
+    print("| --- " * 14 + "|")
     for r in results:
         b, t = r["bare"], r["turn"]
         print(
             f"| {r['broker']} | {r['clients']} | {b.rate:.1f} | {t.rate:.1f} | "
             f"{t.rate / b.rate if b.rate else 0:.3f} | {t.cpu['web']:.2f} | "
             f"{t.cpu['worker']:.2f} | {t.cpu['postgres']:.2f} | {t.cpu['redis']:.2f} | "
-            f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} |"
+            f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} | "
+            f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} |"
         )
     for r in results:
         if "rss_after" in r:
             cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
             print(f"RSS after the {r['broker']} run: {cells}")
+
+
+def claude_own_ms(url: str, calls: int = 300) -> float:
+    """The p50 of one call to the fake Claude through the real SDK, as a worker makes it:
+    what a turn would take if everything else cost nothing."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=url, api_key="bench", max_retries=0)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=256,
+            messages=[{"role": "user", "content": "hello"}],
+        )
+        times.append(time.perf_counter() - started)
+    client.close()
+    return statistics.median(times) * 1e3
 
 
 def comma_list(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -565,6 +603,8 @@ def main() -> None:
         for broker in args.broker:
             results += run_broker(broker, args, env, tokens)
         print(f"\n{fake.request_count()} Claude calls in all")
+        claude_ms = claude_own_ms(fake.url)
+    print(f"The fake Claude's own time through the SDK: p50 {claude_ms:.1f} ms (one caller)")
     summary(results)
 
 
