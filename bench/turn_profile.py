@@ -4,10 +4,10 @@
 
 The same calls the view and the worker make, in order, timed one by one on the real
 Postgres and Redis with the fake Claude answering at once through the real SDK; PII
-(pseudonymize) and the leak scan on. It makes its own database, ``isolation_bench_profile``,
-and uses Redis db 12 (``--redis-db``). CPU is this process's (``time.process_time``), so it
-leaves out Postgres's and Redis's own; wall time includes their round trips. ``--sql`` lists
-the statements of one turn, stage by stage.
+(pseudonymize) and the leak scan on. It makes its own database (``--db-name``, default
+``isolation_bench_profile``) and uses Redis db 12 (``--redis-db``). CPU is this process's
+(``time.process_time``), so it leaves out Postgres's and Redis's own; wall time includes
+their round trips. ``--sql`` lists the statements of one turn, stage by stage.
 """
 
 import argparse
@@ -29,7 +29,6 @@ ENV = {
     "SECRET_KEY": "bench-only-secret-key-bench-only-secret-key-bench-only",
     "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
     "SECURE_HTTPS": "0",
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",
     "CELERY_TASK_ALWAYS_EAGER": "1",
     "LLM_PROVIDER": "anthropic",
     "ANTHROPIC_API_KEY": "bench",
@@ -37,9 +36,10 @@ ENV = {
 TEXT = "Hi, I am Dana Whitfield; my order 48291-XK7 to 221B Baker Street is late. Any news?"
 
 
-def prepare(base_url: str, store: str, redis_db: int) -> None:
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", DB], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", DB], check=True)
+def prepare(base_url: str, store: str, redis_db: int, db: str = DB) -> None:
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db], check=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db], check=True)
+    ENV["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db}"
     subprocess.run(["redis-cli", "-n", str(redis_db), "flushdb"], check=True, capture_output=True)
     ENV["REDIS_URL"] = f"redis://127.0.0.1:6379/{redis_db}"
     env = {**os.environ, **ENV}
@@ -78,32 +78,59 @@ class Stopwatch:
 
 
 def one_turn(watch: Stopwatch, user, session_id) -> None:
-    from sessions_app import llm, privacy, queries, selectors, services
+    from sessions_app import events, llm, privacy, queries, selectors, services
     from sessions_app.events import notify
-    from sessions_app.isolation import bound
 
+    release = watch.time("wait slot (take)", events.wait_slot_acquire, user_id=user.pk)
     turn = watch.time(
-        "accept (lock, PII, store, fingerprints, audit)",
+        "accept (lock + seq, turn, PII, store, audit, fingerprints)",
         services.message_accept,
         user=user,
         session_id=session_id,
         content=f"{TEXT} {uuid.uuid4().hex[:8]}",
     )
+    changes = watch.time("subscribe (the process's listener)", _subscribed, turn_id=turn.pk)
     claimed = watch.time("claim", services.turn_claim, turn_id=turn.pk)
+    from sessions_app.isolation import bound
+
     with bound(user_id=user.pk, session_id=claimed.session_id):
         history = watch.time("history (store)", queries.turn_history, turn=claimed)
-        reply = watch.time("Claude call (SDK, fake answers at once)", llm.send, history=history)
+        reply = watch.time(
+            "still wanted? + Claude call (SDK, fake answers at once)",
+            llm.send,
+            history=history,
+            still_wanted=lambda: queries.turn_in_flight(turn_id=claimed.pk),
+        )
     reply = watch.time(
         "reply scrub (PII)", privacy.reply_scrub, session_id=claimed.session_id, reply=reply
     )
     watch.time("scan + store reply + end turn", services.turn_deliver, turn=claimed, reply=reply)
-    watch.time("notify (pub/sub)", notify._publish, turn_id=turn.pk)
+    watch.time("notify (pub/sub)", notify._publish, turn_id=turn.pk, status="completed")
+    watch.time("woken (the notification reaches the wait)", _woken, changes=changes)
     watch.time(
-        "wake re-read (gate + store + restore)",
-        selectors.turn_get_for_owner,
+        "wake re-read (turn + vault, messages)",
+        selectors.turn_refresh_for_owner,
         user=user,
-        turn_id=turn.pk,
+        turn=turn,
     )
+    watch.time("unsubscribe + wait slot (give back)", _done, changes=changes, release=release)
+
+
+def _subscribed(*, turn_id):
+    from sessions_app.events import notify
+
+    changes = notify.turn_changes(turn_id=turn_id, timeout=30, tick=60)
+    next(changes)
+    return changes
+
+
+def _woken(*, changes) -> str | None:
+    return next(changes)
+
+
+def _done(*, changes, release) -> None:
+    changes.close()
+    release()
 
 
 def main() -> None:
@@ -112,11 +139,12 @@ def main() -> None:
     parser.add_argument("--store", default="db", choices=["db", "redis", "cached_db"])
     parser.add_argument("--sql", action="store_true", help="list one turn's SQL by stage")
     parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument("--db-name", default=DB)
     args = parser.parse_args()
     from tests.fakes.claude import FakeClaude
 
     with FakeClaude(keep_alive=True) as fake:
-        prepare(fake.url, args.store, args.redis_db)
+        prepare(fake.url, args.store, args.redis_db, args.db_name)
         from django.contrib.auth.models import User
 
         from sessions_app import services
@@ -144,7 +172,7 @@ def main() -> None:
         for stage in watch.wall:
             print(f"\n{stage}:")
             for sql in watch.queries[stage][-1]:  # the last turn's: past the first's setup
-                print("   ", sql[:160])
+                print("   ", " ".join(sql.split())[:160])
 
 
 if __name__ == "__main__":
