@@ -1,13 +1,14 @@
 """Turn change notifications: Redis pub/sub when Redis is configured; and what waits on them.
 
 ``?wait`` and the event stream wake on these instead of polling the database in a loop.
-The payload carries only the turn id; readers re-fetch the turn through the owner check,
-so a notification can never carry conversation data to the wrong reader.
+The payload carries only the turn's new status; readers re-fetch the turn through the owner
+check, so a notification can never carry conversation data to the wrong reader.
 
-Under WSGI a waiter holds its thread and its own subscription (``turn_watch``), within the
-process's wait budget (``wait_budget_take``). Under ASGI it awaits on the event loop
-(``AsyncTurnWatch``): one listener connection per process fans notifications out, and only
-the re-reads take a thread, briefly.
+One listener connection per process fans notifications out. Under ASGI a waiter awaits on
+the event loop (``AsyncTurnWatch``), and only the re-reads take a thread, briefly. Under WSGI
+a waiter holds its thread (``turn_changes``, ``turn_watch``), within the process's wait
+budget (``wait_budget_take``), and the listener runs on an event loop of its own thread
+(``loop_thread``).
 """
 
 from .listener import (
