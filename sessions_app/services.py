@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -171,15 +171,7 @@ def turn_claim(*, turn_id: object) -> Turn | None:
 
     A turn past its attempt budget is failed here, so a task redelivered forever still ends.
     """
-    updated = Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT).update(
-        status=Turn.Status.RUNNING,
-        attempts=F("attempts") + 1,
-        started_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
-    if not updated:
-        return None
-    turn = turn_get(turn_id=turn_id)
+    turn = _turn_start(turn_id)
     if turn is not None and turn.attempts > settings.TURN_MAX_ATTEMPTS:
         turn_fail(
             turn_id=turn.pk,
@@ -190,6 +182,81 @@ def turn_claim(*, turn_id: object) -> Turn | None:
     if turn is not None:
         events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.RUNNING)
     return turn
+
+
+# Postgres claims a turn, and ends one, in one UPDATE ... RETURNING each, rows built from
+# what it returns: a claim is then one round trip instead of an update and a read, a
+# turn's end one instead of a lock and two updates. The ORM cannot return from an UPDATE,
+# so elsewhere (SQLite) it takes the same steps in more statements.
+_TURN, _SESSION = Turn._meta, ChatSession._meta
+_IN_FLIGHT = ", ".join(f"'{status}'" for status in Turn.IN_FLIGHT)  # constants, not input
+
+
+def _returning(alias: str, meta) -> str:
+    return ", ".join(f'{alias}."{field.column}"' for field in meta.concrete_fields)
+
+
+_START_SQL = f"""
+    UPDATE "{_TURN.db_table}" AS t
+    SET "status" = %s, "attempts" = t."attempts" + 1, "started_at" = %s, "updated_at" = %s
+    FROM "{_SESSION.db_table}" AS s
+    WHERE t."id" = %s AND t."status" IN ({_IN_FLIGHT}) AND s."id" = t."session_id"
+    RETURNING {_returning("t", _TURN)}, {_returning("s", _SESSION)}
+"""  # noqa: S608 - names from the models, statuses from constants; values are parameters
+# The session's row is updated (locked) before the turn's, the order a DELETE takes them.
+# If the turn ended meanwhile, the turn's UPDATE re-reads its row and matches nothing.
+_END_SQL = f"""
+    WITH s AS (
+        UPDATE "{_SESSION.db_table}" SET "next_seq" = "next_seq" + 1
+        WHERE "id" = (
+            SELECT "session_id" FROM "{_TURN.db_table}"
+            WHERE "id" = %s AND "status" IN ({_IN_FLIGHT})
+        )
+        RETURNING *
+    )
+    UPDATE "{_TURN.db_table}" AS t
+    SET "status" = %s, "withheld" = %s, "finished_at" = %s, "updated_at" = %s,
+        "error_code" = '', "error_detail" = ''
+    FROM s
+    WHERE t."id" = %s AND t."session_id" = s."id" AND t."status" IN ({_IN_FLIGHT})
+    RETURNING {_returning("t", _TURN)}, {_returning("s", _SESSION)}
+"""  # noqa: S608 - names from the models, statuses from constants; values are parameters
+
+
+def _returning_updates() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _execute_one(sql: str, params: list[object]) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def _turn_from_row(row: tuple | None) -> Turn | None:
+    """Return the turn, its session attached, from a row of ``_returning`` turn + session."""
+    if row is None:
+        return None
+    split = len(_TURN.concrete_fields)
+    turn = Turn.from_db(connection.alias, None, row[:split])
+    session = ChatSession.from_db(connection.alias, None, row[split:])
+    Turn.session.field.set_cached_value(turn, session)
+    return turn
+
+
+def _turn_start(turn_id: object) -> Turn | None:
+    """Mark the turn running and count the attempt; return it with its session, or None if
+    it is finished or gone."""
+    tid = as_uuid(turn_id)
+    if tid is None:
+        return None
+    now = timezone.now()
+    if _returning_updates():
+        return _turn_from_row(_execute_one(_START_SQL, [Turn.Status.RUNNING.value, now, now, tid]))
+    updated = Turn.objects.filter(pk=tid, status__in=Turn.IN_FLIGHT).update(
+        status=Turn.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
+    )
+    return turn_get(turn_id=tid) if updated else None
 
 
 def turn_requeue(*, turn_id: object, attempt: int) -> bool:
@@ -222,26 +289,23 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
     """
     leaked = scan is not None and scan.leaked
     suppress = leaked and settings.LEAK_ACTION == "suppress"
+    end = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
+    withheld = crypto.seal(reply.encode()) if suppress else None
     try:
         with transaction.atomic():
-            turn = _turn_lock(turn_id)
-            if turn is None or turn.is_finished:
+            turn = _turn_end(turn_id, status=end, withheld=withheld)
+            if turn is None:
+                transaction.set_rollback(True)  # the seq it may have taken goes back
                 return False
+            seq = turn.session.next_seq - 1
             message = _reply_append(
                 turn=turn,
+                seq=seq,
                 reply=SUPPRESSED_NOTICE if suppress else reply,
                 status="suppressed" if suppress else "ok",
             )
-            now = timezone.now()
-            ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
-            Turn.objects.filter(pk=turn.pk).update(
-                status=Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED,
-                withheld=crypto.seal(reply.encode()) if suppress else None,
-                finished_at=now,
-                updated_at=now,
-                error_code="",
-                error_detail="",
-            )
+            if message.seq != seq:  # an earlier run's reply, kept at the seq it took
+                ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
             _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
             if not suppress:
                 fingerprints_register(
@@ -253,6 +317,35 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
     ended = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
     events.publish_turn_changed(turn_id=turn_id, status=ended)
     return True
+
+
+def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn | None:
+    """End an unfinished turn and take the next seq of its session for the reply; return the
+    turn with its session (``next_seq`` already past the reply's), or None if it had ended.
+
+    Both rows stay locked to the end of the caller's transaction, the session's first, as
+    ``chat_session_delete`` takes them: a DELETE waits, and seq stays gap-free. Call it
+    inside a transaction, and roll that back on None: the session may have moved on.
+    """
+    now = timezone.now()
+    if _returning_updates():
+        tid = as_uuid(turn_id)
+        params = [tid, str(status), withheld, now, now, tid]
+        return _turn_from_row(_execute_one(_END_SQL, params))
+    turn = _turn_lock(turn_id)
+    if turn is None or turn.is_finished:
+        return None
+    turn.session.next_seq += 1
+    ChatSession.objects.filter(pk=turn.session_id).update(next_seq=turn.session.next_seq)
+    Turn.objects.filter(pk=turn.pk).update(
+        status=status,
+        withheld=withheld,
+        finished_at=now,
+        updated_at=now,
+        error_code="",
+        error_detail="",
+    )
+    return turn
 
 
 def _turn_lock(turn_id: object) -> Turn | None:
@@ -294,12 +387,12 @@ def turn_release_withheld(*, turn_id: object) -> bool:
     return True
 
 
-def _reply_append(*, turn: Turn, reply: str, status: str) -> StoredMessage:
+def _reply_append(*, turn: Turn, seq: int, reply: str, status: str) -> StoredMessage:
     try:
         return history_store().append_reply(
             session=turn.session,
             turn_id=turn.pk,
-            seq=turn.session.next_seq,
+            seq=seq,
             content=reply,
             status=status,
         )

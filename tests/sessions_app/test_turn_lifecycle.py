@@ -1,0 +1,182 @@
+"""Claiming and ending a turn: what a run may rely on, and what a concurrent run or DELETE
+cannot break. Every test runs on both ways the services take: Postgres's one statement
+each, and the ORM's steps that other databases (SQLite) take."""
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from audit_app.models import AuditEntry
+from sessions_app import services
+from sessions_app.models import ChatSession, Message, Turn
+
+from ..support import wait_until
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True, params=["postgresql", "other"])
+def vendor(request, monkeypatch) -> str:
+    if request.param == "other":  # every thread's connection: the class's attribute
+        monkeypatch.setattr(type(connections["default"]), "vendor", "other")
+    return request.param
+
+
+@pytest.fixture
+def turn(user) -> Turn:
+    session = services.chat_session_create(owner=user)
+    return services.message_accept(user=user, session_id=session.pk, content="hello")
+
+
+def _reload(turn: Turn) -> tuple[Turn, ChatSession]:
+    turn = Turn.objects.select_related("session").get(pk=turn.pk)
+    return turn, turn.session
+
+
+# Claim -------------------------------------------------------------------------------------
+
+
+def test_a_claim_counts_the_attempt_and_hands_over_the_turn_with_its_session(turn, user):
+    claimed = services.turn_claim(turn_id=str(turn.pk))
+    assert (claimed.pk, claimed.status, claimed.attempts) == (turn.pk, "running", 1)
+    assert claimed.started_at is not None and claimed.deadline_at == turn.deadline_at
+    session = claimed.session
+    assert (session.pk, session.owner_id, session.next_seq) == (turn.session_id, user.pk, 2)
+    assert services.turn_claim(turn_id=turn.pk).attempts == 2  # a redelivery counts too
+    assert _reload(turn)[0].attempts == 2
+
+
+def test_the_claim_is_one_statement_on_postgres(turn, vendor):
+    with CaptureQueriesContext(connection) as queries:
+        services.turn_claim(turn_id=turn.pk)
+    assert len(queries) == (1 if vendor == "postgresql" else 2)
+
+
+def test_a_finished_or_unknown_turn_is_not_claimed(turn):
+    assert services.turn_complete(turn_id=turn.pk, reply="done")
+    assert services.turn_claim(turn_id=turn.pk) is None
+    assert _reload(turn)[0].attempts == 0
+    assert services.turn_claim(turn_id="not-a-turn-id") is None
+    assert services.turn_claim(turn_id="00000000-0000-0000-0000-000000000000") is None
+
+
+def test_a_turn_past_its_attempt_budget_fails_instead_of_running(turn, settings):
+    Turn.objects.filter(pk=turn.pk).update(attempts=settings.TURN_MAX_ATTEMPTS)
+    assert services.turn_claim(turn_id=turn.pk) is None
+    turn, _ = _reload(turn)
+    assert (turn.status, turn.error_code) == ("failed", "retries_exhausted")
+    assert turn.attempts == settings.TURN_MAX_ATTEMPTS + 1
+
+
+def test_the_last_attempt_within_the_budget_runs(turn, settings):
+    Turn.objects.filter(pk=turn.pk).update(attempts=settings.TURN_MAX_ATTEMPTS - 1)
+    assert services.turn_claim(turn_id=turn.pk).attempts == settings.TURN_MAX_ATTEMPTS
+
+
+# End ---------------------------------------------------------------------------------------
+
+
+def test_the_reply_takes_the_next_seq_and_ends_the_turn_with_its_audit_entry(turn, user):
+    assert services.turn_complete(turn_id=turn.pk, reply="hi there")
+    turn, session = _reload(turn)
+    assert (turn.status, turn.withheld, turn.error_code) == ("completed", None, "")
+    assert turn.finished_at is not None and session.next_seq == 3
+    reply = Message.objects.get(turn=turn, role="assistant")
+    assert (reply.seq, reply.content, reply.status) == (2, "hi there", "ok")
+    entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
+    assert (entry.user_id, entry.session_id, entry.role) == (user.pk, session.pk, "assistant")
+
+
+def test_an_ended_turn_takes_no_seq_and_no_second_reply(turn):
+    assert services.turn_fail(turn_id=turn.pk, code="x", detail="y")
+    assert not services.turn_complete(turn_id=turn.pk, reply="late")
+    turn, session = _reload(turn)
+    assert turn.status == "failed" and session.next_seq == 2
+    assert not Message.objects.filter(turn=turn, role="assistant").exists()
+    assert not AuditEntry.objects.filter(turn_id=turn.pk, kind="reply").exists()
+
+
+def test_a_reply_the_database_refuses_leaves_the_turn_and_seq_as_they_were(turn):
+    assert services.turn_complete(turn_id=turn.pk, reply="first")
+    Turn.objects.filter(pk=turn.pk).update(status="running")  # a run that read it running
+    assert not services.turn_complete(turn_id=turn.pk, reply="second")
+    turn, session = _reload(turn)
+    assert turn.status == "running" and session.next_seq == 3
+    replies = Message.objects.filter(turn=turn, role="assistant")
+    assert list(replies.values_list("content", flat=True)) == ["first"]
+
+
+# Concurrent runs and DELETE ----------------------------------------------------------------
+
+
+def _blocked_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Start ``call`` on a connection of its own; return once it waits for a row lock."""
+    pids: list[int] = []
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pids.append(cursor.fetchone()[0])
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertions
+            results.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def blocked() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", [pids[0]])
+            return cursor.fetchone()[0]
+
+    assert wait_until(lambda: pids, 10) and wait_until(blocked, 10)
+    return thread, results
+
+
+@pytest.fixture
+def committed_turn(transactional_db, user) -> Iterator[Turn]:
+    session = services.chat_session_create(owner=user)
+    yield services.message_accept(user=user, session_id=session.pk, content="hello")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_waits_for_the_first_and_stores_no_second_reply(committed_turn, vendor):
+    turn = committed_turn
+    with transaction.atomic():  # the first run, its locks held until this commits
+        assert services.turn_complete(turn_id=turn.pk, reply="from the first run")
+        second, results = _blocked_in_thread(
+            lambda: services.turn_complete(turn_id=turn.pk, reply="from the second run")
+        )
+    second.join(30)
+    assert results == [False]
+    turn, session = _reload(turn)
+    assert turn.status == "completed" and session.next_seq == 3  # no seq taken, no gap
+    messages = Message.objects.filter(session=session).order_by("seq")
+    assert list(messages.values_list("seq", "content")) == [
+        (1, "hello"),
+        (2, "from the first run"),
+    ]
+    assert AuditEntry.objects.filter(turn_id=turn.pk, kind="reply").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_ending_its_turn_waits_for_a_delete_and_then_stores_nothing(
+    committed_turn, user, vendor
+):
+    turn = committed_turn
+    with transaction.atomic():  # the DELETE, its session lock held until this commits
+        services.chat_session_delete(user=user, session_id=turn.session_id)
+        run, results = _blocked_in_thread(
+            lambda: services.turn_complete(turn_id=turn.pk, reply="too late")
+        )
+    run.join(30)
+    assert results == [False]
+    assert not Message.objects.filter(session_id=turn.session_id).exists()
+    assert not AuditEntry.objects.filter(turn_id=turn.pk, kind="reply").exists()
