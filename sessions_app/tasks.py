@@ -7,6 +7,7 @@ Services never queue a task: they write; this module queues and calls them.
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Task, current_app, shared_task
@@ -22,6 +23,7 @@ from . import llm, privacy, services
 from .isolation import IsolationViolation, bound
 from .models import Turn
 from .queries import turn_history, turn_in_flight
+from .stores import StoredMessage, history_store
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) 
         history = once_more_on_fresh_connection(turn_history, turn=turn)
         try:
             reply = llm.send(
-                history, deadline=deadline, still_wanted=lambda: turn_in_flight(turn_id=turn.pk)
+                history, deadline=deadline, still_wanted=_still_wanted(turn, history=history)
             )
         except IsolationViolation:
             services.turn_fail(
@@ -111,6 +113,26 @@ def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) 
         reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply)
         stored = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
     return "completed" if stored else "skipped"
+
+
+def _still_wanted(turn: Turn, *, history: list[StoredMessage]) -> Callable[[], bool]:
+    """Return the check ``llm.send`` makes before each call to Claude: is the turn still in
+    flight, its session not deleted?
+
+    Before the first call the history just read answers it, if it holds the turn's message
+    and the store's reads miss what a DELETE erased: the session was there when the
+    statement that runs right before the call ran. Retries ask the database.
+    """
+    answered = bool(history) and history_store().reads_see_erase
+
+    def check() -> bool:
+        nonlocal answered
+        if answered:
+            answered = False
+            return True
+        return turn_in_flight(turn_id=turn.pk)
+
+    return check
 
 
 def _deadline_of(turn: Turn) -> datetime:

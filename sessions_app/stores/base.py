@@ -98,6 +98,11 @@ class BaseHistoryStore(abc.ABC):
 
     # Whether a write outlives a rolled-back database transaction (and must be undone).
     keeps_outside_the_database = False
+    # Whether a read that still finds a message shows its session was not erased before the
+    # read: every read after ``erase`` misses what it erased (rows deleted in the erasing
+    # transaction; Redis keys deleted before it commits). Not so for a cache, which a racing
+    # reader may refill with what it read before the erase.
+    reads_see_erase = True
 
     # -- public API: used by services and selectors ------------------------------------
 

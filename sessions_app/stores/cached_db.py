@@ -26,6 +26,8 @@ def _key(session_id: uuid.UUID) -> str:
 
 
 class HistoryStore(db.HistoryStore):
+    reads_see_erase = False  # an entry refilled by a racing reader outlives the erase
+
     def _all(self, session) -> list[StoredMessage]:
         count = session.next_seq - 1
         entry = self._cache_get(session.pk)

@@ -6,14 +6,18 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from django.core.cache import cache
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from audit_app.models import AuditEntry
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.stores import history_store
+from sessions_app.tasks import run_turn
 
-from ..support import wait_until
+from ..fakes.claude import FakeClaude
+from ..support import turn_task_args, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -180,3 +184,66 @@ def test_a_run_ending_its_turn_waits_for_a_delete_and_then_stores_nothing(
     assert results == [False]
     assert not Message.objects.filter(session_id=turn.session_id).exists()
     assert not AuditEntry.objects.filter(turn_id=turn.pk, kind="reply").exists()
+
+
+# The check before the first call to Claude -------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["db", "redis", "cached_db"])
+@pytest.mark.django_db(transaction=True)
+def test_a_session_deleted_right_after_the_claim_sends_nothing_to_claude(
+    store: str, settings, user, fake_claude: FakeClaude, vendor
+):
+    """The DELETE lands between the claim and the history read: nothing reaches Claude,
+    even when a racing reader refilled the history cache with what it read before."""
+    if vendor != "postgresql":
+        pytest.skip("the check is the task's, whichever way the claim went")
+    settings.HISTORY_STORE = store
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="CANARY-gone")
+    session.refresh_from_db()
+    history_store().history(session=session, turn_id=turn.pk)  # cached_db caches it
+    stale = cache.get(f"session:{{{session.pk}}}:messages")
+    queued = turn_task_args(turn.pk)
+
+    def delete_after_the_claim(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if sql.lstrip().startswith("UPDATE") and '"started_at"' in sql:  # the claim
+            deleting = threading.Thread(target=_delete, args=(user, session.pk))
+            deleting.start()
+            deleting.join(30)
+            if stale is not None:
+                cache.set(f"session:{{{session.pk}}}:messages", stale)
+        return result
+
+    with connection.execute_wrapper(delete_after_the_claim):
+        outcome = run_turn.apply(args=queued).result
+    assert outcome == "abandoned"
+    assert fake_claude.request_count() == 0
+    assert not Turn.objects.filter(pk=turn.pk).exists()
+
+
+def _delete(user, session_id) -> None:
+    try:
+        services.chat_session_delete(user=user, session_id=session_id)
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_takes_five_statements_and_one_transaction_on_postgres(
+    user, fake_claude: FakeClaude, vendor
+):
+    """Claim, history, end the turn, store the reply, audit it: the worker's whole turn.
+    The history read, right before the call, stands in for a check that the session is
+    still there; retries ask again (``test_deleting_a_session_stops_its_turn_retrying``)."""
+    if vendor != "postgresql":
+        pytest.skip("the ORM's steps take more statements")
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hello")
+    queued = turn_task_args(turn.pk)
+    with CaptureQueriesContext(connection) as queries:
+        assert run_turn.apply(args=queued).result == "completed"
+    statements = [q["sql"].split()[0] for q in queries]
+    assert statements == ["UPDATE", "SELECT", "BEGIN", "WITH", "INSERT", "INSERT", "COMMIT"]
+    assert fake_claude.request_count() == 1
