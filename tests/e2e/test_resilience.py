@@ -562,7 +562,9 @@ def test_hang_ups_cancel_nothing_and_leak_nothing(workers, web_server, fake_clau
     # The server answered every request, hung up on or not, without an error of its own.
     statuses = re.findall(r'" (\d{3}) ', server.log())
     assert len(statuses) > len(users) * 10 * ROUNDS, "the access log is there"
-    assert all(int(status) < 500 for status in statuses), sorted(set(statuses))
+    assert all(int(status) < 500 for status in statuses), [
+        line for line in server.log().splitlines() if '" 5' in line or "rror" in line
+    ]
     assert "Traceback" not in server.log() and server.alive
 
 
