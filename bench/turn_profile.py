@@ -78,7 +78,7 @@ class Stopwatch:
 
 
 def one_turn(watch: Stopwatch, user, session_id) -> None:
-    from sessions_app import events, llm, privacy, queries, selectors, services
+    from sessions_app import events, llm, privacy, queries, selectors, services, tasks
     from sessions_app.events import notify
 
     release = watch.time("wait slot (take)", events.wait_slot_acquire, user_id=user.pk)
@@ -99,7 +99,7 @@ def one_turn(watch: Stopwatch, user, session_id) -> None:
             "still wanted? + Claude call (SDK, fake answers at once)",
             llm.send,
             history=history,
-            still_wanted=lambda: queries.turn_in_flight(turn_id=claimed.pk),
+            still_wanted=tasks._still_wanted(claimed, history=history),
         )
     reply = watch.time(
         "reply scrub (PII)", privacy.reply_scrub, session_id=claimed.session_id, reply=reply
