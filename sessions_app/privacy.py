@@ -73,10 +73,13 @@ def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[
     SessionVault.objects.create(session_id=session_id, wrapped_key=wrapped, entries=sealed)
 
 
-def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
+def content_scrub(
+    *, session_id: uuid.UUID, content: str, vault_row: SessionVault | None | _Unread = UNREAD
+) -> str:
     """Return the user's message as it may be stored and sent to Claude.
 
-    Call with the session's row locked: new placeholders extend its vault.
+    Call with the session's row locked: new placeholders extend its vault. ``vault_row`` is
+    the vault as read under that lock (None: none yet); left out, it is read here if needed.
     """
     if settings.PII_MODE == "off":
         return content
@@ -85,7 +88,7 @@ def content_scrub(*, session_id: uuid.UUID, content: str) -> str:
         return content  # nothing found: the vault need not be read
     if settings.PII_MODE == "redact":
         return redact_spans(content, spans)
-    wrapped, vault = _vault_open(session_id)
+    wrapped, vault = _vault_of(session_id, vault_row)
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new:
         _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new})
@@ -123,11 +126,18 @@ def messages_restore(
 
 
 def _vault_entries(session_id: uuid.UUID, row: SessionVault | None | _Unread) -> dict[str, str]:
+    return _vault_of(session_id, row)[1]
+
+
+def _vault_of(
+    session_id: uuid.UUID, row: SessionVault | None | _Unread
+) -> tuple[bytes | None, dict[str, str]]:
+    """``_vault_open`` of a row the caller read already, or by a read of its own."""
     if row is UNREAD:
-        return vault_read(session_id=session_id)
+        return _vault_open(session_id)
     if row is None:
-        return {}
+        return None, {}
     if row.session_id != session_id:
         # Another session's originals must never fill this one's placeholders.
         raise ValueError("the vault row given is not this session's")
-    return _vault_unseal(wrapped=row.wrapped_key, entries=row.entries)[1]
+    return _vault_unseal(wrapped=row.wrapped_key, entries=row.entries)

@@ -21,7 +21,7 @@ from core.ids import as_uuid
 
 from . import privacy
 from .errors import ForeignAccess
-from .models import ChatSession, Turn
+from .models import ChatSession, SessionVault, Turn
 from .stores import history_store
 
 T = TypeVar("T")
@@ -70,8 +70,9 @@ def chat_session_take_seq_for_owner(
     One statement (``UPDATE ... RETURNING``) does what a locking read and an update did:
     the counter advances, the session is kept alive until ``expires_at``, and its row stays
     locked until the transaction ends, serialising the session's accepts. The session comes
-    back with ``next_seq`` as it was before, the seq taken. Every other case raises
-    the one NotFound, as ``chat_session_get_for_owner`` does.
+    back with ``next_seq`` as it was before, the seq taken, and with its PII vault as
+    ``vault_row`` (None: it has none yet), read in the same statement for the message's
+    scrub. Every other case raises the one NotFound, as ``chat_session_get_for_owner`` does.
     """
     sid = as_uuid(session_id)
     session = None
@@ -88,6 +89,12 @@ def chat_session_take_seq_for_owner(
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     session.next_seq -= 1
+    wrapped, entries = session.vault_wrapped_key, session.vault_entries
+    session.vault_row = (
+        None
+        if wrapped is None
+        else SessionVault(session_id=session.pk, wrapped_key=wrapped, entries=entries)
+    )
     return session
 
 
@@ -95,7 +102,10 @@ _TAKE_SEQ = """
     UPDATE sessions_app_chatsession
     SET next_seq = next_seq + 1, last_activity_at = %s, expires_at = %s
     WHERE id = %s AND owner_id = %s AND expires_at > %s
-    RETURNING *
+    RETURNING *,
+        (SELECT wrapped_key FROM sessions_app_sessionvault WHERE session_id = id)
+            AS vault_wrapped_key,
+        (SELECT entries FROM sessions_app_sessionvault WHERE session_id = id) AS vault_entries
 """
 
 

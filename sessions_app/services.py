@@ -122,7 +122,9 @@ def _message_accept(
         user=user, session_id=session_id, now=now, expires_at=_expiry(now)
     )
     turn = Turn.objects.create(id=turn_id, session=session, deadline_at=_deadline(now))
-    stored = privacy.content_scrub(session_id=session.pk, content=content)
+    stored = privacy.content_scrub(
+        session_id=session.pk, content=content, vault_row=session.vault_row
+    )
     message = history_store().append_user_message(
         session=session, turn_id=turn.pk, seq=session.next_seq, content=stored
     )

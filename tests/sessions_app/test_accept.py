@@ -68,3 +68,26 @@ def test_the_accept_touches_the_session_row_once(user):
     assert len(touching) == 1 and touching[0].lstrip().startswith("UPDATE")
     assert turn.exchange[0].seq == 1
     assert ChatSession.objects.get(pk=session.pk).next_seq == 2
+
+
+def test_the_accept_reads_the_vault_with_the_session_and_extends_it(user, settings):
+    from sessions_app import privacy
+
+    settings.PII_MODE = "pseudonymize"
+    session = services.chat_session_create(owner=user)
+    first = services.message_accept(
+        user=user, session_id=session.pk, content="I am Dana Whitfield, dana@example.com"
+    )
+    services.turn_complete(turn_id=first.pk, reply="Noted.")
+    with CaptureQueriesContext(connection) as accept:
+        turn = services.message_accept(
+            user=user, session_id=session.pk, content="Dana Whitfield again, on +44 20 7946 0958"
+        )
+    selects = [q["sql"] for q in accept if q["sql"].lstrip().upper().startswith("SELECT")]
+    assert selects == []  # the vault came back with the session's UPDATE
+    assert turn.exchange[0].content == "Dana Whitfield again, on +44 20 7946 0958"
+    vault = privacy.vault_read(session_id=session.pk)
+    # The name's placeholder was reused; the phone number's was added under the same key.
+    assert sorted(vault.values()) == sorted(
+        {"Dana Whitfield", "dana@example.com", "+44 20 7946 0958"}
+    )
