@@ -73,6 +73,12 @@ def chat_session_take_seq_for_owner(
     back with ``next_seq`` as it was before, the seq taken, and with its PII vault as
     ``vault_row`` (None: it has none yet), read in the same statement for the message's
     scrub. Every other case raises the one NotFound, as ``chat_session_get_for_owner`` does.
+
+    The vault comes from the statement's snapshot: if it waited for another accept's lock,
+    the session row is the fresh one but the vault the one from before. That is safe only
+    because every vault writer holds the session's lock and leaves a turn in flight, so the
+    waiting accept ends in 409 before it uses the vault; a writer that does not must read
+    the vault after this statement instead.
     """
     sid = as_uuid(session_id)
     session = None

@@ -119,9 +119,10 @@ def _still_wanted(turn: Turn, *, history: list[StoredMessage]) -> Callable[[], b
     """Return the check ``llm.send`` makes before each call to Claude: is the turn still in
     flight, its session not deleted?
 
-    Before the first call the history just read answers it, if it holds the turn's message
-    and the store's reads miss what a DELETE erased: the session was there when the
-    statement that runs right before the call ran. Retries ask the database.
+    Before the first call the history just read answers it, if it is not empty (a DELETE
+    erases all of a session's messages) and the store's reads miss what a DELETE erased:
+    the session was there when the statement that runs right before the call ran. Retries
+    ask the database.
     """
     answered = bool(history) and history_store().reads_see_erase
 

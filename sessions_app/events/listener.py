@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import socket
 import threading
 import time
 import weakref
@@ -37,6 +38,18 @@ T = TypeVar("T")
 # (each re-read of a turn) runs on a bounded pool of threads and gives it straight back.
 
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
+
+
+def _keepalive() -> dict[int, int]:
+    """Idle 10 s, then a probe every 3 s, 3 unanswered: gone (where the platform has them)."""
+    wanted = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3))
+    return {
+        option: value
+        for name, value in wanted
+        if (option := getattr(socket, name, None)) is not None
+    }
+
+
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
@@ -96,6 +109,18 @@ class Subscription:
         self.changed.clear()
         return True
 
+    async def take(self, timeout: float) -> str | None:
+        """``wait``, then return the status it was told (taken in the same step), or None."""
+        return self.status if await self.wait(timeout) else None
+
+    def told(self, status: str) -> None:
+        """A notification came. Until the waiter takes it, an end (or an unknown status)
+        is not overwritten by a later "pending" or "running": a redelivered run's claim
+        published after another run's end must not hide that end from a ``?wait``."""
+        if not (self.changed.is_set() and self.status not in Turn.IN_FLIGHT):
+            self.status = status
+        self.changed.set()
+
     def close(self) -> None:
         if self.closed:
             return
@@ -151,6 +176,9 @@ class TurnListener:
             confirmed = await asyncio.wait_for(ready, SUBSCRIBE_TIMEOUT_SECONDS)
         except TimeoutError:
             subscription.close()
+            # A connection that confirms nothing is as good as gone (a failover, a host gone
+            # without closing it): drop it, so that the next subscriber connects afresh.
+            self._later(self._drop_unanswering())
             raise redis.exceptions.TimeoutError("no subscription confirmed in time") from None
         except BaseException:
             subscription.close()
@@ -188,10 +216,21 @@ class TurnListener:
             except Exception as exc:  # noqa: BLE001 - every waiter falls back to polling
                 await self._lose(exc)
 
+    async def _drop_unanswering(self) -> None:
+        async with self._lock:
+            if self._pubsub is not None:
+                await self._lose(redis.exceptions.TimeoutError("no subscription confirmed"))
+
     async def _connected(self):
         if self._pubsub is None:
+            # TCP keep-alive probes find a peer that vanished without closing the connection
+            # within about 20 s: the read fails and every waiter polls instead.
             client = redis.asyncio.Redis.from_url(
-                self.url, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
+                self.url,
+                socket_connect_timeout=2,
+                socket_keepalive=True,
+                socket_keepalive_options=_keepalive(),
+                retry=Retry(NoBackoff(), 0),
             )
             self._pubsub = client.pubsub()
         return self._pubsub
@@ -223,8 +262,7 @@ class TurnListener:
         elif message["type"] == "message" and (entry := self.channels.get(channel)):
             status = _status(message["data"])
             for subscription in entry.subscriptions:
-                subscription.status = status
-                subscription.changed.set()
+                subscription.told(status)
 
     async def _lose(self, exc: BaseException) -> None:
         """The connection is gone: every waiter polls; the next subscriber reconnects."""

@@ -33,13 +33,21 @@ class _Loop:
         )
         self.thread.start()
 
-    def call(self, coroutine, timeout: float):
+    def call(self, coroutine, timeout: float, *, late=None):
+        """Run ``coroutine`` on the loop and return its result; ``late(result)`` is called
+        on a result that comes after the caller gave up on it."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result(timeout + _GRACE_SECONDS)
         except FutureTimeout:
-            future.cancel()
+            if not future.cancel() and late is not None:
+                future.add_done_callback(lambda done: _late(done, late))
             raise redis.exceptions.TimeoutError("the turn listener did not answer") from None
+
+
+def _late(future, late) -> None:
+    if not future.cancelled() and future.exception() is None:
+        late(future.result())
 
 
 _lock = threading.Lock()
@@ -72,9 +80,10 @@ class ThreadSubscription:
 
         Raise ``redis.exceptions.TimeoutError`` if the listener's loop does not answer.
         """
-        if not self._loop.call(self._subscription.wait(timeout), timeout):
+        status = self._loop.call(self._subscription.take(timeout), timeout)
+        if status is None:
             return None
-        return UNKNOWN if self._subscription.lost else self._subscription.status
+        return UNKNOWN if self._subscription.lost else status
 
     def close(self) -> None:
         self._subscription.close()
@@ -91,4 +100,5 @@ def subscribe_from_thread(turn_id: object) -> ThreadSubscription:
     async def subscribe() -> Subscription:
         return await turn_listener().subscribe(turn_id)
 
-    return ThreadSubscription(loop, loop.call(subscribe(), SUBSCRIBE_TIMEOUT_SECONDS))
+    subscription = loop.call(subscribe(), SUBSCRIBE_TIMEOUT_SECONDS, late=Subscription.close)
+    return ThreadSubscription(loop, subscription)

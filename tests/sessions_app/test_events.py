@@ -270,3 +270,47 @@ def test_a_forked_process_starts_a_listener_of_its_own(monkeypatch):
     # A forked child inherits the parent's loop object but not its thread: it needs its own.
     assert child is not first and child.thread.is_alive()
     child.loop.call_soon_threadsafe(child.loop.stop)
+
+
+def test_an_end_told_before_the_waiter_takes_it_is_not_hidden_by_a_later_running(settings):
+    """A redelivered run's claim published after another run's end must not hide the end."""
+    turn = uuid.uuid4()
+
+    async def scenario() -> list:
+        listener = events.turn_listener()
+        waiter = await listener.subscribe(turn)
+        waiter.told("completed")
+        waiter.told("running")
+        first = await waiter.take(1)
+        waiter.told("running")  # once the end was taken, a new status is news again
+        second = await waiter.take(1)
+        nothing = await waiter.take(0.05)
+        waiter.close()
+        return [first, second, nothing]
+
+    assert asyncio.run(scenario()) == ["completed", "running", None]
+
+
+def test_a_listener_whose_subscription_is_never_confirmed_drops_its_connection(
+    settings, private_redis, monkeypatch
+):
+    """A Redis that stops answering without closing the connection (a failover, a frozen
+    host): the next subscriber must connect afresh, not queue behind a dead socket."""
+    from sessions_app.events import listener as listening
+
+    settings.REDIS_URL = private_redis.url
+    monkeypatch.setattr(listening, "SUBSCRIBE_TIMEOUT_SECONDS", 0.5)
+
+    async def scenario() -> bool:
+        listener = events.turn_listener()
+        (await listener.subscribe(uuid.uuid4())).close()
+        assert listener._pubsub is not None
+        private_redis.freeze()
+        try:
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await listener.subscribe(uuid.uuid4())
+            return await until(lambda: listener._pubsub is None, timeout=5)
+        finally:
+            private_redis.thaw()
+
+    assert asyncio.run(scenario())
