@@ -190,14 +190,13 @@ def test_a_run_ending_its_turn_waits_for_a_delete_and_then_stores_nothing(
 
 
 @pytest.mark.parametrize("store", ["db", "redis", "cached_db"])
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)  # the task's check either way
 @pytest.mark.django_db(transaction=True)
 def test_a_session_deleted_right_after_the_claim_sends_nothing_to_claude(
     store: str, settings, user, fake_claude: FakeClaude, vendor
 ):
     """The DELETE lands between the claim and the history read: nothing reaches Claude,
     even when a racing reader refilled the history cache with what it read before."""
-    if vendor != "postgresql":
-        pytest.skip("the check is the task's, whichever way the claim went")
     settings.HISTORY_STORE = store
     session = services.chat_session_create(owner=user)
     turn = services.message_accept(user=user, session_id=session.pk, content="CANARY-gone")
@@ -230,6 +229,7 @@ def _delete(user, session_id) -> None:
         connection.close()
 
 
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)  # the ORM's steps take more
 @pytest.mark.django_db(transaction=True)
 def test_a_turn_takes_five_statements_and_one_transaction_on_postgres(
     user, fake_claude: FakeClaude, vendor
@@ -237,8 +237,6 @@ def test_a_turn_takes_five_statements_and_one_transaction_on_postgres(
     """Claim, history, end the turn, store the reply, audit it: the worker's whole turn.
     The history read, right before the call, stands in for a check that the session is
     still there; retries ask again (``test_deleting_a_session_stops_its_turn_retrying``)."""
-    if vendor != "postgresql":
-        pytest.skip("the ORM's steps take more statements")
     session = services.chat_session_create(owner=user)
     turn = services.message_accept(user=user, session_id=session.pk, content="hello")
     queued = turn_task_args(turn.pk)
