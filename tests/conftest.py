@@ -5,14 +5,29 @@ from pathlib import Path
 import pytest
 from django.core.cache import cache
 from django.test.client import Client
+from redis import Redis
 from rest_framework.test import APIClient
 
 from . import contract
 from .factories import UserFactory, token_for
 from .fakes.claude import FakeClaude
-from .support import private_redis  # noqa: F401  (a fixture for every suite)
+from .support import broker_at, private_redis  # noqa: F401  (a fixture for every suite)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def queued(settings) -> Iterator[Redis]:
+    """Tasks go to the broker (this test's Redis database) instead of running in the
+    request: a posted turn stays pending. Yields that Redis, its queue emptied."""
+    broker = Redis.from_url(settings.REDIS_URL)
+    broker.delete("celery")
+    try:
+        with broker_at(settings, settings.REDIS_URL):
+            yield broker
+    finally:
+        broker.delete("celery")
+        broker.close()
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -28,6 +29,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def broker_at(settings, url: str, **conf: object) -> Iterator[None]:
+    """Publish tasks to ``url`` instead of running them eagerly (nobody consumes them).
+
+    ``conf`` sets more of Celery's settings for the while (an AMQP broker's transport
+    options, say); all of them are put back after.
+    """
+    changes = {"broker_url": url, "task_always_eager": False, **conf}
+    saved = {key: celery_app.conf[key] for key in changes}
+    celery_app.conf.update(changes)
+    settings.CELERY_BROKER_URL = url
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    reset_broker_pools()
+    try:
+        yield
+    finally:
+        celery_app.conf.update(saved)
+        reset_broker_pools()
 
 
 def reset_broker_pools() -> None:

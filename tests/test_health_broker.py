@@ -14,10 +14,9 @@ from contextlib import contextmanager
 import pytest
 
 from core.errors import is_outage
-from isolation_site.celery import app as celery_app
 from sessions_app.tasks import run_turn
 
-from .support import free_port, reset_broker_pools
+from .support import broker_at, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,22 +28,13 @@ BROKER_DOWN = {**ALL_OK, "status": "unavailable", "broker": "down"}
 @contextmanager
 def amqp_broker_at(settings, url: str) -> Iterator[None]:
     """Publish to ``url`` with the amqp settings, instead of running tasks eagerly."""
-    keys = ("broker_url", "broker_write_url", "broker_transport_options", "task_always_eager")
-    saved = {key: celery_app.conf[key] for key in keys}
-    celery_app.conf.update(
-        broker_url=url,
+    with broker_at(
+        settings,
+        url,
         broker_write_url=url,
         broker_transport_options=settings.AMQP_BROKER_TRANSPORT_OPTIONS,
-        task_always_eager=False,
-    )
-    settings.CELERY_BROKER_URL = url
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    reset_broker_pools()
-    try:
+    ):
         yield
-    finally:
-        celery_app.conf.update(saved)
-        reset_broker_pools()
 
 
 @contextmanager

@@ -10,7 +10,6 @@ werkzeug's client, so the real request lifecycle runs: Django's test client skip
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +24,13 @@ from psycopg import sql
 from werkzeug.test import Client, TestResponse
 
 from core.errors import is_outage
-from isolation_site.celery import app as celery_app
 from isolation_site.wsgi import application
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.tasks import run_turn
 
 from .factories import UserFactory, token_for
-from .support import PrivateRedis, reset_broker_pools, wait_until
+from .support import PrivateRedis, broker_at, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,22 +92,6 @@ ALL_OK = {"database": "ok", "cache": "ok", "broker": "ok"}
 
 
 # Private Redis servers and the settings that point at them ---------------------------------
-
-
-@contextmanager
-def broker_at(settings, url: str) -> Iterator[None]:
-    """Publish tasks to ``url`` instead of running them eagerly (nobody consumes them)."""
-    saved = celery_app.conf.broker_url, celery_app.conf.task_always_eager
-    celery_app.conf.broker_url = url
-    celery_app.conf.task_always_eager = False
-    settings.CELERY_BROKER_URL = url
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    reset_broker_pools()
-    try:
-        yield
-    finally:
-        celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
-        reset_broker_pools()
 
 
 def cache_at(settings, url: str) -> None:

@@ -125,32 +125,16 @@ def test_raw_pii_reaches_neither_audit_entries_nor_logs(api, fake_claude: FakeCl
         assert raw not in caplog.text
 
 
-def test_the_broker_carries_ids_only(settings, api, user, fake_claude: FakeClaude):
+def test_the_broker_carries_ids_only(api, user, queued, fake_claude: FakeClaude):
     """A queued task names the turn, its owner and its session: no content, no PII."""
-    from redis import Redis
-
-    from isolation_site.celery import app as celery_app
-
-    from ..support import reset_broker_pools
-
-    broker = Redis.from_url(settings.REDIS_URL)
-    broker.delete("celery")
-    saved = celery_app.conf.broker_url, celery_app.conf.task_always_eager
-    celery_app.conf.broker_url, celery_app.conf.task_always_eager = settings.REDIS_URL, False
-    reset_broker_pools()
-    try:
-        sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
-        response = api.post(f"/api/v1/sessions/{sid}/messages/", {"content": SECRET}, format="json")
-        assert response.status_code == 202
-        [queued] = broker.lrange("celery", 0, -1)
-    finally:
-        celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
-        reset_broker_pools()
-        broker.delete("celery")
-    body = base64.b64decode(json.loads(queued)["body"]).decode()
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    response = api.post(f"/api/v1/sessions/{sid}/messages/", {"content": SECRET}, format="json")
+    assert response.status_code == 202
+    [message] = queued.lrange("celery", 0, -1)
+    body = base64.b64decode(json.loads(message)["body"]).decode()
     assert json.loads(body)[0] == [response.json()["id"], user.pk, sid]
     for raw in (*RAW, "Alice", "write to"):
-        assert raw not in queued.decode() and raw not in body
+        assert raw not in message.decode() and raw not in body
 
 
 # Reading a turn back: the vault comes along with the turn, not in a query of its own -------

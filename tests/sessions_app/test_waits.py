@@ -199,29 +199,6 @@ class TestWaitSlotsOnTheInProcessCache(WaitSlotContract):
 # The process's wait budget: under WSGI a wait holds a thread --------------------------------
 
 
-@pytest.fixture
-def queued(settings):
-    """Tasks go to the broker instead of running in the request: a posted turn stays pending."""
-    from redis import Redis
-
-    from isolation_site.celery import app as celery_app
-
-    from ..support import reset_broker_pools
-
-    broker = Redis.from_url(settings.REDIS_URL)
-    broker.delete("celery")
-    saved = celery_app.conf.broker_url, celery_app.conf.task_always_eager
-    celery_app.conf.broker_url, celery_app.conf.task_always_eager = settings.REDIS_URL, False
-    reset_broker_pools()
-    try:
-        yield broker
-    finally:
-        celery_app.conf.broker_url, celery_app.conf.task_always_eager = saved
-        reset_broker_pools()
-        broker.delete("celery")
-        broker.close()
-
-
 def test_the_budget_leaves_threads_of_the_server_free_for_short_requests(settings, monkeypatch):
     settings.WAITS_PER_PROCESS = None
     monkeypatch.delenv("WEB_THREADS", raising=False)
