@@ -121,12 +121,8 @@ def messages_restore(
     """
     if not any(PLACEHOLDER.search(m.content) for m in messages):
         return list(messages)
-    vault = _vault_entries(session_id, vault_row)
+    vault = _vault_of(session_id, vault_row)[1]
     return [dataclasses.replace(m, content=restore(m.content, vault=vault)) for m in messages]
-
-
-def _vault_entries(session_id: uuid.UUID, row: SessionVault | None | _Unread) -> dict[str, str]:
-    return _vault_of(session_id, row)[1]
 
 
 def _vault_of(

@@ -353,25 +353,22 @@ def _fed(*statuses, seen: list):
         seen.append("closed")
 
 
-def test_a_wait_reads_nothing_at_running_and_the_whole_turn_once_at_its_end(user, pending):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from sessions_app import selectors, services
+def test_a_wait_reads_nothing_at_running_and_the_whole_turn_once_at_its_end(
+    user, pending, django_assert_num_queries
+):
+    from sessions_app import services
     from sessions_app.apis.waiting import turn_wait
 
     services.turn_claim(turn_id=pending.pk)
     services.turn_complete(turn_id=pending.pk, reply="done")
-    with CaptureQueriesContext(connection) as full:
-        selectors.turn_refresh_for_owner(user=user, turn=pending)
     seen: list = []
-    with CaptureQueriesContext(connection) as waited:
+    # One full read, nothing at "running" or "pending".
+    with django_assert_num_queries(_full_read_queries(user, pending)):
         # The row is completed already; only the notifications say when to look.
         turn = turn_wait(
             user=user, turn=pending, changes=_fed("running", "pending", "completed", seen=seen)
         )
     assert turn.status == "completed" and turn.exchange[-1].content == "done"
-    assert len(waited) == len(full)  # one full read, nothing at "running" or "pending"
     assert seen == ["running", "pending", "closed"]  # it stopped there, subscription closed
 
 
