@@ -46,6 +46,7 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.many_users import django_script  # noqa: E402
 from tests.fakes.claude import FakeClaude  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -195,15 +196,7 @@ def prepare(env: dict[str, str], db: str, redis_db: int, users: int) -> list[str
         " out.append(key)\n"
         "print(json.dumps(out))"
     )
-    out = subprocess.run(
-        [sys.executable, "manage.py", "shell", "-c", script],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return json.loads(django_script(env, script))
 
 
 def flush_redis(redis_db: int) -> None:
