@@ -1,5 +1,6 @@
 """Settings come from the environment; production refuses to start without its secrets."""
 
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,23 @@ def test_an_unknown_pii_mode_refuses_to_start():
     result = load_settings(DEBUG="1", PII_MODE="mask")
     assert result.returncode != 0
     assert "PII_MODE='mask': choose 'off', 'redact' or 'pseudonymize'" in result.stderr
+
+
+BINDING = (
+    "import django, json; from django.conf import settings; django.setup();"
+    "from django.db import connection;"
+    "print(json.dumps({'server': connection.features.uses_server_side_binding,"
+    " 'threshold': settings.DATABASES['default']['OPTIONS'].get('prepare_threshold')}))"
+)
+
+
+def test_postgres_binds_parameters_on_the_server_unless_the_url_says_not_to():
+    base = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY}
+    url = "postgres://postgres@127.0.0.1:5432/isolation_settings"
+    on = load_settings(BINDING, DATABASE_URL=url, **base)
+    assert on.returncode == 0, on.stderr
+    assert json.loads(on.stdout) == {"server": True, "threshold": 5}
+    # Behind a pooler that cannot keep prepared statements, the URL turns both off.
+    off = load_settings(BINDING, DATABASE_URL=f"{url}?server_side_binding=false", **base)
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["server"] is False

@@ -91,3 +91,23 @@ def test_the_accept_reads_the_vault_with_the_session_and_extends_it(user, settin
     assert sorted(vault.values()) == sorted(
         {"Dana Whitfield", "dana@example.com", "+44 20 7946 0958"}
     )
+
+
+def test_a_connection_prepares_the_accept_once_and_reuses_it(user):
+    """Server-side binding: Postgres plans the accept's statements once per connection."""
+    sessions = [services.chat_session_create(owner=user) for _ in range(7)]
+
+    def prepared() -> dict[str, int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_prepared_statements")
+            found = [row[0] for row in cursor.fetchall()]
+        return {
+            "take seq": sum("UPDATE sessions_app_chatsession" in s for s in found),
+            "turn": sum('INSERT INTO "sessions_app_turn"' in s for s in found),
+        }
+
+    assert prepared() == {"take seq": 0, "turn": 0}
+    for session in sessions:
+        services.message_accept(user=user, session_id=session.pk, content="hello")
+    # Each statement prepared once, after its fifth run, and not once per run after it.
+    assert prepared() == {"take seq": 1, "turn": 1}
