@@ -24,6 +24,7 @@ from .isolation import IsolationViolation, bound
 from .models import Turn
 from .queries import turn_history, turn_in_flight
 from .stores import StoredMessage, history_store
+from .tokens import auth_tokens_purge_expired
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,8 @@ def sweep_stale_turns() -> dict[str, int]:
 
 @shared_task(acks_late=False, ignore_result=True)
 def purge_expired_sessions() -> int:
-    """Erase expired sessions; beat runs it periodically."""
+    """Erase expired sessions, and expired API tokens; beat runs it periodically."""
+    auth_tokens_purge_expired()
     return services.chat_session_purge_expired()
 
 
@@ -189,7 +191,7 @@ def beat_jobs_if_due() -> None:
     if not current_app.conf.task_always_eager:
         return  # beat's job
     jobs = (
-        ("purge-expired-due", settings.PURGE_INTERVAL_SECONDS, services.chat_session_purge_expired),
+        ("purge-expired-due", settings.PURGE_INTERVAL_SECONDS, purge_expired_sessions),
         ("seal-audit-chain-due", settings.AUDIT_SEAL_INTERVAL_SECONDS, audit_chain_seal),
     )
     for key, period, job in jobs:

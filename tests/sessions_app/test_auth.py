@@ -21,12 +21,15 @@ from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
-from rest_framework.test import APIClient
+from rest_framework.request import Request
+from rest_framework.test import APIClient, APIRequestFactory
 
-from sessions_app import services
+from sessions_app import services, tasks
 from sessions_app.models import ChatSession
+from sessions_app.tokens import TokenAuthentication
 
 from ..conftest import ROOT
 from ..factories import UserFactory, token_for
@@ -92,6 +95,42 @@ def test_each_sign_in_gets_its_own_token_and_sign_out_revokes_only_that_one(user
     assert with_token(phone).get(SESSIONS_URL).status_code == 401
     assert with_token(phone).delete(TOKEN_URL).status_code == 401
     assert with_token(laptop).get(SESSIONS_URL).status_code == 200
+
+
+def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
+    """One query authenticates, not one more that reads every other token of the user."""
+    keys = [token_for(user) for _ in range(12)]
+    AuthToken.objects.filter(user=user).exclude(token_key=keys[0][:15]).update(
+        expiry=timezone.now() - timedelta(seconds=1)
+    )
+    request = APIRequestFactory().get(SESSIONS_URL, HTTP_AUTHORIZATION=f"Token {keys[0]}")
+    with CaptureQueriesContext(connection) as queries:
+        authenticated, token = TokenAuthentication().authenticate(Request(request))
+    assert (authenticated.pk, len(queries)) == (user.pk, 1)
+    assert "knox_authtoken" in queries[0]["sql"] and "auth_user" in queries[0]["sql"]
+    assert AuthToken.objects.filter(user=user).count() == 12  # nothing read, nothing deleted
+
+
+def test_an_expired_token_is_refused_and_deleted(user):
+    key = token_for(user)
+    AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
+    response = with_token(key).get(SESSIONS_URL)
+    assert response.status_code == 401
+    assert not AuthToken.objects.filter(user=user).exists()
+
+
+def test_expired_tokens_go_at_the_next_sign_in_and_in_the_purge(user, other_user):
+    live = token_for(user)
+    old = [token_for(user) for _ in range(3)] + [token_for(other_user)]
+    AuthToken.objects.filter(token_key__in=[key[:15] for key in old]).update(
+        expiry=timezone.now() - timedelta(seconds=1)
+    )
+    fresh = sign_in_api(user.username, PASSWORD).json()["token"]
+    kept = set(AuthToken.objects.values_list("token_key", flat=True))
+    assert kept == {live[:15], fresh[:15], old[3][:15]}  # the other user's waits for the purge
+    assert tasks.purge_expired_sessions() == 0
+    assert set(AuthToken.objects.values_list("token_key", flat=True)) == {live[:15], fresh[:15]}
+    assert with_token(live).get(SESSIONS_URL).status_code == 200
 
 
 def test_signing_out_needs_a_token(user):
