@@ -56,6 +56,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 # that server on the machine (so other work on it counts too).
 GROUPS = ("web", "worker", "postgres", "redis", "rabbitmq", "bench")
 SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
+CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
 
 
 # /proc ---------------------------------------------------------------------------------
@@ -530,7 +531,7 @@ def claude_own_ms(url: str, calls: int = 300) -> float:
     for _ in range(calls):
         started = time.perf_counter()
         client.messages.create(
-            model="claude-sonnet-4-5",
+            model=CLAUDE_MODEL,
             max_tokens=256,
             messages=[{"role": "user", "content": "hello"}],
         )
