@@ -1,15 +1,16 @@
 """``PII_MODE`` applied where content enters and where its owner reads it.
 
-Before storage, a user's message is redacted or pseudonymised (placeholders, originals in
-the session's vault); a reply is scrubbed too: a PII value of this session's vault goes
-back to its placeholder, any other is redacted. What the owner reads has the placeholders
-of their own session restored; a placeholder of another session, or one the model made
-up, stays as it is.
+Before storage, a user's message and a session's title are redacted or pseudonymised
+(placeholders, originals in the session's vault); a reply is scrubbed too: a PII value of
+this session's vault goes back to its placeholder, any other is redacted. What the owner
+reads has the placeholders of their own session restored; a placeholder of another session,
+or one the model made up, stays as it is.
 """
 
 import dataclasses
 import enum
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Final
@@ -17,8 +18,9 @@ from typing import Final
 from django.conf import settings
 
 from . import crypto
-from .models import SessionVault
+from .models import ChatSession, SessionVault
 from .pii import (
+    ENTITY_TYPES,
     PLACEHOLDER,
     pseudonymize_spans,
     redact_spans,
@@ -68,9 +70,7 @@ def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[
         sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
         SessionVault.objects.filter(session_id=session_id).update(entries=sealed)
         return
-    wrapped = crypto.data_key_new()[1]
-    sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
-    SessionVault.objects.create(session_id=session_id, wrapped_key=wrapped, entries=sealed)
+    vault_create(session_id=session_id, entries=entries)
 
 
 def content_scrub(
@@ -105,6 +105,65 @@ def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
         return reply  # nothing found: the vault need not be read
     vault = vault_read(session_id=session_id) if mode == "pseudonymize" else {}
     return scrub_reply_spans(reply, spans, vault=vault, mode=mode)
+
+
+# The title column's size. The API's limit is on the title as sent, and a placeholder or
+# a "[TYPE]" can be longer than the value it replaces: such a title is shortened to fit.
+TITLE_MAX_CHARS: Final = ChatSession._meta.get_field("title").max_length
+_TITLE_MARKER = re.compile(rf"{PLACEHOLDER.pattern}|\[(?:{'|'.join(ENTITY_TYPES)})\]")
+
+
+def title_scrub(*, title: str) -> tuple[str, dict[str, str]]:
+    """Return a new session's title as it may be stored, and the originals it stands for.
+
+    The originals ({} unless pseudonymising) are to start the session's vault
+    (``vault_create``) once its row exists. A title whose protected form outgrows the column
+    is cut to fit, never inside a placeholder; originals it no longer holds are not kept.
+    """
+    mode = settings.PII_MODE
+    spans = [] if mode == "off" else spans_to_scrub(title, regions=settings.PII_PHONE_REGIONS)
+    if not spans:
+        return title, {}
+    if mode == "redact":
+        return _title_fit(redact_spans(title, spans)), {}
+    stored, originals = pseudonymize_spans(title, spans, vault={})
+    stored = _title_fit(stored)
+    return stored, {key: value for key, value in originals.items() if key in stored}
+
+
+def _title_fit(title: str) -> str:
+    if len(title) <= TITLE_MAX_CHARS:
+        return title
+    end = TITLE_MAX_CHARS - 1  # room for the ellipsis
+    for marker in _TITLE_MARKER.finditer(title):
+        if marker.start() < end < marker.end():
+            end = marker.start()  # the cut would split it: it goes whole
+    return title[:end].rstrip() + "\N{HORIZONTAL ELLIPSIS}"
+
+
+def vault_create(*, session_id: uuid.UUID, entries: dict[str, str]) -> SessionVault | None:
+    """Start a new session's vault with ``entries``; return it, or None if there are none.
+
+    The caller makes sure nobody creates it meanwhile: it inserted the session in the same
+    transaction, or it holds the session's row lock.
+    """
+    if not entries:
+        return None
+    wrapped = crypto.data_key_new()[1]
+    sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
+    return SessionVault.objects.create(session_id=session_id, wrapped_key=wrapped, entries=sealed)
+
+
+def title_restore(*, session: ChatSession) -> str:
+    """Return the session's title as its owner reads it: its own placeholders restored.
+
+    The vault is the one read along with the session (``select_related("vault")``), or
+    read here, and only if the title holds a placeholder.
+    """
+    if not PLACEHOLDER.search(session.title):
+        return session.title
+    vault = _vault_of(session.pk, getattr(session, "vault", None))[1]
+    return restore(session.title, vault=vault)
 
 
 def messages_restore(

@@ -7,10 +7,16 @@ from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from . import privacy
 from .models import ChatSession, Message, Turn
 
 
 class SessionSerializer(serializers.ModelSerializer):
+    """A session as its owner reads it: the title with its placeholders restored.
+
+    Only the owner's own reads use it; the admin shows the title as stored.
+    """
+
     message_count = serializers.SerializerMethodField()
 
     class Meta:
@@ -22,6 +28,11 @@ class SessionSerializer(serializers.ModelSerializer):
     def get_message_count(self, session: ChatSession) -> int:
         # seq is contiguous per session, so the count needs no query.
         return session.next_seq - 1
+
+    def to_representation(self, session: ChatSession) -> dict[str, Any]:
+        data = super().to_representation(session)
+        data["title"] = privacy.title_restore(session=session)
+        return data
 
 
 class MessageSerializer(serializers.ModelSerializer):
@@ -69,11 +80,12 @@ class MessageContentField(StrictTextField):
         "type": "string",
         "maxLength": 200,
         "pattern": NO_NUL,
-        "description": "At most 200 characters, no NUL characters; empty when left out.",
+        "description": "At most 200 characters, no NUL characters; empty when left out. "
+        "Personal data in it is protected as in messages (`PII_MODE`).",
     }
 )
 class TitleField(StrictTextField):
-    """A session's title: optional, at most 200 characters, no NUL characters."""
+    """A session's title: optional, at most 200 characters as sent, no NUL characters."""
 
 
 class MessageCreateSerializer(serializers.Serializer):

@@ -50,12 +50,21 @@ def _deadline(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
 
 
+@transaction.atomic
 def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSession:
-    """Create a session owned by ``owner``."""
+    """Create a session owned by ``owner``, its title protected as messages are.
+
+    Under pseudonymisation the title's originals start the session's vault; the session
+    comes back with it, so that what its owner reads is restored without another read.
+    """
     now = timezone.now()
-    return ChatSession.objects.create(
-        owner=owner, title=title, last_activity_at=now, expires_at=_expiry(now)
+    stored, originals = privacy.title_scrub(title=title)
+    session = ChatSession.objects.create(
+        owner=owner, title=stored, last_activity_at=now, expires_at=_expiry(now)
     )
+    if vault := privacy.vault_create(session_id=session.pk, entries=originals):
+        session.vault = vault
+    return session
 
 
 @transaction.atomic
