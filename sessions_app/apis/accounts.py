@@ -107,7 +107,9 @@ class SessionDetailApi(LoggedUserMixin, APIView):
     )
     def get(self, request: Request, session_id: str) -> Response:
         """Read one of the caller's sessions; anyone else's, or an expired one, is 404."""
-        session = selectors.chat_session_get_for_owner(user=request.user, session_id=session_id)
+        session = selectors.chat_session_get_for_owner(
+            user=request.user, session_id=session_id, with_vault=True
+        )
         return Response(SessionSerializer(session).data)
 
     @extend_schema(parameters=[SESSION_ID], responses={204: None, **errors(400, 401, 404, 503)})

@@ -6,6 +6,8 @@ import re
 
 import pytest
 from cryptography.fernet import InvalidToken
+from django.db import connection, reset_queries
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from sessions_app import crypto, services
@@ -105,6 +107,40 @@ def test_staff_see_the_title_as_stored_in_the_admin(mode, settings, api, client)
     # The search is over what is stored: an original finds nothing.
     searched = client.get("/admin/sessions_app/chatsession/", {"q": "Whitfield"})
     assert searched.status_code == 200 and sid not in searched.content.decode()
+
+
+def test_the_owner_s_reads_restore_titles_without_a_query_per_session(
+    user, api, django_assert_num_queries
+):
+    def listed() -> list[str]:
+        response = api.get(SESSIONS)
+        assert response.status_code == 200
+        return [s["title"] for s in response.json()["results"]]
+
+    _create(api, TITLE)
+    # A request empties the query log as it starts: counting starts from an empty one too.
+    reset_queries()
+    with CaptureQueriesContext(connection) as one_session:
+        assert listed() == [TITLE]
+    queries = len(one_session)  # now: the log is a window that the next request empties
+    services.chat_session_create(owner=user, title="no personal data here")
+    for number in range(2, 6):
+        _create(api, f"{number}: {TITLE}")
+    titles = [f"{n}: {TITLE}" for n in range(5, 1, -1)] + ["no personal data here", TITLE]
+    reset_queries()
+    with django_assert_num_queries(queries):
+        assert listed() == titles
+    stored = ChatSession.objects.values_list("title", flat=True)
+    assert not any(raw in title for title in stored for raw in RAW)
+    # One session's read as well: its vault comes along, no read of its own for the title.
+    plain, titled = (_create(api, title)["id"] for title in ("groceries", TITLE))
+    reset_queries()
+    with CaptureQueriesContext(connection) as without_pii:
+        assert api.get(f"{SESSIONS}{plain}/").json()["title"] == "groceries"
+    queries = len(without_pii)
+    reset_queries()
+    with django_assert_num_queries(queries):
+        assert api.get(f"{SESSIONS}{titled}/").json()["title"] == TITLE
 
 
 @pytest.mark.parametrize("erase", ["delete", "expire"])
