@@ -15,6 +15,8 @@ class MessageInline(admin.TabularInline):
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
+    # The title as stored, as message content is: under PII_MODE redacted or with the
+    # session's placeholders (and searched so); only its owner's reads restore them.
     list_display = ["id", "owner", "title", "created_at", "expires_at"]
     list_filter = ["created_at"]
     search_fields = ["id", "owner__username", "title"]
