@@ -91,8 +91,9 @@ def chat_session_take_seq_for_owner(
     The vault comes from the statement's snapshot: if it waited for another accept's lock,
     the session row is the fresh one but the vault the one from before. That is safe only
     because every vault writer holds the session's lock and leaves a turn in flight, so the
-    waiting accept ends in 409 before it uses the vault; a writer that does not must read
-    the vault after this statement instead.
+    waiting accept ends in 409 before it uses the vault (the title's vault is written in
+    the transaction that creates the session, before any accept can see it); a writer that
+    does neither must read the vault after this statement instead.
     """
     sid = as_uuid(session_id)
     session = None

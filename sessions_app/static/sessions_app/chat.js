@@ -489,7 +489,8 @@
 
   function newTitle() {
     const when = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
-    // Not the first message: titles are stored as typed, and messages may hold personal data.
+    // A date, not the first message: a title shows in every list of the user's chats, and a
+    // message may hold personal data (which the server would protect, but need not see here).
     return `Chat of ${when.format(new Date())}`;
   }
 
