@@ -16,9 +16,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit_app.services import (
+    IndexUnavailable,
     ScanResult,
     audit_flagged_reply,
     audit_message,
+    fingerprints_erase_session,
     fingerprints_register,
     reply_scan,
 )
@@ -29,7 +31,7 @@ from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
 from .selectors import chat_session_get_for_owner, chat_session_take_seq_for_owner
-from .stores import DuplicateReply, SessionRef, StoredMessage, history_store
+from .stores import DuplicateReply, ForeignData, SessionRef, StoredMessage, history_store
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +71,42 @@ def chat_session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSess
 
 @transaction.atomic
 def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
-    """Erase the caller's session everywhere: its messages in the store, its turns.
+    """Erase the caller's session everywhere: its fingerprint postings, its messages in the
+    store, its turns.
 
-    Under the session's row lock no turn can store a reply meanwhile; a turn in retry
-    finds itself gone before its next call to Claude.
+    Under the session's row lock no turn can store a reply, or register one, meanwhile; a
+    turn in retry finds itself gone before its next call to Claude. Raise
+    ``IndexUnavailable`` (a 503) if the fingerprint index cannot be reached: the session is
+    then left whole, so that deleting it again erases everything.
     """
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     in_flight = list(session.turns.filter(status__in=Turn.IN_FLIGHT).values_list("pk", flat=True))
+    _session_fingerprints_erase(session)
     history_store().erase(session_ids=[session.pk])
     session.delete()
     for turn_id in in_flight:  # wakes their event streams, which then end
         events.publish_turn_changed(turn_id=turn_id)
+
+
+def _session_fingerprints_erase(session: ChatSession) -> None:
+    """Remove the postings the session's messages put in the fingerprint index.
+
+    The index keeps no list per session: the texts registered, which are the messages as
+    the store holds them, name the postings. So this comes before the messages are erased;
+    done twice it does no harm.
+    """
+    fingerprints_erase_session(session_id=session.pk, texts=_session_texts(session))
+
+
+def _session_texts(session: ChatSession) -> list[str]:
+    try:
+        stored = history_store().page(session=session, offset=0, limit=session.next_seq - 1)
+    except ForeignData as refused:
+        # Not the session's own to read: audited, and its erasure does not wait on it
+        # (the postings of what it could not read age out of the index).
+        refused.audit()
+        return []
+    return [message.content for message in stored]
 
 
 def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
@@ -483,10 +510,17 @@ PURGE_BATCH = 500
 
 
 def chat_session_purge_expired() -> int:
-    """Erase every expired session everywhere, as ``DELETE`` does; return how many."""
+    """Erase every expired session everywhere, as ``DELETE`` does; return how many.
+
+    If the fingerprint index cannot be reached, stop: the sessions left keep the messages
+    that name their postings, and the next run erases them all.
+    """
     erased = 0
-    while batch := _purge_expired_batch():
-        erased += batch
+    try:
+        while batch := _purge_expired_batch():
+            erased += batch
+    except IndexUnavailable:
+        logger.warning("fingerprint index unavailable: expired sessions wait for the next purge")
     return erased
 
 
@@ -496,9 +530,12 @@ def _purge_expired_batch() -> int:
     expired = ChatSession.objects.filter(expires_at__lte=timezone.now()).select_for_update(
         skip_locked=True
     )
-    ids = list(expired.values_list("pk", flat=True)[:PURGE_BATCH])
-    if not ids:
+    sessions = list(expired[:PURGE_BATCH])
+    if not sessions:
         return 0
+    for session in sessions:  # the index down: the batch stays whole for the next run
+        _session_fingerprints_erase(session)
+    ids = [session.pk for session in sessions]
     history_store().erase(session_ids=ids)
     ChatSession.objects.filter(pk__in=ids).delete()
     return len(ids)

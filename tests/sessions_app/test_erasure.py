@@ -1,0 +1,211 @@
+"""Deleting or expiring a session erases its fingerprint postings too, with each history
+store and each fingerprint index; with the index unreachable nothing is half-erased.
+
+Postings are looked up as the leak scan reads them: ``reply_scan`` for a stranger, whose
+evidence names every (user, session) that introduced a token of the text.
+"""
+
+import logging
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_redis import get_redis_connection
+
+from audit_app.index import DbIndex, RedisIndex
+from audit_app.models import AuditEntry
+from audit_app.services import ScanResult, fingerprint_index, reply_scan
+from sessions_app import services
+from sessions_app.models import ChatSession, Turn
+from sessions_app.stores import history_store
+
+from ..conftest import client_for
+from ..fakes.claude import FakeClaude
+from ..support import free_port, post_and_wait
+
+pytestmark = pytest.mark.django_db
+
+STORES = ["db", "redis", "cached_db"]
+STRANGER = 0  # no user has this id: every posting is someone else's to the scan
+
+# Made-up words: no dictionary and no PII detector knows them, so each is distinctive.
+GONE_ASKED = "Keep the Vexmoria Quintaplex ledger for me."
+GONE_REPLY = "The Zanthorpe parcel waits at the Kelvadore depot."
+GONE_RELEASED = "Brimwaldt signed the Ostrevane lease."
+KEPT_MINE = "My other project is called Glimmerdax Torvane."
+KEPT_THEIRS = "My badge says Pellucidar Wexford-Quoll."
+
+
+def introducers(text: str) -> set[tuple[int, str]]:
+    """Return who the index says introduced the tokens of ``text``, as the scan reads it."""
+    result = reply_scan(user_id=STRANGER, session_id=uuid.uuid4(), text=text)
+    return {(p.user_id, p.session_id) for e in result.evidence for p in e.introduced_by}
+
+
+@pytest.fixture(params=["redis", "db"])
+def index(request, settings) -> str:
+    """The Redis index (``REDIS_URL`` set, as in the suite), or the database table."""
+    if request.param == "db":
+        settings.REDIS_URL = ""
+    kind = {"redis": RedisIndex, "db": DbIndex}[request.param]
+    assert type(fingerprint_index()) is kind
+    return request.param
+
+
+@pytest.fixture(params=STORES)
+def store(request, settings) -> str:
+    settings.HISTORY_STORE = request.param
+    return request.param
+
+
+def exchange(user, session: ChatSession, asked: str, reply: str) -> Turn:
+    """A turn of ``session``: ``asked`` accepted, ``reply`` delivered (both registered)."""
+    turn = services.message_accept(user=user, session_id=session.pk, content=asked)
+    assert services.turn_complete(turn_id=turn.pk, reply=reply)
+    return turn
+
+
+def released(user, session: ChatSession, reply: str) -> Turn:
+    """A turn whose reply was withheld, then released on review (registered only then)."""
+    turn = services.message_accept(user=user, session_id=session.pk, content="Anything new?")
+    flagged = ScanResult(leaked=True, score=1.0)
+    assert services.turn_complete(turn_id=turn.pk, reply=reply, scan=flagged)
+    assert introducers(reply) == set()
+    assert services.turn_release_withheld(turn_id=turn.pk)
+    return turn
+
+
+@pytest.fixture
+def sessions(user, other_user) -> dict[str, ChatSession]:
+    """The session to erase, another of the same user's, and another user's."""
+    gone = services.chat_session_create(owner=user)
+    exchange(user, gone, GONE_ASKED, GONE_REPLY)
+    released(user, gone, GONE_RELEASED)
+    mine = services.chat_session_create(owner=user)
+    exchange(user, mine, KEPT_MINE, "Noted.")
+    theirs = services.chat_session_create(owner=other_user)
+    exchange(other_user, theirs, KEPT_THEIRS, "Noted.")
+    for text in (GONE_ASKED, GONE_REPLY, GONE_RELEASED):
+        assert introducers(text) == {(user.pk, str(gone.pk))}, text
+    return {"gone": gone, "mine": mine, "theirs": theirs}
+
+
+def assert_only_the_erased_sessions_postings_went(sessions, user, other_user) -> None:
+    for text in (GONE_ASKED, GONE_REPLY, GONE_RELEASED):
+        assert introducers(text) == set(), text
+    assert introducers(KEPT_MINE) == {(user.pk, str(sessions["mine"].pk))}
+    assert introducers(KEPT_THEIRS) == {(other_user.pk, str(sessions["theirs"].pk))}
+
+
+def messages_of(session: ChatSession) -> list[str]:
+    session.refresh_from_db()
+    stored = history_store().page(session=session, offset=0, limit=100)
+    return [message.content for message in stored]
+
+
+def test_delete_erases_the_sessions_postings_and_no_others(
+    index, store, sessions, user, other_user
+):
+    gone = sessions["gone"]
+    assert client_for(user).delete(f"/api/v1/sessions/{gone.pk}/").status_code == 204
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert_only_the_erased_sessions_postings_went(sessions, user, other_user)
+
+
+def test_the_expiry_purge_erases_the_expired_sessions_postings_and_no_others(
+    index, store, sessions, user, other_user
+):
+    gone = sessions["gone"]
+    ChatSession.objects.filter(pk=gone.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.chat_session_purge_expired() == 1
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert_only_the_erased_sessions_postings_went(sessions, user, other_user)
+
+
+def test_a_later_reply_with_a_deleted_sessions_token_is_not_laid_to_that_session(
+    index, api, other_api, fake_claude: FakeClaude
+):
+    fake_claude.set_responder(lambda body: "Noted.")
+    sid, _ = post_and_wait(api, GONE_ASKED)
+    fake_claude.set_responder(lambda body: f"You said: {GONE_ASKED}")
+    _, before = post_and_wait(other_api, "What did I say?")
+    assert before["status"] == "suppressed"  # laid to the session while it exists
+    [flag] = AuditEntry.objects.filter(flagged=True)
+    assert sid in str(flag.evidence)
+    assert api.delete(f"/api/v1/sessions/{sid}/").status_code == 204
+    _, after = post_and_wait(other_api, "And now?")
+    assert after["status"] == "completed"
+    assert after["reply"]["content"] == f"You said: {GONE_ASKED}"
+    assert AuditEntry.objects.filter(flagged=True).count() == 1
+
+
+# The index unreachable ----------------------------------------------------------------------
+
+
+def index_unreachable(settings) -> None:
+    """Point the fingerprint index at a port nobody listens on: every call is refused."""
+    settings.FINGERPRINT_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+
+
+def index_back(settings) -> None:
+    settings.FINGERPRINT_REDIS_URL = ""  # the suite's Redis again, postings and all
+
+
+def test_with_the_index_unreachable_delete_answers_503_and_keeps_the_session_whole(
+    store, settings, sessions, user, other_user
+):
+    gone = sessions["gone"]
+    before = messages_of(gone)
+    assert before[0] == GONE_ASKED and len(before) == 4
+    index_unreachable(settings)
+    response = client_for(user).delete(f"/api/v1/sessions/{gone.pk}/")
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"
+    assert ChatSession.objects.filter(pk=gone.pk).exists()
+    assert Turn.objects.filter(session_id=gone.pk).count() == 2
+    assert messages_of(gone) == before
+    listed = client_for(user).get(f"/api/v1/sessions/{gone.pk}/messages/").json()["results"]
+    assert [m["content"] for m in listed] == before
+    index_back(settings)
+    assert introducers(GONE_ASKED) == {(user.pk, str(gone.pk))}  # nothing of it erased
+    # The client deletes again once the index answers: everything goes.
+    assert client_for(user).delete(f"/api/v1/sessions/{gone.pk}/").status_code == 204
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert history_store().page(session=gone, offset=0, limit=100) == []
+    assert_only_the_erased_sessions_postings_went(sessions, user, other_user)
+
+
+def test_with_the_index_unreachable_the_purge_leaves_the_batch_for_the_next_run(
+    store, settings, sessions, user, other_user, caplog
+):
+    gone = sessions["gone"]
+    before = messages_of(gone)
+    ChatSession.objects.filter(pk=gone.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    index_unreachable(settings)
+    with caplog.at_level(logging.WARNING, logger="sessions_app.services"):
+        assert services.chat_session_purge_expired() == 0
+    assert "fingerprint index unavailable" in caplog.text
+    assert ChatSession.objects.filter(pk=gone.pk).exists()
+    assert messages_of(gone) == before
+    index_back(settings)
+    assert services.chat_session_purge_expired() == 1
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert_only_the_erased_sessions_postings_went(sessions, user, other_user)
+
+
+def test_a_stored_value_of_another_session_does_not_stop_a_delete(settings, user, other_user):
+    """The store refuses to hand the value over (and it is audited); the user's session is
+    erased all the same, instead of answering 503 for good."""
+    settings.HISTORY_STORE = "redis"
+    mine = services.chat_session_create(owner=user)
+    exchange(user, mine, GONE_ASKED, GONE_REPLY)
+    theirs = services.chat_session_create(owner=other_user)
+    exchange(other_user, theirs, KEPT_THEIRS, "Noted.")
+    client = get_redis_connection("default")
+    stolen = client.hget(f"session:{{{theirs.pk}}}:messages", 1)
+    client.hset(f"session:{{{mine.pk}}}:messages", 1, stolen)
+    assert client_for(user).delete(f"/api/v1/sessions/{mine.pk}/").status_code == 204
+    assert AuditEntry.objects.filter(kind="security", session_id=mine.pk).exists()
+    assert not ChatSession.objects.filter(pk=mine.pk).exists()
+    assert list(client.scan_iter(match=f"session:{{{mine.pk}}}:*")) == []
+    assert introducers(KEPT_THEIRS) == {(other_user.pk, str(theirs.pk))}
