@@ -387,12 +387,25 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
 
 
 def _turn_lock(turn_id: object) -> Turn | None:
-    return (
-        Turn.objects.select_related("session")
-        .select_for_update(of=("self", "session"))
-        .filter(pk=turn_id)
-        .first()
-    )
+    """Lock the turn's session row, then the turn's; return the turn with that session, or
+    None if either is gone.
+
+    The session's row comes first, as every path takes them (a ``DELETE``, an accept, the
+    turn's end): two transactions taking the same two rows in opposite orders can each hold
+    one and wait for the other. One locking query over the join would leave the order to
+    the plan (the turn's first, in practice).
+    """
+    tid = as_uuid(turn_id)
+    if tid is None:
+        return None
+    of_turn = Turn.objects.filter(pk=tid).values("session_id")  # never changes: no lock needed
+    session = ChatSession.objects.select_for_update().filter(pk__in=of_turn).first()
+    if session is None:
+        return None
+    turn = Turn.objects.select_for_update().filter(pk=tid, session_id=session.pk).first()
+    if turn is not None:
+        Turn.session.field.set_cached_value(turn, session)
+    return turn
 
 
 def _reply_audit(*, turn: Turn, content: str, scan: ScanResult | None) -> None:

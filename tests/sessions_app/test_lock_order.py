@@ -1,0 +1,137 @@
+"""Every path that locks a turn and its session takes the session's row first, as ``DELETE``,
+an accept and the worker's end of a turn do: two transactions taking the same two rows in
+opposite orders can each hold one and wait for the other (a deadlock).
+
+Shown on Postgres with a connection per thread: this test's transaction holds the session's
+row, as a ``DELETE`` does; the path under test, in a thread, waits for it; meanwhile the
+turn's row is still free, so the holder takes it too (``NOWAIT``: with the turn's row taken
+first by the path, that would be the deadlock, made an immediate error).
+"""
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from django.db import connection, connections, transaction
+
+from audit_app.services import ScanResult
+from sessions_app import services
+from sessions_app.models import ChatSession, Message, Turn
+
+from ..support import wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LEAKED = ScanResult(leaked=True, score=1.0)  # the scan's verdict: the reply is withheld
+
+
+def _waiting_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
+    """Start ``call`` on a connection of its own; return once it waits for a lock this
+    test's connection holds."""
+    pids: list[int] = []
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pids.append(cursor.fetchone()[0])
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertions
+            results.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def waiting_for_us() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", [pids[0]])
+            return cursor.fetchone()[0]
+
+    assert wait_until(lambda: pids, 10) and wait_until(waiting_for_us, 10)
+    return thread, results
+
+
+def _pending(user) -> Turn:
+    session = services.chat_session_create(owner=user)
+    return services.message_accept(user=user, session_id=session.pk, content="hello")
+
+
+def _withheld(user) -> Turn:
+    turn = _pending(user)
+    assert services.turn_complete(turn_id=turn.pk, reply="held back", scan=LEAKED)
+    return turn
+
+
+def _discarded(turn: Turn) -> None:
+    assert not Turn.objects.filter(pk=turn.pk).exists()
+    assert not Message.objects.filter(session_id=turn.session_id).exists()
+
+
+def _released(turn: Turn) -> None:
+    turn.refresh_from_db()
+    assert turn.status == "completed" and turn.withheld is None
+    reply = Message.objects.get(turn=turn, role="assistant")
+    assert (reply.content, reply.status) == ("held back", "ok")
+
+
+def _ended(turn: Turn) -> None:
+    turn.refresh_from_db()
+    assert turn.status == "completed"
+    assert Message.objects.get(turn=turn, role="assistant").content == "the reply"
+
+
+ORM_END = "end-through-the-orm"
+# name: (the turn it needs, the path, what it returns, what it leaves)
+PATHS = {
+    "discard": (_pending, lambda turn: services.turn_discard(turn_id=turn.pk), None, _discarded),
+    "release": (
+        _withheld,
+        lambda turn: services.turn_release_withheld(turn_id=turn.pk),
+        True,
+        _released,
+    ),
+    ORM_END: (
+        _pending,
+        lambda turn: services.turn_complete(turn_id=turn.pk, reply="the reply"),
+        True,
+        _ended,
+    ),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_path_locking_a_turn_waits_for_its_session_before_it_takes_the_turn(
+    path, user, monkeypatch
+):
+    if path == ORM_END:  # as databases without UPDATE ... RETURNING (SQLite) end a turn
+        monkeypatch.setattr(type(connections["default"]), "vendor", "other")  # every thread
+    make, call, returned, leaves = PATHS[path]
+    turn = make(user)
+    run = None
+    try:
+        with transaction.atomic():  # a DELETE's or a turn end's order: the session's row...
+            ChatSession.objects.select_for_update().get(pk=turn.session_id)
+            run, results = _waiting_in_thread(lambda: call(turn))
+            # ...then the turn's, which the path has not taken while it waits.
+            Turn.objects.select_for_update(nowait=True).get(pk=turn.pk)
+    finally:
+        if run is not None:
+            run.join(30)
+    assert not run.is_alive()
+    assert results == [returned]
+    leaves(turn)
+
+
+def test_a_path_finding_its_session_deleted_meanwhile_does_nothing(user):
+    """What the session's lock protects: a release that waited for a DELETE finds nothing."""
+    turn = _withheld(user)
+    with transaction.atomic():
+        services.chat_session_delete(user=user, session_id=turn.session_id)
+        run, results = _waiting_in_thread(lambda: services.turn_release_withheld(turn_id=turn.pk))
+    run.join(30)
+    assert not run.is_alive()
+    assert results == [False]
+    assert not Message.objects.filter(session_id=turn.session_id).exists()
