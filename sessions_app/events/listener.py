@@ -310,13 +310,16 @@ class AsyncTurnWatch:
     """``turn_watch`` for the event loop: the turn now, then on each change, until it ends.
 
     ``await start()`` subscribes and then reads the turn (so no change slips by unseen) and
-    returns it; if Redis cannot be reached it raises, unless ``poll_if_down``. Iterating
-    yields the turn at each change, None on an idle ``tick`` (after a re-read that found
-    nothing new), and stops when the turn ends or after ``timeout``. Every read runs
-    ``refresh`` on the database pool; nothing holds a thread in between. A notification
-    naming a status in ``unread`` is not read (a wait has nothing to answer before the turn
-    ends). If Redis goes away mid-wait, the watch re-reads on a timer instead. ``close``
-    (any thread, idempotent) ends the subscription.
+    returns it; if Redis cannot be reached it raises, unless ``poll_if_down``. A watch of a
+    turn that cannot change yet (one not queued) calls ``subscribe()`` alone instead, and
+    needs no first read. Iterating yields the turn at each change, None on an idle ``tick``
+    (after a re-read that found nothing new), and stops when the turn ends or after
+    ``timeout``. Every read runs ``refresh`` on the database pool; nothing holds a thread in
+    between. A notification naming a status in ``unread`` is not read (a wait has nothing
+    to answer before the turn ends); one naming another status is read with
+    ``refresh_told`` if given (a wait told of the end reads the turn whole at once, where
+    ``refresh`` would check its status first). If Redis goes away mid-wait, the watch
+    re-reads on a timer instead. ``close`` (any thread, idempotent) ends the subscription.
     """
 
     def __init__(
@@ -328,10 +331,12 @@ class AsyncTurnWatch:
         tick: float = 15.0,
         poll_if_down: bool = False,
         unread: Collection[str] = (),
+        refresh_told: Callable[[Turn], Turn] | None = None,
     ) -> None:
         self.turn = turn
         self.unread = unread
         self.refresh = refresh
+        self.refresh_told = refresh_told or refresh
         self.deadline = time.monotonic() + timeout
         self.tick = tick
         self.poll_if_down = poll_if_down
@@ -341,13 +346,26 @@ class AsyncTurnWatch:
         self._last_event = time.monotonic()
 
     async def start(self) -> Turn:
-        if settings.REDIS_URL:
-            try:
-                self.subscription = await turn_listener().subscribe(self.turn.pk)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if not self.poll_if_down:
-                    raise
-                logger.warning("turn notifications unavailable; polling turn %s", self.turn.pk)
+        await self.subscribe()
+        return await self.read()
+
+    async def subscribe(self) -> None:
+        """Subscribe to the turn's changes through the event loop's listener; read nothing.
+
+        Active on Redis when this returns. If Redis cannot be reached, raise, unless
+        ``poll_if_down``: then the watch polls.
+        """
+        if not settings.REDIS_URL:
+            return
+        try:
+            self.subscription = await turn_listener().subscribe(self.turn.pk)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if not self.poll_if_down:
+                raise
+            logger.warning("turn notifications unavailable; polling turn %s", self.turn.pk)
+
+    async def read(self) -> Turn:
+        """Read the turn now (``refresh``) and return it; iterating yields what changes after."""
         self.turn = await in_thread(self.refresh, self.turn)
         self._last_seen = (self.turn.status, self.turn.updated_at)
         self._last_event = time.monotonic()
@@ -361,10 +379,10 @@ class AsyncTurnWatch:
             changed = await self._next_change()
             if changed is None:
                 break
-            said = self.subscription.status if self.subscription is not None else UNKNOWN
-            if changed and said in self.unread:
+            said = self.subscription.status if changed and self.subscription else UNKNOWN
+            if said in self.unread:
                 continue
-            self.turn = await in_thread(self.refresh, self.turn)
+            self.turn = await in_thread(self.refresh_told if said else self.refresh, self.turn)
             seen = (self.turn.status, self.turn.updated_at)
             if seen != self._last_seen:
                 self._last_seen = seen

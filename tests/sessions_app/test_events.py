@@ -219,6 +219,49 @@ def test_a_watch_told_of_a_status_it_does_not_read_sleeps_on(settings):
     assert reads == ["pending", "completed"]
 
 
+def test_a_watch_subscribed_before_its_turn_can_change_reads_only_when_told(settings):
+    """A wait's watch of a turn not queued yet: no first read; an unknown change is checked,
+    "running" is not read, and the end is read at once, with ``refresh_told``."""
+    url, stored, reads = settings.REDIS_URL, Stub(), []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append("checked")
+        return copy.copy(stored)
+
+    def refresh_told(current: Stub) -> Stub:
+        reads.append(f"read {stored.status}")
+        return copy.copy(stored)
+
+    def said(status: str) -> None:
+        with redis.Redis.from_url(url) as client:
+            client.publish(channel(stored.pk), status)
+
+    async def scenario() -> str:
+        watch = events.AsyncTurnWatch(
+            turn=copy.copy(stored),
+            refresh=refresh,
+            refresh_told=refresh_told,
+            timeout=60,
+            tick=60,
+            unread=("running",),
+        )
+        await watch.subscribe()
+        assert subscribers(url, stored.pk) == 1 and reads == []
+        ended = asyncio.ensure_future(anext(watch))
+        said("garbled")  # a change of a status not named: checked, nothing new
+        assert await until(lambda: reads == ["checked"])
+        stored.status, stored.updated_at = "running", 1
+        said("running")
+        stored.status, stored.updated_at = "completed", 2
+        said("completed")
+        status = (await ended).status
+        watch.close()
+        return status
+
+    assert asyncio.run(scenario()) == "completed"
+    assert reads == ["checked", "read completed"]
+
+
 # Under WSGI: the same listener, on an event loop of the process's own -----------------------
 
 
