@@ -1,8 +1,12 @@
 """Posting a message and waiting for its turn; reading the history."""
 
+import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -40,6 +44,7 @@ from .waiting import (
     turn_wait_async,
     wait_slots_take,
     wait_subscribe,
+    wait_subscribe_async,
 )
 
 
@@ -124,23 +129,39 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         return self._answer(TurnSerializer(turn).data, ended=ended)
 
     async def apost(self, request: HttpRequest, session_id: str) -> HttpResponseBase:
-        """POST on the event loop: the accept and each re-read in a thread, the wait awaited."""
+        """POST on the event loop: the accept, the queueing and each re-read in a thread, a
+        ``?wait`` subscribed on the loop in between (so it needs no first read) and awaited."""
 
         async def serve(drf_request: Request) -> Response:
-            accepted = await events.in_thread(self._accept_checked, drf_request, session_id)
+            accepted = await _to_its_end(self._accept_async(drf_request, session_id))
             turn = accepted.turn
             try:
-                if accepted.timeout:
+                if accepted.watch is not None:
                     request_thread_release()
-                    turn = await turn_wait_async(
-                        user=drf_request.user, turn=turn, timeout=accepted.timeout
-                    )
+                    turn = await turn_wait_async(user=drf_request.user, watch=accepted.watch)
                 data = await events.in_thread(lambda: TurnSerializer(turn).data)
             finally:
-                await events.in_thread(accepted.release)
+                await accepted.aclose()
             return self._answer(data, ended=accepted.wait is not None and turn.is_finished)
 
         return await self.dispatch_async(request, serve, session_id=session_id)
+
+    async def _accept_async(self, request: Request, session_id: str) -> "_Accepted":
+        """``_accept`` on the event loop: a ``?wait`` subscribes here, after the accept and
+        before the queueing (each in a thread of the database pool)."""
+        accepted = await events.in_thread(self._accept_checked, request, session_id)
+        if not accepted.timeout:
+            return accepted  # queued in the accept's thread: nothing waits for it
+        try:
+            watch = await wait_subscribe_async(
+                user=request.user, turn=accepted.turn, timeout=accepted.timeout
+            )
+            accepted = dataclasses.replace(accepted, watch=watch)
+            await events.in_thread(tasks.turn_enqueue, turn=accepted.turn)
+        except BaseException:
+            await accepted.aclose()
+            raise
+        return accepted
 
     def _accept_checked(self, request: Request, session_id: str) -> "_Accepted":
         """DRF's own checks (authentication, the throttle), then ``_accept``."""
@@ -152,8 +173,10 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
     ) -> "_Accepted":
         """Validate, take the wait's slots, store the message and queue its turn.
 
-        With ``gone`` (a synchronous wait) the wait subscribes to the turn's changes before
-        the turn is queued, so that it needs no first read of the turn.
+        A wait subscribes to the turn's changes before the turn is queued, so that it needs
+        no first read of the turn: here with ``gone`` (a synchronous wait); without it (on
+        the event loop) a waited turn is left unqueued, for ``_accept_async`` to subscribe
+        and then queue.
         """
         wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
@@ -166,7 +189,9 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             turn = services.message_accept(
                 user=request.user, session_id=session_id, content=data.validated_data["content"]
             )
-            if timeout and gone is not None:
+            if timeout and gone is None:  # the event loop subscribes, then queues
+                return _Accepted(turn, wait, timeout, release)
+            if timeout:
                 changes = wait_subscribe(turn_id=turn.pk, timeout=timeout, gone=gone)
             tasks.turn_enqueue(turn=turn)
         except BaseException:
@@ -184,10 +209,44 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
 @dataclasses.dataclass(frozen=True)
 class _Accepted:
     """A message accepted: its turn, the ``?wait`` asked, the time the slots allow, the
-    slots' release and, for a synchronous wait, the turn's changes subscribed to."""
+    slots' release and the turn's changes subscribed to, for a synchronous wait
+    (``changes``) or on the event loop (``watch``)."""
 
     turn: Turn
     wait: int | None
     timeout: int
     release: Callable[[], None]
-    changes: Iterator[str | None] | None
+    changes: Iterator[str | None] | None = None
+    watch: events.AsyncTurnWatch | None = None
+
+    async def aclose(self) -> None:
+        """On the event loop: end the wait's subscription, then give the slots back."""
+        if self.watch is not None:
+            self.watch.close()
+        await events.in_thread(self.release)
+
+
+async def _to_its_end(accepting: Coroutine[Any, Any, _Accepted]) -> _Accepted:
+    """Await ``accepting`` to its end even if the view is cancelled meanwhile.
+
+    Django cancels a view whose client hung up. A message stored by then must still have
+    its turn queued (it runs to its end, and a new request sees it), as when the accept
+    and the queueing ran in one thread; what the accept holds is let go of before the
+    cancel goes on. The context variables it sets (the user named in log lines) are kept,
+    as if it had been awaited in place.
+    """
+    context = contextvars.copy_context()
+    task = asyncio.get_running_loop().create_task(accepting, context=context)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # an accept that failed let go of it itself
+            await (await task).aclose()
+        raise
+    finally:
+        for variable, value in context.items():  # as asgiref's sync_to_async keeps them
+            if variable.get(_UNSET) is not value:
+                variable.set(value)
+
+
+_UNSET = object()

@@ -81,25 +81,40 @@ def turn_wait(*, user, turn: Turn, changes: Iterator[str | None] | None) -> Turn
     return turn_reread(user, turn)
 
 
-async def turn_wait_async(*, user, turn: Turn, timeout: float) -> Turn:
-    """``turn_wait`` on the event loop: no thread is held between the re-reads."""
-    refresh = functools.partial(turn_reread, user)
-    if timeout <= 0:
-        return await events.in_thread(refresh, turn)
+async def wait_subscribe_async(*, user, turn: Turn, timeout: float) -> events.AsyncTurnWatch:
+    """``wait_subscribe`` on the event loop: return the watch of a wait of ``timeout`` s.
+
+    Subscribed through the process's listener before the turn is queued: every change then
+    comes as a notification, so the wait needs no first read. With Redis down it polls.
+    """
     watch = events.AsyncTurnWatch(
         turn=turn,
         refresh=functools.partial(_refresh_when_ended, user),
+        refresh_told=functools.partial(turn_reread, user),
         timeout=timeout,
         poll_if_down=True,
         unread=Turn.IN_FLIGHT,
     )
+    await watch.subscribe()
+    return watch
+
+
+async def turn_wait_async(*, user, watch: events.AsyncTurnWatch) -> Turn:
+    """``turn_wait`` on the event loop, on a watch from ``wait_subscribe_async``.
+
+    No thread is held between the re-reads; the watch is closed on the way out.
+    """
     try:
-        turn = await watch.start()
-        async for seen in watch:
-            turn = seen or turn
+        if current_app.conf.task_always_eager:
+            # As in ``wait_subscribe``: a task run eagerly has run by now, its notifications
+            # published at commit (or, inside a test's transaction, never): look first.
+            await watch.read()
+        async for _ in watch:
+            pass
     finally:
         watch.close()
-    return turn if turn.is_finished else await events.in_thread(refresh, turn)
+    turn = watch.turn
+    return turn if turn.is_finished else await events.in_thread(turn_reread, user, turn)
 
 
 def turn_reread(user, turn: Turn) -> Turn:

@@ -1,5 +1,9 @@
 """MAX_WAITS_PER_USER: one user cannot hold every web thread with waits and streams."""
 
+import asyncio
+import json
+import threading
+
 import pytest
 from django.core.signals import request_finished
 from django.db import close_old_connections
@@ -432,6 +436,288 @@ def test_a_wait_subscribes_before_its_turn_is_queued(api, queued, monkeypatch, s
     )
     assert response.status_code == 202  # no worker here: it stays pending
     assert at_queue == [1]
+
+
+# Under ASGI: the wait subscribes on the event loop, between the accept and the queueing --
+
+
+@pytest.fixture
+def asgi(transactional_db, monkeypatch) -> None:
+    """Serve through Django's ASGI handler, as uvicorn does: the request's database work
+    runs on the pool's threads, so it commits and each thread closes its connection."""
+    from django.db import connection
+
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0)
+
+
+def _asgi_scope(path: str, token: str, body: bytes) -> dict:
+    path, _, query = path.partition("?")
+    headers = {"host": "localhost", "content-type": "application/json"}
+    headers |= {"authorization": f"Token {token}", "content-length": str(len(body))}
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(name.encode(), value.encode()) for name, value in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("localhost", 80),
+    }
+
+
+async def _asgi_post(path: str, token: str, content: str, *, gone=None) -> tuple[int, dict]:
+    """POST ``content`` to the ASGI application; the status and the JSON answered.
+
+    With ``gone`` (awaited once the body is read), the client hangs up then.
+    """
+    from django.core.handlers.asgi import ASGIHandler
+
+    body = json.dumps({"content": content}).encode()
+    received, sent = [], []
+
+    async def receive() -> dict:
+        if not received:
+            received.append(body)
+            return {"type": "http.request", "body": body, "more_body": False}
+        await (gone() if gone is not None else asyncio.Event().wait())
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await ASGIHandler()(_asgi_scope(path, token, body), receive, send)
+    if not sent:
+        return 0, {}  # the client left before an answer
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(answer)
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def statements(monkeypatch) -> list[tuple[int, str]]:
+    """Every SQL statement from now on, in any thread, with the thread's ident (under ASGI
+    a request's statements run on the database pool's threads, each its own connection)."""
+    from django.db.backends.utils import CursorWrapper
+
+    seen: list[tuple[int, str]] = []
+    execute = CursorWrapper._execute_with_wrappers
+
+    def counted(self, sql, *args, **kwargs):
+        seen.append((threading.get_ident(), sql))
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counted)
+    return seen
+
+
+def _worker_step(session_id: object, threads: set[int]) -> None:
+    """What a worker does with the session's pending turn: run it (in this thread)."""
+    from django.db import connection
+
+    from sessions_app import tasks
+
+    from ..support import turn_task_args
+
+    threads.add(threading.get_ident())
+    try:
+        turn = Turn.objects.get(session_id=session_id, status="pending")
+        tasks.run_turn.apply(args=turn_task_args(turn.pk))
+    finally:
+        connection.close()
+
+
+def test_under_asgi_a_wait_reads_nothing_before_it_is_told_of_the_end_then_the_turn_once(
+    asgi, user, queued, statements
+):
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    token = token_for(user)
+    alone, waited = (services.chat_session_create(owner=user).pk for _ in range(2))
+    worker: set[int] = set()
+
+    async def scenario() -> tuple[int, int, dict]:
+        statements.clear()
+        status, _ = await _asgi_post(f"/api/v1/sessions/{alone}/messages/", token, "hi")
+        assert status == 202
+        accepting = len(statements)  # what the same post costs without a wait
+        statements.clear()
+        posting = asyncio.ensure_future(
+            _asgi_post(f"/api/v1/sessions/{waited}/messages/?wait=30", token, "hi")
+        )
+        await _until(lambda: queued.llen("celery") == 2)  # queued, and waiting for its end
+        await asyncio.to_thread(_worker_step, waited, worker)
+        status, turn = await posting
+        return accepting, status, turn
+
+    accepting, status, turn = asyncio.run(scenario())
+    assert status == 200 and turn["status"] == "completed", turn
+    waiting = [sql for thread, sql in statements if thread not in worker]
+    full_read = _full_read_queries(user, Turn.objects.get(pk=turn["id"]))
+    # No first read, nothing at "running": the whole turn once, when told it ended.
+    assert len(waiting) == accepting + full_read
+
+
+def test_under_asgi_a_wait_subscribes_before_its_turn_is_queued_and_hears_what_follows(
+    asgi, user, queued, monkeypatch, settings
+):
+    """So that it needs no first read: a change right after the queueing is not missed."""
+    import redis
+
+    from sessions_app import services, tasks
+    from sessions_app.events.notify import _channel
+
+    from ..factories import token_for
+
+    at_queue = []
+    queue = tasks._queue
+
+    def first_changed_then_queued(turn) -> None:
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            [(_, count)] = client.pubsub_numsub(_channel(turn.pk))
+        at_queue.append(count)
+        # The turn ends in the window (a worker at once): only notifications tell the wait.
+        services.turn_claim(turn_id=turn.pk)
+        services.turn_complete(turn_id=turn.pk, reply="done")
+        queue(turn)
+
+    monkeypatch.setattr(tasks, "_queue", first_changed_then_queued)
+    sid = services.chat_session_create(owner=user).pk
+    status, turn = asyncio.run(
+        _asgi_post(f"/api/v1/sessions/{sid}/messages/?wait=30", token_for(user), "hi")
+    )
+    assert at_queue == [1]
+    assert status == 200 and turn["status"] == "completed" and turn["reply"]["content"] == "done"
+
+
+def test_under_asgi_a_broker_down_at_the_queueing_is_503_and_leaves_nothing_held(
+    asgi, user, settings, private_redis
+):
+    from sessions_app import services
+    from sessions_app.models import Message
+
+    from ..factories import token_for
+    from ..support import broker_at
+
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = 1
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+
+    async def scenario() -> tuple[int, dict, dict]:
+        path = f"/api/v1/sessions/{sid}/messages/?wait=30"
+        status, body = await _asgi_post(path, token, "CANARY-no-broker")
+        return status, body, dict(events.turn_listener().channels)
+
+    with broker_at(settings, private_redis.url):
+        private_redis.kill()
+        status, body, channels = asyncio.run(scenario())
+    assert status == 503 and body["code"] == "unavailable"
+    assert not Turn.objects.filter(session_id=sid).exists()
+    assert not Message.objects.filter(session_id=sid).exists()
+    assert channels == {}  # the wait's subscription is closed
+    release_budget = events.wait_budget_take()  # and both its slots are free again
+    assert release_budget is not None
+    events.wait_slot_acquire(user_id=user.pk)()
+    release_budget()
+
+
+def test_under_asgi_with_redis_down_at_the_subscribe_a_wait_polls_and_answers(
+    asgi, user, queued, settings, private_redis
+):
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    settings.REDIS_URL = private_redis.url  # the notifications only: cache, broker stay up
+    private_redis.kill()
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+
+    async def scenario() -> tuple[int, dict]:
+        posting = asyncio.ensure_future(
+            _asgi_post(f"/api/v1/sessions/{sid}/messages/?wait=30", token, "hi")
+        )
+        await _until(lambda: queued.llen("celery") == 1)
+        await asyncio.to_thread(_worker_step, sid, set())
+        return await posting
+
+    status, turn = asyncio.run(scenario())
+    assert status == 200 and turn["status"] == "completed"
+
+
+def test_under_asgi_a_client_gone_while_its_wait_subscribes_still_has_its_turn_queued(
+    asgi, user, queued, settings, private_redis, monkeypatch
+):
+    """Django cancels the view of a client that hung up: the accepted turn must still run."""
+    import uuid
+
+    from sessions_app import services
+    from sessions_app.events import listener as listening
+
+    from ..factories import token_for
+
+    settings.REDIS_URL = private_redis.url  # the notifications only: cache, broker stay up
+    settings.MAX_WAITS_PER_USER = 1
+    monkeypatch.setattr(listening, "SUBSCRIBE_TIMEOUT_SECONDS", 0.5)
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+
+    async def scenario() -> int:
+        listener = events.turn_listener()
+        held = await listener.subscribe(uuid.uuid4())  # connected, then Redis hangs
+        private_redis.freeze()
+        try:
+
+            async def while_subscribing() -> None:
+                await _until(lambda: len(listener.channels) == 2)
+
+            path = f"/api/v1/sessions/{sid}/messages/?wait=30"
+            status, _ = await _asgi_post(path, token, "hi", gone=while_subscribing)
+            return status
+        finally:
+            private_redis.thaw()
+            held.close()
+
+    assert asyncio.run(scenario()) == 0  # no answer: the view was cancelled
+    assert queued.llen("celery") == 1  # but its turn was queued,
+    assert Turn.objects.get(session_id=sid).status == "pending"
+    events.wait_slot_acquire(user_id=user.pk)()  # and the wait's slot given back
+
+
+def test_under_asgi_the_answer_is_logged_with_the_user_the_accept_named(asgi, user, queued):
+    import logging
+
+    from core.logcontext import request_user
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+    logged = []
+
+    class Naming(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append((record.getMessage(), request_user()))
+
+    async def twice() -> list[int]:
+        path = f"/api/v1/sessions/{sid}/messages/"
+        return [(await _asgi_post(path, token, "hi"))[0] for _ in range(2)]
+
+    handler, django_request = Naming(level=logging.WARNING), logging.getLogger("django.request")
+    django_request.addHandler(handler)
+    try:
+        assert asyncio.run(twice()) == [202, 409]  # the first turn is still in flight
+    finally:
+        django_request.removeHandler(handler)
+    assert logged == [(f"Conflict: /api/v1/sessions/{sid}/messages/", user.pk)]
 
 
 def test_a_notification_names_the_new_status_and_nothing_else(
