@@ -346,8 +346,12 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
             _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
             if not suppress:
+                # What is stored (an earlier run's reply, if one was kept), so that the
+                # stored texts name every posting a DELETE must erase.
                 fingerprints_register(
-                    user_id=turn.session.owner_id, session_id=turn.session_id, text=reply
+                    user_id=turn.session.owner_id,
+                    session_id=turn.session_id,
+                    text=message.content,
                 )
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
