@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import re
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
@@ -46,6 +47,8 @@ from .waiting import (
     wait_subscribe,
     wait_subscribe_async,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _wait_seconds(request: Request) -> int | None:
@@ -160,6 +163,7 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             await events.in_thread(tasks.turn_enqueue, turn=accepted.turn)
         except BaseException:
             await accepted.aclose()
+            await events.in_thread(_unqueued_discard, accepted.turn)
             raise
         return accepted
 
@@ -183,7 +187,7 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         data.is_valid(raise_exception=True)
         # Taken before anything is stored: a 429 for too many waits leaves no message.
         timeout, release = wait_slots_take(user_id=request.user.pk, wait=wait)
-        changes = None
+        changes, turn = None, None
         try:
             tasks.beat_jobs_if_due()  # before anything is stored: an error here leaves nothing
             turn = services.message_accept(
@@ -198,12 +202,27 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             if changes is not None:
                 changes.close()
             release()
+            if turn is not None:
+                _unqueued_discard(turn)
             raise
         return _Accepted(turn, wait, timeout, release, changes)
 
     @staticmethod
     def _answer(data: dict, *, ended: bool) -> Response:
         return Response(data, status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)
+
+
+def _unqueued_discard(turn: Turn) -> None:
+    """Remove a turn accepted but not queued, with its message: an error came between (the
+    broker down, or the wait's subscription failing), and an error answer leaves nothing
+    behind, nor a turn that only the stale-turn sweep would end.
+
+    A turn that a worker already took is left alone (only a pending turn is discarded).
+    """
+    try:
+        services.turn_discard(turn_id=turn.pk)
+    except Exception:  # noqa: BLE001 - the error being answered matters more; the sweep ends it
+        logger.warning("could not discard unqueued turn %s", turn.pk)
 
 
 @dataclasses.dataclass(frozen=True)

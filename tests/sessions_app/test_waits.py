@@ -777,3 +777,50 @@ def test_a_database_error_that_is_no_outage_or_inside_a_transaction_stands(user,
         lost = OperationalError("connection lost")
         with pytest.raises(OperationalError), transaction.atomic(), _database_answering(lost):
             read(user=user, turn=pending)
+
+
+# A wait whose subscription fails after the accept -----------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_wait_whose_subscription_fails_leaves_no_message_and_no_turn(
+    api, user, queued, monkeypatch
+):
+    """The message was stored, the turn not yet queued: the error answer takes both back."""
+    from sessions_app.apis import messages
+    from sessions_app.models import Message
+
+    def broken(**_kwargs):
+        raise RuntimeError("the listener broke")
+
+    monkeypatch.setattr(messages, "wait_subscribe", broken)
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    with pytest.raises(RuntimeError, match="the listener broke"):
+        api.post(f"/api/v1/sessions/{sid}/messages/?wait=5", {"content": "hi"}, format="json")
+    assert not Turn.objects.filter(session_id=sid).exists()
+    assert not Message.objects.filter(session_id=sid).exists()
+    assert queued.llen("celery") == 0
+    response = api.post(f"/api/v1/sessions/{sid}/messages/", {"content": "again"}, format="json")
+    assert response.status_code == 202  # no turn left in flight to answer 409
+
+
+def test_under_asgi_a_wait_whose_subscription_fails_leaves_no_message_and_no_turn(
+    asgi, user, queued, monkeypatch
+):
+    from sessions_app import services
+    from sessions_app.apis import messages
+    from sessions_app.models import Message
+
+    from ..factories import token_for
+
+    async def broken(**_kwargs):
+        raise RuntimeError("the listener broke")
+
+    monkeypatch.setattr(messages, "wait_subscribe_async", broken)
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+    path = f"/api/v1/sessions/{sid}/messages/?wait=30"
+    status, _ = asyncio.run(_asgi_post(path, token, "hi"))
+    assert status == 500
+    assert not Turn.objects.filter(session_id=sid).exists()
+    assert not Message.objects.filter(session_id=sid).exists()
+    assert queued.llen("celery") == 0
