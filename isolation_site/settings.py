@@ -140,8 +140,8 @@ else:
     # Parameters bound by the server, and a statement a connection has run a few times
     # prepared: Postgres then parses and plans each of a turn's statements once per
     # connection, not on every execution (a third of its CPU per turn, measured). Behind a
-    # pooler that cannot keep prepared statements (PgBouncer in transaction mode before
-    # 1.21), add ?server_side_binding=false to DATABASE_URL.
+    # pooler in transaction mode that does not track prepared statements (PgBouncer older
+    # than 1.21, or without max_prepared_statements), add ?server_side_binding=false.
     options.setdefault("server_side_binding", True)
     options.setdefault("prepare_threshold", 5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -529,15 +529,13 @@ PURGE_BATCH = 500
 def chat_session_purge_expired() -> int:
     """Erase every expired session everywhere, as ``DELETE`` does; return how many.
 
-    If the fingerprint index cannot be reached, stop: the sessions left keep the messages
-    that name their postings, and the next run erases them all.
+    If the fingerprint index cannot be reached, the sessions are erased all the same: the
+    postings hold no content and age out of the index (``FINGERPRINT_TTL_SECONDS``), where
+    the conversation must not outlive its expiry.
     """
     erased = 0
-    try:
-        while batch := _purge_expired_batch():
-            erased += batch
-    except IndexUnavailable:
-        logger.warning("fingerprint index unavailable: expired sessions wait for the next purge")
+    while batch := _purge_expired_batch():
+        erased += batch
     return erased
 
 
@@ -550,8 +548,11 @@ def _purge_expired_batch() -> int:
     sessions = list(expired[:PURGE_BATCH])
     if not sessions:
         return 0
-    for session in sessions:  # the index down: the batch stays whole for the next run
-        _session_fingerprints_erase(session)
+    try:
+        for session in sessions:
+            _session_fingerprints_erase(session)
+    except IndexUnavailable:
+        logger.warning("fingerprint index unavailable: expired sessions' postings will age out")
     ids = [session.pk for session in sessions]
     history_store().erase(session_ids=ids)
     ChatSession.objects.filter(pk__in=ids).delete()

@@ -156,7 +156,8 @@ def test_postgres_binds_parameters_on_the_server_unless_the_url_says_not_to():
     on = load_settings(BINDING, DATABASE_URL=url, **base)
     assert on.returncode == 0, on.stderr
     assert json.loads(on.stdout) == {"server": True, "threshold": 5}
-    # Behind a pooler that cannot keep prepared statements, the URL turns both off.
+    # Behind a pooler that cannot keep prepared statements, the URL turns binding off
+    # (and with it preparing: a client-side binding cursor never prepares).
     off = load_settings(BINDING, DATABASE_URL=f"{url}?server_side_binding=false", **base)
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["server"] is False
