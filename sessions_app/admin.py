@@ -32,6 +32,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
     ]
     inlines = [MessageInline]
 
+    def has_delete_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
+        # A row deleted here would cascade in the database only: the redis store's keys and
+        # the fingerprint postings would stay. Erasure is the owner's DELETE or the expiry.
+        return False
+
 
 @admin.register(Turn)
 class TurnAdmin(admin.ModelAdmin):

@@ -393,6 +393,21 @@ def test_staff_cannot_extend_or_retitle_a_session(staff_client, user):
     assert fresh.expires_at == session.expires_at < later
 
 
+def test_staff_cannot_delete_a_session_past_its_erasure(staff_client, user):
+    """A delete in the admin would cascade in the database only (not the redis store's keys
+    nor the fingerprint postings): erasure is the owner's DELETE or the expiry purge."""
+    session = services.chat_session_create(owner=user, title="groceries")
+    url = f"/admin/sessions_app/chatsession/{session.pk}/delete/"
+    assert staff_client.get(url).status_code == 403
+    assert staff_client.post(url, {"post": "yes"}).status_code == 403
+    changelist = staff_client.post(
+        "/admin/sessions_app/chatsession/",
+        {"action": "delete_selected", "_selected_action": [str(session.pk)], "post": "yes"},
+    )
+    assert changelist.status_code in (200, 302)
+    assert ChatSession.objects.filter(pk=session.pk).exists()
+
+
 def test_the_token_admin_shows_no_usable_key(staff_client, user):
     key = sign_in_api(user.username, PASSWORD).json()["token"]
     token = AuthToken.objects.get(user=user)
