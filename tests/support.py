@@ -3,6 +3,7 @@
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -147,3 +148,44 @@ def post_and_wait(api, content: str, sid: str | None = None) -> tuple[str, dict]
     )
     assert response.status_code == 200, response.content
     return sid, response.json()
+
+
+def lock_waiter(
+    call: Callable[[], object], *, on_this_connection: bool = False
+) -> tuple[threading.Thread, list[object]]:
+    """Start ``call`` on a database connection of its own; return once it waits for a row
+    lock (with ``on_this_connection``, for one that the caller's connection holds).
+
+    The thread's result, or the exception it raised, ends up in the returned list.
+    """
+    from django.db import connection
+
+    pids: list[int] = []
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                pids.append(cursor.fetchone()[0])
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertions
+            results.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    blocked_by = (
+        "SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))"
+        if on_this_connection
+        else "SELECT cardinality(pg_blocking_pids(%s)) > 0"
+    )
+
+    def waiting() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(blocked_by, [pids[0]])
+            return cursor.fetchone()[0]
+
+    assert wait_until(lambda: pids, 10) and wait_until(waiting, 10)
+    return thread, results

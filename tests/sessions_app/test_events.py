@@ -61,9 +61,10 @@ def subscribers(url: str, turn_id: object) -> int:
     return count
 
 
-def published(url: str, turn_id: object) -> None:
+def published(url: str, turn_id: object, status: str | None = None) -> None:
+    """Publish on the turn's channel, as a worker does: ``status``, or the turn's id."""
     with redis.Redis.from_url(url) as client:
-        client.publish(channel(turn_id), str(turn_id))
+        client.publish(channel(turn_id), str(turn_id) if status is None else status)
 
 
 async def until(predicate, timeout: float = 10) -> bool:
@@ -198,19 +199,15 @@ def test_a_watch_told_of_a_status_it_does_not_read_sleeps_on(settings):
         reads.append(stored.status)
         return copy.copy(stored)
 
-    def said(status: str) -> None:
-        with redis.Redis.from_url(url) as client:
-            client.publish(channel(stored.pk), status)
-
     async def scenario() -> str:
         watch = events.AsyncTurnWatch(
             turn=copy.copy(stored), refresh=refresh, timeout=60, tick=60, unread=("running",)
         )
         await watch.start()
         stored.status, stored.updated_at = "running", 1
-        said("running")  # not read: a wait has nothing to answer yet
+        published(url, stored.pk, "running")  # not read: a wait has nothing to answer yet
         stored.status, stored.updated_at = "completed", 2
-        said("completed")
+        published(url, stored.pk, "completed")
         ended = await anext(watch)
         watch.close()
         return ended.status
@@ -232,10 +229,6 @@ def test_a_watch_subscribed_before_its_turn_can_change_reads_only_when_told(sett
         reads.append(f"read {stored.status}")
         return copy.copy(stored)
 
-    def said(status: str) -> None:
-        with redis.Redis.from_url(url) as client:
-            client.publish(channel(stored.pk), status)
-
     async def scenario() -> str:
         watch = events.AsyncTurnWatch(
             turn=copy.copy(stored),
@@ -248,12 +241,12 @@ def test_a_watch_subscribed_before_its_turn_can_change_reads_only_when_told(sett
         await watch.subscribe()
         assert subscribers(url, stored.pk) == 1 and reads == []
         ended = asyncio.ensure_future(anext(watch))
-        said("garbled")  # a change of a status not named: checked, nothing new
+        published(url, stored.pk, "garbled")  # a change of a status not named: checked, nothing new
         assert await until(lambda: reads == ["checked"])
         stored.status, stored.updated_at = "running", 1
-        said("running")
+        published(url, stored.pk, "running")
         stored.status, stored.updated_at = "completed", 2
-        said("completed")
+        published(url, stored.pk, "completed")
         status = (await ended).status
         watch.close()
         return status

@@ -8,50 +8,18 @@ turn's row is still free, so the holder takes it too (``NOWAIT``: with the turn'
 first by the path, that would be the deadlock, made an immediate error).
 """
 
-import threading
-from collections.abc import Callable
-
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connections, transaction
 
 from audit_app.services import ScanResult
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
 
-from ..support import wait_until
+from ..support import lock_waiter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 LEAKED = ScanResult(leaked=True, score=1.0)  # the scan's verdict: the reply is withheld
-
-
-def _waiting_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    """Start ``call`` on a connection of its own; return once it waits for a lock this
-    test's connection holds."""
-    pids: list[int] = []
-    results: list[object] = []
-
-    def run() -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                pids.append(cursor.fetchone()[0])
-            results.append(call())
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertions
-            results.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def waiting_for_us() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_backend_pid() = ANY(pg_blocking_pids(%s))", [pids[0]])
-            return cursor.fetchone()[0]
-
-    assert wait_until(lambda: pids, 10) and wait_until(waiting_for_us, 10)
-    return thread, results
 
 
 def _pending(user) -> Turn:
@@ -114,7 +82,7 @@ def test_a_path_locking_a_turn_waits_for_its_session_before_it_takes_the_turn(
     try:
         with transaction.atomic():  # a DELETE's or a turn end's order: the session's row...
             ChatSession.objects.select_for_update().get(pk=turn.session_id)
-            run, results = _waiting_in_thread(lambda: call(turn))
+            run, results = lock_waiter(lambda: call(turn), on_this_connection=True)
             # ...then the turn's, which the path has not taken while it waits.
             Turn.objects.select_for_update(nowait=True).get(pk=turn.pk)
     finally:
@@ -130,7 +98,9 @@ def test_a_path_finding_its_session_deleted_meanwhile_does_nothing(user):
     turn = _withheld(user)
     with transaction.atomic():
         services.chat_session_delete(user=user, session_id=turn.session_id)
-        run, results = _waiting_in_thread(lambda: services.turn_release_withheld(turn_id=turn.pk))
+        run, results = lock_waiter(
+            lambda: services.turn_release_withheld(turn_id=turn.pk), on_this_connection=True
+        )
     run.join(30)
     assert not run.is_alive()
     assert results == [False]

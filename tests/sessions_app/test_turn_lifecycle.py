@@ -3,7 +3,7 @@ cannot break. Every test runs on both ways the services take: Postgres's one sta
 each, and the ORM's steps that other databases (SQLite) take."""
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
@@ -17,7 +17,7 @@ from sessions_app.stores import history_store
 from sessions_app.tasks import run_turn
 
 from ..fakes.claude import FakeClaude
-from ..support import turn_task_args, wait_until
+from ..support import lock_waiter, turn_task_args
 
 pytestmark = pytest.mark.django_db
 
@@ -116,34 +116,6 @@ def test_a_reply_the_database_refuses_leaves_the_turn_and_seq_as_they_were(turn)
 # Concurrent runs and DELETE ----------------------------------------------------------------
 
 
-def _blocked_in_thread(call: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
-    """Start ``call`` on a connection of its own; return once it waits for a row lock."""
-    pids: list[int] = []
-    results: list[object] = []
-
-    def run() -> None:
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                pids.append(cursor.fetchone()[0])
-            results.append(call())
-        except BaseException as exc:  # noqa: BLE001 - surfaced by the caller's assertions
-            results.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-
-    def blocked() -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT cardinality(pg_blocking_pids(%s)) > 0", [pids[0]])
-            return cursor.fetchone()[0]
-
-    assert wait_until(lambda: pids, 10) and wait_until(blocked, 10)
-    return thread, results
-
-
 @pytest.fixture
 def committed_turn(transactional_db, user) -> Iterator[Turn]:
     session = services.chat_session_create(owner=user)
@@ -155,7 +127,7 @@ def test_a_second_run_waits_for_the_first_and_stores_no_second_reply(committed_t
     turn = committed_turn
     with transaction.atomic():  # the first run, its locks held until this commits
         assert services.turn_complete(turn_id=turn.pk, reply="from the first run")
-        second, results = _blocked_in_thread(
+        second, results = lock_waiter(
             lambda: services.turn_complete(turn_id=turn.pk, reply="from the second run")
         )
     second.join(30)
@@ -177,7 +149,7 @@ def test_a_run_ending_its_turn_waits_for_a_delete_and_then_stores_nothing(
     turn = committed_turn
     with transaction.atomic():  # the DELETE, its session lock held until this commits
         services.chat_session_delete(user=user, session_id=turn.session_id)
-        run, results = _blocked_in_thread(
+        run, results = lock_waiter(
             lambda: services.turn_complete(turn_id=turn.pk, reply="too late")
         )
     run.join(30)

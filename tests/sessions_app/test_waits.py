@@ -402,6 +402,17 @@ def test_an_idle_tick_or_a_poll_checks_the_status_before_reading_the_turn(
         turn_wait(user=user, turn=pending, changes=_fed(None, events.UNKNOWN, seen=seen))
 
 
+def _subscribers(url: str, turn_id: object) -> int:
+    """How many listen on the turn's channel now (Redis's own count)."""
+    import redis
+
+    from sessions_app.events.notify import _channel
+
+    with redis.Redis.from_url(url) as client:
+        [(_, count)] = client.pubsub_numsub(_channel(turn_id))
+    return count
+
+
 def _full_read_queries(user, turn) -> int:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -415,18 +426,13 @@ def _full_read_queries(user, turn) -> int:
 
 def test_a_wait_subscribes_before_its_turn_is_queued(api, queued, monkeypatch, settings):
     """So that it needs no first read: no change of the turn can come before it listens."""
-    import redis
-
     from sessions_app import tasks
-    from sessions_app.events.notify import _channel
 
     at_queue = []
     queue = tasks._queue
 
     def counted(turn) -> None:
-        with redis.Redis.from_url(settings.REDIS_URL) as client:
-            [(_, count)] = client.pubsub_numsub(_channel(turn.pk))
-        at_queue.append(count)
+        at_queue.append(_subscribers(settings.REDIS_URL, turn.pk))
         queue(turn)
 
     monkeypatch.setattr(tasks, "_queue", counted)
@@ -572,10 +578,7 @@ def test_under_asgi_a_wait_subscribes_before_its_turn_is_queued_and_hears_what_f
     asgi, user, queued, monkeypatch, settings
 ):
     """So that it needs no first read: a change right after the queueing is not missed."""
-    import redis
-
     from sessions_app import services, tasks
-    from sessions_app.events.notify import _channel
 
     from ..factories import token_for
 
@@ -583,9 +586,7 @@ def test_under_asgi_a_wait_subscribes_before_its_turn_is_queued_and_hears_what_f
     queue = tasks._queue
 
     def first_changed_then_queued(turn) -> None:
-        with redis.Redis.from_url(settings.REDIS_URL) as client:
-            [(_, count)] = client.pubsub_numsub(_channel(turn.pk))
-        at_queue.append(count)
+        at_queue.append(_subscribers(settings.REDIS_URL, turn.pk))
         # The turn ends in the window (a worker at once): only notifications tell the wait.
         services.turn_claim(turn_id=turn.pk)
         services.turn_complete(turn_id=turn.pk, reply="done")
