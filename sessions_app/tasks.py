@@ -34,10 +34,11 @@ def _backoff(attempt: int) -> float:
 
 
 def turn_enqueue(*, turn: Turn) -> None:
-    """Queue the turn's task; if the broker is down, undo the turn and raise 503.
+    """Queue the turn's task; if the broker is down, raise 503.
 
     Called after the accepting transaction committed, so a worker never sees a turn
-    that is not there yet; undoing keeps "an error leaves nothing behind". The task
+    that is not there yet. The caller undoes the turn on any error here (the view's
+    ``_unqueued_discard``), which keeps "an error leaves nothing behind". The task
     carries the owner and session fixed when the message was accepted: the worker binds
     its isolation scope from them, not from the row it is about to read.
     """
@@ -46,8 +47,7 @@ def turn_enqueue(*, turn: Turn) -> None:
     except Exception as exc:
         if not is_outage(exc):
             raise
-        logger.warning("broker unavailable; discarding turn %s", turn.pk)
-        services.turn_discard(turn_id=turn.pk)
+        logger.warning("broker unavailable; turn %s not queued", turn.pk)
         raise ServiceUnavailable() from exc
 
 
