@@ -19,7 +19,7 @@ from rest_framework.exceptions import NotFound
 from core.errors import is_outage, once_more_on_fresh_connection
 from core.ids import as_uuid
 
-from . import privacy
+from . import privacy, rows
 from .errors import ForeignAccess
 from .models import ChatSession, SessionVault, Turn
 from .stores import history_store
@@ -110,12 +110,7 @@ def chat_session_take_seq_for_owner(
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     session.next_seq -= 1
-    wrapped, entries = session.vault_wrapped_key, session.vault_entries
-    session.vault_row = (
-        None
-        if wrapped is None
-        else SessionVault(session_id=session.pk, wrapped_key=wrapped, entries=entries)
-    )
+    session.vault_row = _vault(session.pk, session.vault_wrapped_key, session.vault_entries)
     return session
 
 
@@ -135,20 +130,50 @@ _TAKE_SEQ = f"""
 def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:
     """Return the caller's turn in a live session, with its messages in ``exchange``."""
     tid = as_uuid(turn_id)
-    # The session's vault rides along (a LEFT JOIN on its primary key), so restoring the
-    # exchange's placeholders needs no query of its own. The owner gate is the same filter.
-    turns = Turn.objects.select_related("session", "session__vault")
-    turn = turns.filter(pk=tid, session__in=_live_owned(user)).first() if tid else None
+    turn, vault_row = _turn_owned(user, tid) if tid else (None, None)
     if turn is None:
         session_id = Turn.objects.filter(pk=tid).values_list("session_id", flat=True).first()
         raise _not_found(user=user, session_id=session_id, detail=TURN_NOT_FOUND, what="turn")
     exchange = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
     turn.exchange = privacy.messages_restore(
-        session_id=turn.session_id,
-        messages=exchange,
-        vault_row=getattr(turn.session, "vault", None),  # read along; None: it has none
+        session_id=turn.session_id, messages=exchange, vault_row=vault_row
     )
     return turn
+
+
+def _turn_owned(user: AbstractBaseUser, tid: uuid.UUID) -> tuple[Turn | None, SessionVault | None]:
+    """Return the caller's turn in a live session with its session, and the session's vault
+    (None: it has none), read along so that restoring the exchange needs no query of its own.
+
+    Every wait ends with this read: on Postgres it is one statement written out
+    (``rows``), which costs a fraction of the CPU the ORM takes to build it.
+    """
+    if rows.in_sql():
+        row = rows.one(_TURN_OWNED, [tid, user.pk, timezone.now()])
+        turn = rows.turn_from_row(row[:-2] if row else None)
+        return turn, (_vault(turn.session_id, *row[-2:]) if turn else None)
+    turns = Turn.objects.select_related("session", "session__vault")
+    turn = turns.filter(pk=tid, session__in=_live_owned(user)).first()
+    return turn, getattr(turn.session, "vault", None) if turn else None
+
+
+def _vault(
+    session_id: uuid.UUID, wrapped_key: bytes | None, entries: bytes | None
+) -> SessionVault | None:
+    if wrapped_key is None:
+        return None
+    return SessionVault(session_id=session_id, wrapped_key=wrapped_key, entries=entries)
+
+
+# The owner gate of ``_live_owned``, written out: the owner's live session.
+_TURN_OWNED = f"""
+    SELECT {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)},
+        v."wrapped_key", v."entries"
+    FROM "{Turn._meta.db_table}" AS t
+    JOIN "{ChatSession._meta.db_table}" AS s ON s."id" = t."session_id"
+    LEFT JOIN "{SessionVault._meta.db_table}" AS v ON v."session_id" = t."session_id"
+    WHERE t."id" = %s AND s."owner_id" = %s AND s."expires_at" > %s
+"""  # noqa: S608 - names from the models; values are parameters
 
 
 class SessionHistory(Sequence):

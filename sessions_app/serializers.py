@@ -42,6 +42,12 @@ class MessageSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+# One instance serializes every turn's messages: a ModelSerializer builds its fields from
+# the model on each instance, several times the cost of the representation itself, and
+# ``to_representation`` keeps no state.
+_MESSAGE = MessageSerializer()
+
+
 class StrictTextField(serializers.CharField):
     """A CharField that refuses numbers and booleans instead of turning them into text."""
 
@@ -129,7 +135,7 @@ class TurnSerializer(serializers.ModelSerializer):
     def _message(self, turn: Turn, role: str) -> dict[str, Any] | None:
         # The turn's messages come from the history store with the turn (``exchange``).
         message = next((m for m in turn.exchange if m.role == role), None)
-        return MessageSerializer(message).data if message else None
+        return _MESSAGE.to_representation(message) if message else None
 
     @extend_schema_field(MessageSerializer)
     def get_user_message(self, turn: Turn) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -26,7 +26,7 @@ from audit_app.services import (
 )
 from core.ids import as_uuid
 
-from . import crypto, events, privacy
+from . import crypto, events, privacy, rows
 from .errors import TurnInFlight
 from .models import ChatSession, Turn
 from .queries import turn_get, turn_list_stale
@@ -224,14 +224,9 @@ def turn_claim(*, turn_id: object) -> Turn | None:
 
 # Postgres claims a turn, and ends one, in one UPDATE ... RETURNING each, rows built from
 # what it returns: a claim is then one round trip instead of an update and a read, a
-# turn's end one instead of a lock and two updates. The ORM cannot return from an UPDATE,
-# so elsewhere (SQLite) it takes the same steps in more statements.
+# turn's end one instead of a lock and two updates (``rows``).
 _TURN, _SESSION = Turn._meta, ChatSession._meta
 _IN_FLIGHT = ", ".join(f"'{status}'" for status in Turn.IN_FLIGHT)  # constants, not input
-
-
-def _returning(alias: str, meta) -> str:
-    return ", ".join(f'{alias}."{field.column}"' for field in meta.concrete_fields)
 
 
 _START_SQL = f"""
@@ -239,7 +234,7 @@ _START_SQL = f"""
     SET "status" = %s, "attempts" = t."attempts" + 1, "started_at" = %s, "updated_at" = %s
     FROM "{_SESSION.db_table}" AS s
     WHERE t."id" = %s AND t."status" IN ({_IN_FLIGHT}) AND s."id" = t."session_id"
-    RETURNING {_returning("t", _TURN)}, {_returning("s", _SESSION)}
+    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)}
 """  # noqa: S608 - names from the models, statuses from constants; values are parameters
 # The session's row is updated (locked) before the turn's, the order a DELETE takes them.
 # If the turn ended meanwhile, the turn's UPDATE re-reads its row and matches nothing.
@@ -257,29 +252,8 @@ _END_SQL = f"""
         "error_code" = '', "error_detail" = ''
     FROM s
     WHERE t."id" = %s AND t."session_id" = s."id" AND t."status" IN ({_IN_FLIGHT})
-    RETURNING {_returning("t", _TURN)}, {_returning("s", _SESSION)}
+    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)}
 """  # noqa: S608 - names from the models, statuses from constants; values are parameters
-
-
-def _returning_updates() -> bool:
-    return connection.vendor == "postgresql"
-
-
-def _execute_one(sql: str, params: list[object]) -> tuple | None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
-
-
-def _turn_from_row(row: tuple | None) -> Turn | None:
-    """Return the turn, its session attached, from a row of ``_returning`` turn + session."""
-    if row is None:
-        return None
-    split = len(_TURN.concrete_fields)
-    turn = Turn.from_db(connection.alias, None, row[:split])
-    session = ChatSession.from_db(connection.alias, None, row[split:])
-    Turn.session.field.set_cached_value(turn, session)
-    return turn
 
 
 def _turn_start(turn_id: object) -> Turn | None:
@@ -289,8 +263,8 @@ def _turn_start(turn_id: object) -> Turn | None:
     if tid is None:
         return None
     now = timezone.now()
-    if _returning_updates():
-        return _turn_from_row(_execute_one(_START_SQL, [Turn.Status.RUNNING.value, now, now, tid]))
+    if rows.in_sql():
+        return rows.turn_from_row(rows.one(_START_SQL, [Turn.Status.RUNNING.value, now, now, tid]))
     updated = Turn.objects.filter(pk=tid, status__in=Turn.IN_FLIGHT).update(
         status=Turn.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
     )
@@ -370,10 +344,10 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     inside a transaction, and roll that back on None: the session may have moved on.
     """
     now = timezone.now()
-    if _returning_updates():
+    if rows.in_sql():
         tid = as_uuid(turn_id)
         params = [tid, str(status), withheld, now, now, tid]
-        return _turn_from_row(_execute_one(_END_SQL, params))
+        return rows.turn_from_row(rows.one(_END_SQL, params))
     turn = _turn_lock(turn_id)
     if turn is None or turn.is_finished:
         return None

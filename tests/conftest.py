@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from django.core.cache import cache
+from django.db import connections
 from django.test.client import Client
 from redis import Redis
 from rest_framework.test import APIClient
@@ -61,6 +62,15 @@ def client_for(user) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {token_for(user)}")
     return client
+
+
+@pytest.fixture(params=["postgresql", "other"])
+def vendor(request, monkeypatch) -> str:
+    """Run the test both ways the code takes: Postgres's statements written out
+    (``sessions_app.rows``), and the ORM's steps that other databases (SQLite) take."""
+    if request.param == "other":  # every thread's connection: the class's attribute
+        monkeypatch.setattr(type(connections["default"]), "vendor", "other")
+    return request.param
 
 
 @pytest.fixture

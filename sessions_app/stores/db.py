@@ -2,13 +2,26 @@
 
 import uuid
 
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 from django.db.models import QuerySet
 
-from ..models import Message
+from .. import rows
+from ..models import ChatSession, Message
 from .base import BaseHistoryStore, DuplicateReply, SessionLike, StoredMessage
 
 FIELDS = ("id", "seq", "role", "content", "status", "created_at", "turn_id", "session_id")
+
+# A turn's messages and a session's whole history are read on every turn (by the waiting
+# view and by the worker): on Postgres written out (``rows``), the same query as ``_rows``.
+_SELECT = f"""
+    SELECT {", ".join(f'm."{Message._meta.get_field(name).column}"' for name in FIELDS)},
+        s."owner_id"
+    FROM "{Message._meta.db_table}" AS m
+    JOIN "{ChatSession._meta.db_table}" AS s ON s."id" = m."session_id"
+    WHERE m."session_id" = %s AND s."owner_id" = %s
+"""  # noqa: S608 - names from the models; values are parameters
+_ALL = _SELECT + 'ORDER BY m."seq"'
+_OF_TURN = _SELECT + 'AND m."turn_id" = %s ORDER BY m."seq"'
 
 
 class HistoryStore(BaseHistoryStore):
@@ -52,9 +65,13 @@ class HistoryStore(BaseHistoryStore):
         )
 
     def _turn_messages(self, session, turn_id: uuid.UUID) -> list[StoredMessage]:
+        if rows.in_sql():
+            return _fetched(_OF_TURN, [session.pk, session.owner_id, turn_id])
         return self._read(self._rows(session).filter(turn_id=turn_id))
 
     def _all(self, session) -> list[StoredMessage]:
+        if rows.in_sql():
+            return _fetched(_ALL, [session.pk, session.owner_id])
         return self._read(self._rows(session))
 
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
@@ -70,3 +87,13 @@ class HistoryStore(BaseHistoryStore):
         self._rows(session).filter(turn_id=turn_id, role=role).update(
             content=content, status=status
         )
+
+
+def _fetched(sql: str, params: list[object]) -> list[StoredMessage]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    return [
+        StoredMessage(user_id=owner_id, **dict(zip(FIELDS, values, strict=True)))
+        for *values, owner_id in found
+    ]

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.cache import cache
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from audit_app.models import AuditEntry
@@ -19,14 +19,7 @@ from sessions_app.tasks import run_turn
 from ..fakes.claude import FakeClaude
 from ..support import lock_waiter, turn_task_args
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True, params=["postgresql", "other"])
-def vendor(request, monkeypatch) -> str:
-    if request.param == "other":  # every thread's connection: the class's attribute
-        monkeypatch.setattr(type(connections["default"]), "vendor", "other")
-    return request.param
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("vendor")]
 
 
 @pytest.fixture

@@ -1,0 +1,41 @@
+"""Statements written in SQL on Postgres, and the models built from their rows.
+
+The ORM cannot return from an ``UPDATE``, and building the SQL of a query costs more CPU
+than Postgres spends running a small one: the few statements every turn runs are written
+here once, their columns named (a connection keeps them prepared, and a prepared statement
+whose result columns change fails), their rows built into models as the ORM would. Other
+databases (SQLite) take the same steps through the ORM.
+"""
+
+from django.db import connection
+from django.db.models import Model
+
+from .models import ChatSession, Turn
+
+
+def in_sql() -> bool:
+    """Tell whether this connection runs the statements written here (Postgres)."""
+    return connection.vendor == "postgresql"
+
+
+def columns(alias: str, model: type[Model]) -> str:
+    """Return ``alias."column", ...`` for every concrete field of ``model``, in order."""
+    return ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
+
+
+def one(sql: str, params: list[object]) -> tuple | None:
+    """Run ``sql``; return its first row, or None."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def turn_from_row(row: tuple | None) -> Turn | None:
+    """Return the turn, its session attached, from a row of ``columns`` turn + session."""
+    if row is None:
+        return None
+    split = len(Turn._meta.concrete_fields)
+    turn = Turn.from_db(connection.alias, None, row[:split])
+    session = ChatSession.from_db(connection.alias, None, row[split:])
+    Turn.session.field.set_cached_value(turn, session)
+    return turn
