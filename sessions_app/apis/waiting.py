@@ -42,7 +42,9 @@ def wait_subscribe(
     Called before the turn is queued: every change then comes as a notification, so the
     wait needs no first read. With Redis down the wait polls instead.
     """
-    changes = events.turn_changes(turn_id=turn_id, timeout=timeout, poll_if_down=True, gone=gone)
+    changes = events.turn_changes(
+        turn_id=turn_id, timeout=timeout, poll_if_down=True, gone=gone, unread=Turn.IN_FLIGHT
+    )
     next(changes)
     # A task run eagerly has run by the time the wait begins, its notifications published
     # only when the request's transaction commits (or, inside a test's, never): look first.
@@ -62,10 +64,10 @@ def turn_wait(*, user, turn: Turn, changes: Iterator[str | None] | None) -> Turn
 
     ``changes`` comes from ``wait_subscribe``, taken before the turn was queued; without
     it (no wait) the turn is read as it is now. A notification that the turn is pending or
-    running costs nothing, one that it ended a read of the whole turn, and an idle tick or
-    a poll one small query first. Every read goes through ``turn_refresh_for_owner``: the
-    message is stored, so a connection lost now must not turn into an error that makes the
-    client send it again.
+    running does not even wake the wait, one that it ended costs a read of the whole turn,
+    and an idle tick or a poll one small query first. Every read goes through
+    ``turn_refresh_for_owner``: the message is stored, so a connection lost now must not
+    turn into an error that makes the client send it again.
     """
     if changes is None:
         return turn_reread(user, turn)

@@ -109,9 +109,19 @@ class Subscription:
         self.changed.clear()
         return True
 
-    async def take(self, timeout: float) -> str | None:
-        """``wait``, then return the status it was told (taken in the same step), or None."""
-        return self.status if await self.wait(timeout) else None
+    async def take(self, timeout: float, skip: Collection[str] = ()) -> str | None:
+        """``wait``, then return the status it was told (taken in the same step), or None.
+
+        A status in ``skip`` is taken and waited past, within the same ``timeout``: a
+        waiter with nothing to do on it is not woken for it (a thread wakes, a notification
+        at a time, across the listener's loop and back).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while await self.wait(timeout):
+            if self.lost or self.status not in skip:
+                return self.status
+            timeout = deadline - asyncio.get_running_loop().time()
+        return None
 
     def told(self, status: str) -> None:
         """A notification came. Until the waiter takes it, an end (or an unknown status)

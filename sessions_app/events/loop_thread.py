@@ -10,6 +10,7 @@ command too.
 import asyncio
 import os
 import threading
+from collections.abc import Collection
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis.exceptions
@@ -75,12 +76,13 @@ class ThreadSubscription:
         """True once the listener's connection is gone: the waiter polls from then on."""
         return self._subscription.lost
 
-    def wait(self, timeout: float) -> str | None:
-        """Block up to ``timeout`` s for a notification; return its status, or None if none.
+    def wait(self, timeout: float, skip: Collection[str] = ()) -> str | None:
+        """Block up to ``timeout`` s for a notification whose status is not in ``skip``;
+        return its status, or None if none came.
 
         Raise ``redis.exceptions.TimeoutError`` if the listener's loop does not answer.
         """
-        status = self._loop.call(self._subscription.take(timeout), timeout)
+        status = self._loop.call(self._subscription.take(timeout, skip), timeout)
         if status is None:
             return None
         return UNKNOWN if self._subscription.lost else status

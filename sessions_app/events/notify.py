@@ -10,7 +10,7 @@ process's one listener (``turn_changes``).
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import redis.asyncio
 import redis.exceptions
@@ -60,9 +60,11 @@ def turn_changes(
     tick: float = 15.0,
     poll_if_down: bool = False,
     gone: Callable[[], bool] | None = None,
+    unread: Collection[str] = (),
 ) -> Iterator[str | None]:
     """Yield the new status (``UNKNOWN`` if not said) on each change notification of a
-    turn, and None first and on every idle ``tick``.
+    turn, but not one naming a status in ``unread`` (the caller has nothing to do on it),
+    and None first and on every idle ``tick``.
 
     The subscription is open before the first yield, so a caller that re-reads the turn
     after the first ``next()``, or creates or queues it then, cannot miss a change that
@@ -94,7 +96,7 @@ def turn_changes(
         last = time.monotonic()
         while (remaining := deadline - time.monotonic()) > 0 and not gone():
             try:
-                status = subscription.wait(min(1.0, remaining))
+                status = subscription.wait(min(1.0, remaining), skip=unread)
             except redis.exceptions.TimeoutError:
                 status, lost = None, True  # the listener is stuck: as good as lost
             else:

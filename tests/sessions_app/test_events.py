@@ -3,6 +3,7 @@ Redis is not there."""
 
 import asyncio
 import copy
+import threading
 import uuid
 
 import pytest
@@ -10,6 +11,7 @@ import redis
 from django.conf import settings
 
 from sessions_app import events
+from sessions_app.models import Turn
 
 
 @pytest.fixture
@@ -266,8 +268,6 @@ def pubsub_connections(url: str) -> int:
 
 
 def test_waiting_threads_share_one_connection_and_each_hears_its_own_turn(settings):
-    import threading
-
     url = settings.REDIS_URL
     turns = [uuid.uuid4() for _ in range(6)]
     heard: dict = {}
@@ -350,3 +350,34 @@ def test_a_listener_whose_subscription_is_never_confirmed_drops_its_connection(
             private_redis.thaw()
 
     assert asyncio.run(scenario())
+
+
+def test_a_status_the_waiter_skips_does_not_wake_it(settings):
+    turn = uuid.uuid4()
+
+    async def scenario() -> list:
+        listener = events.turn_listener()
+        waiter = await listener.subscribe(turn)
+        waiter.told("running")
+        skipped = await waiter.take(0.1, skip=Turn.IN_FLIGHT)  # taken, waited past
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, waiter.told, "running")
+        loop.call_later(0.1, waiter.told, "completed")
+        ended = await waiter.take(5, skip=Turn.IN_FLIGHT)
+        waiter.told("running")
+        waiter.lost = True  # the waiter must hear of a loss, whatever the status
+        lost = await waiter.take(1, skip=Turn.IN_FLIGHT)
+        waiter.close()
+        return [skipped, ended, lost]
+
+    assert asyncio.run(scenario()) == [None, "completed", "running"]
+
+
+def test_a_waiting_thread_is_not_woken_for_a_status_it_does_not_read(settings):
+    url, turn = settings.REDIS_URL, uuid.uuid4()
+    changes = events.turn_changes(turn_id=turn, timeout=10, tick=60, unread=Turn.IN_FLIGHT)
+    assert next(changes) is None  # subscribed
+    for delay, status in ((0.1, "running"), (0.4, "completed")):
+        threading.Timer(delay, published, (url, turn, status)).start()
+    assert next(changes) == "completed"  # not "running" first
+    changes.close()
