@@ -172,17 +172,22 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
     def _accept_checked(self, request: Request, session_id: str) -> "_Accepted":
         """DRF's own checks (authentication, the throttle), then ``_accept``."""
         self.initial(request, session_id=session_id)
-        return self._accept(request, session_id)
+        return self._accept(request, session_id, subscribe_on_loop=True)
 
     def _accept(
-        self, request: Request, session_id: str, *, gone: Callable[[], bool] | None = None
+        self,
+        request: Request,
+        session_id: str,
+        *,
+        subscribe_on_loop: bool = False,
+        gone: Callable[[], bool] | None = None,
     ) -> "_Accepted":
         """Validate, take the wait's slots, store the message and queue its turn.
 
         A wait subscribes to the turn's changes before the turn is queued, so that it needs
-        no first read of the turn: here with ``gone`` (a synchronous wait); without it (on
-        the event loop) a waited turn is left unqueued, for ``_accept_async`` to subscribe
-        and then queue.
+        no first read of the turn: here for a synchronous wait, told by ``gone`` that its
+        client hung up; with ``subscribe_on_loop`` a waited turn is left unqueued instead,
+        for ``_accept_async`` to subscribe on the event loop and then queue.
         """
         wait = _wait_seconds(request)
         data = MessageCreateSerializer(data=request.data)
@@ -195,7 +200,7 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             turn = services.message_accept(
                 user=request.user, session_id=session_id, content=data.validated_data["content"]
             )
-            if timeout and gone is None:  # the event loop subscribes, then queues
+            if timeout and subscribe_on_loop:  # the event loop subscribes, then queues
                 return _Accepted(turn, wait, timeout, release)
             if timeout:
                 changes = wait_subscribe(turn_id=turn.pk, timeout=timeout, gone=gone)
