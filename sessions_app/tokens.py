@@ -11,6 +11,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication
 from knox.models import AuthToken
+from knox.signals import token_expired
 from rest_framework.authentication import get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
@@ -62,13 +63,16 @@ class TokenAuthentication(KnoxTokenAuthentication):
     def _cleanup_token(self, auth_token: AuthToken) -> bool:
         """Refuse (and delete) the token if it has expired; True if so.
 
-        Knox's own also reads every other token of the user on every request, to delete
+        As knox's own, send knox's ``token_expired`` signal (``source="auth_token"``) when it
+        goes. Knox's own also reads every other token of the user on every request, to delete
         the expired ones: a query per API call that grows with the user's sign-ins. Those
         go at the user's next sign-in and in the periodic purge instead; an expired token
         authenticates nothing either way.
         """
         if auth_token.expiry is not None and auth_token.expiry < timezone.now():
+            username = auth_token.user.get_username()  # read with the token: no query
             auth_token.delete()
+            token_expired.send(sender=self.__class__, username=username, source="auth_token")
             return True
         return False
 

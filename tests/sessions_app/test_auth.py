@@ -24,6 +24,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
+from knox.signals import token_expired
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
@@ -111,12 +112,22 @@ def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
     assert AuthToken.objects.filter(user=user).count() == 12  # nothing read, nothing deleted
 
 
-def test_an_expired_token_is_refused_and_deleted(user):
+def test_an_expired_token_is_refused_and_deleted_and_knox_signals_it(user):
     key = token_for(user)
     AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
-    response = with_token(key).get(SESSIONS_URL)
+    signalled = []
+
+    def expired(sender, **kwargs) -> None:
+        signalled.append((sender, kwargs["username"], kwargs["source"]))
+
+    token_expired.connect(expired)
+    try:
+        response = with_token(key).get(SESSIONS_URL)
+    finally:
+        token_expired.disconnect(expired)
     assert response.status_code == 401
     assert not AuthToken.objects.filter(user=user).exists()
+    assert signalled == [(TokenAuthentication, user.username, "auth_token")]
 
 
 def test_expired_tokens_go_at_the_next_sign_in_and_in_the_purge(user, other_user):
