@@ -44,7 +44,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
 # One instance serializes every turn's messages: a ModelSerializer builds its fields from
 # the model on each instance, several times the cost of the representation itself, and
-# ``to_representation`` keeps no state.
+# ``to_representation`` keeps no state (see ``turn_data``).
 _MESSAGE = MessageSerializer()
 
 
@@ -150,6 +150,15 @@ class TurnSerializer(serializers.ModelSerializer):
         if not turn.error_code:
             return None
         return {"code": turn.error_code, "detail": turn.error_detail}
+
+
+_TURN = TurnSerializer()
+
+
+def turn_data(turn: Turn) -> dict[str, Any]:
+    """Return ``turn`` as API.md shows it (``TurnSerializer(turn).data``), by one shared
+    instance, as ``_MESSAGE`` serializes messages: every answer of the chat carries a turn."""
+    return _TURN.to_representation(turn)
 
 
 class SessionCreateSerializer(serializers.Serializer):

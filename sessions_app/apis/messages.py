@@ -31,6 +31,7 @@ from ..serializers import (
     MessageCreateSerializer,
     MessageSerializer,
     TurnSerializer,
+    turn_data,
 )
 from .common import (
     MAX_WAIT_SECONDS,
@@ -131,7 +132,7 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         finally:
             accepted.release()
         ended = accepted.wait is not None and turn.is_finished
-        return self._answer(TurnSerializer(turn).data, ended=ended)
+        return self._answer(turn_data(turn), ended=ended)
 
     async def apost(self, request: HttpRequest, session_id: str) -> HttpResponseBase:
         """POST on the event loop: the accept, the queueing and each re-read in a thread, a
@@ -144,7 +145,7 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
                 if accepted.watch is not None:
                     request_thread_release()
                     turn = await turn_wait_async(user=drf_request.user, watch=accepted.watch)
-                data = await events.in_thread(lambda: TurnSerializer(turn).data)
+                data = await events.in_thread(turn_data, turn)
             finally:
                 await accepted.aclose()
             return self._answer(data, ended=accepted.wait is not None and turn.is_finished)

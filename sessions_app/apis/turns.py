@@ -25,6 +25,7 @@ from .. import events, selectors
 from ..models import Turn
 from ..serializers import (
     TurnSerializer,
+    turn_data,
 )
 from .common import (
     KEEPALIVE_SECONDS,
@@ -57,7 +58,7 @@ class TurnDetailApi(LoggedUserMixin, APIView):
     def get(self, request: Request, turn_id: str) -> Response:
         """Read a turn of the caller's: its status, message, reply or error."""
         turn = selectors.turn_get_for_owner(user=request.user, turn_id=turn_id)
-        return Response(TurnSerializer(turn).data)
+        return Response(turn_data(turn))
 
 
 class _Releasing:
@@ -84,7 +85,7 @@ class _Releasing:
 
 
 def _sse(turn: Turn) -> str:
-    return f"event: turn\ndata: {json.dumps(TurnSerializer(turn).data, default=str)}\n\n"
+    return f"event: turn\ndata: {json.dumps(turn_data(turn), default=str)}\n\n"
 
 
 class _AsyncStream:
