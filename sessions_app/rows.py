@@ -30,6 +30,13 @@ def one(sql: str, params: list[object]) -> tuple | None:
         return cursor.fetchone()
 
 
+def many(sql: str, params: list[object]) -> list[tuple]:
+    """Run ``sql``; return all its rows."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
 def turn_from_row(row: tuple | None) -> Turn | None:
     """Return the turn, its session attached, from a row of ``columns`` turn + session."""
     if row is None:

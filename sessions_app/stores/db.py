@@ -1,8 +1,9 @@
 """History in database rows (``Message``): the default store, the truth for ``cached_db``."""
 
 import uuid
+from collections.abc import Iterable
 
-from django.db import IntegrityError, connection
+from django.db import IntegrityError
 from django.db.models import QuerySet
 
 from .. import rows
@@ -33,10 +34,7 @@ class HistoryStore(BaseHistoryStore):
         ).order_by("seq")
 
     def _read(self, queryset: QuerySet[Message]) -> list[StoredMessage]:
-        return [
-            StoredMessage(user_id=owner_id, **dict(zip(FIELDS, values, strict=True)))
-            for *values, owner_id in queryset.values_list(*FIELDS, "session__owner_id")
-        ]
+        return _messages(queryset.values_list(*FIELDS, "session__owner_id"))
 
     def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
         try:
@@ -66,12 +64,12 @@ class HistoryStore(BaseHistoryStore):
 
     def _turn_messages(self, session, turn_id: uuid.UUID) -> list[StoredMessage]:
         if rows.in_sql():
-            return _fetched(_OF_TURN, [session.pk, session.owner_id, turn_id])
+            return _messages(rows.many(_OF_TURN, [session.pk, session.owner_id, turn_id]))
         return self._read(self._rows(session).filter(turn_id=turn_id))
 
     def _all(self, session) -> list[StoredMessage]:
         if rows.in_sql():
-            return _fetched(_ALL, [session.pk, session.owner_id])
+            return _messages(rows.many(_ALL, [session.pk, session.owner_id]))
         return self._read(self._rows(session))
 
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
@@ -89,10 +87,8 @@ class HistoryStore(BaseHistoryStore):
         )
 
 
-def _fetched(sql: str, params: list[object]) -> list[StoredMessage]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        found = cursor.fetchall()
+def _messages(found: Iterable[tuple]) -> list[StoredMessage]:
+    """Messages from rows of ``FIELDS`` and the owner's id read back from their session."""
     return [
         StoredMessage(user_id=owner_id, **dict(zip(FIELDS, values, strict=True)))
         for *values, owner_id in found
