@@ -59,6 +59,7 @@ def with_token(key: str, keyword: str = "Token") -> APIClient:
 # Tokens --------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_a_sign_in_issues_a_token_that_works_under_token_and_bearer(user):
     response = sign_in_api(user.username, PASSWORD)
     assert response.status_code == 200
@@ -68,6 +69,7 @@ def test_a_sign_in_issues_a_token_that_works_under_token_and_bearer(user):
         assert with_token(body["token"], keyword).get(SESSIONS_URL).status_code == 200, keyword
 
 
+@pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_the_token_expires_after_token_ttl_seconds(user, settings):
     settings.TOKEN_TTL_SECONDS = 3600
     before = timezone.now()
@@ -86,6 +88,7 @@ def test_the_token_expires_after_token_ttl_seconds(user, settings):
     assert set(response.json()) >= {"detail", "code"}
 
 
+@pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_each_sign_in_gets_its_own_token_and_sign_out_revokes_only_that_one(user):
     phone, laptop = (sign_in_api(user.username, PASSWORD).json()["token"] for _ in range(2))
     assert phone != laptop
@@ -98,6 +101,7 @@ def test_each_sign_in_gets_its_own_token_and_sign_out_revokes_only_that_one(user
     assert with_token(laptop).get(SESSIONS_URL).status_code == 200
 
 
+@pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
     """One query authenticates, not one more that reads every other token of the user."""
     keys = [token_for(user) for _ in range(12)]
@@ -112,6 +116,7 @@ def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
     assert AuthToken.objects.filter(user=user).count() == 12  # nothing read, nothing deleted
 
 
+@pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_an_expired_token_is_refused_and_deleted_and_knox_signals_it(user):
     key = token_for(user)
     AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
@@ -128,6 +133,27 @@ def test_an_expired_token_is_refused_and_deleted_and_knox_signals_it(user):
     assert response.status_code == 401
     assert not AuthToken.objects.filter(user=user).exists()
     assert signalled == [(TokenAuthentication, user.username, "auth_token")]
+
+
+@pytest.mark.usefixtures("vendor")
+def test_the_request_carries_the_tokens_own_user_whole(user, other_user):
+    mine, theirs = token_for(user), token_for(other_user)
+    for key, owner in ((mine, user), (theirs, other_user)):
+        request = APIRequestFactory().get(SESSIONS_URL, HTTP_AUTHORIZATION=f"Token {key}")
+        authenticated, token = TokenAuthentication().authenticate(Request(request))
+        assert (authenticated.pk, token.user_id, token.token_key) == (owner.pk, owner.pk, key[:15])
+        assert (authenticated.username, authenticated.is_active) == (owner.username, True)
+        assert authenticated.date_joined == owner.date_joined  # a whole row, not a few columns
+
+
+@pytest.mark.usefixtures("vendor")
+def test_a_wrong_secret_under_a_real_key_and_an_inactive_users_token_are_401(user):
+    key = token_for(user)
+    forged = key[:15] + ("0" if key[15] != "0" else "1") + key[16:]
+    assert with_token(forged).get(SESSIONS_URL).status_code == 401
+    assert with_token(key).get(SESSIONS_URL).status_code == 200
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    assert with_token(key).get(SESSIONS_URL).status_code == 401
 
 
 def test_expired_tokens_go_at_the_next_sign_in_and_in_the_purge(user, other_user):

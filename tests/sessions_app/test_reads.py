@@ -78,3 +78,29 @@ def test_the_stores_reads_are_the_owners_only(answered, user, other_user):
     theirs = SessionRef(pk=turn.session_id, owner_id=other_user.pk)
     assert len(history_store().turn_messages(session=mine, turn_id=turn.pk)) == 2
     assert history_store().turn_messages(session=theirs, turn_id=turn.pk) == []
+
+
+def _converted_on_reading(model) -> list[str]:
+    """The fields Django converts on reading ``model`` from this database."""
+    return [
+        field.name
+        for field in model._meta.concrete_fields
+        if field.get_db_converters(connection)
+        or connection.ops.get_db_converters(field.get_col(model._meta.db_table))
+    ]
+
+
+def test_no_model_built_from_a_written_out_row_needs_converting():
+    """``rows`` builds models from the values Postgres's driver returns: a field Django
+    converts on reading (a JSONField, say) would come through raw."""
+    from django.contrib.auth import get_user_model
+    from knox.models import AuthToken
+
+    from audit_app.models import AuditEntry
+    from sessions_app.models import Message, SessionVault, Turn
+
+    assert _converted_on_reading(AuditEntry) == ["evidence"]  # the check sees one
+    built = (Turn, ChatSession, SessionVault, Message, AuthToken, get_user_model())
+    assert {model.__name__: _converted_on_reading(model) for model in built} == {
+        model.__name__: [] for model in built
+    }
