@@ -117,13 +117,13 @@ def chat_session_take_seq_for_owner(
 # Its columns are named, not ``*``: a connection keeps the statement prepared, and a
 # prepared statement whose result columns change (a migration adds one) fails.
 _TAKE_SEQ = f"""
-    UPDATE sessions_app_chatsession
-    SET next_seq = next_seq + 1, last_activity_at = %s, expires_at = %s
-    WHERE id = %s AND owner_id = %s AND expires_at > %s
-    RETURNING {", ".join(f'"{field.column}"' for field in ChatSession._meta.concrete_fields)},
-        (SELECT wrapped_key FROM sessions_app_sessionvault WHERE session_id = id)
+    UPDATE sessions_app_chatsession AS s
+    SET next_seq = s.next_seq + 1, last_activity_at = %s, expires_at = %s
+    WHERE s.id = %s AND s.owner_id = %s AND s.expires_at > %s
+    RETURNING {rows.columns("s", ChatSession)},
+        (SELECT wrapped_key FROM sessions_app_sessionvault WHERE session_id = s.id)
             AS vault_wrapped_key,
-        (SELECT entries FROM sessions_app_sessionvault WHERE session_id = id) AS vault_entries
+        (SELECT entries FROM sessions_app_sessionvault WHERE session_id = s.id) AS vault_entries
 """  # noqa: S608 - column names from the model; values are parameters
 
 
