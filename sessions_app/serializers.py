@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate
+from django.core.validators import ProhibitNullCharactersValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -202,6 +203,14 @@ class TokenSerializer(serializers.Serializer):
 )
 class StatelessTokenField(StrictTextField):
     """A stateless token as sent: its form and authenticity are ``stateless.token_open``'s."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # A NUL in a token is a malformed token, answered as every other one is
+        # (``token_malformed``), not with CharField's own ``null_characters_not_allowed``.
+        self.validators = [
+            v for v in self.validators if not isinstance(v, ProhibitNullCharactersValidator)
+        ]
 
 
 class StatelessChatRequestSerializer(MessageCreateSerializer):

@@ -127,6 +127,8 @@ def _foreign(token: str) -> str:
     [
         (lambda token: "not a token at all", "token_malformed"),
         (lambda token: "", "token_malformed"),
+        # CharField's own NUL check would answer null_characters_not_allowed instead.
+        (lambda token: token[:10] + "\x00" + token[10:], "token_malformed"),
         (lambda token: token.replace("=", "") + "A", "token_truncated"),
         (lambda token: token[:-12], "token_truncated"),
         (lambda token: token[:40], "token_truncated"),
