@@ -1,3 +1,4 @@
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -6,6 +7,7 @@ import pytest
 from django.core.cache import cache
 from django.db import connections
 from django.test.client import Client
+from django.test.utils import CaptureQueriesContext
 from redis import Redis
 from rest_framework.test import APIClient
 
@@ -71,6 +73,18 @@ def vendor(request, monkeypatch) -> str:
     if request.param == "other":  # every thread's connection: the class's attribute
         monkeypatch.setattr(type(connections["default"]), "vendor", "other")
     return request.param
+
+
+def as_written(captured: CaptureQueriesContext, *statements: str) -> list[str]:
+    """Return the SQL ``captured`` ran, each statement that is one of ``statements`` (a
+    module's SQL, written out) given back as that constant: Django records a statement with
+    the values in place of its ``%s``."""
+    shapes = {sql: re.escape(sql).replace("%s", ".+?") for sql in statements}
+
+    def written(ran: str) -> str:
+        return next((sql for sql, shape in shapes.items() if re.fullmatch(shape, ran)), ran)
+
+    return [written(query["sql"]) for query in captured]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ fetched around the ownership gate, each shown to catch the defect it names."""
 
 import ast
 import textwrap
+from collections.abc import Set
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,6 +131,82 @@ def test_the_shared_state_lint_catches_what_it_names():
     ]
     fine = "NAMES = ('a', 'b')\nurlpatterns = []\nclass M:\n    fields = ['x']\n"
     assert shared_state_offenses("fine.py", fine) == []
+
+
+# A serializer instance at module level is shared by every request too. It is safe while
+# each call hands it its object (``to_representation``): its ``instance``, ``data`` and the
+# rest below keep one call's object for the next caller (``is_valid`` and ``save`` fill
+# them). Each instance is listed with why it is safe, and no module touches that state.
+# (Found by name: ``services._TURN`` is ``Turn._meta``, whose attributes are none of those.)
+SHARED_SERIALIZERS = {
+    "_MESSAGE": "turns' messages, by to_representation only (TurnSerializer._message)",
+    "_TURN": "every answer's turn, by to_representation only (turn_data)",
+}
+SERIALIZER_STATE = {"data", "instance", "initial_data", "validated_data", "is_valid", "save"}
+
+
+def _serializer_instances(tree: ast.Module) -> list[str]:
+    """The module-level names bound to a call of a ``...Serializer``."""
+    return [
+        target
+        for target, value in _assignments(tree.body)
+        if isinstance(value, ast.Call) and _called(value).endswith("Serializer")
+    ]
+
+
+def _called(call: ast.Call) -> str:
+    return getattr(call.func, "id", None) or getattr(call.func, "attr", None) or ""
+
+
+def shared_serializer_offenses(
+    name: str, source: str, elsewhere: Set[str] = frozenset()
+) -> list[str]:
+    """Return the unlisted module-level serializer instances of ``source``, and every use
+    of the per-call state of one, its own or one of ``elsewhere`` (other modules')."""
+    tree = ast.parse(source)
+    own = _serializer_instances(tree)
+    found = [f"{name}: {target} unlisted" for target in own if target not in SHARED_SERIALIZERS]
+    shared = elsewhere | set(own)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in SERIALIZER_STATE:
+            owner = getattr(node.value, "id", None) or getattr(node.value, "attr", None)
+            if owner in shared:
+                found.append(f"{name}:{node.lineno} {owner}.{node.attr}")
+    return found
+
+
+def test_shared_serializer_instances_are_listed_and_keep_no_state():
+    sources = list(_sources(*APPS))
+    shared = {n for _, src in sources for n in _serializer_instances(ast.parse(src))}
+    offenders = [o for path, src in sources for o in shared_serializer_offenses(path, src, shared)]
+    assert offenders == []
+    assert shared == SHARED_SERIALIZERS.keys()  # the search finds them, and none is stale
+
+
+def test_the_shared_serializer_lint_catches_what_it_names():
+    broken = """
+        from . import serializers
+        _TURN = TurnSerializer()
+        _PAGE = serializers.SessionSerializer(many=True)
+        def turn_data(turn):
+            _TURN.instance = turn
+            return _TURN.data
+        def message_data(message):
+            return serializers._MESSAGE.to_representation(message), _MESSAGE.is_valid()
+    """
+    found = shared_serializer_offenses("broken.py", textwrap.dedent(broken), {"_MESSAGE"})
+    assert sorted(o.split(" ", 1)[1] for o in found) == [
+        "_MESSAGE.is_valid",
+        "_PAGE unlisted",
+        "_TURN.data",
+        "_TURN.instance",
+    ]
+    fine = """
+        _TURN = TurnSerializer()
+        def turn_data(turn):
+            return _TURN.to_representation(turn), TurnSerializer(turn).data
+    """
+    assert shared_serializer_offenses("fine.py", textwrap.dedent(fine)) == []
 
 
 # -- 2. Sessions, messages and turns fetched only through the gate ------------------------

@@ -30,9 +30,9 @@ from rest_framework.test import APIClient, APIRequestFactory
 
 from sessions_app import services, tasks
 from sessions_app.models import ChatSession
-from sessions_app.tokens import TokenAuthentication
+from sessions_app.tokens import _TOKENS, TokenAuthentication
 
-from ..conftest import ROOT
+from ..conftest import ROOT, as_written
 from ..factories import UserFactory, token_for
 
 pytestmark = pytest.mark.django_db
@@ -114,6 +114,16 @@ def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
     assert (authenticated.pk, len(queries)) == (user.pk, 1)
     assert "knox_authtoken" in queries[0]["sql"] and "auth_user" in queries[0]["sql"]
     assert AuthToken.objects.filter(user=user).count() == 12  # nothing read, nothing deleted
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)
+def test_on_postgres_a_token_is_read_by_the_written_out_statement(vendor, user):
+    # Knox's query answers the same: only the SQL that ran tells which way was taken.
+    key = token_for(user)
+    with CaptureQueriesContext(connection) as queries:
+        authenticated, _ = TokenAuthentication().authenticate_credentials(key.encode())
+    assert authenticated.pk == user.pk
+    assert as_written(queries, _TOKENS) == [_TOKENS]
 
 
 @pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out

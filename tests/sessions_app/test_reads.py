@@ -15,7 +15,9 @@ from sessions_app.errors import ForeignAccess
 from sessions_app.models import ChatSession
 from sessions_app.queries import turn_history
 from sessions_app.stores import SessionRef, history_store
+from sessions_app.stores.db import _ALL, _OF_TURN
 
+from ..conftest import as_written
 from ..fakes.claude import FakeClaude
 from ..support import post_and_wait
 
@@ -66,6 +68,26 @@ def test_a_read_is_two_statements_the_vault_joined_to_the_turn(answered, user):
     assert 'FROM "sessions_app_turn"' in turn_and_vault
     assert 'JOIN "sessions_app_sessionvault"' in turn_and_vault
     assert 'FROM "sessions_app_message"' in messages
+
+
+# The ORM's fallback answers the same (the tests above): only the SQL that ran tells which
+# way was taken, and on Postgres it must be the written-out way.
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)
+def test_on_postgres_a_turn_is_read_by_the_written_out_statements(answered, user):
+    _, posted = answered
+    with CaptureQueriesContext(connection) as read:
+        selectors.turn_get_for_owner(user=user, turn_id=posted["id"])
+    assert as_written(read, selectors._TURN_OWNED, _OF_TURN) == [selectors._TURN_OWNED, _OF_TURN]
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)
+def test_on_postgres_the_history_is_read_by_the_written_out_statement(settings, answered, user):
+    settings.HISTORY_STORE = "db"
+    _, posted = answered
+    turn = selectors.turn_get_for_owner(user=user, turn_id=posted["id"])
+    with CaptureQueriesContext(connection) as read:
+        turn_history(turn=turn)
+    assert as_written(read, _ALL) == [_ALL]
 
 
 def test_the_stores_reads_are_the_owners_only(answered, user, other_user):

@@ -57,6 +57,21 @@ class StoreContract:
             (user.pk, session.pk, turn.pk)
         }
 
+    @pytest.mark.usefixtures("vendor")  # the database stores' written-out read and the ORM's
+    def test_the_backends_own_read_of_a_turn_holds_that_turn_only(self, user, session):
+        # Below the public read, which drops other turns' messages once more: the backend's
+        # own read (on Postgres the written-out ``_OF_TURN``) must filter by the turn itself.
+        turns = []
+        for n in range(3):
+            turns.append(self.accept(user, session, f"q{n}"))
+            assert services.turn_complete(turn_id=turns[-1].pk, reply=f"a{n}")
+        session.refresh_from_db()
+        found = history_store()._turn_messages(session, turns[1].pk)
+        assert [(m.seq, m.content, m.turn_id) for m in found] == [
+            (3, "q1", turns[1].pk),
+            (4, "a1", turns[1].pk),
+        ]
+
     def test_a_second_reply_to_a_turn_is_refused(self, user, session):
         turn = self.accept(user, session, "hello")
         assert services.turn_complete(turn_id=turn.pk, reply="first")
