@@ -1,13 +1,18 @@
 """Chat-turn throughput against the bare DRF endpoint, on real services.
 
 Starts the fake Claude server (no delay), gunicorn (WSGI, gthread) and a Celery worker on
-Postgres, Redis and the chosen broker, then drives both endpoints with concurrent clients
-and prints requests per second, CPU per operation of each process group (read from /proc)
-and the resident memory of the web and worker processes. Usage (from the repo root, the
-services running; only 127.0.0.1 is ever contacted):
+Postgres, Redis and the chosen broker, then drives three endpoints in turn with concurrent
+clients: the bare one (token auth, one owned fetch, one insert), the floor (what any turn
+costs in the frameworks alone: token auth, one owned fetch, a Celery task that makes the
+worker's SDK call to Claude, the waiter woken through pub/sub; none of a turn's promises,
+see bench/urls.py) and the chat turn. It prints requests per second, CPU per operation of
+each process group (read from /proc) and the resident memory of the web and worker
+processes. Usage (from the repo root, the services running; only 127.0.0.1 is ever
+contacted):
 
     .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
-        [--broker redis[,amqp]] [--turns N] [--db-name isolation_bench] [--redis-db 15]
+        [--broker redis[,amqp]] [--turns N] [--no-floor] [--db-name isolation_bench]
+        [--redis-db 15]
 
 ``--broker amqp`` uses RabbitMQ at 127.0.0.1:5672 in a virtual host of the run's own
 (made and deleted with ``rabbitmqctl``). ``--turns N`` drives N turns (and N bare
@@ -403,6 +408,16 @@ class Phase:
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed else 0.0
 
+    @property
+    def cpu_all(self) -> float:
+        """CPU ms per operation of every group together (the load generator's included)."""
+        return sum(self.cpu.values())
+
+    @property
+    def cores(self) -> float:
+        """How many cores the phase kept busy: near the machine's count, it was CPU-bound."""
+        return self.rate * self.cpu_all / 1000
+
 
 def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=None) -> Phase:
     meter = CpuMeter(stack.web, stack.worker)
@@ -418,6 +433,10 @@ def turn_path(session: str) -> str:
 
 def bare_path(session: str) -> str:
     return f"/bench/bare/{session}/"
+
+
+def floor_path(session: str) -> str:
+    return f"/bench/floor/{session}/"
 
 
 def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -> list[dict]:
@@ -451,6 +470,7 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
 def measure_clients(stack: Stack, base: str, broker: str, count: int, args, tokens) -> dict:
     clients = Clients(base, tokens[:count], args.session_turns)
     bare = measure(stack, clients, "bare", bare_path, args)
+    floor = measure(stack, clients, "floor", floor_path, args) if args.floor else None
     rss = {"start": rss_of(stack.web, stack.worker)}
     turns = measure(
         stack,
@@ -461,7 +481,14 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
         at_half=lambda: rss.__setitem__("middle", rss_of(stack.web, stack.worker)),
     )
     rss["end"] = rss_of(stack.web, stack.worker)
-    result = {"broker": broker, "clients": count, "bare": bare, "turn": turns, "rss": rss}
+    result = {
+        "broker": broker,
+        "clients": count,
+        "bare": bare,
+        "floor": floor,
+        "turn": turns,
+        "rss": rss,
+    }
     report(result, args)
     return result
 
@@ -470,22 +497,29 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
 
 
 def report(result: dict, args) -> None:
-    bare, turn = result["bare"], result["turn"]
+    bare, floor, turn = result["bare"], result["floor"], result["turn"]
+    phases = [phase for phase in (bare, floor, turn) if phase]
     print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
-    for phase in (bare, turn):
+    for phase in phases:
         unit = "req/s" if phase.name == "bare" else "turns/s"
         print(
             f"{phase.name:5} {phase.rate:8.1f} {unit:7} ({phase.done} in {phase.elapsed:.1f} s, "
             f"{phase.errors} errors, {phase.early} answered 202 and polled)"
         )
     print(f"ratio {turn.rate / bare.rate if bare.rate else 0:8.3f}  (goal: at least 0.333)")
-    for phase in (bare, turn):
+    if floor:
+        print(
+            f"floor {floor.rate / bare.rate if bare.rate else 0:8.3f}  of bare (the frameworks "
+            f"alone: no turn can go faster); turn {turn.rate / floor.rate if floor.rate else 0:.3f}"
+            " of the floor"
+        )
+    for phase in phases:
         print(
             f"{phase.name:5} latency p50 {phase.latency_ms(0.5):.1f} ms, "
             f"p99 {phase.latency_ms(0.99):.1f} ms"
         )
     print("CPU ms per operation: " + "  ".join(f"{g:>8}" for g in GROUPS) + "  web+worker")
-    for phase in (bare, turn):
+    for phase in phases:
         cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
         print(f"  {phase.name:19}{cells}  {phase.cpu['web'] + phase.cpu['worker']:10.2f}")
     print("RSS MB (turn phase): " + rss_line(result["rss"]), flush=True)
@@ -514,6 +548,29 @@ def summary(results: list[dict]) -> None:
             f"{t.cpu['worker']:.2f} | {t.cpu['postgres']:.2f} | {t.cpu['redis']:.2f} | "
             f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} | "
             f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} |"
+        )
+    floors = [r for r in results if r["floor"]]
+    if floors:
+        print(
+            "\nThe floor (the frameworks alone), beside the bare endpoint and the turn. CPU: "
+            "ms per operation summed over every group; cores: how many of the machine's "
+            "cores the phase kept busy; ceiling: the ratio a turn would reach if nothing "
+            "but the floor and Postgres's own work on the turn's statements cost anything:\n"
+            "| broker | clients | floor turns/s | floor / bare | turn / floor | CPU ms/floor "
+            "web | worker | postgres | CPU bare / floor / turn | cores bare / floor / turn | "
+            "ceiling | floor p50 ms |"
+        )
+        print("| --- " * 12 + "|")
+    for r in floors:
+        b, f, t = r["bare"], r["floor"], r["turn"]
+        print(
+            f"| {r['broker']} | {r['clients']} | {f.rate:.1f} | "
+            f"{f.rate / b.rate if b.rate else 0:.3f} | {t.rate / f.rate if f.rate else 0:.3f} | "
+            f"{f.cpu['web']:.2f} | {f.cpu['worker']:.2f} | {f.cpu['postgres']:.2f} | "
+            f"{b.cpu_all:.1f} / {f.cpu_all:.1f} / {t.cpu_all:.1f} | "
+            f"{b.cores:.2f} / {f.cores:.2f} / {t.cores:.2f} | "
+            f"{b.cpu_all / (f.cpu_all + t.cpu['postgres'] - f.cpu['postgres']):.3f} | "
+            f"{f.latency_ms(0.5):.1f} |"
         )
     for r in results:
         if "rss_after" in r:
@@ -562,6 +619,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="gunicorn's; default a free one")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--celery-concurrency", type=int, default=8)
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip the floor phase (a turn's Celery, SDK and pub/sub work, nothing else)",
+    )
     parser.add_argument(
         "--session-turns",
         type=int,
