@@ -8,7 +8,12 @@ from sessions_app.events.notify import _publish
 
 @shared_task(name="bench.floor_turn", acks_late=True, reject_on_worker_lost=True)
 def floor_turn(job: str, content: str) -> None:
-    """Call Claude as a turn's worker does (the same SDK client and request), then wake the
-    waiter as a turn's end does; no claim, history, scan, reply or audit to store."""
-    llm._reply_text(llm._create([{"role": "user", "content": content}], timeout=30, retries=0))
-    _publish(job, "completed")
+    """Call Claude through the worker's SDK client and request builder (one message, not a
+    history: a lower bound), then wake the waiter as a turn's end does; no claim, history,
+    scan, reply or audit to store."""
+    status = "failed"  # told on any error too, so the waiting request is freed now, not in 30 s
+    try:
+        llm._reply_text(llm._create([{"role": "user", "content": content}], timeout=30, retries=0))
+        status = "completed"
+    finally:
+        _publish(job, status)

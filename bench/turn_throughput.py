@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.many_users import django_script  # noqa: E402
+from bench.pg_stats import PgPhase, PgStats  # noqa: E402
 from tests.fakes.claude import FakeClaude  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -226,6 +227,7 @@ class Stack:
     web_workers: int
     concurrency: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    pg: PgStats | None = None
 
     @property
     def web(self) -> int:
@@ -398,6 +400,7 @@ class Phase:
     cpu: dict[str, float]  # ms per successful operation, by group
     early: int = 0  # turns answered 202 before their end, then polled
     latencies: list[float] = field(default_factory=list)
+    pg: PgPhase | None = None
 
     def latency_ms(self, q: float) -> float:
         """The ``q`` quantile of a successful operation's time, in ms (client side)."""
@@ -420,11 +423,14 @@ class Phase:
 
 
 def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=None) -> Phase:
+    if stack.pg:
+        stack.pg.start()
     meter = CpuMeter(stack.web, stack.worker)
     seconds = args.max_seconds if args.turns else args.seconds
     done, errors, elapsed = clients.run(path_for, seconds=seconds, ops=args.turns, at_half=at_half)
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
-    return Phase(name, done, errors, elapsed, cpu, clients.early, clients.latencies)
+    pg = stack.pg.stop() if stack.pg else None
+    return Phase(name, done, errors, elapsed, cpu, clients.early, clients.latencies, pg)
 
 
 def turn_path(session: str) -> str:
@@ -451,6 +457,7 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
     port = args.port or free_port()
     base = f"http://{HOST}:{port}"
     stack = Stack(env, port, args.web_workers, args.celery_concurrency).start()
+    stack.pg = PgStats(args.db_name)
     results = []
     try:
         wait_healthy(base)
@@ -523,6 +530,22 @@ def report(result: dict, args) -> None:
         cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
         print(f"  {phase.name:19}{cells}  {phase.cpu['web'] + phase.cpu['worker']:10.2f}")
     print("RSS MB (turn phase): " + rss_line(result["rss"]), flush=True)
+    pg_report(phases)
+
+
+def pg_report(phases: list[Phase]) -> None:
+    """Postgres per operation; the turn's statements one by one where pg_stat_statements is."""
+    print("Postgres per operation: statements, execution ms (pg_stat_statements), connections")
+    for phase in phases:
+        if phase.pg:
+            calls, ms, sessions = phase.pg.per_op(phase.done)
+            stats = f"{calls:6.2f} {ms:7.3f} ms" if phase.pg.counted else "- (not preloaded)"
+            print(f"  {phase.name:6} {stats} {sessions:8.4f} new connections")
+    turn = phases[-1]
+    if turn.pg and turn.pg.counted:
+        print(f"  the {turn.name} phase's statements (calls per operation, mean ms, SQL):")
+        for calls, ms, sql in turn.pg.statements[:14]:
+            print(f"    {calls / max(turn.done, 1):5.2f} {ms / max(calls, 1):6.3f}  {sql[:90]}")
 
 
 def rss_line(rss: dict[str, dict[str, float]]) -> str:
@@ -561,7 +584,7 @@ def summary(results: list[dict]) -> None:
             "ceiling | floor p50 ms |"
         )
         print("| --- " * 12 + "|")
-    for r in floors:
+    for r in floors:  # none when the run had --no-floor
         b, f, t = r["bare"], r["floor"], r["turn"]
         print(
             f"| {r['broker']} | {r['clients']} | {f.rate:.1f} | "

@@ -38,7 +38,8 @@ class FloorApi(APIView):
             floor_turn.delay(str(job), str(request.data.get("content", "")))
             for status in changes:
                 if status is not None:
-                    return Response({"status": "completed"}, status=200)
+                    code = 200 if status == "completed" else 502
+                    return Response({"status": status}, status=code)
         return Response({"status": "timeout"}, status=504)
 
 
