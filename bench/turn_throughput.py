@@ -27,6 +27,10 @@ and the fake Claude). A turn that ``?wait`` answers with 202 is polled to its en
 client never posts into a turn still in flight; clients start a new session every
 ``--session-turns`` turns, so the history a turn loads does not grow with the run.
 
+Postgres's part per operation: the connections it accepted, and where the server preloads
+``pg_stat_statements`` the statements each phase ran, their execution time and the turn's
+statements one by one (``bench/pg_stats.py``).
+
 It creates and drops its own database (``--db-name``, default ``isolation_bench``) and
 flushes its own Redis database (``--redis-db``, default 15), and serves on a free port;
 run two benches side by side with different ones.
