@@ -4,7 +4,8 @@
 any turn costs in the frameworks alone, whatever the service does inside them: token
 auth, one owned fetch, a Celery task sent, the worker's SDK call to Claude, the waiter
 woken through the process's pub/sub listener. None of a turn's promises (turn row,
-history, PII, scan, reply, audit) is kept, so no turn can be cheaper than it.
+history, PII, scan, reply, audit) is kept, so a turn costs at least this, less the
+owned fetch, which a turn's accept folds into its one ``UPDATE``.
 """
 
 import uuid
