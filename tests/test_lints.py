@@ -54,14 +54,18 @@ CACHED = {
 }
 
 
+def _name(node: ast.AST) -> str:
+    """The name a ``Name`` or an ``Attribute`` ends in (``HISTORY``, ``x.cache``); else ""."""
+    return getattr(node, "id", None) or getattr(node, "attr", None) or ""
+
+
 def _mutable(value: ast.expr | None) -> bool:
     literal = (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp)
     if isinstance(value, literal):
         return True
     if not isinstance(value, ast.Call):
         return False
-    name = getattr(value.func, "id", None) or getattr(value.func, "attr", None)
-    return name in MUTABLE_CALLS
+    return _name(value.func) in MUTABLE_CALLS
 
 
 def _assignments(body: list[ast.stmt]):
@@ -79,8 +83,7 @@ def _cache_decorated(tree: ast.AST):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             for decorator in node.decorator_list:
                 target = decorator.func if isinstance(decorator, ast.Call) else decorator
-                name = getattr(target, "attr", None) or getattr(target, "id", None)
-                if name in {"lru_cache", "cache", "cached_property"}:
+                if _name(target) in {"lru_cache", "cache", "cached_property"}:
                     yield node.name
 
 
@@ -150,12 +153,8 @@ def _serializer_instances(tree: ast.Module) -> list[str]:
     return [
         target
         for target, value in _assignments(tree.body)
-        if isinstance(value, ast.Call) and _called(value).endswith("Serializer")
+        if isinstance(value, ast.Call) and _name(value.func).endswith("Serializer")
     ]
-
-
-def _called(call: ast.Call) -> str:
-    return getattr(call.func, "id", None) or getattr(call.func, "attr", None) or ""
 
 
 def shared_serializer_offenses(
@@ -169,7 +168,7 @@ def shared_serializer_offenses(
     shared = elsewhere | set(own)
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in SERIALIZER_STATE:
-            owner = getattr(node.value, "id", None) or getattr(node.value, "attr", None)
+            owner = _name(node.value)
             if owner in shared:
                 found.append(f"{name}:{node.lineno} {owner}.{node.attr}")
     return found
@@ -233,7 +232,7 @@ def ownership_offenses(name: str, source: str) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute):
-            owner = getattr(node.value, "id", None) or getattr(node.value, "attr", None)
+            owner = _name(node.value)
             if node.attr in MANAGERS and owner in MODELS:
                 found.append(f"{name}:{node.lineno} {owner}.{node.attr}")
             elif node.attr in RELATED and not isinstance(node.ctx, ast.Store):
