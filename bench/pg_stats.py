@@ -42,9 +42,9 @@ class PgStats:
         try:
             _psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             _psql(db, "SELECT 1 FROM pg_stat_statements LIMIT 1")
-            self.statements = True
+            self.counted = True
         except subprocess.CalledProcessError:  # not preloaded: sessions only
-            self.statements = False
+            self.counted = False
 
     def _sessions(self) -> int:
         [[count]] = _psql(
@@ -53,16 +53,16 @@ class PgStats:
         return int(count)
 
     def start(self) -> None:
-        if self.statements:
+        if self.counted:
             _psql(self.db, "SELECT pg_stat_statements_reset()")
         self.started = self._sessions()
 
     def stop(self) -> PgPhase:
         # Left out: the bench's own psql sessions since ``start`` read the count (the
         # reset's, if any, and this read's: a session counts from its connection).
-        own = 1 + self.statements
-        phase = PgPhase(max(0, self._sessions() - self.started - own), self.statements)
-        if self.statements:
+        own = 1 + self.counted
+        phase = PgPhase(max(0, self._sessions() - self.started - own), self.counted)
+        if self.counted:
             rows = _psql(
                 self.db,
                 "SELECT calls, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g') "

@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from sessions_app import llm
-from sessions_app.events.notify import _publish
+from sessions_app.events.notify import publish_turn_changed
 
 
 @shared_task(name="bench.floor_turn", acks_late=True, reject_on_worker_lost=True)
@@ -16,4 +16,4 @@ def floor_turn(job: str, content: str) -> None:
         llm._reply_text(llm._create([{"role": "user", "content": content}], timeout=30, retries=0))
         status = "completed"
     finally:
-        _publish(job, status)
+        publish_turn_changed(turn_id=job, status=status)

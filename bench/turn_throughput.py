@@ -415,6 +415,10 @@ class Phase:
     def rate(self) -> float:
         return self.done / self.elapsed if self.elapsed else 0.0
 
+    def over(self, other: "Phase") -> float:
+        """This phase's rate as a share of ``other``'s (0 if ``other`` did nothing)."""
+        return self.rate / other.rate if other.rate else 0.0
+
     @property
     def cpu_all(self) -> float:
         """CPU ms per operation of every group together (the load generator's included)."""
@@ -517,12 +521,11 @@ def report(result: dict, args) -> None:
             f"{phase.name:5} {phase.rate:8.1f} {unit:7} ({phase.done} in {phase.elapsed:.1f} s, "
             f"{phase.errors} errors, {phase.early} answered 202 and polled)"
         )
-    ratio = turn.rate / bare.rate if bare.rate else 0
-    print(f"ratio {ratio:8.3f}  (goal: at least 0.35; ARCHITECTURE.md's third: 0.333)")
+    print(f"ratio {turn.over(bare):8.3f}  (goal: at least 0.35; ARCHITECTURE.md's third: 0.333)")
     if floor:
         print(
-            f"floor {floor.rate / bare.rate if bare.rate else 0:8.3f}  of bare (the frameworks "
-            f"alone: a turn's lower bound); turn {turn.rate / floor.rate if floor.rate else 0:.3f}"
+            f"floor {floor.over(bare):8.3f}  of bare (the frameworks alone: a turn's lower "
+            f"bound); turn {turn.over(floor):.3f}"
             " of the floor"
         )
     for phase in phases:
@@ -572,7 +575,7 @@ def summary(results: list[dict]) -> None:
         b, t = r["bare"], r["turn"]
         print(
             f"| {r['broker']} | {r['clients']} | {b.rate:.1f} | {t.rate:.1f} | "
-            f"{t.rate / b.rate if b.rate else 0:.3f} | {t.cpu['web']:.2f} | "
+            f"{t.over(b):.3f} | {t.cpu['web']:.2f} | "
             f"{t.cpu['worker']:.2f} | {t.cpu['postgres']:.2f} | {t.cpu['redis']:.2f} | "
             f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} | "
             f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} |"
@@ -593,7 +596,7 @@ def summary(results: list[dict]) -> None:
         b, f, t = r["bare"], r["floor"], r["turn"]
         print(
             f"| {r['broker']} | {r['clients']} | {f.rate:.1f} | "
-            f"{f.rate / b.rate if b.rate else 0:.3f} | {t.rate / f.rate if f.rate else 0:.3f} | "
+            f"{f.over(b):.3f} | {t.over(f):.3f} | "
             f"{f.cpu['web']:.2f} | {f.cpu['worker']:.2f} | {f.cpu['postgres']:.2f} | "
             f"{b.cpu_all:.1f} / {f.cpu_all:.1f} / {t.cpu_all:.1f} | "
             f"{b.cores:.2f} / {f.cores:.2f} / {t.cores:.2f} | "
