@@ -1,7 +1,12 @@
-"""The floor phase's task: a turn's Celery and Claude work, without the turn's promises."""
+"""The floor phase's task: a turn's Celery and Claude work, without the turn's promises;
+and the sql phase's: the same with the worker's statements of a turn."""
+
+import uuid
 
 from celery import shared_task
+from django.utils import timezone
 
+from bench import statements
 from sessions_app import llm
 from sessions_app.events.notify import publish_turn_changed
 
@@ -17,3 +22,20 @@ def floor_turn(job: str, content: str) -> None:
         status = "completed"
     finally:
         publish_turn_changed(turn_id=job, status=status)
+
+
+@shared_task(name="bench.statements_turn", acks_late=True, reject_on_worker_lost=True)
+def statements_turn(turn_id: str, content: str) -> None:
+    """``floor_turn`` with the worker's statements of a turn around the call: the claim and
+    the history read before it, the end with its reply and audit entry after."""
+    tid, status = uuid.UUID(turn_id), "failed"
+    try:
+        if statements.claim(tid, timezone.now()) is None:
+            return  # ended already: the waiter reads how
+        reply = llm._reply_text(
+            llm._create([{"role": "user", "content": content}], timeout=30, retries=0)
+        )
+        if statements.end(tid, reply, timezone.now()):
+            status = "completed"
+    finally:
+        publish_turn_changed(turn_id=turn_id, status=status)

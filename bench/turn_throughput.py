@@ -5,13 +5,16 @@ Postgres, Redis and the chosen broker, then drives three endpoints in turn with 
 clients: the bare one (token auth, one owned fetch, one insert), the floor (what any turn
 costs in the frameworks alone: token auth, one owned fetch, a Celery task that makes the
 worker's SDK call to Claude, the waiter woken through pub/sub; none of a turn's promises,
-see bench/urls.py) and the chat turn. It prints requests per second, CPU per operation of
+see bench/urls.py), the turn's statements (the floor plus the 11 SQL statements a turn
+runs, in its transactions, and nothing else: bench/statements.py) and the chat turn. It
+prints requests per second, CPU per operation of
 each process group (read from /proc) and the resident memory of the web and worker
 processes. Usage (from the repo root, the services running; only 127.0.0.1 is ever
 contacted):
 
     .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
-        [--broker redis[,amqp]] [--turns N] [--no-floor] [--db-name isolation_bench]
+        [--broker redis[,amqp]] [--turns N] [--no-floor] [--no-sql]
+        [--db-name isolation_bench]
         [--redis-db 15]
 
 ``--broker amqp`` uses RabbitMQ at 127.0.0.1:5672 in a virtual host of the run's own
@@ -453,6 +456,10 @@ def floor_path(session: str) -> str:
     return f"/bench/floor/{session}/"
 
 
+def sql_path(session: str) -> str:
+    return f"/bench/sql/{session}/"
+
+
 def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -> list[dict]:
     """Start the stack on ``broker``, measure every client count; return the results."""
     env = dict(base_env)
@@ -486,6 +493,7 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
     clients = Clients(base, tokens[:count], args.session_turns)
     bare = measure(stack, clients, "bare", bare_path, args)
     floor = measure(stack, clients, "floor", floor_path, args) if args.floor else None
+    sql = measure(stack, clients, "sql", sql_path, args) if args.sql else None
     rss = {"start": rss_of(stack.web, stack.worker)}
     turns = measure(
         stack,
@@ -501,6 +509,7 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
         "clients": count,
         "bare": bare,
         "floor": floor,
+        "sql": sql,
         "turn": turns,
         "rss": rss,
     }
@@ -512,8 +521,8 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
 
 
 def report(result: dict, args) -> None:
-    bare, floor, turn = result["bare"], result["floor"], result["turn"]
-    phases = [phase for phase in (bare, floor, turn) if phase]
+    bare, floor, sql, turn = (result[name] for name in ("bare", "floor", "sql", "turn"))
+    phases = [phase for phase in (bare, floor, sql, turn) if phase]
     print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
     for phase in phases:
         unit = "req/s" if phase.name == "bare" else "turns/s"
@@ -527,6 +536,12 @@ def report(result: dict, args) -> None:
             f"floor {floor.over(bare):8.3f}  of bare (the frameworks alone: a turn's lower "
             f"bound); turn {turn.over(floor):.3f}"
             " of the floor"
+        )
+    if sql:
+        print(
+            f"sql   {sql.over(bare):8.3f}  of bare (the floor and the turn's statements, nothing "
+            f"else: the most a turn keeping its promises can reach); turn {turn.over(sql):.3f}"
+            " of it"
         )
     for phase in phases:
         print(
@@ -603,6 +618,23 @@ def summary(results: list[dict]) -> None:
             f"{b.cpu_all / (f.cpu_all + t.cpu['postgres'] - f.cpu['postgres']):.3f} | "
             f"{f.latency_ms(0.5):.1f} |"
         )
+    sqls = [r for r in results if r["sql"]]
+    if sqls:
+        print(
+            "\nThe turn's statements alone (the floor and the turn's 11 SQL statements in its "
+            "transactions, nothing else), beside the bare endpoint and the turn:\n"
+            "| broker | clients | sql turns/s | sql / bare | turn / sql | CPU ms/sql web | "
+            "worker | postgres | CPU sql (all) | cores | sql p50 ms |"
+        )
+        print("| --- " * 11 + "|")
+    for r in sqls:  # none when the run had --no-sql
+        b, q, t = r["bare"], r["sql"], r["turn"]
+        print(
+            f"| {r['broker']} | {r['clients']} | {q.rate:.1f} | {q.over(b):.3f} | "
+            f"{t.over(q):.3f} | {q.cpu['web']:.2f} | {q.cpu['worker']:.2f} | "
+            f"{q.cpu['postgres']:.2f} | {q.cpu_all:.1f} | {q.cores:.2f} | "
+            f"{q.latency_ms(0.5):.1f} |"
+        )
     for r in results:
         if "rss_after" in r:
             cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
@@ -655,6 +687,12 @@ def main() -> None:
         dest="floor",
         action="store_false",
         help="skip the floor phase (a turn's Celery, SDK and pub/sub work, nothing else)",
+    )
+    parser.add_argument(
+        "--no-sql",
+        dest="sql",
+        action="store_false",
+        help="skip the sql phase (the floor and a turn's SQL statements, nothing else)",
     )
     parser.add_argument(
         "--session-turns",

@@ -5,18 +5,22 @@ any turn costs in the frameworks alone, whatever the service does inside them: t
 auth, one owned fetch, a Celery task sent, the worker's SDK call to Claude, the waiter
 woken through the process's pub/sub listener. None of a turn's promises (turn row,
 history, PII, scan, reply, audit) is kept, so a turn costs at least this, less the
-owned fetch, which a turn's accept folds into its one ``UPDATE``.
+owned fetch, which a turn's accept folds into its one ``UPDATE``. ``sql``: the floor plus
+the turn's statements, and nothing else (``bench/statements.py``).
 """
 
 import uuid
 from contextlib import closing
 
 from django.urls import path
+from django.utils import timezone
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit_app.models import AuditEntry
-from bench.tasks import floor_turn
+from bench import statements
+from bench.tasks import floor_turn, statements_turn
+from core.ids import as_uuid
 from isolation_site.urls import urlpatterns as site_urlpatterns
 from sessions_app.events.notify import turn_changes
 from sessions_app.selectors import chat_session_get_for_owner
@@ -44,8 +48,32 @@ class FloorApi(APIView):
         return Response({"status": "timeout"}, status=504)
 
 
+class StatementsApi(APIView):
+    def post(self, request, session_id: str) -> Response:
+        sid, user_id = as_uuid(session_id), request.user.pk
+        content = str(request.data.get("content", ""))
+        turn_id = sid and statements.accept(
+            user_id=user_id, session_id=sid, content=content, now=timezone.now()
+        )
+        if not turn_id:
+            return Response({"status": "not found"}, status=404)
+        with closing(turn_changes(turn_id=turn_id, timeout=30)) as changes:
+            next(changes)
+            statements_turn.delay(str(turn_id), content)
+            for status in changes:
+                if status is not None:
+                    break
+            else:
+                return Response({"status": "timeout"}, status=504)
+        status = statements.reread(
+            user_id=user_id, session_id=sid, turn_id=turn_id, now=timezone.now()
+        )
+        return Response({"status": status}, status=200 if status == "completed" else 502)
+
+
 urlpatterns = [
     path("bench/bare/<str:session_id>/", BareApi.as_view()),
     path("bench/floor/<str:session_id>/", FloorApi.as_view()),
+    path("bench/sql/<str:session_id>/", StatementsApi.as_view()),
     *site_urlpatterns,
 ]

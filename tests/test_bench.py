@@ -1,12 +1,16 @@
-"""The bench's floor endpoint (bench/urls.py, bench/tasks.py) keeps working.
+"""The bench's floor and sql endpoints (bench/urls.py, bench/tasks.py, bench/statements.py)
+keep working, and the sql endpoint writes what a turn writes.
 
-No suite runs the benches, and the floor reaches into ``sessions_app.llm`` and the
-notifications by name: a rename there must fail here, not in the next measurement.
+No suite runs the benches, and both reach into ``sessions_app`` (the SDK call, the
+notifications, the statements a turn runs) by name: a rename there must fail here, not in
+the next measurement.
 """
 
 import pytest
 
-from sessions_app import services
+from audit_app.models import AuditEntry
+from sessions_app import selectors, services
+from sessions_app.models import ChatSession, Turn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("bench.urls")]
 
@@ -34,3 +38,47 @@ def test_the_floor_checks_ownership_as_a_turn_does(other_api, user, fake_claude)
     response = other_api.post(_floor(session.pk), {"content": "Hello."}, format="json")
     assert response.status_code == 404
     assert fake_claude.request_count() == 0
+
+
+def _sql(session_id: object) -> str:
+    return f"/bench/sql/{session_id}/"
+
+
+def test_the_sql_endpoint_leaves_the_rows_a_turn_leaves(api, user, fake_claude):
+    session = services.chat_session_create(owner=user)
+    for n in (1, 2):
+        response = api.post(_sql(session.pk), {"content": f"Hello {n}."}, format="json")
+        assert (response.status_code, response.json()) == (200, {"status": "completed"})
+    assert fake_claude.request_count() == 2
+    # The service's own owner-gated read finds each turn whole, as it would a real one.
+    turns = Turn.objects.filter(session=session).order_by("created_at")
+    assert [turn.status for turn in turns] == ["completed", "completed"]
+    exchanges = [selectors.turn_get_for_owner(user=user, turn_id=t.pk).exchange for t in turns]
+    assert [[(m.seq, m.role) for m in exchange] for exchange in exchanges] == [
+        [(1, "user"), (2, "assistant")],
+        [(3, "user"), (4, "assistant")],
+    ]
+    assert exchanges[1][0].content == "Hello 2."
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 5
+    audited = AuditEntry.objects.filter(session_id=session.pk).order_by("id")
+    assert [(e.kind, e.role, e.user_id) for e in audited] == [
+        ("message", "user", user.pk),
+        ("reply", "assistant", user.pk),
+    ] * 2
+
+
+def test_the_sql_endpoint_checks_ownership_and_writes_nothing(other_api, user, fake_claude):
+    session = services.chat_session_create(owner=user)
+    response = other_api.post(_sql(session.pk), {"content": "Hello."}, format="json")
+    assert response.status_code == 404
+    assert fake_claude.request_count() == 0
+    assert not Turn.objects.filter(session=session).exists()
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 1
+
+
+def test_the_sql_endpoint_frees_the_waiter_at_once_when_the_call_fails(api, user, fake_claude):
+    fake_claude.fail(500, times=1)
+    session = services.chat_session_create(owner=user)
+    response = api.post(_sql(session.pk), {"content": "Hello."}, format="json")
+    assert response.status_code == 502
+    assert Turn.objects.get(session=session).status == "running"

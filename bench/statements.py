@@ -1,0 +1,125 @@
+"""A turn's SQL statements and nothing else: the ``sql`` phase of ``bench/turn_throughput.py``.
+
+What the floor does (token auth, a Celery task with a late ack, the worker's SDK call, the
+waiter woken through pub/sub) plus the 11 statements a chat turn runs on Postgres, in the
+turn's transactions: the accept's ``UPDATE ... RETURNING`` of the session and its three
+INSERTs (turn, message, audit entry), the claim, the history read, the end's ``UPDATE``
+with its two INSERTs (reply, audit entry), and the wait's re-read of the turn and its
+messages. The reads and updates are the service's own statements; the INSERTs are the
+ORM's, written out once. What runs around them is as little Python as can run them: no
+ORM, no PII, no scan, no fingerprints, no throttle, no wait slots, no serializer. So a turn
+that keeps these promises cannot run faster than this phase in these frameworks, however
+little its own code costs.
+"""
+
+import functools
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import AutoField, Model
+
+from audit_app.models import AuditEntry
+from sessions_app import rows, selectors, services
+from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.stores import db as db_store
+
+# A constant in place of each message's hash: hashing is the service's Python, not SQL.
+_HASH = "0" * 64
+
+
+def _column(model: type[Model], attname: str) -> int:
+    """Where ``attname`` stands in a row of ``rows.columns`` of ``model``."""
+    return [field.attname for field in model._meta.concrete_fields].index(attname)
+
+
+_NEXT_SEQ, _OWNER = _column(ChatSession, "next_seq"), _column(ChatSession, "owner_id")
+_STATUS, _TURN_FIELDS = _column(Turn, "status"), len(Turn._meta.concrete_fields)
+
+
+class _Insert:
+    """The ORM's INSERT of ``model``, written out: every column but an auto key, as
+    ``Model.objects.create`` sends it; the key comes back where it is the database's."""
+
+    def __init__(self, model: type[Model]) -> None:
+        fields = [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)]
+        self.attnames = [field.attname for field in fields]
+        names = ", ".join(f'"{field.column}"' for field in fields)
+        marks = ", ".join(["%s"] * len(fields))
+        self.sql = f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({marks})'
+        if len(fields) < len(model._meta.concrete_fields):
+            self.sql += f' RETURNING "{model._meta.pk.column}"'
+        # The fields' own defaults, made ready for the database once ("", 0, None, {}).
+        self.defaults = {
+            field.attname: field.get_db_prep_save(field.get_default(), connection)
+            for field in fields
+        }
+
+    def run(self, **values: object) -> None:
+        row = {**self.defaults, **values}
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, [row[name] for name in self.attnames])
+
+
+@functools.cache
+def _inserts() -> dict[str, _Insert]:
+    return {"turn": _Insert(Turn), "message": _Insert(Message), "audit": _Insert(AuditEntry)}
+
+
+def accept(*, user_id: int, session_id: uuid.UUID, content: str, now: datetime) -> uuid.UUID | None:
+    """The accept's four statements in one transaction; the new turn's id, or None if the
+    session is not the user's live one."""
+    turn_id = uuid.uuid4()
+    expires = now + timedelta(seconds=settings.SESSION_TTL_SECONDS)
+    deadline = now + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
+    insert = _inserts()
+    with transaction.atomic():
+        session = rows.one(selectors._TAKE_SEQ, [now, expires, session_id, user_id, now])
+        if session is None:
+            return None
+        seq = session[_NEXT_SEQ] - 1
+        common = {"created_at": now, "session_id": session_id, "turn_id": turn_id}
+        insert["turn"].run(
+            id=turn_id, session_id=session_id, created_at=now, updated_at=now, deadline_at=deadline
+        )
+        insert["message"].run(**common, seq=seq, role="user", content=content, status="ok")
+        insert["audit"].run(
+            **common, kind="message", user_id=user_id, role="user", content_hash=_HASH
+        )
+    return turn_id
+
+
+def claim(turn_id: uuid.UUID, now: datetime) -> tuple[uuid.UUID, int] | None:
+    """The claim and the history read: the turn's session and owner, or None if it ended."""
+    row = rows.one(services._START_SQL, [Turn.Status.RUNNING.value, now, now, turn_id])
+    if row is None:
+        return None
+    session_id, owner_id = row[_TURN_FIELDS], row[_TURN_FIELDS + _OWNER]
+    rows.many(db_store._ALL, [session_id, owner_id])
+    return session_id, owner_id
+
+
+def end(turn_id: uuid.UUID, reply: str, now: datetime) -> bool:
+    """The end's three statements in one transaction; False if the turn had ended."""
+    insert = _inserts()
+    params = [turn_id, Turn.Status.COMPLETED.value, None, now, now, turn_id]
+    with transaction.atomic():
+        row = rows.one(services._END_SQL, params)
+        if row is None:
+            return False
+        session_id, owner_id = row[_TURN_FIELDS], row[_TURN_FIELDS + _OWNER]
+        seq = row[_TURN_FIELDS + _NEXT_SEQ] - 1
+        common = {"created_at": now, "session_id": session_id, "turn_id": turn_id}
+        insert["message"].run(**common, seq=seq, role="assistant", content=reply, status="ok")
+        insert["audit"].run(
+            **common, kind="reply", user_id=owner_id, role="assistant", content_hash=_HASH
+        )
+    return True
+
+
+def reread(*, user_id: int, session_id: uuid.UUID, turn_id: uuid.UUID, now: datetime) -> str:
+    """The wait's re-read of the ended turn (with its vault) and its messages: its status."""
+    turn = rows.one(selectors._TURN_OWNED, [turn_id, user_id, now])
+    rows.many(db_store._OF_TURN, [session_id, user_id, turn_id])
+    return turn[_STATUS] if turn else "gone"
