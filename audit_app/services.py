@@ -14,6 +14,8 @@ from django.db import transaction
 from django.db.models import F, Subquery
 from django.utils import timezone
 
+from core import inserts
+
 from . import chain, fingerprint
 from .fingerprint import ScanResult
 from .index import MAX_RECORDS, DbIndex, IndexUnavailable, Layout, RedisIndex
@@ -113,14 +115,16 @@ def audit_message(
     turn_id: uuid.UUID | None = None,
 ) -> AuditEntry:
     """Record that a message was stored: its hash and token count, not its text."""
-    return AuditEntry.objects.create(
-        kind=kind,
-        user_id=user_id,
-        session_id=session_id,
-        turn_id=turn_id,
-        role=role,
-        content_hash=content_hash(content),
-        token_count=len(content.split()),
+    return inserts.insert(
+        AuditEntry(
+            kind=kind,
+            user_id=user_id,
+            session_id=session_id,
+            turn_id=turn_id,
+            role=role,
+            content_hash=content_hash(content),
+            token_count=len(content.split()),
+        )
     )
 
 

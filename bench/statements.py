@@ -5,11 +5,11 @@ waiter woken through pub/sub) plus the 11 statements a chat turn runs on Postgre
 turn's transactions: the accept's ``UPDATE ... RETURNING`` of the session and its three
 INSERTs (turn, message, audit entry), the claim, the history read, the end's ``UPDATE``
 with its two INSERTs (reply, audit entry), and the wait's re-read of the turn and its
-messages. The reads and updates are the service's own statements; the INSERTs are the
-ORM's, written out once. What runs around them is as little Python as can run them: no
-ORM, no PII, no scan, no fingerprints, no throttle, no wait slots, no serializer. So a turn
-that keeps these promises cannot run faster than this phase in these frameworks, however
-little its own code costs.
+messages. They are the service's own statements (``core.inserts`` for the INSERTs). What
+runs around them is as little Python as can run them: no ORM, no PII, no scan, no
+fingerprints, no throttle, no wait slots, no serializer. So a turn that keeps these
+promises cannot run faster than this phase in these frameworks, however little its own
+code costs.
 """
 
 import functools
@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import AutoField, Model
+from django.db.models import Model
 
 from audit_app.models import AuditEntry
+from core import inserts
 from sessions_app import rows, selectors, services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import db as db_store
@@ -39,27 +40,22 @@ _STATUS, _TURN_FIELDS = _column(Turn, "status"), len(Turn._meta.concrete_fields)
 
 
 class _Insert:
-    """The ORM's INSERT of ``model``, written out: every column but an auto key, as
-    ``Model.objects.create`` sends it; the key comes back where it is the database's."""
+    """The service's written-out INSERT of ``model`` (``core.inserts``), its values taken
+    from keywords over the fields' defaults (made ready for the database once), with no
+    model instance built."""
 
     def __init__(self, model: type[Model]) -> None:
-        fields = [f for f in model._meta.concrete_fields if not isinstance(f, AutoField)]
-        self.attnames = [field.attname for field in fields]
-        names = ", ".join(f'"{field.column}"' for field in fields)
-        marks = ", ".join(["%s"] * len(fields))
-        self.sql = f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({marks})'
-        if len(fields) < len(model._meta.concrete_fields):
-            self.sql += f' RETURNING "{model._meta.pk.column}"'
-        # The fields' own defaults, made ready for the database once ("", 0, None, {}).
+        self.statement = inserts._statement(model)
+        fields = {field.attname: field for field in model._meta.concrete_fields}
         self.defaults = {
-            field.attname: field.get_db_prep_save(field.get_default(), connection)
-            for field in fields
+            name: fields[name].get_db_prep_save(fields[name].get_default(), connection)
+            for name, _ in self.statement.values
         }
 
     def run(self, **values: object) -> None:
         row = {**self.defaults, **values}
         with connection.cursor() as cursor:
-            cursor.execute(self.sql, [row[name] for name in self.attnames])
+            cursor.execute(self.statement.sql, [row[name] for name, _ in self.statement.values])
 
 
 @functools.cache

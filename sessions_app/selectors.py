@@ -96,8 +96,12 @@ def chat_session_take_seq_for_owner(
     does neither must read the vault after this statement instead.
     """
     sid = as_uuid(session_id)
-    session = None
-    if sid:
+    session, vault = None, (None, None)
+    if sid and rows.in_sql():  # the row built as ``rows`` builds them: no RawQuerySet
+        row = rows.one(_TAKE_SEQ, [now, expires_at, sid, user.pk, now])
+        if row is not None:
+            session, vault = ChatSession.from_db(connection.alias, None, row[:-2]), row[-2:]
+    elif sid:
         ops, pk = connection.ops, ChatSession._meta.pk
         params = [
             ops.adapt_datetimefield_value(now),
@@ -107,10 +111,12 @@ def chat_session_take_seq_for_owner(
             ops.adapt_datetimefield_value(now),
         ]
         session = next(iter(ChatSession.objects.raw(_TAKE_SEQ, params)), None)
+        if session is not None:
+            vault = (session.vault_wrapped_key, session.vault_entries)
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     session.next_seq -= 1
-    session.vault_row = _vault(session.pk, session.vault_wrapped_key, session.vault_entries)
+    session.vault_row = _vault(session.pk, *vault)
     return session
 
 

@@ -51,6 +51,7 @@ CACHED = {
     "_plan": "phone numbering-plan metadata per region code",
     "_vocabulary": "wordfreq's fixed English word list: the same for every user",
     "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",
+    "_statement": "one INSERT statement per model: its SQL and its fields",
 }
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from django.db import IntegrityError
 from django.db.models import QuerySet
 
+from core import inserts
+
 from .. import rows
 from ..models import ChatSession, Message
 from .base import BaseHistoryStore, DuplicateReply, SessionLike, StoredMessage
@@ -38,13 +40,15 @@ class HistoryStore(BaseHistoryStore):
 
     def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
         try:
-            message = Message.objects.create(
-                session_id=session.pk,
-                turn_id=turn_id,
-                seq=seq,
-                role=role,
-                content=content,
-                status=status,
+            message = inserts.insert(
+                Message(
+                    session_id=session.pk,
+                    turn_id=turn_id,
+                    seq=seq,
+                    role=role,
+                    content=content,
+                    status=status,
+                )
             )
         except IntegrityError as exc:
             # (turn, role) or (session, seq) is taken: the caller's transaction is spoilt

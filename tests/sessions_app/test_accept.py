@@ -15,7 +15,7 @@ from sessions_app.models import ChatSession
 pytestmark = pytest.mark.django_db
 
 
-def test_taking_a_seq_advances_the_counter_and_keeps_the_session_alive(user):
+def test_taking_a_seq_advances_the_counter_and_keeps_the_session_alive(user, vendor):
     session = services.chat_session_create(owner=user)
     now = timezone.now() + timedelta(seconds=5)
     taken = selectors.chat_session_take_seq_for_owner(
@@ -31,7 +31,9 @@ def test_taking_a_seq_advances_the_counter_and_keeps_the_session_alive(user):
     assert (row.last_activity_at, row.expires_at) == (now, now + timedelta(hours=3))
 
 
-def test_another_users_session_is_the_audited_not_found_and_stays_untouched(user, other_user):
+def test_another_users_session_is_the_audited_not_found_and_stays_untouched(
+    user, other_user, vendor
+):
     theirs = services.chat_session_create(owner=other_user)
     before = ChatSession.objects.get(pk=theirs.pk)
     now = timezone.now()
@@ -70,7 +72,7 @@ def test_the_accept_touches_the_session_row_once(user):
     assert ChatSession.objects.get(pk=session.pk).next_seq == 2
 
 
-def test_the_accept_reads_the_vault_with_the_session_and_extends_it(user, settings):
+def test_the_accept_reads_the_vault_with_the_session_and_extends_it(user, settings, vendor):
     from sessions_app import privacy
 
     settings.PII_MODE = "pseudonymize"
