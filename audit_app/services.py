@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import F, Subquery
 from django.utils import timezone
 
-from core import inserts
+from core import sql
 
 from . import chain, fingerprint
 from .fingerprint import ScanResult
@@ -115,7 +115,7 @@ def audit_message(
     turn_id: uuid.UUID | None = None,
 ) -> AuditEntry:
     """Record that a message was stored: its hash and token count, not its text."""
-    return inserts.insert(
+    return sql.insert(
         AuditEntry(
             kind=kind,
             user_id=user_id,

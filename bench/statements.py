@@ -5,7 +5,7 @@ waiter woken through pub/sub) plus the 11 statements a chat turn runs on Postgre
 turn's transactions: the accept's ``UPDATE ... RETURNING`` of the session and its three
 INSERTs (turn, message, audit entry), the claim, the history read, the end's ``UPDATE``
 with its two INSERTs (reply, audit entry), and the wait's re-read of the turn and its
-messages. They are the service's own statements (``core.inserts`` for the INSERTs). What
+messages. They are the service's own statements (``core.sql`` for the INSERTs). What
 runs around them is as little Python as can run them: no ORM, no PII, no scan, no
 fingerprints, no throttle, no wait slots, no serializer. So a turn that keeps these
 promises cannot run faster than this phase in these frameworks, however little its own
@@ -21,7 +21,7 @@ from django.db import connection, transaction
 from django.db.models import Model
 
 from audit_app.models import AuditEntry
-from core import inserts
+from core import sql
 from sessions_app import rows, selectors, services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import db as db_store
@@ -40,12 +40,12 @@ _STATUS, _TURN_FIELDS = _column(Turn, "status"), len(Turn._meta.concrete_fields)
 
 
 class _Insert:
-    """The service's written-out INSERT of ``model`` (``core.inserts``), its values taken
+    """The service's written-out INSERT of ``model`` (``core.sql``), its values taken
     from keywords over the fields' defaults (made ready for the database once), with no
     model instance built."""
 
     def __init__(self, model: type[Model]) -> None:
-        self.statement = inserts._statement(model)
+        self.statement = sql._statement(model)
         fields = {field.attname: field for field in model._meta.concrete_fields}
         self.defaults = {
             name: fields[name].get_db_prep_save(fields[name].get_default(), connection)

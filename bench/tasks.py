@@ -7,7 +7,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from bench import statements
-from sessions_app import llm
+from sessions_app import llm, services
 from sessions_app.events.notify import publish_turn_changed
 
 
@@ -38,4 +38,6 @@ def statements_turn(turn_id: str, content: str) -> None:
         if statements.end(tid, reply, timezone.now()):
             status = "completed"
     finally:
+        if status == "failed":  # ended, so the session's next post is not refused as in flight
+            services.turn_fail(turn_id=tid, code="bench", detail="The bench's call failed.")
         publish_turn_changed(turn_id=turn_id, status=status)

@@ -58,7 +58,7 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.many_users import django_script  # noqa: E402
+from bench.many_users import bench_env, django_script  # noqa: E402
 from bench.pg_stats import PgPhase, PgStats  # noqa: E402
 from tests.fakes.claude import FakeClaude  # noqa: E402
 
@@ -704,23 +704,12 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     with FakeClaude(keep_alive=True) as fake:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "bench.settings",
-            "DEBUG": "0",
-            "SECURE_HTTPS": "0",
-            "SECRET_KEY": "bench",
-            "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
-            "DATABASE_URL": f"postgres://postgres@{HOST}:5432/{args.db_name}",
-            "REDIS_URL": f"redis://{HOST}:6379/{args.redis_db}",
-            "ANTHROPIC_API_KEY": "bench",
-            "ANTHROPIC_BASE_URL": fake.url,
-            # Never reached, and per second: DRF's throttle keeps a user's request times over
-            # the rate's period, so per minute a busy bench user's list (thousands of entries,
-            # read and written whole each post) would cost far more than at the default 60/min.
-            "CHAT_THROTTLE_RATE": "1000000/s",
-            "LOG_LEVEL": "WARNING",
-        }
+        env = bench_env(
+            fake.url,
+            DJANGO_SETTINGS_MODULE="bench.settings",
+            DATABASE_URL=f"postgres://postgres@{HOST}:5432/{args.db_name}",
+            REDIS_URL=f"redis://{HOST}:6379/{args.redis_db}",
+        )
         env.pop("CELERY_BROKER_URL", None)  # redis: REDIS_URL's database
         tokens = prepare(env, args.db_name, args.redis_db, max(args.clients))
         size = f"turns={args.turns}" if args.turns else f"seconds={args.seconds}"

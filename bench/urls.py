@@ -12,6 +12,7 @@ the turn's statements, and nothing else (``bench/statements.py``).
 import uuid
 from contextlib import closing
 
+from django.db import IntegrityError
 from django.urls import path
 from django.utils import timezone
 from rest_framework.response import Response
@@ -52,9 +53,12 @@ class StatementsApi(APIView):
     def post(self, request, session_id: str) -> Response:
         sid, user_id = as_uuid(session_id), request.user.pk
         content = str(request.data.get("content", ""))
-        turn_id = sid and statements.accept(
-            user_id=user_id, session_id=sid, content=content, now=timezone.now()
-        )
+        try:
+            turn_id = sid and statements.accept(
+                user_id=user_id, session_id=sid, content=content, now=timezone.now()
+            )
+        except IntegrityError:  # a turn of the session still in flight, as a turn's 409
+            return Response({"status": "in flight"}, status=409)
         if not turn_id:
             return Response({"status": "not found"}, status=404)
         with closing(turn_changes(turn_id=turn_id, timeout=30)) as changes:

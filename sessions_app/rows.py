@@ -12,14 +12,13 @@ from typing import TypeVar
 from django.db import connection
 from django.db.models import Model
 
+from core.sql import in_sql
+
 from .models import ChatSession, Turn
 
+__all__ = ["built", "columns", "in_sql", "joined", "many", "one", "turn_from_row"]
+
 M = TypeVar("M", bound=Model)
-
-
-def in_sql() -> bool:
-    """Tell whether this connection runs the statements written here (Postgres)."""
-    return connection.vendor == "postgresql"
 
 
 def columns(alias: str, model: type[Model]) -> str:
@@ -50,10 +49,14 @@ def joined(row: tuple, model: type[M], related: type[Model], field: str) -> M:
     it).
     """
     split = len(model._meta.concrete_fields)
-    obj = model.from_db(connection.alias, None, row[:split])
-    target = related.from_db(connection.alias, None, row[split:])
-    model._meta.get_field(field).set_cached_value(obj, target)
+    obj = built(model, row[:split])
+    model._meta.get_field(field).set_cached_value(obj, built(related, row[split:]))
     return obj
+
+
+def built(model: type[M], row: tuple) -> M:
+    """Return ``model``'s object from a row of ``columns`` of it, as a query builds it."""
+    return model.from_db(connection.alias, None, row)
 
 
 def turn_from_row(row: tuple | None) -> Turn | None:

@@ -100,7 +100,7 @@ def chat_session_take_seq_for_owner(
     if sid and rows.in_sql():  # the row built as ``rows`` builds them: no RawQuerySet
         row = rows.one(_TAKE_SEQ, [now, expires_at, sid, user.pk, now])
         if row is not None:
-            session, vault = ChatSession.from_db(connection.alias, None, row[:-2]), row[-2:]
+            session, vault = rows.built(ChatSession, row[:-2]), row[-2:]
     elif sid:
         ops, pk = connection.ops, ChatSession._meta.pk
         params = [

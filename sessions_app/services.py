@@ -24,7 +24,7 @@ from audit_app.services import (
     fingerprints_register,
     reply_scan,
 )
-from core import inserts
+from core import sql
 from core.ids import as_uuid
 
 from . import crypto, events, privacy, rows
@@ -158,7 +158,7 @@ def _message_accept(
     session = chat_session_take_seq_for_owner(
         user=user, session_id=session_id, now=now, expires_at=_expiry(now)
     )
-    turn = inserts.insert(Turn(id=turn_id, session=session, deadline_at=_deadline(now)))
+    turn = sql.insert(Turn(id=turn_id, session=session, deadline_at=_deadline(now)))
     stored = privacy.content_scrub(
         session_id=session.pk, content=content, vault_row=session.vault_row
     )

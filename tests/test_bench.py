@@ -80,5 +80,15 @@ def test_the_sql_endpoint_frees_the_waiter_at_once_when_the_call_fails(api, user
     fake_claude.fail(500, times=1)
     session = services.chat_session_create(owner=user)
     response = api.post(_sql(session.pk), {"content": "Hello."}, format="json")
-    assert response.status_code == 502
-    assert Turn.objects.get(session=session).status == "running"
+    assert (response.status_code, response.json()) == (502, {"status": "failed"})
+    # The failed turn ended: the session's next post is a turn of its own.
+    response = api.post(_sql(session.pk), {"content": "Again."}, format="json")
+    assert (response.status_code, response.json()) == (200, {"status": "completed"})
+
+
+def test_the_sql_endpoint_answers_409_while_a_turn_is_in_flight(api, user, fake_claude):
+    session = services.chat_session_create(owner=user)
+    services.message_accept(user=user, session_id=session.pk, content="Still running.")
+    response = api.post(_sql(session.pk), {"content": "Hello."}, format="json")
+    assert response.status_code == 409
+    assert fake_claude.request_count() == 0

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from django.db import IntegrityError
 from django.db.models import QuerySet
 
-from core import inserts
+from core import sql
 
 from .. import rows
 from ..models import ChatSession, Message
@@ -40,7 +40,7 @@ class HistoryStore(BaseHistoryStore):
 
     def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
         try:
-            message = inserts.insert(
+            message = sql.insert(
                 Message(
                     session_id=session.pk,
                     turn_id=turn_id,
