@@ -1,11 +1,14 @@
 """History in the database, read through a cache: the database is the truth.
 
 One cache entry per session holds its whole history, names its owner and session, and
-records how many messages it holds. It is used only when that count equals the session
-row's (``next_seq - 1``, read under the ownership gate), so an entry written before an
-append can never be served after it, even if its invalidation was lost. Every write
-invalidates it too (a rewrite keeps the count). A cache that does not answer is
-read past: the database alone still serves.
+records how many messages it holds and the session's cache version it was read under. It
+is used only when that count equals the session row's (``next_seq - 1``, read under the
+ownership gate), so an entry written before an append can never be served after it, even
+if its invalidation was lost; and only when its version is the session's current one.
+Every write deletes the entry, and when it commits deletes it again and gives the session a
+new version: a reader that read the database before a rewrite committed (a rewrite keeps
+the count) took the version before it, so what it caches after is never served. A cache
+that does not answer is read past: the database alone still serves.
 """
 
 import logging
@@ -25,22 +28,34 @@ def _key(session_id: uuid.UUID) -> str:
     return f"session:{{{session_id}}}:messages"
 
 
+def _version_key(session_id: uuid.UUID) -> str:
+    return f"session:{{{session_id}}}:version"
+
+
 class HistoryStore(db.HistoryStore):
     reads_see_erase = False  # an entry refilled by a racing reader outlives the erase
 
     def _all(self, session) -> list[StoredMessage]:
         count = session.next_seq - 1
-        entry = self._cache_get(session.pk)
+        cached = self._cache_get(session.pk)
+        if cached is None:  # the cache does not answer: the database alone serves
+            return super()._all(session)
+        entry, version = cached
         if (
             isinstance(entry, dict)
             and entry.get("user_id") == session.owner_id
             and entry.get("session_id") == session.pk
             and entry.get("count") == count
+            and version is not None
+            and entry.get("version") == version
         ):
             return entry["messages"]
+        # The version is taken before the database is read: a write committed after the
+        # read gives the session a newer one, and the entry cached below goes unused.
+        version = version or self._version_start(session.pk)
         messages = super()._all(session)
-        if len(messages) == count:
-            self._cache_set(session, messages)
+        if len(messages) == count and version is not None:
+            self._cache_set(session, messages, version)
         return messages
 
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
@@ -57,31 +72,60 @@ class HistoryStore(db.HistoryStore):
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         super()._erase(session_ids)
-        self._invalidate(session_ids)
+        keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
+        self._cache_delete(keys)
+        transaction.on_commit(lambda: self._cache_delete(keys))
 
     def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
         super()._rewrite(session, turn_id, role, content, status)
         self._invalidate([session.pk])
 
     def _invalidate(self, session_ids: list[uuid.UUID]) -> None:
-        keys = [_key(sid) for sid in session_ids]
-        self._cache_delete(keys)
-        # Again once the write is visible: a reader between the two could have cached
-        # the state before it.
-        transaction.on_commit(lambda: self._cache_delete(keys))
+        # Now, so that the writer's own transaction reads past the entry; and once the write
+        # is visible, with a new version: a reader that read the database before that took
+        # the version before it, and what it caches is never served.
+        self._cache_delete([_key(sid) for sid in session_ids])
+        transaction.on_commit(lambda: self._renew(session_ids))
 
-    def _cache_get(self, session_id: uuid.UUID) -> object:
+    def _renew(self, session_ids: list[uuid.UUID]) -> None:
+        """Delete the sessions' entries and give each a new version."""
+        self._cache_delete([_key(sid) for sid in session_ids])
         try:
-            return cache.get(_key(session_id))
+            cache.set_many(
+                {_version_key(sid): uuid.uuid4().hex for sid in session_ids},
+                timeout=settings.SESSION_TTL_SECONDS,
+            )
+        except Exception:  # noqa: BLE001 - the entries are gone; a lost one is refused by count
+            logger.warning("history cache unavailable; session versions not renewed")
+
+    def _version_start(self, session_id: uuid.UUID) -> str | None:
+        """Give a session with no version one; return its version (None: no cache)."""
+        key = _version_key(session_id)
+        try:
+            if cache.add(key, version := uuid.uuid4().hex, timeout=settings.SESSION_TTL_SECONDS):
+                return version
+            return cache.get(key)  # another reader's, or a writer's newer one
+        except Exception:  # noqa: BLE001 - the database is the truth; read past the cache
+            logger.warning("history cache unavailable; not caching")
+            return None
+
+    def _cache_get(self, session_id: uuid.UUID) -> tuple[object, str | None] | None:
+        """The session's entry and its current version, in one round trip; None if the
+        cache does not answer."""
+        keys = (_key(session_id), _version_key(session_id))
+        try:
+            found = cache.get_many(keys)
         except Exception:  # noqa: BLE001 - the database is the truth; read past the cache
             logger.warning("history cache unavailable; reading the database")
             return None
+        return found.get(keys[0]), found.get(keys[1])
 
-    def _cache_set(self, session: SessionLike, messages: list[StoredMessage]) -> None:
+    def _cache_set(self, session: SessionLike, messages: list[StoredMessage], version: str) -> None:
         entry = {
             "user_id": session.owner_id,
             "session_id": session.pk,
             "count": len(messages),
+            "version": version,
             "messages": messages,
         }
         try:

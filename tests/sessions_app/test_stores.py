@@ -267,6 +267,36 @@ class TestRedisStore(StoreContract):
 class TestCachedDbStore(StoreContract):
     store_name = "cached_db"
 
+    @pytest.mark.django_db(transaction=True)
+    def test_a_reader_racing_a_rewrite_never_caches_the_text_before_it(
+        self, user, session, monkeypatch
+    ):
+        """A reader reads the database, a withheld reply's release commits (a rewrite: the
+        count stays), then the reader caches what it read: that entry must not be served."""
+        from sessions_app.stores import db
+
+        turn = self.accept(user, session, "question")
+        assert services.turn_complete(turn_id=turn.pk, reply="the notice")
+        session.refresh_from_db()
+        store = history_store()
+        database_read = db.HistoryStore._all
+
+        def read_then_rewritten(self, session):
+            before = database_read(self, session)
+            monkeypatch.setattr(db.HistoryStore, "_all", database_read)  # once
+            with transaction.atomic():  # committed, its invalidation run, before the caching
+                store.reply_rewrite(
+                    session=session, turn_id=turn.pk, content="the released reply", status="ok"
+                )
+            return before
+
+        monkeypatch.setattr(db.HistoryStore, "_all", read_then_rewritten)
+        raced = store.page(session=session, offset=0, limit=9)
+        assert [m.content for m in raced] == ["question", "the notice"]  # read before it
+        for _ in range(2):  # the next reads, the first from the database, then cached
+            after = store.page(session=session, offset=0, limit=9)
+            assert [m.content for m in after] == ["question", "the released reply"]
+
     def test_an_entry_is_never_served_stale_or_to_another_owner(self, user, other_user, session):
         from django.core.cache import cache
 
@@ -289,7 +319,14 @@ class TestCachedDbStore(StoreContract):
         theirs.refresh_from_db()
         history_store().page(session=theirs, offset=0, limit=9)  # cached for them
         poisoned = cache.get(f"session:{{{theirs.pk}}}:messages")
-        poisoned = {**poisoned, "user_id": user.pk, "session_id": session.pk, "count": 1}
+        version = cache.get(f"session:{{{session.pk}}}:version")
+        poisoned = {
+            **poisoned,
+            "user_id": user.pk,
+            "session_id": session.pk,
+            "count": 1,
+            "version": version,  # all the entry's own labels say it is this session's
+        }
         session.next_seq = 2  # matches the poisoned count
         cache.set(key, poisoned)
         with pytest.raises(ForeignData) as refused:
