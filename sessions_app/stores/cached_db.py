@@ -7,16 +7,21 @@ ownership gate), so an entry written before an append can never be served after 
 if its invalidation was lost; and only when its version is the session's current one.
 Every write deletes the entry, and when it commits deletes it again and gives the session a
 new version: a reader that read the database before a rewrite committed (a rewrite keeps
-the count) took the version before it, so what it caches after is never served. A cache
-that does not answer is read past: the database alone still serves.
+the count) took the version before it, so what it caches after is never served; on Redis
+it is not even written (nor after an erase, which deletes the version). A cache that does
+not answer is read past: the database alone still serves.
 """
 
 import logging
+import secrets
 import uuid
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from django.db import transaction
+from django_redis import get_redis_connection
+from django_redis.cache import RedisCache
+from redis.commands.core import Script
 
 from . import db
 from .base import SessionLike, StoredMessage
@@ -32,8 +37,31 @@ def _version_key(session_id: uuid.UUID) -> str:
     return f"session:{{{session_id}}}:version"
 
 
+def _new_version() -> int:
+    # An integer, which the Redis cache stores as its digits: the script below compares it.
+    return secrets.randbits(62)
+
+
+# On Redis an entry is written only while the session's version is still the one its reader
+# took before reading the database: one script, atomic (both keys in the session's cluster
+# slot). A reader that read before a write, or before an erase, which deletes the version,
+# then caches nothing, instead of a copy that would wait for its TTL.
+_SET_IF_VERSION = Script(
+    None,  # no client of its own: each call names the connection it runs on
+    b"""
+    if redis.call('GET', KEYS[2]) == ARGV[1] then
+        redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+        return 1
+    end
+    return 0
+    """,
+)
+
+
 class HistoryStore(db.HistoryStore):
-    reads_see_erase = False  # an entry refilled by a racing reader outlives the erase
+    # An entry may still be read in the instant between an erase's commit and its keys'
+    # deletion (a racing reader can no longer refill one after: its write is refused).
+    reads_see_erase = False
 
     def _all(self, session) -> list[StoredMessage]:
         count = session.next_seq - 1
@@ -92,24 +120,24 @@ class HistoryStore(db.HistoryStore):
         self._cache_delete([_key(sid) for sid in session_ids])
         try:
             cache.set_many(
-                {_version_key(sid): uuid.uuid4().hex for sid in session_ids},
+                {_version_key(sid): _new_version() for sid in session_ids},
                 timeout=settings.SESSION_TTL_SECONDS,
             )
         except Exception:  # noqa: BLE001 - the entries are gone; a lost one is refused by count
             logger.warning("history cache unavailable; session versions not renewed")
 
-    def _version_start(self, session_id: uuid.UUID) -> str | None:
+    def _version_start(self, session_id: uuid.UUID) -> int | None:
         """Give a session with no version one; return its version (None: no cache)."""
         key = _version_key(session_id)
         try:
-            if cache.add(key, version := uuid.uuid4().hex, timeout=settings.SESSION_TTL_SECONDS):
+            if cache.add(key, version := _new_version(), timeout=settings.SESSION_TTL_SECONDS):
                 return version
             return cache.get(key)  # another reader's, or a writer's newer one
         except Exception:  # noqa: BLE001 - the database is the truth; read past the cache
             logger.warning("history cache unavailable; not caching")
             return None
 
-    def _cache_get(self, session_id: uuid.UUID) -> tuple[object, str | None] | None:
+    def _cache_get(self, session_id: uuid.UUID) -> tuple[object, int | None] | None:
         """The session's entry and its current version, in one round trip; None if the
         cache does not answer."""
         keys = (_key(session_id), _version_key(session_id))
@@ -120,7 +148,7 @@ class HistoryStore(db.HistoryStore):
             return None
         return found.get(keys[0]), found.get(keys[1])
 
-    def _cache_set(self, session: SessionLike, messages: list[StoredMessage], version: str) -> None:
+    def _cache_set(self, session: SessionLike, messages: list[StoredMessage], version: int) -> None:
         entry = {
             "user_id": session.owner_id,
             "session_id": session.pk,
@@ -128,8 +156,14 @@ class HistoryStore(db.HistoryStore):
             "version": version,
             "messages": messages,
         }
+        ttl = settings.SESSION_TTL_SECONDS
         try:
-            cache.set(_key(session.pk), entry, timeout=settings.SESSION_TTL_SECONDS)
+            if not isinstance(caches["default"], RedisCache):  # one process's cache
+                cache.set(_key(session.pk), entry, timeout=ttl)
+                return
+            keys = [cache.make_key(_key(session.pk)), cache.make_key(_version_key(session.pk))]
+            args = [str(version), cache.client.encode(entry), ttl]
+            _SET_IF_VERSION(keys=keys, args=args, client=get_redis_connection("default"))
         except Exception:  # noqa: BLE001 - an entry not cached is only a slower read
             logger.warning("history cache unavailable; not caching")
 

@@ -296,6 +296,33 @@ class TestCachedDbStore(StoreContract):
         for _ in range(2):  # the next reads, the first from the database, then cached
             after = store.page(session=session, offset=0, limit=9)
             assert [m.content for m in after] == ["question", "the released reply"]
+        from django.core.cache import cache
+
+        entry = cache.get(f"session:{{{session.pk}}}:messages")
+        assert entry["version"] == cache.get(f"session:{{{session.pk}}}:version")
+        assert [m.content for m in entry["messages"]] == ["question", "the released reply"]
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_reader_racing_a_delete_leaves_nothing_in_redis(self, user, session, monkeypatch):
+        """A reader reads the database, the session's DELETE commits (its keys erased), then
+        the reader would cache what it read: nothing of the session may be left behind."""
+        from sessions_app.stores import db
+
+        turn = self.accept(user, session, "CANARY-erase question")
+        assert services.turn_complete(turn_id=turn.pk, reply="CANARY-erase reply")
+        session.refresh_from_db()
+        database_read = db.HistoryStore._all
+
+        def read_then_deleted(self, session):
+            before = database_read(self, session)
+            monkeypatch.setattr(db.HistoryStore, "_all", database_read)  # once
+            services.chat_session_delete(user=user, session_id=session.pk)
+            return before
+
+        monkeypatch.setattr(db.HistoryStore, "_all", read_then_deleted)
+        raced = history_store().page(session=session, offset=0, limit=9)
+        assert [m.content for m in raced] == ["CANARY-erase question", "CANARY-erase reply"]
+        assert _scan(f"*{session.pk}*") == []
 
     def test_an_entry_is_never_served_stale_or_to_another_owner(self, user, other_user, session):
         from django.core.cache import cache
