@@ -116,14 +116,21 @@ class HistoryStore(db.HistoryStore):
         transaction.on_commit(lambda: self._renew(session_ids))
 
     def _renew(self, session_ids: list[uuid.UUID]) -> None:
-        """Delete the sessions' entries and give each a new version."""
-        self._cache_delete([_key(sid) for sid in session_ids])
+        """Delete the sessions' entries and give each a new version (on Redis, in one round
+        trip)."""
+        versions = {_version_key(sid): _new_version() for sid in session_ids}
+        ttl = settings.SESSION_TTL_SECONDS
         try:
-            cache.set_many(
-                {_version_key(sid): _new_version() for sid in session_ids},
-                timeout=settings.SESSION_TTL_SECONDS,
-            )
-        except Exception:  # noqa: BLE001 - the entries are gone; a lost one is refused by count
+            if not isinstance(caches["default"], RedisCache):
+                cache.delete_many([_key(sid) for sid in session_ids])
+                cache.set_many(versions, timeout=ttl)
+                return
+            pipe = get_redis_connection("default").pipeline(transaction=False)
+            pipe.delete(*(cache.make_key(_key(sid)) for sid in session_ids))
+            for key, version in versions.items():  # the digits, as the cache stores an int
+                pipe.set(cache.make_key(key), version, ex=ttl)
+            pipe.execute()
+        except Exception:  # noqa: BLE001 - a lost renewal leaves the entry to its count check
             logger.warning("history cache unavailable; session versions not renewed")
 
     def _version_start(self, session_id: uuid.UUID) -> int | None:
