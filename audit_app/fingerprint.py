@@ -68,6 +68,10 @@ class ScanResult:
     leaked: bool
     score: float
     evidence: list[Evidence] = field(default_factory=list)
+    # The text scanned and its keyed digests, so that registering that same text reuses
+    # them; never in a repr (a log line must not carry the text).
+    text: str = field(default="", repr=False)
+    digests: tuple[bytes, ...] = field(default=(), repr=False)
 
 
 class _Token(NamedTuple):

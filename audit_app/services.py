@@ -1,6 +1,7 @@
 """Writes to the audit trail and the fingerprint index. Entries hold hashes, counts and
 offsets, never raw content."""
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -279,13 +280,19 @@ def _digests(text: str) -> tuple[list[fingerprint.Feature], dict[str, bytes]]:
     return found, {f.text: fingerprint.keyed_digest(key, f.text) for f in found}
 
 
-def fingerprints_register(*, user_id: int, session_id: uuid.UUID, text: str) -> None:
+def fingerprints_register(
+    *, user_id: int, session_id: uuid.UUID, text: str, scan: ScanResult | None = None
+) -> None:
     """Register the distinctive tokens of ``text`` as introduced by this user's session.
 
-    Raise ``IndexUnavailable`` if the index cannot be reached.
+    A ``scan`` of this same text (``reply_scan``'s) lends its digests instead of computing
+    them again. Raise ``IndexUnavailable`` if the index cannot be reached.
     """
-    _found, digests = _digests(text)
-    fingerprint_index().add(sorted(set(digests.values())), user_id=user_id, session_id=session_id)
+    if scan is not None and scan.text == text:
+        keys = list(scan.digests)
+    else:
+        keys = sorted(set(_digests(text)[1].values()))
+    fingerprint_index().add(keys, user_id=user_id, session_id=session_id)
 
 
 def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
@@ -294,11 +301,13 @@ def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
     Raise ``IndexUnavailable`` if the index cannot be reached.
     """
     found, digests = _digests(text)
-    postings = fingerprint_index().lookup(sorted(set(digests.values())))
+    keys = tuple(sorted(set(digests.values())))
+    postings = fingerprint_index().lookup(list(keys))
     by_text = {feature: postings.get(digest, []) for feature, digest in digests.items()}
-    return fingerprint.score(
+    result = fingerprint.score(
         found, by_text, user_id=user_id, session_id=str(session_id), max_users=MAX_RECORDS
     )
+    return dataclasses.replace(result, text=text, digests=keys)
 
 
 def fingerprints_erase_session(*, session_id: uuid.UUID, texts: Iterable[str] = ()) -> None:

@@ -327,6 +327,7 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
                     user_id=turn.session.owner_id,
                     session_id=turn.session_id,
                     text=message.content,
+                    scan=scan,  # its digests, when the stored text is the one scanned
                 )
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)

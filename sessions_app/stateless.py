@@ -358,4 +358,4 @@ def _turn_record(*, turn: Conversation, kept: str, scan: ScanResult, delivered: 
     else:
         audit_message(**ids, role="assistant", content=kept, kind="reply")
     if delivered:
-        fingerprints_register(**ids, text=kept)
+        fingerprints_register(**ids, text=kept, scan=scan)

@@ -66,6 +66,28 @@ class IndexContract:
         result = reply_scan(user_id=2, session_id=uuid.uuid4(), text="A quince is a fruit.")
         assert not result.leaked
 
+    def test_a_text_registered_with_its_own_scan_is_indexed_as_without(self, monkeypatch):
+        """Registering the text a scan just read reuses its digests, computing none; a scan
+        of another text lends nothing."""
+        from audit_app import services
+
+        alice_session = uuid.uuid4()
+        scan = reply_scan(user_id=1, session_id=alice_session, text=ALICE_DATA)
+        assert "Bluefalcon" not in repr(scan)  # the text it carries stays out of logs
+        computed = []
+        digests = services._digests
+        monkeypatch.setattr(services, "_digests", lambda t: computed.append(t) or digests(t))
+        fingerprints_register(user_id=1, session_id=alice_session, text=ALICE_DATA, scan=scan)
+        assert computed == []
+        other = reply_scan(user_id=1, session_id=alice_session, text="Another text")
+        fingerprints_register(user_id=1, session_id=uuid.uuid4(), text="Codename Zq", scan=other)
+        assert computed == ["Another text", "Codename Zq"]
+        # Indexed as a plain registration would: another user's reply carrying it is a leak.
+        result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED)
+        assert result.leaked
+        introducers = {(p.user_id, p.session_id) for e in result.evidence for p in e.introduced_by}
+        assert introducers == {(1, str(alice_session))}
+
     def test_erasing_a_session_removes_its_postings(self):
         alice_session = _register(1, ALICE_DATA)
         fingerprints_erase_session(session_id=alice_session, texts=[ALICE_DATA])
