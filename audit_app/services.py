@@ -289,9 +289,9 @@ def fingerprints_register(
     them again. Raise ``IndexUnavailable`` if the index cannot be reached.
     """
     if scan is not None and scan.text == text:
-        keys = list(scan.digests)
+        keys = scan.digests
     else:
-        keys = sorted(set(_digests(text)[1].values()))
+        keys = tuple(sorted(set(_digests(text)[1].values())))
     fingerprint_index().add(keys, user_id=user_id, session_id=session_id)
 
 
@@ -302,7 +302,7 @@ def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
     """
     found, digests = _digests(text)
     keys = tuple(sorted(set(digests.values())))
-    postings = fingerprint_index().lookup(list(keys))
+    postings = fingerprint_index().lookup(keys)
     by_text = {feature: postings.get(digest, []) for feature, digest in digests.items()}
     result = fingerprint.score(
         found, by_text, user_id=user_id, session_id=str(session_id), max_users=MAX_RECORDS

@@ -595,50 +595,56 @@ def summary(results: list[dict]) -> None:
             f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} | "
             f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} |"
         )
-    floors = [r for r in results if r["floor"]]
-    if floors:
-        print(
-            "\nThe floor (the frameworks alone), beside the bare endpoint and the turn. CPU: "
-            "ms per operation summed over every group; cores: how many of the machine's "
-            "cores the phase kept busy; ceiling: the ratio a turn would reach if nothing "
-            "but the floor and Postgres's own work on the turn's statements cost anything:\n"
-            "| broker | clients | floor turns/s | floor / bare | turn / floor | CPU ms/floor "
-            "web | worker | postgres | CPU bare / floor / turn | cores bare / floor / turn | "
-            "ceiling | floor p50 ms |"
-        )
-        print("| --- " * 12 + "|")
-    for r in floors:  # none when the run had --no-floor
-        b, f, t = r["bare"], r["floor"], r["turn"]
-        print(
-            f"| {r['broker']} | {r['clients']} | {f.rate:.1f} | "
-            f"{f.over(b):.3f} | {t.over(f):.3f} | "
-            f"{f.cpu['web']:.2f} | {f.cpu['worker']:.2f} | {f.cpu['postgres']:.2f} | "
-            f"{b.cpu_all:.1f} / {f.cpu_all:.1f} / {t.cpu_all:.1f} | "
-            f"{b.cores:.2f} / {f.cores:.2f} / {t.cores:.2f} | "
-            f"{b.cpu_all / (f.cpu_all + t.cpu['postgres'] - f.cpu['postgres']):.3f} | "
-            f"{f.latency_ms(0.5):.1f} |"
-        )
-    sqls = [r for r in results if r["sql"]]
-    if sqls:
-        print(
-            "\nThe turn's statements alone (the floor and the turn's 11 SQL statements in its "
-            "transactions, nothing else), beside the bare endpoint and the turn:\n"
-            "| broker | clients | sql turns/s | sql / bare | turn / sql | CPU ms/sql web | "
-            "worker | postgres | CPU sql (all) | cores | sql p50 ms |"
-        )
-        print("| --- " * 11 + "|")
-    for r in sqls:  # none when the run had --no-sql
-        b, q, t = r["bare"], r["sql"], r["turn"]
-        print(
-            f"| {r['broker']} | {r['clients']} | {q.rate:.1f} | {q.over(b):.3f} | "
-            f"{t.over(q):.3f} | {q.cpu['web']:.2f} | {q.cpu['worker']:.2f} | "
-            f"{q.cpu['postgres']:.2f} | {q.cpu_all:.1f} | {q.cores:.2f} | "
-            f"{q.latency_ms(0.5):.1f} |"
-        )
+    baseline_table(
+        results,
+        "floor",
+        "The floor (the frameworks alone), beside the bare endpoint and the turn. CPU: ms "
+        "per operation summed over every group; cores: how many of the machine's cores the "
+        "phase kept busy; ceiling: the ratio a turn would reach if nothing but the floor and "
+        "Postgres's own work on the turn's statements cost anything:",
+        ceiling=True,
+    )
+    baseline_table(
+        results,
+        "sql",
+        "The turn's statements alone (the floor and the turn's 11 SQL statements in its "
+        "transactions, nothing else), beside the bare endpoint and the turn:",
+    )
     for r in results:
         if "rss_after" in r:
             cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
             print(f"RSS after the {r['broker']} run: {cells}")
+
+
+def baseline_table(results: list[dict], name: str, heading: str, ceiling: bool = False) -> None:
+    """The ``name`` phase (floor or sql) of each result beside its bare endpoint and its
+    turn; nothing if the run skipped that phase."""
+    rows = [r for r in results if r[name]]
+    if not rows:
+        return
+    extra = " ceiling |" if ceiling else ""
+    print(
+        f"\n{heading}\n| broker | clients | {name} turns/s | {name} / bare | turn / {name} | "
+        f"CPU ms/{name} web | worker | postgres | CPU bare / {name} / turn | "
+        f"cores bare / {name} / turn |{extra} {name} p50 ms |"
+    )
+    print("| --- " * (11 + ceiling) + "|")
+    for r in rows:
+        b, p, t = r["bare"], r[name], r["turn"]
+        cells = [
+            r["broker"],
+            str(r["clients"]),
+            f"{p.rate:.1f}",
+            f"{p.over(b):.3f}",
+            f"{t.over(p):.3f}",
+            *(f"{p.cpu[group]:.2f}" for group in ("web", "worker", "postgres")),
+            f"{b.cpu_all:.1f} / {p.cpu_all:.1f} / {t.cpu_all:.1f}",
+            f"{b.cores:.2f} / {p.cores:.2f} / {t.cores:.2f}",
+        ]
+        if ceiling:
+            cells.append(f"{b.cpu_all / (p.cpu_all + t.cpu['postgres'] - p.cpu['postgres']):.3f}")
+        cells.append(f"{p.latency_ms(0.5):.1f}")
+        print("| " + " | ".join(cells) + " |")
 
 
 def claude_own_ms(url: str, calls: int = 300) -> float:

@@ -10,6 +10,7 @@ the turn's statements, and nothing else (``bench/statements.py``).
 """
 
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 
 from django.db import IntegrityError
@@ -34,19 +35,27 @@ class BareApi(APIView):
         return Response({"ok": True}, status=201)
 
 
+def _woken(job: uuid.UUID, send: Callable[[], object]) -> str | None:
+    """Subscribe to ``job``'s changes, then ``send()`` its task (subscribed first, as a
+    turn's ?wait is, so the wake-up is not missed); return the first status told, or None
+    after 30 s."""
+    with closing(turn_changes(turn_id=job, timeout=30)) as changes:
+        next(changes)
+        send()
+        return next((status for status in changes if status is not None), None)
+
+
+def _answer(status: str | None) -> Response:
+    if status is None:
+        return Response({"status": "timeout"}, status=504)
+    return Response({"status": status}, status=200 if status == "completed" else 502)
+
+
 class FloorApi(APIView):
     def post(self, request, session_id: str) -> Response:
         chat_session_get_for_owner(user=request.user, session_id=session_id)
-        job = uuid.uuid4()
-        # Subscribed before the task is sent, as a turn's ?wait is, so the wake-up is not missed.
-        with closing(turn_changes(turn_id=job, timeout=30)) as changes:
-            next(changes)
-            floor_turn.delay(str(job), str(request.data.get("content", "")))
-            for status in changes:
-                if status is not None:
-                    code = 200 if status == "completed" else 502
-                    return Response({"status": status}, status=code)
-        return Response({"status": "timeout"}, status=504)
+        job, content = uuid.uuid4(), str(request.data.get("content", ""))
+        return _answer(_woken(job, lambda: floor_turn.delay(str(job), content)))
 
 
 class StatementsApi(APIView):
@@ -61,18 +70,11 @@ class StatementsApi(APIView):
             return Response({"status": "in flight"}, status=409)
         if not turn_id:
             return Response({"status": "not found"}, status=404)
-        with closing(turn_changes(turn_id=turn_id, timeout=30)) as changes:
-            next(changes)
-            statements_turn.delay(str(turn_id), content)
-            for status in changes:
-                if status is not None:
-                    break
-            else:
-                return Response({"status": "timeout"}, status=504)
-        status = statements.reread(
-            user_id=user_id, session_id=sid, turn_id=turn_id, now=timezone.now()
+        if _woken(turn_id, lambda: statements_turn.delay(str(turn_id), content)) is None:
+            return _answer(None)
+        return _answer(
+            statements.reread(user_id=user_id, session_id=sid, turn_id=turn_id, now=timezone.now())
         )
-        return Response({"status": status}, status=200 if status == "completed" else 502)
 
 
 urlpatterns = [

@@ -58,6 +58,12 @@ _SET_IF_VERSION = Script(
 )
 
 
+def _redis():
+    """The Redis connection behind the cache, or None for any other cache (one process's,
+    where no other process races a reader)."""
+    return get_redis_connection("default") if isinstance(caches["default"], RedisCache) else None
+
+
 class HistoryStore(db.HistoryStore):
     # An entry may still be read in the instant between an erase's commit and its keys'
     # deletion (a racing reader can no longer refill one after: its write is refused).
@@ -121,11 +127,11 @@ class HistoryStore(db.HistoryStore):
         versions = {_version_key(sid): _new_version() for sid in session_ids}
         ttl = settings.SESSION_TTL_SECONDS
         try:
-            if not isinstance(caches["default"], RedisCache):
+            if (redis := _redis()) is None:
                 cache.delete_many([_key(sid) for sid in session_ids])
                 cache.set_many(versions, timeout=ttl)
                 return
-            pipe = get_redis_connection("default").pipeline(transaction=False)
+            pipe = redis.pipeline(transaction=False)
             pipe.delete(*(cache.make_key(_key(sid)) for sid in session_ids))
             for key, version in versions.items():  # the digits, as the cache stores an int
                 pipe.set(cache.make_key(key), version, ex=ttl)
@@ -165,12 +171,12 @@ class HistoryStore(db.HistoryStore):
         }
         ttl = settings.SESSION_TTL_SECONDS
         try:
-            if not isinstance(caches["default"], RedisCache):  # one process's cache
+            if (redis := _redis()) is None:
                 cache.set(_key(session.pk), entry, timeout=ttl)
                 return
             keys = [cache.make_key(_key(session.pk)), cache.make_key(_version_key(session.pk))]
             args = [str(version), cache.client.encode(entry), ttl]
-            _SET_IF_VERSION(keys=keys, args=args, client=get_redis_connection("default"))
+            _SET_IF_VERSION(keys=keys, args=args, client=redis)
         except Exception:  # noqa: BLE001 - an entry not cached is only a slower read
             logger.warning("history cache unavailable; not caching")
 
