@@ -281,6 +281,7 @@ class Clients:
         self.tokens = tokens
         self.session_turns = session_turns
         self.early = 0  # turns whose ?wait answered 202 before the end (polled instead)
+        self.polls = 0  # the GETs those turns took
         self.latencies: list[float] = []  # seconds per successful operation, polls included
         self.lock = threading.Lock()
         self.http = urllib3.PoolManager(maxsize=len(tokens), retries=False, timeout=60)
@@ -321,6 +322,8 @@ class Clients:
             response = self.http.request(
                 "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
             )
+            with self.lock:
+                self.polls += 1
             status = response.json().get("status") if response.status == 200 else None
             if status not in ("pending", "running"):
                 return str(status)
@@ -348,7 +351,7 @@ class Clients:
         sessions = {token: self.new_session(token) for token in self.tokens}
         state = {"sent": 0, "done": 0, "errors": 0}
         lock = self.lock
-        self.early = 0
+        self.early = self.polls = 0
         self.latencies = []
         deadline = time.monotonic() + seconds
 
@@ -406,6 +409,7 @@ class Phase:
     elapsed: float
     cpu: dict[str, float]  # ms per successful operation, by group
     early: int = 0  # turns answered 202 before their end, then polled
+    polls: int = 0  # the GETs those turns took
     latencies: list[float] = field(default_factory=list)
     pg: PgPhase | None = None
 
@@ -441,7 +445,9 @@ def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=N
     done, errors, elapsed = clients.run(path_for, seconds=seconds, ops=args.turns, at_half=at_half)
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
     pg = stack.pg.stop() if stack.pg else None
-    return Phase(name, done, errors, elapsed, cpu, clients.early, clients.latencies, pg)
+    return Phase(
+        name, done, errors, elapsed, cpu, clients.early, clients.polls, clients.latencies, pg
+    )
 
 
 def turn_path(session: str) -> str:
@@ -528,7 +534,8 @@ def report(result: dict, args) -> None:
         unit = "req/s" if phase.name == "bare" else "turns/s"
         print(
             f"{phase.name:5} {phase.rate:8.1f} {unit:7} ({phase.done} in {phase.elapsed:.1f} s, "
-            f"{phase.errors} errors, {phase.early} answered 202 and polled)"
+            f"{phase.errors} errors, {phase.early} answered 202 and polled"
+            f" in {phase.polls} GETs)"
         )
     print(f"ratio {turn.over(bare):8.3f}  (goal: at least 0.35; ARCHITECTURE.md's third: 0.333)")
     if floor:

@@ -173,6 +173,15 @@ CELERY_TASK_ALWAYS_EAGER = env.bool(
 # RabbitMQ (amqp://, amqps://) or Redis (redis://, rediss://): the two behave differently
 # when a worker dies, so some settings below depend on which one it is.
 BROKER_IS_AMQP = CELERY_BROKER_URL.partition("://")[0] in {"amqp", "amqps", "pyamqp"}
+
+
+def broker_transport(url: str) -> str | None:
+    """kombu's Redis transport less a Redis client built per publish and per acknowledgement
+    (``core/broker.py``) for a Redis URL; None (the transport the scheme names) otherwise."""
+    return "core.broker:Transport" if url.partition("://")[0] in {"redis", "rediss"} else None
+
+
+CELERY_BROKER_TRANSPORT = broker_transport(CELERY_BROKER_URL)
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged only once it has run (run_turn is idempotent), so a worker's death
 # hands it to another worker instead of losing it.

@@ -14,6 +14,7 @@ from kombu import pools
 from redis import Redis
 
 from isolation_site.celery import app as celery_app
+from isolation_site.settings import broker_transport
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
@@ -39,7 +40,12 @@ def broker_at(settings, url: str, **conf: object) -> Iterator[None]:
     ``conf`` sets more of Celery's settings for the while (an AMQP broker's transport
     options, say); all of them are put back after.
     """
-    changes = {"broker_url": url, "task_always_eager": False, **conf}
+    changes = {
+        "broker_url": url,
+        "broker_transport": broker_transport(url),
+        "task_always_eager": False,
+        **conf,
+    }
     saved = {key: celery_app.conf[key] for key in changes}
     celery_app.conf.update(changes)
     settings.CELERY_BROKER_URL = url

@@ -30,6 +30,7 @@ from django.db import connection
 from redis import Redis
 
 from isolation_site.celery import app as celery_app
+from isolation_site.settings import broker_transport
 
 from ..fakes.claude import FakeClaude
 from ..support import PrivateRedis, free_port, reset_broker_pools, wait_until
@@ -271,7 +272,7 @@ def queued_tasks(settings, broker) -> Iterator[Redis]:
     # Read before changing: the first read loads Celery's conf from the settings.
     saved = {
         key: celery_app.conf[key]
-        for key in ("task_always_eager", "broker_url", "broker_write_url")
+        for key in ("task_always_eager", "broker_url", "broker_write_url", "broker_transport")
         + ("broker_transport_options", "worker_cancel_long_running_tasks_on_connection_loss")
     }
     celery_app.conf.task_always_eager = False
@@ -281,6 +282,7 @@ def queued_tasks(settings, broker) -> Iterator[Redis]:
         celery_app.conf.update(
             broker_url=broker,
             broker_write_url=broker,
+            broker_transport=broker_transport(broker),
             broker_transport_options=settings.AMQP_BROKER_TRANSPORT_OPTIONS,
             worker_cancel_long_running_tasks_on_connection_loss=True,
         )

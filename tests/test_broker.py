@@ -1,0 +1,114 @@
+"""The Redis broker transport builds one Redis client per channel, not one per command.
+
+Against the real Redis (this test's database): messages published, delivered, recorded as
+unacknowledged and acknowledged through ``core.broker.Transport`` arrive intact and leave
+nothing behind, while the channel builds a single ``redis.Redis``; kombu's own transport,
+measured the same way, builds one per command, which is what the subclass exists to stop.
+"""
+
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection, Exchange, Queue
+from kombu.transport import redis as kombu_redis
+from redis import Redis
+
+from core import broker
+from isolation_site.celery import app as celery_app
+from isolation_site.settings import broker_transport
+
+from .support import broker_at
+
+MESSAGES = 5
+QUEUE = "broker-test"
+
+
+class Counted:
+    """Stands in for a channel's ``Client`` class and counts the clients built through it."""
+
+    def __init__(self, client_class: type) -> None:
+        self.client_class = client_class
+        self.built = 0
+
+    def __call__(self, **kwargs: object) -> Redis:
+        self.built += 1
+        return self.client_class(**kwargs)
+
+
+@pytest.fixture
+def redis_url(settings) -> Iterator[str]:
+    yield settings.REDIS_URL
+    client = Redis.from_url(settings.REDIS_URL)
+    client.delete(QUEUE, "unacked", "unacked_index", "_kombu.binding.broker-test")
+    client.close()
+
+
+def round_trip(url: str, transport: type) -> tuple[list[dict], int, Redis]:
+    """Publish, receive and acknowledge MESSAGES messages; return the bodies received, the
+    clients the channel built on the way, and a plain client on the same database."""
+    queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)
+    with Connection(url, transport=transport) as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        counted = channel.Client = Counted(channel.Client)
+        producer = conn.Producer(channel)
+        for n in range(MESSAGES):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=QUEUE)
+        received: list[dict] = []
+
+        def take(body: dict, message) -> None:
+            received.append(body)
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[take], channel=channel):
+            while len(received) < MESSAGES:
+                conn.drain_events(timeout=5)
+        built = counted.built
+    return received, built, Redis.from_url(url)
+
+
+def test_one_client_per_channel_and_nothing_left_unacknowledged(redis_url):
+    received, built, redis = round_trip(redis_url, broker.Transport)
+    assert sorted(body["n"] for body in received) == list(range(MESSAGES))
+    # The delivery's record in the unacknowledged index is gone with its ack.
+    assert redis.hlen("unacked") == 0 and redis.zcard("unacked_index") == 0
+    assert redis.llen(QUEUE) == 0
+    assert built <= 1
+    redis.close()
+
+
+def test_kombus_own_transport_builds_a_client_per_command(redis_url):
+    # The cost the subclass removes: a publish, a delivery and an ack each build one.
+    received, built, redis = round_trip(redis_url, kombu_redis.Transport)
+    assert len(received) == MESSAGES
+    assert built >= 3 * MESSAGES
+    redis.close()
+
+
+def test_a_closed_channels_next_client_is_on_its_new_pool(redis_url):
+    with Connection(redis_url, transport=broker.Transport) as conn:
+        channel = conn.channel()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as again:
+            assert first is again and first.ping()
+        old_pool = channel.pool
+        channel._disconnect_pools()  # what closing the channel does to its pools
+        with channel.conn_or_acquire() as after:
+            assert after.connection_pool is channel.pool is not old_pool
+            assert after.ping()
+        given = Redis.from_url(redis_url)
+        with channel.conn_or_acquire(given) as client:
+            assert client is given
+        given.close()
+        channel.close()
+
+
+def test_celery_publishes_through_it_for_redis_only(settings):
+    assert broker_transport("redis://127.0.0.1:6379/0") == "core.broker:Transport"
+    assert broker_transport("rediss://cache.example:6380/0") == "core.broker:Transport"
+    assert broker_transport("amqp://guest:guest@127.0.0.1:5672//") is None
+    assert broker_transport("memory://") is None
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+    with broker_at(settings, settings.REDIS_URL), celery_app.connection_for_write() as conn:
+        assert isinstance(conn.transport, broker.Transport)
+    with broker_at(settings, amqp), celery_app.connection_for_write() as conn:
+        assert not isinstance(conn.transport, kombu_redis.Transport)
