@@ -9,8 +9,9 @@ and twice by the worker on every turn. A ``redis.Redis`` is safe to share betwee
 everything else (the pools, the BRPOP and pub/sub clients, the visibility timeout, the
 restore of unacknowledged tasks) stays kombu's.
 
-``settings.CELERY_BROKER_TRANSPORT`` names this class for ``redis://`` and ``rediss://``
-broker URLs; RabbitMQ and the in-memory broker keep their own transports.
+``settings.CELERY_BROKER_TRANSPORT`` names this class for ``redis://`` broker URLs; RabbitMQ,
+the in-memory broker and ``rediss://`` (whose TLS kombu turns on by the transport's name)
+keep their own transports.
 """
 
 from collections.abc import Iterator

@@ -8,6 +8,7 @@ from celery import current_app as celery_app
 from django.core.cache import cache
 from django.db import connection
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from kombu.transport import redis as kombu_redis
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -46,7 +47,7 @@ def _broker() -> None:
         return  # tasks run in the web process: there is no broker to need
     with celery_app.connection_for_write(connect_timeout=DEADLINE_SECONDS) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=DEADLINE_SECONDS)
-        if conn.transport_cls in ("redis", "rediss"):
+        if isinstance(conn.transport, kombu_redis.Transport):  # core.broker's too
             conn.default_channel.client.ping()
 
 

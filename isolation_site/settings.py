@@ -175,13 +175,26 @@ CELERY_TASK_ALWAYS_EAGER = env.bool(
 BROKER_IS_AMQP = CELERY_BROKER_URL.partition("://")[0] in {"amqp", "amqps", "pyamqp"}
 
 
-def broker_transport(url: str) -> str | None:
+def broker_transport(*urls: str | None) -> str | None:
     """kombu's Redis transport less a Redis client built per publish and per acknowledgement
-    (``core/broker.py``) for a Redis URL; None (the transport the scheme names) otherwise."""
-    return "core.broker:Transport" if url.partition("://")[0] in {"redis", "rediss"} else None
+    (``core/broker.py``) when every broker URL given is a plain ``redis://`` one; otherwise
+    None, and each URL's scheme names its transport. Not for ``rediss://``: kombu turns TLS on
+    by that scheme's transport name, which a transport of our own would lose."""
+    given = [url for url in urls if url]
+    return (
+        "core.broker:Transport"
+        if given and all(url.partition("://")[0] == "redis" for url in given)
+        else None
+    )
 
 
-CELERY_BROKER_TRANSPORT = broker_transport(CELERY_BROKER_URL)
+# Celery reads the read and write URLs from the environment itself; the transport named
+# here is used for all three, so it must suit them all.
+CELERY_BROKER_TRANSPORT = broker_transport(
+    CELERY_BROKER_URL,
+    env.str("CELERY_BROKER_READ_URL", default=""),
+    env.str("CELERY_BROKER_WRITE_URL", default=""),
+)
 CELERY_TASK_IGNORE_RESULT = True
 # A task is acknowledged only once it has run (run_turn is idempotent), so a worker's death
 # hands it to another worker instead of losing it.

@@ -78,7 +78,8 @@ def test_one_client_per_channel_and_nothing_left_unacknowledged(redis_url):
 
 
 def test_kombus_own_transport_builds_a_client_per_command(redis_url):
-    # The cost the subclass removes: a publish, a delivery and an ack each build one.
+    # The cost the subclass removes: a publish, a delivery and an ack each build one. If a
+    # kombu release stops doing so, this fails, and core/broker.py has had its day.
     received, built, redis = round_trip(redis_url, kombu_redis.Transport)
     assert len(received) == MESSAGES
     assert built >= 3 * MESSAGES
@@ -102,13 +103,27 @@ def test_a_closed_channels_next_client_is_on_its_new_pool(redis_url):
         channel.close()
 
 
-def test_celery_publishes_through_it_for_redis_only(settings):
+def test_the_settings_choose_it_for_plain_redis_urls_only():
     assert broker_transport("redis://127.0.0.1:6379/0") == "core.broker:Transport"
-    assert broker_transport("rediss://cache.example:6380/0") == "core.broker:Transport"
+    assert broker_transport("redis://a:6379/0", "", "redis://b:6379/0") == "core.broker:Transport"
+    # kombu turns TLS on for a rediss:// URL by its transport's name: that stays kombu's.
+    assert broker_transport("rediss://cache.example:6380/0") is None
     assert broker_transport("amqp://guest:guest@127.0.0.1:5672//") is None
     assert broker_transport("memory://") is None
+    # One transport serves the read and write URLs too (Celery reads them from the
+    # environment): a write URL of another kind keeps every URL on its scheme's transport.
+    assert broker_transport("redis://127.0.0.1:6379/0", "", "amqp://127.0.0.1//") is None
+    assert broker_transport() is None
+
+
+def test_celery_publishes_and_consumes_through_it_on_redis(settings):
+    # The suite's settings load with a redis:// broker, as production's do by default.
+    assert settings.CELERY_BROKER_TRANSPORT == "core.broker:Transport"
+    assert celery_app.conf.broker_transport == "core.broker:Transport"
+    with broker_at(settings, settings.REDIS_URL):
+        for connect in (celery_app.connection_for_write, celery_app.connection_for_read):
+            with connect() as conn:
+                assert isinstance(conn.transport, broker.Transport)
     amqp = "amqp://guest:guest@127.0.0.1:5672//"
-    with broker_at(settings, settings.REDIS_URL), celery_app.connection_for_write() as conn:
-        assert isinstance(conn.transport, broker.Transport)
     with broker_at(settings, amqp), celery_app.connection_for_write() as conn:
         assert not isinstance(conn.transport, kombu_redis.Transport)

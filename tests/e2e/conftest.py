@@ -429,13 +429,17 @@ def redis_everywhere(settings, private_redis, queued_tasks) -> Iterator[dict[str
     """
     url = private_redis.url
     # Read before the settings change: the first read loads Celery's conf from them.
-    saved = {key: celery_app.conf[key] for key in ("broker_url", "broker_write_url")}
+    saved = {
+        key: celery_app.conf[key] for key in ("broker_url", "broker_write_url", "broker_transport")
+    }
     default = settings.CACHES["default"]
     # Assigning CACHES makes Django drop its cache connections (setting_changed).
     settings.CACHES = {"default": {**default, "LOCATION": url}}
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
-    celery_app.conf.update(broker_url=url, broker_write_url=url)
+    celery_app.conf.update(
+        broker_url=url, broker_write_url=url, broker_transport=broker_transport(url)
+    )
     reset_broker_pools()
     try:
         yield {"REDIS_URL": url, "CELERY_BROKER_URL": url}
