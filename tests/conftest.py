@@ -10,6 +10,7 @@ from django.test.client import Client
 from django.test.utils import CaptureQueriesContext
 from redis import Redis
 from rest_framework.test import APIClient
+from schemathesis.pytest.plugin import SchemathesisFunction
 
 from . import contract
 from .factories import UserFactory, token_for
@@ -17,6 +18,19 @@ from .fakes.claude import FakeClaude
 from .support import broker_at, private_redis  # noqa: F401  (a fixture for every suite)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each of schemathesis's tests (one per API operation) a node id of its own.
+
+    Under pytest 9 they all get the test function's bare id: schemathesis names each by its
+    operation but passes pytest no parameters to build the id from. pytest-xdist's
+    ``--dist loadfile`` keys its work by node id, and so ran one operation of the thirteen.
+    """
+    for item in items:
+        named = isinstance(item, SchemathesisFunction) and item.operation_label
+        if named and item._id.params is None:
+            item._id = item._id.with_params(item.operation_label)
 
 
 @pytest.fixture

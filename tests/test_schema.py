@@ -402,3 +402,10 @@ def test_the_api_keeps_to_its_schema(case, owner, existing_ids):
         # event is checked against the Turn schema instead.
         checks = [c for c in CHECKS if c is not response_schema_conformance] + [events_are_turns]
     case.call_and_validate(headers={"Authorization": f"Token {token_for(owner)}"}, checks=checks)
+
+
+def test_every_test_has_a_node_id_of_its_own(request):
+    # pytest-xdist's --dist loadfile schedules by node id: tests sharing one run only once
+    # (schemathesis's, one per API operation, did under pytest 9: tests/conftest.py).
+    ids = [item.nodeid for item in request.session.items]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
