@@ -6,9 +6,11 @@ nothing behind, while the channel builds a single ``redis.Redis``; kombu's own t
 measured the same way, builds one per command, which is what the subclass exists to stop.
 """
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
+from celery.utils.collections import ConfigurationView
 from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from redis import Redis
@@ -16,6 +18,7 @@ from redis import Redis
 from core import broker
 from isolation_site.celery import app as celery_app
 from isolation_site.settings import broker_transport
+from sessions_app.tasks import run_turn
 
 from .support import broker_at
 
@@ -127,3 +130,26 @@ def test_celery_publishes_and_consumes_through_it_on_redis(settings):
     amqp = "amqp://guest:guest@127.0.0.1:5672//"
     with broker_at(settings, amqp), celery_app.connection_for_write() as conn:
         assert not isinstance(conn.transport, kombu_redis.Transport)
+
+
+def test_a_publish_reads_only_celery_settings_that_django_has(settings, monkeypatch):
+    # Celery looks its settings up through Django's on every publish; one Django lacks costs
+    # a handful of raised exceptions (several times a present one's lookup), once per turn.
+    read: list[str] = []
+    lookup = ConfigurationView.__getitem__
+
+    def recorded(self, key):
+        read.append(key)
+        return lookup(self, key)
+
+    redis = Redis.from_url(settings.REDIS_URL)
+    with broker_at(settings, settings.REDIS_URL):
+        run_turn.delay(str(uuid.uuid4()), 1, str(uuid.uuid4()))  # the pools, built once
+        monkeypatch.setattr(ConfigurationView, "__getitem__", recorded)
+        run_turn.delay(str(uuid.uuid4()), 1, str(uuid.uuid4()))
+        monkeypatch.undo()
+    redis.delete("celery")
+    redis.close()
+    assert read, "the publish read no setting: the recording missed it"
+    absent = sorted({key for key in read if not hasattr(settings, f"CELERY_{key.upper()}")})
+    assert absent == []
