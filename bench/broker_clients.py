@@ -15,6 +15,7 @@ import statistics
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from kombu import Connection, Exchange, Queue
@@ -30,6 +31,8 @@ BODY = {"turn_id": str(uuid.uuid4()), "attempt": 0, "padding": "x" * 200}
 
 
 class Counted:
+    """Stands in for a channel's ``Client`` class and counts the clients built through it."""
+
     def __init__(self, client_class: type) -> None:
         self.client_class, self.built = client_class, 0
 
@@ -38,8 +41,17 @@ class Counted:
         return self.client_class(**kwargs)
 
 
-def one_round(url: str, transport: type, messages: int) -> tuple[float, float, int]:
-    """(µs of CPU per publish, per delivery + ack, clients built per message)."""
+@dataclass
+class RoundTrip:
+    received: list[dict]  # the bodies, in the order they came
+    built: int  # Redis clients the channel built from the first publish on
+    publish_cpu: float  # seconds of this process's CPU, all publishes
+    consume_cpu: float  # all deliveries and their acks
+
+
+def round_trip(url: str, transport: type, messages: int) -> RoundTrip:
+    """Publish ``messages`` task-sized messages (``"n"``: 0, 1, ...) through ``transport``,
+    then receive and acknowledge each, as a Celery worker with late acks does."""
     queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)
     with Connection(url, transport=transport) as conn:
         channel = conn.default_channel
@@ -47,21 +59,28 @@ def one_round(url: str, transport: type, messages: int) -> tuple[float, float, i
         counted = channel.Client = Counted(channel.Client)
         producer = conn.Producer(channel)
         started = time.process_time()
-        for _ in range(messages):
-            producer.publish(BODY, exchange=queue.exchange, routing_key=QUEUE)
+        for n in range(messages):
+            producer.publish({**BODY, "n": n}, exchange=queue.exchange, routing_key=QUEUE)
         published = time.process_time() - started
-        taken = [0]
+        received: list[dict] = []
 
         def take(body: dict, message) -> None:
-            taken[0] += 1
+            received.append(body)
             message.ack()
 
         started = time.process_time()
         with conn.Consumer(queue, callbacks=[take], channel=channel):
-            while taken[0] < messages:
+            while len(received) < messages:
                 conn.drain_events(timeout=5)
         consumed = time.process_time() - started
-    return published / messages * 1e6, consumed / messages * 1e6, counted.built / messages
+    return RoundTrip(received, counted.built, published, consumed)
+
+
+def one_round(url: str, transport: type, messages: int) -> tuple[float, float, float]:
+    """(µs of CPU per publish, per delivery + ack, clients built per message)."""
+    trip = round_trip(url, transport, messages)
+    per = 1e6 / messages
+    return trip.publish_cpu * per, trip.consume_cpu * per, trip.built / messages
 
 
 def main() -> None:
@@ -73,7 +92,7 @@ def main() -> None:
     url = f"redis://127.0.0.1:6379/{args.redis_db}"
     Redis.from_url(url).flushdb()
     transports = {"kombu's": kombu_redis.Transport, "core.broker": broker.Transport}
-    figures: dict[str, list[tuple[float, float, int]]] = {name: [] for name in transports}
+    figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in transports}
     for _ in range(args.rounds):
         for name, transport in transports.items():
             figures[name].append(one_round(url, transport, args.messages))

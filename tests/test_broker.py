@@ -11,10 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 from celery.utils.collections import ConfigurationView
-from kombu import Connection, Exchange, Queue
+from kombu import Connection
 from kombu.transport import redis as kombu_redis
 from redis import Redis
 
+from bench.broker_clients import QUEUE, round_trip
 from core import broker
 from isolation_site.celery import app as celery_app
 from isolation_site.settings import broker_transport
@@ -23,70 +24,33 @@ from sessions_app.tasks import run_turn
 from .support import broker_at
 
 MESSAGES = 5
-QUEUE = "broker-test"
-
-
-class Counted:
-    """Stands in for a channel's ``Client`` class and counts the clients built through it."""
-
-    def __init__(self, client_class: type) -> None:
-        self.client_class = client_class
-        self.built = 0
-
-    def __call__(self, **kwargs: object) -> Redis:
-        self.built += 1
-        return self.client_class(**kwargs)
 
 
 @pytest.fixture
 def redis_url(settings) -> Iterator[str]:
     yield settings.REDIS_URL
     client = Redis.from_url(settings.REDIS_URL)
-    client.delete(QUEUE, "unacked", "unacked_index", "_kombu.binding.broker-test")
+    client.delete(QUEUE, "unacked", "unacked_index", f"_kombu.binding.{QUEUE}")
     client.close()
 
 
-def round_trip(url: str, transport: type) -> tuple[list[dict], int, Redis]:
-    """Publish, receive and acknowledge MESSAGES messages; return the bodies received, the
-    clients the channel built on the way, and a plain client on the same database."""
-    queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)
-    with Connection(url, transport=transport) as conn:
-        channel = conn.default_channel
-        queue(channel).declare()
-        counted = channel.Client = Counted(channel.Client)
-        producer = conn.Producer(channel)
-        for n in range(MESSAGES):
-            producer.publish({"n": n}, exchange=queue.exchange, routing_key=QUEUE)
-        received: list[dict] = []
-
-        def take(body: dict, message) -> None:
-            received.append(body)
-            message.ack()
-
-        with conn.Consumer(queue, callbacks=[take], channel=channel):
-            while len(received) < MESSAGES:
-                conn.drain_events(timeout=5)
-        built = counted.built
-    return received, built, Redis.from_url(url)
-
-
 def test_one_client_per_channel_and_nothing_left_unacknowledged(redis_url):
-    received, built, redis = round_trip(redis_url, broker.Transport)
-    assert sorted(body["n"] for body in received) == list(range(MESSAGES))
+    trip = round_trip(redis_url, broker.Transport, MESSAGES)
+    assert sorted(body["n"] for body in trip.received) == list(range(MESSAGES))
     # The delivery's record in the unacknowledged index is gone with its ack.
+    redis = Redis.from_url(redis_url)
     assert redis.hlen("unacked") == 0 and redis.zcard("unacked_index") == 0
     assert redis.llen(QUEUE) == 0
-    assert built <= 1
+    assert trip.built <= 1
     redis.close()
 
 
 def test_kombus_own_transport_builds_a_client_per_command(redis_url):
     # The cost the subclass removes: a publish, a delivery and an ack each build one. If a
     # kombu release stops doing so, this fails, and core/broker.py has had its day.
-    received, built, redis = round_trip(redis_url, kombu_redis.Transport)
-    assert len(received) == MESSAGES
-    assert built >= 3 * MESSAGES
-    redis.close()
+    trip = round_trip(redis_url, kombu_redis.Transport, MESSAGES)
+    assert len(trip.received) == MESSAGES
+    assert trip.built >= 3 * MESSAGES
 
 
 def test_a_closed_channels_next_client_is_on_its_new_pool(redis_url):
