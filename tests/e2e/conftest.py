@@ -29,11 +29,8 @@ import pytest
 from django.db import connection
 from redis import Redis
 
-from isolation_site.celery import app as celery_app
-from isolation_site.settings import broker_transport
-
 from ..fakes.claude import FakeClaude
-from ..support import PrivateRedis, free_port, reset_broker_pools, wait_until
+from ..support import PrivateRedis, broker_at, free_port, wait_until
 
 __all__ = ["DatabaseKiller", "PrivateRedis", "RabbitVhost", "Service", "Worker", "wait_until"]
 
@@ -269,32 +266,19 @@ def queued_tasks(settings, broker) -> Iterator[Redis]:
     """
     redis = Redis.from_url(settings.REDIS_URL)
     redis.flushdb()
-    # Read before changing: the first read loads Celery's conf from the settings.
-    saved = {
-        key: celery_app.conf[key]
-        for key in ("task_always_eager", "broker_url", "broker_write_url", "broker_transport")
-        + ("broker_transport_options", "worker_cancel_long_running_tasks_on_connection_loss")
+    # What isolation_site.settings chooses for an amqp:// CELERY_BROKER_URL.
+    amqp = {
+        "broker_transport_options": settings.AMQP_BROKER_TRANSPORT_OPTIONS,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
-    celery_app.conf.task_always_eager = False
-    if broker != settings.REDIS_URL:
-        # What isolation_site.settings chooses for an amqp:// CELERY_BROKER_URL.
-        settings.CELERY_BROKER_URL = broker
-        celery_app.conf.update(
-            broker_url=broker,
-            broker_write_url=broker,
-            broker_transport=broker_transport(broker),
-            broker_transport_options=settings.AMQP_BROKER_TRANSPORT_OPTIONS,
-            worker_cancel_long_running_tasks_on_connection_loss=True,
-        )
-        reset_broker_pools()
-    try:
-        yield redis
-    finally:
-        celery_app.conf.update(saved)
-        if broker != settings.REDIS_URL:
-            reset_broker_pools()
-        redis.flushdb()
-        redis.close()
+    with broker_at(
+        settings, broker, broker_write_url=broker, **({} if broker == settings.REDIS_URL else amqp)
+    ):
+        try:
+            yield redis
+        finally:
+            redis.flushdb()
+            redis.close()
 
 
 @pytest.fixture
@@ -428,24 +412,12 @@ def redis_everywhere(settings, private_redis, queued_tasks) -> Iterator[dict[str
     Yields the environment that puts subprocesses (workers, beat, web) on it too.
     """
     url = private_redis.url
-    # Read before the settings change: the first read loads Celery's conf from them.
-    saved = {
-        key: celery_app.conf[key] for key in ("broker_url", "broker_write_url", "broker_transport")
-    }
     default = settings.CACHES["default"]
     # Assigning CACHES makes Django drop its cache connections (setting_changed).
     settings.CACHES = {"default": {**default, "LOCATION": url}}
     settings.REDIS_URL = url
-    settings.CELERY_BROKER_URL = url
-    celery_app.conf.update(
-        broker_url=url, broker_write_url=url, broker_transport=broker_transport(url)
-    )
-    reset_broker_pools()
-    try:
+    with broker_at(settings, url, broker_write_url=url):
         yield {"REDIS_URL": url, "CELERY_BROKER_URL": url}
-    finally:
-        celery_app.conf.update(saved)
-        reset_broker_pools()
 
 
 # Killing the test database's connections ----------------------------------------------------
