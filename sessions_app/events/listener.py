@@ -127,8 +127,22 @@ class Subscription:
         """A notification came. Until the waiter takes it, an end (or an unknown status)
         is not overwritten by a later "pending" or "running": a redelivered run's claim
         published after another run's end must not hide that end from a ``?wait``."""
-        if not (self.changed.is_set() and self.status not in Turn.IN_FLIGHT):
+        if not (self._untaken() and self.status not in Turn.IN_FLIGHT):
             self.status = status
+        self._wake()
+
+    def told_lost(self) -> None:
+        """The listener's connection is gone: the waiter polls from now on."""
+        self.lost = True
+        self.status = UNKNOWN
+        self._wake()
+
+    # What a waiter on another thread overrides (``loop_thread``): how it is woken, and
+    # whether a notification is still untaken.
+    def _untaken(self) -> bool:
+        return self.changed.is_set()
+
+    def _wake(self) -> None:
         self.changed.set()
 
     def close(self) -> None:
@@ -172,23 +186,11 @@ class TurnListener:
 
         Raise ``redis.exceptions.ConnectionError`` if Redis cannot be reached.
         """
-        channel = _channel(turn_id)
-        subscription = Subscription(self, channel)
-        entry = self.channels.get(channel)
-        if entry is None:
-            entry = _Channel(self.loop.create_future())
-            self.channels[channel] = entry
-            self._confirmations.setdefault(channel, deque()).append(entry.ready)
-            self._later(self._command("subscribe", channel))
-        entry.subscriptions.add(subscription)
+        subscription, ready = self.enter(turn_id)
         try:
-            ready = asyncio.shield(entry.ready)
-            confirmed = await asyncio.wait_for(ready, SUBSCRIBE_TIMEOUT_SECONDS)
+            confirmed = await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_TIMEOUT_SECONDS)
         except TimeoutError:
-            subscription.close()
-            # A connection that confirms nothing is as good as gone (a failover, a host gone
-            # without closing it): drop it, so that the next subscriber connects afresh.
-            self._later(self._drop_unanswering())
+            self.unconfirmed(subscription)
             raise redis.exceptions.TimeoutError("no subscription confirmed in time") from None
         except BaseException:
             subscription.close()
@@ -197,6 +199,35 @@ class TurnListener:
             subscription.close()
             raise redis.exceptions.ConnectionError("turn notifications are unavailable")
         return subscription
+
+    def enter(
+        self, turn_id: object, kind: type[Subscription] = Subscription
+    ) -> tuple[Subscription, asyncio.Future]:
+        """On the loop: a new ``kind`` of subscription to the turn's channel, and the future
+        that says (True) once Redis confirmed the channel, or (False) that it is lost.
+
+        ``subscribe`` awaits it; a waiting thread (``loop_thread``) is told of it instead,
+        without a coroutine and its task to carry the answer across.
+        """
+        channel = _channel(turn_id)
+        subscription = kind(self, channel)
+        entry = self.channels.get(channel)
+        if entry is None:
+            entry = _Channel(self.loop.create_future())
+            self.channels[channel] = entry
+            self._confirmations.setdefault(channel, deque()).append(entry.ready)
+            self._later(self._command("subscribe", channel))
+        entry.subscriptions.add(subscription)
+        return subscription, entry.ready
+
+    def unconfirmed(self, subscription: Subscription) -> None:
+        """On the loop: a subscription Redis did not confirm in time is given up.
+
+        A connection that confirms nothing is as good as gone (a failover, a host gone
+        without closing it): it is dropped, so that the next subscriber connects afresh.
+        """
+        subscription.close()
+        self._later(self._drop_unanswering())
 
     def drop(self, subscription: Subscription) -> None:
         """Forget a closed subscription; unsubscribe the channel when it was the last."""
@@ -280,9 +311,7 @@ class TurnListener:
         pubsub, self._pubsub = self._pubsub, None
         for entry in self.channels.values():
             for subscription in entry.subscriptions:
-                subscription.lost = True
-                subscription.status = UNKNOWN
-                subscription.changed.set()
+                subscription.told_lost()
             if not entry.ready.done():
                 entry.ready.set_result(False)
         self.channels.clear()

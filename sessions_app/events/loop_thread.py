@@ -5,21 +5,26 @@ connection: every wait of the process shares the listener that ASGI waits use, r
 small event loop here. A connection per wait cost a connect and its handshake, and, since
 a pub/sub connection is closed when its wait ends, a reconnect of the cache's next
 command too.
+
+The waiting thread and the loop meet through plain callbacks and ``threading.Event``s, not
+coroutines run on the loop: a coroutine handed across (a task, ``wait_for``'s timer, two
+futures chained) cost as much CPU again as carrying the notification itself.
 """
 
 import asyncio
 import os
 import threading
+import time
 from collections.abc import Collection
-from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis.exceptions
 
-from .listener import SUBSCRIBE_TIMEOUT_SECONDS, Subscription, turn_listener
+from .listener import SUBSCRIBE_TIMEOUT_SECONDS, Subscription, TurnListener, turn_listener
 from .notify import UNKNOWN
 
-# How long past its own timeout a call into the loop may take before the loop counts as
-# stuck: the waiter then polls, as when Redis goes away.
+# The loop notes the time every _BEAT_SECONDS; a waiter that finds the note older than
+# this by _GRACE_SECONDS counts the loop as stuck and polls, as when Redis goes away.
+_BEAT_SECONDS = 1.0
 _GRACE_SECONDS = 5.0
 
 
@@ -29,26 +34,20 @@ class _Loop:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        self.beat = time.monotonic()
+        self.loop.call_soon_threadsafe(self._beat)
         self.thread = threading.Thread(
             target=self.loop.run_forever, name="turn-listener", daemon=True
         )
         self.thread.start()
 
-    def call(self, coroutine, timeout: float, *, late=None):
-        """Run ``coroutine`` on the loop and return its result; ``late(result)`` is called
-        on a result that comes after the caller gave up on it."""
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        try:
-            return future.result(timeout + _GRACE_SECONDS)
-        except FutureTimeout:
-            if not future.cancel() and late is not None:
-                future.add_done_callback(lambda done: _late(done, late))
-            raise redis.exceptions.TimeoutError("the turn listener did not answer") from None
+    def _beat(self) -> None:
+        self.beat = time.monotonic()
+        self.loop.call_later(_BEAT_SECONDS, self._beat)
 
-
-def _late(future, late) -> None:
-    if not future.cancelled() and future.exception() is None:
-        late(future.result())
+    def stuck(self) -> bool:
+        """True if the loop has not run its timers for seconds: nothing it owes will come."""
+        return time.monotonic() - self.beat > _BEAT_SECONDS + _GRACE_SECONDS
 
 
 _lock = threading.Lock()
@@ -64,10 +63,45 @@ def _process_loop() -> _Loop:
         return _current
 
 
+class _Woken(Subscription):
+    """A subscription whose waiter is a thread: the listener wakes it through a
+    ``threading.Event``, so that a wait costs no coroutine, task or future on the loop."""
+
+    def __init__(self, listener: TurnListener, channel: str) -> None:
+        super().__init__(listener, channel)
+        self.woken = threading.Event()
+        self.lock = threading.Lock()  # the status and the wake-up change together
+
+    def told(self, status: str) -> None:
+        with self.lock:
+            super().told(status)
+
+    def told_lost(self) -> None:
+        with self.lock:
+            super().told_lost()
+
+    def _untaken(self) -> bool:
+        return self.woken.is_set()
+
+    def _wake(self) -> None:
+        self.woken.set()
+
+    def take_in_thread(self, timeout: float, skip: Collection[str]) -> str | None:
+        """``Subscription.take`` for the waiting thread."""
+        deadline = time.monotonic() + timeout
+        while self.woken.wait(max(deadline - time.monotonic(), 0)):
+            with self.lock:
+                self.woken.clear()
+                status, lost = self.status, self.lost
+            if lost or status not in skip:
+                return status
+        return None
+
+
 class ThreadSubscription:
     """A waiting thread's hold on a turn's channel of the process's listener."""
 
-    def __init__(self, loop: _Loop, subscription: Subscription) -> None:
+    def __init__(self, loop: _Loop, subscription: _Woken) -> None:
         self._loop = loop
         self._subscription = subscription
 
@@ -80,15 +114,60 @@ class ThreadSubscription:
         """Block up to ``timeout`` s for a notification whose status is not in ``skip``;
         return its status, or None if none came.
 
-        Raise ``redis.exceptions.TimeoutError`` if the listener's loop does not answer.
+        Raise ``redis.exceptions.TimeoutError`` if the listener's loop is stuck.
         """
-        status = self._loop.call(self._subscription.take(timeout, skip), timeout)
+        status = self._subscription.take_in_thread(timeout, skip)
         if status is None:
+            if self._loop.stuck():
+                raise redis.exceptions.TimeoutError("the turn listener did not answer")
             return None
         return UNKNOWN if self._subscription.lost else status
 
     def close(self) -> None:
         self._subscription.close()
+
+
+class _Entering:
+    """A thread's subscription, entered and confirmed on the loop by plain callbacks."""
+
+    def __init__(self, turn_id: object) -> None:
+        self.turn_id = turn_id
+        self.done = threading.Event()
+        self.lock = threading.Lock()  # the thread's giving up and the loop's answer exclude
+        self.abandoned = False
+        self.listener: TurnListener | None = None
+        self.subscription: _Woken | None = None
+        self.confirmed = False
+        self.error: BaseException | None = None
+
+    def enter(self) -> None:  # on the loop
+        with self.lock:
+            if self.abandoned:
+                return
+            try:
+                self.listener = turn_listener()
+                self.subscription, ready = self.listener.enter(self.turn_id, _Woken)
+            except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
+                self.error = exc
+                self.done.set()
+                return
+        ready.add_done_callback(self.answered)
+
+    def answered(self, ready: asyncio.Future) -> None:  # on the loop
+        with self.lock:
+            if not self.abandoned:
+                self.confirmed = not ready.cancelled() and bool(ready.result())
+                self.done.set()
+
+    def give_up(self, loop: _Loop) -> bool:
+        """In the thread, past the timeout: False if the answer came after all."""
+        with self.lock:
+            if self.done.is_set():
+                return False
+            self.abandoned = True
+        if self.subscription is not None:
+            loop.loop.call_soon_threadsafe(self.listener.unconfirmed, self.subscription)
+        return True
 
 
 def subscribe_from_thread(turn_id: object) -> ThreadSubscription:
@@ -98,9 +177,13 @@ def subscribe_from_thread(turn_id: object) -> ThreadSubscription:
     reached.
     """
     loop = _process_loop()
-
-    async def subscribe() -> Subscription:
-        return await turn_listener().subscribe(turn_id)
-
-    subscription = loop.call(subscribe(), SUBSCRIBE_TIMEOUT_SECONDS, late=Subscription.close)
-    return ThreadSubscription(loop, subscription)
+    entering = _Entering(turn_id)
+    loop.loop.call_soon_threadsafe(entering.enter)
+    if not entering.done.wait(SUBSCRIBE_TIMEOUT_SECONDS) and entering.give_up(loop):
+        raise redis.exceptions.TimeoutError("no subscription confirmed in time")
+    if entering.error is not None:
+        raise entering.error
+    if not entering.confirmed:
+        entering.subscription.close()
+        raise redis.exceptions.ConnectionError("turn notifications are unavailable")
+    return ThreadSubscription(loop, entering.subscription)

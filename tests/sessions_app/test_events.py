@@ -381,3 +381,122 @@ def test_a_waiting_thread_is_not_woken_for_a_status_it_does_not_read(settings):
         threading.Timer(delay, published, (url, turn, status)).start()
     assert next(changes) == "completed"  # not "running" first
     changes.close()
+
+
+# Under WSGI: a waiting thread, woken by the listener without a coroutine ---------------------
+
+
+def _thread_subscription(turn_id: object):
+    from sessions_app.events import loop_thread
+
+    return loop_thread.subscribe_from_thread(turn_id)
+
+
+def _from_the_loop(fn, *args) -> None:
+    """Run ``fn`` on the listener's loop, as the listener calls a subscription's methods."""
+    from sessions_app.events import loop_thread
+
+    done = threading.Event()
+
+    def call() -> None:
+        fn(*args)
+        done.set()
+
+    loop_thread._process_loop().loop.call_soon_threadsafe(call)
+    assert done.wait(5)
+
+
+def test_a_waiting_thread_keeps_an_end_told_before_it_takes_it(settings):
+    """A redelivered run's claim published after another run's end must not hide the end."""
+    waiter = _thread_subscription(uuid.uuid4())
+    told = waiter._subscription.told
+    try:
+        _from_the_loop(told, "completed")
+        _from_the_loop(told, "running")
+        assert waiter.wait(1) == "completed"
+        _from_the_loop(told, "running")  # once the end was taken, a new status is news again
+        assert waiter.wait(1) == "running"
+        assert waiter.wait(0.05) is None
+    finally:
+        waiter.close()
+
+
+def test_a_waiting_thread_skips_what_it_does_not_read_but_hears_a_loss(settings):
+    waiter = _thread_subscription(uuid.uuid4())
+    held = waiter._subscription
+    try:
+        _from_the_loop(held.told, "running")
+        assert waiter.wait(0.1, skip=Turn.IN_FLIGHT) is None  # taken, waited past
+        for delay, status in ((0.05, "running"), (0.1, "completed")):
+            threading.Timer(delay, _from_the_loop, (held.told, status)).start()
+        assert waiter.wait(5, skip=Turn.IN_FLIGHT) == "completed"
+        _from_the_loop(held.told_lost)
+        assert waiter.wait(1, skip=Turn.IN_FLIGHT) == events.UNKNOWN and waiter.lost
+    finally:
+        waiter.close()
+
+
+def test_a_waiting_thread_is_told_when_the_listener_loop_is_stuck(settings, monkeypatch):
+    """A loop that runs nothing owes notifications it will never deliver: the waiter polls."""
+    from sessions_app.events import loop_thread
+
+    waiter = _thread_subscription(uuid.uuid4())
+    try:
+        assert waiter.wait(0.05) is None  # a live loop: simply nothing yet
+        loop = loop_thread._process_loop()
+        monkeypatch.setattr(loop, "beat", loop.beat - 60)  # as if its timers stopped a minute ago
+        monkeypatch.setattr(loop, "_beat", lambda: None)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            waiter.wait(0.05)
+    finally:
+        waiter.close()
+
+
+def test_a_thread_gives_up_a_subscription_redis_never_confirms(
+    settings, private_redis, monkeypatch
+):
+    """From a thread as from the loop: no confirmation in time is a TimeoutError, the
+    dead connection is dropped, and the given-up channel is not left subscribed."""
+    from sessions_app.events import listener as listening
+    from sessions_app.events import loop_thread
+
+    settings.REDIS_URL = private_redis.url
+    monkeypatch.setattr(loop_thread, "SUBSCRIBE_TIMEOUT_SECONDS", 0.5)
+    _thread_subscription(uuid.uuid4()).close()  # connected
+    listener = [
+        found
+        for loop, found in listening._listeners.items()
+        if loop is loop_thread._process_loop().loop
+    ][0]
+    private_redis.freeze()
+    try:
+        given_up = uuid.uuid4()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            _thread_subscription(given_up)
+        assert asyncio.run(until(lambda: listener._pubsub is None, timeout=5))
+        assert channel(given_up) not in listener.channels
+    finally:
+        private_redis.thaw()
+    waiter = _thread_subscription(uuid.uuid4())  # the next one connects afresh
+    waiter.close()
+
+
+def test_a_thread_whose_loop_never_answers_leaves_no_subscription_behind(settings, monkeypatch):
+    """If the loop runs the thread's subscription only after the thread gave up on it,
+    it must not subscribe a channel that no one will ever close."""
+    from sessions_app.events import listener as listening
+    from sessions_app.events import loop_thread
+
+    monkeypatch.setattr(loop_thread, "SUBSCRIBE_TIMEOUT_SECONDS", 0.2)
+    loop = loop_thread._process_loop()
+    release = threading.Event()
+    loop.loop.call_soon_threadsafe(release.wait, 5)  # the loop is busy for a while
+    turn = uuid.uuid4()
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            _thread_subscription(turn)
+    finally:
+        release.set()
+    _from_the_loop(lambda: None)  # the loop has run the late subscription by now
+    found = listening._listeners.get(loop.loop)
+    assert found is None or channel(turn) not in found.channels
