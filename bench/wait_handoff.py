@@ -1,0 +1,64 @@
+"""A ``?wait``'s trip through the process's listener, alone: subscribe, publish, wake, close.
+
+    .venv/bin/python bench/wait_handoff.py [--waits 3000] [--redis-db 12]
+
+What a waiting gunicorn thread and the listener's event loop do for one turn, without the
+turn: the thread subscribes to a channel through the listener, a notification is published
+on it, the thread is woken with its status and closes the subscription. It prints the CPU
+(this process, every thread) and wall time per wait. The machine's speed drifts too much to
+compare two versions by seconds; instructions do not drift, so the README compares them by
+the instructions ``valgrind --tool=callgrind`` counts for ``--waits N`` less ``--waits 0``
+(the imports and Django's start-up), divided by N.
+"""
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WARM_UP = 50
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waits", type=int, default=3000)
+    parser.add_argument("--redis-db", type=int, default=12)
+    args = parser.parse_args()
+
+    from bench.turn_profile import ENV
+
+    os.environ.update(
+        ENV,
+        REDIS_URL=f"redis://127.0.0.1:6379/{args.redis_db}",
+        # Django wants one; nothing here opens it.
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/isolation_bench_unused",
+        ANTHROPIC_BASE_URL="http://127.0.0.1:9",
+    )
+    import django
+
+    django.setup()
+    from sessions_app.events import loop_thread, notify
+
+    for _ in range(WARM_UP):
+        loop_thread.subscribe_from_thread(uuid.uuid4()).close()
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(args.waits):
+        turn_id = uuid.uuid4()
+        waiter = loop_thread.subscribe_from_thread(turn_id)
+        notify._publish(turn_id, "completed")
+        if waiter.wait(5) != "completed":
+            raise SystemExit("a wait was not woken")
+        waiter.close()
+    if args.waits:
+        cpu = (time.process_time() - cpu) / args.waits * 1000
+        wall = (time.perf_counter() - wall) / args.waits * 1000
+        print(f"{args.waits} waits: {cpu:.3f} ms of CPU, {wall:.3f} ms of wall time each")
+
+
+if __name__ == "__main__":
+    main()
