@@ -86,6 +86,12 @@ class _Woken(Subscription):
     def _wake(self) -> None:
         self.woken.set()
 
+    async def wait(self, timeout: float) -> bool:
+        raise TypeError("a thread's subscription is waited on with take_in_thread")
+
+    async def take(self, timeout: float, skip: Collection[str] = ()) -> str | None:
+        raise TypeError("a thread's subscription is waited on with take_in_thread")
+
     def take_in_thread(self, timeout: float, skip: Collection[str]) -> str | None:
         """``Subscription.take`` for the waiting thread."""
         deadline = time.monotonic() + timeout
@@ -128,7 +134,13 @@ class ThreadSubscription:
 
 
 class _Entering:
-    """A thread's subscription, entered and confirmed on the loop by plain callbacks."""
+    """A thread's subscription, entered and confirmed on the loop by plain callbacks.
+
+    As in ``TurnListener.subscribe``, the confirmation is timed on the loop, from the moment
+    the subscription is entered: a busy loop delays it but does not fail it, nor drop a
+    connection that is only slow to be read. The thread gives up on its own only if the loop
+    never gets to it at all.
+    """
 
     def __init__(self, turn_id: object) -> None:
         self.turn_id = turn_id
@@ -138,7 +150,9 @@ class _Entering:
         self.listener: TurnListener | None = None
         self.subscription: _Woken | None = None
         self.confirmed = False
+        self.timed_out = False
         self.error: BaseException | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def enter(self) -> None:  # on the loop
         with self.lock:
@@ -151,22 +165,35 @@ class _Entering:
                 self.error = exc
                 self.done.set()
                 return
+        self.timer = self.listener.loop.call_later(SUBSCRIBE_TIMEOUT_SECONDS, self.expired, ready)
         ready.add_done_callback(self.answered)
 
     def answered(self, ready: asyncio.Future) -> None:  # on the loop
+        self.timer.cancel()
         with self.lock:
-            if not self.abandoned:
-                self.confirmed = not ready.cancelled() and bool(ready.result())
-                self.done.set()
+            if self.abandoned or self.done.is_set():
+                return
+            self.confirmed = (
+                not ready.cancelled() and ready.exception() is None and bool(ready.result())
+            )
+            self.done.set()
 
-    def give_up(self, loop: _Loop) -> bool:
-        """In the thread, past the timeout: False if the answer came after all."""
+    def expired(self, ready: asyncio.Future) -> None:  # on the loop
+        with self.lock:
+            if self.abandoned or self.done.is_set() or ready.done():
+                return  # answered, or about to be
+            self.timed_out = True
+            self.done.set()
+        self.listener.unconfirmed(self.subscription)
+
+    def give_up(self) -> bool:
+        """In the thread, when the loop never answered: False if the answer came after all."""
         with self.lock:
             if self.done.is_set():
                 return False
             self.abandoned = True
         if self.subscription is not None:
-            loop.loop.call_soon_threadsafe(self.listener.unconfirmed, self.subscription)
+            self.subscription.close()
         return True
 
 
@@ -179,10 +206,13 @@ def subscribe_from_thread(turn_id: object) -> ThreadSubscription:
     loop = _process_loop()
     entering = _Entering(turn_id)
     loop.loop.call_soon_threadsafe(entering.enter)
-    if not entering.done.wait(SUBSCRIBE_TIMEOUT_SECONDS) and entering.give_up(loop):
-        raise redis.exceptions.TimeoutError("no subscription confirmed in time")
+    wait = SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS
+    if not entering.done.wait(wait) and entering.give_up():
+        raise redis.exceptions.TimeoutError("the turn listener did not answer")
     if entering.error is not None:
         raise entering.error
+    if entering.timed_out:
+        raise redis.exceptions.TimeoutError("no subscription confirmed in time")
     if not entering.confirmed:
         entering.subscription.close()
         raise redis.exceptions.ConnectionError("turn notifications are unavailable")

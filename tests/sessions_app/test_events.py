@@ -440,16 +440,42 @@ def test_a_waiting_thread_is_told_when_the_listener_loop_is_stuck(settings, monk
     """A loop that runs nothing owes notifications it will never deliver: the waiter polls."""
     from sessions_app.events import loop_thread
 
+    monkeypatch.setattr(loop_thread, "_GRACE_SECONDS", 0.2)
     waiter = _thread_subscription(uuid.uuid4())
+    loop = loop_thread._process_loop()
+    release = threading.Event()
     try:
         assert waiter.wait(0.05) is None  # a live loop: simply nothing yet
-        loop = loop_thread._process_loop()
-        monkeypatch.setattr(loop, "beat", loop.beat - 60)  # as if its timers stopped a minute ago
-        monkeypatch.setattr(loop, "_beat", lambda: None)
+        loop.loop.call_soon_threadsafe(release.wait, 10)  # the loop runs nothing now
         with pytest.raises(redis.exceptions.TimeoutError):
-            waiter.wait(0.05)
+            # Past a beat and the grace without one: the loop counts as stuck.
+            waiter.wait(loop_thread._BEAT_SECONDS + 0.5)
     finally:
+        release.set()
         waiter.close()
+    _from_the_loop(lambda: None)
+    assert not loop.stuck()  # its timers run again
+
+
+def test_a_busy_loop_delays_a_thread_subscription_but_fails_nothing(settings, monkeypatch):
+    """The confirmation is timed from when the loop enters the subscription: a loop busy for
+    longer than that must neither fail the subscription nor drop the process's connection,
+    which every other waiter of the process shares."""
+    from sessions_app.events import loop_thread
+
+    monkeypatch.setattr(loop_thread, "SUBSCRIBE_TIMEOUT_SECONDS", 0.5)
+    held = _thread_subscription(uuid.uuid4())  # another waiter of the process
+    loop = loop_thread._process_loop()
+    release = threading.Event()
+    loop.loop.call_soon_threadsafe(release.wait, 10)
+    threading.Timer(1.0, release.set).start()  # busy twice the subscription's timeout
+    try:
+        late = _thread_subscription(uuid.uuid4())
+        late.close()
+        assert not held.lost
+    finally:
+        release.set()
+        held.close()
 
 
 def test_a_thread_gives_up_a_subscription_redis_never_confirms(
@@ -488,6 +514,7 @@ def test_a_thread_whose_loop_never_answers_leaves_no_subscription_behind(setting
     from sessions_app.events import loop_thread
 
     monkeypatch.setattr(loop_thread, "SUBSCRIBE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(loop_thread, "_GRACE_SECONDS", 0.2)
     loop = loop_thread._process_loop()
     release = threading.Event()
     loop.loop.call_soon_threadsafe(release.wait, 5)  # the loop is busy for a while
