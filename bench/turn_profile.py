@@ -7,7 +7,10 @@ Postgres and Redis with the fake Claude answering at once through the real SDK; 
 (pseudonymize) and the leak scan on. It makes its own database (``--db-name``, default
 ``isolation_bench_profile``) and uses Redis db 12 (``--redis-db``). CPU is this process's
 (``time.process_time``), so it leaves out Postgres's and Redis's own; wall time includes
-their round trips. ``--sql`` lists the statements of one turn, stage by stage.
+their round trips. ``--sql`` lists the statements of one turn, stage by stage. A second
+table times the web's own steps one by one, each alone: those inside the accept (PII, the
+audit hash, fingerprints) and around the view (the throttle, reading the message,
+serializing the answer).
 """
 
 import argparse
@@ -107,13 +110,63 @@ def one_turn(watch: Stopwatch, user, session_id) -> None:
     watch.time("scan + store reply + end turn", services.turn_deliver, turn=claimed, reply=reply)
     watch.time("notify (pub/sub)", notify._publish, turn_id=turn.pk, status="completed")
     watch.time("woken (the notification reaches the wait)", _woken, changes=changes)
-    watch.time(
+    ended = watch.time(
         "wake re-read (turn + vault, messages)",
         selectors.turn_refresh_for_owner,
         user=user,
         turn=turn,
     )
     watch.time("unsubscribe + wait slot (give back)", _done, changes=changes, release=release)
+    return ended
+
+
+# The web's own steps, each timed alone: the promises' work inside the accept (which the
+# stage table times as one) and around the view (which it leaves out), for the README's
+# account of a turn's web CPU beyond the frameworks and the statements.
+def web_steps(steps: Stopwatch, user, session_id, ended) -> None:
+    from django.conf import settings
+    from rest_framework.parsers import JSONParser
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from audit_app.services import content_hash, fingerprints_register
+    from sessions_app.pii import spans_to_scrub
+    from sessions_app.serializers import turn_data
+
+    text = f"{TEXT} {uuid.uuid4().hex[:8]}"
+    posted = APIRequestFactory().post("/", {"content": text}, format="json")
+    request = Request(posted, parsers=[JSONParser()])
+    request.user = user
+    steps.time("throttle (DRF's: a cache read and a write)", _throttled, request=request)
+    steps.time("read and validate the message (JSON, serializer)", _validated, request=request)
+    steps.time(
+        "PII: find what to protect in the message",
+        spans_to_scrub,
+        text=text,
+        regions=settings.PII_PHONE_REGIONS,
+    )
+    steps.time("audit entry: the message's keyed hash", content_hash, text=text)
+    steps.time(
+        "fingerprints: digests and their registration (a Redis script)",
+        fingerprints_register,
+        user_id=user.pk,
+        session_id=session_id,
+        text=text,
+    )
+    steps.time("serialize the answer (the ended turn)", turn_data, turn=ended)
+
+
+def _throttled(*, request) -> None:
+    from sessions_app.apis.common import ChatRateThrottle
+
+    if not ChatRateThrottle().allow_request(request, None):
+        raise SystemExit("the bench's users reached CHAT_THROTTLE_RATE: fewer --turns")
+
+
+def _validated(*, request) -> None:
+    from sessions_app.serializers import MessageCreateSerializer
+
+    MessageCreateSerializer(data=request.data).is_valid(raise_exception=True)
 
 
 def _subscribed(*, turn_id):
@@ -149,17 +202,30 @@ def main() -> None:
 
         from sessions_app import services
 
-        watch = Stopwatch()
+        watch, steps = Stopwatch(), Stopwatch()
         users = [User.objects.create_user(f"profile{n}") for n in range(20)]
         sessions = [services.chat_session_create(owner=u).pk for u in users]
         for n in range(args.turns):
-            one_turn(watch, users[n % 20], sessions[n % 20])
+            ended = one_turn(watch, users[n % 20], sessions[n % 20])
+            web_steps(steps, users[n % 20], sessions[n % 20], ended)
             watch.turns += 1
+            steps.turns += 1
+    print(f"{args.turns} turns, store {args.store}; medians in ms (CPU: this process only)")
+    _table(watch, "stage")
+    print("\nThe web's own steps, each timed alone (inside the accept or around the view):")
+    _table(steps, "step")
+    if args.sql:
+        for stage in watch.wall:
+            print(f"\n{stage}:")
+            for sql in watch.queries[stage][-1]:  # the last turn's: past the first's setup
+                print("   ", " ".join(sql.split())[:160])
+
+
+def _table(watch: Stopwatch, what: str) -> None:
     rows = [(stage, watch.wall[stage], watch.cpu[stage]) for stage in watch.wall]
     total_wall = sum(statistics.median(w) for _, w, _ in rows)
     total_cpu = sum(statistics.median(c) for _, _, c in rows)
-    print(f"{args.turns} turns, store {args.store}; medians in ms (CPU: this process only)")
-    print("| stage | wall p50 | CPU p50 | share of wall | SQL statements |")
+    print(f"| {what} | wall p50 | CPU p50 | share of wall | SQL statements |")
     print("| --- | --- | --- | --- | --- |")
     total_queries = 0.0
     for stage, wall, cpu in rows:
@@ -168,11 +234,6 @@ def main() -> None:
         total_queries += q
         print(f"| {stage} | {w:.2f} | {c:.2f} | {w / (total_wall * 1e3):.0%} | {q:.1f} |")
     print(f"| total | {total_wall * 1e3:.2f} | {total_cpu * 1e3:.2f} | | {total_queries:.1f} |")
-    if args.sql:
-        for stage in watch.wall:
-            print(f"\n{stage}:")
-            for sql in watch.queries[stage][-1]:  # the last turn's: past the first's setup
-                print("   ", " ".join(sql.split())[:160])
 
 
 if __name__ == "__main__":
