@@ -137,7 +137,7 @@ def web_steps(steps: Stopwatch, user, session_id, ended) -> None:
     posted = APIRequestFactory().post("/", {"content": text}, format="json")
     request = Request(posted, parsers=[JSONParser()])
     request.user = user
-    steps.time("throttle (DRF's: a cache read and a write)", _throttled, request=request)
+    steps.time("throttle (a Redis script)", _throttled, request=request)
     steps.time("read and validate the message (JSON, serializer)", _validated, request=request)
     steps.time(
         "PII: find what to protect in the message",
