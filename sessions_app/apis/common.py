@@ -30,8 +30,8 @@ PAGE_NOT_FOUND = OpenApiResponse(ErrorSerializer, description="No such object, o
 # a user's request times and writes them back, two round trips on every post (the largest
 # of the web's own steps in a turn, bench/turn_profile.py), between which two posts of one
 # user can both take the last free place. The times are kept as DRF keeps them, newest
-# first; those older than the period are dropped from the end. Admitted: 1. Refused: the
-# times, from which ``wait`` reckons Retry-After as DRF does.
+# first; those older than the period are dropped from the end. Admitted: 1. Refused: how
+# many times are kept and the oldest, all DRF's ``wait`` reads to reckon Retry-After.
 _ADMIT = Script(
     None,  # no client of its own: each call names the connection it runs on
     b"""
@@ -41,8 +41,9 @@ _ADMIT = Script(
         if not oldest or tonumber(oldest) > cutoff then break end
         redis.call('RPOP', KEYS[1])
     end
-    if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-        return redis.call('LRANGE', KEYS[1], 0, -1)
+    local kept = redis.call('LLEN', KEYS[1])
+    if kept >= tonumber(ARGV[3]) then
+        return {kept, redis.call('LINDEX', KEYS[1], -1)}
     end
     redis.call('LPUSH', KEYS[1], ARGV[1])
     redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -68,14 +69,16 @@ class ChatRateThrottle(UserRateThrottle):
         if self.key is None:
             return True
         self.now = self.timer()
-        times = _ADMIT(
+        answer = _ADMIT(
             keys=[cache.make_key(f"{self.key}:times")],
             args=(repr(self.now), self.duration, self.num_requests, math.ceil(self.duration)),
             client=get_redis_connection("default"),
         )
-        if times == 1:
+        if answer == 1:
             return True
-        self.history = [float(t) for t in times]
+        kept, oldest = answer if len(answer) == 2 else (0, None)
+        # A stand-in for the times: ``wait`` reads only how many and the oldest.
+        self.history = [float(oldest)] * int(kept) if kept else []
         return self.throttle_failure()
 
 

@@ -27,14 +27,17 @@ def _check(user, now: float) -> tuple[bool, float | None]:
     return allowed, None if allowed else throttle.wait()
 
 
-TIMELINE = (1000.0, 1000.1, 1000.2, 1000.5, 1001.05, 1001.15, 1001.3, 1003.0, 1003.0, 1003.0)
+# Two a minute. At 1060 the first post is exactly a period old: DRF drops a time that old,
+# so a third post is admitted there. A minute of the timeline is not a real minute, but the
+# key lives a real minute: nothing fades under the test.
+TIMELINE = (1000.0, 1006.0, 1012.0, 1030.0, 1060.0, 1069.0, 1078.0, 1180.0, 1180.0, 1180.0)
 
 
 @pytest.mark.django_db
 def test_on_redis_it_admits_and_refuses_as_drf_does(settings):
     """The same posts at the same moments: the same answers and the same Retry-After as
     DRF's own throttle (the embedded default's, on the in-process cache)."""
-    settings.CHAT_THROTTLE_RATE = "2/s"
+    settings.CHAT_THROTTLE_RATE = "2/min"
     assert isinstance(caches["default"], RedisCache)
     on_redis = [_check(user, now) for user in [UserFactory()] for now in TIMELINE]
 
@@ -51,6 +54,20 @@ def test_on_redis_it_admits_and_refuses_as_drf_does(settings):
     assert [allowed for allowed, _ in on_redis] == [
         True, True, False, False, True, True, False, True, True, False
     ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_the_times_are_kept_under_the_cache_s_prefix_for_one_period(settings):
+    from django.core.cache import cache
+    from django_redis import get_redis_connection
+
+    settings.CHAT_THROTTLE_RATE = "3/min"
+    user = UserFactory()
+    assert ChatRateThrottle().allow_request(_request(user), None)
+    key = cache.make_key(f"throttle_chat_{user.pk}:times")
+    assert key.startswith(cache.make_key(""))  # the prefix and version of the cache's keys
+    redis = get_redis_connection("default")
+    assert redis.llen(key) == 1 and 0 < redis.ttl(key) <= 60
 
 
 @pytest.mark.django_db
