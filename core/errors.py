@@ -39,6 +39,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # Up but refusing writes: a failover's old primary or a replica (READONLY), a Redis at
+    # its memory limit (OOM). Transient for the request as a connection lost is.
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
     ConnectionInterrupted,
     kombu.exceptions.OperationalError,
     ConnectionError,

@@ -30,7 +30,7 @@ from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.tasks import run_turn
 
 from .factories import UserFactory, token_for
-from .support import PrivateRedis, broker_at, wait_until
+from .support import PrivateRedis, broker_at, free_port, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -427,6 +427,33 @@ def test_redis_hung_posting_a_message_is_503_within_the_socket_timeout(scene, re
     assert_unavailable(answer, "POST message, Redis hung")
     assert answer.elapsed < FAIL_FAST_SECONDS, answer  # the cache's SOCKET_TIMEOUT is 2 s
     assert scene.snapshot() == before
+
+
+@pytest.mark.parametrize("refusal", ["read-only", "full"])
+def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything, refusal):
+    """Up but refusing writes: a failover's old primary (or a replica) answers READONLY, a
+    Redis at its memory limit OOM. A post needs writes: an outage all the same, 503 and
+    nothing stored, never 500; and it heals when Redis takes writes again."""
+    before = scene.snapshot()
+    admin = redis_everything.client()
+    if refusal == "read-only":
+        admin.replicaof("127.0.0.1", free_port())  # a primary that is not there
+    else:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+    post = ("POST", f"/api/v1/sessions/{scene.session_id}/messages/", {"content": "refused?"})
+    try:
+        answer = scene.http(*post)
+    finally:
+        if refusal == "read-only":
+            admin.replicaof("NO", "ONE")
+        else:
+            admin.config_set("maxmemory", 0)
+    assert_unavailable(answer, f"POST message, Redis {refusal}")
+    assert scene.snapshot() == before
+    answer = scene.http(*post)
+    assert answer.status == 202, answer
+    assert message_count(scene) == 3
 
 
 def test_broker_hung_posting_is_503_within_the_socket_timeout_and_undone(scene, broker_only):
