@@ -444,6 +444,7 @@ def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything
     post = ("POST", f"/api/v1/sessions/{scene.session_id}/messages/", {"content": "refused?"})
     try:
         answer = scene.http(*post)
+        probe = health()  # its cache check writes: a Redis refusing writes is down
     finally:
         if refusal == "read-only":
             admin.replicaof("NO", "ONE")
@@ -451,6 +452,7 @@ def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything
             admin.config_set("maxmemory", 0)
     assert_unavailable(answer, f"POST message, Redis {refusal}")
     assert scene.snapshot() == before
+    assert probe.status == 503 and probe.body["cache"] == "down", probe
     answer = scene.http(*post)
     assert answer.status == 202, answer
     assert message_count(scene) == 3
