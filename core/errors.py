@@ -39,9 +39,11 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
-    # Up but refusing writes: a failover's old primary or a replica (READONLY), a Redis at
-    # its memory limit (OOM). Transient for the request as a connection lost is.
+    # Up but refusing: a failover's old primary or a replica refuses writes (READONLY), a
+    # replica cut off from its primary may refuse everything (MASTERDOWN), a Redis at its
+    # memory limit refuses writes (OOM). Transient for the request as a connection lost is.
     redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
     redis.exceptions.OutOfMemoryError,
     ConnectionInterrupted,
     kombu.exceptions.OperationalError,

@@ -429,15 +429,17 @@ def test_redis_hung_posting_a_message_is_503_within_the_socket_timeout(scene, re
     assert scene.snapshot() == before
 
 
-@pytest.mark.parametrize("refusal", ["read-only", "full"])
+@pytest.mark.parametrize("refusal", ["read-only", "cut off", "full"])
 def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything, refusal):
     """Up but refusing writes: a failover's old primary (or a replica) answers READONLY, a
-    Redis at its memory limit OOM. A post needs writes: an outage all the same, 503 and
+    replica cut off from its primary MASTERDOWN (to reads too, if it serves no stale data),
+    a Redis at its memory limit OOM. A post needs writes: an outage all the same, 503 and
     nothing stored, never 500; and it heals when Redis takes writes again."""
     before = scene.snapshot()
     admin = redis_everything.client()
-    if refusal == "read-only":
+    if refusal in ("read-only", "cut off"):
         admin.replicaof("127.0.0.1", free_port())  # a primary that is not there
+        admin.config_set("replica-serve-stale-data", "no" if refusal == "cut off" else "yes")
     else:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)
@@ -446,7 +448,7 @@ def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything
         answer = scene.http(*post)
         probe = health()  # its cache check writes: a Redis refusing writes is down
     finally:
-        if refusal == "read-only":
+        if refusal in ("read-only", "cut off"):
             admin.replicaof("NO", "ONE")
         else:
             admin.config_set("maxmemory", 0)
