@@ -4,7 +4,10 @@
 
 What a waiting gunicorn thread and the listener's event loop do for one turn, without the
 turn: the thread subscribes to a channel through the listener, a notification is published
-on it, the thread is woken with its status and closes the subscription. It prints the CPU
+on it, the thread is woken with its status and closes the subscription. ``--turns own``
+(the default) uses ids as this process gives the turns it accepts, which the listener's one
+pattern subscription carries; ``--turns other`` ids of turns accepted elsewhere, which it
+subscribes to one by one. It prints the CPU
 (this process, every thread) and wall time per wait. The machine's speed drifts too much to
 compare two versions by seconds; instructions do not drift, so the README compares them by
 the instructions ``valgrind --tool=callgrind`` counts for ``--waits N`` less ``--waits 0``
@@ -28,6 +31,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--waits", type=int, default=3000)
     parser.add_argument("--redis-db", type=int, default=12)
+    parser.add_argument(
+        "--turns",
+        choices=["own", "other"],
+        default="own",
+        help="own: ids as this process accepts turns (its pattern carries them); other: "
+        "ids of turns accepted elsewhere (a SUBSCRIBE and an UNSUBSCRIBE each)",
+    )
     args = parser.parse_args()
 
     from bench.turn_profile import ENV
@@ -44,11 +54,12 @@ def main() -> None:
     django.setup()
     from sessions_app.events import loop_thread, notify
 
+    new_id = notify.new_turn_id if args.turns == "own" else uuid.uuid4
     for _ in range(WARM_UP):
-        loop_thread.subscribe_from_thread(uuid.uuid4()).close()
+        loop_thread.subscribe_from_thread(new_id()).close()
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(args.waits):
-        turn_id = uuid.uuid4()
+        turn_id = new_id()
         waiter = loop_thread.subscribe_from_thread(turn_id)
         notify._publish(turn_id, "completed")
         if waiter.wait(5) != "completed":
@@ -57,7 +68,10 @@ def main() -> None:
     if args.waits:
         cpu = (time.process_time() - cpu) / args.waits * 1000
         wall = (time.perf_counter() - wall) / args.waits * 1000
-        print(f"{args.waits} waits: {cpu:.3f} ms of CPU, {wall:.3f} ms of wall time each")
+        print(
+            f"{args.waits} waits on {args.turns} turns: "
+            f"{cpu:.3f} ms of CPU, {wall:.3f} ms of wall time each"
+        )
 
 
 if __name__ == "__main__":

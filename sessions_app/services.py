@@ -125,7 +125,7 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
 
 
 def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
-    turn_id = uuid.uuid4()
+    turn_id = events.new_turn_id()  # under this process's tag: its waits need no SUBSCRIBE
     try:
         return _message_accept(user=user, session_id=session_id, content=content, turn_id=turn_id)
     except BaseException as exc:

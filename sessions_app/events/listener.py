@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..models import Turn
-from .notify import POLL_INTERVAL_SECONDS, UNKNOWN, _channel, _status
+from .notify import POLL_INTERVAL_SECONDS, UNKNOWN, _channel, _status, own_pattern, own_turn
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,9 +163,10 @@ class Subscription:
 
 
 class _Channel:
-    def __init__(self, ready: asyncio.Future) -> None:
+    def __init__(self, ready: asyncio.Future, *, own: bool = False) -> None:
         self.subscriptions: set[Subscription] = set()
         self.ready = ready  # True once Redis confirmed the subscription, False if it is lost
+        self.own = own  # a turn of this process: under its pattern, not subscribed alone
 
 
 class TurnListener:
@@ -180,6 +181,7 @@ class TurnListener:
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # commands go out in the order they were asked for
         self._tasks: set[asyncio.Task] = set()
+        self._own: asyncio.Future | None = None  # the process's pattern, once asked for
 
     async def subscribe(self, turn_id: object) -> Subscription:
         """Return a subscription to the turn's changes, active on Redis when this returns.
@@ -213,12 +215,25 @@ class TurnListener:
         subscription = kind(self, channel)
         entry = self.channels.get(channel)
         if entry is None:
-            entry = _Channel(self.loop.create_future())
+            if own_turn(turn_id):  # no command: the process's pattern carries it
+                entry = _Channel(self._own_pattern(), own=True)
+            else:
+                entry = _Channel(self._asked("subscribe", channel))
             self.channels[channel] = entry
-            self._confirmations.setdefault(channel, deque()).append(entry.ready)
-            self._later(self._command("subscribe", channel))
         entry.subscriptions.add(subscription)
         return subscription, entry.ready
+
+    def _own_pattern(self) -> asyncio.Future:
+        """The future of the process's pattern subscription: asked for once a connection."""
+        if self._own is None:
+            self._own = self._asked("psubscribe", own_pattern())
+        return self._own
+
+    def _asked(self, command: str, name: str) -> asyncio.Future:
+        ready = self.loop.create_future()
+        self._confirmations.setdefault(name, deque()).append(ready)
+        self._later(self._command(command, name))
+        return ready
 
     def unconfirmed(self, subscription: Subscription) -> None:
         """On the loop: a subscription Redis did not confirm in time is given up.
@@ -237,7 +252,8 @@ class TurnListener:
         entry.subscriptions.discard(subscription)
         if not entry.subscriptions:
             del self.channels[subscription.channel]
-            self._later(self._command("unsubscribe", subscription.channel))
+            if not entry.own:
+                self._later(self._command("unsubscribe", subscription.channel))
 
     def _later(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -247,9 +263,9 @@ class TurnListener:
     async def _command(self, name: str, channel: str) -> None:
         async with self._lock:
             try:
-                if name == "subscribe":
+                if name in ("subscribe", "psubscribe"):
                     pubsub = await self._connected()
-                    await pubsub.subscribe(channel)
+                    await getattr(pubsub, name)(channel)
                     if self._reader is None:  # reads once something is subscribed
                         self._reader = self.loop.create_task(self._read(pubsub))
                 elif self._pubsub is not None:
@@ -292,7 +308,8 @@ class TurnListener:
     def _dispatch(self, message: dict) -> None:
         channel = message["channel"]
         channel = channel.decode() if isinstance(channel, bytes) else channel
-        if message["type"] == "subscribe":
+        kind = message["type"]
+        if kind in ("subscribe", "psubscribe"):  # a pattern's confirmation names the pattern
             waiting = self._confirmations.get(channel)
             if waiting:
                 ready = waiting.popleft()
@@ -300,7 +317,7 @@ class TurnListener:
                     del self._confirmations[channel]
                 if not ready.done():
                     ready.set_result(True)
-        elif message["type"] == "message" and (entry := self.channels.get(channel)):
+        elif kind in ("message", "pmessage") and (entry := self.channels.get(channel)):
             status = _status(message["data"])
             for subscription in entry.subscriptions:
                 subscription.told(status)
@@ -309,6 +326,7 @@ class TurnListener:
         """The connection is gone: every waiter polls; the next subscriber reconnects."""
         logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
         pubsub, self._pubsub = self._pubsub, None
+        self._own = None  # the next connection subscribes the pattern anew
         for entry in self.channels.values():
             for subscription in entry.subscriptions:
                 subscription.told_lost()

@@ -280,11 +280,12 @@ def test_waiting_threads_share_one_connection_and_each_hears_its_own_turn(settin
         heard[turn_id] = next(changes)
         changes.close()
 
+    before = pubsub_connections(url)  # those of listeners other tests left
     threads = [threading.Thread(target=wait, args=(t,)) for t in turns]
     for thread in threads:
         thread.start()
     ready.wait(10)
-    assert pubsub_connections(url) == 1  # six waits, one connection
+    assert pubsub_connections(url) <= before + 1  # six waits, one connection at most
     with redis.Redis.from_url(url) as client:
         for n, turn_id in enumerate(turns):
             client.publish(channel(turn_id), "completed" if n % 2 else "running")
@@ -527,3 +528,62 @@ def test_a_thread_whose_loop_never_answers_leaves_no_subscription_behind(setting
     _from_the_loop(lambda: None)  # the loop has run the late subscription by now
     found = listening._listeners.get(loop.loop)
     assert found is None or channel(turn) not in found.channels
+
+
+# A process's own turns: under one pattern, no subscription each ----------------------------
+
+
+def test_a_turn_id_of_this_process_is_a_random_uuid4_under_its_tag(monkeypatch):
+    from sessions_app.events import notify
+
+    ids = [events.new_turn_id() for _ in range(50)]
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    assert len({str(i)[:8] for i in ids}) == 1 and len(set(ids)) == 50
+    assert all(notify.own_turn(i) for i in ids)
+    assert not notify.own_turn(uuid.UUID(int=ids[0].int ^ (1 << 127)))  # another tag
+    pid = notify.os.getpid()
+    monkeypatch.setattr(notify.os, "getpid", lambda: pid + 1)  # a forked child
+    assert not notify.own_turn(ids[0])  # tags its own turns, and hears only those
+
+
+def test_a_wait_on_a_turn_of_this_process_subscribes_no_channel_of_its_own(settings):
+    url = settings.REDIS_URL
+    thread_turn, loop_turn = events.new_turn_id(), events.new_turn_id()
+    waiter = _thread_subscription(thread_turn)
+    try:
+        assert subscribers(url, thread_turn) == 0  # the process's pattern carries it
+        published(url, thread_turn, "completed")
+        assert waiter.wait(5) == "completed"
+    finally:
+        waiter.close()
+
+    async def scenario() -> str | None:
+        held = await events.turn_listener().subscribe(loop_turn)
+        try:
+            assert subscribers(url, loop_turn) == 0
+            published(url, loop_turn, "failed")
+            return await held.take(5)
+        finally:
+            held.close()
+
+    assert asyncio.run(scenario()) == "failed"
+
+
+def test_waits_on_this_process_s_turns_hear_a_lost_connection_and_the_next_reconnects(
+    settings, private_redis
+):
+    settings.REDIS_URL = private_redis.url
+    waiter = _thread_subscription(events.new_turn_id())
+    try:
+        private_redis.kill()
+        assert waiter.wait(5) == events.UNKNOWN and waiter.lost  # the waiter polls now
+    finally:
+        waiter.close()
+    private_redis.start()
+    turn = events.new_turn_id()
+    waiter = _thread_subscription(turn)  # connects afresh and subscribes the pattern again
+    try:
+        published(private_redis.url, turn, "completed")
+        assert waiter.wait(5) == "completed"
+    finally:
+        waiter.close()

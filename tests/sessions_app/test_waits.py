@@ -403,14 +403,23 @@ def test_an_idle_tick_or_a_poll_checks_the_status_before_reading_the_turn(
 
 
 def _subscribers(url: str, turn_id: object) -> int:
-    """How many listen on the turn's channel now (Redis's own count)."""
+    """How many waits of this process listen on the turn's channel now, confirmed by Redis.
+
+    A turn accepted in this process is heard through the process's pattern, not a channel
+    of its own: Redis must pass a change on (a "pending", which no wait reads, so none is
+    disturbed), and the listener must hold the wait for it.
+    """
     import redis
 
+    from sessions_app.events import listener as listening
     from sessions_app.events.notify import _channel
 
+    channel = _channel(turn_id)
     with redis.Redis.from_url(url) as client:
-        [(_, count)] = client.pubsub_numsub(_channel(turn_id))
-    return count
+        heard = client.publish(channel, "pending")
+    entries = [found.channels.get(channel) for found in list(listening._listeners.values())]
+    confirmed = [e for e in entries if e and e.ready.done() and e.ready.result()]
+    return sum(len(e.subscriptions) for e in confirmed) if heard else 0
 
 
 def _full_read_queries(user, turn) -> int:
