@@ -181,7 +181,10 @@ class TurnListener:
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # commands go out in the order they were asked for
         self._tasks: set[asyncio.Task] = set()
-        self._own: asyncio.Future | None = None  # the process's pattern, once asked for
+        # The process's pattern and the future of its subscription, once asked for; None
+        # again after a lost connection, or for good if Redis refuses patterns.
+        self._own: tuple[str, asyncio.Future] | None = None
+        self._patterns = True
 
     async def subscribe(self, turn_id: object) -> Subscription:
         """Return a subscription to the turn's changes, active on Redis when this returns.
@@ -215,7 +218,7 @@ class TurnListener:
         subscription = kind(self, channel)
         entry = self.channels.get(channel)
         if entry is None:
-            if own_turn(turn_id):  # no command: the process's pattern carries it
+            if self._patterns and own_turn(turn_id):  # no command: the pattern carries it
                 entry = _Channel(self._own_pattern(), own=True)
             else:
                 entry = _Channel(self._asked("subscribe", channel))
@@ -224,10 +227,27 @@ class TurnListener:
         return subscription, entry.ready
 
     def _own_pattern(self) -> asyncio.Future:
-        """The future of the process's pattern subscription: asked for once a connection."""
-        if self._own is None:
-            self._own = self._asked("psubscribe", own_pattern())
-        return self._own
+        """The future of the process's pattern subscription: asked for once a connection
+        (and again should the process's tag change: a pattern matches one tag's turns)."""
+        pattern = own_pattern()
+        if self._own is None or self._own[0] != pattern:
+            self._own = (pattern, self._asked("psubscribe", pattern))
+        return self._own[1]
+
+    def _pattern_refused(self) -> bool:
+        """Redis refused the pattern while it was being subscribed: its user may listen only
+        on channels it names (ACL channel rules match a pattern literally). From now on this
+        listener subscribes its own turns one by one too; the waits entered on the pattern
+        meanwhile are told it is unavailable, and poll. False if no pattern was pending."""
+        if self._own is None or self._own[1].done():
+            return False
+        pattern, _ = self._own
+        self._own, self._patterns = None, False
+        logger.warning("Redis refused %s; turns are subscribed one by one", pattern)
+        for ready in self._confirmations.pop(pattern, ()):
+            if not ready.done():
+                ready.set_result(False)
+        return True
 
     def _asked(self, command: str, name: str) -> asyncio.Future:
         ready = self.loop.create_future()
@@ -295,7 +315,12 @@ class TurnListener:
     async def _read(self, pubsub) -> None:
         try:
             while True:
-                message = await pubsub.get_message(timeout=None)
+                try:
+                    message = await pubsub.get_message(timeout=None)
+                except redis.exceptions.NoPermissionError:
+                    if not self._pattern_refused():
+                        raise
+                    continue  # the connection itself is fine
                 if message is not None:
                     self._dispatch(message)
         except asyncio.CancelledError:

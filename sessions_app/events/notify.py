@@ -64,7 +64,7 @@ def new_turn_id() -> uuid.UUID:
 def own_turn(turn_id: object) -> bool:
     """Tell whether the turn's id carries this process's tag (its channel is under the
     process's pattern)."""
-    return str(turn_id)[:8] == _process_tag()
+    return str(turn_id).startswith(f"{_process_tag()}-")
 
 
 _GLOB = re.compile(r"([*?\[\]\\])")

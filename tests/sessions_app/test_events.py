@@ -542,8 +542,28 @@ def test_a_turn_id_of_this_process_is_a_random_uuid4_under_its_tag(monkeypatch):
     assert all(notify.own_turn(i) for i in ids)
     assert not notify.own_turn(uuid.UUID(int=ids[0].int ^ (1 << 127)))  # another tag
     pid = notify.os.getpid()
+    monkeypatch.setattr(notify, "_tag", notify._tag)  # this process's, back after the test
     monkeypatch.setattr(notify.os, "getpid", lambda: pid + 1)  # a forked child
     assert not notify.own_turn(ids[0])  # tags its own turns, and hears only those
+
+
+def test_a_listener_follows_a_new_tag_with_a_pattern_of_its_own(settings, monkeypatch):
+    """A tag changes only in a forked child, whose listener is new; a listener that saw the
+    tag change would otherwise hold waits under a pattern their channels do not match."""
+    from sessions_app.events import notify
+
+    url, first = settings.REDIS_URL, events.new_turn_id()
+    waiter = _thread_subscription(first)
+    waiter.close()
+    monkeypatch.setattr(notify, "_tag", (notify.os.getpid(), "0badc0de"))
+    turn = events.new_turn_id()
+    assert str(turn).startswith("0badc0de-")
+    waiter = _thread_subscription(turn)
+    try:
+        published(url, turn, "completed")
+        assert waiter.wait(5) == "completed"
+    finally:
+        waiter.close()
 
 
 def test_a_wait_on_a_turn_of_this_process_subscribes_no_channel_of_its_own(settings):
@@ -587,3 +607,37 @@ def test_waits_on_this_process_s_turns_hear_a_lost_connection_and_the_next_recon
         assert waiter.wait(5) == "completed"
     finally:
         waiter.close()
+
+
+def test_a_redis_user_refused_patterns_gets_its_turns_subscribed_one_by_one(
+    settings, private_redis
+):
+    """ACL channel rules match a pattern literally: a user allowed "<prefix>:turn:*" may
+    SUBSCRIBE any turn's channel but not PSUBSCRIBE the process's pattern. The first wait on
+    a turn of this process is told notifications are unavailable (it polls); the next ones
+    subscribe their channels; a waiter on the same connection hears on, undisturbed."""
+    from sessions_app.events.notify import _prefix
+
+    admin = private_redis.client()
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+        channels=[f"{_prefix()}:turn:*"], reset_channels=True,
+    )  # fmt: skip
+    settings.REDIS_URL = f"redis://app:pw@127.0.0.1:{private_redis.port}/0"
+    elsewhere = uuid.uuid4()  # a turn accepted in another process: its channel alone
+    bystander = _thread_subscription(elsewhere)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            _thread_subscription(events.new_turn_id())
+        turn = events.new_turn_id()
+        waiter = _thread_subscription(turn)
+        try:
+            assert subscribers(private_redis.url, turn) == 1  # its channel, subscribed alone
+            published(private_redis.url, turn, "completed")
+            assert waiter.wait(5) == "completed"
+        finally:
+            waiter.close()
+        published(private_redis.url, elsewhere, "failed")
+        assert bystander.wait(5) == "failed" and not bystander.lost
+    finally:
+        bystander.close()

@@ -405,21 +405,24 @@ def test_an_idle_tick_or_a_poll_checks_the_status_before_reading_the_turn(
 def _subscribers(url: str, turn_id: object) -> int:
     """How many waits of this process listen on the turn's channel now, confirmed by Redis.
 
-    A turn accepted in this process is heard through the process's pattern, not a channel
-    of its own: Redis must pass a change on (a "pending", which no wait reads, so none is
-    disturbed), and the listener must hold the wait for it.
+    A turn accepted in this process is heard through the process's pattern, not a channel of
+    its own: a listener counts if it holds a wait for the channel, Redis confirmed what
+    carries it, and its connection is subscribed to that (Redis's pub/sub spans the server,
+    and other tests' closed event loops leave listeners connected: a count of who hears a
+    PUBLISH would count them too).
     """
-    import redis
-
     from sessions_app.events import listener as listening
     from sessions_app.events.notify import _channel
 
-    channel = _channel(turn_id)
-    with redis.Redis.from_url(url) as client:
-        heard = client.publish(channel, "pending")
-    entries = [found.channels.get(channel) for found in list(listening._listeners.values())]
-    confirmed = [e for e in entries if e and e.ready.done() and e.ready.result()]
-    return sum(len(e.subscriptions) for e in confirmed) if heard else 0
+    channel, count = _channel(turn_id), 0
+    for found in list(listening._listeners.values()):
+        entry, pubsub = found.channels.get(channel), found._pubsub
+        if entry is None or pubsub is None or not (entry.ready.done() and entry.ready.result()):
+            continue
+        name, held = (found._own[0], pubsub.patterns) if entry.own else (channel, pubsub.channels)
+        if name in held or name.encode() in held:
+            count += len(entry.subscriptions)
+    return count
 
 
 def _full_read_queries(user, turn) -> int:
