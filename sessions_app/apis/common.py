@@ -3,9 +3,7 @@
 import math
 
 from django.conf import settings
-from django.core.cache import cache, caches
-from django_redis import get_redis_connection
-from django_redis.cache import RedisCache
+from django.core.cache import cache
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from redis.commands.core import Script
@@ -14,6 +12,7 @@ from rest_framework.throttling import UserRateThrottle
 from core.api import (
     ErrorSerializer,
 )
+from core.cache import cache_redis
 
 MAX_WAIT_SECONDS = 60
 STREAM_MAX_SECONDS = 600
@@ -63,7 +62,7 @@ class ChatRateThrottle(UserRateThrottle):
 
     def allow_request(self, request, view) -> bool:
         """DRF's check; on Redis in one atomic round trip (``_ADMIT``), elsewhere DRF's own."""
-        if self.rate is None or not isinstance(caches["default"], RedisCache):
+        if self.rate is None or (connection := cache_redis()) is None:
             return super().allow_request(request, view)  # the embedded default's cache
         self.key = self.get_cache_key(request, view)
         if self.key is None:
@@ -72,7 +71,7 @@ class ChatRateThrottle(UserRateThrottle):
         answer = _ADMIT(
             keys=[cache.make_key(f"{self.key}:times")],
             args=(repr(self.now), self.duration, self.num_requests, math.ceil(self.duration)),
-            client=get_redis_connection("default"),
+            client=connection,
         )
         if answer == 1:
             return True

@@ -7,11 +7,11 @@ import threading
 from collections.abc import Callable
 
 from django.conf import settings
-from django.core.cache import cache, caches
-from django_redis import get_redis_connection
-from django_redis.cache import RedisCache
+from django.core.cache import cache
 from redis.commands.core import Script
 from rest_framework.exceptions import APIException, Throttled
+
+from core.cache import cache_redis
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +65,9 @@ def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
     open streams must not hold every web thread while everyone else waits.
     """
     key = f"wait-slots:{user_id}"
-    if not isinstance(caches["default"], RedisCache):
+    if (connection := cache_redis()) is None:
         return _cache_slot_acquire(key)  # the embedded default: the in-process cache
     redis_key = cache.make_key(key)
-    connection = get_redis_connection("default")
     args = (WAIT_SLOT_TTL_SECONDS, settings.MAX_WAITS_PER_USER)
     if not _TAKE(keys=[redis_key], args=args, client=connection):
         raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)

@@ -17,11 +17,11 @@ import secrets
 import uuid
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import cache
 from django.db import transaction
-from django_redis import get_redis_connection
-from django_redis.cache import RedisCache
 from redis.commands.core import Script
+
+from core.cache import cache_redis
 
 from . import db
 from .base import SessionLike, StoredMessage
@@ -56,12 +56,6 @@ _SET_IF_VERSION = Script(
     return 0
     """,
 )
-
-
-def _redis():
-    """The Redis connection behind the cache, or None for any other cache (one process's,
-    where no other process races a reader)."""
-    return get_redis_connection("default") if isinstance(caches["default"], RedisCache) else None
 
 
 class HistoryStore(db.HistoryStore):
@@ -127,7 +121,7 @@ class HistoryStore(db.HistoryStore):
         versions = {_version_key(sid): _new_version() for sid in session_ids}
         ttl = settings.SESSION_TTL_SECONDS
         try:
-            if (redis := _redis()) is None:
+            if (redis := cache_redis()) is None:
                 cache.delete_many([_key(sid) for sid in session_ids])
                 cache.set_many(versions, timeout=ttl)
                 return
@@ -171,7 +165,7 @@ class HistoryStore(db.HistoryStore):
         }
         ttl = settings.SESSION_TTL_SECONDS
         try:
-            if (redis := _redis()) is None:
+            if (redis := cache_redis()) is None:
                 cache.set(_key(session.pk), entry, timeout=ttl)
                 return
             keys = [cache.make_key(_key(session.pk)), cache.make_key(_version_key(session.pk))]
