@@ -75,7 +75,7 @@ class ChatRateThrottle(UserRateThrottle):
         )
         if answer == 1:
             return True
-        kept, oldest = answer if len(answer) == 2 else (0, None)
+        kept, oldest = answer  # the oldest is None when none are kept (a rate of 0)
         # A stand-in for the times: ``wait`` reads only how many and the oldest.
         self.history = [float(oldest)] * int(kept) if kept else []
         return self.throttle_failure()
