@@ -80,7 +80,8 @@ class Stopwatch:
         return result
 
 
-def one_turn(watch: Stopwatch, user, session_id) -> None:
+def one_turn(watch: Stopwatch, user, session_id):
+    """Time one turn's stages; return the turn as its wait re-read it, ended."""
     from sessions_app import events, llm, privacy, queries, selectors, services, tasks
     from sessions_app.events import notify
 

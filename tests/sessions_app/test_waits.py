@@ -402,7 +402,7 @@ def test_an_idle_tick_or_a_poll_checks_the_status_before_reading_the_turn(
         turn_wait(user=user, turn=pending, changes=_fed(None, events.UNKNOWN, seen=seen))
 
 
-def _subscribers(url: str, turn_id: object) -> int:
+def _subscribers(turn_id: object) -> int:
     """How many waits of this process listen on the turn's channel now, confirmed by Redis.
 
     A turn accepted in this process is heard through the process's pattern, not a channel of
@@ -444,7 +444,7 @@ def test_a_wait_subscribes_before_its_turn_is_queued(api, queued, monkeypatch, s
     queue = tasks._queue
 
     def counted(turn) -> None:
-        at_queue.append(_subscribers(settings.REDIS_URL, turn.pk))
+        at_queue.append(_subscribers(turn.pk))
         queue(turn)
 
     monkeypatch.setattr(tasks, "_queue", counted)
@@ -598,7 +598,7 @@ def test_under_asgi_a_wait_subscribes_before_its_turn_is_queued_and_hears_what_f
     queue = tasks._queue
 
     def first_changed_then_queued(turn) -> None:
-        at_queue.append(_subscribers(settings.REDIS_URL, turn.pk))
+        at_queue.append(_subscribers(turn.pk))
         # The turn ends in the window (a worker at once): only notifications tell the wait.
         services.turn_claim(turn_id=turn.pk)
         services.turn_complete(turn_id=turn.pk, reply="done")
