@@ -70,6 +70,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("web", "worker", "postgres", "redis", "rabbitmq", "bench")
 SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
+POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
 
 
 # /proc ---------------------------------------------------------------------------------
@@ -317,8 +318,15 @@ class Clients:
         return response.status == 200 and response.json().get("status") == "completed"
 
     def _poll(self, token: str, turn_id: str, timeout: float = 120) -> str:
+        """Read the turn every ``POLL_SECONDS`` until it ends; return its last status.
+
+        The first read comes one interval after the 202, not at once: the 202 was the turn
+        still pending a moment ago, and a read at once would find it so again, a request
+        every polled turn would pay for and no client needs.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
             response = self.http.request(
                 "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
             )
@@ -327,7 +335,6 @@ class Clients:
             status = response.json().get("status") if response.status == 200 else None
             if status not in ("pending", "running"):
                 return str(status)
-            time.sleep(0.05)
         return "timeout"
 
     @staticmethod
