@@ -6,14 +6,16 @@ clients: the bare one (token auth, one owned fetch, one insert), the floor (what
 costs in the frameworks alone: token auth, one owned fetch, a Celery task that makes the
 worker's SDK call to Claude, the waiter woken through pub/sub; none of a turn's promises,
 see bench/urls.py), the turn's statements (the floor plus the 11 SQL statements a turn
-runs, in its transactions, and nothing else: bench/statements.py) and the chat turn. It
+runs, in its transactions, and nothing else: bench/statements.py) and the chat turn, then
+reads an ended turn again and again (the read phase: the GET a client answered 202 polls
+with, so that a turn's own web CPU can be told from its polls'). It
 prints requests per second, CPU per operation of
 each process group (read from /proc) and the resident memory of the web and worker
 processes. Usage (from the repo root, the services running; only 127.0.0.1 is ever
 contacted):
 
     .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
-        [--broker redis[,amqp]] [--turns N] [--no-floor] [--no-sql]
+        [--broker redis[,amqp]] [--turns N] [--no-floor] [--no-sql] [--no-read]
         [--db-name isolation_bench]
         [--redis-db 15]
 
@@ -317,6 +319,21 @@ class Clients:
             return self._poll(token, response.json()["id"]) == "completed"
         return response.status == 200 and response.json().get("status") == "completed"
 
+    def _ended_turn(self, token: str, session: str) -> str:
+        """Post one turn in ``session``, see it end; return its id (the read phase's)."""
+        response = self._post(token, turn_path(session), {"content": "a turn to read"})
+        turn_id = response.json()["id"]
+        if response.status == 202:
+            self._poll(token, turn_id)
+        return turn_id
+
+    def _reads(self, token: str, turn_id: str) -> bool:
+        """Read an ended turn once, as a poll reads a turn: True if it came back whole."""
+        response = self.http.request(
+            "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
+        )
+        return response.status == 200 and response.json().get("status") == "completed"
+
     def _poll(self, token: str, turn_id: str, timeout: float = 120) -> str:
         """Read the turn every ``POLL_SECONDS`` until it ends; return its last status.
 
@@ -348,12 +365,14 @@ class Clients:
         seconds: float,
         ops: int = 0,
         at_half: Callable[[], None] | None = None,
+        read: bool = False,
     ) -> tuple[int, int, float]:
         """Drive ``path_for(session)`` until ``seconds`` pass or ``ops`` requests were sent.
 
         Returns (successes, errors, elapsed seconds); ``early`` then holds how many turns
         were answered 202 and polled to their end. ``at_half`` runs once, when half of
-        ``ops`` have succeeded.
+        ``ops`` have succeeded. ``read``: each client posts one turn in its session, then
+        reads that ended turn again and again (``path_for`` unused).
         """
         sessions = {token: self.new_session(token) for token in self.tokens}
         state = {"sent": 0, "done": 0, "errors": 0}
@@ -364,16 +383,20 @@ class Clients:
 
         def client(token: str) -> None:
             session, served = sessions[token], 0
+            turn_id = self._ended_turn(token, session) if read else ""
             while time.monotonic() < deadline:
                 with lock:
                     if ops and state["sent"] >= ops:
                         return
                     state["sent"] += 1
                 try:
-                    if self.session_turns and served == self.session_turns:
+                    if not read and self.session_turns and served == self.session_turns:
                         session, served = self.new_session(token), 0
                     sent = time.perf_counter()
-                    ok = self._succeeds(token, path_for(session))
+                    if read:
+                        ok = self._reads(token, turn_id)
+                    else:
+                        ok = self._succeeds(token, path_for(session))
                     took = time.perf_counter() - sent
                 except (urllib3.exceptions.HTTPError, RuntimeError):
                     ok = False
@@ -444,12 +467,16 @@ class Phase:
         return self.rate * self.cpu_all / 1000
 
 
-def measure(stack: Stack, clients: Clients, name: str, path_for, args, at_half=None) -> Phase:
+def measure(
+    stack: Stack, clients: Clients, name: str, path_for, args, at_half=None, read=False
+) -> Phase:
     if stack.pg:
         stack.pg.start()
     meter = CpuMeter(stack.web, stack.worker)
     seconds = args.max_seconds if args.turns else args.seconds
-    done, errors, elapsed = clients.run(path_for, seconds=seconds, ops=args.turns, at_half=at_half)
+    done, errors, elapsed = clients.run(
+        path_for, seconds=seconds, ops=args.turns, at_half=at_half, read=read
+    )
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
     pg = stack.pg.stop() if stack.pg else None
     return Phase(
@@ -517,6 +544,9 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
         at_half=lambda: rss.__setitem__("middle", rss_of(stack.web, stack.worker)),
     )
     rss["end"] = rss_of(stack.web, stack.worker)
+    # What one poll costs, to tell a turn's own web CPU from its polls': the same GET a
+    # client answered 202 sends, read from the same processes in the same run.
+    read = measure(stack, clients, "read", turn_path, args, read=True) if args.read else None
     result = {
         "broker": broker,
         "clients": count,
@@ -524,6 +554,7 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
         "floor": floor,
         "sql": sql,
         "turn": turns,
+        "read": read,
         "rss": rss,
     }
     report(result, args)
@@ -534,17 +565,25 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
 
 
 def report(result: dict, args) -> None:
-    bare, floor, sql, turn = (result[name] for name in ("bare", "floor", "sql", "turn"))
-    phases = [phase for phase in (bare, floor, sql, turn) if phase]
+    bare, floor, sql, turn, read = (
+        result[name] for name in ("bare", "floor", "sql", "turn", "read")
+    )
+    phases = [phase for phase in (bare, floor, sql, turn, read) if phase]
     print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
     for phase in phases:
-        unit = "req/s" if phase.name == "bare" else "turns/s"
+        unit = "req/s" if phase.name in ("bare", "read") else "turns/s"
         print(
             f"{phase.name:5} {phase.rate:8.1f} {unit:7} ({phase.done} in {phase.elapsed:.1f} s, "
             f"{phase.errors} errors, {phase.early} answered 202 and polled"
             f" in {phase.polls} GETs)"
         )
     print(f"ratio {turn.over(bare):8.3f}  (goal: at least 0.35; ARCHITECTURE.md's third: 0.333)")
+    if read:
+        print(
+            f"polls {turn.polls / max(turn.done, 1):8.3f}  GETs per turn at"
+            f" {read.cpu['web']:.2f} ms of web CPU each (the read phase): the turn's web"
+            f" less its polls {web_less_polls(turn, read):.2f} ms"
+        )
     if floor:
         print(
             f"floor {floor.over(bare):8.3f}  of bare (the frameworks alone: a turn's lower "
@@ -578,7 +617,7 @@ def pg_report(phases: list[Phase]) -> None:
             calls, ms, sessions = phase.pg.per_op(phase.done)
             stats = f"{calls:6.2f} {ms:7.3f} ms" if phase.pg.counted else "- (not preloaded)"
             print(f"  {phase.name:6} {stats} {sessions:8.4f} new connections")
-    turn = phases[-1]
+    turn = next(phase for phase in phases if phase.name == "turn")
     if turn.pg and turn.pg.counted:
         print(f"  the {turn.name} phase's statements (calls per operation, mean ms, SQL):")
         for calls, ms, sql in turn.pg.statements[:14]:
@@ -598,16 +637,22 @@ def summary(results: list[dict]) -> None:
     print(
         "\n| broker | clients | bare req/s | turns/s | ratio | CPU ms/turn web | worker |"
         " postgres | redis | rabbitmq | CPU ms/bare web | postgres | turn p50 ms | bare p50 ms |"
+        " GETs/turn | CPU ms/GET web | turn web less polls |"
     )
-    print("| --- " * 14 + "|")
+    print("| --- " * 17 + "|")
     for r in results:
-        b, t = r["bare"], r["turn"]
+        b, t, g = r["bare"], r["turn"], r["read"]
+        polls = (
+            f"{t.polls / max(t.done, 1):.2f} | {g.cpu['web']:.2f} | {web_less_polls(t, g):.2f}"
+            if g
+            else "- | - | -"
+        )
         print(
             f"| {r['broker']} | {r['clients']} | {b.rate:.1f} | {t.rate:.1f} | "
             f"{t.over(b):.3f} | {t.cpu['web']:.2f} | "
             f"{t.cpu['worker']:.2f} | {t.cpu['postgres']:.2f} | {t.cpu['redis']:.2f} | "
             f"{t.cpu['rabbitmq']:.2f} | {b.cpu['web']:.2f} | {b.cpu['postgres']:.2f} | "
-            f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} |"
+            f"{t.latency_ms(0.5):.1f} | {b.latency_ms(0.5):.1f} | {polls} |"
         )
     baseline_table(
         results,
@@ -659,6 +704,14 @@ def baseline_table(results: list[dict], name: str, heading: str, ceiling: bool =
             cells.append(f"{b.cpu_all / (p.cpu_all + t.cpu['postgres'] - p.cpu['postgres']):.3f}")
         cells.append(f"{p.latency_ms(0.5):.1f}")
         print("| " + " | ".join(cells) + " |")
+
+
+def web_less_polls(turn: Phase, read: Phase) -> float:
+    """The turn's web CPU per turn less its polls, each priced at a read phase's GET.
+
+    A polled turn's POST skipped its wait, so this is a little under what the turn costs
+    where every wait finds a slot."""
+    return turn.cpu["web"] - turn.polls / max(turn.done, 1) * read.cpu["web"]
 
 
 def claude_own_ms(url: str, calls: int = 300) -> float:
@@ -713,6 +766,13 @@ def main() -> None:
         dest="sql",
         action="store_false",
         help="skip the sql phase (the floor and a turn's SQL statements, nothing else)",
+    )
+    parser.add_argument(
+        "--no-read",
+        dest="read",
+        action="store_false",
+        help="skip the read phase (each client GETs one ended turn again and again: what a"
+        " poll costs)",
     )
     parser.add_argument(
         "--session-turns",
