@@ -156,9 +156,12 @@ class Subscription:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        # Never waits for the listener's lock: a subscription can be closed by a finalizer
+        # (a waiter's generator collected as garbage) run in a thread that holds it.
         if running is loop:
-            self.listener.drop(self)
-        else:
+            if not self.listener.drop(self, blocking=False):
+                loop.call_soon(self.listener.drop, self)
+        elif not self.listener.drop_own(self):
             loop.call_soon_threadsafe(self.listener.drop, self)
 
 
@@ -185,6 +188,10 @@ class TurnListener:
         # again after a lost connection, or for good if Redis refuses patterns.
         self._own: tuple[str, asyncio.Future] | None = None
         self._patterns = True
+        # A waiting thread enters and leaves its own turns' channels directly (``enter_own``,
+        # ``drop_own``) rather than through the loop: the channels, and the pattern that
+        # carries them, change under this lock wherever either side changes them.
+        self._guard = threading.Lock()
 
     async def subscribe(self, turn_id: object) -> Subscription:
         """Return a subscription to the turn's changes, active on Redis when this returns.
@@ -216,15 +223,42 @@ class TurnListener:
         """
         channel = _channel(turn_id)
         subscription = kind(self, channel)
-        entry = self.channels.get(channel)
-        if entry is None:
-            if self._patterns and own_turn(turn_id):  # no command: the pattern carries it
-                entry = _Channel(self._own_pattern(), own=True)
-            else:
-                entry = _Channel(self._asked("subscribe", channel))
-            self.channels[channel] = entry
-        entry.subscriptions.add(subscription)
+        with self._guard:
+            entry = self.channels.get(channel)
+            if entry is None:
+                if self._patterns and own_turn(turn_id):  # no command: the pattern carries it
+                    entry = _Channel(self._own_pattern(), own=True)
+                else:
+                    entry = _Channel(self._asked("subscribe", channel))
+                self.channels[channel] = entry
+            entry.subscriptions.add(subscription)
         return subscription, entry.ready
+
+    def enter_own(self, turn_id: object, kind: type[Subscription]) -> Subscription | None:
+        """From any thread: a new ``kind`` of subscription to one of this process's turns,
+        active at once, if the process's pattern is already confirmed on the live
+        connection; None otherwise (the caller enters through the loop, ``enter``).
+
+        A waiting thread so spends no hop to the loop and back on the process's own turns,
+        which need no Redis command. Whatever later loses the connection tells this
+        subscription too, since ``_lose`` clears the pattern under the same lock.
+        """
+        if not own_turn(turn_id):
+            return None
+        channel = _channel(turn_id)
+        pattern = own_pattern()
+        subscription = kind(self, channel)
+        with self._guard:
+            own = self._own
+            if own is None or own[0] != pattern or not _confirmed(own[1]):
+                return None
+            entry = self.channels.get(channel)
+            if entry is None:
+                entry = self.channels[channel] = _Channel(own[1], own=True)
+            elif not entry.own:
+                return None
+            entry.subscriptions.add(subscription)
+        return subscription
 
     def _own_pattern(self) -> asyncio.Future:
         """The future of the process's pattern subscription: asked for once a connection
@@ -242,7 +276,8 @@ class TurnListener:
         if self._own is None or self._own[1].done():
             return False
         pattern, _ = self._own
-        self._own, self._patterns = None, False
+        with self._guard:
+            self._own, self._patterns = None, False
         logger.warning("Redis refused %s; turns are subscribed one by one", pattern)
         for ready in self._confirmations.pop(pattern, ()):
             if not ready.done():
@@ -264,16 +299,41 @@ class TurnListener:
         subscription.close()
         self._later(self._drop_unanswering())
 
-    def drop(self, subscription: Subscription) -> None:
-        """Forget a closed subscription; unsubscribe the channel when it was the last."""
-        entry = self.channels.get(subscription.channel)
-        if entry is None or subscription not in entry.subscriptions:
-            return
-        entry.subscriptions.discard(subscription)
-        if not entry.subscriptions:
+    def drop(self, subscription: Subscription, *, blocking: bool = True) -> bool:
+        """On the loop: forget a closed subscription; unsubscribe the channel when it was
+        the last. False if not ``blocking`` and the lock was taken (nothing done)."""
+        if not self._guard.acquire(blocking):
+            return False
+        try:
+            entry = self.channels.get(subscription.channel)
+            if entry is None or subscription not in entry.subscriptions:
+                return True
+            entry.subscriptions.discard(subscription)
+            if entry.subscriptions:
+                return True
             del self.channels[subscription.channel]
-            if not entry.own:
-                self._later(self._command("unsubscribe", subscription.channel))
+        finally:
+            self._guard.release()
+        if not entry.own:
+            self._later(self._command("unsubscribe", subscription.channel))
+        return True
+
+    def drop_own(self, subscription: Subscription) -> bool:
+        """From any thread: ``drop`` a subscription to one of this process's turns, which
+        needs no command. False if its channel is not one (the loop must drop it) or the
+        lock was taken (it never waits for it: see ``Subscription.close``)."""
+        if not self._guard.acquire(blocking=False):
+            return False
+        try:
+            entry = self.channels.get(subscription.channel)
+            if entry is None or not entry.own:
+                return entry is None  # nothing left to drop, or a command to send
+            entry.subscriptions.discard(subscription)
+            if not entry.subscriptions:
+                del self.channels[subscription.channel]
+        finally:
+            self._guard.release()
+        return True
 
     def _later(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -342,22 +402,27 @@ class TurnListener:
                     del self._confirmations[channel]
                 if not ready.done():
                     ready.set_result(True)
-        elif kind in ("message", "pmessage") and (entry := self.channels.get(channel)):
-            status = _status(message["data"])
-            for subscription in entry.subscriptions:
-                subscription.told(status)
+        elif kind in ("message", "pmessage"):
+            with self._guard:
+                entry = self.channels.get(channel)
+                subscriptions = tuple(entry.subscriptions) if entry else ()
+            if subscriptions:
+                status = _status(message["data"])
+                for subscription in subscriptions:
+                    subscription.told(status)
 
     async def _lose(self, exc: BaseException) -> None:
         """The connection is gone: every waiter polls; the next subscriber reconnects."""
         logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
         pubsub, self._pubsub = self._pubsub, None
-        self._own = None  # the next connection subscribes the pattern anew
-        for entry in self.channels.values():
+        with self._guard:
+            self._own = None  # the next connection subscribes the pattern anew
+            lost, self.channels = self.channels, {}
+        for entry in lost.values():
             for subscription in entry.subscriptions:
                 subscription.told_lost()
             if not entry.ready.done():
                 entry.ready.set_result(False)
-        self.channels.clear()
         for waiting in self._confirmations.values():
             for ready in waiting:
                 if not ready.done():
@@ -369,6 +434,12 @@ class TurnListener:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+def _confirmed(ready: asyncio.Future) -> bool:
+    """True if Redis confirmed the subscription ``ready`` stands for (from any thread: a
+    future's outcome, once set, does not change)."""
+    return ready.done() and not ready.cancelled() and ready.exception() is None and ready.result()
 
 
 # The listener's connection belongs to the event loop it was made in, so there is one per

@@ -2,6 +2,7 @@
 Redis is not there."""
 
 import asyncio
+import contextlib
 import copy
 import threading
 import uuid
@@ -393,6 +394,16 @@ def _thread_subscription(turn_id: object):
     return loop_thread.subscribe_from_thread(turn_id)
 
 
+def _thread_hears_the_end(url: str, turn: object) -> bool:
+    """A waiting thread subscribes to ``turn``; True if it hears the end published next."""
+    waiter = _thread_subscription(turn)
+    try:
+        published(url, turn, "completed")
+        return waiter.wait(5) == "completed"
+    finally:
+        waiter.close()
+
+
 def _from_the_loop(fn, *args) -> None:
     """Run ``fn`` on the listener's loop, as the listener calls a subscription's methods."""
     from sessions_app.events import loop_thread
@@ -558,12 +569,7 @@ def test_a_listener_follows_a_new_tag_with_a_pattern_of_its_own(settings, monkey
     monkeypatch.setattr(notify, "_tag", (notify.os.getpid(), "0badc0de"))
     turn = events.new_turn_id()
     assert str(turn).startswith("0badc0de-")
-    waiter = _thread_subscription(turn)
-    try:
-        published(url, turn, "completed")
-        assert waiter.wait(5) == "completed"
-    finally:
-        waiter.close()
+    assert _thread_hears_the_end(url, turn)
 
 
 def test_a_wait_on_a_turn_of_this_process_subscribes_no_channel_of_its_own(settings):
@@ -641,3 +647,246 @@ def test_a_redis_user_refused_patterns_gets_its_turns_subscribed_one_by_one(
         assert bystander.wait(5) == "failed" and not bystander.lost
     finally:
         bystander.close()
+
+
+def _process_listener():
+    from sessions_app.events import listener as listening
+    from sessions_app.events import loop_thread
+
+    return listening._listeners[loop_thread._process_loop().loop]
+
+
+@pytest.fixture
+def direct_only(monkeypatch):
+    """From here on a thread subscription that would need the loop fails the test: each
+    must be entered by its thread directly."""
+    from sessions_app.events import loop_thread
+
+    def entering(*args):
+        raise AssertionError("entered through the loop")
+
+    def arm() -> None:
+        monkeypatch.setattr(loop_thread, "_Entering", entering)
+
+    return arm
+
+
+def test_a_thread_enters_and_leaves_its_own_turns_without_the_loop_once_the_pattern_is_heard(
+    settings, monkeypatch
+):
+    """Past the first wait of a connection, the process's pattern is confirmed: a wait on
+    one of its turns needs no command, so its thread registers it itself. Shown with the
+    loop busy: a wait that needed the loop would not be entered until the loop ran it."""
+    import time
+
+    from sessions_app.events import loop_thread
+
+    url = settings.REDIS_URL
+    _thread_subscription(events.new_turn_id()).close()  # through the loop: the pattern
+    listener, loop = _process_listener(), loop_thread._process_loop()
+    monkeypatch.setattr(loop_thread, "SUBSCRIBE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(loop_thread, "_GRACE_SECONDS", 0.5)
+    release, resumed = threading.Event(), threading.Event()
+
+    def busy() -> None:
+        loop.beat = time.monotonic()  # busy, not yet stuck
+        release.wait(10)
+        resumed.set()
+
+    loop.loop.call_soon_threadsafe(busy)  # the loop runs nothing else from now on
+    turn = events.new_turn_id()
+    try:
+        waiter = _thread_subscription(turn)
+        assert channel(turn) in listener.channels
+        waiter.close()
+        assert channel(turn) not in listener.channels  # left without the loop too
+        with pytest.raises(redis.exceptions.TimeoutError):
+            _thread_subscription(uuid.uuid4())  # another process's turn: its SUBSCRIBE waits
+        assert not resumed.is_set()  # the loop was busy throughout
+    finally:
+        release.set()
+    assert _thread_hears_the_end(url, turn)
+
+
+def test_a_thread_does_not_enter_directly_while_the_pattern_is_unconfirmed(settings, private_redis):
+    from sessions_app.events import loop_thread
+
+    settings.REDIS_URL = private_redis.url
+    _thread_subscription(uuid.uuid4()).close()  # connected; no pattern asked for yet
+    listener = _process_listener()
+    private_redis.freeze()
+    outcome: list = []
+    first = threading.Thread(
+        target=lambda: outcome.append(_thread_subscription(events.new_turn_id()))
+    )
+    try:
+        first.start()  # enters through the loop and asks for the pattern
+        assert asyncio.run(until(lambda: listener._own is not None, timeout=5))
+        assert listener.enter_own(events.new_turn_id(), loop_thread._Woken) is None
+    finally:
+        private_redis.thaw()
+        first.join(10)
+    assert len(outcome) == 1  # confirmed once Redis answered
+    outcome[0].close()
+
+
+def test_a_thread_entered_without_the_loop_hears_a_lost_connection(
+    settings, private_redis, direct_only
+):
+    settings.REDIS_URL = private_redis.url
+    _thread_subscription(events.new_turn_id()).close()  # through the loop: the pattern
+    direct_only()
+    turn = events.new_turn_id()
+    waiter = _thread_subscription(turn)
+    listener = _process_listener()
+    assert channel(turn) in listener.channels
+    try:
+        private_redis.kill()
+        assert waiter.wait(5) == events.UNKNOWN and waiter.lost
+    finally:
+        waiter.close()
+    assert listener.channels == {} and listener._own is None
+    with pytest.raises(AssertionError, match="through the loop"):
+        _thread_subscription(events.new_turn_id())  # a new connection: the loop's again
+
+
+def test_threads_entering_and_leaving_their_own_turns_at_once_each_hear_their_own(
+    settings, direct_only
+):
+    """Threads enter and leave channels while the loop fans notifications out to them: no
+    waiter hears another's turn, none misses its own, and nothing is left behind."""
+    url = settings.REDIS_URL
+    _thread_subscription(events.new_turn_id()).close()  # the pattern, confirmed
+    direct_only()
+    failures: list[str] = []
+
+    def waits(n: int) -> None:
+        try:
+            with redis.Redis.from_url(url) as client:
+                for i in range(60):
+                    turn, status = events.new_turn_id(), ("completed", "failed")[(n + i) % 2]
+                    with contextlib.ExitStack() as held:
+                        first = _thread_subscription(turn)
+                        held.callback(first.close)
+                        second = _thread_subscription(turn)
+                        held.callback(second.close)
+                        client.publish(channel(turn), status)
+                        heard = first.wait(5), second.wait(5)
+                        if heard != (status, status):
+                            failures.append(f"{turn}: {heard} for {status}")
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=waits, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert not any(t.is_alive() for t in threads)
+    listener = _process_listener()
+    assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
+
+
+def test_threads_churning_on_one_channel_as_it_is_published_to_lose_nothing(settings):
+    """Entering and leaving the channel the loop is fanning a notification out on: the
+    listener's connection stays up and a waiter that stays hears every change."""
+    import sys
+
+    url = settings.REDIS_URL
+    _thread_subscription(events.new_turn_id()).close()  # the pattern, confirmed
+    listener = _process_listener()
+    connection = listener._pubsub
+    turn = events.new_turn_id()
+    stays = _thread_subscription(turn)
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def publish() -> None:
+        with redis.Redis.from_url(url) as client:
+            while not stop.is_set():
+                client.publish(channel(turn), "running")
+
+    def churn() -> None:
+        try:
+            while not stop.is_set():
+                _thread_subscription(turn).close()
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            failures.append(repr(exc))
+
+    threads = [threading.Thread(target=publish) for _ in range(2)]
+    threads += [threading.Thread(target=churn) for _ in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as they can
+    try:
+        for thread in threads:
+            thread.start()
+        stop.wait(2)
+    finally:
+        stop.set()
+        sys.setswitchinterval(interval)
+        for thread in threads:
+            thread.join(10)
+    try:
+        assert failures == [] and listener._pubsub is connection and not stays.lost
+        published(url, turn, "completed")
+        assert stays.wait(5, skip=Turn.IN_FLIGHT) == "completed"
+    finally:
+        stays.close()
+    assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
+
+
+def _holding(subscription):
+    """A waiter's generator, as ``turn_changes`` is: it closes its subscription when it
+    is finalized."""
+    try:
+        yield
+    finally:
+        subscription.close()
+
+
+def test_a_subscription_closed_by_a_finalizer_inside_the_listener_s_lock_deadlocks_nothing(
+    settings,
+):
+    """A collection can start at any allocation, inside the listener's lock too, and
+    finalize a forgotten waiter's generator there, which closes its subscription in the
+    thread that holds the lock: closing must not wait for it."""
+    import gc
+
+    from sessions_app.events import loop_thread
+
+    _thread_subscription(events.new_turn_id()).close()  # the pattern, confirmed
+    listener = _process_listener()
+    hung: list[int] = []
+
+    def forgotten_waiter_then_enter(allocations: int) -> None:
+        held = _thread_subscription(events.new_turn_id())
+        gc.disable()
+        waiter = _holding(held)
+        next(waiter)
+        cycle: dict = {"waiter": waiter}
+        cycle["self"] = cycle  # only a collection reaches the generator now
+        del waiter, cycle, held
+        threshold = gc.get_threshold()
+        gc.set_threshold(gc.get_count()[0] + allocations)  # a collection that many later
+        gc.enable()
+        try:
+            listener.enter_own(events.new_turn_id(), loop_thread._Woken).close()
+        finally:
+            gc.set_threshold(*threshold)
+
+    try:
+        for allocations in range(1, 40):
+            thread = threading.Thread(
+                target=forgotten_waiter_then_enter, args=(allocations,), daemon=True
+            )
+            thread.start()
+            thread.join(5)
+            if thread.is_alive():
+                hung.append(allocations)
+                break
+    finally:
+        gc.enable()
+    assert hung == []
+    gc.collect()  # the waiters no collection has reached yet close theirs now
+    assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
