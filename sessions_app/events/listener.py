@@ -213,7 +213,7 @@ class TurnListener:
         return subscription
 
     def enter(
-        self, turn_id: object, kind: type[Subscription] = Subscription
+        self, turn_id: object, kind: Callable[..., Subscription] = Subscription
     ) -> tuple[Subscription, asyncio.Future]:
         """On the loop: a new ``kind`` of subscription to the turn's channel, and the future
         that says (True) once Redis confirmed the channel, or (False) that it is lost.
@@ -234,7 +234,7 @@ class TurnListener:
             entry.subscriptions.add(subscription)
         return subscription, entry.ready
 
-    def enter_own(self, turn_id: object, kind: type[Subscription]) -> Subscription | None:
+    def enter_own(self, turn_id: object, kind: Callable[..., Subscription]) -> Subscription | None:
         """From any thread: a new ``kind`` of subscription to one of this process's turns,
         active at once, if the process's pattern is already confirmed on the live
         connection; None otherwise (the caller enters through the loop, ``enter``).

@@ -12,10 +12,11 @@ futures chained) cost as much CPU again as carrying the notification itself.
 """
 
 import asyncio
+import functools
 import os
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import redis.exceptions
 from django.conf import settings
@@ -69,10 +70,13 @@ class _Woken(Subscription):
     """A subscription whose waiter is a thread: the listener wakes it through a
     ``threading.Event``, so that a wait costs no coroutine, task or future on the loop."""
 
-    def __init__(self, listener: TurnListener, channel: str) -> None:
+    def __init__(
+        self, listener: TurnListener, channel: str, skip: Collection[str] = frozenset()
+    ) -> None:
         super().__init__(listener, channel)
         self.woken = threading.Event()
         self.lock = threading.Lock()  # the status and the wake-up change together
+        self.skip = skip  # statuses its waiter always waits past: they wake no one
 
     def told(self, status: str) -> None:
         with self.lock:
@@ -86,7 +90,8 @@ class _Woken(Subscription):
         return self.woken.is_set()
 
     def _wake(self) -> None:
-        self.woken.set()
+        if self.lost or self.status not in self.skip:
+            self.woken.set()
 
     async def wait(self, timeout: float) -> bool:
         raise TypeError("a thread's subscription is waited on with take_in_thread")
@@ -95,7 +100,8 @@ class _Woken(Subscription):
         raise TypeError("a thread's subscription is waited on with take_in_thread")
 
     def take_in_thread(self, timeout: float, skip: Collection[str]) -> str | None:
-        """``Subscription.take`` for the waiting thread."""
+        """``Subscription.take`` for the waiting thread; ``skip`` holds the subscription's
+        own (those never wake it)."""
         deadline = time.monotonic() + timeout
         while self.woken.wait(max(deadline - time.monotonic(), 0)):
             with self.lock:
@@ -144,9 +150,10 @@ class _Entering:
     never gets to it at all.
     """
 
-    def __init__(self, loop: _Loop, turn_id: object) -> None:
+    def __init__(self, loop: _Loop, turn_id: object, kind: Callable[..., "_Woken"]) -> None:
         self.owner = loop
         self.turn_id = turn_id
+        self.kind = kind
         self.done = threading.Event()
         self.lock = threading.Lock()  # the thread's giving up and the loop's answer exclude
         self.abandoned = False
@@ -163,7 +170,7 @@ class _Entering:
                 return
             try:
                 self.listener = self.owner.listener = turn_listener()
-                self.subscription, ready = self.listener.enter(self.turn_id, _Woken)
+                self.subscription, ready = self.listener.enter(self.turn_id, self.kind)
             except BaseException as exc:  # noqa: BLE001 - raised in the waiting thread
                 self.error = exc
                 self.done.set()
@@ -200,20 +207,24 @@ class _Entering:
         return True
 
 
-def subscribe_from_thread(turn_id: object) -> ThreadSubscription:
+def subscribe_from_thread(turn_id: object, skip: Collection[str] = ()) -> ThreadSubscription:
     """Subscribe to a turn's changes from a (WSGI) thread; active on Redis when this returns.
+
+    A notification naming a status in ``skip`` does not wake the thread: every ``wait``
+    of the subscription must skip at least those.
 
     Raise ``redis.exceptions.ConnectionError`` or ``TimeoutError`` if Redis cannot be
     reached.
     """
     loop = _process_loop()
+    kind = functools.partial(_Woken, skip=frozenset(skip))
     listener = loop.listener
     if listener is not None and listener.url == settings.REDIS_URL and not loop.stuck():
         # One of this process's turns, its pattern confirmed: entered from here, no hop.
-        subscription = listener.enter_own(turn_id, _Woken)
+        subscription = listener.enter_own(turn_id, kind)
         if subscription is not None:
             return ThreadSubscription(loop, subscription)
-    entering = _Entering(loop, turn_id)
+    entering = _Entering(loop, turn_id, kind)
     loop.loop.call_soon_threadsafe(entering.enter)
     wait = SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS
     if not entering.done.wait(wait) and entering.give_up():

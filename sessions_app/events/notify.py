@@ -131,7 +131,7 @@ def turn_changes(
     from .loop_thread import subscribe_from_thread  # it builds on the listener, which on this
 
     try:
-        subscription = subscribe_from_thread(turn_id)
+        subscription = subscribe_from_thread(turn_id, skip=unread)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         if not poll_if_down:
             raise

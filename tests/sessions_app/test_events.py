@@ -448,6 +448,28 @@ def test_a_waiting_thread_skips_what_it_does_not_read_but_hears_a_loss(settings)
         waiter.close()
 
 
+def test_a_status_its_subscription_skips_does_not_even_wake_the_thread(settings):
+    """A ``?wait`` does nothing on "running": the listener does not wake its thread for it
+    (a futex and a switch of threads), yet an end or a loss still does."""
+    from sessions_app.events import loop_thread
+
+    waiter = loop_thread.subscribe_from_thread(uuid.uuid4(), skip=Turn.IN_FLIGHT)
+    held = waiter._subscription
+    try:
+        _from_the_loop(held.told, "running")
+        assert not held.woken.is_set() and held.status == "running"
+        _from_the_loop(held.told, "completed")
+        assert held.woken.is_set()
+        _from_the_loop(held.told, "running")  # a redelivered run's claim, after the end
+        assert waiter.wait(1, skip=Turn.IN_FLIGHT) == "completed"
+        _from_the_loop(held.told, "pending")
+        assert not held.woken.is_set()
+        _from_the_loop(held.told_lost)
+        assert waiter.wait(1, skip=Turn.IN_FLIGHT) == events.UNKNOWN and waiter.lost
+    finally:
+        waiter.close()
+
+
 def test_a_waiting_thread_is_told_when_the_listener_loop_is_stuck(settings, monkeypatch):
     """A loop that runs nothing owes notifications it will never deliver: the waiter polls."""
     from sessions_app.events import loop_thread
