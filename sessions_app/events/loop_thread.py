@@ -100,8 +100,9 @@ class _Woken(Subscription):
         raise TypeError("a thread's subscription is waited on with take_in_thread")
 
     def take_in_thread(self, timeout: float, skip: Collection[str]) -> str | None:
-        """``Subscription.take`` for the waiting thread; ``skip`` holds the subscription's
-        own (those never wake it)."""
+        """``Subscription.take`` for the waiting thread. The subscription's own ``skip`` is
+        skipped too, whatever ``skip`` says: those statuses never wake it."""
+        skip = self.skip.union(skip) if self.skip else skip
         deadline = time.monotonic() + timeout
         while self.woken.wait(max(deadline - time.monotonic(), 0)):
             with self.lock:
@@ -210,8 +211,8 @@ class _Entering:
 def subscribe_from_thread(turn_id: object, skip: Collection[str] = ()) -> ThreadSubscription:
     """Subscribe to a turn's changes from a (WSGI) thread; active on Redis when this returns.
 
-    A notification naming a status in ``skip`` does not wake the thread: every ``wait``
-    of the subscription must skip at least those.
+    A notification naming a status in ``skip`` does not wake the thread, and every
+    ``wait`` of the subscription waits past those.
 
     Raise ``redis.exceptions.ConnectionError`` or ``TimeoutError`` if Redis cannot be
     reached.

@@ -4,6 +4,7 @@ Redis is not there."""
 import asyncio
 import contextlib
 import copy
+import gc
 import threading
 import uuid
 
@@ -867,48 +868,95 @@ def _holding(subscription):
         subscription.close()
 
 
+def _forget_a_waiter(subscription) -> None:
+    """Collections off, leave a started waiter holding ``subscription`` reachable only
+    through a cycle: only a collection will finalize it (and close the subscription)."""
+    gc.disable()
+    waiter = _holding(subscription)
+    next(waiter)
+    cycle: dict = {"waiter": waiter}
+    cycle["self"] = cycle
+
+
+def _hangs(run_with) -> list[int]:
+    """``run_with(allocations)`` starts a run with a collection due that many allocations
+    in, and returns an Event its end sets; the first count whose run hung (not done in 5 s),
+    if any. Then what no collection reached yet is collected: its waiters close theirs."""
+    hung: list[int] = []
+    try:
+        for allocations in range(1, 40):
+            if not run_with(allocations).wait(5):
+                hung.append(allocations)
+                break
+    finally:
+        gc.enable()
+    gc.collect()
+    return hung
+
+
+@contextlib.contextmanager
+def _a_collection_after(allocations: int):
+    """Collections back on, the next one due that many allocations from now."""
+    threshold = gc.get_threshold()
+    gc.set_threshold(gc.get_count()[0] + allocations)
+    gc.enable()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+
+
 def test_a_subscription_closed_by_a_finalizer_inside_the_listener_s_lock_deadlocks_nothing(
     settings,
 ):
     """A collection can start at any allocation, inside the listener's lock too, and
     finalize a forgotten waiter's generator there, which closes its subscription in the
     thread that holds the lock: closing must not wait for it."""
-    import gc
-
     from sessions_app.events import loop_thread
 
     _thread_subscription(events.new_turn_id()).close()  # the pattern, confirmed
     listener = _process_listener()
-    hung: list[int] = []
 
-    def forgotten_waiter_then_enter(allocations: int) -> None:
-        held = _thread_subscription(events.new_turn_id())
-        gc.disable()
-        waiter = _holding(held)
-        next(waiter)
-        cycle: dict = {"waiter": waiter}
-        cycle["self"] = cycle  # only a collection reaches the generator now
-        del waiter, cycle, held
-        threshold = gc.get_threshold()
-        gc.set_threshold(gc.get_count()[0] + allocations)  # a collection that many later
-        gc.enable()
-        try:
-            listener.enter_own(events.new_turn_id(), loop_thread._Woken).close()
-        finally:
-            gc.set_threshold(*threshold)
+    def in_a_thread(allocations: int) -> threading.Event:
+        finished = threading.Event()
 
-    try:
-        for allocations in range(1, 40):
-            thread = threading.Thread(
-                target=forgotten_waiter_then_enter, args=(allocations,), daemon=True
-            )
-            thread.start()
-            thread.join(5)
-            if thread.is_alive():
-                hung.append(allocations)
-                break
-    finally:
-        gc.enable()
-    assert hung == []
-    gc.collect()  # the waiters no collection has reached yet close theirs now
+        def run() -> None:
+            _forget_a_waiter(_thread_subscription(events.new_turn_id()))
+            with _a_collection_after(allocations):
+                listener.enter_own(events.new_turn_id(), loop_thread._Woken).close()
+            finished.set()
+
+        threading.Thread(target=run, daemon=True).start()
+        return finished
+
+    assert _hangs(in_a_thread) == []
+    assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
+
+
+def test_a_subscription_closed_by_a_finalizer_on_the_loop_inside_its_lock_deadlocks_nothing(
+    settings,
+):
+    """The same on the listener's loop, whose own collections can finalize a forgotten
+    waiter of any thread while it enters, leaves or fans out under the lock."""
+    from sessions_app.events import loop_thread
+
+    _thread_subscription(events.new_turn_id()).close()  # the pattern, confirmed
+    listener, loop = _process_listener(), loop_thread._process_loop()
+
+    def on_the_loop(allocations: int) -> threading.Event:
+        held, finished = _thread_subscription(events.new_turn_id()), threading.Event()
+
+        def run() -> None:
+            _forget_a_waiter(held)
+            try:
+                with _a_collection_after(allocations):
+                    entered, _ = listener.enter(events.new_turn_id(), loop_thread._Woken)
+                    entered.close()
+            finally:
+                finished.set()
+
+        loop.loop.call_soon_threadsafe(run)
+        return finished
+
+    assert _hangs(on_the_loop) == []
     assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
