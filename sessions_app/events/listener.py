@@ -302,12 +302,23 @@ class TurnListener:
     def drop(self, subscription: Subscription, *, blocking: bool = True) -> bool:
         """On the loop: forget a closed subscription; unsubscribe the channel when it was
         the last. False if not ``blocking`` and the lock was taken (nothing done)."""
+        return self._forget(subscription, blocking=blocking, own_only=False)
+
+    def drop_own(self, subscription: Subscription) -> bool:
+        """From any thread: ``drop`` a subscription to one of this process's turns, which
+        needs no command. False if its channel is not one (the loop must drop it) or the
+        lock was taken (it never waits for it: see ``Subscription.close``)."""
+        return self._forget(subscription, blocking=False, own_only=True)
+
+    def _forget(self, subscription: Subscription, *, blocking: bool, own_only: bool) -> bool:
         if not self._guard.acquire(blocking):
             return False
         try:
             entry = self.channels.get(subscription.channel)
             if entry is None or subscription not in entry.subscriptions:
-                return True
+                return True  # nothing left to forget
+            if own_only and not entry.own:
+                return False  # its UNSUBSCRIBE is the loop's to send
             entry.subscriptions.discard(subscription)
             if entry.subscriptions:
                 return True
@@ -316,23 +327,6 @@ class TurnListener:
             self._guard.release()
         if not entry.own:
             self._later(self._command("unsubscribe", subscription.channel))
-        return True
-
-    def drop_own(self, subscription: Subscription) -> bool:
-        """From any thread: ``drop`` a subscription to one of this process's turns, which
-        needs no command. False if its channel is not one (the loop must drop it) or the
-        lock was taken (it never waits for it: see ``Subscription.close``)."""
-        if not self._guard.acquire(blocking=False):
-            return False
-        try:
-            entry = self.channels.get(subscription.channel)
-            if entry is None or not entry.own:
-                return entry is None  # nothing left to drop, or a command to send
-            entry.subscriptions.discard(subscription)
-            if not entry.subscriptions:
-                del self.channels[subscription.channel]
-        finally:
-            self._guard.release()
         return True
 
     def _later(self, coroutine) -> None:
