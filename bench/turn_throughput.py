@@ -327,12 +327,12 @@ class Clients:
             self._poll(token, turn_id)
         return turn_id
 
-    def _reads(self, token: str, turn_id: str) -> bool:
-        """Read an ended turn once, as a poll reads a turn: True if it came back whole."""
+    def _read(self, token: str, turn_id: str) -> str | None:
+        """GET the turn once, as a client polls it; its status, or None if not answered 200."""
         response = self.http.request(
             "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
         )
-        return response.status == 200 and response.json().get("status") == "completed"
+        return response.json().get("status") if response.status == 200 else None
 
     def _poll(self, token: str, turn_id: str, timeout: float = 120) -> str:
         """Read the turn every ``POLL_SECONDS`` until it ends; return its last status.
@@ -344,12 +344,9 @@ class Clients:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-            response = self.http.request(
-                "GET", f"{self.base}/api/v1/turns/{turn_id}/", headers=self._auth(token)
-            )
+            status = self._read(token, turn_id)
             with self.lock:
                 self.polls += 1
-            status = response.json().get("status") if response.status == 200 else None
             if status not in ("pending", "running"):
                 return str(status)
         return "timeout"
@@ -394,7 +391,7 @@ class Clients:
                         session, served = self.new_session(token), 0
                     sent = time.perf_counter()
                     if read:
-                        ok = self._reads(token, turn_id)
+                        ok = self._read(token, turn_id) == "completed"
                     else:
                         ok = self._succeeds(token, path_for(session))
                     took = time.perf_counter() - sent
