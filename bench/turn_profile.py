@@ -155,6 +155,16 @@ def web_steps(steps: Stopwatch, user, session_id, ended) -> None:
         text=text,
     )
     steps.time("serialize the answer (the ended turn)", turn_data, turn=ended)
+    steps.time("connection health check (Django's SELECT 1, each request)", _checked)
+
+
+def _checked() -> None:
+    """A request's first query: Django checks the persistent connection (``SELECT 1``)."""
+    from django.db import connection
+
+    connection.close_if_unusable_or_obsolete()  # what Django does between two requests
+    connection.close_if_health_check_failed()
+    assert connection.connection is not None  # a check that closed it would be timed short
 
 
 def _throttled(*, request) -> None:

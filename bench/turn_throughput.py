@@ -72,6 +72,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("web", "worker", "postgres", "redis", "rabbitmq", "bench")
 SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
+PHASES = ("bare", "floor", "sql", "turn", "read")
 POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
 
 
@@ -121,13 +122,35 @@ def group_pids(table: dict[int, Proc], web: int, worker: int) -> dict[str, set[i
     return groups
 
 
-def cpu_snapshot(web: int, worker: int) -> dict[str, dict[int, int]]:
-    """CPU ticks per process, by group."""
+def thread_switches(pids: set[int]) -> dict[tuple[int, int], int]:
+    """Context switches (voluntary + involuntary) of every thread of ``pids``, by thread.
+
+    A thread blocked on a socket, a lock or the interpreter lock switches out and back in
+    each time it waits: how often, per operation, tells waiting from working."""
+    counts = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue  # ended meanwhile
+            counts[(pid, int(tid))] = sum(
+                int(line.split()[1]) for line in lines if "ctxt_switches:" in line
+            )
+    return counts
+
+
+def cpu_snapshot(web: int, worker: int) -> tuple[dict[str, dict[int, int]], set[int]]:
+    """CPU ticks per process, by group; and the web group's processes."""
     table = proc_table()
-    return {
-        group: {pid: table[pid].ticks for pid in pids}
-        for group, pids in group_pids(table, web, worker).items()
-    }
+    groups = group_pids(table, web, worker)
+    ticks = {group: {pid: table[pid].ticks for pid in pids} for group, pids in groups.items()}
+    return ticks, groups["web"]
 
 
 class CpuMeter:
@@ -139,8 +162,10 @@ class CpuMeter:
 
     def __init__(self, web: int, worker: int, interval: float = 1.0) -> None:
         self.web, self.worker, self.interval = web, worker, interval
-        self.start = cpu_snapshot(web, worker)
+        self.start, web_pids = cpu_snapshot(web, worker)
         self.last = {group: dict(ticks) for group, ticks in self.start.items()}
+        self.switches_start = thread_switches(web_pids)
+        self.switches_last = dict(self.switches_start)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -150,8 +175,15 @@ class CpuMeter:
             self._update()
 
     def _update(self) -> None:
-        for group, ticks in cpu_snapshot(self.web, self.worker).items():
+        snapshot, web_pids = cpu_snapshot(self.web, self.worker)
+        for group, ticks in snapshot.items():
             self.last[group].update(ticks)
+        self.switches_last.update(thread_switches(web_pids))
+
+    def web_switches(self) -> int:
+        """The web threads' context switches since the start (after ``stop()``)."""
+        start = self.switches_start
+        return sum(n - start.get(thread, 0) for thread, n in self.switches_last.items())
 
     def stop(self) -> dict[str, float]:
         self.done.set()
@@ -439,6 +471,7 @@ class Phase:
     polls: int = 0  # the GETs those turns took
     latencies: list[float] = field(default_factory=list)
     pg: PgPhase | None = None
+    switches: float = 0.0  # the web threads' context switches per successful operation
 
     def latency_ms(self, q: float) -> float:
         """The ``q`` quantile of a successful operation's time, in ms (client side)."""
@@ -477,7 +510,16 @@ def measure(
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
     pg = stack.pg.stop() if stack.pg else None
     return Phase(
-        name, done, errors, elapsed, cpu, clients.early, clients.polls, clients.latencies, pg
+        name,
+        done,
+        errors,
+        elapsed,
+        cpu,
+        clients.early,
+        clients.polls,
+        clients.latencies,
+        pg,
+        meter.web_switches() / max(done, 1),
     )
 
 
@@ -562,9 +604,7 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
 
 
 def report(result: dict, args) -> None:
-    bare, floor, sql, turn, read = (
-        result[name] for name in ("bare", "floor", "sql", "turn", "read")
-    )
+    bare, floor, sql, turn, read = (result[name] for name in PHASES)
     phases = [phase for phase in (bare, floor, sql, turn, read) if phase]
     print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
     for phase in phases:
@@ -602,6 +642,10 @@ def report(result: dict, args) -> None:
     for phase in phases:
         cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
         print(f"  {phase.name:19}{cells}  {phase.cpu['web'] + phase.cpu['worker']:10.2f}")
+    print(
+        "web context switches per operation: "
+        + "  ".join(f"{phase.name} {phase.switches:.1f}" for phase in phases)
+    )
     print("RSS MB (turn phase): " + rss_line(result["rss"]), flush=True)
     pg_report(phases)
 
@@ -666,6 +710,14 @@ def summary(results: list[dict]) -> None:
         "The turn's statements alone (the floor and the turn's 11 SQL statements in its "
         "transactions, nothing else), beside the bare endpoint and the turn:",
     )
+    print(
+        "\nThe web threads' context switches per operation (a thread switching out each time"
+        " it waits on a socket, a lock or the interpreter lock):\n"
+        "| broker | clients | bare | floor | sql | turn | read |\n" + "| --- " * 7 + "|"
+    )
+    for r in results:
+        cells = [f"{r[name].switches:.1f}" if r[name] else "-" for name in PHASES]
+        print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
     for r in results:
         if "rss_after" in r:
             cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
