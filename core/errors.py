@@ -64,10 +64,20 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "unavailable"
 
 
+# Redis's error replies for "up but refusing writes" that redis-py has no class of its own
+# for: MISCONF, a Redis whose last snapshot failed (a full or read-only disk), refusing
+# writes until one succeeds. As in a script's error, the reply begins with its code.
+_REDIS_REFUSALS = ("MISCONF ",)
+
+
 def is_outage(exc: BaseException) -> bool:
     """Tell whether ``exc`` means a backing service is unreachable."""
-    return isinstance(exc, OUTAGE_ERRORS) or (
-        isinstance(exc, DatabaseError) and "connection" in str(exc).lower()
+    return (
+        isinstance(exc, OUTAGE_ERRORS)
+        or (
+            isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(_REDIS_REFUSALS)
+        )
+        or (isinstance(exc, DatabaseError) and "connection" in str(exc).lower())
     )
 
 

@@ -1,8 +1,10 @@
 """Test infrastructure shared by the suites: polling, free ports, a private Redis, pools."""
 
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +76,8 @@ class PrivateRedis:
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        # Its own directory: a snapshot a test asks for (BGSAVE) lands there, nowhere else.
+        self.dir = tempfile.mkdtemp(prefix="private-redis-")
 
     @property
     def url(self) -> str:
@@ -85,7 +89,7 @@ class PrivateRedis:
     def start(self) -> "PrivateRedis":
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no"],
+            + ["--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.dir],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -136,6 +140,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.kill()
+        shutil.rmtree(server.dir, ignore_errors=True)
 
 
 def turn_task_args(turn_id: object) -> list:

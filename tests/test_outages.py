@@ -8,6 +8,7 @@ werkzeug's client, so the real request lifecycle runs: Django's test client skip
 ``close_old_connections``, which is what heals persistent database connections.
 """
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from django.contrib.sessions.backends.cache import SessionStore as CacheSessionStore
 from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection, transaction
@@ -429,20 +431,30 @@ def test_redis_hung_posting_a_message_is_503_within_the_socket_timeout(scene, re
     assert scene.snapshot() == before
 
 
-@pytest.mark.parametrize("refusal", ["read-only", "cut off", "full"])
+@pytest.mark.parametrize("refusal", ["read-only", "cut off", "full", "cannot persist"])
 def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything, refusal):
     """Up but refusing writes: a failover's old primary (or a replica) answers READONLY, a
     replica cut off from its primary MASTERDOWN (to reads too, if it serves no stale data),
-    a Redis at its memory limit OOM. A post needs writes: an outage all the same, 503 and
-    nothing stored, never 500; and it heals when Redis takes writes again."""
+    a Redis at its memory limit OOM, a Redis whose last snapshot failed (a full disk)
+    MISCONF. A post needs writes: an outage all the same, 503 and nothing stored, never
+    500; and it heals when Redis takes writes again."""
     before = scene.snapshot()
     admin = redis_everything.client()
     if refusal in ("read-only", "cut off"):
         admin.replicaof("127.0.0.1", free_port())  # a primary that is not there
         admin.config_set("replica-serve-stale-data", "no" if refusal == "cut off" else "yes")
-    else:
+    elif refusal == "full":
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", 1)
+    else:
+        # Writes stop once a snapshot fails while snapshots are configured; this one
+        # cannot be renamed into place, a directory holding its name.
+        os.mkdir(os.path.join(redis_everything.dir, admin.config_get("dbfilename")["dbfilename"]))
+        admin.config_set("save", "3600 1")
+        admin.bgsave()
+        assert wait_until(
+            lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "err", timeout=10
+        )
     post = ("POST", f"/api/v1/sessions/{scene.session_id}/messages/", {"content": "refused?"})
     try:
         answer = scene.http(*post)
@@ -450,14 +462,24 @@ def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything
     finally:
         if refusal in ("read-only", "cut off"):
             admin.replicaof("NO", "ONE")
-        else:
+        elif refusal == "full":
             admin.config_set("maxmemory", 0)
+        else:
+            admin.config_set("save", "")  # no snapshots configured: writes are taken again
     assert_unavailable(answer, f"POST message, Redis {refusal}")
     assert scene.snapshot() == before
     assert probe.status == 503 and probe.body["cache"] == "down", probe
     answer = scene.http(*post)
     assert answer.status == 202, answer
     assert message_count(scene) == 3
+
+
+def test_only_redis_refusals_among_its_error_replies_are_outages():
+    """A reply that says the request or the code is wrong stays a 500, found and fixed."""
+    refusals = ["MISCONF Redis is configured to save RDB snapshots, but it's currently unable"]
+    mistakes = ["ERR syntax error", "WRONGTYPE Operation against a key holding the wrong kind"]
+    for reply in refusals + mistakes:
+        assert is_outage(redis.exceptions.ResponseError(reply)) is (reply in refusals), reply
 
 
 def test_broker_hung_posting_is_503_within_the_socket_timeout_and_undone(scene, broker_only):
