@@ -4,6 +4,7 @@ Every error body is ``{"detail": <a sentence a person can act on>, "code": <stab
 """
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -64,10 +65,12 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "unavailable"
 
 
-# Redis's error replies for "up but refusing writes" that redis-py has no class of its own
+# Redis's error reply for "up but refusing writes" that redis-py has no class of its own
 # for: MISCONF, a Redis whose last snapshot failed (a full or read-only disk), refusing
-# writes until one succeeds. As in a script's error, the reply begins with its code.
-_REDIS_REFUSALS = ("MISCONF ",)
+# writes until one succeeds. Its code begins the reply, or follows a colon where the reply
+# comes wrapped: in a pipeline's error ("Command # 2 (...) of pipeline caused error:
+# MISCONF ...") or, before Redis 7, a script's ("ERR Error running script ...: MISCONF").
+_REDIS_REFUSAL = re.compile(r"(?:^|: )MISCONF ")
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -75,7 +78,8 @@ def is_outage(exc: BaseException) -> bool:
     return (
         isinstance(exc, OUTAGE_ERRORS)
         or (
-            isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(_REDIS_REFUSALS)
+            isinstance(exc, redis.exceptions.ResponseError)
+            and _REDIS_REFUSAL.search(str(exc)) is not None
         )
         or (isinstance(exc, DatabaseError) and "connection" in str(exc).lower())
     )

@@ -135,9 +135,9 @@ class PrivateRedis:
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis().start()
+    server = PrivateRedis()
     try:
-        yield server
+        yield server.start()
     finally:
         server.kill()
         shutil.rmtree(server.dir, ignore_errors=True)

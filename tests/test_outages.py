@@ -476,8 +476,17 @@ def test_redis_refusing_writes_posting_is_503_then_heals(scene, redis_everything
 
 def test_only_redis_refusals_among_its_error_replies_are_outages():
     """A reply that says the request or the code is wrong stays a 500, found and fixed."""
-    refusals = ["MISCONF Redis is configured to save RDB snapshots, but it's currently unable"]
-    mistakes = ["ERR syntax error", "WRONGTYPE Operation against a key holding the wrong kind"]
+    refusals = [
+        "MISCONF Redis is configured to save RDB snapshots, but it's currently unable",
+        "Command # 2 (SET a 1) of pipeline caused error: MISCONF Redis is configured to save",
+        "ERR Error running script (call to f_0123): @user_script:12: MISCONF Redis is",
+    ]
+    mistakes = [
+        "ERR syntax error",
+        "WRONGTYPE Operation against a key holding the wrong kind",
+        "ERR unknown command 'MISCONFIGURE'",
+        "Command # 1 (GET k) of pipeline caused error: ERR value named MISCONF is not a",
+    ]
     for reply in refusals + mistakes:
         assert is_outage(redis.exceptions.ResponseError(reply)) is (reply in refusals), reply
 
