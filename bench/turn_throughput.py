@@ -267,6 +267,7 @@ class Stack:
     env: dict[str, str]
     port: int
     web_workers: int
+    web_threads: int
     concurrency: int
     procs: list[subprocess.Popen] = field(default_factory=list)
     pg: PgStats | None = None
@@ -282,7 +283,8 @@ class Stack:
     def start(self) -> "Stack":
         gunicorn = [sys.executable, "-m", "gunicorn", "isolation_site.wsgi"]
         gunicorn += ["-b", f"{HOST}:{self.port}", "-w", str(self.web_workers), "-k", "gthread"]
-        gunicorn += ["--threads", "8", "--timeout", "90", "--log-level", "warning"]
+        gunicorn += ["--threads", str(self.web_threads), "--timeout", "90"]
+        gunicorn += ["--log-level", "warning"]
         gunicorn += ["--no-control-socket", "--env", "DJANGO_SETTINGS_MODULE=bench.settings"]
         celery = [sys.executable, "-m", "celery", "-A", "isolation_site", "worker"]
         celery += ["-P", "threads", "-c", str(self.concurrency), "-l", "warning"]
@@ -550,7 +552,7 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
     flush_redis(args.redis_db)
     port = args.port or free_port()
     base = f"http://{HOST}:{port}"
-    stack = Stack(env, port, args.web_workers, args.celery_concurrency).start()
+    stack = Stack(env, port, args.web_workers, args.web_threads, args.celery_concurrency).start()
     stack.pg = PgStats(args.db_name)
     results = []
     try:
@@ -803,6 +805,9 @@ def main() -> None:
     parser.add_argument("--redis-db", type=int, default=15)
     parser.add_argument("--port", type=int, default=0, help="gunicorn's; default a free one")
     parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument(
+        "--web-threads", type=int, default=8, help="each worker's (API.md's --threads 8)"
+    )
     parser.add_argument("--celery-concurrency", type=int, default=8)
     parser.add_argument(
         "--no-floor",
@@ -844,7 +849,8 @@ def main() -> None:
         size = f"turns={args.turns}" if args.turns else f"seconds={args.seconds}"
         print(
             f"{size} clients={args.clients} brokers={args.broker} "
-            f"web_workers={args.web_workers} celery_threads={args.celery_concurrency} "
+            f"web_workers={args.web_workers} web_threads={args.web_threads} "
+            f"celery_threads={args.celery_concurrency} "
             f"session_turns={args.session_turns} db={args.db_name} redis_db={args.redis_db}"
         )
         for broker in args.broker:
