@@ -714,11 +714,17 @@ def summary(results: list[dict]) -> None:
     )
     print(
         "\nThe web threads' context switches per operation (a thread switching out each time"
-        " it waits on a socket, a lock or the interpreter lock):\n"
-        "| broker | clients | bare | floor | sql | turn | read |\n" + "| --- " * 7 + "|"
+        " it waits on a socket, a lock or the interpreter lock; the turn's less its polls'"
+        " at the read phase's per GET):\n"
+        "| broker | clients | bare | floor | sql | turn | read | turn less polls |\n"
+        + "| --- " * 8
+        + "|"
     )
     for r in results:
         cells = [f"{r[name].switches:.1f}" if r[name] else "-" for name in PHASES]
+        turn, read = r["turn"], r["read"]
+        polls = turn.polls / max(turn.done, 1)
+        cells.append(f"{turn.switches - polls * read.switches:.1f}" if read else "-")
         print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
     for r in results:
         if "rss_after" in r:
