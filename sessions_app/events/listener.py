@@ -172,6 +172,10 @@ class _Channel:
         self.own = own  # a turn of this process: under its pattern, not subscribed alone
 
 
+class ListenerRetired(Exception):
+    """A listener's ``REDIS_URL`` is no longer the setting's: its connection is let go."""
+
+
 class TurnListener:
     """The event loop's one pub/sub connection; channels subscribed while someone waits."""
 
@@ -329,6 +333,16 @@ class TurnListener:
             self._later(self._command("unsubscribe", subscription.channel))
         return True
 
+    def retire(self) -> None:
+        """On the loop: let go of the connection of a listener that ``REDIS_URL`` no longer
+        names (settings changed, as tests change them); its waiters poll, as on a loss."""
+        self._later(self._retired())
+
+    async def _retired(self) -> None:
+        async with self._lock:
+            if self._pubsub is not None or self.channels:
+                await self._lose(ListenerRetired(self.url))
+
     def _later(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
         self._tasks.add(task)
@@ -449,6 +463,8 @@ def turn_listener() -> TurnListener:
     loop = asyncio.get_running_loop()
     listener = _listeners.get(loop)
     if listener is None or listener.url != settings.REDIS_URL:
+        if listener is not None:
+            listener.retire()
         listener = _listeners[loop] = TurnListener(settings.REDIS_URL, loop)
     return listener
 

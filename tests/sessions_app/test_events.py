@@ -299,6 +299,25 @@ def test_waiting_threads_share_one_connection_and_each_hears_its_own_turn(settin
     )
 
 
+def test_a_listener_that_redis_url_no_longer_names_lets_its_connection_go(settings, private_redis):
+    """Settings changed (as tests change them): the loop's next listener is a new one, and
+    the old one's connection and reader go with it, its waiters polling, not left open."""
+    shared, turn = settings.REDIS_URL, uuid.uuid4()  # not this process's: a SUBSCRIBE
+    settings.REDIS_URL = private_redis.url
+
+    async def scenario() -> None:
+        old = events.turn_listener()
+        held = await old.subscribe(turn)
+        assert subscribers(private_redis.url, turn) == 1
+        settings.REDIS_URL = shared
+        assert events.turn_listener() is not old
+        assert await until(lambda: held.lost and old._pubsub is None and old._reader is None)
+        assert subscribers(private_redis.url, turn) == 0
+        held.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_forked_process_starts_a_listener_of_its_own(monkeypatch):
     from sessions_app.events import loop_thread
 
