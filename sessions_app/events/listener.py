@@ -192,6 +192,7 @@ class TurnListener:
         # again after a lost connection, or for good if Redis refuses patterns.
         self._own: tuple[str, asyncio.Future] | None = None
         self._patterns = True
+        self._retired = False  # REDIS_URL names another server now: connect no more
         # A waiting thread enters and leaves its own turns' channels directly (``enter_own``,
         # ``drop_own``) rather than through the loop: the channels, and the pattern that
         # carries them, change under this lock wherever either side changes them.
@@ -335,10 +336,12 @@ class TurnListener:
 
     def retire(self) -> None:
         """On the loop: let go of the connection of a listener that ``REDIS_URL`` no longer
-        names (settings changed, as tests change them); its waiters poll, as on a loss."""
-        self._later(self._retired())
+        names (settings changed, as tests change them); its waiters poll, as on a loss, and
+        it connects no more: whoever still holds it is told notifications are unavailable."""
+        self._retired = True
+        self._later(self._retired_now())
 
-    async def _retired(self) -> None:
+    async def _retired_now(self) -> None:
         async with self._lock:
             if self._pubsub is not None or self.channels:
                 await self._lose(ListenerRetired(self.url))
@@ -367,6 +370,8 @@ class TurnListener:
                 await self._lose(redis.exceptions.TimeoutError("no subscription confirmed"))
 
     async def _connected(self):
+        if self._retired:
+            raise redis.exceptions.ConnectionError("this listener's REDIS_URL is not the setting's")
         if self._pubsub is None:
             # TCP keep-alive probes find a peer that vanished without closing the connection
             # within about 20 s: the read fails and every waiter polls instead.

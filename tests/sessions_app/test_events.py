@@ -311,9 +311,13 @@ def test_a_listener_that_redis_url_no_longer_names_lets_its_connection_go(settin
         assert subscribers(private_redis.url, turn) == 1
         settings.REDIS_URL = shared
         assert events.turn_listener() is not old
-        assert await until(lambda: held.lost and old._pubsub is None and old._reader is None)
-        assert subscribers(private_redis.url, turn) == 0
+        assert await until(lambda: held.lost and subscribers(private_redis.url, turn) == 0)
         held.close()
+        # Whoever still holds it connects no more (its connection would outlive it again).
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await old.subscribe(turn)
+        assert old._pubsub is None and old._reader is None
+        assert subscribers(private_redis.url, turn) == 0
 
     asyncio.run(scenario())
 
