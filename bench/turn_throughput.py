@@ -53,6 +53,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 import urllib3
@@ -475,6 +476,11 @@ class Phase:
     pg: PgPhase | None = None
     switches: float = 0.0  # the web threads' context switches per successful operation
 
+    @property
+    def polls_per_op(self) -> float:
+        """The GETs its 202-answered turns took, per successful operation."""
+        return self.polls / max(self.done, 1)
+
     def latency_ms(self, q: float) -> float:
         """The ``q`` quantile of a successful operation's time, in ms (client side)."""
         ordered = sorted(self.latencies)
@@ -619,9 +625,9 @@ def report(result: dict, args) -> None:
     print(f"ratio {turn.over(bare):8.3f}  (goal: at least 0.35; ARCHITECTURE.md's third: 0.333)")
     if read:
         print(
-            f"polls {turn.polls / max(turn.done, 1):8.3f}  GETs per turn at"
+            f"polls {turn.polls_per_op:8.3f}  GETs per turn at"
             f" {read.cpu['web']:.2f} ms of web CPU each (the read phase): the turn's web"
-            f" less its polls {web_less_polls(turn, read):.2f} ms"
+            f" less its polls {less_polls(turn, read, web_cpu):.2f} ms"
         )
     if floor:
         print(
@@ -686,7 +692,7 @@ def summary(results: list[dict]) -> None:
     for r in results:
         b, t, g = r["bare"], r["turn"], r["read"]
         polls = (
-            f"{t.polls / max(t.done, 1):.2f} | {g.cpu['web']:.2f} | {web_less_polls(t, g):.2f}"
+            f"{t.polls_per_op:.2f} | {g.cpu['web']:.2f} | {less_polls(t, g, web_cpu):.2f}"
             if g
             else "- | - | -"
         )
@@ -722,9 +728,8 @@ def summary(results: list[dict]) -> None:
     )
     for r in results:
         cells = [f"{r[name].switches:.1f}" if r[name] else "-" for name in PHASES]
-        turn, read = r["turn"], r["read"]
-        polls = turn.polls / max(turn.done, 1)
-        cells.append(f"{turn.switches - polls * read.switches:.1f}" if read else "-")
+        switches = attrgetter("switches")
+        cells.append(f"{less_polls(r['turn'], r['read'], switches):.1f}" if r["read"] else "-")
         print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
     for r in results:
         if "rss_after" in r:
@@ -763,12 +768,17 @@ def baseline_table(results: list[dict], name: str, heading: str, ceiling: bool =
         print("| " + " | ".join(cells) + " |")
 
 
-def web_less_polls(turn: Phase, read: Phase) -> float:
-    """The turn's web CPU per turn less its polls, each priced at a read phase's GET.
+def web_cpu(phase: Phase) -> float:
+    return phase.cpu["web"]
+
+
+def less_polls(turn: Phase, read: Phase, per_op: Callable[[Phase], float]) -> float:
+    """The turn's ``per_op`` figure (web CPU, switches) less its polls', each priced at the
+    read phase's GET.
 
     A polled turn's POST skipped its wait, so this is a little under what the turn costs
     where every wait finds a slot."""
-    return turn.cpu["web"] - turn.polls / max(turn.done, 1) * read.cpu["web"]
+    return per_op(turn) - turn.polls_per_op * per_op(read)
 
 
 def claude_own_ms(url: str, calls: int = 300) -> float:
