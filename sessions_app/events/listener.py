@@ -172,8 +172,9 @@ class _Channel:
         self.own = own  # a turn of this process: under its pattern, not subscribed alone
 
 
-class ListenerRetired(Exception):
-    """A listener's ``REDIS_URL`` is no longer the setting's: its connection is let go."""
+class ListenerRetired(redis.exceptions.ConnectionError):
+    """A listener's ``REDIS_URL`` is no longer the setting's: its connection is let go, and
+    it connects no more (to its callers, notifications are unavailable)."""
 
 
 class TurnListener:
@@ -344,7 +345,7 @@ class TurnListener:
     async def _retired_now(self) -> None:
         async with self._lock:
             if self._pubsub is not None or self.channels:
-                await self._lose(ListenerRetired(self.url))
+                await self._lose(ListenerRetired("REDIS_URL names another server now"))
 
     def _later(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -371,7 +372,7 @@ class TurnListener:
 
     async def _connected(self):
         if self._retired:
-            raise redis.exceptions.ConnectionError("this listener's REDIS_URL is not the setting's")
+            raise ListenerRetired("REDIS_URL names another server now")
         if self._pubsub is None:
             # TCP keep-alive probes find a peer that vanished without closing the connection
             # within about 20 s: the read fails and every waiter polls instead.
@@ -426,7 +427,10 @@ class TurnListener:
 
     async def _lose(self, exc: BaseException) -> None:
         """The connection is gone: every waiter polls; the next subscriber reconnects."""
-        logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
+        if isinstance(exc, ListenerRetired):  # let go on purpose: nothing is wrong
+            logger.info("turn listener of a former REDIS_URL retired; its waiters poll")
+        else:
+            logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
         pubsub, self._pubsub = self._pubsub, None
         with self._guard:
             self._own = None  # the next connection subscribes the pattern anew

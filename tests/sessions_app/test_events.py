@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import copy
 import gc
+import logging
 import threading
 import uuid
 
@@ -299,9 +300,12 @@ def test_waiting_threads_share_one_connection_and_each_hears_its_own_turn(settin
     )
 
 
-def test_a_listener_that_redis_url_no_longer_names_lets_its_connection_go(settings, private_redis):
+def test_a_listener_that_redis_url_no_longer_names_lets_its_connection_go(
+    settings, private_redis, caplog
+):
     """Settings changed (as tests change them): the loop's next listener is a new one, and
     the old one's connection and reader go with it, its waiters polling, not left open."""
+    caplog.set_level(logging.INFO, logger="sessions_app.events.listener")
     shared, turn = settings.REDIS_URL, uuid.uuid4()  # not this process's: a SUBSCRIBE
     settings.REDIS_URL = private_redis.url
 
@@ -320,6 +324,10 @@ def test_a_listener_that_redis_url_no_longer_names_lets_its_connection_go(settin
         assert subscribers(private_redis.url, turn) == 0
 
     asyncio.run(scenario())
+    # Retired on purpose, not lost: an operator reading the log is not told of an outage.
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "listener" in r.name]
+    assert (logging.INFO, "turn listener of a former REDIS_URL retired; its waiters poll") in said
+    assert not [m for level, m in said if level >= logging.WARNING]
 
 
 def test_a_forked_process_starts_a_listener_of_its_own(monkeypatch):
