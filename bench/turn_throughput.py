@@ -16,8 +16,7 @@ contacted):
 
     .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
         [--broker redis[,amqp]] [--turns N] [--no-floor] [--no-sql] [--no-read]
-        [--db-name isolation_bench]
-        [--redis-db 15]
+        [--spinners 2] [--db-name isolation_bench] [--redis-db 15]
 
 ``--broker amqp`` uses RabbitMQ at 127.0.0.1:5672 in a virtual host of the run's own
 (made and deleted with ``rabbitmqctl``). ``--turns N`` drives N turns (and N bare
@@ -31,6 +30,12 @@ on the machine (so anything else using them counts too), ``bench`` this process 
 and the fake Claude). A turn that ``?wait`` answers with 202 is polled to its end, so a
 client never posts into a turn still in flight; clients start a new session every
 ``--session-turns`` turns, so the history a turn loads does not grow with the run.
+
+``--spinners N`` runs each client count's phases a second time
+beside N busy processes at nice 19, which take only the CPU nothing else wants: every core
+is then busy whatever the clients, so what a busy machine costs a phase can be told from
+what many clients cost it. ``--spin walk`` (the default) walks a few MB of objects each
+time it runs, ``--spin loop`` touches next to no memory.
 
 Postgres's part per operation: the connections it accepted, and where the server preloads
 ``pg_stat_statements`` the statements each phase ran, their execution time and the turn's
@@ -75,6 +80,21 @@ SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "be
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
 PHASES = ("bare", "floor", "sql", "turn", "read")
 POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
+# Busy processes that run only when nothing else wants the core (nice 19). "walk" walks a
+# few MB of Python objects each time it runs, as a Postgres backend, a worker thread or a
+# client running between two of a web thread's steps would; "loop" touches next to no
+# memory, so it takes the cores without taking the caches: the two tell cold caches from
+# the scheduler's own cost.
+SPIN = {
+    "walk": (
+        "import json, os\n"
+        "os.nice(19)\n"
+        "d = {str(i): [i, 'x' * (i % 64)] for i in range(50000)}\n"
+        "while True:\n"
+        "    json.loads(json.dumps(d))\n"
+    ),
+    "loop": "import os\nos.nice(19)\nwhile True:\n    pass\n",
+}
 
 
 # /proc ---------------------------------------------------------------------------------
@@ -123,11 +143,13 @@ def group_pids(table: dict[int, Proc], web: int, worker: int) -> dict[str, set[i
     return groups
 
 
-def thread_switches(pids: set[int]) -> dict[tuple[int, int], int]:
-    """Context switches (voluntary + involuntary) of every thread of ``pids``, by thread.
+def thread_counts(pids: set[int]) -> dict[tuple[int, int], tuple[int, int]]:
+    """Context switches (voluntary + involuntary) and moves from one core to another (the
+    scheduler's migrations) of every thread of ``pids``, by thread.
 
     A thread blocked on a socket, a lock or the interpreter lock switches out and back in
-    each time it waits: how often, per operation, tells waiting from working."""
+    each time it waits: how often, per operation, tells waiting from working. A thread
+    moved to another core finds that core's caches cold for it."""
     counts = {}
     for pid in pids:
         try:
@@ -137,12 +159,14 @@ def thread_switches(pids: set[int]) -> dict[tuple[int, int], int]:
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    lines = f.read().splitlines()
+                    status = f.read().splitlines()
+                with open(f"/proc/{pid}/task/{tid}/sched") as f:
+                    sched = f.read().splitlines()
             except OSError:
                 continue  # ended meanwhile
-            counts[(pid, int(tid))] = sum(
-                int(line.split()[1]) for line in lines if "ctxt_switches:" in line
-            )
+            switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+            moves = sum(int(line.split(":")[1]) for line in sched if "se.nr_migrations" in line)
+            counts[(pid, int(tid))] = (switches, moves)
     return counts
 
 
@@ -165,8 +189,8 @@ class CpuMeter:
         self.web, self.worker, self.interval = web, worker, interval
         self.start, web_pids = cpu_snapshot(web, worker)
         self.last = {group: dict(ticks) for group, ticks in self.start.items()}
-        self.switches_start = thread_switches(web_pids)
-        self.switches_last = dict(self.switches_start)
+        self.threads_start = thread_counts(web_pids)
+        self.threads_last = dict(self.threads_start)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
@@ -179,12 +203,17 @@ class CpuMeter:
         snapshot, web_pids = cpu_snapshot(self.web, self.worker)
         for group, ticks in snapshot.items():
             self.last[group].update(ticks)
-        self.switches_last.update(thread_switches(web_pids))
+        self.threads_last.update(thread_counts(web_pids))
 
-    def web_switches(self) -> int:
-        """The web threads' context switches since the start (after ``stop()``)."""
-        start = self.switches_start
-        return sum(n - start.get(thread, 0) for thread, n in self.switches_last.items())
+    def web_threads(self) -> tuple[int, int]:
+        """The web threads' context switches and migrations since the start (after
+        ``stop()``)."""
+        switches = moves = 0
+        for thread, (switched, moved) in self.threads_last.items():
+            switched_before, moved_before = self.threads_start.get(thread, (0, 0))
+            switches += switched - switched_before
+            moves += moved - moved_before
+        return switches, moves
 
     def stop(self) -> dict[str, float]:
         self.done.set()
@@ -306,6 +335,32 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+class Spinners:
+    """``count`` busy processes at nice 19 (``SPIN[kind]``), for the length of a ``with``
+    block.
+
+    They take only the CPU nothing else wants, so a phase with one client keeps its
+    concurrency but finds every core busy, its caches cold after each wait: the machine a
+    phase with many clients runs on, without the many clients. Their own CPU counts in no
+    group."""
+
+    def __init__(self, count: int, kind: str = "walk") -> None:
+        self.count, self.code = count, SPIN[kind]
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Spinners":
+        for _ in range(self.count):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", self.code]))
+        time.sleep(1)  # past their start-up, to the loop
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait(10)
 
 
 # Load --------------------------------------------------------------------------------------
@@ -475,6 +530,7 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     pg: PgPhase | None = None
     switches: float = 0.0  # the web threads' context switches per successful operation
+    migrations: float = 0.0  # their moves from one core to another, per operation
 
     @property
     def polls_per_op(self) -> float:
@@ -517,6 +573,7 @@ def measure(
     )
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
     pg = stack.pg.stop() if stack.pg else None
+    switches, migrations = meter.web_threads()
     return Phase(
         name,
         done,
@@ -527,7 +584,8 @@ def measure(
         clients.polls,
         clients.latencies,
         pg,
-        meter.web_switches() / max(done, 1),
+        switches / max(done, 1),
+        migrations / max(done, 1),
     )
 
 
@@ -594,6 +652,19 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
     # What one poll costs, to tell a turn's own web CPU from its polls': the same GET a
     # client answered 202 sends, read from the same processes in the same run.
     read = measure(stack, clients, "read", turn_path, args, read=True) if args.read else None
+    # The same phases again with every core kept busy, to tell what many clients cost the
+    # code (more polls, more waiting threads) from what a busy machine costs any code.
+    busy = {}
+    if args.spinners:
+        with Spinners(args.spinners, args.spin):
+            busy["bare"] = measure(stack, clients, "bare", bare_path, args)
+            if args.floor:
+                busy["floor"] = measure(stack, clients, "floor", floor_path, args)
+            if args.sql:
+                busy["sql"] = measure(stack, clients, "sql", sql_path, args)
+            busy["turn"] = measure(stack, clients, "turn", turn_path, args)
+            if args.read:
+                busy["read"] = measure(stack, clients, "read", turn_path, args, read=True)
     result = {
         "broker": broker,
         "clients": count,
@@ -603,6 +674,7 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
         "turn": turns,
         "read": read,
         "rss": rss,
+        "busy": busy,
     }
     report(result, args)
     return result
@@ -651,11 +723,22 @@ def report(result: dict, args) -> None:
         cells = "  ".join(f"{phase.cpu[g]:8.2f}" for g in GROUPS)
         print(f"  {phase.name:19}{cells}  {phase.cpu['web'] + phase.cpu['worker']:10.2f}")
     print(
-        "web context switches per operation: "
-        + "  ".join(f"{phase.name} {phase.switches:.1f}" for phase in phases)
+        "web context switches (and moves between cores) per operation: "
+        + "  ".join(f"{p.name} {p.switches:.1f} ({p.migrations:.1f})" for p in phases)
     )
     print("RSS MB (turn phase): " + rss_line(result["rss"]), flush=True)
     pg_report(phases)
+    busy = result["busy"]
+    if busy:
+        print(f"With {args.spinners} {args.spin} spinners at nice 19 (every core busy):")
+        for phase in busy.values():
+            print(
+                f"  {phase.name:5} {phase.rate:8.1f}/s  CPU ms per operation: web "
+                f"{phase.cpu['web']:.2f}, worker {phase.cpu['worker']:.2f}, postgres "
+                f"{phase.cpu['postgres']:.2f}; {phase.switches:.1f} web switches "
+                f"({phase.migrations:.1f} moves between cores); "
+                f"{phase.polls_per_op:.3f} GETs per operation"
+            )
 
 
 def pg_report(phases: list[Phase]) -> None:
@@ -718,19 +801,16 @@ def summary(results: list[dict]) -> None:
         "The turn's statements alone (the floor and the turn's 11 SQL statements in its "
         "transactions, nothing else), beside the bare endpoint and the turn:",
     )
-    print(
-        "\nThe web threads' context switches per operation (a thread switching out each time"
-        " it waits on a socket, a lock or the interpreter lock; the turn's less its polls'"
-        " at the read phase's per GET):\n"
-        "| broker | clients | bare | floor | sql | turn | read | turn less polls |\n"
-        + "| --- " * 8
-        + "|"
-    )
-    for r in results:
-        cells = [f"{r[name].switches:.1f}" if r[name] else "-" for name in PHASES]
-        switches = attrgetter("switches")
-        cells.append(f"{less_polls(r['turn'], r['read'], switches):.1f}" if r["read"] else "-")
-        print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
+    for attr, heading in (
+        (
+            "switches",
+            "context switches (a thread switching out each time it waits on a socket,"
+            " a lock or the interpreter lock)",
+        ),
+        ("migrations", "moves from one core to another"),
+    ):
+        thread_table(results, attr, heading)
+    busy_table(results)
     for r in results:
         if "rss_after" in r:
             cells = ", ".join(f"{k} {v:.0f} MB" for k, v in r["rss_after"].items())
@@ -766,6 +846,50 @@ def baseline_table(results: list[dict], name: str, heading: str, ceiling: bool =
             cells.append(f"{b.cpu_all / (p.cpu_all + t.cpu['postgres'] - p.cpu['postgres']):.3f}")
         cells.append(f"{p.latency_ms(0.5):.1f}")
         print("| " + " | ".join(cells) + " |")
+
+
+def thread_table(results: list[dict], attr: str, heading: str) -> None:
+    """The web threads' ``attr`` (switches, migrations) per operation of every phase."""
+    print(
+        f"\nThe web threads' {heading} per operation (the turn's less its polls' at the read"
+        " phase's per GET):\n| broker | clients | bare | floor | sql | turn | read |"
+        " turn less polls |\n" + "| --- " * 8 + "|"
+    )
+    per_op = attrgetter(attr)
+    for r in results:
+        cells = [f"{per_op(r[name]):.1f}" if r[name] else "-" for name in PHASES]
+        cells.append(f"{less_polls(r['turn'], r['read'], per_op):.1f}" if r["read"] else "-")
+        print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
+
+
+def busy_table(results: list[dict]) -> None:
+    """Web CPU per operation of each phase with the cores idle between its steps and with
+    them kept busy by the spinners, beside each other; nothing if the run had no spinners."""
+    rows = [r for r in results if r["busy"]]
+    if not rows:
+        return
+    print(
+        "\nWeb CPU ms per operation, the machine otherwise idle -> every core kept busy by"
+        " spinners at nice 19 (the turn less its polls, each priced at its own read phase's"
+        " GET), and the turn's web moves between cores per turn:\n| broker | clients | bare |"
+        " floor | sql | turn less polls | turn busy / turn | turn's moves |\n" + "| --- " * 8 + "|"
+    )
+    for r in rows:
+        quiet, busy = r, r["busy"]
+        cells = []
+        for name in ("bare", "floor", "sql"):
+            if quiet[name] and name in busy:
+                cells.append(f"{web_cpu(quiet[name]):.2f} -> {web_cpu(busy[name]):.2f}")
+            else:
+                cells.append("-")
+        if quiet["read"] and "read" in busy:
+            turn = less_polls(quiet["turn"], quiet["read"], web_cpu)
+            turn_busy = less_polls(busy["turn"], busy["read"], web_cpu)
+        else:
+            turn, turn_busy = web_cpu(quiet["turn"]), web_cpu(busy["turn"])
+        moves = f"{quiet['turn'].migrations:.1f} -> {busy['turn'].migrations:.1f}"
+        cells += [f"{turn:.2f} -> {turn_busy:.2f}", f"{turn_busy / turn:.2f}", moves]
+        print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
 
 
 def web_cpu(phase: Phase) -> float:
@@ -851,6 +975,20 @@ def main() -> None:
         help="a client starts a new session after this many turns (0: never), so the "
         "history a turn loads does not grow with the run's length",
     )
+    parser.add_argument(
+        "--spinners",
+        type=int,
+        default=0,
+        help="after each client count's phases, run them again beside this"
+        " many busy processes at nice 19 (so every core is busy whatever the clients)",
+    )
+    parser.add_argument(
+        "--spin",
+        choices=sorted(SPIN),
+        default="walk",
+        help="what the spinners do: walk a few MB of objects (caches go cold) or loop on"
+        " nothing (the cores busy, the caches left alone)",
+    )
     args = parser.parse_args()
     results = []
     with FakeClaude(keep_alive=True) as fake:
@@ -868,6 +1006,7 @@ def main() -> None:
             f"web_workers={args.web_workers} web_threads={args.web_threads} "
             f"celery_threads={args.celery_concurrency} "
             f"session_turns={args.session_turns} db={args.db_name} redis_db={args.redis_db}"
+            + (f" spinners={args.spinners} spin={args.spin}" if args.spinners else "")
         )
         for broker in args.broker:
             results += run_broker(broker, args, env, tokens)
