@@ -47,6 +47,7 @@ run two benches side by side with different ones.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -80,20 +81,28 @@ SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "be
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
 PHASES = ("bare", "floor", "sql", "turn", "read")
 POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
-# Busy processes that run only when nothing else wants the core (nice 19). "walk" walks a
-# few MB of Python objects each time it runs, as a Postgres backend, a worker thread or a
-# client running between two of a web thread's steps would; "loop" touches next to no
-# memory, so it takes the cores without taking the caches: the two tell cold caches from
-# the scheduler's own cost.
+# Busy processes at nice 19, the lowest weight (15 against a normal process's 1024), so they
+# yield the core to anything else that wants it. "walk" walks a few MB of Python objects
+# each time it runs, as a Postgres backend, a worker thread or a client running between
+# two of a web thread's steps would; "loop" touches next to no memory. Each ends once its
+# parent, the bench, is gone (it is then another process's child), however the bench ended.
 SPIN = {
     "walk": (
         "import json, os\n"
         "os.nice(19)\n"
+        "parent = os.getppid()\n"
         "d = {str(i): [i, 'x' * (i % 64)] for i in range(50000)}\n"
-        "while True:\n"
+        "while os.getppid() == parent:\n"
         "    json.loads(json.dumps(d))\n"
     ),
-    "loop": "import os\nos.nice(19)\nwhile True:\n    pass\n",
+    "loop": (
+        "import os\n"
+        "os.nice(19)\n"
+        "parent = os.getppid()\n"
+        "while os.getppid() == parent:\n"
+        "    for _ in range(1000000):\n"
+        "        pass\n"
+    ),
 }
 
 
@@ -160,10 +169,13 @@ def thread_counts(pids: set[int]) -> dict[tuple[int, int], tuple[int, int]]:
             try:
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
                     status = f.read().splitlines()
-                with open(f"/proc/{pid}/task/{tid}/sched") as f:
-                    sched = f.read().splitlines()
             except OSError:
                 continue  # ended meanwhile
+            try:
+                with open(f"/proc/{pid}/task/{tid}/sched") as f:
+                    sched = f.read().splitlines()
+            except OSError:  # ended, or a kernel without CONFIG_SCHED_DEBUG: no moves read
+                sched = []
             switches = sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
             moves = sum(int(line.split(":")[1]) for line in sched if "se.nr_migrations" in line)
             counts[(pid, int(tid))] = (switches, moves)
@@ -341,26 +353,34 @@ class Spinners:
     """``count`` busy processes at nice 19 (``SPIN[kind]``), for the length of a ``with``
     block.
 
-    They take only the CPU nothing else wants, so a phase with one client keeps its
-    concurrency but finds every core busy, its caches cold after each wait: the machine a
-    phase with many clients runs on, without the many clients. Their own CPU counts in no
-    group."""
+    They yield to every other process, so a phase with one client keeps its concurrency but
+    finds no core idle: the machine a phase with many clients runs on, without the many
+    clients. Their own CPU counts in no group."""
 
     def __init__(self, count: int, kind: str = "walk") -> None:
         self.count, self.code = count, SPIN[kind]
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Spinners":
-        for _ in range(self.count):
-            self.procs.append(subprocess.Popen([sys.executable, "-c", self.code]))
-        time.sleep(1)  # past their start-up, to the loop
+        try:
+            for _ in range(self.count):
+                spinner = [sys.executable, "-c", self.code]
+                # Holding none of the bench's pipes, they keep no reader of its output waiting.
+                self.procs.append(
+                    subprocess.Popen(spinner, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                )
+            time.sleep(1)  # past their start-up, to the loop
+        except BaseException:  # an interrupted start leaves none running
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
             proc.kill()
         for proc in self.procs:
-            proc.wait(10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
 
 
 # Load --------------------------------------------------------------------------------------
@@ -737,7 +757,8 @@ def report(result: dict, args) -> None:
                 f"{phase.cpu['web']:.2f}, worker {phase.cpu['worker']:.2f}, postgres "
                 f"{phase.cpu['postgres']:.2f}; {phase.switches:.1f} web switches "
                 f"({phase.migrations:.1f} moves between cores); "
-                f"{phase.polls_per_op:.3f} GETs per operation"
+                f"{phase.polls_per_op:.3f} GETs per operation; p50 "
+                f"{phase.latency_ms(0.5):.1f} ms, p99 {phase.latency_ms(0.99):.1f} ms"
             )
 
 
@@ -882,13 +903,15 @@ def busy_table(results: list[dict]) -> None:
                 cells.append(f"{web_cpu(quiet[name]):.2f} -> {web_cpu(busy[name]):.2f}")
             else:
                 cells.append("-")
+        mark = ""
         if quiet["read"] and "read" in busy:
             turn = less_polls(quiet["turn"], quiet["read"], web_cpu)
             turn_busy = less_polls(busy["turn"], busy["read"], web_cpu)
-        else:
+        else:  # no read phase to price the polls with
             turn, turn_busy = web_cpu(quiet["turn"]), web_cpu(busy["turn"])
+            mark = " (polls in)"
         moves = f"{quiet['turn'].migrations:.1f} -> {busy['turn'].migrations:.1f}"
-        cells += [f"{turn:.2f} -> {turn_busy:.2f}", f"{turn_busy / turn:.2f}", moves]
+        cells += [f"{turn:.2f} -> {turn_busy:.2f}{mark}", f"{turn_busy / turn:.2f}", moves]
         print(f"| {r['broker']} | {r['clients']} | " + " | ".join(cells) + " |")
 
 
