@@ -588,9 +588,14 @@ def measure(
         stack.pg.start()
     meter = CpuMeter(stack.web, stack.worker)
     seconds = args.max_seconds if args.turns else args.seconds
+    started = time.clock_gettime(time.CLOCK_MONOTONIC)
     done, errors, elapsed = clients.run(
         path_for, seconds=seconds, ops=args.turns, at_half=at_half, read=read
     )
+    # When, on the clock `perf record -k CLOCK_MONOTONIC` stamps its samples with, so that a
+    # profile of the whole run can be cut into phases (bench/busy_profile.sh).
+    ended = time.clock_gettime(time.CLOCK_MONOTONIC)
+    print(f"# phase {name}: monotonic {started:.3f} to {ended:.3f}, {done} done", flush=True)
     cpu = {group: ms / max(done, 1) for group, ms in meter.stop().items()}
     pg = stack.pg.stop() if stack.pg else None
     switches, migrations = meter.web_threads()

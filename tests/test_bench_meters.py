@@ -7,15 +7,17 @@ than the one measured; one left running would skew every later phase.
 """
 
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from bench.turn_throughput import SPIN, Spinners, thread_counts
+from bench.turn_throughput import SPIN, Spinners, measure, thread_counts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +89,29 @@ def test_thread_counts_read_a_threads_own_switches_and_moves_between_cores():
         os.sched_setaffinity(0, cores)
     assert switched >= switches + 5
     assert moved == moves + 1
+
+
+def test_each_phase_says_when_it_ran_as_busy_profile_reads_it(capsys):
+    """bench/busy_profile.sh cuts perf's samples into phases by these lines (its sed)."""
+
+    class Clients:
+        early = polls = 0
+        latencies: list[float] = []
+
+        def run(self, path_for, **kwargs):
+            time.sleep(0.05)
+            return 3, 0, 0.05
+
+    stack = SimpleNamespace(pg=None, web=os.getpid(), worker=os.getpid())
+    args = SimpleNamespace(max_seconds=1, seconds=1, turns=0)
+    before = time.clock_gettime(time.CLOCK_MONOTONIC)
+    phase = measure(stack, Clients(), "turn", str, args)
+    after = time.clock_gettime(time.CLOCK_MONOTONIC)
+    script = (ROOT / "bench" / "busy_profile.sh").read_text()
+    pattern = re.search(r"sed -n 's/\^(.*)\$/\\1 \\2 \\3 \\4/p'", script).group(1)
+    pattern = pattern.replace(r"\(", "(").replace(r"\)", ")")  # sed's groups, Python's
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# phase")]
+    assert len(lines) == 1
+    name, start, end, done = re.fullmatch(pattern, lines[0]).groups()
+    assert (name, int(done), phase.done) == ("turn", 3, 3)
+    assert before <= float(start) < float(end) <= after + 0.001
