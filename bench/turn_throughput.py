@@ -373,6 +373,7 @@ class Spinners:
         except BaseException:  # an interrupted start leaves none running
             self.__exit__()
             raise
+        print("# spinners on", flush=True)  # bench/busy_profile.sh labels phases by these
         return self
 
     def __exit__(self, *exc) -> None:
@@ -381,6 +382,7 @@ class Spinners:
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
+        print("# spinners off", flush=True)
 
 
 # Load --------------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_spinners_end_when_the_bench_dies_without_ending_them(tmp_path):
     out = tmp_path / "pids"
     with out.open("w") as stdout:  # a file, not a pipe: a spinner left running holds no EOF
         subprocess.run([sys.executable, "-c", script], cwd=ROOT, stdout=stdout, check=True)
-    pids = [int(pid) for pid in out.read_text().split()]
+    lines = out.read_text().splitlines()
+    pids = [int(pid) for line in lines if not line.startswith("#") for pid in line.split()]
     assert len(pids) == 2
     assert _until(lambda: all(_gone(pid) for pid in pids))
 
@@ -91,8 +92,9 @@ def test_thread_counts_read_a_threads_own_switches_and_moves_between_cores():
     assert moved == moves + 1
 
 
-def test_each_phase_says_when_it_ran_as_busy_profile_reads_it(capsys):
-    """bench/busy_profile.sh cuts perf's samples into phases by these lines (its sed)."""
+def test_each_phase_says_when_and_beside_what_it_ran_as_busy_profile_reads_it(capsys):
+    """bench/busy_profile.sh cuts perf's samples into phases, and labels them quiet or busy,
+    by these lines, read with its own awk."""
 
     class Clients:
         early = polls = 0
@@ -105,13 +107,25 @@ def test_each_phase_says_when_it_ran_as_busy_profile_reads_it(capsys):
     stack = SimpleNamespace(pg=None, web=os.getpid(), worker=os.getpid())
     args = SimpleNamespace(max_seconds=1, seconds=1, turns=0)
     before = time.clock_gettime(time.CLOCK_MONOTONIC)
-    phase = measure(stack, Clients(), "turn", str, args)
+    measure(stack, Clients(), "bare", str, args)
+    with Spinners(1, "loop"):
+        measure(stack, Clients(), "turn", str, args)
     after = time.clock_gettime(time.CLOCK_MONOTONIC)
     script = (ROOT / "bench" / "busy_profile.sh").read_text()
-    pattern = re.search(r"sed -n 's/\^(.*)\$/\\1 \\2 \\3 \\4/p'", script).group(1)
-    pattern = pattern.replace(r"\(", "(").replace(r"\)", ")")  # sed's groups, Python's
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# phase")]
-    assert len(lines) == 1
-    name, start, end, done = re.fullmatch(pattern, lines[0]).groups()
-    assert (name, int(done), phase.done) == ("turn", 3, 3)
-    assert before <= float(start) < float(end) <= after + 0.001
+    program = re.search(r"awk '(/\^# spinners on/.*?)' \"\$dir/bench.log\"", script, re.S)
+    read = subprocess.run(
+        ["awk", program.group(1)],
+        input=capsys.readouterr().out,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [line.split() for line in read.stdout.splitlines()]
+    assert [(name, done, busy) for name, _, _, done, busy in rows] == [
+        ("bare", "3", "0"),
+        ("turn", "3", "1"),
+    ]
+    for _, start, end, _, _ in rows:
+        # Printed to the millisecond: each bound within one of the truth.
+        assert before - 0.001 <= float(start) and float(end) <= after + 0.001
+        assert float(end) - float(start) >= 0.05 - 0.002  # the phase's own 50 ms
