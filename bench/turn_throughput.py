@@ -16,7 +16,8 @@ contacted):
 
     .venv/bin/python bench/turn_throughput.py [--seconds 20] [--clients 16[,64]]
         [--broker redis[,amqp]] [--turns N] [--no-floor] [--no-sql] [--no-read]
-        [--spinners 2] [--db-name isolation_bench] [--redis-db 15]
+        [--spinners 2 [--spin loop] [--busy-first]] [--db-name isolation_bench]
+        [--redis-db 15]
 
 ``--broker amqp`` uses RabbitMQ at 127.0.0.1:5672 in a virtual host of the run's own
 (made and deleted with ``rabbitmqctl``). ``--turns N`` drives N turns (and N bare
@@ -35,7 +36,8 @@ client never posts into a turn still in flight; clients start a new session ever
 beside N busy processes at nice 19, which take only the CPU nothing else wants: every core
 is then busy whatever the clients, so what a busy machine costs a phase can be told from
 what many clients cost it. ``--spin walk`` (the default) walks a few MB of objects each
-time it runs, ``--spin loop`` touches next to no memory.
+time it runs, ``--spin loop`` touches next to no memory; ``--busy-first`` runs the phases
+beside them before the quiet ones.
 
 Postgres's part per operation: the connections it accepted, and where the server preloads
 ``pg_stat_statements`` the statements each phase ran, their execution time and the turn's
@@ -616,6 +618,21 @@ def measure(
     )
 
 
+def busy_phases(stack: Stack, clients: Clients, args) -> dict[str, Phase]:
+    """The run's phases beside ``args.spinners`` spinners, by name."""
+    busy = {}
+    with Spinners(args.spinners, args.spin):
+        busy["bare"] = measure(stack, clients, "bare", bare_path, args)
+        if args.floor:
+            busy["floor"] = measure(stack, clients, "floor", floor_path, args)
+        if args.sql:
+            busy["sql"] = measure(stack, clients, "sql", sql_path, args)
+        busy["turn"] = measure(stack, clients, "turn", turn_path, args)
+        if args.read:
+            busy["read"] = measure(stack, clients, "read", turn_path, args, read=True)
+    return busy
+
+
 def turn_path(session: str) -> str:
     return f"/api/v1/sessions/{session}/messages/?wait=30"
 
@@ -663,6 +680,13 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
 
 def measure_clients(stack: Stack, base: str, broker: str, count: int, args, tokens) -> dict:
     clients = Clients(base, tokens[:count], args.session_turns)
+    # The same phases again with every core kept busy, to tell what many clients cost the
+    # code (more polls, more waiting threads) from what a busy machine costs any code;
+    # --busy-first runs them before the quiet ones, so that the order (a fuller database,
+    # a warmer process) can be told from the spinners.
+    busy: dict[str, Phase] = {}
+    if args.spinners and args.busy_first:
+        busy = busy_phases(stack, clients, args)
     bare = measure(stack, clients, "bare", bare_path, args)
     floor = measure(stack, clients, "floor", floor_path, args) if args.floor else None
     sql = measure(stack, clients, "sql", sql_path, args) if args.sql else None
@@ -679,19 +703,8 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
     # What one poll costs, to tell a turn's own web CPU from its polls': the same GET a
     # client answered 202 sends, read from the same processes in the same run.
     read = measure(stack, clients, "read", turn_path, args, read=True) if args.read else None
-    # The same phases again with every core kept busy, to tell what many clients cost the
-    # code (more polls, more waiting threads) from what a busy machine costs any code.
-    busy = {}
-    if args.spinners:
-        with Spinners(args.spinners, args.spin):
-            busy["bare"] = measure(stack, clients, "bare", bare_path, args)
-            if args.floor:
-                busy["floor"] = measure(stack, clients, "floor", floor_path, args)
-            if args.sql:
-                busy["sql"] = measure(stack, clients, "sql", sql_path, args)
-            busy["turn"] = measure(stack, clients, "turn", turn_path, args)
-            if args.read:
-                busy["read"] = measure(stack, clients, "read", turn_path, args, read=True)
+    if args.spinners and not args.busy_first:
+        busy = busy_phases(stack, clients, args)
     result = {
         "broker": broker,
         "clients": count,
@@ -1013,6 +1026,11 @@ def main() -> None:
         " many busy processes at nice 19 (so every core is busy whatever the clients)",
     )
     parser.add_argument(
+        "--busy-first",
+        action="store_true",
+        help="with --spinners, run the phases beside them before the quiet ones",
+    )
+    parser.add_argument(
         "--spin",
         choices=sorted(SPIN),
         default="walk",
@@ -1036,7 +1054,11 @@ def main() -> None:
             f"web_workers={args.web_workers} web_threads={args.web_threads} "
             f"celery_threads={args.celery_concurrency} "
             f"session_turns={args.session_turns} db={args.db_name} redis_db={args.redis_db}"
-            + (f" spinners={args.spinners} spin={args.spin}" if args.spinners else "")
+            + (
+                f" spinners={args.spinners} spin={args.spin} busy_first={args.busy_first}"
+                if args.spinners
+                else ""
+            )
         )
         for broker in args.broker:
             results += run_broker(broker, args, env, tokens)

@@ -129,3 +129,46 @@ def test_each_phase_says_when_and_beside_what_it_ran_as_busy_profile_reads_it(ca
         # Printed to the millisecond: each bound within one of the truth.
         assert before - 0.001 <= float(start) and float(end) <= after + 0.001
         assert float(end) - float(start) >= 0.05 - 0.002  # the phase's own 50 ms
+
+
+@pytest.mark.parametrize("busy_first", [False, True])
+def test_the_phases_beside_the_spinners_run_in_the_order_asked(monkeypatch, busy_first):
+    """--busy-first swaps the order, so that a fuller database or a warmer process can be
+    told from the spinners; each phase runs once each way, and the busy ones beside them."""
+    import bench.turn_throughput as bench
+
+    spinning, calls = [False], []
+
+    class Spinners:
+        def __init__(self, count, kind):
+            assert (count, kind) == (2, "loop")
+
+        def __enter__(self):
+            spinning[0] = True
+
+        def __exit__(self, *exc):
+            spinning[0] = False
+
+    def measure(stack, clients, name, path_for, args, **kwargs):
+        calls.append((name, spinning[0]))
+        return SimpleNamespace(name=name)
+
+    monkeypatch.setattr(bench, "Spinners", Spinners)
+    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "rss_of", lambda web, worker: {})
+    monkeypatch.setattr(bench, "report", lambda result, args: None)
+    args = SimpleNamespace(
+        spinners=2,
+        spin="loop",
+        busy_first=busy_first,
+        floor=False,
+        sql=True,
+        read=True,
+        session_turns=0,
+    )
+    stack = SimpleNamespace(web=0, worker=0)
+    result = bench.measure_clients(stack, "http://127.0.0.1:1", "redis", 1, args, ["t"])
+    quiet = [("bare", False), ("sql", False), ("turn", False), ("read", False)]
+    busy = [(name, True) for name, _ in quiet]
+    assert calls == (busy + quiet if busy_first else quiet + busy)
+    assert sorted(result["busy"]) == ["bare", "read", "sql", "turn"]
