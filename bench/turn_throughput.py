@@ -83,6 +83,7 @@ SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "be
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
 PHASES = ("bare", "floor", "sql", "turn", "read")
 POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
+IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
 # Busy processes at nice 19, the lowest weight (15 against a normal process's 1024), so they
 # yield the core to anything else that wants it. "walk" walks a few MB of Python objects
 # each time it runs, as a Postgres backend, a worker thread or a client running between
@@ -359,8 +360,10 @@ class Spinners:
     finds no core idle: the machine a phase with many clients runs on, without the many
     clients. Their own CPU counts in no group."""
 
-    def __init__(self, count: int, kind: str = "walk") -> None:
+    def __init__(self, count: int, kind: str = "walk", idle: bool = False) -> None:
         self.count, self.code = count, SPIN[kind]
+        if idle:  # SCHED_IDLE: run only where nothing else is runnable, preempted at once
+            self.code = IDLE + self.code
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> "Spinners":
@@ -621,7 +624,7 @@ def measure(
 def busy_phases(stack: Stack, clients: Clients, args) -> dict[str, Phase]:
     """The run's phases beside ``args.spinners`` spinners, by name."""
     busy = {}
-    with Spinners(args.spinners, args.spin):
+    with Spinners(args.spinners, args.spin, args.spin_idle):
         busy["bare"] = measure(stack, clients, "bare", bare_path, args)
         if args.floor:
             busy["floor"] = measure(stack, clients, "floor", floor_path, args)
@@ -1026,6 +1029,11 @@ def main() -> None:
         " many busy processes at nice 19 (so every core is busy whatever the clients)",
     )
     parser.add_argument(
+        "--spin-idle",
+        action="store_true",
+        help="the spinners under SCHED_IDLE as well: preempted at once by anything else",
+    )
+    parser.add_argument(
         "--busy-first",
         action="store_true",
         help="with --spinners, run the phases beside them before the quiet ones",
@@ -1055,7 +1063,8 @@ def main() -> None:
             f"celery_threads={args.celery_concurrency} "
             f"session_turns={args.session_turns} db={args.db_name} redis_db={args.redis_db}"
             + (
-                f" spinners={args.spinners} spin={args.spin} busy_first={args.busy_first}"
+                f" spinners={args.spinners} spin={args.spin} idle={args.spin_idle}"
+                f" busy_first={args.busy_first}"
                 if args.spinners
                 else ""
             )

@@ -57,6 +57,15 @@ def test_spinners_run_at_the_lowest_priority_and_busy_and_end_with_the_block(kin
     assert all(proc.poll() is not None for proc in spinners.procs)
 
 
+def test_idle_spinners_run_under_sched_idle():
+    with Spinners(1, "loop", idle=True) as spinners:
+        pid = spinners.procs[0].pid
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    with Spinners(1, "loop") as spinners:  # not unless asked
+        assert os.sched_getscheduler(spinners.procs[0].pid) == os.SCHED_OTHER
+
+
 def test_spinners_end_when_the_bench_dies_without_ending_them(tmp_path):
     """Killed, the bench runs no ``__exit__``: its spinners must not spin on for good."""
     script = (
