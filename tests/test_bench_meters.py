@@ -149,8 +149,8 @@ def test_the_phases_beside_the_spinners_run_in_the_order_asked(monkeypatch, busy
     spinning, calls = [False], []
 
     class Spinners:
-        def __init__(self, count, kind):
-            assert (count, kind) == (2, "loop")
+        def __init__(self, count, kind, idle):
+            assert (count, kind, idle) == (2, "loop", True)
 
         def __enter__(self):
             spinning[0] = True
@@ -169,6 +169,7 @@ def test_the_phases_beside_the_spinners_run_in_the_order_asked(monkeypatch, busy
     args = SimpleNamespace(
         spinners=2,
         spin="loop",
+        spin_idle=True,
         busy_first=busy_first,
         floor=False,
         sql=True,
