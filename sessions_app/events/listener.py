@@ -176,6 +176,9 @@ class ListenerRetired(redis.exceptions.ConnectionError):
     """A listener's ``REDIS_URL`` is no longer the setting's: its connection is let go, and
     it connects no more (to its callers, notifications are unavailable)."""
 
+    def __init__(self) -> None:
+        super().__init__("REDIS_URL names another server now")
+
 
 class TurnListener:
     """The event loop's one pub/sub connection; channels subscribed while someone waits."""
@@ -345,7 +348,7 @@ class TurnListener:
     async def _retired_now(self) -> None:
         async with self._lock:
             if self._pubsub is not None or self.channels:
-                await self._lose(ListenerRetired("REDIS_URL names another server now"))
+                await self._lose(ListenerRetired())
 
     def _later(self, coroutine) -> None:
         task = self.loop.create_task(coroutine)
@@ -372,7 +375,7 @@ class TurnListener:
 
     async def _connected(self):
         if self._retired:
-            raise ListenerRetired("REDIS_URL names another server now")
+            raise ListenerRetired()
         if self._pubsub is None:
             # TCP keep-alive probes find a peer that vanished without closing the connection
             # within about 20 s: the read fails and every waiter polls instead.
