@@ -32,12 +32,12 @@ and the fake Claude). A turn that ``?wait`` answers with 202 is polled to its en
 client never posts into a turn still in flight; clients start a new session every
 ``--session-turns`` turns, so the history a turn loads does not grow with the run.
 
-``--spinners N`` runs each client count's phases a second time
-beside N busy processes at nice 19, which take only the CPU nothing else wants: every core
-is then busy whatever the clients, so what a busy machine costs a phase can be told from
-what many clients cost it. ``--spin walk`` (the default) walks a few MB of objects each
-time it runs, ``--spin loop`` touches next to no memory; ``--busy-first`` runs the phases
-beside them before the quiet ones.
+``--spinners N`` runs each client count's phases a second time beside N busy processes at
+nice 19, which yield to every other process (``--spin-idle``: under SCHED_IDLE too): every
+core is then busy whatever the clients, so what a busy machine costs a phase can be told
+from what many clients cost it. ``--spin walk`` (the default) walks a few MB of objects
+each time it runs, ``--spin loop`` touches next to no memory; ``--busy-first`` runs the
+phases beside them before the quiet ones.
 
 Postgres's part per operation: the connections it accepted, and where the server preloads
 ``pg_stat_statements`` the statements each phase ran, their execution time and the turn's
@@ -362,7 +362,7 @@ class Spinners:
 
     def __init__(self, count: int, kind: str = "walk", idle: bool = False) -> None:
         self.count, self.code = count, SPIN[kind]
-        if idle:  # SCHED_IDLE: run only where nothing else is runnable, preempted at once
+        if idle:  # SCHED_IDLE: run only when nothing else is runnable
             self.code = IDLE + self.code
         self.procs: list[subprocess.Popen] = []
 
@@ -621,19 +621,35 @@ def measure(
     )
 
 
+def run_phases(stack: Stack, clients: Clients, args, rss: dict | None = None) -> dict:
+    """Each phase the run asks for, in order, by name (None for one it skips); with ``rss``,
+    the web and worker processes' memory at the turn phase's start, middle and end."""
+    phases = {"bare": measure(stack, clients, "bare", bare_path, args)}
+    phases["floor"] = measure(stack, clients, "floor", floor_path, args) if args.floor else None
+    phases["sql"] = measure(stack, clients, "sql", sql_path, args) if args.sql else None
+
+    def sample(moment: str) -> None:
+        if rss is not None:
+            rss[moment] = rss_of(stack.web, stack.worker)
+
+    sample("start")
+    phases["turn"] = measure(
+        stack, clients, "turn", turn_path, args, at_half=lambda: sample("middle")
+    )
+    sample("end")
+    # What one poll costs, to tell a turn's own web CPU from its polls': the same GET a
+    # client answered 202 sends, read from the same processes in the same run.
+    phases["read"] = (
+        measure(stack, clients, "read", turn_path, args, read=True) if args.read else None
+    )
+    return phases
+
+
 def busy_phases(stack: Stack, clients: Clients, args) -> dict[str, Phase]:
     """The run's phases beside ``args.spinners`` spinners, by name."""
-    busy = {}
     with Spinners(args.spinners, args.spin, args.spin_idle):
-        busy["bare"] = measure(stack, clients, "bare", bare_path, args)
-        if args.floor:
-            busy["floor"] = measure(stack, clients, "floor", floor_path, args)
-        if args.sql:
-            busy["sql"] = measure(stack, clients, "sql", sql_path, args)
-        busy["turn"] = measure(stack, clients, "turn", turn_path, args)
-        if args.read:
-            busy["read"] = measure(stack, clients, "read", turn_path, args, read=True)
-    return busy
+        phases = run_phases(stack, clients, args)
+    return {name: phase for name, phase in phases.items() if phase}
 
 
 def turn_path(session: str) -> str:
@@ -690,35 +706,11 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
     busy: dict[str, Phase] = {}
     if args.spinners and args.busy_first:
         busy = busy_phases(stack, clients, args)
-    bare = measure(stack, clients, "bare", bare_path, args)
-    floor = measure(stack, clients, "floor", floor_path, args) if args.floor else None
-    sql = measure(stack, clients, "sql", sql_path, args) if args.sql else None
-    rss = {"start": rss_of(stack.web, stack.worker)}
-    turns = measure(
-        stack,
-        clients,
-        "turn",
-        turn_path,
-        args,
-        at_half=lambda: rss.__setitem__("middle", rss_of(stack.web, stack.worker)),
-    )
-    rss["end"] = rss_of(stack.web, stack.worker)
-    # What one poll costs, to tell a turn's own web CPU from its polls': the same GET a
-    # client answered 202 sends, read from the same processes in the same run.
-    read = measure(stack, clients, "read", turn_path, args, read=True) if args.read else None
+    rss: dict[str, dict[str, float]] = {}
+    result = {"broker": broker, "clients": count, **run_phases(stack, clients, args, rss)}
     if args.spinners and not args.busy_first:
         busy = busy_phases(stack, clients, args)
-    result = {
-        "broker": broker,
-        "clients": count,
-        "bare": bare,
-        "floor": floor,
-        "sql": sql,
-        "turn": turns,
-        "read": read,
-        "rss": rss,
-        "busy": busy,
-    }
+    result |= {"rss": rss, "busy": busy}
     report(result, args)
     return result
 
@@ -1031,7 +1023,7 @@ def main() -> None:
     parser.add_argument(
         "--spin-idle",
         action="store_true",
-        help="the spinners under SCHED_IDLE as well: preempted at once by anything else",
+        help="the spinners under SCHED_IDLE as well: run only when nothing else is runnable",
     )
     parser.add_argument(
         "--busy-first",
@@ -1042,8 +1034,7 @@ def main() -> None:
         "--spin",
         choices=sorted(SPIN),
         default="walk",
-        help="what the spinners do: walk a few MB of objects (caches go cold) or loop on"
-        " nothing (the cores busy, the caches left alone)",
+        help="what the spinners do: walk a few MB of objects or loop touching next to no memory",
     )
     args = parser.parse_args()
     results = []
