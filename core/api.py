@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
-from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 
@@ -98,6 +98,34 @@ class PagePagination(PageNumberPagination):
             if parameter["name"] == self.page_query_param:
                 parameter["schema"]["minimum"] = 1
         return parameters
+
+
+# What API clients send: no Accept header (DRF reads it as */*), */* or JSON itself.
+_ANY_OR_JSON = frozenset({"*/*", "application/json"})
+
+
+class JsonFirstNegotiation(DefaultContentNegotiation):
+    """DRF's content negotiation, with the answer to what nearly every API call sends
+    taken at once: the first renderer, when it is JSON and the call accepts JSON or
+    anything and asks for no format (DRF's own answer, which a test holds it to).
+
+    DRF parses the Accept header into media types and ranks them on every request: about
+    0.17 ms of CPU per request in the running server on a slow machine, as much as a
+    middleware, against 0.01 in a loop, as code run once per request runs cold. Any other
+    Accept (406 included) and any ``?format=`` go through DRF's negotiation unchanged.
+    """
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        first = renderers[0] if renderers else None
+        if (
+            first is not None
+            and first.media_type == "application/json"
+            and not format_suffix
+            and request.META.get("HTTP_ACCEPT", "*/*") in _ANY_OR_JSON
+            and self.settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return first, first.media_type
+        return super().select_renderer(request, renderers, format_suffix)
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):

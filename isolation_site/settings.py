@@ -361,6 +361,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.api.JsonFirstNegotiation",
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
     # drf-spectacular's, describing each operation in its own words (core/openapi.py).
     "DEFAULT_SCHEMA_CLASS": "core.openapi.AutoSchema",
