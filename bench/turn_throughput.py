@@ -56,6 +56,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -69,6 +70,7 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import step_probe  # noqa: E402
 from bench.many_users import bench_env, django_script  # noqa: E402
 from bench.pg_stats import PgPhase, PgStats  # noqa: E402
 from tests.fakes.claude import FakeClaude  # noqa: E402
@@ -558,6 +560,7 @@ class Phase:
     pg: PgPhase | None = None
     switches: float = 0.0  # the web threads' context switches per successful operation
     migrations: float = 0.0  # their moves from one core to another, per operation
+    span: tuple[float, float] = (0.0, 0.0)  # its start and end, monotonic seconds
 
     @property
     def polls_per_op(self) -> float:
@@ -618,6 +621,7 @@ def measure(
         pg,
         switches / max(done, 1),
         migrations / max(done, 1),
+        (started, ended),
     )
 
 
@@ -694,7 +698,25 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
         stack.stop()
         if broker == "amqp":
             rabbitmqctl("delete_vhost", vhost)
+    if args.probe:  # the workers wrote their steps as they exited
+        probe_report(results, step_probe.read(env["BENCH_STEP_PROBE"]))
     return results
+
+
+def probe_report(results: list[dict], calls: list) -> None:
+    for result in results:
+        for name in ("bare", "floor", "sql", "turn", "read"):
+            phase = result.get(name)
+            if phase is None:
+                continue
+            print(
+                f"\nSteps in the gunicorn workers, broker={result['broker']} "
+                f"clients={result['clients']} phase={name} (CPU in microseconds):"
+            )
+            print("| step | calls per op | CPU per call, p50 | CPU per op |")
+            print("| --- | --- | --- | --- |")
+            for row in step_probe.table(calls, phase.span, phase.done):
+                print(row)
 
 
 def measure_clients(stack: Stack, base: str, broker: str, count: int, args, tokens) -> dict:
@@ -1036,9 +1058,15 @@ def main() -> None:
         default="walk",
         help="what the spinners do: walk a few MB of objects or loop touching next to no memory",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="time each framework step of a request in the gunicorn workers, call by call"
+        " (bench/step_probe.py), and print them per phase",
+    )
     args = parser.parse_args()
     results = []
-    with FakeClaude(keep_alive=True) as fake:
+    with FakeClaude(keep_alive=True) as fake, tempfile.TemporaryDirectory() as probed:
         env = bench_env(
             fake.url,
             DJANGO_SETTINGS_MODULE="bench.settings",
@@ -1046,6 +1074,8 @@ def main() -> None:
             REDIS_URL=f"redis://{HOST}:6379/{args.redis_db}",
         )
         env.pop("CELERY_BROKER_URL", None)  # redis: REDIS_URL's database
+        if args.probe:
+            env["BENCH_STEP_PROBE"] = probed
         tokens = prepare(env, args.db_name, args.redis_db, max(args.clients))
         size = f"turns={args.turns}" if args.turns else f"seconds={args.seconds}"
         print(

@@ -9,6 +9,7 @@ owned fetch, which a turn's accept folds into its one ``UPDATE``. ``sql``: the f
 the turn's statements, and nothing else (``bench/statements.py``).
 """
 
+import os
 import uuid
 from collections.abc import Callable
 from contextlib import closing
@@ -20,12 +21,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from audit_app.models import AuditEntry
-from bench import statements
+from bench import statements, step_probe
 from bench.tasks import floor_turn, statements_turn
 from core.ids import as_uuid
 from isolation_site.urls import urlpatterns as site_urlpatterns
 from sessions_app.events.notify import turn_changes
 from sessions_app.selectors import chat_session_get_for_owner
+
+if os.environ.get("BENCH_STEP_PROBE"):  # bench/turn_throughput.py --probe
+    step_probe.install(os.environ["BENCH_STEP_PROBE"])
 
 
 class BareApi(APIView):
