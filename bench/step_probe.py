@@ -29,7 +29,8 @@ STEPS = {
     "DRF: content negotiation": "rest_framework.views.APIView.perform_content_negotiation",
     "DRF: the response's finishing": "rest_framework.views.APIView.finalize_response",
     "DRF: JSON rendering": "rest_framework.renderers.JSONRenderer.render",
-    "middleware: CSP header": "csp.middleware.CSPMiddleware.process_response",
+    "middleware: CSP header": "core.csp.CSPMiddleware.process_response",
+    "middleware: CSP header, django-csp's": "csp.middleware.CSPMiddleware.process_response",
     "middleware: messages (request)": (
         "django.contrib.messages.middleware.MessageMiddleware.process_request"
     ),

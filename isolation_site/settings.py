@@ -93,7 +93,7 @@ MIDDLEWARE = [
     "core.middleware.RequestSizeLimitMiddleware",
     "core.middleware.ServiceUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "core.csp.CSPMiddleware",  # django-csp's, its settings' policies built once
     # Serves the admin's and /api/docs/'s assets from gunicorn or uvicorn, no web server needed.
     "core.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -52,6 +52,7 @@ CACHED = {
     "_vocabulary": "wordfreq's fixed English word list: the same for every user",
     "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",
     "_statement": "one INSERT statement per model: its SQL and its fields",
+    "_policy": "the settings' Content Security Policy headers and excluded paths",
 }
 
 

@@ -1,0 +1,106 @@
+"""The Content Security Policy header: the site's middleware answers as django-csp's does,
+the settings' policies built once."""
+
+import itertools
+import re
+
+import pytest
+from csp import middleware as django_csp
+from csp.decorators import csp, csp_exempt, csp_replace, csp_update
+from csp.exceptions import CSPNonceError
+from django.http import HttpResponse
+from django.test import RequestFactory
+
+from core import csp as site_csp
+
+HEADERS = ("Content-Security-Policy", "Content-Security-Policy-Report-Only")
+REPORT_ONLY = {
+    "EXCLUDE_URL_PREFIXES": ["/api/docs/"],
+    "DIRECTIVES": {"default-src": ["'self'"], "report-uri": "/csp-report/"},
+}
+
+
+def _plain(request):
+    return HttpResponse("ok")
+
+
+VIEWS = {
+    "plain": _plain,
+    "404": lambda request: HttpResponse(status=404),
+    "500": lambda request: HttpResponse(status=500),
+    "exempt": csp_exempt()(_plain),
+    "exempt report-only": csp_exempt(REPORT_ONLY=True)(_plain),
+    "update": csp_update({"img-src": ["data:"]})(_plain),
+    "replace": csp_replace({"img-src": None})(_plain),
+    "own policy": csp({"default-src": ["'self'"]})(_plain),
+    "empty own policy": csp({})(_plain),
+    "update report-only": csp_update({"img-src": ["data:"]}, REPORT_ONLY=True)(_plain),
+    "header set": lambda request: HttpResponse(headers={HEADERS[0]: "default-src 'none'"}),
+}
+PATHS = ["/api/v1/sessions/", "/admin/chat/", "/api/docs/", "/"]
+
+
+def _answer(middleware_class, view, path, nonce_used):
+    middleware = middleware_class(view)
+    request = RequestFactory().get(path)
+    middleware.process_request(request)
+    used = str(request.csp_nonce) if nonce_used else None
+    response = middleware.process_response(request, view(request))
+    headers = {h: response.headers.get(h) for h in HEADERS}
+    if used:
+        headers = {h: v and v.replace(used, "NONCE") for h, v in headers.items()}
+    try:
+        after = str(request.csp_nonce) == used
+    except CSPNonceError:
+        after = "refused"
+    return headers, after
+
+
+@pytest.fixture(params=["site", "report-only too", "debug"])
+def policies(request, settings):
+    if request.param == "report-only too":
+        settings.CONTENT_SECURITY_POLICY_REPORT_ONLY = REPORT_ONLY
+    if request.param == "debug":
+        settings.DEBUG = True
+    return request.param
+
+
+@pytest.mark.parametrize(
+    ("view", "path", "nonce_used"), list(itertools.product(VIEWS, PATHS, [False, True]))
+)
+def test_it_answers_as_django_csp_does(policies, view, path, nonce_used):
+    ours = _answer(site_csp.CSPMiddleware, VIEWS[view], path, nonce_used)
+    assert ours == _answer(django_csp.CSPMiddleware, VIEWS[view], path, nonce_used)
+
+
+def test_the_api_gets_the_sites_policy():
+    headers, after = _answer(site_csp.CSPMiddleware, _plain, "/api/v1/sessions/", False)
+    assert re.search(r"default-src 'none'", headers[HEADERS[0]])
+    assert headers[HEADERS[1]] is None and after == "refused"
+
+
+def test_a_changed_setting_is_followed(settings):
+    _answer(site_csp.CSPMiddleware, _plain, "/", False)  # the site's policy, kept
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'self'"]}}
+    headers, _ = _answer(site_csp.CSPMiddleware, _plain, "/", False)
+    assert headers[HEADERS[0]] == "default-src 'self'"
+
+
+def test_the_site_uses_it(client):
+    from django.conf import settings
+
+    assert "core.csp.CSPMiddleware" in settings.MIDDLEWARE
+    assert "csp.middleware.CSPMiddleware" not in settings.MIDDLEWARE
+    answer = client.get("/api/v1/sessions/")
+    assert "default-src 'none'" in answer["Content-Security-Policy"]
+
+
+def test_a_plain_response_is_not_built_again(monkeypatch):
+    _answer(site_csp.CSPMiddleware, _plain, "/", False)  # the site's policy, kept
+
+    def built(*args, **kwargs):
+        raise AssertionError("django-csp built the policy again")
+
+    monkeypatch.setattr(django_csp, "build_policy", built)
+    headers, _ = _answer(site_csp.CSPMiddleware, _plain, "/api/v1/sessions/", False)
+    assert "default-src 'none'" in headers[HEADERS[0]]
