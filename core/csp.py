@@ -27,7 +27,9 @@ class CSPMiddleware(middleware.CSPMiddleware):
     (``bench/turn_throughput.py --probe``), 0.08 in a loop, for two strings that change
     only with the settings. A response that brings parts of its own (the ``csp_*``
     decorators' policy, update or replace) or a request whose nonce was used goes through
-    django-csp as before; a test holds every path to django-csp's headers.
+    django-csp as before; a test holds every path to django-csp's headers. The policies
+    are read once per process and again when a test changes the settings: a lazy value in
+    them (a ``report-uri`` by ``reverse_lazy``) is taken as the first request found it.
     """
 
     def process_response(
