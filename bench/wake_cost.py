@@ -16,6 +16,7 @@ library and the machine.
 """
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.turn_throughput import Spinners  # noqa: E402
+from bench.turn_throughput import SPIN, Spinners  # noqa: E402
 
 WAITS = ["back to back", "sleep 0.1 ms", "sleep 1 ms", "sleep 10 ms", "pipe, 1 ms"]
 # The writer: one byte on stdout each time a byte arrives on stdin, 1 ms after it.
@@ -121,24 +122,19 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=300, help="runs of the work per wait")
     parser.add_argument("--rounds", type=int, default=2, help="quiet, then busy, this often")
     parser.add_argument("--spinners", type=int, default=2)
-    parser.add_argument("--spin", choices=["walk", "loop"], default="loop")
+    parser.add_argument("--spin", choices=sorted(SPIN), default="loop")
     args = parser.parse_args()
     works = {"small": Work(300), "large": Work(200_000), "psycopg": psycopg_dump()}
     seen: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
     with Pipe() as pipe:
         for _ in range(args.rounds):
             for busy in (False, True):
-                spinners = Spinners(args.spinners, args.spin) if busy else None
-                if spinners:
-                    spinners.__enter__()
-                try:
+                beside = Spinners(args.spinners, args.spin) if busy else contextlib.nullcontext()
+                with beside:
                     for kind, work in works.items():
                         for name, figures in measure(work, pipe, args.reps).items():
                             key = (kind, "busy" if busy else "quiet", name)
                             seen.setdefault(key, []).append(figures)
-                finally:
-                    if spinners:
-                        spinners.__exit__()
     print(
         f"\nMedian microseconds of the work right after each wait ({args.reps} runs each; one "
         f"figure per round; x: over back to back in the same round); busy: beside "

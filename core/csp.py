@@ -16,6 +16,7 @@ from django.http.response import HttpResponseBase
 _SETTINGS = MappingProxyType(
     {False: "CONTENT_SECURITY_POLICY", True: "CONTENT_SECURITY_POLICY_REPORT_ONLY"}
 )
+_NONE = middleware.PolicyParts()  # no config, update, replace or nonce: the settings' own
 
 
 class CSPMiddleware(middleware.CSPMiddleware):
@@ -35,17 +36,10 @@ class CSPMiddleware(middleware.CSPMiddleware):
     def process_response(
         self, request: HttpRequest, response: HttpResponseBase
     ) -> HttpResponseBase:
-        parts = (
-            self.get_policy_parts(request=request, response=response, report_only=ro)
-            for ro in _SETTINGS
-        )
         if any(
-            p.config is not None
-            or p.update is not None
-            or p.replace is not None
-            or p.nonce is not None
-            for p in parts
-        ):
+            self.get_policy_parts(request=request, response=response, report_only=ro) != _NONE
+            for ro in _SETTINGS
+        ):  # parts of its own (a decorator's, a nonce used): django-csp builds them
             return super().process_response(request, response)
         if settings.DEBUG and response.status_code in (
             http.HTTPStatus.INTERNAL_SERVER_ERROR,
