@@ -83,8 +83,12 @@ def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     in_flight = list(session.turns.filter(status__in=Turn.IN_FLIGHT).values_list("pk", flat=True))
     _session_fingerprints_erase(session)
-    history_store().erase(session_ids=[session.pk])
+    erased = session.pk  # delete() clears it
     session.delete()
+    # The rows first, the store's copy after, inside the transaction: if the store refuses,
+    # the rows come back; only a failed COMMIT after it could leave a session without its
+    # history (the other way round, any failure of the rows' DELETE did).
+    history_store().erase(session_ids=[erased])
     for turn_id in in_flight:  # wakes their event streams, which then end
         events.publish_turn_changed(turn_id=turn_id)
 
@@ -530,6 +534,6 @@ def _purge_expired_batch() -> int:
     except IndexUnavailable:
         logger.warning("fingerprint index unavailable: expired sessions' postings will age out")
     ids = [session.pk for session in sessions]
-    history_store().erase(session_ids=ids)
     ChatSession.objects.filter(pk__in=ids).delete()
+    history_store().erase(session_ids=ids)  # after the rows, as in chat_session_delete
     return len(ids)

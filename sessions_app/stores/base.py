@@ -149,8 +149,9 @@ class BaseHistoryStore(abc.ABC):
     def erase(self, *, session_ids: Iterable[uuid.UUID]) -> None:
         """Erase everything kept for these sessions; erasing an unknown session does nothing.
 
-        Called before the session rows are deleted (``DELETE`` and the expiry purge); a
-        store with a TTL also lets expired sessions disappear by themselves.
+        Called after the session rows are deleted, in the same transaction (``DELETE`` and
+        the expiry purge), so that a store that cannot erase rolls the rows back; a store
+        with a TTL also lets expired sessions disappear by themselves.
         """
         ids = list(session_ids)
         if ids:

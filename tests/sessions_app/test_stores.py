@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
@@ -142,6 +142,55 @@ class StoreContract:
         theirs.refresh_from_db()
         [message] = history_store().turn_messages(session=theirs, turn_id=kept.pk)
         assert message.content == "CANARY-theirs"
+
+    def test_a_delete_the_database_fails_is_503_and_keeps_the_whole_conversation(
+        self, user, session, monkeypatch
+    ):
+        """The rows go before the store's copy: a database failing the rows' DELETE leaves
+        the history with its session, so that deleting again erases both."""
+        turn = self.accept(user, session, "CANARY-kept")
+        services.turn_complete(turn_id=turn.pk, reply="reply")
+
+        def lost(*args, **kwargs):
+            raise OperationalError("server closed the connection unexpectedly")
+
+        path = f"/api/v1/sessions/{session.pk}/"
+        with monkeypatch.context() as patched:
+            patched.setattr(ChatSession, "delete", lost)
+            response = client_for(user).delete(path)
+        assert response.status_code == 503 and response.json()["code"] == "unavailable"
+        session.refresh_from_db()
+        kept = history_store().page(session=session, offset=0, limit=9)
+        assert [m.content for m in kept] == ["CANARY-kept", "reply"]
+        assert client_for(user).delete(path).status_code == 204
+        assert _scan(f"*{session.pk}*") == []
+        assert not Message.objects.filter(session_id=session.pk).exists()
+
+    def test_a_delete_the_store_cannot_erase_is_503_and_keeps_the_session(
+        self, user, session, monkeypatch
+    ):
+        """The store's erase runs inside the rows' transaction: its failure rolls them back."""
+        turn = self.accept(user, session, "CANARY-kept")
+        services.turn_complete(turn_id=turn.pk, reply="reply")
+
+        def refused(self, session_ids):
+            raise StoreUnavailable("the store is down")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(type(history_store()), "_erase", refused)
+            response = client_for(user).delete(f"/api/v1/sessions/{session.pk}/")
+            ChatSession.objects.filter(pk=session.pk).update(
+                expires_at=timezone.now() - timedelta(seconds=1)
+            )
+            with pytest.raises(StoreUnavailable):
+                services.chat_session_purge_expired()
+        assert response.status_code == 503 and response.json()["code"] == "unavailable"
+        session.refresh_from_db()
+        assert Turn.objects.filter(session=session).count() == 1
+        kept = history_store().page(session=session, offset=0, limit=9)
+        assert [m.content for m in kept] == ["CANARY-kept", "reply"]
+        assert services.chat_session_purge_expired() == 1
+        assert _scan(f"*{session.pk}*") == []
 
     def test_the_expiry_purge_erases_expired_sessions_everywhere(self, user, session):
         turn = self.accept(user, session, "CANARY-expired")
