@@ -68,8 +68,9 @@ def audit_security_event(
 ) -> None:
     """Record a refused access or isolation violation; never let auditing break the caller.
 
-    Repeats of the same event by the same user within the aggregation window add to one
-    entry's ``count``, so a flood cannot bury other events.
+    Repeats of the same event by the same user on the same session and turn within the
+    aggregation window add to one entry's ``count``, so a flood cannot bury other events;
+    each foreign session or turn reached keeps an entry naming it.
     """
     logger.warning("security event: %s (user=%s session=%s)", reason, user_id, session_id)
     try:
@@ -88,6 +89,8 @@ def _security_event_count(
     open_entries = AuditEntry.objects.filter(
         kind=AuditEntry.Kind.SECURITY,
         user_id=user_id,
+        session_id=session_id,
+        turn_id=turn_id,
         reason=reason,
         chain_seq__isnull=True,
         created_at__gte=timezone.now() - timedelta(seconds=window),

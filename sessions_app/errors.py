@@ -14,15 +14,27 @@ class ForeignAccess(exceptions.NotFound):
     rolled back, so the trail keeps the entry.
     """
 
-    def __init__(self, detail: str, *, user_id: int, session_id: uuid.UUID, what: str) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        user_id: int,
+        session_id: uuid.UUID,
+        what: str,
+        turn_id: uuid.UUID | None = None,
+    ) -> None:
         super().__init__(detail)
         self.user_id = user_id
         self.session_id = session_id
+        self.turn_id = turn_id
         self.what = what
 
     def audit(self) -> None:
         audit_security_event(
-            user_id=self.user_id, session_id=self.session_id, reason=f"access to {self.what}"
+            user_id=self.user_id,
+            session_id=self.session_id,
+            turn_id=self.turn_id,
+            reason=f"access to {self.what}",
         )
 
 

@@ -35,12 +35,24 @@ def _live_owned(user: AbstractBaseUser) -> QuerySet[ChatSession]:
     return ChatSession.objects.filter(owner=user, expires_at__gt=timezone.now())
 
 
-def _not_found(*, user: AbstractBaseUser, session_id: uuid.UUID | None, detail: str, what: str):
-    """Return the one NotFound, audited if ``session_id`` is another user's session."""
+def _not_found(
+    *,
+    user: AbstractBaseUser,
+    session_id: uuid.UUID | None,
+    detail: str,
+    what: str,
+    turn_id: uuid.UUID | None = None,
+):
+    """Return the one NotFound, audited (naming the session, and the turn if one was
+    asked for) if ``session_id`` is another user's session."""
     foreign = ChatSession.objects.filter(pk=session_id).exclude(owner=user)
     if session_id is not None and foreign.exists():
         return ForeignAccess(
-            detail, user_id=user.pk, session_id=session_id, what=f"another user's {what}"
+            detail,
+            user_id=user.pk,
+            session_id=session_id,
+            turn_id=turn_id,
+            what=f"another user's {what}",
         )
     return NotFound(detail)
 
@@ -139,7 +151,9 @@ def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:
     turn, vault_row = _turn_owned(user, tid) if tid else (None, None)
     if turn is None:
         session_id = Turn.objects.filter(pk=tid).values_list("session_id", flat=True).first()
-        raise _not_found(user=user, session_id=session_id, detail=TURN_NOT_FOUND, what="turn")
+        raise _not_found(
+            user=user, session_id=session_id, turn_id=tid, detail=TURN_NOT_FOUND, what="turn"
+        )
     exchange = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
     turn.exchange = privacy.messages_restore(
         session_id=turn.session_id, messages=exchange, vault_row=vault_row

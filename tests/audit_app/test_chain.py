@@ -165,17 +165,31 @@ class TestChain:
 
 @pytest.mark.django_db
 class TestSecurityEvents:
-    def test_a_flood_of_foreign_id_attempts_is_one_counted_entry(self, user):
+    def test_a_flood_of_one_foreign_id_attempt_is_one_counted_entry(self, user):
+        target, turn = uuid.uuid4(), uuid.uuid4()
         for _ in range(50):
-            audit_security_event(
-                user_id=user.pk, session_id=uuid.uuid4(), reason="access to session"
-            )
+            audit_security_event(user_id=user.pk, session_id=target, reason="access to session")
+        for _ in range(3):
+            audit_security_event(user_id=user.pk, session_id=None, turn_id=turn, reason="turn")
         audit_security_event(user_id=user.pk, session_id=None, reason="refused to send a payload")
         entries = AuditEntry.objects.filter(kind="security").order_by("id")
-        assert [(e.reason, e.count) for e in entries] == [
-            ("access to session", 50),
-            ("refused to send a payload", 1),
+        assert [(e.reason, e.session_id, e.turn_id, e.count) for e in entries] == [
+            ("access to session", target, None, 50),
+            ("turn", None, turn, 3),
+            ("refused to send a payload", None, None, 1),
         ]
+
+    def test_each_foreign_session_and_turn_reached_keeps_an_entry_naming_it(self, user):
+        sessions, turns = [uuid.uuid4() for _ in range(3)], [uuid.uuid4() for _ in range(2)]
+        for session_id in sessions + sessions:
+            audit_security_event(user_id=user.pk, session_id=session_id, reason="access")
+        for turn_id in turns:
+            audit_security_event(user_id=user.pk, session_id=None, turn_id=turn_id, reason="t")
+        entries = AuditEntry.objects.filter(kind="security")
+        assert sorted((e.session_id, e.count) for e in entries if e.reason == "access") == sorted(
+            (session_id, 2) for session_id in sessions
+        )
+        assert {e.turn_id for e in entries if e.reason == "t"} == set(turns)
 
     def test_a_sealed_entry_is_not_recounted_a_new_one_starts(self, user):
         audit_security_event(user_id=user.pk, session_id=None, reason="access to turn")

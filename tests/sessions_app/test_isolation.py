@@ -12,7 +12,7 @@ from sessions_app import llm
 from sessions_app.isolation import HistoryMessage, IsolationViolation, bound
 
 from ..conftest import random_id
-from ..factories import token_for
+from ..factories import UserFactory, token_for
 
 pytestmark = pytest.mark.django_db
 
@@ -69,6 +69,23 @@ def test_foreign_ids_are_404_exactly_like_unknown_ids(api, user, victim, other_a
     attempts = AuditEntry.objects.filter(kind="security", user=user)
     assert attempts.aggregate(total=Sum("count"))["total"] == len(foreign)
     assert {str(a.session_id) for a in attempts} == {victim["session"]}
+    turn_attempts = attempts.filter(reason="access to another user's turn")
+    assert [str(a.turn_id) for a in turn_attempts] == [victim["turn"]]
+
+
+def test_each_foreign_session_probed_is_named_in_the_audit_log(api, user):
+    """Probes of two users' sessions in one window: neither victim is merged away."""
+    victims = []
+    for _ in range(2):
+        owner = APIClient()
+        owner.credentials(HTTP_AUTHORIZATION=f"Token {token_for(UserFactory())}")
+        victims.append(owner.post("/api/v1/sessions/", {}, format="json").json()["id"])
+    for sid in victims + victims:
+        assert api.get(f"/api/v1/sessions/{sid}/").status_code == 404
+    attempts = AuditEntry.objects.filter(kind="security", user=user)
+    assert sorted((str(a.session_id), a.count) for a in attempts) == sorted(
+        (sid, 2) for sid in victims
+    )
 
 
 def test_non_uuid_ids_are_the_same_404(api):
