@@ -26,6 +26,14 @@ REVIEW_PERMISSION = "audit_app.change_auditentry"
 WITHHELD_PERMISSION = "audit_app.view_withheld_text"
 
 
+def _introducer(posting: dict) -> tuple[str, int, str]:
+    """A link to the entries of the user (and session) that introduced a feature."""
+    user, session = posting["user_id"], posting["session_id"]
+    if session is None:  # the index keeps one record for several of the user's sessions
+        return _entries_url(user=user), user, "several sessions"
+    return _entries_url(user=user, session_id=session), user, f"session {session}"
+
+
 def _entries_url(**params: object) -> str:
     query = "&".join(f"{name}={value}" for name, value in params.items())
     return f"{reverse('admin:audit_app_auditentry_changelist')}?{query}"
@@ -107,16 +115,7 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
     def _introducers(self, item: dict) -> str:
         return format_html_join(
-            ", ",
-            '<a href="{}">user {} / session {}</a>',
-            (
-                (
-                    _entries_url(user=p["user_id"], session_id=p["session_id"]),
-                    p["user_id"],
-                    p["session_id"],
-                )
-                for p in item["introduced_by"]
-            ),
+            ", ", '<a href="{}">user {} / {}</a>', map(_introducer, item["introduced_by"])
         )
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):

@@ -47,10 +47,10 @@ class Feature:
 
 @dataclass(frozen=True)
 class Posting:
-    """One user's session that introduced a feature."""
+    """One user's session that introduced a feature (None: several of the user's)."""
 
     user_id: int
-    session_id: str
+    session_id: str | None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,12 @@ Redis layout, chosen for memory (a posting costs about 30 bytes, measured by the
 keys ``fp:{generation}:{bucket}`` are small hashes that Redis keeps as listpacks; the
 field is the rest of the feature's 8-byte keyed hash (6 bytes), the value up to
 ``MAX_RECORDS`` records of 20 bytes (user id u32, session UUID) or ``*`` once more users
-than that introduced the feature. Retention: a generation key expires ``ttl`` after the
-generation ends, so a posting lives between ``ttl`` and ``ttl * (1 + 1/GENERATIONS)``.
+than that introduced the feature. A record per session, not per user: erasing one session
+must not forget the same user's others. When a user's sessions would overflow the value,
+they become one record of that user with ``SEVERAL`` for a session, which no one session's
+erasure removes; it ages out with its generation. Retention: a generation key expires
+``ttl`` after the generation ends, so a posting lives between ``ttl`` and
+``ttl * (1 + 1/GENERATIONS)``.
 """
 
 import struct
@@ -34,6 +38,8 @@ RECORD = 20
 # Three records of 20 bytes stay under Redis's 64-byte listpack value limit.
 MAX_RECORDS = 3
 COMMON = b"*"
+# The session of a record that stands for several sessions of its user (no UUID is this).
+SEVERAL = b"\xff" * 16
 
 
 class IndexUnavailable(BackendUnavailable):
@@ -75,21 +81,43 @@ _REGISTER = (
     _SLOT
     + """
 local rec, expire_at, maxr = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local g, shift, blob = ARGV[4], 16 - tonumber(ARGV[5]), ARGV[6]
+local g, shift, blob, several = ARGV[4], 16 - tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local user = string.sub(rec, 1, 4)
+local mine_all = user .. several
 for i = 1, #blob, 8 do
   local key, f = slot(blob, i, g, shift)
   local v = redis.call('HGET', key, f)
   if not v then
     redis.call('HSET', key, f, rec)
   elseif v ~= '*' then
-    local n, present = #v / 20, false
+    local n, present, users, count = #v / 20, false, 0, {}
     for j = 0, n - 1 do
-      if string.sub(v, j * 20 + 1, j * 20 + 4) == user then present = true break end
+      local r = string.sub(v, j * 20 + 1, j * 20 + 20)
+      if r == rec or r == mine_all then present = true break end
+      local u = string.sub(r, 1, 4)
+      if not count[u] then users = users + 1 count[u] = 0 end
+      count[u] = count[u] + 1
     end
     if not present then
-      if n >= maxr then redis.call('HSET', key, f, '*')
-      else redis.call('HSET', key, f, v .. rec) end
+      if not count[user] then users = users + 1 count[user] = 0 end
+      count[user] = count[user] + 1
+      if users > maxr then
+        redis.call('HSET', key, f, '*')
+      elseif n < maxr then
+        redis.call('HSET', key, f, v .. rec)
+      else
+        -- Full, yet no more than maxr users: each user with several sessions here keeps
+        -- one record of them all, in the place of its first.
+        local out = {}
+        for j = 0, n - 1 do
+          local r = string.sub(v, j * 20 + 1, j * 20 + 20)
+          local u = string.sub(r, 1, 4)
+          if count[u] == 1 then out[#out + 1] = r
+          elseif count[u] > 1 then out[#out + 1] = u .. several count[u] = 0 end
+        end
+        if count[user] == 1 then out[#out + 1] = rec end
+        redis.call('HSET', key, f, table.concat(out))
+      end
     end
   end
   redis.call('EXPIREAT', key, expire_at)
@@ -151,14 +179,17 @@ def _record(user_id: int, session_id: uuid.UUID) -> bytes:
 
 def _postings(value: bytes) -> list[Posting] | None:
     # ``value`` holds every live generation's records: one posting per user, the first
-    # seen; None once the feature is shared (``*``) or more than MAX_RECORDS users have it.
+    # session seen (a record of several sessions only if it has no other); None once the
+    # feature is shared (``*``) or more than MAX_RECORDS users have it.
     if value == COMMON:
         return None
     postings: dict[int, Posting] = {}
     for at in range(0, len(value), RECORD):
         user = int.from_bytes(value[at : at + 4], "big")
-        if user not in postings:
-            postings[user] = Posting(user, _uuid_text(value[at + 4 : at + RECORD]))
+        known = postings.get(user)
+        if known is None or known.session_id is None:
+            session = value[at + 4 : at + RECORD]
+            postings[user] = Posting(user, None if session == SEVERAL else _uuid_text(session))
     return None if len(postings) > MAX_RECORDS else list(postings.values())
 
 
@@ -189,7 +220,8 @@ class RedisIndex:
         generation = self.layout.generation(time.time())
         record = _record(user_id, session_id)
         args = [record, self.layout.expire_at(generation), MAX_RECORDS, generation]
-        self._call(self._register, args + [self.layout.bucket_bits, b"".join(digests)])
+        blob = b"".join(digests)
+        self._call(self._register, args + [self.layout.bucket_bits, blob, SEVERAL])
 
     def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
         """Return each digest's postings (None: too many users share it); one round trip."""
@@ -205,7 +237,8 @@ class RedisIndex:
         return found
 
     def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:
-        """Remove the session's postings of ``digests`` (shared ``*`` entries stay)."""
+        """Remove the session's postings of ``digests`` (shared ``*`` entries and records
+        of several sessions stay, and age out)."""
         if digests:
             now = self.layout.generation(time.time())
             args = [session_id.bytes, now - GENERATIONS, now, self.layout.bucket_bits]
@@ -237,14 +270,19 @@ class DbIndex:
             raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
 
     def _add(self, wanted: set[int], *, user_id: int, session_id: uuid.UUID) -> None:
+        # A row per session, not per user: erasing one session keeps the user's others.
         users: dict[int, set[int]] = {}
-        for digest, user in self._rows(wanted).values_list("digest", "user_id"):
+        known: set[tuple[int, int, str]] = set()
+        for digest, user, session in self._rows(wanted).values_list(
+            "digest", "user_id", "session_id"
+        ):
             users.setdefault(digest, set()).add(user)
-        now = timezone.now()
+            known.add((digest, user, str(session)))
+        now, session = timezone.now(), str(session_id)
         rows = [
             FingerprintPosting(digest=d, user_id=user_id, session_id=session_id, created_at=now)
             for d in wanted
-            if user_id not in users.get(d, set()) and len(users.get(d, ())) <= MAX_RECORDS
+            if (d, user_id, session) not in known and len(users.get(d, ())) <= MAX_RECORDS
         ]
         FingerprintPosting.objects.bulk_create(rows, ignore_conflicts=True)
 

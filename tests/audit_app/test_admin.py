@@ -64,6 +64,26 @@ def test_an_entry_shows_its_evidence_with_links_and_no_text(client, reviewer, fl
     assert "Confirm leak" in page and "Read withheld text" not in page
 
 
+def test_evidence_from_several_sessions_of_a_user_links_to_the_user(
+    client, reviewer, user, other_user
+):
+    start = REPLY.index("ORD")
+    several = Evidence(start, start + 10, 1.0, (Posting(other_user.pk, None),))
+    entry = audit_flagged_reply(
+        user_id=user.pk,
+        session_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        content=REPLY,
+        result=ScanResult(leaked=True, score=1.0, evidence=[several]),
+        delivered=False,
+    )
+    page = client.get(f"{CHANGELIST}{entry.pk}/change/").content.decode()
+    assert (
+        f'href="{CHANGELIST}?user={other_user.pk}">user {other_user.pk} / several sessions' in page
+    )
+    assert "session_id=None" not in page
+
+
 def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
     response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/")
     assert response.status_code == 302

@@ -35,6 +35,39 @@ class LookupContract:
         )
         assert [(p.user_id, p.session_id) for p in found[SHARED]] == [(1, str(first))]
 
+    def test_erasing_one_session_keeps_the_users_other_sessions(self):
+        first, second, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        self.index.add([RARE], user_id=1, session_id=first)
+        self.index.add([RARE], user_id=1, session_id=second)
+        self.index.add([RARE], user_id=2, session_id=other)
+        self.index.erase_session([RARE], session_id=first)
+        found = {(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]}
+        assert found == {(1, str(second)), (2, str(other))}
+        self.index.erase_session([RARE], session_id=second)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (2, str(other))
+        ]
+
+    def test_a_user_in_many_sessions_counts_once_and_outlives_erasing_some(self):
+        sessions = [uuid.uuid4() for _ in range(MAX_RECORDS + 2)]
+        for session in sessions:
+            self.index.add([RARE], user_id=1, session_id=session)
+        others = {user_id: uuid.uuid4() for user_id in range(2, MAX_RECORDS + 1)}
+        for user_id, session in others.items():
+            self.index.add([RARE], user_id=user_id, session_id=session)
+        for session in sessions[:-1]:
+            self.index.erase_session([RARE], session_id=session)
+            self.index.add([RARE], user_id=1, session_id=session)  # registered again: no-op
+            self.index.erase_session([RARE], session_id=session)
+        postings = self.index.lookup([RARE])[RARE]
+        assert postings is not None  # MAX_RECORDS users: not shared
+        assert {p.user_id for p in postings} == {1, *others}
+        assert {(p.user_id, p.session_id) for p in postings if p.user_id != 1} == {
+            (user_id, str(session)) for user_id, session in others.items()
+        }
+        mine = next(p for p in postings if p.user_id == 1)
+        assert mine.session_id in (None, str(sessions[-1]))  # None: several of the user's
+
     def test_a_feature_of_too_many_users_is_shared(self):
         for user_id in range(1, MAX_RECORDS + 3):
             self.index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
@@ -74,9 +107,42 @@ class TestRedisLookup(LookupContract):
             index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
         assert index.lookup([SHARED]) == {SHARED: None}
 
+    def test_a_full_value_keeps_one_record_for_a_users_several_sessions(self):
+        """Three records fit a value: a user's fourth session folds theirs into one record
+        that no single erasure removes (it ages out), and other users keep theirs."""
+        mine = [uuid.uuid4() for _ in range(MAX_RECORDS + 1)]
+        self.index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
+        for session in mine:
+            self.index.add([RARE], user_id=1, session_id=session)
+        postings = self.index.lookup([RARE])[RARE]
+        assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs)), (1, None)]
+        for session in mine:
+            self.index.erase_session([RARE], session_id=session)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (2, str(theirs)),
+            (1, None),
+        ]
+        self.index.erase_session([RARE], session_id=theirs)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
+        for user_id in range(3, MAX_RECORDS + 3):  # more users than a value holds: shared
+            self.index.add([RARE], user_id=user_id, session_id=uuid.uuid4())
+        assert self.index.lookup([RARE]) == {RARE: None}
+
 
 @pytest.mark.django_db
 class TestDbLookup(LookupContract):
     @pytest.fixture(autouse=True)
     def _index(self):
         self.index = DbIndex(ttl_seconds=3600)
+
+    def test_every_session_of_a_user_is_kept_and_erased_on_its_own(self):
+        mine = [uuid.uuid4() for _ in range(MAX_RECORDS + 2)]
+        for session in mine:
+            self.index.add([RARE], user_id=1, session_id=session)
+        for session in mine[:-1]:
+            self.index.erase_session([RARE], session_id=session)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (1, str(mine[-1]))
+        ]
+        self.index.erase_session([RARE], session_id=mine[-1])
+        assert self.index.lookup([RARE]) == {RARE: []}

@@ -93,6 +93,21 @@ class IndexContract:
         fingerprints_erase_session(session_id=alice_session, texts=[ALICE_DATA])
         assert not reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
 
+    def test_erasing_one_session_keeps_what_the_users_other_sessions_introduced(self):
+        """Alice wrote her order in two sessions and deletes one: the other still holds it,
+        so another user's reply carrying it is still a leak, and hers is still her own."""
+        first, second = _register(1, ALICE_DATA), _register(1, ALICE_DATA)
+        _register(3, "Ship it to Bartholomew Quince")  # a third user shares a part of it
+        fingerprints_erase_session(session_id=first, texts=[ALICE_DATA])
+        result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED)
+        assert result.leaked
+        introducers = {(p.user_id, p.session_id) for e in result.evidence for p in e.introduced_by}
+        assert (1, str(second)) in introducers and (1, str(first)) not in introducers
+        assert reply_scan(user_id=1, session_id=second, text=LEAKED).evidence == []
+        fingerprints_erase_session(session_id=second, texts=[ALICE_DATA])
+        result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED)
+        assert {p.user_id for e in result.evidence for p in e.introduced_by} <= {3}
+
 
 @pytest.mark.django_db
 class TestRedisIndex(IndexContract):

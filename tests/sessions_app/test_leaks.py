@@ -36,6 +36,21 @@ def leaked(api, other_api, fake_claude: FakeClaude) -> dict:
 
 
 @pytest.mark.parametrize("store", STORES)
+def test_deleting_one_session_leaves_the_secret_its_twin_holds_guarded(
+    store, settings, api, other_api, fake_claude
+):
+    """The owner told the secret in two sessions and deletes one: the other still holds
+    it, so another user's reply carrying it is still withheld."""
+    settings.HISTORY_STORE = store
+    fake_claude.set_responder(_leaking)
+    first, _ = post_and_wait(api, SECRET)
+    post_and_wait(api, SECRET)
+    assert api.delete(f"/api/v1/sessions/{first}/").status_code == 204
+    _, turn = post_and_wait(other_api, "What is my codename?")
+    assert turn["status"] == "suppressed", turn["reply"]["content"]
+
+
+@pytest.mark.parametrize("store", STORES)
 def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, fake_claude):
     settings.HISTORY_STORE = store
     fake_claude.set_responder(_leaking)
