@@ -40,6 +40,9 @@ MAX_RECORDS = 3
 COMMON = b"*"
 # The session of a record that stands for several sessions of its user (no UUID is this).
 SEVERAL = b"\xff" * 16
+SEVERAL_SESSION = uuid.UUID(bytes=SEVERAL)
+# The database's ``*``: the user of a row that marks a feature too many users introduced.
+SHARED_USER = 0
 
 
 class IndexUnavailable(BackendUnavailable):
@@ -256,7 +259,14 @@ def _signed(digest: bytes) -> int:
 
 
 class DbIndex:
-    """The embedded index: a table of postings, read with one query per scan."""
+    """The embedded index: a table of postings, read with one query per scan.
+
+    It keeps what ``RedisIndex`` keeps, as rows: a row per (feature, user, session), at most
+    ``MAX_RECORDS`` sessions of a user per feature and then one row of that user with
+    ``SEVERAL_SESSION``, and once more than ``MAX_RECORDS`` users introduced a feature one
+    row of ``SHARED_USER``. Erasing a session removes neither of those: they age out. So a
+    feature has a bounded number of rows, whatever one user repeats.
+    """
 
     def __init__(self, *, ttl_seconds: int) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -270,36 +280,55 @@ class DbIndex:
             raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
 
     def _add(self, wanted: set[int], *, user_id: int, session_id: uuid.UUID) -> None:
-        # A row per session, not per user: erasing one session keeps the user's others.
-        users: dict[int, set[int]] = {}
-        known: set[tuple[int, int, str]] = set()
+        live: dict[int, dict[int, set[uuid.UUID]]] = {}
         for digest, user, session in self._rows(wanted).values_list(
             "digest", "user_id", "session_id"
         ):
-            users.setdefault(digest, set()).add(user)
-            known.add((digest, user, str(session)))
-        now, session = timezone.now(), str(session_id)
-        rows = [
-            FingerprintPosting(digest=d, user_id=user_id, session_id=session_id, created_at=now)
-            for d in wanted
-            if (d, user_id, session) not in known and len(users.get(d, ())) <= MAX_RECORDS
-        ]
-        FingerprintPosting.objects.bulk_create(rows, ignore_conflicts=True)
+            live.setdefault(digest, {}).setdefault(user, set()).add(session)
+        session_id = uuid.UUID(str(session_id))
+        rows = []
+        for digest in wanted:
+            users = live.get(digest, {})
+            mine = users.get(user_id, set())
+            if SHARED_USER in users or session_id in mine or SEVERAL_SESSION in mine:
+                continue
+            if not mine and len(users) >= MAX_RECORDS:
+                rows.append((digest, SHARED_USER, SEVERAL_SESSION))
+            elif len(mine) >= MAX_RECORDS:
+                rows.append((digest, user_id, SEVERAL_SESSION))
+            else:
+                rows.append((digest, user_id, session_id))
+        now = timezone.now()
+        FingerprintPosting.objects.bulk_create(
+            [
+                FingerprintPosting(digest=d, user_id=u, session_id=s, created_at=now)
+                for d, u, s in rows
+            ],
+            ignore_conflicts=True,
+        )
 
     def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
         """Return each digest's postings (None: too many users share it); one query."""
         by_int = {_signed(d): d for d in digests}
-        found: dict[bytes, list[Posting] | None] = {d: [] for d in digests}
+        found: dict[bytes, dict[int, Posting] | None] = {d: {} for d in digests}
         try:
             rows = list(self._rows(set(by_int)).values_list("digest", "user_id", "session_id"))
         except DatabaseError as exc:
             raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
         for digest, user, session in rows:
             known = found[by_int[digest]]
-            if known is not None and all(p.user_id != user for p in known):
-                known.append(Posting(user, str(session)))
+            if known is None:
+                continue
+            if user == SHARED_USER:
+                found[by_int[digest]] = None
+                continue
+            # One posting per user: a session of theirs rather than "several", if there is one.
+            if user not in known or known[user].session_id is None:
+                several = session == SEVERAL_SESSION
+                known[user] = Posting(user, None if several else str(session))
         return {
-            d: (None if p is not None and len(p) > MAX_RECORDS else p) for d, p in found.items()
+            d: (None if p is None or len(p) > MAX_RECORDS else list(p.values()))
+            for d, p in found.items()
         }
 
     def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:

@@ -167,7 +167,11 @@ class FingerprintPosting(models.Model):
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
-        indexes = [models.Index(fields=["digest"], name="fingerprint_digest")]
+        indexes = [
+            models.Index(fields=["digest"], name="fingerprint_digest"),
+            # A session's erasure finds its rows by session alone.
+            models.Index(fields=["session_id"], name="fingerprint_session"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["digest", "user_id", "session_id"], name="fingerprint_posting_unique"

@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from audit_app.index import MAX_RECORDS, DbIndex, Layout, RedisIndex
+from audit_app.models import FingerprintPosting
 
 RARE = b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
 SHARED = b"\xfe\xdc\xba\x98\x76\x54\x32\x10"
@@ -57,7 +58,7 @@ class LookupContract:
             self.index.add([RARE], user_id=user_id, session_id=session)
         for session in sessions[:-1]:
             self.index.erase_session([RARE], session_id=session)
-            self.index.add([RARE], user_id=1, session_id=session)  # registered again: no-op
+            self.index.add([RARE], user_id=1, session_id=session)  # again: nothing new
             self.index.erase_session([RARE], session_id=session)
         postings = self.index.lookup([RARE])[RARE]
         assert postings is not None  # MAX_RECORDS users: not shared
@@ -67,6 +68,34 @@ class LookupContract:
         }
         mine = next(p for p in postings if p.user_id == 1)
         assert mine.session_id in (None, str(sessions[-1]))  # None: several of the user's
+
+    def test_a_users_sessions_past_the_cap_leave_a_posting_no_erasure_removes(self):
+        """A user's sessions past what a feature keeps share one posting with no session:
+        erasing every session named leaves it (it ages out); other users keep theirs."""
+        mine = [uuid.uuid4() for _ in range(MAX_RECORDS + 1)]
+        self.index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
+        for session in mine:
+            self.index.add([RARE], user_id=1, session_id=session)
+        for session in mine:
+            self.index.erase_session([RARE], session_id=session)
+        found = {(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]}
+        assert found == {(2, str(theirs)), (1, None)}
+        self.index.erase_session([RARE], session_id=theirs)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
+        for user_id in range(3, MAX_RECORDS + 3):  # more users than a feature keeps: shared
+            self.index.add([RARE], user_id=user_id, session_id=uuid.uuid4())
+        assert self.index.lookup([RARE]) == {RARE: None}
+
+    def test_a_shared_feature_stays_shared_whatever_is_erased(self):
+        """Once shared, a feature is never judged on the users still named: erasing the
+        session of the one named user must not leave the others' as evidence against them."""
+        first = {user_id: uuid.uuid4() for user_id in range(1, MAX_RECORDS + 2)}
+        for user_id, session in first.items():
+            self.index.add([RARE], user_id=user_id, session_id=session)
+        self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        self.index.erase_session([RARE], session_id=first[1])
+        self.index.erase_session([RARE], session_id=first[MAX_RECORDS + 1])
+        assert self.index.lookup([RARE]) == {RARE: None}
 
     def test_a_feature_of_too_many_users_is_shared(self):
         for user_id in range(1, MAX_RECORDS + 3):
@@ -107,26 +136,18 @@ class TestRedisLookup(LookupContract):
             index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
         assert index.lookup([SHARED]) == {SHARED: None}
 
-    def test_a_full_value_keeps_one_record_for_a_users_several_sessions(self):
-        """Three records fit a value: a user's fourth session folds theirs into one record
-        that no single erasure removes (it ages out), and other users keep theirs."""
-        mine = [uuid.uuid4() for _ in range(MAX_RECORDS + 1)]
+    def test_a_full_value_folds_a_users_sessions_into_one_record(self):
+        """Three records fit a value: with another user's there, a user's third session
+        folds theirs into one record with no session."""
         self.index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
-        for session in mine:
-            self.index.add([RARE], user_id=1, session_id=session)
+        for _ in range(MAX_RECORDS - 1):
+            self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        postings = self.index.lookup([RARE])[RARE]
+        assert [(p.user_id, p.session_id) for p in postings][0] == (2, str(theirs))
+        assert [p.session_id for p in postings][1] is not None
+        self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
         postings = self.index.lookup([RARE])[RARE]
         assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs)), (1, None)]
-        for session in mine:
-            self.index.erase_session([RARE], session_id=session)
-        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
-            (2, str(theirs)),
-            (1, None),
-        ]
-        self.index.erase_session([RARE], session_id=theirs)
-        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
-        for user_id in range(3, MAX_RECORDS + 3):  # more users than a value holds: shared
-            self.index.add([RARE], user_id=user_id, session_id=uuid.uuid4())
-        assert self.index.lookup([RARE]) == {RARE: None}
 
 
 @pytest.mark.django_db
@@ -135,14 +156,11 @@ class TestDbLookup(LookupContract):
     def _index(self):
         self.index = DbIndex(ttl_seconds=3600)
 
-    def test_every_session_of_a_user_is_kept_and_erased_on_its_own(self):
-        mine = [uuid.uuid4() for _ in range(MAX_RECORDS + 2)]
-        for session in mine:
-            self.index.add([RARE], user_id=1, session_id=session)
-        for session in mine[:-1]:
-            self.index.erase_session([RARE], session_id=session)
-        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
-            (1, str(mine[-1]))
+    def test_a_feature_keeps_a_bounded_number_of_rows_whatever_one_user_repeats(self):
+        for _ in range(50):
+            self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        rows = FingerprintPosting.objects.filter(digest=int.from_bytes(RARE, "big", signed=True))
+        assert rows.count() == MAX_RECORDS + 1
+        assert [(p.user_id, p.session_id is None) for p in self.index.lookup([RARE])[RARE]] == [
+            (1, False)
         ]
-        self.index.erase_session([RARE], session_id=mine[-1])
-        assert self.index.lookup([RARE]) == {RARE: []}
