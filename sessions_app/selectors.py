@@ -100,19 +100,20 @@ def chat_session_take_seq_for_owner(
     ``vault_row`` (None: it has none yet), read in the same statement for the message's
     scrub. Every other case raises the one NotFound, as ``chat_session_get_for_owner`` does.
 
-    The vault comes from the statement's snapshot: if it waited for another accept's lock,
-    the session row is the fresh one but the vault the one from before. That is safe only
-    because every vault writer holds the session's lock and leaves a turn in flight, so the
-    waiting accept ends in 409 before it uses the vault (the title's vault is written in
-    the transaction that creates the session, before any accept can see it); a writer that
-    does neither must read the vault after this statement instead.
+    The vault comes from the statement's snapshot: if the statement waited for another
+    writer's lock, the session row is the fresh one but the vault the one from before that
+    writer's commit. Usually that writer left a turn in flight and this accept ends in 409,
+    but its turn may have ended meanwhile by a path that takes no session lock (a failure).
+    So the statement also reads the session's ``next_seq`` as its snapshot holds it: the
+    seq it takes, or less if it waited, and then ``vault_row`` is left ``UNREAD`` for the
+    scrub to read the vault as it is now, under the lock.
     """
     sid = as_uuid(session_id)
-    session, vault = None, (None, None)
+    session, vault, seen_seq = None, (None, None), None
     if sid and rows.in_sql():  # the row built as ``rows`` builds them: no RawQuerySet
         row = rows.one(_TAKE_SEQ, [now, expires_at, sid, user.pk, now])
         if row is not None:
-            session, vault = rows.built(ChatSession, row[:-2]), row[-2:]
+            session, vault, seen_seq = rows.built(ChatSession, row[:-3]), row[-3:-1], row[-1]
     elif sid:
         ops, pk = connection.ops, ChatSession._meta.pk
         params = [
@@ -125,23 +126,32 @@ def chat_session_take_seq_for_owner(
         session = next(iter(ChatSession.objects.raw(_TAKE_SEQ, params)), None)
         if session is not None:
             vault = (session.vault_wrapped_key, session.vault_entries)
+            seen_seq = session.seen_seq
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     session.next_seq -= 1
-    session.vault_row = _vault(session.pk, *vault)
+    # Postgres's snapshot holds the counter before this statement's increment (seq taken,
+    # or less if it waited); SQLite's subquery sees the increment, and a write there never
+    # works from an older snapshot.
+    waited = seen_seq < session.next_seq
+    session.vault_row = privacy.UNREAD if waited else _vault(session.pk, *vault)
     return session
 
 
 # Its columns are named, not ``*``: a connection keeps the statement prepared, and a
-# prepared statement whose result columns change (a migration adds one) fails.
+# prepared statement whose result columns change (a migration adds one) fails. The table
+# goes by its own name, not an alias: SQLite's RETURNING knows no alias of the table.
+_SESSIONS = ChatSession._meta.db_table
 _TAKE_SEQ = f"""
-    UPDATE sessions_app_chatsession AS s
-    SET next_seq = s.next_seq + 1, last_activity_at = %s, expires_at = %s
-    WHERE s.id = %s AND s.owner_id = %s AND s.expires_at > %s
-    RETURNING {rows.columns("s", ChatSession)},
-        (SELECT wrapped_key FROM sessions_app_sessionvault WHERE session_id = s.id)
-            AS vault_wrapped_key,
-        (SELECT entries FROM sessions_app_sessionvault WHERE session_id = s.id) AS vault_entries
+    UPDATE {_SESSIONS}
+    SET next_seq = next_seq + 1, last_activity_at = %s, expires_at = %s
+    WHERE id = %s AND owner_id = %s AND expires_at > %s
+    RETURNING {rows.columns(_SESSIONS, ChatSession)},
+        (SELECT v.wrapped_key FROM sessions_app_sessionvault AS v
+            WHERE v.session_id = {_SESSIONS}.id) AS vault_wrapped_key,
+        (SELECT v.entries FROM sessions_app_sessionvault AS v
+            WHERE v.session_id = {_SESSIONS}.id) AS vault_entries,
+        (SELECT seen.next_seq FROM {_SESSIONS} AS seen WHERE seen.id = {_SESSIONS}.id) AS seen_seq
 """  # noqa: S608 - column names from the model; values are parameters
 
 

@@ -12,8 +12,9 @@ import pytest
 from django.db import connections, transaction
 
 from audit_app.services import ScanResult
-from sessions_app import services
+from sessions_app import privacy, services
 from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.stores import history_store
 
 from ..support import lock_waiter
 
@@ -105,3 +106,44 @@ def test_a_path_finding_its_session_deleted_meanwhile_does_nothing(user):
     assert not run.is_alive()
     assert results == [False]
     assert not Message.objects.filter(session_id=turn.session_id).exists()
+
+
+@pytest.mark.usefixtures("vendor")  # Postgres's written-out statement and the ORM's raw one
+@pytest.mark.parametrize("before", [[], ["carol.zero@example.org"]])
+def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(
+    before, user, settings
+):
+    """An accept that waited for the session's lock read the vault as it was before the
+    holder's commit. If the holder's turn ended meanwhile by a path that takes no session
+    lock (a failure), the waiting accept is not refused with 409 and must build on the
+    vault as it is now: no placeholder given twice, no entry lost, and no 409 for a vault
+    it thought missing."""
+    settings.PII_MODE = "pseudonymize"
+    session = services.chat_session_create(owner=user)
+    for address in before:  # an earlier turn, ended, left the vault with an entry
+        turn = services.message_accept(user=user, session_id=session.pk, content=address)
+        Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.FAILED)
+    run = None
+    try:
+        with transaction.atomic():
+            first = services.message_accept(
+                user=user, session_id=session.pk, content="alice.one@example.org"
+            )
+            run, results = lock_waiter(
+                lambda: services.message_accept(
+                    user=user, session_id=session.pk, content="bob.two@example.org"
+                ),
+                on_this_connection=True,
+            )
+            Turn.objects.filter(pk=first.pk).update(status=Turn.Status.FAILED)
+    finally:
+        if run is not None:
+            run.join(30)
+    [second] = results
+    assert isinstance(second, Turn), second
+    addresses = [*before, "alice.one@example.org", "bob.two@example.org"]
+    placeholders = [f"<EMAIL_ADDRESS_{n}>" for n in range(1, len(addresses) + 1)]
+    assert privacy.vault_read(session_id=session.pk) == dict(zip(placeholders, addresses))
+    session.refresh_from_db()
+    stored = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
+    assert stored == placeholders
