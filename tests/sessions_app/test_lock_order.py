@@ -110,9 +110,7 @@ def test_a_path_finding_its_session_deleted_meanwhile_does_nothing(user):
 
 @pytest.mark.usefixtures("vendor")  # Postgres's written-out statement and the ORM's raw one
 @pytest.mark.parametrize("before", [[], ["carol.zero@example.org"]])
-def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(
-    before, user, settings
-):
+def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(before, user, settings):
     """An accept that waited for the session's lock read the vault as it was before the
     holder's commit. If the holder's turn ended meanwhile by a path that takes no session
     lock (a failure), the waiting accept is not refused with 409 and must build on the
@@ -143,7 +141,8 @@ def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(
     assert isinstance(second, Turn), second
     addresses = [*before, "alice.one@example.org", "bob.two@example.org"]
     placeholders = [f"<EMAIL_ADDRESS_{n}>" for n in range(1, len(addresses) + 1)]
-    assert privacy.vault_read(session_id=session.pk) == dict(zip(placeholders, addresses))
+    expected = dict(zip(placeholders, addresses, strict=True))
+    assert privacy.vault_read(session_id=session.pk) == expected
     session.refresh_from_db()
     stored = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
     assert stored == placeholders
