@@ -104,6 +104,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The admin's notices ride in its session. The default (a signed cookie, the session as a
+# fallback) builds a cookie signer on every request, the API's included, that never uses it.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 ROOT_URLCONF = "isolation_site.urls"
 WSGI_APPLICATION = "isolation_site.wsgi.application"
 ASGI_APPLICATION = "isolation_site.asgi.application"

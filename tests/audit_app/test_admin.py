@@ -98,6 +98,15 @@ def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
     assert AuditEntry.objects.filter(kind="review").count() == 2
 
 
+def test_a_decision_is_confirmed_on_the_next_page_from_the_session(client, reviewer, flagged):
+    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/")
+    assert response.status_code == 302
+    assert "messages" not in response.cookies  # kept server-side, in the admin's session
+    notice = f"Entry {flagged.pk} reviewed."
+    assert notice in client.get(response.url).content.decode()
+    assert notice not in client.get(CHANGELIST).content.decode()  # shown once
+
+
 def test_nothing_can_be_added_changed_or_deleted(client, reviewer, flagged):
     assert client.get(CHANGELIST + "add/").status_code == 403
     assert client.get(f"{CHANGELIST}{flagged.pk}/delete/").status_code == 403
