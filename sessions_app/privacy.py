@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 
 from . import crypto
 from .models import ChatSession, SessionVault
@@ -61,16 +62,22 @@ def _vault_unseal(*, wrapped: bytes, entries: bytes) -> tuple[bytes, dict[str, s
     return wrapped, json.loads(crypto.open_with(wrapped, bytes(entries)))
 
 
-def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[str, str]) -> None:
+def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[str, str]) -> bool:
     """Store the session's vault under its data key, the first time under a new one.
 
-    The caller holds the session's row lock, so no other writer can create it meanwhile.
+    The caller holds the session's row lock. False if the vault it read as missing exists:
+    an accept it waited for created it (and took its message back) after its read.
     """
     if wrapped is not None:
         sealed = crypto.seal_with(wrapped, json.dumps(entries).encode())
         SessionVault.objects.filter(session_id=session_id).update(entries=sealed)
-        return
-    vault_create(session_id=session_id, entries=entries)
+        return True
+    try:
+        with transaction.atomic():  # a savepoint: a lost race leaves the caller's usable
+            vault_create(session_id=session_id, entries=entries)
+    except IntegrityError:
+        return False
+    return True
 
 
 def content_scrub(
@@ -90,8 +97,8 @@ def content_scrub(
         return redact_spans(content, spans)
     wrapped, vault = _vault_of(session_id, vault_row)
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
-    if new:
-        _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new})
+    if new and not _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new}):
+        return content_scrub(session_id=session_id, content=content)  # numbered anew from it
     return scrubbed
 
 

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
@@ -98,7 +98,9 @@ def chat_session_take_seq_for_owner(
     locked until the transaction ends, serialising the session's accepts. The session comes
     back with ``next_seq`` as it was before, the seq taken, and with its PII vault as
     ``vault_row`` (None: it has none yet), read in the same statement for the message's
-    scrub. Every other case raises the one NotFound, as ``chat_session_get_for_owner`` does.
+    scrub (a database without ``UPDATE ... RETURNING`` locks and updates in two statements,
+    and the scrub reads the vault). Every other case raises the one NotFound, as
+    ``chat_session_get_for_owner`` does.
 
     The vault comes from the statement's snapshot: if the statement waited for another
     writer's lock, the session row is the fresh one but the vault the one from before that
@@ -106,15 +108,18 @@ def chat_session_take_seq_for_owner(
     but its turn may have ended meanwhile by a path that takes no session lock (a failure).
     So the statement also reads the session's ``next_seq`` as its snapshot holds it: the
     seq it takes, or less if it waited, and then ``vault_row`` is left ``UNREAD`` for the
-    scrub to read the vault as it is now, under the lock.
+    scrub to read the vault as it is now, under the lock. (A discarded turn takes its seq
+    back, so a wait behind an accept and its undoing goes unseen: the vault that accept
+    created is then found when the scrub creates it, ``privacy.content_scrub``.)
     """
     sid = as_uuid(session_id)
-    session, vault, seen_seq = None, (None, None), None
+    session, vault_row = None, privacy.UNREAD
     if sid and rows.in_sql():  # the row built as ``rows`` builds them: no RawQuerySet
         row = rows.one(_TAKE_SEQ, [now, expires_at, sid, user.pk, now])
         if row is not None:
-            session, vault, seen_seq = rows.built(ChatSession, row[:-3]), row[-3:-1], row[-1]
-    elif sid:
+            session = rows.built(ChatSession, row[:-3])
+            vault_row = _vault_unless_waited(session, *row[-3:])
+    elif sid and _update_returns_rows():
         ops, pk = connection.ops, ChatSession._meta.pk
         params = [
             ops.adapt_datetimefield_value(now),
@@ -125,17 +130,43 @@ def chat_session_take_seq_for_owner(
         ]
         session = next(iter(ChatSession.objects.raw(_TAKE_SEQ, params)), None)
         if session is not None:
-            vault = (session.vault_wrapped_key, session.vault_entries)
-            seen_seq = session.seen_seq
+            vault_row = _vault_unless_waited(
+                session, session.vault_wrapped_key, session.vault_entries, session.seen_seq
+            )
+    elif sid:
+        # No UPDATE ... RETURNING (SQLite before 3.35, which Django 5.2 still runs on): a
+        # locking read and an update; the scrub reads the vault if it needs it.
+        live = ChatSession.objects.filter(pk=sid, owner=user, expires_at__gt=now)
+        session = live.select_for_update().first()
+        if session is not None:
+            live.update(next_seq=F("next_seq") + 1, last_activity_at=now, expires_at=expires_at)
+            session.next_seq += 1
+            session.last_activity_at, session.expires_at = now, expires_at
     if session is None:
         raise _not_found(user=user, session_id=sid, detail=SESSION_NOT_FOUND, what="session")
     session.next_seq -= 1
-    # Postgres's snapshot holds the counter before this statement's increment (seq taken,
-    # or less if it waited); SQLite's subquery sees the increment, and a write there never
-    # works from an older snapshot.
-    waited = seen_seq < session.next_seq
-    session.vault_row = privacy.UNREAD if waited else _vault(session.pk, *vault)
+    session.vault_row = vault_row
     return session
+
+
+def _update_returns_rows() -> bool:
+    """Whether ``UPDATE ... RETURNING`` runs here: on Postgres and on SQLite from 3.35
+    (Django's ``can_return_columns_from_insert``); MySQL and MariaDB have no such UPDATE."""
+    return connection.vendor != "mysql" and connection.features.can_return_columns_from_insert
+
+
+def _vault_unless_waited(
+    session: ChatSession, wrapped_key: bytes | None, entries: bytes | None, seen_seq: int
+) -> SessionVault | None | privacy._Unread:
+    """The vault ``_TAKE_SEQ`` read, or ``UNREAD`` if the statement waited for a lock.
+
+    ``seen_seq`` is the counter as the statement's snapshot holds it: on Postgres the one
+    before this statement's increment, or less if it waited for another writer; SQLite's
+    subquery sees the increment, and a write there never works from an older snapshot.
+    """
+    if seen_seq < session.next_seq - 1:
+        return privacy.UNREAD
+    return _vault(session.pk, wrapped_key, entries)
 
 
 # Its columns are named, not ``*``: a connection keeps the statement prepared, and a

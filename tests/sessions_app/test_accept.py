@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
@@ -113,3 +113,31 @@ def test_a_connection_prepares_the_accept_once_and_reuses_it(user):
         services.message_accept(user=user, session_id=session.pk, content="hello")
     # Each statement prepared once, after its fifth run, and not once per run after it.
     assert prepared() == {"take seq": 1, "turn": 1}
+
+
+def test_a_database_without_returning_takes_the_seq_in_two_steps(
+    user, other_user, settings, monkeypatch
+):
+    """Django runs on SQLite from 3.31; UPDATE ... RETURNING needs 3.35. There the accept
+    locks, updates and reads the vault when it needs it, with the same answers."""
+    from sessions_app import privacy
+
+    monkeypatch.setattr(type(connections["default"]), "vendor", "other")
+    monkeypatch.setattr(selectors, "_update_returns_rows", lambda: False)
+    settings.PII_MODE = "pseudonymize"
+    session = services.chat_session_create(owner=user)
+    with CaptureQueriesContext(connection) as ran:
+        first = services.message_accept(user=user, session_id=session.pk, content="a@example.org")
+    updates = [q["sql"] for q in ran if q["sql"].lstrip().upper().startswith("UPDATE")]
+    assert updates and not [sql for sql in updates if "RETURNING" in sql.upper()]
+    services.turn_complete(turn_id=first.pk, reply="Noted.")
+    services.message_accept(user=user, session_id=session.pk, content="b@example.org")
+    assert privacy.vault_read(session_id=session.pk) == {
+        "<EMAIL_ADDRESS_1>": "a@example.org",
+        "<EMAIL_ADDRESS_2>": "b@example.org",
+    }
+    session.refresh_from_db()
+    assert session.next_seq == 4  # two messages and a reply
+    with pytest.raises(NotFound):
+        services.message_accept(user=other_user, session_id=session.pk, content="mine?")
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 4

@@ -146,3 +146,35 @@ def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(befor
     session.refresh_from_db()
     stored = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
     assert stored == placeholders
+
+
+@pytest.mark.usefixtures("vendor")
+def test_an_accept_that_waited_behind_an_accept_taken_back_keeps_the_vault(user, settings):
+    """The counter goes back when a turn is discarded, so an accept that waited behind an
+    accept and its undoing cannot tell it waited; the vault that one created meanwhile is
+    found when this one creates it, and its placeholders are numbered from it."""
+    settings.PII_MODE = "pseudonymize"
+    session = services.chat_session_create(owner=user)
+    run = None
+    try:
+        with transaction.atomic():
+            first = services.message_accept(
+                user=user, session_id=session.pk, content="alice.one@example.org"
+            )
+            run, results = lock_waiter(
+                lambda: services.message_accept(
+                    user=user, session_id=session.pk, content="bob.two@example.org"
+                ),
+                on_this_connection=True,
+            )
+            services.turn_discard(turn_id=first.pk)
+    finally:
+        if run is not None:
+            run.join(30)
+    [second] = results
+    assert isinstance(second, Turn), repr(second)
+    vault = privacy.vault_read(session_id=session.pk)
+    assert vault["<EMAIL_ADDRESS_2>"] == "bob.two@example.org"
+    session.refresh_from_db()
+    stored = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
+    assert stored == ["<EMAIL_ADDRESS_2>"]
