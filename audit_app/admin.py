@@ -9,7 +9,7 @@ import uuid
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Case, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -62,8 +62,17 @@ class AuditEntryAdmin(admin.ModelAdmin):
     ]
     search_help_text = "A session id, or a username."
     search_fields = ["user__username"]
-    # Open flags on top, then everything else newest first.
-    ordering = ["-flagged", "review_state", "-created_at", "-id"]
+    # Open flags on top, then the decided ones, then everything else, newest first in each
+    # (the review states' names do not sort that way).
+    ordering = [
+        Case(
+            When(flagged=True, review_state=AuditEntry.ReviewState.OPEN, then=Value(0)),
+            When(flagged=True, then=Value(1)),
+            default=Value(2),
+        ).asc(),
+        "-created_at",
+        "-id",
+    ]
     list_select_related = ["user"]
     actions = ["confirm_leak", "mark_false_positive", "release_reply"]
     readonly_fields = ["evidence_display"]
@@ -164,10 +173,17 @@ class AuditEntryAdmin(admin.ModelAdmin):
     def _decide(
         self, request: HttpRequest, queryset: QuerySet, *, leak: bool, release: bool = False
     ) -> None:
-        flagged = list(queryset.filter(flagged=True).values_list("pk", flat=True))
-        for entry_id in flagged:
+        # Open flags only: a selection swept up with "select all" must not overturn a decision
+        # already taken (an entry's own page can still change it, one at a time).
+        flagged = queryset.filter(flagged=True)
+        open_ = list(
+            flagged.filter(review_state=AuditEntry.ReviewState.OPEN).values_list("pk", flat=True)
+        )
+        for entry_id in open_:
             _decide_one(entry_id=entry_id, reviewer_id=request.user.pk, leak=leak, release=release)
-        self.message_user(request, f"{len(flagged)} flagged entries reviewed.", messages.SUCCESS)
+        decided = flagged.count() - len(open_)
+        left = f"; {decided} already decided, left as they were" if decided else ""
+        self.message_user(request, f"{len(open_)} open flags reviewed{left}.", messages.SUCCESS)
 
     def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
         return _review(self, request, entry_id=entry_id, decision=decision)

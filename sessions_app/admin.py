@@ -12,6 +12,9 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
     can_delete = False
 
+    def has_add_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
+        return False  # messages come from their owner only
+
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
@@ -32,6 +35,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
     ]
     inlines = [MessageInline]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a session is its owner's; its fields are all read-only here
+
     def has_delete_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
         # A row deleted here would cascade in the database only: the redis store's keys and
         # the fingerprint postings would stay. Erasure is the owner's DELETE or the expiry.
@@ -40,9 +46,25 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
 @admin.register(Turn)
 class TurnAdmin(admin.ModelAdmin):
+    """Turns, read only. A withheld reply is shown as held, not as its ciphertext: its text
+    is read, with the permission and audited, from its audit entry's page."""
+
     list_display = ["id", "session", "status", "attempts", "error_code", "created_at"]
     list_filter = ["status", "error_code"]
-    readonly_fields = [f.name for f in Turn._meta.fields]
+    fields = [f.name for f in Turn._meta.fields if f.name != "withheld"] + ["reply_withheld"]
+    readonly_fields = fields
+
+    @admin.display(boolean=True, description="reply withheld for review")
+    def reply_withheld(self, turn: Turn) -> bool:
+        return bool(turn.withheld)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Turn | None = None) -> bool:
+        # As for a session: a turn deleted here would take its messages from the database
+        # only, leaving the redis store's copy and the fingerprint postings.
+        return False
 
 
 # Knox's own token admin creates tokens and shows each new key once; staff need neither.

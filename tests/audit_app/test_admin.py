@@ -92,10 +92,53 @@ def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
     assert flagged.reviewed_at is not None
     review = AuditEntry.objects.get(kind="review")
     assert review.user_id == reviewer.pk and str(flagged.pk) in review.reason
+    # A bulk action leaves a decided entry as it is; its own page can change it.
     client.post(CHANGELIST, {"action": "mark_false_positive", "_selected_action": [flagged.pk]})
+    flagged.refresh_from_db()
+    assert flagged.review_state == "confirmed"
+    client.post(f"{CHANGELIST}{flagged.pk}/review/false_positive/")
     flagged.refresh_from_db()
     assert flagged.review_state == "false_positive"
     assert AuditEntry.objects.filter(kind="review").count() == 2
+
+
+def _flag(user, other_user) -> AuditEntry:
+    start = REPLY.index("ORD")
+    evidence = Evidence(start, start + 10, 1.0, (Posting(other_user.pk, str(uuid.uuid4())),))
+    return audit_flagged_reply(
+        user_id=user.pk,
+        session_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        content=REPLY,
+        result=ScanResult(leaked=True, score=1.0, evidence=[evidence]),
+        delivered=False,
+    )
+
+
+def test_open_flags_come_before_decided_ones_whatever_their_age(
+    client, reviewer, flagged, user, other_user
+):
+    decided = [_flag(user, other_user) for _ in range(4)]  # all newer than the open one
+    for entry, decision in zip(decided, ["leak", "false_positive"] * 2, strict=True):
+        client.post(f"{CHANGELIST}{entry.pk}/review/{decision}/")
+    AuditEntry.objects.create(kind="message", user=reviewer)  # newest of all, unflagged
+    listed = list(client.get(CHANGELIST).context["cl"].result_list)
+    assert listed[0] == flagged
+    assert set(listed[1:5]) == set(decided)
+
+
+def test_a_bulk_decision_takes_only_open_flags(client, reviewer, flagged, user, other_user):
+    decided = _flag(user, other_user)
+    client.post(f"{CHANGELIST}{decided.pk}/review/leak/")
+    page = client.post(
+        CHANGELIST,
+        {"action": "mark_false_positive", "_selected_action": [flagged.pk, decided.pk]},
+        follow=True,
+    ).content.decode()
+    assert "1 open flags reviewed; 1 already decided, left as they were." in page
+    flagged.refresh_from_db()
+    decided.refresh_from_db()
+    assert (flagged.review_state, decided.review_state) == ("false_positive", "confirmed")
 
 
 def test_a_decision_is_confirmed_on_the_next_page_from_the_session(client, reviewer, flagged):

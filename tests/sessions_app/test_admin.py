@@ -1,0 +1,57 @@
+"""The sessions' admin pages: read only, and nothing there erases or invents conversation."""
+
+import pytest
+
+from audit_app.services import ScanResult
+from sessions_app import services
+from sessions_app.models import ChatSession, Turn
+
+from ..factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client):
+    admin = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(admin)
+    return admin
+
+
+@pytest.fixture
+def withheld(user) -> Turn:
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hello")
+    assert services.turn_complete(
+        turn_id=turn.pk, reply="CANARY-held", scan=ScanResult(leaked=True, score=1.0)
+    )
+    turn.refresh_from_db()
+    assert turn.withheld
+    return turn
+
+
+@pytest.mark.parametrize("model", ["chatsession", "turn"])
+def test_no_session_or_turn_is_added_or_deleted_here(client, staff, withheld, model):
+    obj = withheld.session if model == "chatsession" else withheld
+    assert client.get(f"/admin/sessions_app/{model}/add/").status_code == 403
+    assert client.post(f"/admin/sessions_app/{model}/add/", {}).status_code == 403
+    assert (
+        client.post(f"/admin/sessions_app/{model}/{obj.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert ChatSession.objects.filter(pk=withheld.session_id).exists()
+    assert Turn.objects.filter(pk=withheld.pk).exists()
+
+
+def test_a_sessions_page_offers_no_new_message(client, staff, withheld):
+    page = client.get(f"/admin/sessions_app/chatsession/{withheld.session_id}/change/")
+    assert page.status_code == 200
+    # The inline's formset allows no form beyond the stored messages.
+    assert 'name="messages-MAX_NUM_FORMS" value="0"' in page.content.decode()
+
+
+def test_a_turns_page_says_a_reply_is_withheld_without_its_ciphertext(client, staff, withheld):
+    page = client.get(f"/admin/sessions_app/turn/{withheld.pk}/change/").content.decode()
+    assert "reply withheld for review" in page.lower()
+    assert bytes(withheld.withheld)[:20].decode(errors="replace") not in page
+    assert "gAAAA" not in page and "CANARY" not in page
