@@ -575,7 +575,10 @@ class AsyncTurnWatch:
         subscription = self.subscription
         if subscription is None or subscription.lost:
             await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-            return True
+            if time.monotonic() - self._last_event < self.tick:
+                return True
+            self._last_event = time.monotonic()
+            return False  # a tick while polling too: the stream's keep-alive is due
         until_tick = max(self.tick - (now - self._last_event), 0)
         if await subscription.wait(min(until_tick, remaining)):
             self._last_event = time.monotonic()

@@ -209,13 +209,19 @@ def turn_watch(
     try:
         turn = refresh(turn)
         last = (turn.status, turn.updated_at)
+        said = time.monotonic()
         yield turn
         for change in () if turn.is_finished else changes:
             turn = refresh(turn)
+            now = time.monotonic()
             if (turn.status, turn.updated_at) != last:
-                last = (turn.status, turn.updated_at)
+                last, said = (turn.status, turn.updated_at), now
                 yield turn
-            elif change is None:
+            elif change is None or now - said >= tick:
+                # An idle tick, or one due while polling (whose reads come every fraction
+                # of a second, never idle): the stream's keep-alive, which also finds out
+                # a client that hung up where the server cannot tell.
+                said = now
                 yield None
             if turn.is_finished:
                 break

@@ -991,3 +991,37 @@ def test_a_subscription_closed_by_a_finalizer_on_the_loop_inside_its_lock_deadlo
 
     assert _hangs(on_the_loop) == []
     assert asyncio.run(until(lambda: not listener.channels, timeout=5)), listener.channels
+
+
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:1/0"])
+def test_a_polling_watch_still_sends_its_keepalive(settings, redis_url):
+    """Without Redis (the embedded default, or Redis down) the watch polls every fraction of
+    a second, never idle: the keep-alive must still come every tick, or a stream says
+    nothing for minutes and a client that hung up is never found out."""
+    settings.REDIS_URL = redis_url
+    turn = Stub()
+    watch = events.turn_watch(
+        turn=turn, refresh=lambda current: current, timeout=2.1, tick=0.45, poll_if_down=True
+    )
+    seen = list(watch)
+    assert seen[0] is turn
+    # A tick falls due between two reads (every 0.25 s): about every half second here.
+    assert 2 <= seen.count(None) <= 5 and len(seen) == 1 + seen.count(None)
+
+
+@pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:1/0"])
+def test_a_polling_async_watch_still_sends_its_keepalive(settings, redis_url):
+    settings.REDIS_URL = redis_url
+    turn = Stub()
+
+    async def scenario() -> list:
+        watch = events.AsyncTurnWatch(
+            turn=turn, refresh=lambda current: current, timeout=2.1, tick=0.45, poll_if_down=True
+        )
+        await watch.start()
+        seen = [item async for item in watch]
+        watch.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert 2 <= seen.count(None) <= 5 and len(seen) == seen.count(None)
