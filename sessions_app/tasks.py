@@ -185,12 +185,14 @@ def beat_jobs_if_due() -> None:
     """Without beat (the embedded setup runs tasks eagerly), run its jobs in-line, each at
     most once per its period, on whichever request comes first.
 
-    Expired sessions must not stay in the SQLite file for good, and the audit log must
-    be sealed into its hash chain there too.
+    Expired sessions must not stay in the SQLite file for good, the audit log must be
+    sealed into its hash chain there too, and a turn whose run was lost (the server
+    stopped mid-turn) must still end: the sweep re-runs it, here in the request.
     """
     if not current_app.conf.task_always_eager:
         return  # beat's job
     jobs = (
+        ("sweep-stale-due", settings.SWEEP_INTERVAL_SECONDS, sweep_stale_turns),
         ("purge-expired-due", settings.PURGE_INTERVAL_SECONDS, purge_expired_sessions),
         ("seal-audit-chain-due", settings.AUDIT_SEAL_INTERVAL_SECONDS, audit_chain_seal),
     )

@@ -165,3 +165,21 @@ def test_without_beat_requests_run_the_purge_and_the_seal_now_and_then(api, user
     ChatSession.objects.filter(pk=newer.pk).update(expires_at=timezone.now())
     api.post("/api/v1/sessions/", {}, format="json")
     assert ChatSession.objects.filter(pk=newer.pk).exists()
+
+
+@pytest.mark.django_db
+def test_without_beat_requests_run_the_sweep_now_and_then(api, user, settings):
+    """The embedded default: a turn whose run was lost (the server stopped mid-turn) is
+    re-run by the in-line sweep, without its user posting to that chat again."""
+    assert settings.CELERY_TASK_ALWAYS_EAGER
+    turn = accepted_turn(user, "lost")
+    age(turn, settings.STALE_TURN_SECONDS + 1)
+    assert api.post("/api/v1/sessions/", {}, format="json").status_code == 201
+    turn.refresh_from_db()
+    assert turn.status == "completed"
+    # At most once per period: another lost turn waits for the next one.
+    later = accepted_turn(user, "lost too")
+    age(later, settings.STALE_TURN_SECONDS + 1)
+    api.post("/api/v1/sessions/", {}, format="json")
+    later.refresh_from_db()
+    assert later.status == "pending"
