@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework import serializers
+from rest_framework import renderers, serializers
 from rest_framework.exceptions import NotAcceptable, NotFound
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
@@ -102,6 +102,19 @@ class PagePagination(PageNumberPagination):
 
 # What API clients send: no Accept header (DRF reads it as */*), */* or JSON itself.
 _ANY_OR_JSON = frozenset({"*/*", "application/json"})
+
+
+class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
+    """DRF's browsable page (``DEBUG`` only), left out of the site's Content Security
+    Policy as the admin and ``/api/docs/`` are: it uses inline script and style and fonts
+    of its own. The API's JSON answers keep the policy."""
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        response = (renderer_context or {}).get("response")
+        if response is not None:
+            # django-csp's own marks (its ``csp_exempt``), which ``core.csp`` reads too.
+            response._csp_exempt = response._csp_exempt_ro = True
+        return super().render(data, accepted_media_type, renderer_context)
 
 
 class JsonFirstNegotiation(DefaultContentNegotiation):

@@ -105,3 +105,29 @@ def test_a_plain_response_is_not_built_again(monkeypatch):
     monkeypatch.setattr(site_csp, "build_policy", built)
     headers, _ = _answer(site_csp.CSPMiddleware, _plain, "/api/v1/sessions/", False)
     assert "default-src 'none'" in headers[HEADERS[0]]
+
+
+def test_drfs_browsable_page_is_left_out_and_the_json_keeps_the_policy():
+    """With DEBUG, text/html gets DRF's browsable page, whose inline script and style and
+    fonts the site's policy would block: it is left out, as the admin is."""
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    from core.api import BrowsableAPIRenderer
+
+    class Echo(APIView):
+        renderer_classes = [JSONRenderer, BrowsableAPIRenderer]
+        authentication_classes = permission_classes = []
+
+        def get(self, request):
+            return Response({"ok": True})
+
+    view = Echo.as_view()
+    served = site_csp.CSPMiddleware(lambda request: view(request).render())
+    page = served(RequestFactory().get("/api/v1/echo/", HTTP_ACCEPT="text/html"))
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    assert "Content-Security-Policy" not in page
+    answer = served(RequestFactory().get("/api/v1/echo/", HTTP_ACCEPT="application/json"))
+    assert answer["Content-Type"] == "application/json"
+    assert "default-src 'none'" in answer["Content-Security-Policy"]
