@@ -458,7 +458,10 @@ CONTENT_SECURITY_POLICY = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"isolation": {"()": "sessions_app.isolation.IsolationLogFilter"}},
+    "filters": {
+        "isolation": {"()": "sessions_app.isolation.IsolationLogFilter"},
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+    },
     "formatters": {
         "ids": {
             "format": "%(asctime)s %(levelname)s %(name)s "
@@ -466,12 +469,22 @@ LOGGING = {
         }
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "ids", "filters": ["isolation"]}
+        "console": {"class": "logging.StreamHandler", "formatter": "ids", "filters": ["isolation"]},
+        "mail_admins": {
+            "class": "django.utils.log.AdminEmailHandler",
+            "filters": ["require_debug_false"],
+            "level": "ERROR",
+        },
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # These log request bodies or SQL parameters at DEBUG, that is, conversation content.
     "loggers": {
-        name: {"level": "WARNING"}
-        for name in ("httpx", "httpx2", "anthropic", "django.db.backends")
+        # Django's own console handler (DEBUG) would print every request error a second
+        # time beside the root's: "django" keeps only the mail to ADMINS, and propagates.
+        "django": {"handlers": ["mail_admins"], "level": "INFO", "propagate": True},
+        # These log request bodies or SQL parameters at DEBUG, that is, conversation content.
+        **{
+            name: {"level": "WARNING"}
+            for name in ("httpx", "httpx2", "anthropic", "django.db.backends")
+        },
     },
 }

@@ -161,3 +161,16 @@ def test_postgres_binds_parameters_on_the_server_unless_the_url_says_not_to():
     off = load_settings(BINDING, DATABASE_URL=f"{url}?server_side_binding=false", **base)
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["server"] is False
+
+
+def test_a_request_error_is_logged_once_under_debug():
+    """Django's own console handler (DEBUG) printed each request error a second time beside
+    the root's handler, which carries the user and session ids."""
+    code = (
+        "import django, logging; django.setup();"
+        "logging.getLogger('django.request').error('boom once')"
+    )
+    result = load_settings(code, DEBUG="1")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "boom once" in line]
+    assert len(lines) == 1 and "[user=" in lines[0], result.stderr
