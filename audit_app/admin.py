@@ -175,15 +175,21 @@ class AuditEntryAdmin(admin.ModelAdmin):
     ) -> None:
         # Open flags only: a selection swept up with "select all" must not overturn a decision
         # already taken (an entry's own page can still change it, one at a time).
-        flagged = queryset.filter(flagged=True)
-        open_ = list(
-            flagged.filter(review_state=AuditEntry.ReviewState.OPEN).values_list("pk", flat=True)
+        # (Whether it is open is checked again under the entry's lock.)
+        flagged = list(queryset.filter(flagged=True).values_list("pk", flat=True))
+        taken = sum(
+            _decide_one(
+                entry_id=entry_id,
+                reviewer_id=request.user.pk,
+                leak=leak,
+                release=release,
+                open_only=True,
+            )
+            for entry_id in flagged
         )
-        for entry_id in open_:
-            _decide_one(entry_id=entry_id, reviewer_id=request.user.pk, leak=leak, release=release)
-        decided = flagged.count() - len(open_)
-        left = f"; {decided} already decided, left as they were" if decided else ""
-        self.message_user(request, f"{len(open_)} open flags reviewed{left}.", messages.SUCCESS)
+        left = len(flagged) - taken
+        rest = f"; {left} already decided, left as they were" if left else ""
+        self.message_user(request, f"{taken} open flags reviewed{rest}.", messages.SUCCESS)
 
     def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
         return _review(self, request, entry_id=entry_id, decision=decision)
@@ -222,12 +228,20 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
     return HttpResponseRedirect(reverse("admin:audit_app_auditentry_change", args=[entry_id]))
 
 
-def _decide_one(*, entry_id: int, reviewer_id: int, leak: bool, release: bool) -> None:
-    """Record the decision; a false positive released delivers the withheld reply."""
-    entry = services.audit_review_decide(entry_id=entry_id, reviewer_id=reviewer_id, leak=leak)
+def _decide_one(
+    *, entry_id: int, reviewer_id: int, leak: bool, release: bool, open_only: bool = False
+) -> bool:
+    """Record the decision (with ``open_only``, only on an open flag; False if it was not);
+    a false positive released delivers the withheld reply."""
+    entry = services.audit_review_decide(
+        entry_id=entry_id, reviewer_id=reviewer_id, leak=leak, open_only=open_only
+    )
+    if entry is None:
+        return False
     wanted = release and not leak and entry.turn_id is not None
     if wanted and turn_release_withheld(turn_id=entry.turn_id):
         services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
+    return True
 
 
 def _segments(text: str, evidence: dict) -> list[tuple[str, bool]]:

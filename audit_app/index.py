@@ -261,11 +261,12 @@ def _signed(digest: bytes) -> int:
 class DbIndex:
     """The embedded index: a table of postings, read with one query per scan.
 
-    It keeps what ``RedisIndex`` keeps, as rows: a row per (feature, user, session), at most
-    ``MAX_RECORDS`` sessions of a user per feature and then one row of that user with
-    ``SEVERAL_SESSION``, and once more than ``MAX_RECORDS`` users introduced a feature one
-    row of ``SHARED_USER``. Erasing a session removes neither of those: they age out. So a
-    feature has a bounded number of rows, whatever one user repeats.
+    ``RedisIndex``'s rules, counted per user where Redis counts per value: a row per
+    (feature, user, session), at most ``MAX_RECORDS`` sessions of a user per feature and
+    then one row of that user with ``SEVERAL_SESSION`` (Redis folds as soon as its value of
+    ``MAX_RECORDS`` records is full), and once more than ``MAX_RECORDS`` users introduced a
+    feature one row of ``SHARED_USER``. Erasing a session removes neither of those: they
+    age out. So a feature has a bounded number of rows, whatever one user repeats.
     """
 
     def __init__(self, *, ttl_seconds: int) -> None:

@@ -177,9 +177,21 @@ def audit_flagged_reply(
 
 
 @transaction.atomic
-def audit_review_decide(*, entry_id: int, reviewer_id: int, leak: bool) -> AuditEntry:
-    """Record a reviewer's decision on a flagged entry, and a ``review`` entry saying so."""
-    entry = AuditEntry.objects.select_for_update().get(pk=entry_id, flagged=True)
+def audit_review_decide(
+    *, entry_id: int, reviewer_id: int, leak: bool, open_only: bool = False
+) -> AuditEntry | None:
+    """Record a reviewer's decision on a flagged entry, and a ``review`` entry saying so.
+
+    With ``open_only``, only if no decision was taken yet, as the row is when locked (two
+    reviewers at once cannot overturn each other); None if one was.
+    """
+    entries = AuditEntry.objects.select_for_update().filter(pk=entry_id, flagged=True)
+    if open_only:
+        entries = entries.filter(review_state=AuditEntry.ReviewState.OPEN)
+        if (entry := entries.first()) is None:
+            return None
+    else:
+        entry = entries.get()
     state = AuditEntry.ReviewState.CONFIRMED if leak else AuditEntry.ReviewState.FALSE_POSITIVE
     entry.review_state, entry.reviewed_by_id, entry.reviewed_at = state, reviewer_id, timezone.now()
     entry.save(update_fields=["review_state", "reviewed_by", "reviewed_at"])

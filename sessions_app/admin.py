@@ -15,6 +15,9 @@ class MessageInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
         return False  # messages come from their owner only
 
+    def has_change_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
+        return False
+
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
@@ -38,6 +41,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a session is its owner's; its fields are all read-only here
 
+    def has_change_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
+        # Viewed only: a Save would write back the whole row as the page read it, setting
+        # the message counter back past an accept made meanwhile.
+        return False
+
     def has_delete_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
         # A row deleted here would cascade in the database only: the redis store's keys and
         # the fingerprint postings would stay. Erasure is the owner's DELETE or the expiry.
@@ -60,6 +68,9 @@ class TurnAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Turn | None = None) -> bool:
+        return False  # viewed only: a Save would write back a status the worker changed
 
     def has_delete_permission(self, request: HttpRequest, obj: Turn | None = None) -> bool:
         # As for a session: a turn deleted here would take its messages from the database

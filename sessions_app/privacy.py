@@ -76,6 +76,8 @@ def _vault_write(*, session_id: uuid.UUID, wrapped: bytes | None, entries: dict[
         with transaction.atomic():  # a savepoint: a lost race leaves the caller's usable
             vault_create(session_id=session_id, entries=entries)
     except IntegrityError:
+        if not SessionVault.objects.filter(session_id=session_id).exists():
+            raise  # not the vault's primary key: not a race this resolves
         return False
     return True
 
@@ -98,7 +100,8 @@ def content_scrub(
     wrapped, vault = _vault_of(session_id, vault_row)
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new and not _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new}):
-        return content_scrub(session_id=session_id, content=content)  # numbered anew from it
+        # Numbered anew from the vault found; it exists now, so this writes, never recurses.
+        return content_scrub(session_id=session_id, content=content)
     return scrubbed
 
 

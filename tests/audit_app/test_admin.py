@@ -181,3 +181,18 @@ def test_without_a_reader_nothing_is_shown_and_nothing_audited(client, reviewer,
 
 def fake_withheld_reader(*, turn_id: uuid.UUID) -> str:
     return REPLY
+
+
+def test_a_decision_taken_meanwhile_is_not_overturned_by_a_bulk_action(client, reviewer, flagged):
+    """The bulk action read the flag as open; another reviewer decided it before the action
+    took its lock: the action leaves it."""
+    from audit_app import services
+
+    assert services.audit_review_decide(entry_id=flagged.pk, reviewer_id=reviewer.pk, leak=True)
+    again = services.audit_review_decide(
+        entry_id=flagged.pk, reviewer_id=reviewer.pk, leak=False, open_only=True
+    )
+    assert again is None
+    flagged.refresh_from_db()
+    assert flagged.review_state == "confirmed"
+    assert AuditEntry.objects.filter(kind="review").count() == 1

@@ -55,3 +55,15 @@ def test_a_turns_page_says_a_reply_is_withheld_without_its_ciphertext(client, st
     assert "reply withheld for review" in page.lower()
     assert bytes(withheld.withheld)[:20].decode(errors="replace") not in page
     assert "gAAAA" not in page and "CANARY" not in page
+
+
+@pytest.mark.parametrize("model", ["chatsession", "turn"])
+def test_a_session_or_turn_page_is_read_only_and_saves_nothing(client, staff, withheld, model):
+    """A Save would write back the whole row as the page read it: a message accepted
+    meanwhile would have its counter set back, a turn ended meanwhile its status."""
+    obj = withheld.session if model == "chatsession" else withheld
+    page = f"/admin/sessions_app/{model}/{obj.pk}/change/"
+    assert client.get(page).status_code == 200  # viewing stays
+    before = type(obj).objects.filter(pk=obj.pk).values().get()
+    assert client.post(page, {"_save": "Save"}).status_code == 403
+    assert type(obj).objects.filter(pk=obj.pk).values().get() == before

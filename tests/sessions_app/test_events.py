@@ -5,8 +5,10 @@ import asyncio
 import contextlib
 import copy
 import gc
+import itertools
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -999,29 +1001,31 @@ def test_a_polling_watch_still_sends_its_keepalive(settings, redis_url):
     a second, never idle: the keep-alive must still come every tick, or a stream says
     nothing for minutes and a client that hung up is never found out."""
     settings.REDIS_URL = redis_url
-    turn = Stub()
+    turn, tick = Stub(), 0.3
     watch = events.turn_watch(
-        turn=turn, refresh=lambda current: current, timeout=2.1, tick=0.45, poll_if_down=True
+        turn=turn, refresh=lambda current: current, timeout=30, tick=tick, poll_if_down=True
     )
-    seen = list(watch)
-    assert seen[0] is turn
-    # A tick falls due between two reads (every 0.25 s): about every half second here.
-    assert 2 <= seen.count(None) <= 5 and len(seen) == 1 + seen.count(None)
+    started = time.monotonic()
+    seen = list(itertools.islice(watch, 4))  # before: nothing more until the timeout
+    watch.close()
+    assert seen == [turn, None, None, None]
+    assert time.monotonic() - started >= 3 * tick  # one a tick, not one a poll
 
 
 @pytest.mark.parametrize("redis_url", ["", "redis://127.0.0.1:1/0"])
 def test_a_polling_async_watch_still_sends_its_keepalive(settings, redis_url):
     settings.REDIS_URL = redis_url
-    turn = Stub()
+    turn, tick = Stub(), 0.3
 
     async def scenario() -> list:
         watch = events.AsyncTurnWatch(
-            turn=turn, refresh=lambda current: current, timeout=2.1, tick=0.45, poll_if_down=True
+            turn=turn, refresh=lambda current: current, timeout=30, tick=tick, poll_if_down=True
         )
         await watch.start()
-        seen = [item async for item in watch]
+        seen = [await anext(watch) for _ in range(3)]
         watch.close()
         return seen
 
-    seen = asyncio.run(scenario())
-    assert 2 <= seen.count(None) <= 5 and len(seen) == seen.count(None)
+    started = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, None, None]
+    assert time.monotonic() - started >= 3 * tick
