@@ -6,8 +6,8 @@ import contextvars
 import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -39,7 +39,7 @@ from .common import (
     SESSION_ID,
     ChatRateThrottle,
 )
-from .serving import AsyncDispatch, ServerModeView, request_thread_release
+from .serving import AsyncDispatch, ServerModeView, despite_cancels, request_thread_release
 from .waiting import (
     client_gone,
     turn_wait,
@@ -50,8 +50,6 @@ from .waiting import (
 )
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def _wait_seconds(request: Request) -> int | None:
@@ -266,34 +264,16 @@ async def _to_its_end(accepting: Coroutine[Any, Any, _Accepted]) -> _Accepted:
     context = contextvars.copy_context()
     task = asyncio.get_running_loop().create_task(accepting, context=context)
     try:
-        return await _despite_cancels(task)
+        return await despite_cancels(task)
     except asyncio.CancelledError:
         if not task.cancelled() and task.exception() is None:  # a failed accept let go itself
             with contextlib.suppress(Exception):
-                await _despite_cancels(task.result().aclose())
+                await despite_cancels(task.result().aclose())
         raise
     finally:
         for variable, value in context.items():  # as asgiref's sync_to_async keeps them
             if variable.get(_UNSET) is not value:
                 variable.set(value)
-
-
-async def _despite_cancels(awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to its end however many times the caller is cancelled meanwhile.
-
-    Then return its result; or, if the caller was cancelled, go on with the cancel (one
-    ``CancelledError``, the result dropped, an error ``awaitable`` ended with its cause).
-    """
-    task = asyncio.ensure_future(awaitable)
-    cancel = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))  # which, cancelled, leaves ``task`` running
-        except asyncio.CancelledError as cancelled:
-            cancel = cancel or cancelled
-    if cancel is None:
-        return task.result()
-    raise cancel from (None if task.cancelled() else task.exception())
 
 
 _UNSET = object()

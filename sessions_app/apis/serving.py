@@ -3,6 +3,8 @@
 import asyncio
 import functools
 import inspect
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.core.handlers.asgi import ASGIRequest
@@ -10,6 +12,8 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
 
 from .. import events
+
+T = TypeVar("T")
 
 
 def request_thread_release() -> None:
@@ -99,3 +103,21 @@ class AsyncDispatch:
         except Exception as exc:
             response = await events.in_thread(self.handle_exception, exc)
         return self.finalize_response(drf_request, response, **kwargs)
+
+
+async def despite_cancels(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to its end however many times the caller is cancelled meanwhile.
+
+    Then return its result; or, if the caller was cancelled, go on with the cancel (one
+    ``CancelledError``, the result dropped, an error ``awaitable`` ended with its cause).
+    """
+    task = asyncio.ensure_future(awaitable)
+    cancel = None
+    while not task.done():
+        try:
+            await asyncio.wait((task,))  # which, cancelled, leaves ``task`` running
+        except asyncio.CancelledError as cancelled:
+            cancel = cancel or cancelled
+    if cancel is None:
+        return task.result()
+    raise cancel from (None if task.cancelled() else task.exception())

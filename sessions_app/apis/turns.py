@@ -1,8 +1,9 @@
 """A turn, and its event stream."""
 
+import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -32,7 +33,7 @@ from .common import (
     STREAM_MAX_SECONDS,
     TURN_ID,
 )
-from .serving import AsyncDispatch, ServerModeView, request_thread_release
+from .serving import AsyncDispatch, ServerModeView, despite_cancels, request_thread_release
 from .waiting import (
     client_gone,
     stream_slots_take,
@@ -124,6 +125,20 @@ class _AsyncStream:
             self.release()
 
 
+async def _opened(opening: Awaitable[tuple[Turn, Callable[[], None]]]):
+    """Await the stream's open (its owner check and slots, in a thread) to its end even if
+    the view is cancelled meanwhile: Django cancels a view whose client hung up, and the
+    thread would take the slots all the same, with no one left to give them back. They are
+    given back before the cancel goes on."""
+    task = asyncio.ensure_future(opening)
+    try:
+        return await despite_cancels(task)
+    except asyncio.CancelledError:
+        if not task.cancelled() and task.exception() is None:
+            await despite_cancels(events.in_thread(task.result()[1]))
+        raise
+
+
 # A stream refused because the process holds as many as it may (WSGI: threads).
 RETRY_AFTER_BUSY = OpenApiParameter(
     "Retry-After",
@@ -180,7 +195,8 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
         """GET on the event loop: the stream awaits changes holding no thread."""
 
         async def serve(drf_request: Request) -> HttpResponseBase:
-            turn, release = await events.in_thread(self._open_checked, drf_request, turn_id)
+            opening = events.in_thread(self._open_checked, drf_request, turn_id)
+            turn, release = await _opened(opening)
             watch = events.AsyncTurnWatch(
                 turn=turn,
                 refresh=functools.partial(turn_reread, drf_request.user),

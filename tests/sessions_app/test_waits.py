@@ -837,3 +837,60 @@ def test_under_asgi_a_wait_whose_subscription_fails_leaves_no_message_and_no_tur
     assert not Turn.objects.filter(session_id=sid).exists()
     assert not Message.objects.filter(session_id=sid).exists()
     assert queued.llen("celery") == 0
+
+
+@pytest.mark.parametrize("budget", [1, None])
+def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slots_back(
+    asgi, user, settings, monkeypatch, budget
+):
+    """Django cancels a view whose client hung up; the stream's open runs in a thread,
+    which takes the caller's wait slot (and the process's) all the same: they must come
+    back, or a few such hang-ups lock the user out of waits and streams for good."""
+    import time
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    from sessions_app import services
+    from sessions_app.apis import turns as turns_api
+
+    from ..factories import token_for
+
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = budget
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")
+    token = token_for(user)
+    opened, taken = turns_api.TurnEventsApi._open, threading.Event()
+
+    def slow_open(self, request, turn_id):
+        slots = opened(self, request, turn_id)  # the slots are taken here
+        taken.set()
+        time.sleep(0.5)  # the client hangs up meanwhile
+        return slots
+
+    monkeypatch.setattr(turns_api.TurnEventsApi, "_open", slow_open)
+
+    async def scenario() -> list[dict]:
+        scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token, b""), "method": "GET"}
+        sent, received = [], []
+
+        async def receive() -> dict:
+            if not received:
+                received.append(1)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.to_thread(taken.wait, 5)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await ASGIHandler()(scope, receive, send)
+        await asyncio.sleep(1)  # the open's thread has ended by then
+        return sent
+
+    assert asyncio.run(scenario()) == [] and taken.is_set()
+    if budget is not None:
+        release_budget = events.wait_budget_take()
+        assert release_budget is not None, "the process's wait slot leaked"
+        release_budget()
+    events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
