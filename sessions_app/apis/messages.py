@@ -1,13 +1,9 @@
 """Posting a message and waiting for its turn; reading the history."""
 
-import asyncio
-import contextlib
-import contextvars
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -39,7 +35,7 @@ from .common import (
     SESSION_ID,
     ChatRateThrottle,
 )
-from .serving import AsyncDispatch, ServerModeView, despite_cancels, request_thread_release
+from .serving import AsyncDispatch, ServerModeView, request_thread_release, to_its_end
 from .waiting import (
     client_gone,
     turn_wait,
@@ -137,7 +133,11 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         ``?wait`` subscribed on the loop in between (so it needs no first read) and awaited."""
 
         async def serve(drf_request: Request) -> Response:
-            accepted = await _to_its_end(self._accept_async(drf_request, session_id))
+            # A message stored by then must still have its turn queued, as when the accept
+            # and the queueing ran in one thread; its wait and slots are let go of.
+            accepted = await to_its_end(
+                self._accept_async(drf_request, session_id), undo=_Accepted.aclose
+            )
             turn = accepted.turn
             try:
                 if accepted.watch is not None:
@@ -249,31 +249,3 @@ class _Accepted:
         if self.watch is not None:
             self.watch.close()
         await events.in_thread(self.release)
-
-
-async def _to_its_end(accepting: Coroutine[Any, Any, _Accepted]) -> _Accepted:
-    """Await ``accepting`` to its end even if the view is cancelled meanwhile.
-
-    Django cancels a view whose client hung up. A message stored by then must still have
-    its turn queued (it runs to its end, and a new request sees it), as when the accept
-    and the queueing ran in one thread; what the accept holds is let go of before the
-    cancel goes on. A cancel more (the server shutting down, say) interrupts neither. The
-    context variables it sets (the user named in log lines) are kept, as if it had been
-    awaited in place.
-    """
-    context = contextvars.copy_context()
-    task = asyncio.get_running_loop().create_task(accepting, context=context)
-    try:
-        return await despite_cancels(task)
-    except asyncio.CancelledError:
-        if not task.cancelled() and task.exception() is None:  # a failed accept let go itself
-            with contextlib.suppress(Exception):
-                await despite_cancels(task.result().aclose())
-        raise
-    finally:
-        for variable, value in context.items():  # as asgiref's sync_to_async keeps them
-            if variable.get(_UNSET) is not value:
-                variable.set(value)
-
-
-_UNSET = object()

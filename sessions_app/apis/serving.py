@@ -1,10 +1,12 @@
 """A DRF view served on the event loop under ASGI and in its thread under WSGI."""
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.core.handlers.asgi import ASGIRequest
@@ -121,3 +123,30 @@ async def despite_cancels(awaitable: Awaitable[T]) -> T:
     if cancel is None:
         return task.result()
     raise cancel from (None if task.cancelled() else task.exception())
+
+
+async def to_its_end(work: Coroutine[Any, Any, T], *, undo: Callable[[T], Awaitable[object]]) -> T:
+    """Await ``work`` to its end even if the view is cancelled meanwhile.
+
+    Django cancels a view whose client hung up, while what ``work`` runs in a thread goes
+    on all the same: what it took (``undo`` of its result) is let go of before the cancel
+    goes on. A cancel more (the server shutting down, say) interrupts neither. The context
+    variables it sets (the user named in log lines) are kept, as if it had been awaited in
+    place.
+    """
+    context = contextvars.copy_context()
+    task = asyncio.get_running_loop().create_task(work, context=context)
+    try:
+        return await despite_cancels(task)
+    except asyncio.CancelledError:
+        if not task.cancelled() and task.exception() is None:  # failed work let go itself
+            with contextlib.suppress(Exception):
+                await despite_cancels(undo(task.result()))
+        raise
+    finally:
+        for variable, value in context.items():  # as asgiref's sync_to_async keeps them
+            if variable.get(_UNSET) is not value:
+                variable.set(value)
+
+
+_UNSET = object()

@@ -1,9 +1,8 @@
 """A turn, and its event stream."""
 
-import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -33,7 +32,7 @@ from .common import (
     STREAM_MAX_SECONDS,
     TURN_ID,
 )
-from .serving import AsyncDispatch, ServerModeView, despite_cancels, request_thread_release
+from .serving import AsyncDispatch, ServerModeView, request_thread_release, to_its_end
 from .waiting import (
     client_gone,
     stream_slots_take,
@@ -125,20 +124,6 @@ class _AsyncStream:
             self.release()
 
 
-async def _opened(opening: Awaitable[tuple[Turn, Callable[[], None]]]):
-    """Await the stream's open (its owner check and slots, in a thread) to its end even if
-    the view is cancelled meanwhile: Django cancels a view whose client hung up, and the
-    thread would take the slots all the same, with no one left to give them back. They are
-    given back before the cancel goes on."""
-    task = asyncio.ensure_future(opening)
-    try:
-        return await despite_cancels(task)
-    except asyncio.CancelledError:
-        if not task.cancelled() and task.exception() is None:
-            await despite_cancels(events.in_thread(task.result()[1]))
-        raise
-
-
 # A stream refused because the process holds as many as it may (WSGI: threads).
 RETRY_AFTER_BUSY = OpenApiParameter(
     "Retry-After",
@@ -195,8 +180,11 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
         """GET on the event loop: the stream awaits changes holding no thread."""
 
         async def serve(drf_request: Request) -> HttpResponseBase:
-            opening = events.in_thread(self._open_checked, drf_request, turn_id)
-            turn, release = await _opened(opening)
+            # The slots the open takes are given back if the client hangs up meanwhile.
+            turn, release = await to_its_end(
+                events.in_thread(self._open_checked, drf_request, turn_id),
+                undo=lambda opened: events.in_thread(opened[1]),
+            )
             watch = events.AsyncTurnWatch(
                 turn=turn,
                 refresh=functools.partial(turn_reread, drf_request.user),

@@ -6,7 +6,7 @@ import contextvars
 
 import pytest
 
-from sessions_app.apis.messages import _to_its_end
+from sessions_app.apis.serving import to_its_end
 
 named = contextvars.ContextVar("named", default=None)
 
@@ -45,7 +45,7 @@ def test_a_view_cancelled_twice_still_accepts_and_lets_go_once(second_cancel_dur
 
     async def view() -> None:
         try:
-            await _to_its_end(fake.accept())
+            await to_its_end(fake.accept(), undo=FakeAccept.aclose)
         finally:
             seen_after.append(named.get())
 
