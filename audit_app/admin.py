@@ -17,6 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from core.admin import ViewOnlyAdmin
 from sessions_app.services import turn_release_withheld
 
 from . import selectors, services
@@ -40,7 +41,9 @@ def _entries_url(**params: object) -> str:
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
+    # Append-only: view and review (its own actions and pages), never add, change or delete.
+
     list_display = [
         "created_at",
         "kind",
@@ -92,16 +95,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
             return queryset.filter(session_id=uuid.UUID(search_term.strip())), False
         except ValueError:
             return super().get_search_results(request, queryset, search_term)
-
-    # Append-only: view and review, never add, change or delete.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: AuditEntry | None = None) -> bool:
-        return False
 
     def has_review_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(REVIEW_PERMISSION)

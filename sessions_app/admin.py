@@ -2,25 +2,27 @@ from django.contrib import admin
 from django.http import HttpRequest
 from knox.models import AuthToken
 
+from core.admin import ViewOnlyAdmin
+
 from .models import ChatSession, Message, Turn
 
 
-class MessageInline(admin.TabularInline):
+class MessageInline(ViewOnlyAdmin, admin.TabularInline):
+    """Messages come from their owner only."""
+
     model = Message
     extra = 0
     fields = ["seq", "role", "status", "content", "created_at"]
     readonly_fields = fields
     can_delete = False
 
-    def has_add_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
-        return False  # messages come from their owner only
-
-    def has_change_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
-        return False
-
 
 @admin.register(ChatSession)
-class ChatSessionAdmin(admin.ModelAdmin):
+class ChatSessionAdmin(ViewOnlyAdmin, admin.ModelAdmin):
+    """Sessions, viewed only. A Save would set the message counter back past an accept
+    made meanwhile; a delete would cascade in the database only, leaving the redis store's
+    keys and the fingerprint postings: erasure is the owner's DELETE or the expiry."""
+
     # The title as stored, as message content is: under PII_MODE redacted or with the
     # session's placeholders (and searched so); only its owner's reads restore them.
     list_display = ["id", "owner", "title", "created_at", "expires_at"]
@@ -38,24 +40,13 @@ class ChatSessionAdmin(admin.ModelAdmin):
     ]
     inlines = [MessageInline]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # a session is its owner's; its fields are all read-only here
-
-    def has_change_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
-        # Viewed only: a Save would write back the whole row as the page read it, setting
-        # the message counter back past an accept made meanwhile.
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: ChatSession | None = None) -> bool:
-        # A row deleted here would cascade in the database only: the redis store's keys and
-        # the fingerprint postings would stay. Erasure is the owner's DELETE or the expiry.
-        return False
-
 
 @admin.register(Turn)
-class TurnAdmin(admin.ModelAdmin):
-    """Turns, read only. A withheld reply is shown as held, not as its ciphertext: its text
-    is read, with the permission and audited, from its audit entry's page."""
+class TurnAdmin(ViewOnlyAdmin, admin.ModelAdmin):
+    """Turns, viewed only: a Save would write back a status the worker changed, a delete
+    would take the turn's messages from the database only, as for a session. A withheld
+    reply is shown as held, not as its ciphertext: its text is read, with the permission
+    and audited, from its audit entry's page."""
 
     list_display = ["id", "session", "status", "attempts", "error_code", "created_at"]
     list_filter = ["status", "error_code"]
@@ -65,17 +56,6 @@ class TurnAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="reply withheld for review")
     def reply_withheld(self, turn: Turn) -> bool:
         return bool(turn.withheld)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Turn | None = None) -> bool:
-        return False  # viewed only: a Save would write back a status the worker changed
-
-    def has_delete_permission(self, request: HttpRequest, obj: Turn | None = None) -> bool:
-        # As for a session: a turn deleted here would take its messages from the database
-        # only, leaving the redis store's copy and the fingerprint postings.
-        return False
 
 
 # Knox's own token admin creates tokens and shows each new key once; staff need neither.
