@@ -25,23 +25,25 @@ def reviewer(client):
     return user
 
 
-@pytest.fixture
-def flagged(user, other_user) -> AuditEntry:
-    victim_session = str(uuid.uuid4())
+def _flag(user, other_user, *, several: bool = False) -> AuditEntry:
+    """``user``'s reply withheld, its order number introduced by ``other_user`` in a
+    session (or, ``several``, in several of theirs)."""
     start = REPLY.index("ORD")
-    result = ScanResult(
-        leaked=True,
-        score=1.0,
-        evidence=[Evidence(start, start + 10, 1.0, (Posting(other_user.pk, victim_session),))],
-    )
+    introducer = Posting(other_user.pk, None if several else str(uuid.uuid4()))
+    evidence = Evidence(start, start + 10, 1.0, (introducer,))
     return audit_flagged_reply(
         user_id=user.pk,
         session_id=uuid.uuid4(),
         turn_id=uuid.uuid4(),
         content=REPLY,
-        result=result,
+        result=ScanResult(leaked=True, score=1.0, evidence=[evidence]),
         delivered=False,
     )
+
+
+@pytest.fixture
+def flagged(user, other_user) -> AuditEntry:
+    return _flag(user, other_user)
 
 
 def test_flagged_entries_come_first_and_the_index_counts_open_flags(client, reviewer, flagged):
@@ -67,16 +69,7 @@ def test_an_entry_shows_its_evidence_with_links_and_no_text(client, reviewer, fl
 def test_evidence_from_several_sessions_of_a_user_links_to_the_user(
     client, reviewer, user, other_user
 ):
-    start = REPLY.index("ORD")
-    several = Evidence(start, start + 10, 1.0, (Posting(other_user.pk, None),))
-    entry = audit_flagged_reply(
-        user_id=user.pk,
-        session_id=uuid.uuid4(),
-        turn_id=uuid.uuid4(),
-        content=REPLY,
-        result=ScanResult(leaked=True, score=1.0, evidence=[several]),
-        delivered=False,
-    )
+    entry = _flag(user, other_user, several=True)
     page = client.get(f"{CHANGELIST}{entry.pk}/change/").content.decode()
     assert (
         f'href="{CHANGELIST}?user={other_user.pk}">user {other_user.pk} / several sessions' in page
@@ -100,19 +93,6 @@ def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
     flagged.refresh_from_db()
     assert flagged.review_state == "false_positive"
     assert AuditEntry.objects.filter(kind="review").count() == 2
-
-
-def _flag(user, other_user) -> AuditEntry:
-    start = REPLY.index("ORD")
-    evidence = Evidence(start, start + 10, 1.0, (Posting(other_user.pk, str(uuid.uuid4())),))
-    return audit_flagged_reply(
-        user_id=user.pk,
-        session_id=uuid.uuid4(),
-        turn_id=uuid.uuid4(),
-        content=REPLY,
-        result=ScanResult(leaked=True, score=1.0, evidence=[evidence]),
-        delivered=False,
-    )
 
 
 def test_open_flags_come_before_decided_ones_whatever_their_age(

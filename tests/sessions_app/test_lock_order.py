@@ -108,6 +108,30 @@ def test_a_path_finding_its_session_deleted_meanwhile_does_nothing(user):
     assert not Message.objects.filter(session_id=turn.session_id).exists()
 
 
+def _accept_behind(user, session: ChatSession, meanwhile) -> object:
+    """Accept Alice's address and, holding its transaction, start accepting Bob's, which
+    waits for the session's lock; run ``meanwhile(first_turn)`` in that transaction, then
+    commit. Return what the waiting accept returned or raised."""
+    run = None
+    try:
+        with transaction.atomic():
+            first = services.message_accept(
+                user=user, session_id=session.pk, content="alice.one@example.org"
+            )
+            run, results = lock_waiter(
+                lambda: services.message_accept(
+                    user=user, session_id=session.pk, content="bob.two@example.org"
+                ),
+                on_this_connection=True,
+            )
+            meanwhile(first)
+    finally:
+        if run is not None:
+            run.join(30)
+    [second] = results
+    return second
+
+
 @pytest.mark.usefixtures("vendor")  # Postgres's written-out statement and the ORM's raw one
 @pytest.mark.parametrize("before", [[], ["carol.zero@example.org"]])
 def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(before, user, settings):
@@ -121,23 +145,11 @@ def test_an_accept_that_waited_for_another_extends_the_vault_that_one_left(befor
     for address in before:  # an earlier turn, ended, left the vault with an entry
         turn = services.message_accept(user=user, session_id=session.pk, content=address)
         Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.FAILED)
-    run = None
-    try:
-        with transaction.atomic():
-            first = services.message_accept(
-                user=user, session_id=session.pk, content="alice.one@example.org"
-            )
-            run, results = lock_waiter(
-                lambda: services.message_accept(
-                    user=user, session_id=session.pk, content="bob.two@example.org"
-                ),
-                on_this_connection=True,
-            )
-            Turn.objects.filter(pk=first.pk).update(status=Turn.Status.FAILED)
-    finally:
-        if run is not None:
-            run.join(30)
-    [second] = results
+    second = _accept_behind(
+        user,
+        session,
+        lambda first: Turn.objects.filter(pk=first.pk).update(status=Turn.Status.FAILED),
+    )
     assert isinstance(second, Turn), second
     addresses = [*before, "alice.one@example.org", "bob.two@example.org"]
     placeholders = [f"<EMAIL_ADDRESS_{n}>" for n in range(1, len(addresses) + 1)]
@@ -155,23 +167,7 @@ def test_an_accept_that_waited_behind_an_accept_taken_back_keeps_the_vault(user,
     found when this one creates it, and its placeholders are numbered from it."""
     settings.PII_MODE = "pseudonymize"
     session = services.chat_session_create(owner=user)
-    run = None
-    try:
-        with transaction.atomic():
-            first = services.message_accept(
-                user=user, session_id=session.pk, content="alice.one@example.org"
-            )
-            run, results = lock_waiter(
-                lambda: services.message_accept(
-                    user=user, session_id=session.pk, content="bob.two@example.org"
-                ),
-                on_this_connection=True,
-            )
-            services.turn_discard(turn_id=first.pk)
-    finally:
-        if run is not None:
-            run.join(30)
-    [second] = results
+    second = _accept_behind(user, session, lambda first: services.turn_discard(turn_id=first.pk))
     assert isinstance(second, Turn), repr(second)
     vault = privacy.vault_read(session_id=session.pk)
     assert vault["<EMAIL_ADDRESS_2>"] == "bob.two@example.org"
