@@ -39,7 +39,7 @@ BROKER_RETURN_PROMISE = 180  # API.md: each accepted turn ends within 180 s of t
 
 
 def _canary() -> str:
-    return f"CANARY-{uuid.uuid4()}"
+    return f"CANARY-{uuid.uuid4().hex}"
 
 
 def _session_rows(sid: str) -> dict[str, list]:

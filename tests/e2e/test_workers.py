@@ -95,7 +95,7 @@ def test_twenty_users_at_once_never_see_each_other(
 ):
     settings.HISTORY_STORE = store
     users = [UserFactory() for _ in range(USERS)]
-    canaries = [f"CANARY-{uuid.uuid4()}" for _ in users]
+    canaries = [f"CANARY-{uuid.uuid4().hex}" for _ in users]
     pair = [workers(pool="threads", concurrency=4, env={"HISTORY_STORE": store}) for _ in range(2)]
     for worker in pair:
         worker.wait_ready()
@@ -159,7 +159,7 @@ def test_worker_killed_mid_turn_still_ends(workers, fake_claude: FakeClaude, use
     first = workers("doomed", env=fast_redelivery).wait_ready()
     api = client_for(user)
     sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
-    canary = f"CANARY-{uuid.uuid4()}"
+    canary = f"CANARY-{uuid.uuid4().hex}"
     fake_claude.hang()  # the first request is never answered: the worker stays inside it
 
     turn_id = _post(api, sid, f"My order is {canary}")["id"]

@@ -75,7 +75,7 @@ def test_a_real_turn_logs_no_conversation_content_even_at_debug(
     """The service's own logging configuration with LOG_LEVEL=DEBUG, a turn through the real
     SDK: the SDK's and the database's DEBUG output (request bodies, SQL parameters) must not
     reach any handler."""
-    canary = f"CANARY-{uuid.uuid4()}"
+    canary = f"CANARY-{uuid.uuid4().hex}"
     config = copy.deepcopy(settings.LOGGING)
     config["root"]["level"] = "DEBUG"
     collect = _Collect()

@@ -27,7 +27,7 @@ CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def canary() -> str:
-    return f"CANARY-{uuid.uuid4()}"
+    return f"CANARY-{uuid.uuid4().hex}"
 
 
 def new_session(api) -> str:
