@@ -214,7 +214,13 @@ def _wait_before_retry(exc: Exception, retries: int, deadline: float | None) -> 
 
 
 def _reply_text(response: anthropic.types.Message) -> str:
-    text = "".join(block.text for block in response.content if block.type == "text")
+    try:
+        text = "".join(block.text for block in response.content if block.type == "text")
+    except (AttributeError, TypeError) as exc:
+        # The SDK builds its models from JSON without validating them: a body of another
+        # shape (``{}``, a text block without its text) surfaces only here, and is as
+        # unreadable as one that is not JSON at all.
+        raise _llm_error(ValueError("a reply without its content")) from exc
     if not text.strip():
         # Stored, it would show the user nothing, and a blank reply cannot be sent back.
         raise LLMError(

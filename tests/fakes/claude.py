@@ -132,6 +132,7 @@ class _Fault:
     retry_after: float | str | None = None
     should_retry: bool | None = None
     seconds: float = 0.0
+    body: bytes = b""
 
 
 class _Server(ThreadingHTTPServer):
@@ -365,8 +366,10 @@ class FakeClaude:
         """Never answer the next `times` requests; stop()/reset() closes them unanswered."""
         self._enqueue(_Fault("hang"), times)
 
-    def malformed(self, times: int = 1) -> None:
-        self._enqueue(_Fault("malformed"), times)
+    def malformed(self, times: int = 1, *, body: bytes = b'{"id": "msg_trunc') -> None:
+        """Answer 200 with ``body``: by default JSON cut short; it may be JSON of the wrong
+        shape (``b"{}"``), which the SDK turns into a message without validating it."""
+        self._enqueue(_Fault("malformed", body=body), times)
 
     def drop(self, times: int = 1) -> None:
         self._enqueue(_Fault("drop"), times)
@@ -417,7 +420,7 @@ class FakeClaude:
             h._drop()
             return
         elif fault.kind == "malformed":
-            h._send_bytes(200, b'{"id": "msg_trunc', "application/json")
+            h._send_bytes(200, fault.body, "application/json")
             return
         elif fault.kind == "drop":
             h._drop()

@@ -299,6 +299,15 @@ def test_claude_unavailable_is_503_and_the_old_token_stays_good(api, settings, f
     assert _sent(fake_claude)[-1] == ("user", "Are you there?") and len(_sent(fake_claude)) == 3
 
 
+@pytest.mark.parametrize("body", [b'{"id": "msg_trunc', b"{}"], ids=["cut-short", "empty-object"])
+def test_an_unreadable_reply_is_503_and_the_old_token_stays_good(api, fake_claude, body):
+    first = _chat(api, "Hello.")
+    fake_claude.malformed(body=body)
+    answer = _chat(api, "Are you there?", first["token"], status=503)
+    assert answer["code"] == "unavailable" and answer["detail"]
+    assert _chat(api, "Are you there?", first["token"])["reply"] == "Echo: Are you there?"
+
+
 def test_a_few_failures_are_retried_within_the_turn(api, settings, fake_claude):
     fake_claude.fail(529, times=settings.CLAUDE_MAX_RETRIES)
     assert _chat(api, "Hello.")["reply"] == "Echo: Hello."

@@ -181,8 +181,14 @@ def test_a_non_transient_error_fails_at_once_without_retrying(api, fake_claude: 
 # 4. Malformed bodies and dropped connections ----------------------------------------------
 
 
-def test_a_malformed_body_is_retried_by_the_task(api, fake_claude: FakeClaude):
-    fake_claude.malformed()
+# Not JSON; JSON of another shape (the SDK builds its message from it without validating it,
+# so only reading the reply finds out); a text block without its text.
+UNREADABLE = [b'{"id": "msg_trunc', b"{}", b'{"type": "message", "content": [{"type": "text"}]}']
+
+
+@pytest.mark.parametrize("body", UNREADABLE, ids=["cut-short", "empty-object", "textless-block"])
+def test_a_malformed_body_is_retried_by_the_task(api, fake_claude: FakeClaude, body):
+    fake_claude.malformed(body=body)
     turn = send(api, new_session(api), "hello")
     assert turn["status"] == "completed"
     assert turn["reply"]["content"] == "Echo: hello"
@@ -191,8 +197,9 @@ def test_a_malformed_body_is_retried_by_the_task(api, fake_claude: FakeClaude):
     assert attempts(turn) == 2
 
 
-def test_persistent_malformed_bodies_end_failed(api, fake_claude: FakeClaude, settings):
-    fake_claude.malformed(times=100)
+@pytest.mark.parametrize("body", UNREADABLE, ids=["cut-short", "empty-object", "textless-block"])
+def test_persistent_malformed_bodies_end_failed(api, fake_claude: FakeClaude, settings, body):
+    fake_claude.malformed(times=100, body=body)
     sid = new_session(api)
     turn = send(api, sid, "hello")
     assert_failed(turn, "claude_bad_response")
