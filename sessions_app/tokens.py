@@ -46,6 +46,22 @@ def auth_token_revoke(*, token: AuthToken) -> None:
     token.delete()
 
 
+def auth_tokens_revoke_on_password_change(sender, instance, update_fields=None, **kwargs) -> None:
+    """``pre_save`` of the user model: a new password (or none) signs out every API token.
+
+    Django's own password change signs out the user's browser sessions (their hash
+    depends on the password); a token, issued under the old password to whoever held it,
+    would go on working until it expired. A save that does not write the password (the
+    ``last_login`` of each sign-in) costs nothing; one that does reads the stored hash once.
+    """
+    if instance.pk is None or (update_fields is not None and "password" not in update_fields):
+        return
+    stored = type(instance)._default_manager.filter(pk=instance.pk).values_list("password")
+    row = stored.first()
+    if row is not None and row[0] != instance.password:
+        AuthToken.objects.filter(user_id=instance.pk).delete()
+
+
 def auth_tokens_purge_expired() -> int:
     """Delete every expired token; return how many. Beat runs it with the session purge."""
     deleted, _ = AuthToken.objects.filter(expiry__lt=timezone.now()).delete()

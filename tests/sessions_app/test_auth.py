@@ -101,6 +101,40 @@ def test_each_sign_in_gets_its_own_token_and_sign_out_revokes_only_that_one(user
     assert with_token(laptop).get(SESSIONS_URL).status_code == 200
 
 
+def test_a_new_password_signs_out_every_api_token_of_that_user_only(user, other_user, admin_client):
+    """A password reset meant to lock someone out locks out the tokens they took too."""
+    phone, laptop = (sign_in_api(user.username, PASSWORD).json()["token"] for _ in range(2))
+    others = sign_in_api(other_user.username, PASSWORD).json()["token"]
+    # A sign-in writes last_login, a save of the user that keeps its password.
+    assert with_token(phone).get(SESSIONS_URL).status_code == 200
+
+    response = admin_client.post(
+        f"/admin/auth/user/{user.pk}/password/",
+        {"password1": "a-new-pw-for-tests", "password2": "a-new-pw-for-tests"},
+    )
+    assert response.status_code == 302, response.content
+    assert with_token(phone).get(SESSIONS_URL).status_code == 401
+    assert with_token(laptop).get(SESSIONS_URL).status_code == 401
+    assert with_token(others).get(SESSIONS_URL).status_code == 200
+    fresh = sign_in_api(user.username, "a-new-pw-for-tests").json()["token"]
+    assert with_token(fresh).get(SESSIONS_URL).status_code == 200
+
+    user.refresh_from_db()
+    user.set_unusable_password()
+    user.save()
+    assert with_token(fresh).get(SESSIONS_URL).status_code == 401
+    assert with_token(others).get(SESSIONS_URL).status_code == 200
+
+
+def test_saving_a_user_without_a_new_password_keeps_its_tokens(user):
+    key = sign_in_api(user.username, PASSWORD).json()["token"]
+    user.refresh_from_db()
+    user.first_name = "Renamed"
+    user.save()
+    user.save(update_fields=["last_login"])
+    assert with_token(key).get(SESSIONS_URL).status_code == 200
+
+
 @pytest.mark.usefixtures("vendor")  # knox's query, and Postgres's written out
 def test_a_request_reads_only_its_own_token_however_many_the_user_has(user):
     """One query authenticates, not one more that reads every other token of the user."""
