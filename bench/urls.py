@@ -23,9 +23,11 @@ from rest_framework.views import APIView
 from audit_app.models import AuditEntry
 from bench import statements, step_probe
 from bench.tasks import floor_turn, statements_turn
+from core import sql
 from core.ids import as_uuid
 from isolation_site.urls import urlpatterns as site_urlpatterns
 from sessions_app.events.notify import turn_changes
+from sessions_app.models import TURN_ONE_IN_FLIGHT
 from sessions_app.selectors import chat_session_get_for_owner
 
 if os.environ.get("BENCH_STEP_PROBE"):  # bench/turn_throughput.py --probe
@@ -70,7 +72,9 @@ class StatementsApi(APIView):
             turn_id = sid and statements.accept(
                 user_id=user_id, session_id=sid, content=content, now=timezone.now()
             )
-        except IntegrityError:  # a turn of the session still in flight, as a turn's 409
+        except IntegrityError as exc:  # a turn of the session still in flight: a turn's 409
+            if sql.violated_constraint(exc) != TURN_ONE_IN_FLIGHT:
+                raise
             return Response({"status": "in flight"}, status=409)
         if not turn_id:
             return Response({"status": "not found"}, status=404)

@@ -1,5 +1,5 @@
 """Statements built once, on Postgres: whether this connection runs them, and the ORM's
-INSERT of a model instance.
+INSERT of a model instance; and which constraint a statement's ``IntegrityError`` violated.
 
 Every chat turn stores five rows (its turn, two messages, two audit entries). Through
 ``Model.save`` an audit entry's INSERT costs 0.16 ms of CPU here, most of it Django building
@@ -17,10 +17,13 @@ advance, is refused.
 """
 
 import functools
+import re
+import sqlite3
 from typing import TypeVar
 
-from django.db import connection, models, transaction
-from django.db.models import AutoField, Field, Model
+from django.apps import apps
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import AutoField, Field, Model, UniqueConstraint
 
 M = TypeVar("M", bound=Model)
 
@@ -112,3 +115,44 @@ def insert(obj: M) -> M:
             obj.pk = cursor.fetchone()[0]
     obj._state.adding, obj._state.db = False, connection.alias
     return obj
+
+
+# SQLite names a unique index by its columns ("UNIQUE constraint failed: t.a, t.b"), a
+# partial one too, or by its name when it is on expressions ("... failed: index 'name'").
+_SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: (?:index '(?P<index>[^']+)'|(?P<on>.+))")
+
+
+def violated_constraint(exc: IntegrityError) -> str | None:
+    """Return the name of the constraint whose violation ``exc`` is; None if the database
+    does not tell.
+
+    Django chains the driver's error as ``__cause__``: on Postgres it names the constraint
+    (``diag.constraint_name``; None for a NOT NULL). SQLite names only a unique index's
+    columns: they name the model's ``UniqueConstraint`` over exactly those columns of that
+    table. Its other violations (NOT NULL, CHECK, FOREIGN KEY), a ``unique`` field's and
+    any other database's errors give None: a caller that maps one constraint's violation
+    to an answer of its own lets every other one propagate.
+    """
+    cause = exc.__cause__
+    if (diag := getattr(cause, "diag", None)) is not None:
+        return diag.constraint_name
+    if isinstance(cause, sqlite3.IntegrityError) and (
+        found := _SQLITE_UNIQUE.fullmatch(str(cause))
+    ):
+        return found["index"] or _unique_over(found["on"].split(", "))
+    return None
+
+
+def _unique_over(qualified: list[str]) -> str | None:
+    """The name of the ``UniqueConstraint`` over exactly these ``table.column`` names."""
+    tables = {name.partition(".")[0] for name in qualified}
+    columns = [name.partition(".")[2] for name in qualified]
+    for model in apps.get_models():
+        if {model._meta.db_table} != tables:
+            continue
+        for constraint in model._meta.constraints:
+            if isinstance(constraint, UniqueConstraint) and columns == [
+                model._meta.get_field(name).column for name in constraint.fields
+            ]:
+                return constraint.name
+    return None

@@ -6,6 +6,11 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# The constraints whose violation means something to the caller (a turn already in flight,
+# a turn's reply already stored), by the name ``core.sql.violated_constraint`` gives.
+TURN_ONE_IN_FLIGHT = "turn_one_in_flight_per_session"
+MESSAGE_ONE_PER_TURN_ROLE = "message_one_per_turn_role"
+
 
 class ChatSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -47,7 +52,7 @@ class Message(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["session", "seq"], name="message_seq_unique"),
             # One user message and at most one reply per turn, even if two workers race.
-            models.UniqueConstraint(fields=["turn", "role"], name="message_one_per_turn_role"),
+            models.UniqueConstraint(fields=["turn", "role"], name=MESSAGE_ONE_PER_TURN_ROLE),
         ]
         ordering = ["seq"]
 
@@ -88,7 +93,7 @@ class Turn(models.Model):
             models.UniqueConstraint(
                 fields=["session"],
                 condition=Q(status__in=["pending", "running"]),
-                name="turn_one_in_flight_per_session",
+                name=TURN_ONE_IN_FLIGHT,
             ),
         ]
         indexes = [

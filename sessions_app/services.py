@@ -29,7 +29,7 @@ from core.ids import as_uuid
 
 from . import crypto, events, privacy, rows
 from .errors import TurnInFlight
-from .models import ChatSession, Turn
+from .models import TURN_ONE_IN_FLIGHT, ChatSession, Turn
 from .queries import turn_get, turn_list_stale
 from .selectors import chat_session_get_for_owner, chat_session_take_seq_for_owner
 from .stores import DuplicateReply, ForeignData, SessionRef, StoredMessage, history_store
@@ -136,9 +136,11 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
         # A store outside the database (Redis) does not roll back with the transaction:
         # what it took of this turn goes, so that an error answer leaves nothing behind.
         _message_undo(owner_id=user.pk, session_id=session_id, turn_id=turn_id)
-        if isinstance(exc, IntegrityError | DuplicateReply):
+        if isinstance(exc, IntegrityError) and sql.violated_constraint(exc) == TURN_ONE_IN_FLIGHT:
             # The partial unique index: one turn in flight per session. Relying on it
-            # instead of looking first saves every accepted message a query.
+            # instead of looking first saves every accepted message a query. Any other
+            # violation (a seq taken twice, a row gone) is a fault of ours and is answered
+            # as one: told that a turn is in flight, a client would wait and retry for ever.
             raise TurnInFlight() from exc
         raise
 

@@ -200,7 +200,8 @@ class BaseHistoryStore(abc.ABC):
         content: str,
         status: str,
     ) -> StoredMessage:
-        """Write one message atomically; one per (turn, role), else ``DuplicateReply``."""
+        """Write one message atomically; one per (turn, role), else ``DuplicateReply`` (and
+        for nothing else: another failure, a seq already taken, is an error of its own)."""
 
     @abc.abstractmethod
     def _turn_messages(self, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from core import sql
 
 from .. import rows
-from ..models import ChatSession, Message
+from ..models import MESSAGE_ONE_PER_TURN_ROLE, ChatSession, Message
 from .base import BaseHistoryStore, DuplicateReply, SessionLike, StoredMessage
 
 FIELDS = ("id", "seq", "role", "content", "status", "created_at", "turn_id", "session_id")
@@ -51,7 +51,11 @@ class HistoryStore(BaseHistoryStore):
                 )
             )
         except IntegrityError as exc:
-            # (turn, role) or (session, seq) is taken: the caller's transaction is spoilt
+            if sql.violated_constraint(exc) != MESSAGE_ONE_PER_TURN_ROLE:
+                # A seq taken twice (the session's counter behind its rows), a NOT NULL:
+                # a fault, not a duplicate; the caller would take it for a stored reply.
+                raise
+            # The turn has its message of this role: the caller's transaction is spoilt
             # and rolls back, so the message already there cannot be read here.
             raise DuplicateReply(None) from exc
         return StoredMessage(

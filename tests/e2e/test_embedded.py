@@ -7,8 +7,10 @@ that path to a real SQLite database, as a newcomer's first ``make run`` meets it
 """
 
 import os
+import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,29 @@ def test_a_conversation_on_the_embedded_default(embedded: str):
         assert refused.status_code == 404 and "CANARY" not in refused.text
     assert alice.delete(f"/api/v1/sessions/{sid}/").status_code == 204
     assert alice.get(f"/api/v1/sessions/{sid}/").status_code == 404
+
+
+def test_only_a_turn_in_flight_is_a_409_on_the_embedded_default(embedded: str, tmp_path: Path):
+    """SQLite names a violated unique index by its columns only: the partial index "one turn
+    in flight per session" must still be told from the others, which are faults (500)."""
+    alice = _signed_in(embedded, "alice")
+    sid = alice.post("/api/v1/sessions/", json={}).json()["id"]
+    messages = f"/api/v1/sessions/{sid}/messages/"
+    assert alice.post(f"{messages}?wait=10", json={"content": "first"}).status_code == 200
+    database = sqlite3.connect(tmp_path / "db.sqlite3")
+    row = {"sid": uuid.UUID(sid).hex}  # how Django keeps a UUID in SQLite
+
+    def run(statement: str) -> tuple | None:
+        with database:
+            return database.execute(statement, row).fetchone()
+
+    # The counter set behind the rows: the next message's seq is the reply's.
+    run("UPDATE sessions_app_chatsession SET next_seq = 2 WHERE id = :sid")
+    assert alice.post(messages, json={"content": "second"}).status_code == 500
+    assert run("SELECT count(*) FROM sessions_app_turn WHERE session_id = :sid") == (1,)
+    assert run("SELECT count(*) FROM sessions_app_message WHERE session_id = :sid") == (2,)
+    run("UPDATE sessions_app_chatsession SET next_seq = 3 WHERE id = :sid")
+    run("UPDATE sessions_app_turn SET status = 'running' WHERE session_id = :sid")
+    database.close()
+    busy = alice.post(messages, json={"content": "third"})
+    assert busy.status_code == 409 and busy.json()["code"] == "turn_in_flight", busy.text

@@ -1,6 +1,7 @@
 """The REST contract of API.md on the embedded task runner (eager) and the offline responder."""
 
 import pytest
+from django.db import IntegrityError
 from rest_framework.test import APIClient
 
 from sessions_app.models import Message, Turn
@@ -131,6 +132,27 @@ def test_a_second_message_while_a_turn_is_in_flight_is_409(api, user):
     assert list(Message.objects.filter(session_id=sid).values_list("content", flat=True)) == [
         "first"
     ]
+
+
+def test_a_message_that_breaks_another_constraint_is_a_fault_not_a_409(api, user, vendor):
+    """Only "one turn in flight per session" means 409: any other violation (here the
+    session's counter set back behind its rows, so the message's seq is taken) is the
+    server's, and a client told 409 would retry for ever. It leaves nothing behind."""
+    from sessions_app import services
+    from sessions_app.models import ChatSession
+
+    sid = new_session(api)
+    first = services.message_accept(user=user, session_id=sid, content="first")
+    assert services.turn_complete(turn_id=first.pk, reply="reply")
+    ChatSession.objects.filter(pk=sid).update(next_seq=2)  # the reply's seq
+    with pytest.raises(IntegrityError, match="message_seq_unique"):  # a 500, not a 409
+        api.post(f"/api/v1/sessions/{sid}/messages/", {"content": "second"}, format="json")
+    assert list(Turn.objects.filter(session_id=sid).values_list("pk", flat=True)) == [first.pk]
+    assert list(Message.objects.filter(session_id=sid).values_list("content", flat=True)) == [
+        "first",
+        "reply",
+    ]
+    assert ChatSession.objects.get(pk=sid).next_seq == 2
 
 
 @pytest.mark.parametrize(

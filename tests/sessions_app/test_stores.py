@@ -8,7 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import OperationalError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
@@ -243,7 +243,36 @@ class StoreContract:
             assert Message.objects.filter(session=session, role="user").count() == 1
 
 
-class TestDbStore(StoreContract):
+class RowStoreContract:
+    """What the stores that keep rows (``db``, ``cached_db``) add to the contract: of the
+    database's constraints, only the turn's one message of each role means a duplicate."""
+
+    @pytest.mark.usefixtures("vendor")  # the INSERT written out, and the ORM's
+    def test_only_the_turns_message_of_that_role_is_a_duplicate(self, user, session):
+        turn = self.accept(user, session, "hello")
+        with pytest.raises(DuplicateReply), transaction.atomic():
+            history_store().append_user_message(
+                session=session, turn_id=turn.pk, seq=session.next_seq, content="again"
+            )
+        # seq 1 is taken (the session's counter behind its rows): a fault, not a reply.
+        with pytest.raises(IntegrityError, match="message_seq_unique"), transaction.atomic():
+            history_store().append_reply(session=session, turn_id=turn.pk, seq=1, content="x")
+        with pytest.raises(IntegrityError), transaction.atomic():  # NOT NULL
+            history_store().append_reply(
+                session=session, turn_id=turn.pk, seq=session.next_seq, content=None
+            )
+
+    @pytest.mark.usefixtures("vendor")
+    def test_a_reply_whose_seq_is_taken_is_an_error_not_a_reply_already_stored(self, user, session):
+        turn = self.accept(user, session, "hello")
+        ChatSession.objects.filter(pk=session.pk).update(next_seq=1)  # the reply's seq is 1
+        with pytest.raises(IntegrityError, match="message_seq_unique"):
+            services.turn_complete(turn_id=turn.pk, reply="hi")  # the task then fails the turn
+        assert Turn.objects.get(pk=turn.pk).status == Turn.Status.PENDING  # rolled back
+        assert Message.objects.filter(turn=turn).count() == 1
+
+
+class TestDbStore(StoreContract, RowStoreContract):
     store_name = "db"
 
 
@@ -313,7 +342,7 @@ class TestRedisStore(StoreContract):
             history_store().erase(session_ids=[session.pk])
 
 
-class TestCachedDbStore(StoreContract):
+class TestCachedDbStore(StoreContract, RowStoreContract):
     store_name = "cached_db"
 
     @pytest.mark.django_db(transaction=True)
