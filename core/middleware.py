@@ -80,7 +80,7 @@ class NoStoreApiMiddleware(_EitherMode):
     """
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        if request.path.startswith(API_PREFIX):
+        if request.path_info.startswith(API_PREFIX):  # behind a SCRIPT_NAME too
             patch_cache_control(response, no_store=True, private=True)
         return response
 

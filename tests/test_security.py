@@ -47,6 +47,13 @@ def test_every_api_answer_says_no_store(api, other_api, settings):
     assert {name: _no_store(r) for name, r in answers.items()} == dict.fromkeys(answers, True)
 
 
+def test_api_answers_say_no_store_under_a_path_prefix_too(api):
+    """Served under a prefix (a proxy's SCRIPT_NAME), ``request.path`` starts with it."""
+    response = api.get("/api/v1/sessions/", SCRIPT_NAME="/chat")
+    assert response.status_code == 200 and response.wsgi_request.path == "/chat/api/v1/sessions/"
+    assert _no_store(response)
+
+
 @pytest.fixture
 def https_on(settings):
     """The settings SECURE_HTTPS=on gives (checked against the settings module below)."""
