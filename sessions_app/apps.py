@@ -8,6 +8,8 @@ class SessionsAppConfig(AppConfig):
     verbose_name = "Chat sessions"
 
     def ready(self) -> None:
+        import core.checks  # noqa: F401 - registers the deploy checks
+
         from .tokens import auth_tokens_revoke_on_password_change
 
         pre_save.connect(

@@ -125,6 +125,13 @@ def test_check_deploy_reports_nothing_in_production():
     assert "System check identified no issues" in result.stdout
 
 
+def test_check_deploy_warns_of_a_proxy_without_num_proxies():
+    behind = _check_deploy(PROXY_SSL_HEADER="X-Forwarded-Proto")
+    assert behind.returncode != 0 and "isolation.W001" in behind.stderr
+    counted = _check_deploy(PROXY_SSL_HEADER="X-Forwarded-Proto", NUM_PROXIES="1")
+    assert counted.returncode == 0, counted.stderr
+
+
 def test_check_deploy_does_complain_when_https_is_off():
     result = _check_deploy(SECURE_HTTPS="off")
     assert result.returncode != 0

@@ -1,0 +1,21 @@
+"""System checks for settings that are valid alone but wrong together."""
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Tags, Warning, register
+
+
+@register(Tags.security, deploy=True)
+def proxy_without_num_proxies(**kwargs: object) -> list[CheckMessage]:
+    """Behind a TLS proxy every request comes from the proxy's address; with
+    ``NUM_PROXIES`` at 0 the failed-sign-in limit counts all clients as that one address,
+    and one client's wrong passwords lock everyone out of signing in."""
+    if not getattr(settings, "PROXY_SSL_HEADER", "") or settings.REST_FRAMEWORK.get("NUM_PROXIES"):
+        return []
+    return [
+        Warning(
+            "PROXY_SSL_HEADER is set but NUM_PROXIES is 0: every sign-in is counted under "
+            "the proxy's address, so one client's failed sign-ins lock out all clients.",
+            hint="Set NUM_PROXIES to the number of proxies that append to X-Forwarded-For.",
+            id="isolation.W001",
+        )
+    ]
