@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
-from core.logcontext import request_user
+from core.logcontext import request_user, request_user_known
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,13 @@ def guard_payload(messages: Iterable[Message]) -> None:
 
 
 class IsolationLogFilter(logging.Filter):
-    """Stamp every log record with the ids of the bound scope."""
+    """Stamp every log record with the ids of the bound scope, or of the web request."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         scope = _scope.get()
         user = scope.user_id if scope else request_user()
+        if user is None and hasattr(record, "request"):  # django.request's lines
+            user = request_user_known(record.request)
         record.isolation_user = "-" if user is None else user
         record.isolation_session = scope.session_id if scope else "-"
         return True

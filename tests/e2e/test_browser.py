@@ -303,3 +303,39 @@ def test_failure_states_say_what_to_do_and_recover(site, open_context, fake_clau
     page.keyboard.press("Enter")
     expect(replies(page)).to_have_text(["Noted."])
     assert_no_csp_violations(page)
+
+
+def test_the_address_names_the_open_chat_and_back_forward_and_edits_switch_it(site, open_context):
+    UserFactory(username="dave")
+    page = sign_in(open_context(), site, "dave")
+    said = page.locator("#log .msg.user .text")
+    opened = page.locator("#sessions button[aria-current]")
+
+    send(page, "In the first chat")
+    expect(replies(page)).to_have_text(["Noted."])
+    first = page.url.split("#", 1)[1]
+    page.get_by_role("button", name="New chat").click()
+    send(page, "In the second chat")
+    expect(replies(page)).to_have_text(["Noted."])
+    second = page.url.split("#", 1)[1]
+    assert first and second and first != second
+    page.evaluate("window.notReloaded = true")  # each switch below stays in this document
+
+    page.go_back()  # to the chat open before "New chat"
+    expect(said).to_have_text(["In the first chat"])
+    expect(opened).to_have_attribute("data-session", first)
+    page.go_forward()
+    expect(said).to_have_text(["In the second chat"])
+    expect(opened).to_have_attribute("data-session", second)
+
+    # The hash edited by hand (as in the address bar): that chat, then a new one.
+    page.evaluate("id => { window.location.hash = id; }", first)
+    expect(said).to_have_text(["In the first chat"])
+    page.evaluate("() => { window.location.hash = ''; }")
+    expect(page.get_by_role("heading", name="New chat")).to_be_visible()
+    expect(page.locator("#log .msg")).to_have_count(0)
+    # A chat that is not (or no longer) the user's: said, as on opening the page with it.
+    page.evaluate("() => { window.location.hash = '00000000-0000-4000-8000-000000000000'; }")
+    expect(page.get_by_role("alert")).to_contain_text("expired or was deleted")
+    assert page.evaluate("window.notReloaded") is True
+    assert_no_csp_violations(page)

@@ -189,6 +189,40 @@ def test_web_log_lines_name_the_user_served_and_no_one_after(api, user, victim, 
     assert caplog.records[-1].isolation_user == "-"
 
 
+def test_djangos_request_log_line_names_the_user_the_api_authenticated(api, user, caplog):
+    """Django logs a 4xx after the view returned: the line still names the token's user."""
+    import logging
+
+    from sessions_app.isolation import IsolationLogFilter
+
+    caplog.handler.addFilter(IsolationLogFilter())
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert api.get(f"/api/v1/sessions/{random_id()}/").status_code == 404
+        assert APIClient().get("/api/v1/sessions/").status_code == 401
+    found, unauthenticated = [r for r in caplog.records if r.name == "django.request"]
+    assert (found.status_code, found.isolation_user) == (404, user.pk)
+    assert (unauthenticated.status_code, unauthenticated.isolation_user) == (401, "-")
+
+
+def test_a_request_log_line_never_reads_a_user_no_one_read(
+    client, user, caplog, django_assert_num_queries
+):
+    """A signed-in browser's 404 outside any view: naming its user would cost queries."""
+    import logging
+
+    from django.utils.functional import empty
+
+    from sessions_app.isolation import IsolationLogFilter
+
+    client.force_login(user)
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get("/no-such-page").status_code == 404
+    [record] = [r for r in caplog.records if r.name == "django.request"]
+    with django_assert_num_queries(0):
+        IsolationLogFilter().filter(record)
+    assert record.isolation_user == "-" and record.request.user._wrapped is empty
+
+
 def test_a_task_pointed_at_another_users_turn_is_refused_by_the_guard(
     user, other_user, fake_claude
 ):

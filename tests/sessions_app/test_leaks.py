@@ -11,7 +11,7 @@ from sessions_app.services import SUPPRESSED_NOTICE
 
 from ..factories import UserFactory
 from ..fakes.claude import FakeClaude
-from ..support import post_and_wait
+from ..support import post_and_wait, turn_task_args
 
 pytestmark = pytest.mark.django_db
 
@@ -86,6 +86,29 @@ def test_leak_action_flag_delivers_and_flags(settings, api, other_api, fake_clau
     assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
     [entry] = AuditEntry.objects.filter(flagged=True)
     assert "delivered and flagged" in entry.reason and entry.review_state == "open"
+
+
+@pytest.mark.parametrize(("action", "end"), [("suppress", "suppressed"), ("flag", "completed")])
+def test_the_workers_log_line_names_the_end_the_leak_scan_gave_the_turn(
+    action, end, settings, api, other_api, fake_claude, queued, caplog
+):
+    """The worker logs the task's result: a withheld reply's turn must not read completed."""
+    import logging
+
+    from sessions_app.tasks import run_turn
+
+    settings.LEAK_ACTION = action
+    fake_claude.set_responder(_leaking)
+    for client, content in ((api, SECRET), (other_api, "What is my codename?")):
+        sid = client.post("/api/v1/sessions/", {}, format="json").json()["id"]
+        posted = {"content": content}
+        turn = client.post(f"/api/v1/sessions/{sid}/messages/", posted, format="json").json()
+        with caplog.at_level(logging.INFO, logger="celery.app.trace"):
+            run_turn.apply(args=turn_task_args(turn["id"]))
+    assert Turn.objects.get(pk=turn["id"]).status == end
+    logged = [r.getMessage() for r in caplog.records if r.name == "celery.app.trace"]
+    assert [line.rsplit(": ", 1)[1] for line in logged] == ["'completed'", f"'{end}'"]
+    assert all(" succeeded in " in line for line in logged)
 
 
 def test_a_users_own_data_in_their_reply_is_not_a_leak(api, fake_claude):

@@ -64,6 +64,15 @@ def test_the_static_files_are_served(client):
         b"".join(answer.streaming_content)  # close the file
 
 
+def test_favicon_ico_leads_to_the_sites_icon(client):
+    """Pages without the icon link (the admin's, a JSON answer opened in a tab) make the
+    browser ask for /favicon.ico: no 404 in the logs, the site's icon in the tab."""
+    asked = client.get("/favicon.ico", follow=True)
+    assert asked.redirect_chain == [("/static/sessions_app/favicon.svg", 301)]
+    assert asked.status_code == 200 and asked.headers["Content-Type"] == "image/svg+xml"
+    b"".join(asked.streaming_content)  # close the file
+
+
 def test_the_admin_and_the_api_docs_are_outside_the_policy(client):
     """They carry inline script and style of their own: left out, so they keep working."""
     staff = UserFactory(is_staff=True)

@@ -199,7 +199,7 @@
       count.textContent = `${n} message${n === 1 ? "" : "s"}`;
       button.append(title, count);
       if (session.id === state.sessionId) button.setAttribute("aria-current", "true");
-      button.addEventListener("click", () => openSession(session.id));
+      button.addEventListener("click", () => openSession(session.id, { push: true }));
       li.append(button);
       els.sessions.append(li);
       if (session.id === focused) button.focus();
@@ -207,14 +207,22 @@
     els.sessionsEmpty.hidden = state.sessions.length > 0;
   }
 
-  function setOpenChat(sessionId) {
+  // The address names the open chat (#id). A chat the user picks is a new history entry,
+  // so Back and Forward (the hashchange handler) go through the chats seen.
+  function setOpenChat(sessionId, { push = false } = {}) {
     state.sessionId = sessionId;
     const session = state.sessions.find((s) => s.id === sessionId);
     els.title.textContent = session ? session.title || "Untitled chat" : "New chat";
     els.del.hidden = !sessionId;
     const url = sessionId ? `#${sessionId}` : window.location.pathname;
-    window.history.replaceState(null, "", url);
+    const moved = (sessionId || "") !== addressedChat();
+    if (push && moved) window.history.pushState(null, "", url);
+    else window.history.replaceState(null, "", url);
     renderSessions();
+  }
+
+  function addressedChat() {
+    return window.location.hash.slice(1);
   }
 
   // ---- errors: each says what to do --------------------------------------------------
@@ -460,12 +468,12 @@
     if (open) els.title.textContent = open.title || "Untitled chat";
   }
 
-  async function openSession(sessionId, { quiet = false } = {}) {
+  async function openSession(sessionId, { quiet = false, push = false } = {}) {
     const load = ++state.loads;
     stopWatching();
     showPending(false);
     if (!quiet) hideBanner();
-    setOpenChat(sessionId);
+    setOpenChat(sessionId, { push });
     try {
       const messages = await messagesOf(sessionId);
       if (load !== state.loads) return;
@@ -477,12 +485,12 @@
     }
   }
 
-  function newChat() {
+  function newChat({ push = false } = {}) {
     state.loads += 1;
     stopWatching();
     showPending(false);
     hideBanner();
-    setOpenChat(null);
+    setOpenChat(null, { push });
     clearLog();
     els.message.focus();
   }
@@ -550,7 +558,7 @@
       if (!els.send.disabled) els.composer.requestSubmit();
     }
   });
-  els.newChat.addEventListener("click", newChat);
+  els.newChat.addEventListener("click", () => newChat({ push: true }));
   els.del.addEventListener("click", () => {
     els.dialog.returnValue = "";
     els.dialog.showModal();
@@ -561,6 +569,19 @@
   });
   els.bannerAction.addEventListener("click", () => {
     if (state.bannerAction) state.bannerAction();
+  });
+  // The hash edited by hand, or Back and Forward: open the chat it names.
+  window.addEventListener("hashchange", async () => {
+    const wanted = addressedChat();
+    if (wanted === (state.sessionId || "")) return; // the page's own change of address
+    if (wanted && !state.sessions.some((s) => s.id === wanted)) {
+      try {
+        await loadSessions(); // started in another tab, say
+      } catch (err) {
+        return handleError(err);
+      }
+    }
+    openAddressed(wanted);
   });
   window.addEventListener("offline", connectionLost);
   window.addEventListener("online", () => {
@@ -573,15 +594,15 @@
     } catch (err) {
       return handleError(err);
     }
-    const wanted = window.location.hash.slice(1);
-    if (wanted && !state.sessions.some((s) => s.id === wanted)) {
-      newChat();
-      chatGone(wanted);
-      return;
-    }
-    const first = wanted || (state.sessions[0] && state.sessions[0].id);
-    if (first) openSession(first);
-    else newChat();
+    openAddressed(addressedChat() || (state.sessions[0] && state.sessions[0].id) || "");
+  }
+
+  // Open the chat ``wanted`` names: none, a new chat; one not (or no longer) the user's, said.
+  function openAddressed(wanted) {
+    if (!wanted) return newChat();
+    if (state.sessions.some((s) => s.id === wanted)) return openSession(wanted);
+    newChat();
+    chatGone(wanted);
   }
 
   start();
