@@ -32,11 +32,6 @@ def turn_in_flight(*, turn_id: object) -> bool:
     return Turn.objects.filter(pk=turn_id, status__in=Turn.IN_FLIGHT).exists()
 
 
-def turn_status(*, turn_id: object) -> str | None:
-    """Return the turn's status, or None if it is gone."""
-    return Turn.objects.filter(pk=turn_id).values_list("status", flat=True).first()
-
-
 def turn_history(*, turn: Turn) -> list[StoredMessage]:
     """Return the conversation up to ``turn``, as the store holds it for the turn's owner."""
     return history_store().history(session=turn.session, turn_id=turn.pk)

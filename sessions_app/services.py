@@ -288,8 +288,9 @@ def turn_requeue(*, turn_id: object, attempt: int) -> bool:
     return bool(updated)
 
 
-def turn_deliver(*, turn: Turn, reply: str) -> bool:
-    """Scan the reply against the fingerprint index, then store or withhold it (one read).
+def turn_deliver(*, turn: Turn, reply: str) -> str | None:
+    """Scan the reply against the fingerprint index, then store or withhold it (one read);
+    return how the turn ended, as ``turn_complete``.
 
     Raise ``IndexUnavailable`` if the index cannot be reached: the task tries again later.
     """
@@ -297,8 +298,9 @@ def turn_deliver(*, turn: Turn, reply: str) -> bool:
     return turn_complete(turn_id=turn.pk, reply=reply, scan=scan)
 
 
-def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None) -> bool:
-    """Store the reply and end the turn; return False if it had already ended.
+def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None) -> str | None:
+    """Store the reply and end the turn; return how it ended (``completed``, or
+    ``suppressed`` by the leak scan), or None if it had already ended.
 
     The turn and session rows are locked first, and the store keeps one reply per turn,
     so two concurrent runs of one turn never store two replies. A reply the ``scan`` found
@@ -315,7 +317,7 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             turn = _turn_end(turn_id, status=end, withheld=withheld)
             if turn is None:
                 transaction.set_rollback(True)  # the seq it may have taken goes back
-                return False
+                return None
             seq = turn.session.next_seq - 1
             message = _reply_append(
                 turn=turn,
@@ -337,10 +339,9 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
                 )
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
-        return False
-    ended = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
-    events.publish_turn_changed(turn_id=turn_id, status=ended)
-    return True
+        return None
+    events.publish_turn_changed(turn_id=turn_id, status=end)
+    return end.value
 
 
 def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn | None:

@@ -16,13 +16,13 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
 
-from audit_app.services import audit_chain_seal, reply_scan
+from audit_app.services import audit_chain_seal
 from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connection
 
 from . import llm, privacy, services
 from .isolation import IsolationViolation, bound
 from .models import Turn
-from .queries import turn_history, turn_in_flight, turn_status
+from .queries import turn_history, turn_in_flight
 from .stores import StoredMessage, history_store
 from .tokens import auth_tokens_purge_expired
 
@@ -112,24 +112,9 @@ def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) 
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
         reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply)
-        return _deliver(turn, reply=reply)
-
-
-def _deliver(turn: Turn, *, reply: str) -> str:
-    """Scan the reply and store it; return how the turn ended, for the worker's log line:
-    ``completed``, ``suppressed`` (withheld by the leak scan) or ``skipped``.
-
-    ``services.turn_deliver`` tells only whether the reply was stored. A reply the scan
-    found clean always ends ``completed``; after a leak, where ``LEAK_ACTION`` decided the
-    end, the row says which (one read, off the common path).
-    """
-    scan = reply_scan(user_id=turn.session.owner_id, session_id=turn.session_id, text=reply)
-    complete = services.turn_complete
-    if not once_more_on_fresh_connection(complete, turn_id=turn.pk, reply=reply, scan=scan):
-        return "skipped"
-    if not scan.leaked:
-        return "completed"
-    return turn_status(turn_id=turn.pk) or "abandoned"  # gone: its session was deleted
+        ended = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
+    # The worker's log line says how the turn ended: completed, or suppressed by the scan.
+    return ended or "skipped"
 
 
 def _still_wanted(turn: Turn, *, history: list[StoredMessage]) -> Callable[[], bool]:

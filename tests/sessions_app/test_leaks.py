@@ -1,6 +1,8 @@
 """The leak scan end to end: a reply carrying another user's data is withheld (or flagged),
 kept encrypted for review, and a reviewer decides in the admin."""
 
+import logging
+
 import pytest
 from django.contrib.auth.models import Permission
 
@@ -8,6 +10,7 @@ from audit_app.models import AuditEntry
 from sessions_app.models import Turn
 from sessions_app.queries import turn_withheld_text
 from sessions_app.services import SUPPRESSED_NOTICE
+from sessions_app.tasks import run_turn
 
 from ..factories import UserFactory
 from ..fakes.claude import FakeClaude
@@ -93,10 +96,6 @@ def test_the_workers_log_line_names_the_end_the_leak_scan_gave_the_turn(
     action, end, settings, api, other_api, fake_claude, queued, caplog
 ):
     """The worker logs the task's result: a withheld reply's turn must not read completed."""
-    import logging
-
-    from sessions_app.tasks import run_turn
-
     settings.LEAK_ACTION = action
     fake_claude.set_responder(_leaking)
     for client, content in ((api, SECRET), (other_api, "What is my codename?")):

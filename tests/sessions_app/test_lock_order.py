@@ -65,7 +65,7 @@ PATHS = {
     ORM_END: (
         _pending,
         lambda turn: services.turn_complete(turn_id=turn.pk, reply="the reply"),
-        True,
+        "completed",
         _ended,
     ),
 }

@@ -124,7 +124,7 @@ def test_a_second_run_waits_for_the_first_and_stores_no_second_reply(committed_t
             lambda: services.turn_complete(turn_id=turn.pk, reply="from the second run")
         )
     second.join(30)
-    assert results == [False]
+    assert results == [None]
     turn, session = _reload(turn)
     assert turn.status == "completed" and session.next_seq == 3  # no seq taken, no gap
     messages = Message.objects.filter(session=session).order_by("seq")
@@ -146,7 +146,7 @@ def test_a_run_ending_its_turn_waits_for_a_delete_and_then_stores_nothing(
             lambda: services.turn_complete(turn_id=turn.pk, reply="too late")
         )
     run.join(30)
-    assert results == [False]
+    assert results == [None]
     assert not Message.objects.filter(session_id=turn.session_id).exists()
     assert not AuditEntry.objects.filter(turn_id=turn.pk, kind="reply").exists()
 

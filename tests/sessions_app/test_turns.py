@@ -329,10 +329,10 @@ def test_two_concurrent_runs_of_one_turn_store_one_reply(user, fake_claude: Fake
     assert list(Message.objects.filter(session_id=sid).values_list("seq", flat=True)) == [1, 2]
 
     # A late third run: refused by the status check.
-    assert services.turn_complete(turn_id=turn.pk, reply="late") is False
+    assert services.turn_complete(turn_id=turn.pk, reply="late") is None
     # Even one that read the turn as still running: refused by the database.
     Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.RUNNING)
-    assert services.turn_complete(turn_id=turn.pk, reply="late") is False
+    assert services.turn_complete(turn_id=turn.pk, reply="late") is None
     assert list(replies.values_list("content", flat=True)) == ["Echo: hello"]
     assert Message.objects.filter(session_id=sid).count() == 2
 
