@@ -11,7 +11,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Task, current_app, shared_task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
@@ -62,9 +62,15 @@ def run_turn(self, turn_id: str, user_id: int, session_id: str) -> str:
     Safe to redeliver, even while a first run is alive: a finished turn is skipped, and
     ``turn_complete`` keeps one reply per turn.
     """
+    turn = None
     try:
-        return _run_turn(self, turn_id, user_id=user_id, session_id=uuid.UUID(session_id))
-    except Retry:
+        turn = once_more_on_fresh_connection(services.turn_claim, turn_id=turn_id)
+        if turn is None:
+            return "skipped"
+        return _run_turn(self, turn, user_id=user_id, session_id=uuid.UUID(session_id))
+    except (Retry, Reject):
+        # Reject: the retry could not be queued (the broker is down). The turn is pending
+        # again (``_retry_or_fail``), and the stale-turn sweep queues it once more.
         raise
     except Exception as exc:
         if callable(audit := getattr(exc, "audit", None)):
@@ -72,6 +78,9 @@ def run_turn(self, turn_id: str, user_id: int, session_id: str) -> str:
         if not is_outage(exc):
             services.turn_fail(
                 turn_id=turn_id,
+                # Only this run's attempt: a redelivered run that claimed the turn since
+                # owns it, and its reply must not be thrown away for this run's error.
+                attempt=None if turn is None else turn.attempts,
                 code="internal_error",
                 detail="The reply could not be produced; send the message again.",
             )
@@ -86,10 +95,7 @@ def run_turn(self, turn_id: str, user_id: int, session_id: str) -> str:
         raise self.retry(countdown=_backoff(1), exc=exc) from exc
 
 
-def _run_turn(task: Task, turn_id: str, *, user_id: int, session_id: uuid.UUID) -> str:
-    turn = once_more_on_fresh_connection(services.turn_claim, turn_id=turn_id)
-    if turn is None:
-        return "skipped"
+def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) -> str:
     # The turn's whole life, every attempt included, fits in TURN_DEADLINE_SECONDS, so a
     # turn Claude cannot answer still ends ``failed`` within API.md's 120 s.
     deadline = (turn.deadline_at or _deadline_of(turn)).timestamp()

@@ -12,14 +12,15 @@ import time
 import uuid
 
 import pytest
+from celery.exceptions import Reject
 from django.db import connection
 
-from sessions_app import services
+from sessions_app import llm, services, tasks
 from sessions_app.models import Message, Turn
 from sessions_app.tasks import run_turn
 
 from ..fakes.claude import FakeClaude, canaries_in
-from ..support import turn_task_args, wait_until
+from ..support import broker_at, free_port, turn_task_args, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -335,6 +336,53 @@ def test_two_concurrent_runs_of_one_turn_store_one_reply(user, fake_claude: Fake
     assert services.turn_complete(turn_id=turn.pk, reply="late") is None
     assert list(replies.values_list("content", flat=True)) == ["Echo: hello"]
     assert Message.objects.filter(session_id=sid).count() == 2
+
+
+def test_an_overtaken_runs_error_leaves_the_turn_to_the_newer_run(user, monkeypatch):
+    """Any failure of a run that a redelivered run overtook is not the turn's end."""
+    sid = services.chat_session_create(owner=user).pk
+    turn = services.message_accept(user=user, session_id=sid, content="hello")  # not queued
+
+    def overtaken(history, **kwargs):
+        # Meanwhile the task is redelivered, and the second run claims the turn ...
+        assert services.turn_claim(turn_id=turn.pk).attempts == 2
+        raise RuntimeError("... and this first run meets an error of its own")
+
+    monkeypatch.setattr(llm, "send", overtaken)
+    result = run_turn.apply(args=turn_task_args(turn.pk))
+    assert isinstance(result.result, RuntimeError)
+    turn.refresh_from_db()
+    assert (turn.status, turn.attempts) == (Turn.Status.RUNNING, 2)
+    assert services.turn_complete(turn_id=turn.pk, reply="the newer run's") == "completed"
+
+
+def test_a_retry_the_broker_cannot_take_leaves_the_turn_to_the_sweep(
+    user, fake_claude: FakeClaude, settings
+):
+    """A transient error of Claude while the broker blinks is no reason to fail the turn."""
+    settings.CLAUDE_MAX_RETRIES = 0  # the 529 goes to the task's own retry
+    fake_claude.fail(529)
+    sid = services.chat_session_create(owner=user).pk
+    turn = services.message_accept(user=user, session_id=sid, content="hello")  # not queued
+    args = turn_task_args(turn.pk)
+    with broker_at(settings, f"redis://127.0.0.1:{free_port()}/0"):  # nothing listens
+        # As a worker runs it: its retry is published, not run in this call.
+        request = {"args": args, "kwargs": {}, "retries": 0, "delivery_info": {}}
+        run_turn.push_request(
+            id=str(uuid.uuid4()), is_eager=False, called_directly=False, **request
+        )
+        try:
+            with pytest.raises(Reject):
+                run_turn.run(*args)
+        finally:
+            run_turn.pop_request()
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == (Turn.Status.PENDING, "")
+
+    assert tasks.turns_sweep(older_than_seconds=0) == {"requeued": 1, "failed": 0}
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.COMPLETED
+    assert fake_claude.request_count() == 2
 
 
 # 7. The payload Claude receives -------------------------------------------------------------
