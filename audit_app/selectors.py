@@ -42,7 +42,7 @@ def audit_open_flag_count() -> int:
 class ChainReport:
     verdict: chain.Verdict
     unsealed: int
-    oldest_unsealed_age: float
+    oldest_unsealed_age: float | None  # seconds; None when nothing awaits sealing
 
 
 def audit_chain_verify() -> ChainReport:
@@ -64,7 +64,7 @@ def audit_chain_verify() -> ChainReport:
     lag = AuditEntry.objects.filter(chain_seq__isnull=True).aggregate(
         n=Count("id"), oldest=Min("created_at")
     )
-    age = (timezone.now() - lag["oldest"]).total_seconds() if lag["oldest"] else 0.0
+    age = (timezone.now() - lag["oldest"]).total_seconds() if lag["oldest"] else None
     return ChainReport(verdict=verdict, unsealed=lag["n"], oldest_unsealed_age=age)
 
 

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from core import health
 from core import views as core_views
 from sessions_app import views
-from sessions_app.signin import throttled_page
+from sessions_app.signin import SignInForm, throttled_page
 
 urlpatterns = [
     # The API first, its busiest routes first in its own list: Django tries the patterns in
@@ -18,7 +18,11 @@ urlpatterns = [
     path("", views.chat, name="chat"),
     # Both HTML sign-in pages answer 429 past the failed-sign-in limit (sessions_app.signin);
     # the admin's own login is overridden here, ahead of the rest of the admin.
-    path("accounts/login/", throttled_page(auth_views.LoginView.as_view()), name="login"),
+    path(
+        "accounts/login/",
+        throttled_page(auth_views.LoginView.as_view(authentication_form=SignInForm)),
+        name="login",
+    ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/login/", throttled_page(admin.site.login)),
     path("admin/", admin.site.urls),

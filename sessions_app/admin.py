@@ -5,6 +5,7 @@ from knox.models import AuthToken
 from core.admin import ViewOnlyAdmin
 
 from .models import ChatSession, Message, Turn
+from .signin import AdminSignInForm
 
 
 class MessageInline(ViewOnlyAdmin, admin.TabularInline):
@@ -57,6 +58,9 @@ class TurnAdmin(ViewOnlyAdmin, admin.ModelAdmin):
     def reply_withheld(self, turn: Turn) -> bool:
         return bool(turn.withheld)
 
+
+# Past the failed-sign-in limit the admin login shows its form again, saying why (signin.py).
+admin.site.login_form = AdminSignInForm
 
 # Knox's own token admin creates tokens and shows each new key once; staff need neither.
 admin.site.unregister(AuthToken)

@@ -3,7 +3,8 @@
 Each check runs through ``ThrottledModelBackend``, so the API token endpoint, the login page
 and the admin login share one count per username and one per client address. A sign-in past
 ``LOGIN_THROTTLE_RATE`` raises ``SignInThrottled`` before any password hash is spent; the API
-answers it as DRF answers any throttle, the HTML pages through ``throttled_page``.
+answers it as DRF answers any throttle (JSON ``detail`` and ``code``), the HTML pages with their
+form again, saying why (``SignInForm``, ``AdminSignInForm``), as 429 (``throttled_page``).
 
 The counters are fixed windows that open at the first attempt, in the Django cache (Redis in
 production, so all web processes share them). A sign-in reserves its place in the count
@@ -20,9 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle
@@ -103,18 +107,48 @@ class ThrottledModelBackend(ModelBackend):
         return user
 
 
+# Where a login form leaves the refusal for ``throttled_page``, on the request it served.
+_THROTTLED = "_sign_in_throttled"
+
+
+class _SaysWhenThrottled:
+    """A login form that, past the limit, is shown again with why and when to try again."""
+
+    throttled: SignInThrottled | None = None
+
+    def clean(self) -> dict[str, Any]:
+        try:
+            return super().clean()
+        except SignInThrottled as exc:
+            self.throttled = exc
+            if self.request is not None:
+                setattr(self.request, _THROTTLED, exc)
+            raise ValidationError(str(exc.detail), code="throttled") from exc
+
+
+class SignInForm(_SaysWhenThrottled, AuthenticationForm):
+    """The login page's form."""
+
+
+class AdminSignInForm(_SaysWhenThrottled, AdminAuthenticationForm):
+    """The admin login's form."""
+
+
 def throttled_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Answer a throttled sign-in on an HTML login page with 429 and ``Retry-After``."""
+    """Answer a throttled sign-in on an HTML login page with 429 and ``Retry-After``: its
+    form again, with the reason, when the view's form is one of the above; plain text if not.
+    """
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
-            return view(request, *args, **kwargs)
+            response = view(request, *args, **kwargs)
         except SignInThrottled as exc:
-            response = HttpResponse(
-                str(exc.detail), status=exc.status_code, content_type="text/plain; charset=utf-8"
-            )
-            response["Retry-After"] = str(exc.wait)
-            return response
+            response = HttpResponse(str(exc.detail), content_type="text/plain; charset=utf-8")
+            setattr(request, _THROTTLED, exc)
+        if (throttled := getattr(request, _THROTTLED, None)) is not None:
+            response.status_code = throttled.status_code
+            response["Retry-After"] = str(throttled.wait)
+        return response
 
     return wrapper

@@ -107,6 +107,14 @@ class TestChain:
         out = capsys.readouterr().out
         assert out.startswith("ok, 3 entries sealed, 2 awaiting sealing, oldest unsealed age")
 
+    def test_the_command_says_when_nothing_awaits_sealing(self, user, capsys):
+        """No age of an oldest unsealed entry when there is none."""
+        call_command("verify_audit_chain")
+        assert capsys.readouterr().out == "ok, 0 entries sealed, nothing unsealed\n"
+        _write(user, 1)
+        call_command("verify_audit_chain", seal=True)
+        assert capsys.readouterr().out == "ok, 1 entry sealed, nothing unsealed\n"
+
     def test_a_changed_row_is_found(self, user, capsys):
         entries = _write(user, 4)
         audit_chain_seal()

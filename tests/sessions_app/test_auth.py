@@ -6,6 +6,7 @@ login) on the real Redis cache; addresses are set per request with ``REMOTE_ADDR
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -298,6 +299,22 @@ def test_failures_are_limited_per_address_across_every_sign_in(settings):
     assert_throttled(sign_in_page(ADMIN_LOGIN, users[4].username, PASSWORD, address))
     # The same users elsewhere are not concerned.
     assert sign_in_api(users[3].username, PASSWORD, "10.0.2.2").status_code == 200
+
+
+@pytest.mark.parametrize("page", [LOGIN_PAGE, ADMIN_LOGIN])
+def test_a_throttled_sign_in_page_is_its_form_again_saying_why(page, user, settings):
+    """A person at the login page gets the form back, not a line of plain text."""
+    settings.LOGIN_THROTTLE_RATE = "1/min"
+    assert sign_in_page(page, user.username, "wrong").status_code == 200
+    response = sign_in_page(page, user.username, PASSWORD)
+    assert_throttled(response)
+    assert response["Content-Type"].startswith("text/html")
+    html = response.content.decode()
+    assert 'name="password"' in html and f'value="{user.username}"' in html
+    [said] = re.findall(r'<(?:p|li) class="error[^"]*"[^>]*>([^<]+)<', html)
+    assert said.strip().startswith("Too many failed sign-ins") and "Try again in" in said
+    # The 429 names the right password no more than the wrong one: it checked none.
+    assert "did not match" not in html and "correct username" not in html
 
 
 def test_a_forged_forwarded_for_header_does_not_change_the_address(settings):

@@ -28,7 +28,11 @@ class Command(BaseCommand):
                 f"{broken.problem}; {verdict.sealed} entries verified before it"
             )
             sys.exit(1)
+        sealed = f"{verdict.sealed} {'entry' if verdict.sealed == 1 else 'entries'} sealed"
+        if report.oldest_unsealed_age is None:
+            self.stdout.write(f"ok, {sealed}, nothing unsealed")
+            return
         self.stdout.write(
-            f"ok, {verdict.sealed} entries sealed, {report.unsealed} awaiting sealing, "
+            f"ok, {sealed}, {report.unsealed} awaiting sealing, "
             f"oldest unsealed age {report.oldest_unsealed_age:.0f}s"
         )
