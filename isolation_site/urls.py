@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from core import health
 from core import views as core_views
 from sessions_app import views
-from sessions_app.signin import SignInForm, throttled_page
+from sessions_app.signin import SignInForm, admin_password_change, throttled_page
 
 urlpatterns = [
     # The API first, its busiest routes first in its own list: Django tries the patterns in
@@ -25,6 +25,8 @@ urlpatterns = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/login/", throttled_page(admin.site.login)),
+    # Its old password is a guess too: counted with the sign-ins.
+    path("admin/password_change/", throttled_page(admin.site.admin_view(admin_password_change))),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("favicon.ico", views.favicon),

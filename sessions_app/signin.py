@@ -1,7 +1,8 @@
 """The failed-sign-in limit, shared by every place that checks a password.
 
 Each check runs through ``ThrottledModelBackend``, so the API token endpoint, the login page
-and the admin login share one count per username and one per client address. A sign-in past
+and the admin login share one count per username and one per client address; the admin's
+password change counts its old password there too (``PasswordCheckForm``). A sign-in past
 ``LOGIN_THROTTLE_RATE`` raises ``SignInThrottled`` before any password hash is spent; the API
 answers it as DRF answers any throttle (JSON ``detail`` and ``code``), the HTML pages with their
 form again, saying why (``SignInForm``, ``AdminSignInForm``), as 429 (``throttled_page``).
@@ -21,13 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import PasswordChangeView
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle
 
@@ -132,6 +136,58 @@ class SignInForm(_SaysWhenThrottled, AuthenticationForm):
 
 class AdminSignInForm(_SaysWhenThrottled, AdminAuthenticationForm):
     """The admin login's form."""
+
+
+class PasswordCheckForm(AdminPasswordChangeForm):
+    """The admin's own password change, whose old password is checked under the limit.
+
+    Django checks it with ``check_password``, past every authentication backend: a stolen
+    staff session could guess the password there without end, then sign in anywhere.
+    """
+
+    def __init__(self, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        count = SignInCount(self.request, self.user.get_username())
+        try:
+            count.reserve()
+        except SignInThrottled as exc:
+            setattr(self.request, _THROTTLED, exc)
+            raise ValidationError(str(exc.detail), code="throttled") from exc
+        try:
+            old = super().clean_old_password()
+        except ValidationError:
+            raise  # a wrong guess: it stays counted
+        except Exception:
+            count.release()
+            raise
+        count.release()
+        return old
+
+
+class _PasswordChangeView(PasswordChangeView):
+    form_class = PasswordCheckForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
+
+
+def admin_password_change(request: HttpRequest) -> HttpResponse:
+    """``admin.site.password_change`` with ``PasswordCheckForm`` (the admin hard-codes its
+    form); route it under ``admin.site.admin_view`` and ``throttled_page``."""
+    site = admin.site
+    request.current_app = site.name
+    return _PasswordChangeView.as_view(
+        success_url=reverse("admin:password_change_done", current_app=site.name),
+        extra_context=site.each_context(request),
+        **(
+            {"template_name": site.password_change_template}
+            if site.password_change_template
+            else {}
+        ),
+    )(request)
 
 
 def throttled_page(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

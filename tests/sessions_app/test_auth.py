@@ -286,6 +286,39 @@ def test_failures_are_limited_per_username_across_every_sign_in(user, settings):
     assert sign_in_api(UserFactory().username, PASSWORD, "10.0.1.1").status_code == 200
 
 
+def _password_change(browser: Client, old: str):
+    new = {"new_password1": "a-new-pw-for-tests", "new_password2": "a-new-pw-for-tests"}
+    return browser.post("/admin/password_change/", {"old_password": old, **new})
+
+
+def test_the_admins_password_change_counts_guesses_of_the_old_password(settings):
+    """A stolen staff session must not guess the password without limit, then sign in."""
+    settings.LOGIN_THROTTLE_RATE = "3/min"
+    staff = UserFactory(is_staff=True)
+    browser = Client(REMOTE_ADDR="10.0.3.1")
+    browser.force_login(staff)
+    for _ in range(3):
+        wrong = _password_change(browser, "wrong")
+        assert wrong.status_code == 200 and "old password was entered incorrectly" in wrong.text
+
+    refused = _password_change(browser, PASSWORD)  # the right one, past the limit
+    assert_throttled(refused)
+    assert "Too many failed sign-ins" in refused.text
+    staff.refresh_from_db()
+    assert staff.check_password(PASSWORD)
+    # One count with the sign-ins: the username is throttled everywhere.
+    assert_throttled(sign_in_api(staff.username, PASSWORD, "10.0.3.2"))
+
+
+def test_a_right_old_password_changes_it_and_does_not_count(settings):
+    settings.LOGIN_THROTTLE_RATE = "1/min"
+    staff = UserFactory(is_staff=True)
+    browser = Client(REMOTE_ADDR="10.0.3.3")
+    browser.force_login(staff)
+    assert _password_change(browser, PASSWORD).status_code == 302
+    assert sign_in_api(staff.username, "a-new-pw-for-tests", "10.0.3.3").status_code == 200
+
+
 def test_failures_are_limited_per_address_across_every_sign_in(settings):
     settings.LOGIN_THROTTLE_RATE = "3/min"
     users = [UserFactory() for _ in range(5)]
