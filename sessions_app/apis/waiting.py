@@ -63,14 +63,15 @@ def turn_wait(*, user, turn: Turn, changes: Iterator[str | None] | None) -> Turn
     """Return the just-accepted turn once it has ended, or as it is when ``changes`` stop.
 
     ``changes`` comes from ``wait_subscribe``, taken before the turn was queued; without
-    it (no wait) the turn is read as it is now. A notification that the turn is pending or
-    running does not even wake the wait, one that it ended costs a read of the whole turn,
-    and an idle tick or a poll one small query first. Every read goes through
-    ``turn_refresh_for_owner``: the message is stored, so a connection lost now must not
-    turn into an error that makes the client send it again.
+    it (no wait) the turn is answered as accepted, ``pending`` (API.md), as under ASGI: not
+    read again, though a worker, or eager tasks, may have moved it on. A notification that
+    the turn is pending or running does not even wake the wait, one that it ended costs a
+    read of the whole turn, and an idle tick or a poll one small query first. Every read
+    goes through ``turn_refresh_for_owner``: the message is stored, so a connection lost
+    now must not turn into an error that makes the client send it again.
     """
     if changes is None:
-        return turn_reread(user, turn)
+        return turn
     try:
         for status in changes:
             if status in Turn.IN_FLIGHT:

@@ -85,6 +85,9 @@ def test_without_wait_the_answer_is_202(api):
     response = api.post(f"/api/v1/sessions/{sid}/messages/", {"content": "hi"}, format="json")
     assert response.status_code == 202
     assert response.json()["user_message"]["content"] == "hi"
+    # As accepted (API.md: 202 turn, pending), though eager tasks have answered it by now.
+    assert (response.json()["status"], response.json()["reply"]) == ("pending", None)
+    assert api.get(f"/api/v1/turns/{response.json()['id']}/").json()["status"] == "completed"
 
 
 def test_offline_responder_remembers_only_this_sessions_name(api, other_api):
