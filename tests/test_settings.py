@@ -174,3 +174,21 @@ def test_a_request_error_is_logged_once_under_debug():
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "boom once" in line]
     assert len(lines) == 1 and "[user=" in lines[0], result.stderr
+
+
+def test_an_unknown_leak_action_refuses_to_start():
+    result = load_settings(DEBUG="1", LEAK_ACTION="delete")
+    assert result.returncode != 0
+    assert "LEAK_ACTION='delete': choose 'suppress' or 'flag'" in result.stderr
+
+
+def test_an_unknown_llm_provider_refuses_to_start():
+    result = load_settings(DEBUG="1", LLM_PROVIDER="openai")
+    assert result.returncode != 0
+    assert "LLM_PROVIDER" in result.stderr and "'anthropic' or 'offline'" in result.stderr
+
+
+def test_a_login_throttle_rate_not_in_drf_syntax_refuses_to_start():
+    result = load_settings(DEBUG="1", LOGIN_THROTTLE_RATE="lots")
+    assert result.returncode != 0
+    assert "LOGIN_THROTTLE_RATE='lots': give a count per period" in result.stderr
