@@ -10,13 +10,12 @@ import hashlib
 import re
 from pathlib import Path
 
-import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from isolation_site.envvars import env, env_choice
 
-env = environ.Env()
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -53,8 +52,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 
 # HTTPS ----------------------------------------------------------------------------------
 # On unless DEBUG: HTTP is redirected to HTTPS (but /healthz, the load balancer's probe),
-# HSTS, secure-only cookies. Off only for plain HTTP on a trusted network.
-SECURE_HTTPS = env.bool("SECURE_HTTPS", default=not DEBUG)
+# HSTS, secure-only cookies. Off only for plain HTTP on a trusted network. API.md's two
+# words only: read as a boolean, a typo such as "enable" would silently turn HTTPS off.
+SECURE_HTTPS = env_choice("SECURE_HTTPS", "off" if DEBUG else "on", ("on", "off")) == "on"
 if SECURE_HTTPS:
     SECURE_SSL_REDIRECT = True
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
@@ -262,9 +262,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Claude -------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
-LLM_PROVIDER = env.str("LLM_PROVIDER", default="anthropic" if ANTHROPIC_API_KEY else "offline")
-if LLM_PROVIDER not in {"anthropic", "offline"}:
-    raise ImproperlyConfigured("LLM_PROVIDER must be 'anthropic' or 'offline'.")
+LLM_PROVIDER = env_choice(
+    "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
+)
 CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=1024)
 CLAUDE_TIMEOUT_SECONDS = env.float("CLAUDE_TIMEOUT_SECONDS", default=25.0)
@@ -286,26 +286,18 @@ CLAUDE_SYSTEM_PROMPT = env.str(
 
 # Conversation policy ------------------------------------------------------------------
 # Where messages are kept: sessions_app.stores.<name>.HistoryStore.
-HISTORY_STORE = env.str("HISTORY_STORE", default="db")
-if HISTORY_STORE not in ("db", "redis", "cached_db"):
-    raise ImproperlyConfigured(
-        f"HISTORY_STORE={HISTORY_STORE!r}: choose 'db', 'redis' or 'cached_db'."
-    )
+HISTORY_STORE = env_choice("HISTORY_STORE", "db", ("db", "redis", "cached_db"))
 if HISTORY_STORE == "redis" and not REDIS_URL:
     # Silently keeping history elsewhere when Redis-only (TTL'd) storage was asked for
     # would break the promise that setting makes.
     raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
 SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
-PII_MODE = env.str("PII_MODE", default="pseudonymize")
-if PII_MODE not in ("off", "redact", "pseudonymize"):
-    raise ImproperlyConfigured(f"PII_MODE={PII_MODE!r}: choose 'off', 'redact' or 'pseudonymize'.")
+PII_MODE = env_choice("PII_MODE", "pseudonymize", ("off", "redact", "pseudonymize"))
 # Regions whose national phone formats are recognised (international +numbers always are).
 PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR", "IN"])
 # A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
-LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
-if LEAK_ACTION not in ("suppress", "flag"):
-    raise ImproperlyConfigured(f"LEAK_ACTION={LEAK_ACTION!r}: choose 'suppress' or 'flag'.")
+LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
 # REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
 FINGERPRINT_REDIS_URL = env.str("FINGERPRINT_REDIS_URL", default="")
