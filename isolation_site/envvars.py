@@ -5,12 +5,16 @@ raises ``ImproperlyConfigured`` naming the variable for a value the service coul
 (which would otherwise start, and then fail every request, or silently mean something else).
 """
 
+import re
 from collections.abc import Sequence
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 env = environ.Env()
+
+# What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
+_RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
 
 
 def _listed(words: Sequence[str]) -> str:
@@ -26,3 +30,11 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
             f"{name}={value!r}: choose {_listed([repr(c) for c in choices])}."
         )
     return value
+
+
+def env_rate(name: str, default: str) -> str:
+    """Return ``name``, a rate in DRF's syntax such as ``60/min``."""
+    rate = env.str(name, default="") or default
+    if not _RATE.fullmatch(rate):
+        raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
+    return rate

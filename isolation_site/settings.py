@@ -7,13 +7,12 @@ every variable; production sets ``DATABASE_URL``, ``REDIS_URL`` and the secrets.
 
 import base64
 import hashlib
-import re
 from pathlib import Path
 
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-from isolation_site.envvars import env, env_choice
+from isolation_site.envvars import env, env_choice, env_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -313,7 +312,8 @@ AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
 MAX_MESSAGE_CHARS = env.int("MAX_MESSAGE_CHARS", default=16000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
+# Checked here: DRF parses it on every request, so a bad one would make each post a 500.
+CHAT_THROTTLE_RATE = env_rate("CHAT_THROTTLE_RATE", "60/min")
 STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
 # ?wait requests and event streams one user may hold open at once; one more: 429.
 MAX_WAITS_PER_USER = env.int("MAX_WAITS_PER_USER", default=8)
@@ -406,11 +406,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # Every password sign-in (API token, login page, admin) passes the failed-sign-in limit.
 AUTHENTICATION_BACKENDS = ["sessions_app.signin.ThrottledModelBackend"]
 # Failed sign-ins allowed per username and per client address in one window (DRF syntax).
-LOGIN_THROTTLE_RATE = env.str("LOGIN_THROTTLE_RATE", default="10/min")
-if not re.fullmatch(r"[0-9]+/[smhd][a-z]*", LOGIN_THROTTLE_RATE):
-    raise ImproperlyConfigured(
-        f"LOGIN_THROTTLE_RATE={LOGIN_THROTTLE_RATE!r}: give a count per period, e.g. '10/min'."
-    )
+LOGIN_THROTTLE_RATE = env_rate("LOGIN_THROTTLE_RATE", "10/min")
 # An API token stops working this long after it was issued.
 TOKEN_TTL_SECONDS = env.int("TOKEN_TTL_SECONDS", default=86400)
 LOGIN_URL = "login"

@@ -192,3 +192,11 @@ def test_a_login_throttle_rate_not_in_drf_syntax_refuses_to_start():
     result = load_settings(DEBUG="1", LOGIN_THROTTLE_RATE="lots")
     assert result.returncode != 0
     assert "LOGIN_THROTTLE_RATE='lots': give a count per period" in result.stderr
+
+
+def test_a_chat_throttle_rate_not_in_drf_syntax_refuses_to_start():
+    """It started, and then every message post was a 500 (DRF parses the rate per request)."""
+    for rate in ("lots", "10/fortnight"):
+        result = load_settings(DEBUG="1", CHAT_THROTTLE_RATE=rate)
+        assert result.returncode != 0
+        assert f"CHAT_THROTTLE_RATE={rate!r}: give a count per period" in result.stderr
