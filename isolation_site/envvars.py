@@ -5,13 +5,16 @@ raises ``ImproperlyConfigured`` naming the variable for a value the service coul
 (which would otherwise start, and then fail every request, or silently mean something else).
 """
 
+import math
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
 env = environ.Env()
+Number = TypeVar("Number", int, float)
 
 # What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
 _RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
@@ -29,6 +32,30 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
         raise ImproperlyConfigured(
             f"{name}={value!r}: choose {_listed([repr(c) for c in choices])}."
         )
+    return value
+
+
+def env_number(
+    name: str,
+    default: Number | None,
+    *,
+    minimum: Number,
+    maximum: Number | None = None,
+    kind: type[Number] = int,
+) -> Number | None:
+    """Return ``name`` as a ``kind`` (``int`` or ``float``) from ``minimum`` to ``maximum``."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    too_big = maximum is not None and value is not None and value > maximum
+    if value is None or not math.isfinite(value) or value < minimum or too_big:
+        what = "a whole number" if kind is int else "a number"
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise ImproperlyConfigured(f"{name}={raw!r}: give {what} {bound}.")
     return value
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 VALID_KEY = "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c="
 
@@ -200,3 +202,44 @@ def test_a_chat_throttle_rate_not_in_drf_syntax_refuses_to_start():
         result = load_settings(DEBUG="1", CHAT_THROTTLE_RATE=rate)
         assert result.returncode != 0
         assert f"CHAT_THROTTLE_RATE={rate!r}: give a count per period" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "must"),
+    [
+        ("SESSION_TTL_SECONDS", "0", "a whole number of at least 1"),
+        ("SESSION_TTL_SECONDS", "2h", "a whole number of at least 1"),
+        ("TOKEN_TTL_SECONDS", "-1", "a whole number of at least 1"),
+        ("MAX_MESSAGE_CHARS", "0", "a whole number of at least 1"),
+        ("MAX_REQUEST_BYTES", "-1048576", "a whole number of at least 1"),
+        ("STATELESS_TOKEN_MAX_BYTES", "0", "a whole number of at least 1"),
+        ("MAX_WAITS_PER_USER", "0", "a whole number of at least 1"),
+        ("WAITS_PER_PROCESS", "-1", "a whole number of at least 1"),
+        ("TURN_MAX_ATTEMPTS", "0", "a whole number of at least 1"),
+        ("CLAUDE_MAX_RETRIES", "-1", "a whole number of at least 0"),
+        ("CLAUDE_TIMEOUT_SECONDS", "nan", "a number of at least 0.1"),
+        ("TURN_RETRY_DELAY_SECONDS", "-2", "a number of at least 0"),
+        ("SWEEP_INTERVAL_SECONDS", "0", "a whole number of at least 1"),
+        ("NUM_PROXIES", "-1", "a whole number of at least 0"),
+        ("FINGERPRINT_BUCKET_BITS", "17", "a whole number from 0 to 16"),
+    ],
+)
+def test_a_number_out_of_its_range_refuses_to_start(name, value, must):
+    """0 or a negative started: a TTL of 0 expired every session at once, a size of 0
+    refused every message, an interval of 0 made beat spin."""
+    result = load_settings(DEBUG="1", **{name: value})
+    assert result.returncode != 0
+    assert f"{name}={value!r}: give {must}." in result.stderr
+
+
+def test_numbers_at_the_edge_of_their_range_start():
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "print(json.dumps([settings.SESSION_TTL_SECONDS, settings.CLAUDE_MAX_RETRIES,"
+        " settings.TURN_RETRY_DELAY_SECONDS, settings.REST_FRAMEWORK['NUM_PROXIES'],"
+        " settings.WAITS_PER_PROCESS, settings.MAX_REQUEST_BYTES]))"
+    )
+    edge = {"SESSION_TTL_SECONDS": "1", "CLAUDE_MAX_RETRIES": "0", "TURN_RETRY_DELAY_SECONDS": "0"}
+    result = load_settings(code, DEBUG="1", NUM_PROXIES=" 0 ", MAX_REQUEST_BYTES="", **edge)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [1, 0, 0.0, 0, None, 1048576]
