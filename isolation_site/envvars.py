@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url
 
 env = environ.Env()
 Number = TypeVar("Number", int, float)
@@ -65,3 +66,24 @@ def env_rate(name: str, default: str) -> str:
     if not _RATE.fullmatch(rate):
         raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
     return rate
+
+
+def env_redis_url(name: str) -> str:
+    """Return ``name``, a Redis URL (``redis://``, ``rediss://`` or ``unix://``), or ""."""
+    url = env.str(name, default="")
+    try:
+        url and parse_url(url)
+    except ValueError as error:
+        raise ImproperlyConfigured(
+            f"{name}={url!r}: {error} (e.g. redis://127.0.0.1:6379/0)."
+        ) from None
+    return url
+
+
+def url_scheme_check(name: str, url: str, schemes: Sequence[str]) -> None:
+    """Refuse ``url`` (set by ``name``) unless it starts with one of ``schemes`` and ``://``."""
+    scheme, sep, _ = url.partition("://")
+    if url and not (sep and scheme in schemes):
+        raise ImproperlyConfigured(
+            f"{name}={url!r}: give a URL starting {_listed([f'{s}://' for s in schemes])}."
+        )

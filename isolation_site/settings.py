@@ -12,7 +12,14 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-from isolation_site.envvars import env, env_choice, env_number, env_rate
+from isolation_site.envvars import (
+    env,
+    env_choice,
+    env_number,
+    env_rate,
+    env_redis_url,
+    url_scheme_check,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -150,7 +157,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Cache, history store, fingerprint index ----------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="")
+# Checked here, not at the first request: a URL redis-py cannot read would make each a 500.
+REDIS_URL = env_redis_url("REDIS_URL")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -168,7 +176,22 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+# Redis or RabbitMQ, the two brokers the settings below are written for (kombu would take
+# others, or none it knows, and the first post would fail). Celery reads the read and write
+# URLs from the environment itself.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+_broker_read_url = env.str("CELERY_BROKER_READ_URL", default="")
+_broker_write_url = env.str("CELERY_BROKER_WRITE_URL", default="")
+for _name, _url in (
+    (
+        "CELERY_BROKER_URL" if CELERY_BROKER_URL else "CELERY_BROKER_URL (unset, so REDIS_URL)",
+        CELERY_BROKER_URL or REDIS_URL,
+    ),
+    ("CELERY_BROKER_READ_URL", _broker_read_url),
+    ("CELERY_BROKER_WRITE_URL", _broker_write_url),
+):
+    url_scheme_check(_name, _url, ("redis", "rediss", "amqp", "amqps", "pyamqp"))
+CELERY_BROKER_URL = CELERY_BROKER_URL or REDIS_URL or "memory://"
 # No broker configured means the embedded setup: run tasks in the web process.
 CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
@@ -191,13 +214,8 @@ def broker_transport(*urls: str | None) -> str | None:
     )
 
 
-# Celery reads the read and write URLs from the environment itself; the transport named
-# here is used for all three, so it must suit them all.
-CELERY_BROKER_TRANSPORT = broker_transport(
-    CELERY_BROKER_URL,
-    env.str("CELERY_BROKER_READ_URL", default=""),
-    env.str("CELERY_BROKER_WRITE_URL", default=""),
-)
+# The transport named here is used for all three URLs, so it must suit them all.
+CELERY_BROKER_TRANSPORT = broker_transport(CELERY_BROKER_URL, _broker_read_url, _broker_write_url)
 CELERY_TASK_IGNORE_RESULT = True
 # Celery's own defaults, written out: the web reads them on every publish (once per turn)
 # through Django's settings, where an absent one costs Celery a handful of raised exceptions
@@ -299,7 +317,7 @@ PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR
 LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
 # REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
-FINGERPRINT_REDIS_URL = env.str("FINGERPRINT_REDIS_URL", default="")
+FINGERPRINT_REDIS_URL = env_redis_url("FINGERPRINT_REDIS_URL")
 FINGERPRINT_TTL_SECONDS = env_number("FINGERPRINT_TTL_SECONDS", 30 * 24 * 3600, minimum=1)
 FINGERPRINT_BUCKET_BITS = env_number("FINGERPRINT_BUCKET_BITS", 12, minimum=0, maximum=16)
 # Audit log: repeated security events of one user and reason within this window are one

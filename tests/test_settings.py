@@ -243,3 +243,32 @@ def test_numbers_at_the_edge_of_their_range_start():
     result = load_settings(code, DEBUG="1", NUM_PROXIES=" 0 ", MAX_REQUEST_BYTES="", **edge)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == [1, 0, 0.0, 0, None, 1048576]
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL='127.0.0.1:6379': Redis URL must specify"),
+        ({"REDIS_URL": "redis://127.0.0.1:x/0"}, "REDIS_URL='redis://127.0.0.1:x/0': Port"),
+        ({"FINGERPRINT_REDIS_URL": "http://h"}, "FINGERPRINT_REDIS_URL='http://h': Redis URL"),
+        ({"CELERY_BROKER_URL": "rabbit://x"}, "CELERY_BROKER_URL='rabbit://x': give a URL"),
+        ({"CELERY_BROKER_WRITE_URL": "x"}, "CELERY_BROKER_WRITE_URL='x': give a URL"),
+        # Redis's own URL for a Unix socket is not one kombu knows: say which broker to use.
+        ({"REDIS_URL": "unix:///tmp/r.sock"}, "CELERY_BROKER_URL (unset, so REDIS_URL)="),
+    ],
+)
+def test_a_url_the_service_cannot_use_refuses_to_start(env, refusal):
+    """They started, and then every message post was a 500."""
+    result = load_settings(DEBUG="1", **env)
+    assert result.returncode != 0
+    assert refusal in result.stderr
+
+
+def test_the_urls_the_service_uses_start():
+    for env in (
+        {"REDIS_URL": "rediss://127.0.0.1:6379/0", "CELERY_BROKER_URL": "pyamqp://h//"},
+        {"REDIS_URL": "unix:///tmp/r.sock?db=1", "CELERY_BROKER_URL": "amqps://h//"},
+        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/2"},
+    ):
+        result = load_settings(DEBUG="1", **env)
+        assert result.returncode == 0, result.stderr
