@@ -282,6 +282,9 @@ ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
 LLM_PROVIDER = env_choice(
     "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
 )
+if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
+    # Claude would refuse every call: no turn could end but failed.
+    raise ImproperlyConfigured("LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY.")
 CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env_number("CLAUDE_MAX_TOKENS", 1024, minimum=1)
 CLAUDE_TIMEOUT_SECONDS = env_number("CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float)

@@ -272,3 +272,10 @@ def test_the_urls_the_service_uses_start():
     ):
         result = load_settings(DEBUG="1", **env)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_anthropic_provider_without_a_key_refuses_to_start():
+    """It started, and every turn failed; unset, LLM_PROVIDER still falls back to offline."""
+    result = load_settings(DEBUG="1", LLM_PROVIDER="anthropic")
+    assert result.returncode != 0
+    assert "LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY" in result.stderr
