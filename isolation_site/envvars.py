@@ -71,12 +71,13 @@ def env_rate(name: str, default: str) -> str:
 def env_redis_url(name: str) -> str:
     """Return ``name``, a Redis URL (``redis://``, ``rediss://`` or ``unix://``), or ""."""
     url = env.str(name, default="")
-    try:
-        url and parse_url(url)
-    except ValueError as error:
-        raise ImproperlyConfigured(
-            f"{name}={url!r}: {error} (e.g. redis://127.0.0.1:6379/0)."
-        ) from None
+    if url:
+        try:
+            parse_url(url)  # redis-py's own reading, as the cache's and the index's clients do
+        except ValueError as error:
+            raise ImproperlyConfigured(
+                f"{name}={url!r}: {error}; e.g. redis://127.0.0.1:6379/0."
+            ) from None
     return url
 
 
