@@ -23,3 +23,19 @@ def post_fork(server, worker) -> None:
     that threads always stay free for short requests. ``WAITS_PER_PROCESS`` overrides it.
     """
     os.environ["WEB_THREADS"] = str(server.cfg.threads)
+
+
+def on_starting(server) -> None:
+    """Refuse several worker processes without ``REDIS_URL``, before any starts.
+
+    Without Redis the failed-sign-in counts, the chat throttle and the wait slots are kept
+    in each process's memory (the embedded setup's cache), so with N workers every limit
+    lets N times as much through. One worker is the embedded setup, and works.
+    """
+    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
+        # gunicorn prints a RuntimeError from here as one line and exits 1.
+        raise RuntimeError(
+            f"{server.cfg.workers} worker processes need REDIS_URL: without it each keeps "
+            "its own failed-sign-in counts, chat throttle and wait slots, so every limit "
+            "counts once per process. Set REDIS_URL, or run one worker (-w 1)."
+        )

@@ -50,7 +50,7 @@ def bench_env(fake_url: str, **extra: str) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "isolation_site.settings",
         "DEBUG": "0",
-        "SECURE_HTTPS": "0",
+        "SECURE_HTTPS": "off",
         "SECRET_KEY": "bench",
         "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB}",

@@ -221,7 +221,7 @@ def turn_cost(turns: int) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="bench.settings",
         DEBUG="0",
-        SECURE_HTTPS="0",
+        SECURE_HTTPS="off",
         SECRET_KEY="bench-only-secret-key-bench-only-secret-key-bench-only",
         ENCRYPTION_KEYS="rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
         REDIS_URL="",

@@ -31,7 +31,7 @@ ENV = {
     "DEBUG": "0",  # DEBUG would record every query: a cost production does not pay
     "SECRET_KEY": "bench-only-secret-key-bench-only-secret-key-bench-only",
     "ENCRYPTION_KEYS": "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c=",
-    "SECURE_HTTPS": "0",
+    "SECURE_HTTPS": "off",
     "CELERY_TASK_ALWAYS_EAGER": "1",
     "LLM_PROVIDER": "anthropic",
     "ANTHROPIC_API_KEY": "bench",

@@ -7,16 +7,21 @@ every variable; production sets ``DATABASE_URL``, ``REDIS_URL`` and the secrets.
 
 import base64
 import hashlib
-import re
 from pathlib import Path
 
-import environ
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from isolation_site.envvars import (
+    env,
+    env_choice,
+    env_number,
+    env_rate,
+    env_redis_url,
+    url_scheme_check,
+)
 
-env = environ.Env()
+BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -53,8 +58,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 
 # HTTPS ----------------------------------------------------------------------------------
 # On unless DEBUG: HTTP is redirected to HTTPS (but /healthz, the load balancer's probe),
-# HSTS, secure-only cookies. Off only for plain HTTP on a trusted network.
-SECURE_HTTPS = env.bool("SECURE_HTTPS", default=not DEBUG)
+# HSTS, secure-only cookies. Off only for plain HTTP on a trusted network. API.md's two
+# words only: read as a boolean, a typo such as "enable" would silently turn HTTPS off.
+SECURE_HTTPS = env_choice("SECURE_HTTPS", "off" if DEBUG else "on", ("on", "off")) == "on"
 if SECURE_HTTPS:
     SECURE_SSL_REDIRECT = True
     SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
@@ -137,7 +143,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     # Persistent connections keep a turn's few queries cheap; the health check makes a
     # connection killed by a restart or failover heal on the next request.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_MAX_AGE"] = env_number("CONN_MAX_AGE", 60, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     options = DATABASES["default"].setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", 2)
@@ -151,7 +157,8 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Cache, history store, fingerprint index ----------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="")
+# Checked here, not at the first request: a URL redis-py cannot read would make each a 500.
+REDIS_URL = env_redis_url("REDIS_URL")
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -169,7 +176,22 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # Celery -------------------------------------------------------------------------------
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL) or "memory://"
+# Redis or RabbitMQ, the two brokers the settings below are written for (kombu would take
+# others, or none it knows, and the first post would fail). Celery reads the read and write
+# URLs from the environment itself.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+_broker_read_url = env.str("CELERY_BROKER_READ_URL", default="")
+_broker_write_url = env.str("CELERY_BROKER_WRITE_URL", default="")
+for _name, _url in (
+    (
+        "CELERY_BROKER_URL" if CELERY_BROKER_URL else "CELERY_BROKER_URL (unset, so REDIS_URL)",
+        CELERY_BROKER_URL or REDIS_URL,
+    ),
+    ("CELERY_BROKER_READ_URL", _broker_read_url),
+    ("CELERY_BROKER_WRITE_URL", _broker_write_url),
+):
+    url_scheme_check(_name, _url, ("redis", "rediss", "amqp", "amqps", "pyamqp"))
+CELERY_BROKER_URL = CELERY_BROKER_URL or REDIS_URL or "memory://"
 # No broker configured means the embedded setup: run tasks in the web process.
 CELERY_TASK_ALWAYS_EAGER = env.bool(
     "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
@@ -192,13 +214,8 @@ def broker_transport(*urls: str | None) -> str | None:
     )
 
 
-# Celery reads the read and write URLs from the environment itself; the transport named
-# here is used for all three, so it must suit them all.
-CELERY_BROKER_TRANSPORT = broker_transport(
-    CELERY_BROKER_URL,
-    env.str("CELERY_BROKER_READ_URL", default=""),
-    env.str("CELERY_BROKER_WRITE_URL", default=""),
-)
+# The transport named here is used for all three URLs, so it must suit them all.
+CELERY_BROKER_TRANSPORT = broker_transport(CELERY_BROKER_URL, _broker_read_url, _broker_write_url)
 CELERY_TASK_IGNORE_RESULT = True
 # Celery's own defaults, written out: the web reads them on every publish (once per turn)
 # through Django's settings, where an absent one costs Celery a handful of raised exceptions
@@ -227,7 +244,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 # Redis: a killed worker's unacknowledged task comes back after the visibility timeout
 # (Redis's default is an hour); it must be well under the 120 s promise, and restores must
 # be checked often. A redelivery may overlap a slow first run: the database keeps one reply.
-CELERY_VISIBILITY_TIMEOUT = env.int("CELERY_VISIBILITY_TIMEOUT", default=60)
+CELERY_VISIBILITY_TIMEOUT = env_number("CELERY_VISIBILITY_TIMEOUT", 60, minimum=1)
 REDIS_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "unacked_restore_interval": 5,
@@ -262,20 +279,23 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Claude -------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
-LLM_PROVIDER = env.str("LLM_PROVIDER", default="anthropic" if ANTHROPIC_API_KEY else "offline")
-if LLM_PROVIDER not in {"anthropic", "offline"}:
-    raise ImproperlyConfigured("LLM_PROVIDER must be 'anthropic' or 'offline'.")
+LLM_PROVIDER = env_choice(
+    "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
+)
+if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
+    # Claude would refuse every call: no turn could end but failed.
+    raise ImproperlyConfigured("LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY.")
 CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
-CLAUDE_MAX_TOKENS = env.int("CLAUDE_MAX_TOKENS", default=1024)
-CLAUDE_TIMEOUT_SECONDS = env.float("CLAUDE_TIMEOUT_SECONDS", default=25.0)
+CLAUDE_MAX_TOKENS = env_number("CLAUDE_MAX_TOKENS", 1024, minimum=1)
+CLAUDE_TIMEOUT_SECONDS = env_number("CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float)
 # The SDK retries 429/5xx/connection errors with backoff; a turn then gets further
 # attempts as fresh tasks, so a Claude outage of a few calls does not fail the turn.
-CLAUDE_MAX_RETRIES = env.int("CLAUDE_MAX_RETRIES", default=3)
-TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+CLAUDE_MAX_RETRIES = env_number("CLAUDE_MAX_RETRIES", 3, minimum=0)
+TURN_MAX_ATTEMPTS = env_number("TURN_MAX_ATTEMPTS", 3, minimum=1)
 # A turn's whole life, every attempt included: API.md promises a turn Claude cannot
 # answer ends ``failed`` within 120 s. Calls are sized to end before it.
-TURN_DEADLINE_SECONDS = env.int("TURN_DEADLINE_SECONDS", default=100)
-TURN_RETRY_DELAY_SECONDS = env.float("TURN_RETRY_DELAY_SECONDS", default=2.0)
+TURN_DEADLINE_SECONDS = env_number("TURN_DEADLINE_SECONDS", 100, minimum=1)
+TURN_RETRY_DELAY_SECONDS = env_number("TURN_RETRY_DELAY_SECONDS", 2.0, minimum=0, kind=float)
 CLAUDE_SYSTEM_PROMPT = env.str(
     "CLAUDE_SYSTEM_PROMPT",
     default=(
@@ -286,58 +306,49 @@ CLAUDE_SYSTEM_PROMPT = env.str(
 
 # Conversation policy ------------------------------------------------------------------
 # Where messages are kept: sessions_app.stores.<name>.HistoryStore.
-HISTORY_STORE = env.str("HISTORY_STORE", default="db")
-if HISTORY_STORE not in ("db", "redis", "cached_db"):
-    raise ImproperlyConfigured(
-        f"HISTORY_STORE={HISTORY_STORE!r}: choose 'db', 'redis' or 'cached_db'."
-    )
+HISTORY_STORE = env_choice("HISTORY_STORE", "db", ("db", "redis", "cached_db"))
 if HISTORY_STORE == "redis" and not REDIS_URL:
     # Silently keeping history elsewhere when Redis-only (TTL'd) storage was asked for
     # would break the promise that setting makes.
     raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
-SESSION_TTL_SECONDS = env.int("SESSION_TTL_SECONDS", default=7200)
+SESSION_TTL_SECONDS = env_number("SESSION_TTL_SECONDS", 7200, minimum=1)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
-PII_MODE = env.str("PII_MODE", default="pseudonymize")
-if PII_MODE not in ("off", "redact", "pseudonymize"):
-    raise ImproperlyConfigured(f"PII_MODE={PII_MODE!r}: choose 'off', 'redact' or 'pseudonymize'.")
+PII_MODE = env_choice("PII_MODE", "pseudonymize", ("off", "redact", "pseudonymize"))
 # Regions whose national phone formats are recognised (international +numbers always are).
 PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR", "IN"])
 # A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
-LEAK_ACTION = env.str("LEAK_ACTION", default="suppress")
-if LEAK_ACTION not in ("suppress", "flag"):
-    raise ImproperlyConfigured(f"LEAK_ACTION={LEAK_ACTION!r}: choose 'suppress' or 'flag'.")
+LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
 # REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
-FINGERPRINT_REDIS_URL = env.str("FINGERPRINT_REDIS_URL", default="")
-FINGERPRINT_TTL_SECONDS = env.int("FINGERPRINT_TTL_SECONDS", default=30 * 24 * 3600)
-FINGERPRINT_BUCKET_BITS = env.int("FINGERPRINT_BUCKET_BITS", default=12)
+FINGERPRINT_REDIS_URL = env_redis_url("FINGERPRINT_REDIS_URL")
+FINGERPRINT_TTL_SECONDS = env_number("FINGERPRINT_TTL_SECONDS", 30 * 24 * 3600, minimum=1)
+FINGERPRINT_BUCKET_BITS = env_number("FINGERPRINT_BUCKET_BITS", 12, minimum=0, maximum=16)
 # Audit log: repeated security events of one user and reason within this window are one
 # counted entry; entries are sealed into the hash chain every AUDIT_SEAL_INTERVAL_SECONDS.
-AUDIT_AGGREGATE_WINDOW_SECONDS = env.int("AUDIT_AGGREGATE_WINDOW_SECONDS", default=60)
-AUDIT_SEAL_INTERVAL_SECONDS = env.int("AUDIT_SEAL_INTERVAL_SECONDS", default=5)
+AUDIT_AGGREGATE_WINDOW_SECONDS = env_number("AUDIT_AGGREGATE_WINDOW_SECONDS", 60, minimum=0)
+AUDIT_SEAL_INTERVAL_SECONDS = env_number("AUDIT_SEAL_INTERVAL_SECONDS", 5, minimum=1)
 # Set it to keep verifying the chain across a SECRET_KEY rotation (else derived from it).
 AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
 AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
-MAX_MESSAGE_CHARS = env.int("MAX_MESSAGE_CHARS", default=16000)
-MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=1048576)
+MAX_MESSAGE_CHARS = env_number("MAX_MESSAGE_CHARS", 16000, minimum=1)
+MAX_REQUEST_BYTES = env_number("MAX_REQUEST_BYTES", 1048576, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-CHAT_THROTTLE_RATE = env.str("CHAT_THROTTLE_RATE", default="60/min")
-STATELESS_TOKEN_MAX_BYTES = env.int("STATELESS_TOKEN_MAX_BYTES", default=65536)
+# Checked here: DRF parses it on every request, so a bad one would make each post a 500.
+CHAT_THROTTLE_RATE = env_rate("CHAT_THROTTLE_RATE", "60/min")
+STATELESS_TOKEN_MAX_BYTES = env_number("STATELESS_TOKEN_MAX_BYTES", 65536, minimum=1)
 # ?wait requests and event streams one user may hold open at once; one more: 429.
-MAX_WAITS_PER_USER = env.int("MAX_WAITS_PER_USER", default=8)
+MAX_WAITS_PER_USER = env_number("MAX_WAITS_PER_USER", 8, minimum=1)
 # Waits and streams one web process holds at once (past it: ?wait 202 at once, a stream
 # 503). Unset: under gunicorn its threads less an eighth (gunicorn.conf.py tells the app
 # its thread count), elsewhere no bound (under uvicorn a wait holds no thread).
-WAITS_PER_PROCESS = env.int("WAITS_PER_PROCESS", default=None)
+WAITS_PER_PROCESS = env_number("WAITS_PER_PROCESS", None, minimum=1)
 # Under uvicorn: the threads of a worker process that run waits' and streams' database work.
-ASGI_THREADS = env.int("ASGI_THREADS", default=8)
-if ASGI_THREADS < 1:
-    raise ImproperlyConfigured("ASGI_THREADS must be at least 1.")
+ASGI_THREADS = env_number("ASGI_THREADS", 8, minimum=1)
 # How long a turn may stay pending or running before the sweep re-runs or fails it: past
 # the task's hard time limit, so a live run is never mistaken for a lost one.
-STALE_TURN_SECONDS = env.int("STALE_TURN_SECONDS", default=120)
-SWEEP_INTERVAL_SECONDS = env.int("SWEEP_INTERVAL_SECONDS", default=30)
-PURGE_INTERVAL_SECONDS = env.int("PURGE_INTERVAL_SECONDS", default=300)
+STALE_TURN_SECONDS = env_number("STALE_TURN_SECONDS", 120, minimum=1)
+SWEEP_INTERVAL_SECONDS = env_number("SWEEP_INTERVAL_SECONDS", 30, minimum=1)
+PURGE_INTERVAL_SECONDS = env_number("PURGE_INTERVAL_SECONDS", 300, minimum=1)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-turns": {
         "task": "sessions_app.tasks.sweep_stale_turns",
@@ -373,7 +384,7 @@ REST_FRAMEWORK = {
     # Proxies in front that append to X-Forwarded-For: the failed-sign-in limit per client
     # address takes the address the nearest one saw. 0: the peer's own address, since a
     # client can write any X-Forwarded-For it likes.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+    "NUM_PROXIES": env_number("NUM_PROXIES", 0, minimum=0),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("core.api.BrowsableAPIRenderer")
@@ -414,13 +425,9 @@ AUTH_PASSWORD_VALIDATORS = [
 # Every password sign-in (API token, login page, admin) passes the failed-sign-in limit.
 AUTHENTICATION_BACKENDS = ["sessions_app.signin.ThrottledModelBackend"]
 # Failed sign-ins allowed per username and per client address in one window (DRF syntax).
-LOGIN_THROTTLE_RATE = env.str("LOGIN_THROTTLE_RATE", default="10/min")
-if not re.fullmatch(r"[0-9]+/[smhd][a-z]*", LOGIN_THROTTLE_RATE):
-    raise ImproperlyConfigured(
-        f"LOGIN_THROTTLE_RATE={LOGIN_THROTTLE_RATE!r}: give a count per period, e.g. '10/min'."
-    )
+LOGIN_THROTTLE_RATE = env_rate("LOGIN_THROTTLE_RATE", "10/min")
 # An API token stops working this long after it was issued.
-TOKEN_TTL_SECONDS = env.int("TOKEN_TTL_SECONDS", default=86400)
+TOKEN_TTL_SECONDS = env_number("TOKEN_TTL_SECONDS", 86400, minimum=1)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"

@@ -22,7 +22,7 @@ os.environ.setdefault("CHAT_THROTTLE_RATE", "10000/min")
 # Tests that sign in often are not about the failed-sign-in limit; test_auth sets its own.
 os.environ.setdefault("LOGIN_THROTTLE_RATE", "10000/min")
 # The suite speaks plain HTTP to its own servers (tests of the HTTPS policy turn it on).
-os.environ.setdefault("SECURE_HTTPS", "0")
+os.environ.setdefault("SECURE_HTTPS", "off")
 
 from isolation_site.settings import *  # noqa: E402, F403
 

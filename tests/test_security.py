@@ -136,3 +136,19 @@ def test_check_deploy_does_complain_when_https_is_off():
     result = _check_deploy(SECURE_HTTPS="off")
     assert result.returncode != 0
     assert "security.W008" in result.stderr  # so the test above can fail
+
+
+@pytest.mark.parametrize("value", ["enable", "true", "0", "ON"])
+def test_secure_https_takes_only_on_or_off(value):
+    """Read as a boolean, ``enable`` silently meant off: no redirect, no HSTS, insecure
+    cookies. Only API.md's two words start."""
+    result = load_settings(**PRODUCTION, SECURE_HTTPS=value)
+    assert result.returncode != 0
+    assert f"SECURE_HTTPS={value!r}: choose 'on' or 'off'" in result.stderr
+
+
+def test_an_empty_secure_https_is_its_default_not_off():
+    code = "import django; from django.conf import settings; print(settings.SECURE_SSL_REDIRECT)"
+    result = load_settings(code, **PRODUCTION, SECURE_HTTPS="")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True"

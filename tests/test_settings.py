@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 VALID_KEY = "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c="
 
@@ -174,3 +176,106 @@ def test_a_request_error_is_logged_once_under_debug():
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "boom once" in line]
     assert len(lines) == 1 and "[user=" in lines[0], result.stderr
+
+
+def test_an_unknown_leak_action_refuses_to_start():
+    result = load_settings(DEBUG="1", LEAK_ACTION="delete")
+    assert result.returncode != 0
+    assert "LEAK_ACTION='delete': choose 'suppress' or 'flag'" in result.stderr
+
+
+def test_an_unknown_llm_provider_refuses_to_start():
+    result = load_settings(DEBUG="1", LLM_PROVIDER="openai")
+    assert result.returncode != 0
+    assert "LLM_PROVIDER" in result.stderr and "'anthropic' or 'offline'" in result.stderr
+
+
+def test_a_login_throttle_rate_not_in_drf_syntax_refuses_to_start():
+    result = load_settings(DEBUG="1", LOGIN_THROTTLE_RATE="lots")
+    assert result.returncode != 0
+    assert "LOGIN_THROTTLE_RATE='lots': give a count per period" in result.stderr
+
+
+def test_a_chat_throttle_rate_not_in_drf_syntax_refuses_to_start():
+    """It started, and then every message post was a 500 (DRF parses the rate per request)."""
+    for rate in ("lots", "10/fortnight"):
+        result = load_settings(DEBUG="1", CHAT_THROTTLE_RATE=rate)
+        assert result.returncode != 0
+        assert f"CHAT_THROTTLE_RATE={rate!r}: give a count per period" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "must"),
+    [
+        ("SESSION_TTL_SECONDS", "0", "a whole number of at least 1"),
+        ("SESSION_TTL_SECONDS", "2h", "a whole number of at least 1"),
+        ("TOKEN_TTL_SECONDS", "-1", "a whole number of at least 1"),
+        ("MAX_MESSAGE_CHARS", "0", "a whole number of at least 1"),
+        ("MAX_REQUEST_BYTES", "-1048576", "a whole number of at least 1"),
+        ("STATELESS_TOKEN_MAX_BYTES", "0", "a whole number of at least 1"),
+        ("MAX_WAITS_PER_USER", "0", "a whole number of at least 1"),
+        ("WAITS_PER_PROCESS", "-1", "a whole number of at least 1"),
+        ("TURN_MAX_ATTEMPTS", "0", "a whole number of at least 1"),
+        ("CLAUDE_MAX_RETRIES", "-1", "a whole number of at least 0"),
+        ("CLAUDE_TIMEOUT_SECONDS", "nan", "a number of at least 0.1"),
+        ("TURN_RETRY_DELAY_SECONDS", "-2", "a number of at least 0"),
+        ("SWEEP_INTERVAL_SECONDS", "0", "a whole number of at least 1"),
+        ("NUM_PROXIES", "-1", "a whole number of at least 0"),
+        ("FINGERPRINT_BUCKET_BITS", "17", "a whole number from 0 to 16"),
+    ],
+)
+def test_a_number_out_of_its_range_refuses_to_start(name, value, must):
+    """0 or a negative started: a TTL of 0 expired every session at once, a size of 0
+    refused every message, an interval of 0 made beat spin."""
+    result = load_settings(DEBUG="1", **{name: value})
+    assert result.returncode != 0
+    assert f"{name}={value!r}: give {must}." in result.stderr
+
+
+def test_numbers_at_the_edge_of_their_range_start():
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "print(json.dumps([settings.SESSION_TTL_SECONDS, settings.CLAUDE_MAX_RETRIES,"
+        " settings.TURN_RETRY_DELAY_SECONDS, settings.REST_FRAMEWORK['NUM_PROXIES'],"
+        " settings.WAITS_PER_PROCESS, settings.MAX_REQUEST_BYTES]))"
+    )
+    edge = {"SESSION_TTL_SECONDS": "1", "CLAUDE_MAX_RETRIES": "0", "TURN_RETRY_DELAY_SECONDS": "0"}
+    result = load_settings(code, DEBUG="1", NUM_PROXIES=" 0 ", MAX_REQUEST_BYTES="", **edge)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [1, 0, 0.0, 0, None, 1048576]
+
+
+@pytest.mark.parametrize(
+    ("env", "refusal"),
+    [
+        ({"REDIS_URL": "127.0.0.1:6379"}, "REDIS_URL='127.0.0.1:6379': Redis URL must specify"),
+        ({"REDIS_URL": "redis://127.0.0.1:x/0"}, "REDIS_URL='redis://127.0.0.1:x/0': Port"),
+        ({"FINGERPRINT_REDIS_URL": "http://h"}, "FINGERPRINT_REDIS_URL='http://h': Redis URL"),
+        ({"CELERY_BROKER_URL": "rabbit://x"}, "CELERY_BROKER_URL='rabbit://x': give a URL"),
+        ({"CELERY_BROKER_WRITE_URL": "x"}, "CELERY_BROKER_WRITE_URL='x': give a URL"),
+        # Redis's own URL for a Unix socket is not one kombu knows: say which broker to use.
+        ({"REDIS_URL": "unix:///tmp/r.sock"}, "CELERY_BROKER_URL (unset, so REDIS_URL)="),
+    ],
+)
+def test_a_url_the_service_cannot_use_refuses_to_start(env, refusal):
+    """They started, and then every message post was a 500."""
+    result = load_settings(DEBUG="1", **env)
+    assert result.returncode != 0
+    assert refusal in result.stderr
+
+
+def test_the_urls_the_service_uses_start():
+    for env in (
+        {"REDIS_URL": "rediss://127.0.0.1:6379/0", "CELERY_BROKER_URL": "pyamqp://h//"},
+        {"REDIS_URL": "unix:///tmp/r.sock?db=1", "CELERY_BROKER_URL": "amqps://h//"},
+        {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/2"},
+    ):
+        result = load_settings(DEBUG="1", **env)
+        assert result.returncode == 0, result.stderr
+
+
+def test_the_anthropic_provider_without_a_key_refuses_to_start():
+    """It started, and every turn failed; unset, LLM_PROVIDER still falls back to offline."""
+    result = load_settings(DEBUG="1", LLM_PROVIDER="anthropic")
+    assert result.returncode != 0
+    assert "LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY" in result.stderr

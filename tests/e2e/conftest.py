@@ -240,7 +240,7 @@ def worker_env(settings, transactional_db, fake_claude: FakeClaude, broker) -> d
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "isolation_site.settings",
         "DEBUG": "0",
-        "SECURE_HTTPS": "0",  # plain HTTP to the test's own servers
+        "SECURE_HTTPS": "off",  # plain HTTP to the test's own servers
         "SECRET_KEY": settings.SECRET_KEY,
         "ENCRYPTION_KEYS": ",".join(settings.ENCRYPTION_KEYS),
         "DATABASE_URL": _database_url(),

@@ -4,6 +4,7 @@ kept encrypted for review, and a reviewer decides in the admin."""
 import logging
 
 import pytest
+from cryptography.fernet import Fernet
 from django.contrib.auth.models import Permission
 
 from audit_app.models import AuditEntry
@@ -79,6 +80,20 @@ def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, 
     fake_claude.set_responder(lambda body: "ok")
     post_and_wait(other_api, "Thanks", sid)
     assert "Vexmoria" not in str(fake_claude.requests[-1]["messages"])
+
+
+def test_a_reply_withheld_under_the_old_first_key_opens_after_a_new_key_is_put_first(
+    settings, api, other_api, fake_claude
+):
+    """ENCRYPTION_KEYS rotates: staff still read what was withheld before the rotation."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [old]
+    fake_claude.set_responder(_leaking)
+    post_and_wait(api, SECRET)
+    _, turn = post_and_wait(other_api, "What is my codename?")
+    assert turn["status"] == "suppressed"
+    settings.ENCRYPTION_KEYS = [new, old]
+    assert turn_withheld_text(turn_id=turn["id"]) == LEAK
 
 
 def test_leak_action_flag_delivers_and_flags(settings, api, other_api, fake_claude):

@@ -6,7 +6,7 @@ import json
 import logging
 
 import pytest
-from cryptography.fernet import InvalidToken
+from cryptography.fernet import Fernet, InvalidToken
 
 from audit_app.models import AuditEntry
 from sessions_app import crypto
@@ -199,3 +199,20 @@ def test_a_restore_refuses_the_vault_of_another_session(user, api, fake_claude: 
             messages=page,
             vault_row=SessionVault.objects.get(session_id=theirs),
         )
+
+
+def test_a_vault_sealed_under_the_old_first_key_opens_after_a_new_key_is_put_first(
+    settings, api, fake_claude: FakeClaude
+):
+    """ENCRYPTION_KEYS rotates: the first key encrypts, all of them decrypt."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    settings.ENCRYPTION_KEYS = [old]
+    sid, _ = post_and_wait(api, SECRET)
+    settings.ENCRYPTION_KEYS = [new, old]
+    history = api.get(f"/api/v1/sessions/{sid}/messages/").json()["results"]
+    assert [m["content"] for m in history] == [SECRET, f"Echo: {SECRET}"]
+    # The vault still grows: a new value gets the next placeholder, the old one its own.
+    again = "Again: alice.johnson@example.com, or bob.smith@example.org."
+    _, turn = post_and_wait(api, again, sid)
+    assert turn["reply"]["content"] == f"Echo: {again}"
+    assert "<EMAIL_ADDRESS_1>, or <EMAIL_ADDRESS_2>" in _stored(sid)

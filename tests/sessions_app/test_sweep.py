@@ -1,6 +1,7 @@
 """The stale-turn sweep and the expiry purge: every accepted turn ends, expired data goes."""
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -12,6 +13,7 @@ from sessions_app import services, tasks
 from sessions_app.models import ChatSession, Message, Turn
 
 from ..factories import UserFactory
+from ..support import post_and_wait
 
 
 def accepted_turn(user, content: str = "hello") -> Turn:
@@ -102,6 +104,21 @@ def test_purge_expired_erases_expired_sessions_and_their_messages(user, other_us
     assert not Message.objects.filter(session_id=old.pk).exists()
     assert not Turn.objects.filter(session_id=old.pk).exists()
     assert Message.objects.filter(session_id=live.pk).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_session_expires_session_ttl_seconds_after_its_last_message(api, settings, capsys):
+    """The purge tests above expire sessions by hand; this one lets the setting do it."""
+    settings.SESSION_TTL_SECONDS = 1
+    sid, _ = post_and_wait(api, "hello")
+    session = ChatSession.objects.get(pk=sid)
+    assert session.expires_at - session.last_activity_at == timedelta(seconds=1)
+    assert api.get(f"/api/v1/sessions/{sid}/").status_code == 200
+    time.sleep(max(0.0, (session.expires_at - timezone.now()).total_seconds()) + 0.05)
+    assert api.get(f"/api/v1/sessions/{sid}/").status_code == 404
+    call_command("purge_expired")
+    assert "erased 1 expired sessions" in capsys.readouterr().out
+    assert not Message.objects.filter(session_id=sid).exists()
 
 
 def test_beat_runs_the_sweep_the_purge_and_the_audit_seal(settings):

@@ -1,0 +1,90 @@
+"""Reading the environment for ``settings.py``: a setting either works or refuses to start.
+
+Each reader returns the variable's value, or its default when it is unset or empty, and
+raises ``ImproperlyConfigured`` naming the variable for a value the service could not use
+(which would otherwise start, and then fail every request, or silently mean something else).
+"""
+
+import math
+import re
+from collections.abc import Sequence
+from typing import TypeVar
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from redis.connection import parse_url
+
+env = environ.Env()
+Number = TypeVar("Number", int, float)
+
+# What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
+_RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
+
+
+def _listed(words: Sequence[str]) -> str:
+    *rest, last = words
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
+    """Return ``name``, one of ``choices``."""
+    value = env.str(name, default="") or default
+    if value not in choices:
+        raise ImproperlyConfigured(
+            f"{name}={value!r}: choose {_listed([repr(c) for c in choices])}."
+        )
+    return value
+
+
+def env_number(
+    name: str,
+    default: Number | None,
+    *,
+    minimum: Number,
+    maximum: Number | None = None,
+    kind: type[Number] = int,
+) -> Number | None:
+    """Return ``name`` as a ``kind`` (``int`` or ``float``) from ``minimum`` to ``maximum``."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    too_big = maximum is not None and value is not None and value > maximum
+    if value is None or not math.isfinite(value) or value < minimum or too_big:
+        what = "a whole number" if kind is int else "a number"
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise ImproperlyConfigured(f"{name}={raw!r}: give {what} {bound}.")
+    return value
+
+
+def env_rate(name: str, default: str) -> str:
+    """Return ``name``, a rate in DRF's syntax such as ``60/min``."""
+    rate = env.str(name, default="") or default
+    if not _RATE.fullmatch(rate):
+        raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
+    return rate
+
+
+def env_redis_url(name: str) -> str:
+    """Return ``name``, a Redis URL (``redis://``, ``rediss://`` or ``unix://``), or ""."""
+    url = env.str(name, default="")
+    if url:
+        try:
+            parse_url(url)  # redis-py's own reading, as the cache's and the index's clients do
+        except ValueError as error:
+            raise ImproperlyConfigured(
+                f"{name}={url!r}: {error}; e.g. redis://127.0.0.1:6379/0."
+            ) from None
+    return url
+
+
+def url_scheme_check(name: str, url: str, schemes: Sequence[str]) -> None:
+    """Refuse ``url`` (set by ``name``) unless it starts with one of ``schemes`` and ``://``."""
+    scheme, sep, _ = url.partition("://")
+    if url and not (sep and scheme in schemes):
+        raise ImproperlyConfigured(
+            f"{name}={url!r}: give a URL starting {_listed([f'{s}://' for s in schemes])}."
+        )

@@ -1,0 +1,46 @@
+"""gunicorn.conf.py: what API.md's gunicorn command line gets from the repo's config file."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from .test_settings import ROOT, SUITE_ENV
+
+
+def _gunicorn(workers: int, **env: str) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if k not in SUITE_ENV}
+    argv = [sys.executable, "-m", "gunicorn", "isolation_site.wsgi", "-b", "127.0.0.1:0"]
+    argv += ["-w", str(workers), "-k", "gthread", "--no-control-socket"]
+    env = {**clean, "DJANGO_SETTINGS_MODULE": "isolation_site.settings", "DEBUG": "1", **env}
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _boots(server: subprocess.Popen) -> tuple[bool, str]:
+    """Whether a worker booted before gunicorn exited (then it is stopped), and its log."""
+    log = []
+    try:
+        for line in server.stderr:
+            log.append(line)
+            if "Booting worker" in line:
+                return True, "".join(log)
+        return False, "".join(log)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+def test_several_workers_without_redis_refuse_to_start():
+    """Without Redis the sign-in counts, the chat throttle and the wait slots live in each
+    process's memory: with four workers every limit would let four times as much through."""
+    server = _gunicorn(2)
+    booted, log = _boots(server)
+    assert not booted and server.returncode != 0
+    assert "2 worker processes need REDIS_URL" in log
+
+
+def test_one_worker_without_redis_or_several_with_it_start():
+    for server in (_gunicorn(1), _gunicorn(2, REDIS_URL="redis://127.0.0.1:6379/15")):
+        booted, log = _boots(server)
+        assert booted, log
