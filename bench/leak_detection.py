@@ -11,7 +11,7 @@ Redis on 127.0.0.1:6379):
 
     .venv/bin/python bench/leak_detection.py [--users 10000] [--replies 4000] [--leak-rate 0.1]
 
-It uses Redis db 14, flushed once at the start.
+It uses Redis db 14 (``LEAK_BENCH_REDIS_URL`` for another), flushed once at the start.
 """
 
 import argparse
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = os.environ.get("LEAK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.update(DEBUG="1", REDIS_URL=REDIS_URL, DJANGO_SETTINGS_MODULE="bench.settings")
 
 import django  # noqa: E402
