@@ -4,7 +4,7 @@ Two interchangeable backends with one contract: ``RedisIndex`` (the app's only R
 code) and ``DbIndex`` (the embedded default, a table shared by every process using the
 database). Both raise ``IndexUnavailable`` when their store is down, never its own error.
 
-Redis layout, chosen for memory (a posting costs about 30 bytes, measured by the bench):
+Redis layout, chosen for memory (a posting costs about 35 bytes, measured by the bench):
 keys ``fp:{generation}:{bucket}`` are small hashes that Redis keeps as listpacks; the
 field is the rest of the feature's 8-byte keyed hash (6 bytes), the value up to
 ``MAX_RECORDS`` records of 20 bytes (user id u32, session UUID) or ``*`` once more users
@@ -14,6 +14,15 @@ they become one record of that user with ``SEVERAL`` for a session, which no one
 erasure removes; it ages out with its generation. Retention: a generation key expires
 ``ttl`` after the generation ends, so a posting lives between ``ttl`` and
 ``ttl * (1 + 1/GENERATIONS)``.
+
+Each session also keeps, per generation, the list of the postings it added there: the key
+``fp:{generation}:s:{session hex}``, a string of 8-byte digests with the generation's
+expiry, appended to in the registering script (8 bytes a posting; a posting already
+there, folded or shared adds nothing). Erasing a session reads its lists, so it needs
+no text of the session: a message whose accept was undone, or whose history expired
+first, is erased all the same. Postings written before these lists existed are named by
+nothing but their texts: until the generation of ``fp:listed-since`` (the time of the
+first erasure that looked) and the one after it have expired, ``erase_session`` asks for them.
 """
 
 import struct
@@ -41,6 +50,9 @@ COMMON = b"*"
 # The session of a record that stands for several sessions of its user (no UUID is this).
 SEVERAL = b"\xff" * 16
 SEVERAL_SESSION = uuid.UUID(bytes=SEVERAL)
+# When (Unix seconds) the first erasure found no lists before it: from the generation after
+# that one's, every posting is on its session's list. Set once, no TTL.
+LISTED_SINCE = "fp:listed-since"
 # The database's ``*``: the user of a row that marks a feature too many users introduced.
 SHARED_USER = 0
 
@@ -85,13 +97,16 @@ _REGISTER = (
     + """
 local rec, expire_at, maxr = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local g, shift, blob, several = ARGV[4], 16 - tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local listed = 'fp:' .. g .. ':s:' .. ARGV[8]
 local user = string.sub(rec, 1, 4)
 local mine_all = user .. several
+local added = {}
 for i = 1, #blob, 8 do
   local key, f = slot(blob, i, g, shift)
   local v = redis.call('HGET', key, f)
   if not v then
     redis.call('HSET', key, f, rec)
+    added[#added + 1] = string.sub(blob, i, i + 7)
   elseif v ~= '*' then
     local n, present, users, count = #v / 20, false, 0, {}
     for j = 0, n - 1 do
@@ -108,6 +123,7 @@ for i = 1, #blob, 8 do
         redis.call('HSET', key, f, '*')
       elseif n < maxr then
         redis.call('HSET', key, f, v .. rec)
+        added[#added + 1] = string.sub(blob, i, i + 7)
       else
         -- Full, yet no more than maxr users: each user with several sessions here keeps
         -- one record of them all, in the place of its first.
@@ -118,12 +134,20 @@ for i = 1, #blob, 8 do
           if count[u] == 1 then out[#out + 1] = r
           elseif count[u] > 1 then out[#out + 1] = u .. several count[u] = 0 end
         end
-        if count[user] == 1 then out[#out + 1] = rec end
+        if count[user] == 1 then
+          out[#out + 1] = rec
+          added[#added + 1] = string.sub(blob, i, i + 7)
+        end
         redis.call('HSET', key, f, table.concat(out))
       end
     end
   end
   redis.call('EXPIREAT', key, expire_at)
+end
+-- The session's list of what it added: one APPEND (and its expiry once, when it starts).
+if #added > 0 then
+  local more = table.concat(added)
+  if redis.call('APPEND', listed, more) == #more then redis.call('EXPIREAT', listed, expire_at) end
 end
 return #blob / 8
 """
@@ -152,14 +176,28 @@ return table.concat(out)
 """
 )
 
+# Erases, in each live generation, the session's records of the digests on its list there
+# and of ``blob`` (the digests of its texts). While postings from before the lists may
+# live (the generation of ``fp:listed-since``, set by the first call, or the one after it,
+# for code still writing without lists during an upgrade, is live), only with the texts'
+# digests (ARGV[8] set): without them it returns 1 and erases nothing, so that an
+# erasure is whole or not done. A time, not a generation: a new TTL renumbers them.
 _ERASE = (
     _SLOT
     + """
 local session, g0, g1 = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local shift, blob = 16 - tonumber(ARGV[4]), ARGV[5]
-for i = 1, #blob, 8 do
-  for g = g0, g1 do
-    local key, f = slot(blob, i, g, shift)
+local shift, blob, hex, since_key = 16 - tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local now, generation_seconds = ARGV[9], tonumber(ARGV[10])
+local since = redis.call('GET', since_key)
+if not since then
+  since = now
+  redis.call('SET', since_key, since)
+end
+local listed_from = math.floor(tonumber(since) / generation_seconds) + 1
+if g0 <= listed_from and ARGV[8] == '' then return 1 end
+local function drop(digests, g)
+  for i = 1, #digests, 8 do
+    local key, f = slot(digests, i, g, shift)
     local v = redis.call('HGET', key, f)
     if v and v ~= '*' then
       local kept = ''
@@ -167,11 +205,22 @@ for i = 1, #blob, 8 do
         local r = string.sub(v, j * 20 + 1, j * 20 + 20)
         if string.sub(r, 5, 20) ~= session then kept = kept .. r end
       end
-      if kept == '' then redis.call('HDEL', key, f) else redis.call('HSET', key, f, kept) end
+      if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
+        redis.call('HSET', key, f, kept)
+      end
     end
   end
 end
-return #blob / 8
+for g = g0, g1 do
+  local listed = 'fp:' .. g .. ':s:' .. hex
+  local own = redis.call('GET', listed)
+  if own then
+    drop(own, g)
+    redis.call('DEL', listed)
+  end
+  drop(blob, g)
+end
+return 0
 """
 )
 
@@ -224,7 +273,8 @@ class RedisIndex:
         record = _record(user_id, session_id)
         args = [record, self.layout.expire_at(generation), MAX_RECORDS, generation]
         blob = b"".join(digests)
-        self._call(self._register, args + [self.layout.bucket_bits, blob, SEVERAL])
+        bits = self.layout.bucket_bits
+        self._call(self._register, args + [bits, blob, SEVERAL, session_id.hex])
 
     def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
         """Return each digest's postings (None: too many users share it); one round trip."""
@@ -239,13 +289,21 @@ class RedisIndex:
             at += 2 + size
         return found
 
-    def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:
-        """Remove the session's postings of ``digests`` (shared ``*`` entries and records
-        of several sessions stay, and age out)."""
-        if digests:
-            now = self.layout.generation(time.time())
-            args = [session_id.bytes, now - GENERATIONS, now, self.layout.bucket_bits]
-            self._call(self._erase, args + [b"".join(digests)])
+    def erase_session(
+        self, digests: Sequence[bytes] | None = None, *, session_id: uuid.UUID
+    ) -> bool:
+        """Remove every posting that the session's lists name, and its postings of
+        ``digests``; one round trip. Shared ``*`` entries and records of several sessions
+        stay (they age out). Return True, having erased nothing, if postings written before
+        the lists existed may still live and ``digests`` is None: only the digests of the
+        session's texts name those, so call again with them."""
+        clock = time.time()
+        now = self.layout.generation(clock)
+        args = [session_id.bytes, now - GENERATIONS, now, self.layout.bucket_bits]
+        given = "" if digests is None else "1"
+        args += [b"".join(digests or ()), session_id.hex, LISTED_SINCE, given]
+        args += [int(clock), self.layout.generation_seconds]
+        return bool(self._call(self._erase, args))
 
     def _call(self, script, args: list) -> list:
         try:
@@ -332,9 +390,14 @@ class DbIndex:
             for d, p in found.items()
         }
 
-    def erase_session(self, digests: Sequence[bytes], *, session_id: uuid.UUID) -> None:
-        """Remove every posting of the session (``digests`` is not needed here)."""
+    def erase_session(
+        self, digests: Sequence[bytes] | None = None, *, session_id: uuid.UUID
+    ) -> bool:
+        """Remove every posting of the session, found by its column (``SEVERAL_SESSION``
+        and ``SHARED_USER`` rows stay, and age out); return False: the texts' ``digests``
+        are never needed here."""
         FingerprintPosting.objects.filter(session_id=session_id).delete()
+        return False
 
     def purge_expired(self) -> int:
         """Delete postings past their retention; return how many."""

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import lru_cache
 
@@ -325,11 +325,17 @@ def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
     return dataclasses.replace(result, text=text, digests=keys)
 
 
-def fingerprints_erase_session(*, session_id: uuid.UUID, texts: Iterable[str] = ()) -> None:
-    """Remove the session's postings. With Redis, pass the session's ``texts``: the layout
-    keeps no per-session list (it would double its memory), so they name the postings.
+def fingerprints_erase_session(
+    *, session_id: uuid.UUID, texts: Callable[[], Iterable[str]] = tuple
+) -> None:
+    """Remove every posting that names the session, whatever texts it still holds.
 
-    Raise ``IndexUnavailable`` if the index cannot be reached.
+    The index finds them by the session (its column, or its lists in Redis). ``texts``
+    is called only while Redis may hold postings from before those lists, which only the
+    digests of the texts they came from name. Raise ``IndexUnavailable`` if the index
+    cannot be reached.
     """
-    digests = {d for text in texts for d in _digests(text)[1].values()}
-    fingerprint_index().erase_session(sorted(digests), session_id=session_id)
+    index = fingerprint_index()
+    if index.erase_session(session_id=session_id):
+        digests = {d for text in texts() for d in _digests(text)[1].values()}
+        index.erase_session(sorted(digests), session_id=session_id)

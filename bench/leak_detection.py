@@ -11,7 +11,7 @@ Redis on 127.0.0.1:6379):
 
     .venv/bin/python bench/leak_detection.py [--users 10000] [--replies 4000] [--leak-rate 0.1]
 
-It uses Redis db 14, flushed once at the start.
+It uses Redis db 14 (``LEAK_BENCH_REDIS_URL`` for another), flushed once at the start.
 """
 
 import argparse
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = os.environ.get("LEAK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 os.environ.update(DEBUG="1", REDIS_URL=REDIS_URL, DJANGO_SETTINGS_MODULE="bench.settings")
 
 import django  # noqa: E402
@@ -314,19 +314,23 @@ def long_reply_timings(users: list[User], args) -> list[tuple[float, float]]:
     return timings
 
 
-def memory_per_posting() -> tuple[float, int, int]:
+def memory_per_posting() -> tuple[float, int, int, int]:
+    """Return the index's bytes per posting (its sessions' lists included), how many
+    postings, keys, and of those the lists' keys."""
     client = Redis.from_url(REDIS_URL)
     keys = list(client.scan_iter("fp:*", count=5000))
-    memory, postings = 0, 0
+    # fp:{generation}:{bucket} hashes; fp:{generation}:s:{session} lists; fp:listed-since
+    lists = [key for key in keys if key.count(b":") == 3]
+    postings_keys = [key for key in keys if key.count(b":") == 2]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
+    for key in postings_keys:
         pipe.hvals(key)
     answers = pipe.execute()
-    for usage, values in zip(answers[::2], answers[1::2], strict=True):
-        memory += usage
-        postings += sum(max(1, len(v) // 20) for v in values)
-    return memory / max(1, postings), postings, len(keys)
+    memory = sum(answers[: len(keys)])
+    postings = sum(max(1, len(v) // 20) for values in answers[len(keys) :] for v in values)
+    return memory / max(1, postings), postings, len(keys), len(lists)
 
 
 def _percentiles(values: list[float]) -> tuple[float, float]:
@@ -334,11 +338,11 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def report(results: dict, memory: tuple[float, int, int], args) -> None:
+def report(results: dict, memory: tuple[float, int, int, int], args) -> None:
     ours, seed = results["ours"], results["seed"]
     p50, p99 = _percentiles([wall for wall, _cpu in results["latencies"]])
     cpu50, cpu99 = _percentiles([cpu for _wall, cpu in results["latencies"]])
-    per_posting, postings, keys = memory
+    per_posting, postings, keys, lists = memory
     print(
         f"users in index: {args.users}; replies: {args.replies} "
         f"({ours.tp + ours.fn} leaked, {ours.fp + ours.tn} clean); replies from "
@@ -360,7 +364,10 @@ def report(results: dict, memory: tuple[float, int, int], args) -> None:
             f"{len(results['long'])} long replies (~{LONG_REPLY_PARTS * 30} words): wall p50 "
             f"{wall[0]:.3f} p99 {wall[1]:.3f} ms; CPU p50 {cpu[0]:.3f} p99 {cpu[1]:.3f} ms"
         )
-    print(f"index: {postings} postings in {keys} Redis keys (MEMORY USAGE, samples 0)")
+    print(
+        f"index: {postings} postings in {keys} Redis keys, {lists} of them sessions' lists "
+        "(MEMORY USAGE, samples 0)"
+    )
     single = results["single"]
     print(
         "recall on a single leaked item: "

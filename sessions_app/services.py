@@ -94,13 +94,15 @@ def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
 
 
 def _session_fingerprints_erase(session: ChatSession) -> None:
-    """Remove the postings the session's messages put in the fingerprint index.
+    """Remove every posting that names the session from the fingerprint index, those of
+    messages no longer stored (an accept undone, a turn discarded) too.
 
-    The index keeps no list per session: the texts registered, which are the messages as
-    the store holds them, name the postings. So this comes before the messages are erased;
-    done twice it does no harm.
+    The index finds them by the session. Only postings a Redis index took before it
+    listed them per session are named by nothing but the texts registered (the messages
+    as the store holds them), which it then asks for: so this comes before the messages
+    are erased. Done twice it does no harm.
     """
-    fingerprints_erase_session(session_id=session.pk, texts=_session_texts(session))
+    fingerprints_erase_session(session_id=session.pk, texts=lambda: _session_texts(session))
 
 
 def _session_texts(session: ChatSession) -> list[str]:
@@ -329,8 +331,8 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
             _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
             if not suppress:
-                # What is stored (an earlier run's reply, if one was kept), so that the
-                # stored texts name every posting a DELETE must erase.
+                # What is stored (an earlier run's reply, if one was kept): the index
+                # holds what the session holds.
                 fingerprints_register(
                     user_id=turn.session.owner_id,
                     session_id=turn.session_id,

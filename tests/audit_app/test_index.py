@@ -1,4 +1,4 @@
-"""The index backends' lookup contract: postings per user, shared features, generations."""
+"""The index backends' contract: postings per user, shared features, generations, erasure."""
 
 import time
 import uuid
@@ -6,7 +6,7 @@ import uuid
 import pytest
 from django.conf import settings
 
-from audit_app.index import MAX_RECORDS, DbIndex, Layout, RedisIndex
+from audit_app.index import GENERATIONS, LISTED_SINCE, MAX_RECORDS, DbIndex, Layout, RedisIndex
 from audit_app.models import FingerprintPosting
 
 RARE = b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
@@ -97,6 +97,28 @@ class LookupContract:
         self.index.erase_session([RARE], session_id=first[MAX_RECORDS + 1])
         assert self.index.lookup([RARE]) == {RARE: None}
 
+    def test_erasing_a_session_with_no_text_left_removes_every_posting_naming_it(self):
+        """What a session registered may no longer be stored (an accept undone, a turn
+        discarded, a history expired): its erasure, given no digests, still removes every
+        posting that names it, and none of another session's or user's of the same
+        features."""
+        gone, mine, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        self.index.add([RARE, SHARED], user_id=1, session_id=gone)
+        self.index.add([RARE], user_id=1, session_id=mine)
+        self.index.add([RARE, SHARED], user_id=2, session_id=theirs)
+        self.index.add([UNKNOWN], user_id=1, session_id=gone)  # a later message of it
+        self.index.erase_session([], session_id=gone)
+        found = self.index.lookup([RARE, SHARED, UNKNOWN])
+        assert {(p.user_id, p.session_id) for p in found[RARE]} == {
+            (1, str(mine)),
+            (2, str(theirs)),
+        }
+        assert [(p.user_id, p.session_id) for p in found[SHARED]] == [(2, str(theirs))]
+        assert found[UNKNOWN] == []
+        self.index.add([RARE], user_id=1, session_id=gone)  # erased twice: no harm
+        self.index.erase_session([], session_id=gone)
+        assert {p.session_id for p in self.index.lookup([RARE])[RARE]} == {str(mine), str(theirs)}
+
     def test_a_feature_of_too_many_users_is_shared(self):
         for user_id in range(1, MAX_RECORDS + 3):
             self.index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
@@ -149,6 +171,71 @@ class TestRedisLookup(LookupContract):
         postings = self.index.lookup([RARE])[RARE]
         assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs)), (1, None)]
 
+    def test_a_sessions_postings_of_every_live_generation_are_erased_without_digests(self):
+        index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        index.add([RARE], user_id=1, session_id=gone)
+        generation = index.layout.generation(time.time())
+        while index.layout.generation(time.time()) == generation:
+            time.sleep(0.05)
+        index.add([SHARED], user_id=1, session_id=gone)
+        index.add([RARE, SHARED], user_id=2, session_id=theirs)
+        index.erase_session([], session_id=gone)
+        found = index.lookup([RARE, SHARED])
+        assert [(p.user_id, p.session_id) for p in found[RARE]] == [(2, str(theirs))]
+        assert [(p.user_id, p.session_id) for p in found[SHARED]] == [(2, str(theirs))]
+        assert self._lists(gone) == {}
+
+    def test_a_session_lists_each_posting_it_added_once_with_its_generations_expiry(self):
+        """8 bytes a posting: what is already there, folded or shared adds nothing."""
+        session = uuid.uuid4()
+        for _ in range(5):
+            self.index.add([RARE, SHARED], user_id=1, session_id=session)
+        for user_id in range(2, MAX_RECORDS + 3):  # SHARED goes shared
+            self.index.add([SHARED], user_id=user_id, session_id=uuid.uuid4())
+        self.index.add([UNKNOWN, SHARED], user_id=1, session_id=session)
+        [(key, listed)] = self._lists(session).items()
+        assert sorted(listed[i : i + 8] for i in range(0, len(listed), 8)) == sorted(
+            [RARE, SHARED, UNKNOWN]
+        )
+        more = [uuid.uuid4() for _ in range(MAX_RECORDS)]
+        for other in more:
+            self.index.add([RARE], user_id=1, session_id=other)
+        assert self._lists(more[-1]) == {}  # folded into the user's record of several
+        client = self.index.client
+        hash_key = self.index.layout.key(RARE, self.index.layout.generation(time.time()))
+        assert client.expiretime(key) == client.expiretime(hash_key) > time.time()
+
+    def test_until_every_generation_is_listed_erasing_asks_for_the_texts_digests(self):
+        """Postings written before sessions kept lists (the code before) are named by the
+        texts' digests only. While a live generation may hold them (from the first erasure
+        on, for the index's TTL and one generation more) an erasure without digests erases
+        nothing and asks for them; with them, it erases both kinds."""
+        client, layout = self.index.client, self.index.layout
+        now = layout.generation(time.time())
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        self.index.add([RARE], user_id=1, session_id=gone)
+        client.delete(*self._lists(gone))  # as the code before wrote it: no list
+        self.index.add([SHARED], user_id=1, session_id=gone)
+        self.index.add([RARE, SHARED], user_id=2, session_id=theirs)
+        assert self.index.erase_session(session_id=gone) is True  # the first: sets the mark
+        assert layout.generation(int(client.get(LISTED_SINCE))) == now
+        assert {p.user_id for p in self.index.lookup([SHARED])[SHARED]} == {1, 2}
+        assert self.index.erase_session([RARE], session_id=gone) is False
+        found = self.index.lookup([RARE, SHARED])
+        assert [(p.user_id, p.session_id) for p in found[RARE]] == [(2, str(theirs))]
+        assert [(p.user_id, p.session_id) for p in found[SHARED]] == [(2, str(theirs))]
+        since = now - GENERATIONS - 1  # expired, but the generation after it is live
+        client.set(LISTED_SINCE, since * layout.generation_seconds)
+        assert self.index.erase_session(session_id=theirs) is True
+        client.set(LISTED_SINCE, (since - 1) * layout.generation_seconds)  # both expired
+        assert self.index.erase_session(session_id=theirs) is False
+        assert self.index.lookup([RARE, SHARED]) == {RARE: [], SHARED: []}
+
+    def _lists(self, session: uuid.UUID) -> dict[bytes, bytes]:
+        client = self.index.client
+        return {key: client.get(key) for key in client.scan_iter(f"fp:*:s:{session.hex}")}
+
 
 @pytest.mark.django_db
 class TestDbLookup(LookupContract):
@@ -164,3 +251,8 @@ class TestDbLookup(LookupContract):
         assert [(p.user_id, p.session_id is None) for p in self.index.lookup([RARE])[RARE]] == [
             (1, False)
         ]
+
+    def test_erasing_never_asks_for_the_texts_digests(self):
+        self.index.add([RARE], user_id=1, session_id=(gone := uuid.uuid4()))
+        assert self.index.erase_session(session_id=gone) is False
+        assert self.index.lookup([RARE]) == {RARE: []}

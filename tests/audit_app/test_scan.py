@@ -6,7 +6,7 @@ import pytest
 from redis import Redis
 
 from audit_app import fingerprint
-from audit_app.index import DbIndex, IndexUnavailable, RedisIndex
+from audit_app.index import LISTED_SINCE, DbIndex, IndexUnavailable, RedisIndex
 from audit_app.services import (
     fingerprint_index,
     fingerprints_erase_session,
@@ -28,6 +28,10 @@ def _register(user_id: int, text: str, session: uuid.UUID | None = None) -> uuid
 
 class IndexContract:
     """Every index backend must pass these; subclasses only choose the backend."""
+
+    def every_posting_listed(self) -> None:
+        """Make the index hold no posting that only a text names (the backend knows how)."""
+        raise NotImplementedError
 
     def test_another_users_distinctive_data_is_a_leak(self):
         alice_session = _register(1, ALICE_DATA)
@@ -90,7 +94,15 @@ class IndexContract:
 
     def test_erasing_a_session_removes_its_postings(self):
         alice_session = _register(1, ALICE_DATA)
-        fingerprints_erase_session(session_id=alice_session, texts=[ALICE_DATA])
+        fingerprints_erase_session(session_id=alice_session, texts=lambda: [ALICE_DATA])
+        assert not reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
+
+    def test_erasing_a_session_whose_postings_are_all_listed_reads_no_text(self):
+        """The index finds a session's postings by the session: its texts (and the store
+        that holds them) are not read, and what it registered goes whatever is stored."""
+        gone = _register(1, ALICE_DATA)
+        self.every_posting_listed()
+        fingerprints_erase_session(session_id=gone, texts=lambda: pytest.fail("texts read"))
         assert not reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
 
     def test_erasing_one_session_keeps_what_the_users_other_sessions_introduced(self):
@@ -98,13 +110,13 @@ class IndexContract:
         so another user's reply carrying it is still a leak, and hers is still her own."""
         first, second = _register(1, ALICE_DATA), _register(1, ALICE_DATA)
         _register(3, "Ship it to Bartholomew Quince")  # a third user shares a part of it
-        fingerprints_erase_session(session_id=first, texts=[ALICE_DATA])
+        fingerprints_erase_session(session_id=first, texts=lambda: [ALICE_DATA])
         result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED)
         assert result.leaked
         introducers = {(p.user_id, p.session_id) for e in result.evidence for p in e.introduced_by}
         assert (1, str(second)) in introducers and (1, str(first)) not in introducers
         assert reply_scan(user_id=1, session_id=second, text=LEAKED).evidence == []
-        fingerprints_erase_session(session_id=second, texts=[ALICE_DATA])
+        fingerprints_erase_session(session_id=second, texts=lambda: [ALICE_DATA])
         result = reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED)
         assert {p.user_id for e in result.evidence for p in e.introduced_by} <= {3}
 
@@ -116,10 +128,30 @@ class TestRedisIndex(IndexContract):
         assert settings.REDIS_URL
         assert isinstance(fingerprint_index(), RedisIndex)
 
+    def every_posting_listed(self) -> None:
+        """The first erasure long past: no posting from before the lists lives."""
+        fingerprint_index().client.set(LISTED_SINCE, 0)
+
+    def test_until_then_the_texts_are_read_once_and_name_older_postings(self):
+        gone = _register(1, ALICE_DATA)
+        index = fingerprint_index()
+        index.client.delete(*index.client.scan_iter(f"fp:*:s:{gone.hex}"))  # as before lists
+        read = []
+        fingerprints_erase_session(session_id=gone, texts=lambda: read.append(1) or [ALICE_DATA])
+        assert read == [1]
+        assert not reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
+
     def test_the_index_holds_no_plain_words(self, settings):
         _register(1, ALICE_DATA)
         client = Redis.from_url(settings.REDIS_URL)
-        dump = b"".join(field for key in client.scan_iter("fp:*") for field in client.hgetall(key))
+        hashes = {key: client.type(key) == b"hash" for key in client.scan_iter("fp:*")}
+        dump = b"".join(
+            b"".join(b"".join(pair) for pair in client.hgetall(key).items())
+            if is_hash
+            else client.get(key)  # a session's list of the postings it added
+            for key, is_hash in hashes.items()
+        )
+        assert dump
         for word in (b"bluefalcon", b"quince", b"583920", b"wisteria"):
             assert word not in dump.lower()
 
@@ -138,6 +170,9 @@ class TestDbIndex(IndexContract):
     def _no_redis(self, settings):
         settings.REDIS_URL = ""
         assert isinstance(fingerprint_index(), DbIndex)
+
+    def every_posting_listed(self) -> None:
+        """Always so: every row names its session."""
 
 
 def test_features_keep_offsets_into_the_text():

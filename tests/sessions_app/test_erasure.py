@@ -1,5 +1,6 @@
 """Deleting or expiring a session erases its fingerprint postings too, with each history
-store and each fingerprint index; with the index unreachable nothing is half-erased.
+store and each fingerprint index, those of texts no longer stored (a post answered 503, an
+expired ``redis`` history) too; with the index unreachable nothing is half-erased.
 
 Postings are looked up as the leak scan reads them: ``reply_scan`` for a stranger, whose
 evidence names every (user, session) that introduced a token of the text.
@@ -14,7 +15,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from audit_app.index import DbIndex, RedisIndex
-from audit_app.models import AuditEntry
+from audit_app.models import AuditEntry, FingerprintPosting
 from audit_app.services import ScanResult, fingerprint_index, reply_scan
 from sessions_app import services
 from sessions_app.models import ChatSession, Turn
@@ -22,7 +23,7 @@ from sessions_app.stores import history_store
 
 from ..conftest import client_for
 from ..fakes.claude import FakeClaude
-from ..support import free_port, post_and_wait
+from ..support import broker_at, free_port, post_and_wait
 
 pytestmark = pytest.mark.django_db
 
@@ -104,6 +105,32 @@ def messages_of(session: ChatSession) -> list[str]:
     return [message.content for message in stored]
 
 
+def postings_naming(session_id: uuid.UUID) -> list:
+    """Return what the index holds that names the session, read from the store itself."""
+    if isinstance(fingerprint_index(), DbIndex):
+        return list(FingerprintPosting.objects.filter(session_id=session_id))
+    client = get_redis_connection("default")
+    found = []
+    for key in client.scan_iter("fp:*"):
+        if session_id.hex.encode() in key:
+            found.append(key)  # a list the session keeps of its postings
+        elif client.type(key) == b"hash":
+            found += [key for value in client.hvals(key) if session_id.bytes in value]
+    return found
+
+
+def post_with_the_broker_down(settings, api, sid: str, content: str) -> None:
+    """Post ``content``: accepted, then not queued (nothing listens at the broker's port),
+    so answered 503 and undone: no message, no turn."""
+    with broker_at(settings, f"redis://127.0.0.1:{free_port()}/0"):
+        response = api.post(
+            f"/api/v1/sessions/{sid}/messages/", {"content": content}, format="json"
+        )
+    assert response.status_code == 503 and response.json()["code"] == "unavailable"
+    assert api.get(f"/api/v1/sessions/{sid}/").json()["message_count"] == 0
+    assert not Turn.objects.filter(session_id=sid).exists()
+
+
 def test_delete_erases_the_sessions_postings_and_no_others(
     index, store, sessions, user, other_user
 ):
@@ -123,11 +150,18 @@ def test_the_expiry_purge_erases_the_expired_sessions_postings_and_no_others(
     assert_only_the_erased_sessions_postings_went(sessions, user, other_user)
 
 
+@pytest.mark.parametrize("answer", [200, 503])
 def test_a_later_reply_with_a_deleted_sessions_token_is_not_laid_to_that_session(
-    index, api, other_api, fake_claude: FakeClaude
+    index, answer, settings, api, other_api, fake_claude: FakeClaude
 ):
-    fake_claude.set_responder(lambda body: "Noted.")
-    sid, _ = post_and_wait(api, GONE_ASKED)
+    """Also when the message that brought the token was answered 503: never stored, yet
+    its postings stay with its session while that lives (see ``post_with_the_broker_down``)."""
+    if answer == 200:
+        fake_claude.set_responder(lambda body: "Noted.")
+        sid, _ = post_and_wait(api, GONE_ASKED)
+    else:
+        sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+        post_with_the_broker_down(settings, api, sid, GONE_ASKED)
     fake_claude.set_responder(lambda body: f"You said: {GONE_ASKED}")
     _, before = post_and_wait(other_api, "What did I say?")
     assert before["status"] == "suppressed"  # laid to the session while it exists
@@ -229,3 +263,54 @@ def test_a_kept_earlier_reply_is_what_gets_registered(user, settings):
     assert introducers(GONE_RELEASED) == set()
     services.chat_session_delete(user=user, session_id=session.pk)
     assert introducers(GONE_REPLY) == set()
+
+
+# A post answered with an error -----------------------------------------------------------
+
+
+def test_delete_erases_the_postings_of_a_post_answered_503(index, store, settings, user, api):
+    """The accept registered the message's postings before the broker refused the turn;
+    the undo left them (the session's other messages may need the same ones). The message
+    is gone from the store, so its text cannot name them: the DELETE must still erase them."""
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    post_with_the_broker_down(settings, api, sid, GONE_ASKED)
+    assert introducers(GONE_ASKED) == {(user.pk, sid)}
+    assert postings_naming(uuid.UUID(sid))
+    assert api.delete(f"/api/v1/sessions/{sid}/").status_code == 204
+    assert postings_naming(uuid.UUID(sid)) == []
+    assert introducers(GONE_ASKED) == set()
+
+
+def test_that_erasure_keeps_other_sessions_postings_of_the_same_features(
+    index, settings, user, other_user, api
+):
+    """The same features, introduced by the user's other session and by another user: the
+    erased session's postings of them go, theirs stay."""
+    mine = services.chat_session_create(owner=user)
+    exchange(user, mine, GONE_ASKED, "Noted.")
+    theirs = services.chat_session_create(owner=other_user)
+    exchange(other_user, theirs, GONE_ASKED, "Noted.")
+    sid = api.post("/api/v1/sessions/", {}, format="json").json()["id"]
+    post_with_the_broker_down(settings, api, sid, GONE_ASKED)
+    kept = {(user.pk, str(mine.pk)), (other_user.pk, str(theirs.pk))}
+    assert introducers(GONE_ASKED) >= kept
+    assert api.delete(f"/api/v1/sessions/{sid}/").status_code == 204
+    assert postings_naming(uuid.UUID(sid)) == []
+    assert postings_naming(mine.pk) and postings_naming(theirs.pk)
+    assert introducers(GONE_ASKED) == kept
+
+
+def test_the_purge_erases_the_postings_of_an_expired_redis_session_whose_keys_are_gone(
+    index, settings, user
+):
+    """Under ``HISTORY_STORE=redis`` an expired session's keys expire before the purge
+    comes: nothing is left to read, and its postings must go all the same."""
+    settings.HISTORY_STORE = "redis"
+    gone = services.chat_session_create(owner=user)
+    exchange(user, gone, GONE_ASKED, GONE_REPLY)
+    client = get_redis_connection("default")
+    client.delete(*client.scan_iter(match=f"session:{{{gone.pk}}}:*"))  # as their TTL does
+    ChatSession.objects.filter(pk=gone.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.chat_session_purge_expired() == 1
+    assert postings_naming(gone.pk) == []
+    assert introducers(GONE_ASKED) == introducers(GONE_REPLY) == set()
