@@ -70,7 +70,8 @@ admin.site.unregister(AuthToken)
 class AuthTokenAdmin(admin.ModelAdmin):
     """Who holds API tokens and until when; staff may revoke one (delete), not read one.
 
-    Only digests are stored, and none is shown: nothing on these pages can sign in.
+    Only digests are stored, and no field shows one; knox's primary key is the digest,
+    so it is in these pages' addresses and titles, and a digest cannot sign in.
     """
 
     list_display = ["user", "created", "expiry"]
