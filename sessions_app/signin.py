@@ -19,7 +19,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib import admin
@@ -34,6 +34,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle
+
+T = TypeVar("T")
 
 
 class SignInThrottled(Throttled):
@@ -85,6 +87,23 @@ class SignInCount:
         return f"{name}:{ends!r}", ends
 
 
+def password_checked(request: HttpRequest | None, username: str, check: Callable[[], T]) -> T:
+    """Run ``check`` (a password check of ``username``) in its place in the failure count:
+    given back if it answers truly (the password was right) or fails (an outage is not the
+    client's failure), kept if it answers falsely. Past the limit, raise ``SignInThrottled``
+    without running it."""
+    count = SignInCount(request, username)
+    count.reserve()
+    try:
+        result = check()
+    except Exception:
+        count.release()
+        raise
+    if result:
+        count.release()
+    return result
+
+
 class ThrottledModelBackend(ModelBackend):
     """Django's username and password check behind the failed-sign-in limit."""
 
@@ -99,16 +118,13 @@ class ThrottledModelBackend(ModelBackend):
             username = kwargs.get(get_user_model().USERNAME_FIELD)
         if username is None or password is None:
             return None  # nothing to check, no hash spent (as ModelBackend does)
-        count = SignInCount(request, str(username))
-        count.reserve()
-        try:
-            user = super().authenticate(request, username=username, password=password)
-        except Exception:
-            count.release()  # an outage is not the client's failure
-            raise
-        if user is not None:
-            count.release()
-        return user
+        return password_checked(
+            request,
+            str(username),
+            lambda: super(ThrottledModelBackend, self).authenticate(
+                request, username=username, password=password
+            ),
+        )
 
 
 # Where a login form leaves the refusal for ``throttled_page``, on the request it served.
@@ -125,9 +141,14 @@ class _SaysWhenThrottled:
             return super().clean()
         except SignInThrottled as exc:
             self.throttled = exc
-            if self.request is not None:
-                setattr(self.request, _THROTTLED, exc)
-            raise ValidationError(str(exc.detail), code="throttled") from exc
+            raise _refusal_said(self.request, exc) from exc
+
+
+def _refusal_said(request: HttpRequest | None, exc: SignInThrottled) -> ValidationError:
+    """Leave the refusal on the request, for ``throttled_page``; return the form's error."""
+    if request is not None:
+        setattr(request, _THROTTLED, exc)
+    return ValidationError(str(exc.detail), code="throttled")
 
 
 class SignInForm(_SaysWhenThrottled, AuthenticationForm):
@@ -150,20 +171,17 @@ class PasswordCheckForm(AdminPasswordChangeForm):
         self.request = request
 
     def clean_old_password(self) -> str:
-        count = SignInCount(self.request, self.user.get_username())
+        old = self.cleaned_data["old_password"]
         try:
-            count.reserve()
+            right = password_checked(
+                self.request, self.user.get_username(), lambda: self.user.check_password(old)
+            )
         except SignInThrottled as exc:
-            setattr(self.request, _THROTTLED, exc)
-            raise ValidationError(str(exc.detail), code="throttled") from exc
-        try:
-            old = super().clean_old_password()
-        except ValidationError:
-            raise  # a wrong guess: it stays counted
-        except Exception:
-            count.release()
-            raise
-        count.release()
+            raise _refusal_said(self.request, exc) from exc
+        if not right:
+            raise ValidationError(
+                self.error_messages["password_incorrect"], code="password_incorrect"
+            )
         return old
 
 
@@ -182,11 +200,7 @@ def admin_password_change(request: HttpRequest) -> HttpResponse:
     return _PasswordChangeView.as_view(
         success_url=reverse("admin:password_change_done", current_app=site.name),
         extra_context=site.each_context(request),
-        **(
-            {"template_name": site.password_change_template}
-            if site.password_change_template
-            else {}
-        ),
+        template_name=site.password_change_template or PasswordChangeView.template_name,
     )(request)
 
 
