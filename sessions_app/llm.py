@@ -177,6 +177,10 @@ def _llm_error(exc: Exception) -> LLMError:
             transient=True,
         )
     # A body that is not valid JSON surfaces as a bare ValueError from the SDK.
+    return _unreadable()
+
+
+def _unreadable() -> LLMError:
     return LLMError(
         code="claude_bad_response",
         detail="The assistant sent a response that could not be read.",
@@ -220,7 +224,7 @@ def _reply_text(response: anthropic.types.Message) -> str:
         # The SDK builds its models from JSON without validating them: a body of another
         # shape (``{}``, a text block without its text) surfaces only here, and is as
         # unreadable as one that is not JSON at all.
-        raise _llm_error(ValueError("a reply without its content")) from exc
+        raise _unreadable() from exc
     if not text.strip():
         # Stored, it would show the user nothing, and a blank reply cannot be sent back.
         raise LLMError(
