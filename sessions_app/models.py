@@ -7,9 +7,11 @@ from django.db import models
 from django.db.models import Q
 
 # The constraints whose violation means something to the caller (a turn already in flight,
-# a turn's reply already stored), by the name ``core.sql.violated_constraint`` gives.
+# a turn's reply already stored, a seq already taken), by the name
+# ``core.sql.violated_constraint`` gives.
 TURN_ONE_IN_FLIGHT = "turn_one_in_flight_per_session"
 MESSAGE_ONE_PER_TURN_ROLE = "message_one_per_turn_role"
+MESSAGE_SEQ_UNIQUE = "message_seq_unique"
 
 
 class ChatSession(models.Model):
@@ -50,7 +52,7 @@ class Message(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["session", "seq"], name="message_seq_unique"),
+            models.UniqueConstraint(fields=["session", "seq"], name=MESSAGE_SEQ_UNIQUE),
             # One user message and at most one reply per turn, even if two workers race.
             models.UniqueConstraint(fields=["turn", "role"], name=MESSAGE_ONE_PER_TURN_ROLE),
         ]

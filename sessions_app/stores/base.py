@@ -76,6 +76,15 @@ class DuplicateReply(Exception):
         self.existing = existing
 
 
+class SeqTaken(Exception):
+    """The seq holds a message of the session already: its counter is behind its messages.
+
+    A fault, neither a duplicate (the caller would take it for a stored reply) nor an
+    outage (retrying cannot help). Nothing was written; the database store's transaction
+    is spoilt and must roll back.
+    """
+
+
 @dataclass(frozen=True)
 class SessionRef:
     """A session named by its ids alone, for a store call that needs no more (an undo)."""
@@ -110,7 +119,7 @@ class BaseHistoryStore(abc.ABC):
         self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str
     ) -> StoredMessage:
         """Store the user message of a new turn at ``seq``; raise ``DuplicateReply`` if the
-        turn has one already."""
+        turn has one already, ``SeqTaken`` if ``seq`` holds another message."""
         return self._append(
             session, turn_id=turn_id, seq=seq, role=USER, content=content, status=OK
         )
@@ -119,7 +128,8 @@ class BaseHistoryStore(abc.ABC):
         self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str, status: str = OK
     ) -> StoredMessage:
         """Store the one reply of a turn at ``seq``, atomically; raise ``DuplicateReply`` if
-        it has one (a redelivered run racing the first)."""
+        it has one (a redelivered run racing the first), ``SeqTaken`` if ``seq`` holds
+        another message."""
         return self._append(
             session, turn_id=turn_id, seq=seq, role=ASSISTANT, content=content, status=status
         )
@@ -201,7 +211,8 @@ class BaseHistoryStore(abc.ABC):
         status: str,
     ) -> StoredMessage:
         """Write one message atomically; one per (turn, role), else ``DuplicateReply`` (and
-        for nothing else: another failure, a seq already taken, is an error of its own)."""
+        for nothing else); one per seq, else ``SeqTaken``, having written nothing (another
+        failure is an error of its own)."""
 
     @abc.abstractmethod
     def _turn_messages(self, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:

@@ -9,8 +9,8 @@ from django.db.models import QuerySet
 from core import sql
 
 from .. import rows
-from ..models import MESSAGE_ONE_PER_TURN_ROLE, ChatSession, Message
-from .base import BaseHistoryStore, DuplicateReply, SessionLike, StoredMessage
+from ..models import MESSAGE_ONE_PER_TURN_ROLE, MESSAGE_SEQ_UNIQUE, ChatSession, Message
+from .base import BaseHistoryStore, DuplicateReply, SeqTaken, SessionLike, StoredMessage
 
 FIELDS = ("id", "seq", "role", "content", "status", "created_at", "turn_id", "session_id")
 
@@ -51,9 +51,12 @@ class HistoryStore(BaseHistoryStore):
                 )
             )
         except IntegrityError as exc:
-            if sql.violated_constraint(exc) != MESSAGE_ONE_PER_TURN_ROLE:
-                # A seq taken twice (the session's counter behind its rows), a NOT NULL:
-                # a fault, not a duplicate; the caller would take it for a stored reply.
+            violated = sql.violated_constraint(exc)
+            if violated == MESSAGE_SEQ_UNIQUE:  # the session's counter behind its rows
+                raise SeqTaken(f"seq {seq} of session {session.pk} is taken") from exc
+            if violated != MESSAGE_ONE_PER_TURN_ROLE:
+                # A NOT NULL: a fault, not a duplicate; the caller would take it for a
+                # stored reply.
                 raise
             # The turn has its message of this role: the caller's transaction is spoilt
             # and rolls back, so the message already there cannot be read here.

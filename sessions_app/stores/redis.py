@@ -24,6 +24,7 @@ from django_redis import get_redis_connection
 from .base import (
     BaseHistoryStore,
     DuplicateReply,
+    SeqTaken,
     SessionLike,
     StoredMessage,
     StoreUnavailable,
@@ -35,8 +36,17 @@ MESSAGE_IDS_KEY = "history:message_ids"
 
 # KEYS: messages, turns, owner. ARGV: seq, message JSON, turn field, owner, expire-at,
 # turn id.
-# Returns 1 when written, -1 when the session's keys belong to another owner, or the
-# JSON of the message the turn already has for this role.
+# Returns 1 when written, -1 when the session's keys belong to another owner, 0 when the
+# seq is taken, or the JSON of the message the turn already has for this role.
+#
+# A seq is taken as the database's unique (session, seq) takes it, with one exception the
+# database never sees: the session's newest message may be one that a run wrote before
+# its database commit failed (a reply, or an accept whose undo failed too). No reader sees
+# it (it is past the session's counter) and the next message takes its seq: it is written
+# over. What shows a message was committed: a message after it (taken under a counter
+# that had moved past it), or the appending turn's own (the turn exists, so its user
+# message was committed). The one fault this cannot tell from an uncommitted message is a
+# counter behind by exactly one message of another turn: that one is written over.
 APPEND = """
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[4] then return -1 end
@@ -45,6 +55,11 @@ if existing then
   local stored = redis.call('HGET', KEYS[1], existing)
   -- The seq may since hold another turn's message (a run whose commit failed left it).
   if stored and cjson.decode(stored)['t'] == ARGV[6] then return stored end
+end
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and (cjson.decode(held)['t'] == ARGV[6]
+    or redis.call('HEXISTS', KEYS[1], tostring(tonumber(ARGV[1]) + 1)) == 1) then
+  return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])
@@ -182,6 +197,8 @@ class HistoryStore(BaseHistoryStore):
             return message
         if outcome == -1:
             raise self._foreign(session)  # the session's keys name another owner
+        if outcome == 0:
+            raise SeqTaken(f"seq {seq} of session {session.pk} is taken")
         raise DuplicateReply(self._checked(session, [_decode(outcome)])[0])
 
     def _turn_messages(self, session, turn_id: uuid.UUID) -> list[StoredMessage]:

@@ -16,7 +16,13 @@ from audit_app.models import AuditEntry
 from audit_app.services import ScanResult
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
-from sessions_app.stores import DuplicateReply, ForeignData, StoreUnavailable, history_store
+from sessions_app.stores import (
+    DuplicateReply,
+    ForeignData,
+    SeqTaken,
+    StoreUnavailable,
+    history_store,
+)
 
 from ..conftest import client_for
 from ..support import PrivateRedis
@@ -85,6 +91,39 @@ class StoreContract:
         session.refresh_from_db()
         contents = [m.content for m in history_store().page(session=session, offset=0, limit=10)]
         assert contents == ["hello", "first"]
+
+    @pytest.mark.usefixtures("vendor")  # the database stores' INSERT written out, and the ORM's
+    def test_a_message_at_a_seq_already_taken_is_refused_and_nothing_is_written(
+        self, user, session
+    ):
+        """The session's counter behind its messages is a fault, neither a duplicate nor an
+        outage: the message holding the seq stays, and nothing of the new one is kept."""
+        first = self.accept(user, session, "first")
+        assert services.turn_complete(turn_id=first.pk, reply="reply")
+        ChatSession.objects.filter(pk=session.pk).update(next_seq=1)  # seq 1 and 2 are held
+        with pytest.raises(SeqTaken):
+            services.message_accept(user=user, session_id=session.pk, content="second")
+        assert list(Turn.objects.filter(session=session).values_list("pk", flat=True)) == [first.pk]
+        session.next_seq = 3  # read as the counter stood
+        kept = history_store().page(session=session, offset=0, limit=9)
+        assert [(m.seq, m.turn_id, m.content) for m in kept] == [
+            (1, first.pk, "first"),
+            (2, first.pk, "reply"),
+        ]
+
+    @pytest.mark.usefixtures("vendor")
+    def test_a_reply_at_its_turns_own_seq_is_refused_not_taken_for_a_stored_reply(
+        self, user, session
+    ):
+        turn = self.accept(user, session, "hello")
+        ChatSession.objects.filter(pk=session.pk).update(next_seq=1)  # the reply's seq is 1
+        with pytest.raises(SeqTaken):
+            services.turn_complete(turn_id=turn.pk, reply="hi")  # the task then fails the turn
+        assert Turn.objects.get(pk=turn.pk).status == Turn.Status.PENDING  # rolled back
+        with pytest.raises(SeqTaken), transaction.atomic():
+            history_store().append_reply(session=session, turn_id=turn.pk, seq=1, content="x")
+        stored = history_store().turn_messages(session=session, turn_id=turn.pk)
+        assert [(m.seq, m.role, m.content) for m in stored] == [(1, "user", "hello")]
 
     def test_history_is_the_delivered_messages_up_to_the_turn(self, user, session):
         first = self.accept(user, session, "one")
@@ -245,7 +284,8 @@ class StoreContract:
 
 class RowStoreContract:
     """What the stores that keep rows (``db``, ``cached_db``) add to the contract: of the
-    database's constraints, only the turn's one message of each role means a duplicate."""
+    database's constraints, only the turn's one message of each role means a duplicate,
+    and only the session's one message of each seq a seq taken."""
 
     @pytest.mark.usefixtures("vendor")  # the INSERT written out, and the ORM's
     def test_only_the_turns_message_of_that_role_is_a_duplicate(self, user, session):
@@ -254,21 +294,10 @@ class RowStoreContract:
             history_store().append_user_message(
                 session=session, turn_id=turn.pk, seq=session.next_seq, content="again"
             )
-        # seq 1 is taken (the session's counter behind its rows): a fault, not a reply.
-        with pytest.raises(IntegrityError, match="message_seq_unique"), transaction.atomic():
-            history_store().append_reply(session=session, turn_id=turn.pk, seq=1, content="x")
         with pytest.raises(IntegrityError), transaction.atomic():  # NOT NULL
             history_store().append_reply(
                 session=session, turn_id=turn.pk, seq=session.next_seq, content=None
             )
-
-    @pytest.mark.usefixtures("vendor")
-    def test_a_reply_whose_seq_is_taken_is_an_error_not_a_reply_already_stored(self, user, session):
-        turn = self.accept(user, session, "hello")
-        ChatSession.objects.filter(pk=session.pk).update(next_seq=1)  # the reply's seq is 1
-        with pytest.raises(IntegrityError, match="message_seq_unique"):
-            services.turn_complete(turn_id=turn.pk, reply="hi")  # the task then fails the turn
-        assert Turn.objects.get(pk=turn.pk).status == Turn.Status.PENDING  # rolled back
         assert Message.objects.filter(turn=turn).count() == 1
 
 
@@ -332,6 +361,23 @@ class TestRedisStore(StoreContract):
         session.refresh_from_db()
         contents = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
         assert contents == ["hello", "from run one"] and session.next_seq == 3
+
+    def test_a_reply_left_by_a_lost_commit_gives_its_seq_to_the_next_message(self, user, session):
+        """No reader sees the newest message past the session's counter, and the next
+        message takes its seq: unlike a seq taken, it is written over."""
+        turn = self.accept(user, session, "hello")
+        # A run wrote the reply, then lost its database commit; the turn then failed.
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content="never delivered"
+        )
+        assert services.turn_fail(turn_id=turn.pk, code="x", detail="y")
+        following = self.accept(user, session, "again")
+        assert services.turn_complete(turn_id=following.pk, reply="answer")
+        session.refresh_from_db()
+        kept = history_store().page(session=session, offset=0, limit=9)
+        assert [(m.seq, m.content) for m in kept] == [(1, "hello"), (2, "again"), (3, "answer")]
+        failed = history_store().turn_messages(session=session, turn_id=turn.pk)
+        assert [m.content for m in failed] == ["hello"]
 
     def test_store_errors_are_neutral(self, settings, private_redis: PrivateRedis, session):
         settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": private_redis.url}}
