@@ -28,13 +28,14 @@ first erasure that looked) and the one after it have expired, ``erase_session`` 
 import struct
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 
 import redis
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from core.errors import BackendUnavailable
@@ -316,6 +317,14 @@ def _signed(digest: bytes) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+@contextmanager
+def _database_answers() -> Iterator[None]:
+    try:
+        yield
+    except DatabaseError as exc:
+        raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
+
+
 class DbIndex:
     """The embedded index: a table of postings, read with one query per scan.
 
@@ -325,6 +334,11 @@ class DbIndex:
     ``MAX_RECORDS`` records is full), and once more than ``MAX_RECORDS`` users introduced a
     feature one row of ``SHARED_USER``. Erasing a session removes neither of those: they
     age out. So a feature has a bounded number of rows, whatever one user repeats.
+
+    A database error is ``IndexUnavailable``, as Redis's are. An erasure fails alone (in a
+    savepoint), so that its caller's transaction goes on, as the expiry purge's does; a
+    failed ``add`` or ``lookup`` spoils it (a savepoint would cost every turn two round
+    trips, and their callers roll back on the error anyway).
     """
 
     def __init__(self, *, ttl_seconds: int) -> None:
@@ -333,10 +347,8 @@ class DbIndex:
     def add(self, digests: Sequence[bytes], *, user_id: int, session_id: uuid.UUID) -> None:
         """Record that the session introduced each of ``digests`` not already too shared."""
         wanted = {_signed(d) for d in digests}
-        try:
+        with _database_answers():
             self._add(wanted, user_id=user_id, session_id=session_id)
-        except DatabaseError as exc:
-            raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
 
     def _add(self, wanted: set[int], *, user_id: int, session_id: uuid.UUID) -> None:
         live: dict[int, dict[int, set[uuid.UUID]]] = {}
@@ -370,10 +382,8 @@ class DbIndex:
         """Return each digest's postings (None: too many users share it); one query."""
         by_int = {_signed(d): d for d in digests}
         found: dict[bytes, dict[int, Posting] | None] = {d: {} for d in digests}
-        try:
+        with _database_answers():
             rows = list(self._rows(set(by_int)).values_list("digest", "user_id", "session_id"))
-        except DatabaseError as exc:
-            raise IndexUnavailable("the fingerprint index (database) is unavailable") from exc
         for digest, user, session in rows:
             known = found[by_int[digest]]
             if known is None:
@@ -395,15 +405,16 @@ class DbIndex:
     ) -> bool:
         """Remove every posting of the session, found by its column (``SEVERAL_SESSION``
         and ``SHARED_USER`` rows stay, and age out); return False: the texts' ``digests``
-        are never needed here."""
-        FingerprintPosting.objects.filter(session_id=session_id).delete()
+        are never needed here. On a database error nothing is erased."""
+        with _database_answers(), transaction.atomic():
+            FingerprintPosting.objects.filter(session_id=session_id).delete()
         return False
 
     def purge_expired(self) -> int:
         """Delete postings past their retention; return how many."""
-        return FingerprintPosting.objects.filter(created_at__lt=timezone.now() - self.ttl).delete()[
-            0
-        ]
+        expired = FingerprintPosting.objects.filter(created_at__lt=timezone.now() - self.ttl)
+        with _database_answers():
+            return expired.delete()[0]
 
     def _rows(self, digests: set[int]):
         since = timezone.now() - self.ttl

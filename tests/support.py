@@ -200,3 +200,39 @@ def lock_waiter(
 
     assert wait_until(lambda: pids, 10) and wait_until(waiting, 10)
     return thread, results
+
+
+@contextmanager
+def postings_locked_elsewhere(session_id: object, *, wait_ms: int = 200) -> Iterator[None]:
+    """Hold the session's fingerprint postings locked on another connection, as a writer in
+    a long transaction would, and let this test's connection wait ``wait_ms`` at most for a
+    lock: what touches those rows meanwhile fails as Postgres fails it (``lock_timeout``).
+
+    The other connection sees committed rows only: use it in a ``transaction=True`` test.
+    """
+    import psycopg
+    from django.db import connection
+    from psycopg import sql
+
+    from audit_app.models import FingerprintPosting
+
+    params = connection.settings_dict
+    lock = sql.SQL("SELECT 1 FROM {} WHERE session_id = %s FOR UPDATE").format(
+        sql.Identifier(FingerprintPosting._meta.db_table)
+    )
+    with psycopg.connect(
+        dbname=params["NAME"],
+        user=params["USER"],
+        password=params["PASSWORD"] or None,
+        host=params["HOST"] or None,
+        port=params["PORT"] or 5432,
+        connect_timeout=5,
+    ) as other:
+        assert other.execute(lock, [session_id]).fetchall(), "no posting to lock"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = {int(wait_ms)}")
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET lock_timeout")

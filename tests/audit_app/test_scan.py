@@ -3,16 +3,20 @@
 import uuid
 
 import pytest
+from django.db import transaction
 from redis import Redis
 
 from audit_app import fingerprint
 from audit_app.index import LISTED_SINCE, DbIndex, IndexUnavailable, RedisIndex
+from audit_app.models import FingerprintPosting
 from audit_app.services import (
     fingerprint_index,
     fingerprints_erase_session,
     fingerprints_register,
     reply_scan,
 )
+
+from ..support import postings_locked_elsewhere
 
 ALICE_DATA = (
     "My order ORD-583920 for Bartholomew Quince ships to 42 Wisteria Lane. Codename Bluefalcon."
@@ -173,6 +177,18 @@ class TestDbIndex(IndexContract):
 
     def every_posting_listed(self) -> None:
         """Always so: every row names its session."""
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_database_error_is_a_neutral_error_and_the_caller_goes_on(self):
+        """As the Redis index is when Redis is down: here a writer holds the session's
+        postings past the lock timeout. The erasure fails alone, so that its caller's
+        transaction can go on (the expiry purge erases the conversation all the same)."""
+        session = _register(1, ALICE_DATA)
+        with postings_locked_elsewhere(session), transaction.atomic():
+            with pytest.raises(IndexUnavailable):
+                fingerprints_erase_session(session_id=session)
+            assert FingerprintPosting.objects.filter(session_id=session).exists()
+        assert reply_scan(user_id=2, session_id=uuid.uuid4(), text=LEAKED).leaked
 
 
 def test_features_keep_offsets_into_the_text():

@@ -23,7 +23,7 @@ from sessions_app.stores import history_store
 
 from ..conftest import client_for
 from ..fakes.claude import FakeClaude
-from ..support import broker_at, free_port, post_and_wait
+from ..support import broker_at, free_port, post_and_wait, postings_locked_elsewhere
 
 pytestmark = pytest.mark.django_db
 
@@ -225,6 +225,30 @@ def test_with_the_index_unreachable_the_purge_still_erases_the_conversation(
     assert not Turn.objects.filter(session_id=gone.pk).exists()
     assert history_store().page(session=gone, offset=0, limit=100) == []
     index_back(settings)
+    assert introducers(GONE_ASKED) == {(user.pk, str(gone.pk))}  # left to age out
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("index", ["db"], indirect=True)
+def test_with_the_database_index_failing_delete_answers_503_and_the_purge_still_erases(
+    index, sessions, user, caplog
+):
+    """The database index fails as the Redis one does when it cannot be reached (here a
+    writer holds the session's postings past the lock timeout): the same 503, and the same
+    purge, which erases the conversation and leaves the postings to age out."""
+    gone = sessions["gone"]
+    before = messages_of(gone)
+    with postings_locked_elsewhere(gone.pk):
+        response = client_for(user).delete(f"/api/v1/sessions/{gone.pk}/")
+        assert response.status_code == 503 and response.json()["code"] == "unavailable"
+        assert messages_of(gone) == before
+        expired = timezone.now() - timedelta(seconds=1)
+        ChatSession.objects.filter(pk=gone.pk).update(expires_at=expired)
+        with caplog.at_level(logging.WARNING, logger="sessions_app.services"):
+            assert services.chat_session_purge_expired() == 1
+    assert "fingerprint index unavailable" in caplog.text
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert history_store().page(session=gone, offset=0, limit=100) == []
     assert introducers(GONE_ASKED) == {(user.pk, str(gone.pk))}  # left to age out
 
 
