@@ -20,7 +20,9 @@ Each session also keeps, per generation, the list of the postings it added there
 expiry, appended to in the registering script (8 bytes a posting; a posting already
 there, folded or shared adds nothing). Erasing a session reads its lists, so it needs
 no text of the session: a message whose accept was undone, or whose history expired
-first, is erased all the same. Postings written before these lists existed are named by
+first, is erased all the same. Only an erasure reads them: a stateless conversation,
+which nothing erases, keeps none (its postings are kept all the same: the scan of other
+users' replies reads them). Postings written before these lists existed are named by
 nothing but their texts: until the generation of ``fp:listed-since`` (the time of the
 first erasure that looked) and the one after it have expired, ``erase_session`` asks for them.
 """
@@ -146,7 +148,8 @@ for i = 1, #blob, 8 do
   redis.call('EXPIREAT', key, expire_at)
 end
 -- The session's list of what it added: one APPEND (and its expiry once, when it starts).
-if #added > 0 then
+-- None for a conversation that nothing erases (ARGV[8] empty): no one would read it.
+if #added > 0 and ARGV[8] ~= '' then
   local more = table.concat(added)
   if redis.call('APPEND', listed, more) == #more then redis.call('EXPIREAT', listed, expire_at) end
 end
@@ -266,8 +269,16 @@ class RedisIndex:
         self._lookup = self.client.register_script(_LOOKUP)
         self._erase = self.client.register_script(_ERASE)
 
-    def add(self, digests: Sequence[bytes], *, user_id: int, session_id: uuid.UUID) -> None:
-        """Record that the session introduced each of ``digests``; one round trip."""
+    def add(
+        self,
+        digests: Sequence[bytes],
+        *,
+        user_id: int,
+        session_id: uuid.UUID,
+        erasable: bool = True,
+    ) -> None:
+        """Record that the session introduced each of ``digests``; one round trip. Only
+        an ``erasable`` session lists what it added, for ``erase_session``."""
         if not digests:
             return
         generation = self.layout.generation(time.time())
@@ -275,7 +286,8 @@ class RedisIndex:
         args = [record, self.layout.expire_at(generation), MAX_RECORDS, generation]
         blob = b"".join(digests)
         bits = self.layout.bucket_bits
-        self._call(self._register, args + [bits, blob, SEVERAL, session_id.hex])
+        listed = session_id.hex if erasable else ""
+        self._call(self._register, args + [bits, blob, SEVERAL, listed])
 
     def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:
         """Return each digest's postings (None: too many users share it); one round trip."""
@@ -344,8 +356,16 @@ class DbIndex:
     def __init__(self, *, ttl_seconds: int) -> None:
         self.ttl = timedelta(seconds=ttl_seconds)
 
-    def add(self, digests: Sequence[bytes], *, user_id: int, session_id: uuid.UUID) -> None:
-        """Record that the session introduced each of ``digests`` not already too shared."""
+    def add(
+        self,
+        digests: Sequence[bytes],
+        *,
+        user_id: int,
+        session_id: uuid.UUID,
+        erasable: bool = True,
+    ) -> None:
+        """Record that the session introduced each of ``digests`` not already too shared
+        (``erasable`` or not: its column names the session, there is no list to leave out)."""
         wanted = {_signed(d) for d in digests}
         with _database_answers():
             self._add(wanted, user_id=user_id, session_id=session_id)

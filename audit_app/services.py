@@ -296,18 +296,26 @@ def _digests(text: str) -> tuple[list[fingerprint.Feature], dict[str, bytes]]:
 
 
 def fingerprints_register(
-    *, user_id: int, session_id: uuid.UUID, text: str, scan: ScanResult | None = None
+    *,
+    user_id: int,
+    session_id: uuid.UUID,
+    text: str,
+    scan: ScanResult | None = None,
+    erasable: bool = True,
 ) -> None:
     """Register the distinctive tokens of ``text`` as introduced by this user's session.
 
     A ``scan`` of this same text (``reply_scan``'s) lends its digests instead of computing
-    them again. Raise ``IndexUnavailable`` if the index cannot be reached.
+    them again. Not ``erasable``: nothing will ever erase the session (a stateless
+    conversation), so the index keeps the postings for the scan but not the session's
+    list of them, which only an erasure reads. Raise ``IndexUnavailable`` if the index
+    cannot be reached.
     """
     if scan is not None and scan.text == text:
         keys = scan.digests
     else:
         keys = tuple(sorted(set(_digests(text)[1].values())))
-    fingerprint_index().add(keys, user_id=user_id, session_id=session_id)
+    fingerprint_index().add(keys, user_id=user_id, session_id=session_id, erasable=erasable)
 
 
 def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:

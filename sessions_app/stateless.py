@@ -22,7 +22,9 @@ that turn. Every fork is the same user's own history, under the same expiry.
 No conversation content stays on the server: the history lives in the request's memory.
 A turn leaves only what holds no content, as every turn does: audit entries (keyed hashes
 and counts), keyed hashes of distinctive tokens in the fingerprint index, the throttle's
-counter. Nothing goes to the broker.
+counter. Nothing goes to the broker. The index's postings are what the leak scan of other
+users' replies reads; nothing can erase a conversation the server does not keep, so they
+age out of it, and none is listed for an erasure.
 """
 
 import base64
@@ -278,7 +280,7 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
     # The user's own words first, as a stored session's are when accepted: echoing them is
     # no leak, and a scan before it would tell the user whether someone else used them.
     _, content = turn.messages[-1]
-    fingerprints_register(user_id=turn.user_id, session_id=turn.id, text=content)
+    fingerprints_register(user_id=turn.user_id, session_id=turn.id, text=content, erasable=False)
     # What is scanned and indexed is what may be kept, as for stored sessions.
     scrubbed = scrub_reply(
         reply, vault=turn.vault, mode=settings.PII_MODE, regions=settings.PII_PHONE_REGIONS
@@ -358,4 +360,4 @@ def _turn_record(*, turn: Conversation, kept: str, scan: ScanResult, delivered: 
     else:
         audit_message(**ids, role="assistant", content=kept, kind="reply")
     if delivered:
-        fingerprints_register(**ids, text=kept, scan=scan)
+        fingerprints_register(**ids, text=kept, scan=scan, erasable=False)

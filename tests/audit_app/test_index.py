@@ -206,6 +206,15 @@ class TestRedisLookup(LookupContract):
         hash_key = self.index.layout.key(RARE, self.index.layout.generation(time.time()))
         assert client.expiretime(key) == client.expiretime(hash_key) > time.time()
 
+    def test_a_session_nothing_erases_is_indexed_without_a_list(self):
+        """A stateless conversation: its postings serve the scan, a list would serve none."""
+        kept = uuid.uuid4()
+        self.index.add([RARE], user_id=1, session_id=kept, erasable=False)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (1, str(kept))
+        ]
+        assert self._lists(kept) == {}
+
     def test_until_every_generation_is_listed_erasing_asks_for_the_texts_digests(self):
         """Postings written before sessions kept lists (the code before) are named by the
         texts' digests only. While a live generation may hold them (from the first erasure

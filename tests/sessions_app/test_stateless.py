@@ -368,6 +368,39 @@ def test_a_leaked_reply_is_withheld_and_kept_out_of_the_token(
     assert "Vexmoria" not in json.dumps(fake_claude.requests[-1])
 
 
+def test_a_turn_indexes_what_the_scan_reads_and_no_list_that_only_an_erasure_reads(
+    api, other_api, user, settings, fake_claude
+):
+    """The postings are what catches another user's reply carrying the conversation's data;
+    a list of them, which a stored session keeps for its erasure, nothing would ever read:
+    nothing erases a conversation the server does not keep."""
+    from audit_app.services import fingerprint_index, reply_scan
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    before = set(client.scan_iter("fp:*"))
+    fake_claude.set_responder(lambda body: "Noted, Quintaplex.")
+    conversation = stateless.token_open(_chat(api, SECRET)["token"], user_id=user.pk)
+    written = set(client.scan_iter("fp:*")) - before
+    index = fingerprint_index()
+    generation = index.layout.generation(time.time())
+    needed = {
+        index.layout.key(digest, generation).encode()
+        for _, text in conversation.messages  # the message and the reply, as kept
+        for digest in reply_scan(user_id=user.pk, session_id=conversation.id, text=text).digests
+    }
+    assert needed and written == needed  # postings only, no conversation's list
+    # Another user's reply carrying them is caught by them, and named to the reviewer.
+    fake_claude.set_responder(_leaking)
+    assert _chat(other_api, "What is my codename?")["reply"] == SUPPRESSED_NOTICE
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    named = {
+        (posting["user_id"], posting["session_id"])
+        for item in entry.evidence["items"]
+        for posting in item["introduced_by"]
+    }
+    assert named == {(user.pk, str(conversation.id))}
+
+
 def test_under_leak_action_flag_the_reply_is_delivered_and_flagged(
     api, other_api, settings, fake_claude
 ):
