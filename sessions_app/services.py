@@ -530,14 +530,38 @@ def _purge_expired_batch() -> int:
     expired = ChatSession.objects.filter(expires_at__lte=timezone.now()).select_for_update(
         skip_locked=True
     )
-    sessions = list(expired[:PURGE_BATCH])
+    return _sessions_erase(list(expired[:PURGE_BATCH]))
+
+
+@transaction.atomic
+def account_sessions_erase(*, owner_id: int) -> int:
+    """Erase every session of the account everywhere, as the expiry purge does; return how
+    many.
+
+    Run as the account is deleted (``account_erase_on_delete``): the database's cascade
+    takes the rows only, and would leave the ``redis`` store's history, the ``cached_db``
+    cache and the fingerprint postings behind, out of the purge's reach, which starts from
+    the session rows. If the store cannot be reached the account's deletion fails whole.
+    """
+    owned = ChatSession.objects.filter(owner_id=owner_id).select_for_update()
+    return _sessions_erase(list(owned))
+
+
+def account_erase_on_delete(sender: type, instance: AbstractBaseUser, **kwargs: object) -> None:
+    """``pre_delete`` receiver of the user model: erase the account's sessions first."""
+    account_sessions_erase(owner_id=instance.pk)
+
+
+def _sessions_erase(sessions: list[ChatSession]) -> int:
+    # Locked by the caller. An unreachable index does not keep a conversation past its
+    # end: the postings hold no content and age out (``FINGERPRINT_TTL_SECONDS``).
     if not sessions:
         return 0
     try:
         for session in sessions:
             _session_fingerprints_erase(session)
     except IndexUnavailable:
-        logger.warning("fingerprint index unavailable: expired sessions' postings will age out")
+        logger.warning("fingerprint index unavailable: erased sessions' postings will age out")
     ids = [session.pk for session in sessions]
     ChatSession.objects.filter(pk__in=ids).delete()
     history_store().erase(session_ids=ids)  # after the rows, as in chat_session_delete

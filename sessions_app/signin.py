@@ -66,12 +66,22 @@ class SignInCount:
     def reserve(self) -> None:
         """Count this sign-in as a failure; raise ``SignInThrottled`` if past the limit."""
         for name in self.names:
-            key, ends = self._open_window(name)
-            cache.add(key, 0, self.window)
+            key, ends, count = self._count(name)
             self.counted.append(key)
-            if cache.incr(key) > self.limit:
+            if count > self.limit:
                 self.release()  # a refused sign-in is not a failure: it checked nothing
                 raise SignInThrottled(wait=max(1, math.ceil(ends - time.time())))
+
+    def _count(self, name: str) -> tuple[str, float, int]:
+        while True:
+            key, ends = self._open_window(name)
+            cache.add(key, 0, self.window)
+            try:
+                return key, ends, cache.incr(key)
+            except ValueError:
+                # The counter expired between the add and the increment (its window
+                # ended just then): count in the next window.
+                continue
 
     def release(self) -> None:
         """Take this sign-in out of the counts again (its password was right)."""

@@ -13,7 +13,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from audit_app.models import AuditEntry
-from audit_app.services import ScanResult
+from audit_app.services import ScanResult, reply_scan
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import (
@@ -208,7 +208,8 @@ class StoreContract:
     def test_a_delete_the_store_cannot_erase_is_503_and_keeps_the_session(
         self, user, session, monkeypatch
     ):
-        """The store's erase runs inside the rows' transaction: its failure rolls them back."""
+        """The store's erase runs inside the rows' transaction: its failure rolls them back,
+        for a session's delete, the expiry purge and an account's delete alike."""
         turn = self.accept(user, session, "CANARY-kept")
         services.turn_complete(turn_id=turn.pk, reply="reply")
 
@@ -223,6 +224,9 @@ class StoreContract:
             )
             with pytest.raises(StoreUnavailable):
                 services.chat_session_purge_expired()
+            # Deleting the account, in a transaction of its own (as the admin would): undone.
+            with pytest.raises(StoreUnavailable), transaction.atomic():
+                user.delete()
         assert response.status_code == 503 and response.json()["code"] == "unavailable"
         session.refresh_from_db()
         assert Turn.objects.filter(session=session).count() == 1
@@ -230,6 +234,27 @@ class StoreContract:
         assert [m.content for m in kept] == ["CANARY-kept", "reply"]
         assert services.chat_session_purge_expired() == 1
         assert _scan(f"*{session.pk}*") == []
+
+    def test_deleting_the_account_erases_its_sessions_everywhere(self, user, session, other_user):
+        """The database's cascade would take an account's rows only: the store's copy, its
+        cache and the fingerprint postings go with the account too, no other account's."""
+        theirs = services.chat_session_create(owner=other_user)
+        kept = self.accept(other_user, theirs, "CANARY-theirs Quillofax")
+        second = services.chat_session_create(owner=user)
+        for owned, canary in ((session, "CANARY-gone Vorthingale"), (second, "CANARY-2 Zembrik")):
+            turn = self.accept(user, owned, canary)
+            services.turn_complete(turn_id=turn.pk, reply="reply")
+            client_for(user).get(f"/api/v1/sessions/{owned.pk}/messages/")  # fill any cache
+        user.delete()
+        for gone in (session, second):
+            assert not ChatSession.objects.filter(pk=gone.pk).exists()
+            assert _scan(f"*{gone.pk}*") == [] and _scan(f"*{gone.pk.hex}*") == []
+        assert reply_scan(user_id=0, session_id=uuid.uuid4(), text="Vorthingale").evidence == []
+        theirs.refresh_from_db()
+        [message] = history_store().turn_messages(session=theirs, turn_id=kept.pk)
+        assert message.content == "CANARY-theirs Quillofax"
+        [evidence] = reply_scan(user_id=0, session_id=uuid.uuid4(), text="Quillofax").evidence
+        assert {p.user_id for p in evidence.introduced_by} == {other_user.pk}
 
     def test_the_expiry_purge_erases_expired_sessions_everywhere(self, user, session):
         turn = self.accept(user, session, "CANARY-expired")
