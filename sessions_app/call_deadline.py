@@ -100,12 +100,14 @@ class _Backend(httpcore2.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def transport(*, limits: httpx2.Limits) -> httpx2.HTTPTransport:
-    """Return an httpx2 transport whose calls end by the deadline ``within`` sets."""
-    bounded = httpx2.HTTPTransport(limits=limits)
-    # httpx2 takes no network backend, though httpcore2's pool, which it builds, does:
-    # wrapping the pool's own keeps everything else httpx2 set up (TLS, limits). A
-    # renamed attribute fails here, at startup, not silently.
-    pool = bounded._pool
-    pool._network_backend = _Backend(pool._network_backend)
-    return bounded
+def bound(client: httpx2.Client) -> httpx2.Client:
+    """Return ``client`` with its calls ending by the deadline ``within`` sets: through
+    its own transport and through the proxies the environment names (``HTTPS_PROXY``)."""
+    # httpx2 takes no network backend, though the httpcore2 pools it builds do: wrapping
+    # each pool's own keeps everything httpx2 set up (TLS, limits, proxies). A renamed
+    # attribute fails here, at startup, not silently.
+    for transport in (client._transport, *client._mounts.values()):
+        if transport is not None:
+            pool = transport._pool
+            pool._network_backend = _Backend(pool._network_backend)
+    return client

@@ -64,12 +64,10 @@ class LLMError(Exception):
 def _client(api_key: str, base_url: str | None) -> anthropic.Anthropic:
     # One client per process and configuration: it holds a connection pool and no
     # conversation data, and building one per call costs more than the call's own work.
-    # Every call passes its own timeout, and ``_claude_reply`` does the retrying. Its
-    # transport ends each call by its timeout, which httpx2's own timeouts do not; unlike
-    # the SDK's own, it takes no proxy from the environment (HTTPS_PROXY): none is
-    # documented for this service.
-    transport = call_deadline.transport(limits=anthropic.DEFAULT_CONNECTION_LIMITS)
-    http_client = anthropic.DefaultHttpxClient(transport=transport)
+    # Every call passes its own timeout, and ``_claude_reply`` does the retrying. The
+    # SDK's own HTTP client, with its calls bounded as a whole, which httpx2's own
+    # timeouts do not.
+    http_client = call_deadline.bound(anthropic.DefaultHttpxClient())
     return anthropic.Anthropic(
         api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client
     )

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -175,7 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self._read_body()
-        if self.path.split("?", 1)[0].rstrip("/") != "/v1/messages":
+        # The path alone, or the whole URL as a client sends it through a proxy.
+        if urllib.parse.urlsplit(self.path).path.rstrip("/") != "/v1/messages":
             self._send_error(404, "Not Found")
             return
         self.server.fake._handle_messages(self, raw)

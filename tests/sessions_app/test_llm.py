@@ -198,3 +198,22 @@ def test_over_tls_a_slow_answer_ends_the_call_by_its_timeout(claude_over_tls, wa
     assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
     assert reply == "Echo: hi"
     assert claude_over_tls.request_count() == 2
+
+
+@WAYS
+def test_a_proxy_the_environment_names_carries_the_call_and_bounds_it(
+    claude: FakeClaude, settings, monkeypatch, way
+):
+    """As the SDK's own client does, the call goes through ``HTTP_PROXY`` (here the fake,
+    which answers a proxied request itself), and still ends by its timeout."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", claude.url)
+    # A host no one resolves: only the proxy can answer. Each test its own: a new client.
+    settings.ANTHROPIC_BASE_URL = f"http://claude-{uuid.uuid4().hex}.invalid"
+    claude.drip(every=0.1, count=30)
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    assert reply == "Echo: hi"
+    assert claude.request_count() == 2
