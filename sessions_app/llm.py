@@ -6,6 +6,10 @@ checks the whole payload against the bound isolation context first.
 Retries within one call are ours, not the SDK's (its client has ``max_retries=0``): the
 SDK sleeps for whatever ``retry-after`` a response names, which can run a turn far past
 its deadline, while here no call starts and no wait ends past it.
+
+Each call ends by its own timeout as a whole (``CLAUDE_TIMEOUT_SECONDS``, cut to the
+deadline), however slowly Claude sends its answer: the SDK's ``timeout`` bounds each
+network read, not the call.
 """
 
 import asyncio
@@ -25,6 +29,7 @@ from django.conf import settings
 
 from audit_app.services import audit_security_event
 
+from . import call_deadline
 from .isolation import IsolationViolation, Message, current_scope, guard_payload
 
 logger = logging.getLogger(__name__)
@@ -59,8 +64,13 @@ class LLMError(Exception):
 def _client(api_key: str, base_url: str | None) -> anthropic.Anthropic:
     # One client per process and configuration: it holds a connection pool and no
     # conversation data, and building one per call costs more than the call's own work.
-    # Every call passes its own timeout, and ``_claude_reply`` does the retrying.
-    return anthropic.Anthropic(api_key=api_key, base_url=base_url, max_retries=0)
+    # Every call passes its own timeout, and ``_claude_reply`` does the retrying. The
+    # SDK's own HTTP client, with its calls bounded as a whole, which httpx2's own
+    # timeouts do not.
+    http_client = call_deadline.bound(anthropic.DefaultHttpxClient())
+    return anthropic.Anthropic(
+        api_key=api_key, base_url=base_url, max_retries=0, http_client=http_client
+    )
 
 
 def client() -> anthropic.Anthropic:
@@ -130,10 +140,15 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     return None if date is None else email.utils.mktime_tz(date) - time.time()
 
 
+# What a call that could not finish in time raises: the SDK's error for a connection
+# that failed or timed out, and ``asyncio.timeout``'s on the event loop.
+_UNFINISHED = (anthropic.APIConnectionError, TimeoutError)
+
+
 def _retryable(exc: Exception) -> bool:
     # The SDK's own policy, so that moving the retries here changes no request counts:
     # an unreadable body is left to the task's next attempt, as the SDK left it.
-    if isinstance(exc, anthropic.APIConnectionError):  # timeouts included
+    if isinstance(exc, _UNFINISHED):  # timeouts included
         return True
     if not isinstance(exc, anthropic.APIStatusError):
         return False
@@ -170,7 +185,7 @@ def _llm_error(exc: Exception) -> LLMError:
             detail=f"The assistant answered with an error (HTTP {exc.status_code}).",
             transient=exc.status_code in TRANSIENT_STATUSES,
         )
-    if isinstance(exc, anthropic.APIConnectionError):
+    if isinstance(exc, _UNFINISHED):
         return LLMError(
             code="claude_unreachable",
             detail="The assistant could not be reached in time.",
@@ -204,7 +219,18 @@ def _request(messages: list[dict[str, str]], *, timeout: float, retries: int) ->
 def _create(
     messages: list[dict[str, str]], *, timeout: float, retries: int
 ) -> anthropic.types.Message:
-    return client().messages.create(**_request(messages, timeout=timeout, retries=retries))
+    with call_deadline.within(timeout):
+        return client().messages.create(**_request(messages, timeout=timeout, retries=retries))
+
+
+async def _create_async(
+    messages: list[dict[str, str]], *, timeout: float, retries: int
+) -> anthropic.types.Message:
+    request = _request(messages, timeout=timeout, retries=retries)
+    # The SDK's timeout bounds each read; this bounds the call. Cancelled, httpcore2
+    # closes the connection it was using (its clean-up is shielded from the cancel).
+    async with asyncio.timeout(timeout):
+        return await async_client().messages.create(**request)
 
 
 def _wait_before_retry(exc: Exception, retries: int, deadline: float | None) -> float:
@@ -261,10 +287,11 @@ async def _claude_reply_async(
     while True:
         if not still_wanted():
             raise TurnAbandoned()
-        request = _request(messages, timeout=_call_timeout(deadline), retries=retries)
         try:
-            response = await async_client().messages.create(**request)
-        except (anthropic.APIError, ValueError) as exc:
+            response = await _create_async(
+                messages, timeout=_call_timeout(deadline), retries=retries
+            )
+        except (anthropic.APIError, ValueError, TimeoutError) as exc:
             await asyncio.sleep(_wait_before_retry(exc, retries, deadline))
             retries += 1
         else:

@@ -168,6 +168,30 @@ def test_stop_releases_hung_request_promptly() -> None:
     assert len(errors) == 1 and isinstance(errors[0], anthropic.APIConnectionError)
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_a_drip_answers_a_patient_client_slowly(fake: FakeClaude, headers: bool) -> None:
+    fake.drip(every=0.1, count=10, headers=headers)
+    start = time.monotonic()
+    # Each byte comes well within the read timeout: the answer is whole, only slow.
+    assert ask(client_for(fake, timeout=0.5)).content[0].text == "Echo: hello"
+    assert time.monotonic() - start >= 1.0
+    assert fake.hangups == 0
+
+
+def test_a_stall_sends_headers_then_nothing_and_counts_the_hangup(fake: FakeClaude) -> None:
+    fake.stall()
+    start = time.monotonic()
+    with pytest.raises(anthropic.APITimeoutError):
+        ask(client_for(fake, timeout=0.5))
+    assert time.monotonic() - start < 3
+    # The client closed the connection when its read timed out, and the fake saw it.
+    deadline = time.monotonic() + 3
+    while fake.hangups == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.hangups == 1
+    assert ask(client_for(fake)).content[0].text == "Echo: hello"
+
+
 def test_malformed_body_is_a_json_error_not_api_error(fake: FakeClaude) -> None:
     # Surprise: SDK 2.13 calls response.json() unguarded for application/json bodies, so
     # the caller gets json.JSONDecodeError (a ValueError), not an anthropic.APIError,

@@ -18,11 +18,15 @@ import json
 import math
 import re
 import secrets
+import select
+import socket
+import ssl
 import string
 import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -126,13 +130,15 @@ def _stream_chunks(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class _Fault:
-    kind: str  # "fail" | "delay" | "hang" | "malformed" | "drop"
+    kind: str  # "fail" | "delay" | "hang" | "malformed" | "drop" | "drip" | "stall"
     status: int = 0
     retry_after_ms: int | None = None
     retry_after: float | str | None = None
     should_retry: bool | None = None
     seconds: float = 0.0
     body: bytes = b""
+    count: int = 0
+    headers: bool = False
 
 
 class _Server(ThreadingHTTPServer):
@@ -170,7 +176,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self._read_body()
-        if self.path.split("?", 1)[0].rstrip("/") != "/v1/messages":
+        # The path alone, or the whole URL as a client sends it through a proxy.
+        if urllib.parse.urlsplit(self.path).path.rstrip("/") != "/v1/messages":
             self._send_error(404, "Not Found")
             return
         self.server.fake._handle_messages(self, raw)
@@ -232,24 +239,61 @@ class _Handler(BaseHTTPRequestHandler):
         # which the client sees as "server disconnected without a response".
         self.close_connection = True
 
+    def _trickle(self, data: bytes, *, count: int, every: float, release: threading.Event) -> bool:
+        """Write ``data``, its first ``count`` bytes one at a time ``every`` seconds apart;
+        return False if the client hung up or the fake was released before the end."""
+        self.close_connection = True
+        try:
+            for i in range(min(count, len(data))):
+                self.wfile.write(data[i : i + 1])
+                if release.wait(every):
+                    return False
+            self.wfile.write(data[count:])
+        except OSError:  # the client closed its end: a write after that fails
+            return False
+        return True
+
+    def _idle(self, release: threading.Event) -> bool:
+        """Send nothing until the fake is released (return False) or the client hangs up
+        (return True)."""
+        self.close_connection = True
+        while not release.wait(0.05):
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            try:
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return True  # the client's end is closed: it reads as end of file
+            except OSError:
+                return True
+        return False
+
 
 class FakeClaude:
     """In-process HTTP fake of ``POST /v1/messages`` with scriptable faults.
 
-    Faults queued by fail/delay/hang/malformed/drop are consumed one per request,
+    Faults queued by fail/delay/hang/malformed/drop/drip/stall are consumed one per request,
     in order, before any validation; with the queue empty a request is validated
     and answered normally after ``default_delay`` seconds.
     """
 
-    def __init__(self, responder: Responder | None = None, *, keep_alive: bool = False) -> None:
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        keep_alive: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._responder: Responder = responder or echo_last_user_message
         self.keep_alive = keep_alive
+        # Served over TLS with this (server) context, as the real API is, if given.
+        self._tls = tls
         self.default_delay: float = 0.0
         self.requests: list[dict] = []
         # Parallel to `requests`: the headers of each, lower-cased names.
         self.request_headers: list[dict[str, str]] = []
         # Parallel to `requests`: when each arrived, in `time.monotonic()` seconds.
         self.request_times: list[float] = []
+        # Drips and stalls whose client closed the connection before they ended.
+        self.hangups = 0
         # Exceptions raised by the responder; they are also answered as a
         # non-retryable 500 so the test that caused them fails loudly.
         self.responder_errors: list[BaseException] = []
@@ -276,6 +320,8 @@ class FakeClaude:
         self._release = threading.Event()
         server = _Server(("127.0.0.1", 0), _Handler)
         server.fake = self
+        if self._tls is not None:
+            server.socket = self._tls.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -284,7 +330,8 @@ class FakeClaude:
             daemon=True,
         )
         self._thread.start()
-        self._url = f"http://127.0.0.1:{server.server_address[1]}"
+        scheme = "http" if self._tls is None else "https"
+        self._url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
         return self
 
     def stop(self) -> None:
@@ -316,6 +363,7 @@ class FakeClaude:
             self.request_headers.clear()
             self.request_times.clear()
             self.responder_errors.clear()
+            self.hangups = 0
             self._faults.clear()
             self._release.set()
             self._release = threading.Event()
@@ -373,6 +421,22 @@ class FakeClaude:
 
     def drop(self, times: int = 1) -> None:
         self._enqueue(_Fault("drop"), times)
+
+    def drip(
+        self, times: int = 1, *, every: float = 0.1, count: int = 30, headers: bool = False
+    ) -> None:
+        """Answer the next `times` requests with a good message (never streamed), but send
+        the first `count` bytes of its body (of its status line, if `headers`) one at a
+        time, `every` seconds apart, then the rest at once: each read the client makes
+        ends within a read timeout longer than `every`, so only a bound on the whole call
+        stops it short of the answer. A client that hangs up mid-drip is counted in
+        `hangups`."""
+        self._enqueue(_Fault("drip", seconds=every, count=count, headers=headers), times)
+
+    def stall(self, times: int = 1) -> None:
+        """Send the next `times` requests a 200's headers and then nothing, until
+        stop()/reset() closes them; a client that hangs up first is counted in `hangups`."""
+        self._enqueue(_Fault("stall"), times)
 
     def _enqueue(self, fault: _Fault, times: int) -> None:
         if times < 0:
@@ -447,7 +511,9 @@ class FakeClaude:
             )
             return
 
-        if body.get("stream") is True:
+        if fault is not None and fault.kind in ("drip", "stall"):
+            self._send_slowly(h, self._message(body, reply), fault, release)
+        elif body.get("stream") is True:
             self._send_stream(h, body, reply)
         else:
             self._send_message(h, body, reply)
@@ -487,7 +553,7 @@ class FakeClaude:
             "service_tier": "standard",
         }
 
-    def _send_message(self, h: _Handler, body: dict, reply: str) -> None:
+    def _message(self, body: dict, reply: str) -> bytes:
         message = {
             "id": _new_id("msg_"),
             "type": "message",
@@ -498,7 +564,30 @@ class FakeClaude:
             "stop_sequence": None,
             "usage": self._usage(_input_tokens(body), _estimate_tokens(reply)),
         }
-        h._send_bytes(200, json.dumps(message).encode(), "application/json")
+        return json.dumps(message).encode()
+
+    def _send_message(self, h: _Handler, body: dict, reply: str) -> None:
+        h._send_bytes(200, self._message(body, reply), "application/json")
+
+    def _send_slowly(
+        self, h: _Handler, message: bytes, fault: _Fault, release: threading.Event
+    ) -> None:
+        head = (
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(message)}\r\nrequest-id: {_new_id('req_')}\r\n"
+            "connection: close\r\n\r\n"
+        ).encode()
+        at_once = {"count": 0, "every": 0.0, "release": release}
+        slowly = {"count": fault.count, "every": fault.seconds, "release": release}
+        if fault.kind == "stall":
+            hung_up = not h._trickle(head, **at_once) or h._idle(release)
+        elif fault.headers:
+            hung_up = not h._trickle(head + message, **slowly)
+        else:
+            hung_up = not (h._trickle(head, **at_once) and h._trickle(message, **slowly))
+        if hung_up and not release.is_set():
+            with self._lock:
+                self.hangups += 1
 
     def _send_stream(self, h: _Handler, body: dict, reply: str) -> None:
         start_message = {

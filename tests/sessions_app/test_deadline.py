@@ -57,6 +57,18 @@ def test_hanging_claude_fails_the_turn_by_its_deadline(api, fake_claude, setting
     assert fake_claude.request_count() == 1
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["drip-body", "drip-headers"])
+def test_a_dripping_claude_fails_the_turn_by_its_deadline(api, fake_claude, settings, headers):
+    settings.TURN_DEADLINE_SECONDS = 3
+    settings.CLAUDE_TIMEOUT_SECONDS = 30  # the deadline, not this, must bound the call
+    # Each answer would come whole after 6 s, each byte well within any read timeout.
+    fake_claude.drip(times=100, every=0.1, count=60, headers=headers)
+    turn, took = post_and_time(api)
+    assert turn["status"] == "failed" and turn["error"]["code"] == "claude_unreachable"
+    assert took < settings.TURN_DEADLINE_SECONDS + 1
+    assert fake_claude.request_count() == 1
+
+
 # Retries within one attempt: llm.py's own, bounded by the deadline ------------------------
 
 

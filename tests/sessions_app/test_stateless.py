@@ -308,6 +308,17 @@ def test_an_unreadable_reply_is_503_and_the_old_token_stays_good(api, fake_claud
     assert _chat(api, "Are you there?", first["token"])["reply"] == "Echo: Are you there?"
 
 
+def test_a_dripping_claude_is_503_by_the_turns_deadline(api, settings, fake_claude):
+    settings.TURN_DEADLINE_SECONDS = 2
+    settings.CLAUDE_TIMEOUT_SECONDS = 30  # the deadline, not this, must bound the call
+    # The answer would come whole after 6 s, each byte well within any read timeout: a
+    # request thread held that long (under gunicorn, until its --timeout kills the worker).
+    fake_claude.drip(times=10, every=0.1, count=60)
+    started = time.monotonic()
+    assert _chat(api, "Hello.", status=503)["code"] == "unavailable"
+    assert time.monotonic() - started < settings.TURN_DEADLINE_SECONDS + 1
+
+
 def test_a_few_failures_are_retried_within_the_turn(api, settings, fake_claude):
     fake_claude.fail(529, times=settings.CLAUDE_MAX_RETRIES)
     assert _chat(api, "Hello.")["reply"] == "Echo: Hello."

@@ -1,0 +1,219 @@
+"""One call to Claude ends by its timeout, however slowly Claude answers.
+
+The SDK's timeout bounds each network read, so a server that trickles its answer (each
+byte within the read timeout) would hold a call, and the turn or request waiting on it,
+for as long as it liked. Through the real SDK against the fake Claude, sync (the worker
+and WSGI) and on an event loop (the ASGI stateless endpoint).
+"""
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from sessions_app import llm
+from sessions_app.isolation import HistoryMessage, bound
+
+from ..fakes.claude import FakeClaude
+from ..support import wait_until
+
+TIMEOUT = 1.0
+# What a call may run past its timeout: closing the connection and raising, on a busy
+# machine. Each slow answer below would take 3 s if nothing cut it.
+SLACK = 0.5
+USER, SESSION = 1, uuid.uuid4()
+
+Outcome = tuple[str | llm.LLMError, float]
+
+
+def _slow_body(fake: FakeClaude) -> None:
+    fake.drip(every=0.1, count=30)
+
+
+def _slow_headers(fake: FakeClaude) -> None:
+    fake.drip(every=0.1, count=30, headers=True)
+
+
+def _stall(fake: FakeClaude) -> None:
+    fake.stall()
+
+
+SLOW = pytest.mark.parametrize(
+    "slow", [_slow_body, _slow_headers, _stall], ids=["drip-body", "drip-headers", "stall"]
+)
+WAYS = pytest.mark.parametrize("way", ["sync", "async"])
+
+
+@pytest.fixture
+def claude(fake_claude: FakeClaude, settings) -> FakeClaude:
+    settings.CLAUDE_TIMEOUT_SECONDS = TIMEOUT
+    settings.CLAUDE_MAX_RETRIES = 0
+    return fake_claude
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """Write a certificate for 127.0.0.1 and its key; return their paths."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake claude")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert, key_file = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key_file
+
+
+@pytest.fixture
+def claude_over_tls(claude: FakeClaude, settings, tmp_path, monkeypatch) -> Iterator[FakeClaude]:
+    """The fake over TLS, as the real API is: the connection the call's bound wraps is then
+    upgraded, and its reads are TLS records'."""
+    cert, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted by a client built after this
+    with FakeClaude(tls=context) as fake:
+        settings.ANTHROPIC_BASE_URL = fake.url
+        yield fake
+
+
+def _history() -> list[HistoryMessage]:
+    return [HistoryMessage(user_id=USER, session_id=SESSION, role="user", content="hi")]
+
+
+def _ask(deadline: float | None) -> Outcome:
+    started = time.monotonic()
+    try:
+        with bound(user_id=USER, session_id=SESSION):
+            reply: str | llm.LLMError = llm.send(_history(), deadline=deadline)
+    except llm.LLMError as exc:
+        reply = exc
+    return reply, time.monotonic() - started
+
+
+async def _ask_async(deadline: float | None) -> Outcome:
+    started = time.monotonic()
+    try:
+        with bound(user_id=USER, session_id=SESSION):
+            reply: str | llm.LLMError = await llm.send_async(_history(), deadline=deadline)
+    except llm.LLMError as exc:
+        reply = exc
+    return reply, time.monotonic() - started
+
+
+def calls(way: str, count: int, deadline: Callable[[], float | None] = lambda: None):
+    """Make ``count`` calls one after another with the same client (``async``: on one event
+    loop, whose client it is) and return each one's reply or error, and how long it took."""
+    if way == "sync":
+        return [_ask(deadline()) for _ in range(count)]
+
+    async def on_one_loop() -> list[Outcome]:
+        return [await _ask_async(deadline()) for _ in range(count)]
+
+    return asyncio.run(on_one_loop())
+
+
+def assert_timed_out(error: object) -> None:
+    # The error a read timeout gives: transient, so the retries and the task's attempts
+    # treat it as they treat any timeout.
+    assert isinstance(error, llm.LLMError), error
+    assert error.code == "claude_unreachable" and error.transient
+
+
+@WAYS
+@SLOW
+def test_a_slow_answer_ends_the_call_by_its_timeout(claude: FakeClaude, way, slow):
+    slow(claude)
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    # The slow connection was closed, not left open in the pool, and the pooled client
+    # answers the next call.
+    assert wait_until(lambda: claude.hangups == 1, 2)
+    assert reply == "Echo: hi"
+    assert claude.request_count() == 2
+
+
+@WAYS
+@SLOW
+def test_a_slow_answer_is_cut_at_the_deadline(claude: FakeClaude, settings, way, slow):
+    settings.CLAUDE_TIMEOUT_SECONDS = 30  # the deadline, not this, must end the call
+    settings.CLAUDE_MAX_RETRIES = 3
+    slow(claude)
+    [(error, took)] = calls(way, 1, deadline=lambda: time.time() + 1.5)
+    assert_timed_out(error)
+    assert 1.4 <= took < 1.5 + SLACK
+    # No time left for a retry: it is not sent.
+    assert claude.request_count() == 1
+
+
+@WAYS
+def test_a_slow_answer_is_retried_while_time_remains(claude: FakeClaude, settings, way):
+    settings.CLAUDE_MAX_RETRIES = 3
+    claude.drip(every=0.1, count=30)
+    [(reply, took)] = calls(way, 1, deadline=lambda: time.time() + 10)
+    assert reply == "Echo: hi"
+    # The timeout, then the first backoff (at most 0.5 s), then the answer.
+    assert took < TIMEOUT + 0.5 + SLACK
+    counts = [headers["x-stainless-retry-count"] for headers in claude.request_headers]
+    assert counts == ["0", "1"]
+
+
+@WAYS
+@pytest.mark.parametrize("headers", [False, True], ids=["drip-body", "drip-headers"])
+def test_over_tls_a_slow_answer_ends_the_call_by_its_timeout(claude_over_tls, way, headers):
+    claude_over_tls.drip(every=0.1, count=30, headers=headers)
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    assert reply == "Echo: hi"
+    assert claude_over_tls.request_count() == 2
+
+
+@WAYS
+def test_a_proxy_the_environment_names_carries_the_call_and_bounds_it(
+    claude: FakeClaude, settings, monkeypatch, way
+):
+    """As the SDK's own client does, the call goes through ``HTTP_PROXY`` (here the fake,
+    which answers a proxied request itself), and still ends by its timeout."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", claude.url)
+    # A host no one resolves: only the proxy can answer. Each test its own: a new client.
+    settings.ANTHROPIC_BASE_URL = f"http://claude-{uuid.uuid4().hex}.invalid"
+    claude.drip(every=0.1, count=30)
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    assert reply == "Echo: hi"
+    assert claude.request_count() == 2
