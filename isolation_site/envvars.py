@@ -36,6 +36,30 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     return value
 
 
+# env.bool's words for on, and their opposites for off; it reads any other word as off.
+_ON = frozenset(environ.Env.BOOLEAN_TRUE_STRINGS)
+_OFF = frozenset(("false", "off", "n", "no"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Return ``name`` as env.bool reads it (a whole number is on unless 0; ``true``, ``yes``,
+    ``y``, ``on``, ``ok`` on; ``false``, ``no``, ``n``, ``off`` off, in any case), refusing
+    any other word, which env.bool would silently read as off."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw) != 0
+    except ValueError:
+        pass
+    if raw.lower() not in _ON | _OFF:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: give 1, true, yes or on to turn it on, 0, false, no or off to "
+            "turn it off."
+        )
+    return raw.lower() in _ON
+
+
 def env_number(
     name: str,
     default: Number | None,

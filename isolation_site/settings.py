@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from isolation_site.envvars import (
     env,
+    env_bool,
     env_choice,
     env_number,
     env_rate,
@@ -23,7 +24,7 @@ from isolation_site.envvars import (
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DEBUG = env.bool("DEBUG", default=False)
+DEBUG = env_bool("DEBUG", False)
 
 # Secrets: generated for development only. Running with DEBUG off and no secret would
 # silently make every token and vault forgeable, so refuse to start instead.
@@ -193,9 +194,7 @@ for _name, _url in (
     url_scheme_check(_name, _url, ("redis", "rediss", "amqp", "amqps", "pyamqp"))
 CELERY_BROKER_URL = CELERY_BROKER_URL or REDIS_URL or "memory://"
 # No broker configured means the embedded setup: run tasks in the web process.
-CELERY_TASK_ALWAYS_EAGER = env.bool(
-    "CELERY_TASK_ALWAYS_EAGER", default=CELERY_BROKER_URL == "memory://"
-)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL == "memory://")
 # RabbitMQ (amqp://, amqps://) or Redis (redis://, rediss://): the two behave differently
 # when a worker dies, so some settings below depend on which one it is.
 BROKER_IS_AMQP = CELERY_BROKER_URL.partition("://")[0] in {"amqp", "amqps", "pyamqp"}

@@ -270,3 +270,42 @@ def test_the_anthropic_provider_without_a_key_refuses_to_start():
     result = load_settings(DEBUG="1", LLM_PROVIDER="anthropic")
     assert result.returncode != 0
     assert "LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DEBUG", "ture"),
+        ("DEBUG", "maybe"),
+        ("DEBUG", "1.0"),
+        ("CELERY_TASK_ALWAYS_EAGER", "always"),
+    ],
+)
+def test_a_yes_or_no_that_is_neither_refuses_to_start(name, value):
+    """env.bool read any word it did not know as off: ``DEBUG=ture`` silently meant off."""
+    result = load_settings(SECRET_KEY="s", ENCRYPTION_KEYS=VALID_KEY, **{name: value})
+    assert result.returncode != 0
+    assert f"{name}={value!r}: give 1, true, yes or on to turn it on, 0, false" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1", "2", "-1", " 1 ", "0", "00", "true", "True", "YES", "y", "on", "ok", "false", "Off"]
+    + ["no", "N"],
+)
+def test_a_yes_or_no_reads_the_words_env_bool_reads_as_it_does(monkeypatch, value):
+    from isolation_site.envvars import env, env_bool
+
+    monkeypatch.setenv("YES_OR_NO", value)
+    assert env_bool("YES_OR_NO", False) is env.bool("YES_OR_NO") is env_bool("YES_OR_NO", True)
+
+
+def test_an_empty_yes_or_no_is_its_default():
+    """As for every other variable; env.bool read an empty one as off, so the embedded setup
+    with ``CELERY_TASK_ALWAYS_EAGER=`` sent its tasks to a memory broker no worker reads."""
+    code = (
+        "import django; from django.conf import settings; print(settings.CELERY_TASK_ALWAYS_EAGER)"
+    )
+    result = load_settings(code, DEBUG="1", CELERY_TASK_ALWAYS_EAGER="")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True"
