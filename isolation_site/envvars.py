@@ -85,10 +85,16 @@ def env_number(
 
 
 def env_rate(name: str, default: str) -> str:
-    """Return ``name``, a rate in DRF's syntax such as ``60/min``."""
+    """Return ``name``, a rate in DRF's syntax such as ``60/min``, of at least one a period."""
     rate = env.str(name, default="") or default
     if not _RATE.fullmatch(rate):
         raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
+    if int(rate.partition("/")[0]) < 1:
+        # DRF would take it, and then refuse every request (every sign-in) as throttled.
+        raise ImproperlyConfigured(
+            f"{name}={rate!r}: give a count of at least 1 per period, e.g. '10/min'; "
+            "0 would refuse every request."
+        )
     return rate
 
 
