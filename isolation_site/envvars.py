@@ -36,6 +36,30 @@ def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
     return value
 
 
+# env.bool's words for on, and their opposites for off; it reads any other word as off.
+_ON = frozenset(environ.Env.BOOLEAN_TRUE_STRINGS)
+_OFF = frozenset(("false", "off", "n", "no"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Return ``name`` as env.bool reads it (a whole number is on unless 0; ``true``, ``yes``,
+    ``y``, ``on``, ``ok`` on; ``false``, ``no``, ``n``, ``off`` off, in any case), refusing
+    any other word, which env.bool would silently read as off."""
+    raw = env.str(name, default="").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw) != 0
+    except ValueError:
+        pass
+    if raw.lower() not in _ON | _OFF:
+        raise ImproperlyConfigured(
+            f"{name}={raw!r}: give 1, true, yes or on to turn it on, 0, false, no or off to "
+            "turn it off."
+        )
+    return raw.lower() in _ON
+
+
 def env_number(
     name: str,
     default: Number | None,
@@ -61,10 +85,16 @@ def env_number(
 
 
 def env_rate(name: str, default: str) -> str:
-    """Return ``name``, a rate in DRF's syntax such as ``60/min``."""
+    """Return ``name``, a rate in DRF's syntax such as ``60/min``, of at least one a period."""
     rate = env.str(name, default="") or default
     if not _RATE.fullmatch(rate):
         raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
+    if int(rate.partition("/")[0]) < 1:
+        # DRF would take it, and then refuse every request (every sign-in) as throttled.
+        raise ImproperlyConfigured(
+            f"{name}={rate!r}: give a count of at least 1 per period, e.g. '10/min'; "
+            "0 would refuse every request."
+        )
     return rate
 
 

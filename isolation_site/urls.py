@@ -1,10 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
 from core import health
 from core import views as core_views
+from core.docs import docs_view
 from sessions_app import views
 from sessions_app.signin import SignInForm, admin_password_change, throttled_page
 
@@ -37,9 +38,7 @@ urlpatterns = [
     ),
     path(
         "api/docs/",
-        SpectacularSwaggerView.as_view(
-            url_name="schema", authentication_classes=[], permission_classes=[]
-        ),
+        docs_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="docs",
     ),
 ]

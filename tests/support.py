@@ -1,5 +1,8 @@
-"""Test infrastructure shared by the suites: polling, free ports, a private Redis, pools."""
+"""Test infrastructure shared by the suites: polling, free ports, a private Redis, pools, and
+what a page's Content Security Policy would refuse."""
 
+import base64
+import hashlib
 import shutil
 import signal
 import socket
@@ -9,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from html.parser import HTMLParser
 
 import pytest
 import redis
@@ -236,3 +240,48 @@ def postings_locked_elsewhere(session_id: object, *, wait_ms: int = 200) -> Iter
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("RESET lock_timeout")
+
+
+class _InlineParts(HTMLParser):
+    """The inline script and style of a page: ``<script>`` and ``<style>`` bodies, ``style``
+    and ``on...`` attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.parts: list[tuple[str, str]] = []
+        self._open: tuple[str, list[str]] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name == "style" or name.startswith("on"):
+                self.parts.append((f"{name}=", value or ""))
+        sourced = tag == "script" and any(name == "src" for name, _ in attrs)
+        if tag in ("script", "style") and not sourced:
+            self._open = (tag, [])
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[1].append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[0] == tag:
+            self.parts.append((tag, "".join(self._open[1])))
+            self._open = None
+
+
+def csp_refusals(response) -> list[tuple[str, str]]:
+    """Return each inline part of the HTML ``response`` that its Content Security Policy
+    refuses (all of them when it has none): an inline script or style is allowed only by its
+    hash, never by ``'unsafe-inline'``; ``style`` and ``on...`` attributes never."""
+    policy = response.get("Content-Security-Policy", "")
+    sources = {words[0]: words[1:] for words in map(str.split, policy.split(";")) if words}
+    assert "'unsafe-inline'" not in policy, policy
+    parser = _InlineParts()
+    parser.feed(response.content.decode())
+    refused = []
+    for kind, text in parser.parts:
+        digest = base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+        allowed = sources.get(f"{kind}-src", []) if kind in ("script", "style") else []
+        if f"'sha256-{digest}'" not in allowed:
+            refused.append((kind, text))
+    return refused

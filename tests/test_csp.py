@@ -3,6 +3,7 @@ the settings' policies built once."""
 
 import itertools
 import re
+from html import unescape as html_unescape
 
 import pytest
 from csp import middleware as django_csp
@@ -12,6 +13,9 @@ from django.http import HttpResponse
 from django.test import RequestFactory
 
 from core import csp as site_csp
+
+from .factories import UserFactory
+from .support import csp_refusals
 
 HEADERS = ("Content-Security-Policy", "Content-Security-Policy-Report-Only")
 REPORT_ONLY = {
@@ -131,3 +135,54 @@ def test_drfs_browsable_page_is_left_out_and_the_json_keeps_the_policy():
     answer = served(RequestFactory().get("/api/v1/echo/", HTTP_ACCEPT="application/json"))
     assert answer["Content-Type"] == "application/json"
     assert "default-src 'none'" in answer["Content-Security-Policy"]
+
+
+SITE_POLICY = ("default-src 'none'", "script-src 'self'", "frame-ancestors 'none'")
+ADMIN_PAGES = ["/admin/", "/admin/auth/user/", "/admin/auth/user/add/", "/admin/password_change/"]
+
+
+def _under_the_sites_policy(response) -> None:
+    policy = response["Content-Security-Policy"]
+    assert all(directive in policy for directive in SITE_POLICY), policy
+    assert csp_refusals(response) == []
+
+
+@pytest.mark.django_db
+def test_the_admin_is_under_the_sites_policy(client):
+    """Same-origin files only, no inline script or style: the site's policy unchanged."""
+    _under_the_sites_policy(client.get("/admin/login/"))
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    for path in (
+        "/admin/",
+        "/admin/auth/user/",
+        "/admin/auth/user/add/",
+        "/admin/password_change/",
+    ):
+        page = client.get(path)
+        assert page.status_code == 200, path
+        _under_the_sites_policy(page)
+        assert page["Content-Security-Policy"] == client.get("/")["Content-Security-Policy"]
+
+
+def test_the_api_docs_are_under_the_sites_policy_and_draw(client):
+    """Swagger UI: its files from this site, its start-up script a file of its own, its one
+    inline <style> allowed by its hash and its icons as data: images; nothing else."""
+    page = client.get("/api/docs/")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
+    _under_the_sites_policy(page)
+    policy = page["Content-Security-Policy"]
+    assert re.search(r"style-src 'self' 'sha256-[A-Za-z0-9+/]+={0,2}'(;|$)", policy), policy
+    assert re.search(r"img-src 'self' data:(;|$)", policy), policy
+    html = page.content.decode()
+    assert '<div id="swagger-ui"></div>' in html
+    files = re.findall(r'<(?:script src|link rel="stylesheet" href)="([^"]+)"', html)
+    assert len(files) == 4, files  # Swagger UI's stylesheet, its two scripts, the start-up
+    for url in files:
+        served = client.get(html_unescape(url))
+        assert served.status_code == 200, url
+        assert not served["Content-Type"].startswith("text/html"), url
+        if served.streaming:
+            b"".join(served.streaming_content)  # close the file
+    script = client.get("/api/docs/?script=")
+    assert script["Content-Type"].startswith("application/javascript")
+    assert 'url: "/api/schema/"' in script.content.decode()

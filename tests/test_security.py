@@ -1,9 +1,11 @@
 """HTTPS, cookies and caches: the transport around the isolation guarantees."""
 
 import json
+import re
 import secrets
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -152,3 +154,17 @@ def test_an_empty_secure_https_is_its_default_not_off():
     result = load_settings(code, **PRODUCTION, SECURE_HTTPS="")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == "True"
+
+
+def test_the_csrf_cookie_is_out_of_reach_of_scripts_and_the_chat_page_still_posts(user):
+    """The chat page reads its token from the page, not from ``document.cookie``."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    page = client.get("/")
+    cookie = page.cookies[settings.CSRF_COOKIE_NAME]
+    assert cookie["httponly"] is True
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.text)[1]
+    posted = client.post(
+        "/api/v1/sessions/", {}, content_type="application/json", HTTP_X_CSRFTOKEN=token
+    )
+    assert posted.status_code == 201, posted.content

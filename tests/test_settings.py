@@ -181,18 +181,24 @@ def test_a_request_error_is_logged_once_under_debug():
     assert len(lines) == 1 and "[user=" in lines[0], result.stderr
 
 
-def test_a_login_throttle_rate_not_in_drf_syntax_refuses_to_start():
-    result = load_settings(DEBUG="1", LOGIN_THROTTLE_RATE="lots")
+@pytest.mark.parametrize(
+    ("name", "rate", "says"),
+    [
+        ("LOGIN_THROTTLE_RATE", "lots", "give a count per period"),
+        ("CHAT_THROTTLE_RATE", "lots", "give a count per period"),
+        ("CHAT_THROTTLE_RATE", "10/fortnight", "give a count per period"),
+        ("CHAT_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
+        ("LOGIN_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
+        ("LOGIN_THROTTLE_RATE", "000/s", "give a count of at least 1 per period"),
+    ],
+)
+def test_a_throttle_rate_drf_cannot_use_refuses_to_start(name, rate, says):
+    """Not in DRF's syntax, it started, and then every message post was a 500 (DRF parses
+    the rate per request); 0 a period DRF takes, and then throttles every request: no
+    message, or no sign-in, gets through."""
+    result = load_settings(DEBUG="1", **{name: rate})
     assert result.returncode != 0
-    assert "LOGIN_THROTTLE_RATE='lots': give a count per period" in result.stderr
-
-
-def test_a_chat_throttle_rate_not_in_drf_syntax_refuses_to_start():
-    """It started, and then every message post was a 500 (DRF parses the rate per request)."""
-    for rate in ("lots", "10/fortnight"):
-        result = load_settings(DEBUG="1", CHAT_THROTTLE_RATE=rate)
-        assert result.returncode != 0
-        assert f"CHAT_THROTTLE_RATE={rate!r}: give a count per period" in result.stderr
+    assert f"{name}={rate!r}: {says}" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -270,3 +276,54 @@ def test_the_anthropic_provider_without_a_key_refuses_to_start():
     result = load_settings(DEBUG="1", LLM_PROVIDER="anthropic")
     assert result.returncode != 0
     assert "LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DEBUG", "ture"),
+        ("DEBUG", "maybe"),
+        ("DEBUG", "1.0"),
+        ("CELERY_TASK_ALWAYS_EAGER", "always"),
+    ],
+)
+def test_a_yes_or_no_that_is_neither_refuses_to_start(name, value):
+    """env.bool read any word it did not know as off: ``DEBUG=ture`` silently meant off."""
+    result = load_settings(SECRET_KEY="s", ENCRYPTION_KEYS=VALID_KEY, **{name: value})
+    assert result.returncode != 0
+    assert f"{name}={value!r}: give 1, true, yes or on to turn it on, 0, false" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1", "2", "-1", " 1 ", "0", "00", "true", "True", "YES", "y", "on", "ok", "false", "Off"]
+    + ["no", "N"],
+)
+def test_a_yes_or_no_reads_the_words_env_bool_reads_as_it_does(monkeypatch, value):
+    from isolation_site.envvars import env, env_bool
+
+    monkeypatch.setenv("YES_OR_NO", value)
+    assert env_bool("YES_OR_NO", False) is env.bool("YES_OR_NO") is env_bool("YES_OR_NO", True)
+
+
+def test_an_empty_yes_or_no_is_its_default():
+    """As for every other variable; env.bool read an empty one as off, so the embedded setup
+    with ``CELERY_TASK_ALWAYS_EAGER=`` sent its tasks to a memory broker no worker reads."""
+    code = (
+        "import django; from django.conf import settings; print(settings.CELERY_TASK_ALWAYS_EAGER)"
+    )
+    result = load_settings(code, DEBUG="1", CELERY_TASK_ALWAYS_EAGER="")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "True"
+
+
+def test_throttle_rates_in_drfs_syntax_start_as_drf_reads_them():
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "from rest_framework.throttling import SimpleRateThrottle as T;"
+        "rates = [settings.CHAT_THROTTLE_RATE, settings.LOGIN_THROTTLE_RATE];"
+        "print(json.dumps([T.parse_rate(None, r) for r in rates]))"
+    )
+    result = load_settings(code, DEBUG="1", CHAT_THROTTLE_RATE="1/s", LOGIN_THROTTLE_RATE="05/day")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [[1, 1], [5, 86400]]

@@ -9,6 +9,7 @@ from audit_app.fingerprint import Evidence, Posting, ScanResult
 from audit_app.models import AuditEntry
 from audit_app.services import audit_flagged_reply
 from tests.factories import UserFactory
+from tests.support import csp_refusals
 
 pytestmark = pytest.mark.django_db
 REPLY = "Your order ORD-583920 is on its way to Bartholomew Quince."
@@ -58,7 +59,9 @@ def test_flagged_entries_come_first_and_the_index_counts_open_flags(client, revi
 
 
 def test_an_entry_shows_its_evidence_with_links_and_no_text(client, reviewer, flagged, other_user):
-    page = client.get(f"{CHANGELIST}{flagged.pk}/change/").content.decode()
+    answer = client.get(f"{CHANGELIST}{flagged.pk}/change/")
+    assert csp_refusals(answer) == []  # the review's buttons under the site's policy
+    page = answer.content.decode()
     item = flagged.evidence["items"][0]
     assert f"{item['start']}-{item['end']}" in page
     assert f"?user={other_user.pk}&amp;session_id={item['introduced_by'][0]['session_id']}" in page
@@ -145,8 +148,10 @@ def test_withheld_text_needs_its_permission_and_each_read_is_audited(
     assert client.get(url).status_code == 403
     reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
     settings.AUDIT_WITHHELD_TEXT_READER = "tests.audit_app.test_admin.fake_withheld_reader"
-    page = client.get(url).content.decode()
+    answer = client.get(url)
+    page = answer.content.decode()
     assert "<mark>ORD-583920</mark>" in page
+    assert csp_refusals(answer) == []  # wrapped by a stylesheet, not a style attribute
     assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 1
     client.get(url)
     assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 2
