@@ -318,6 +318,10 @@ class RedisIndex:
         args += [int(clock), self.layout.generation_seconds]
         return bool(self._call(self._erase, args))
 
+    def purge_expired(self) -> int:
+        """Return 0: every key of the index expires with its generation, by Redis itself."""
+        return 0
+
     def _call(self, script, args: list) -> list:
         try:
             return script(keys=[], args=args)
@@ -390,12 +394,17 @@ class DbIndex:
             else:
                 rows.append((digest, user_id, session_id))
         now = timezone.now()
+        # A conflict is a row past its retention (not live, so not seen above) or one a
+        # concurrent add just wrote: either way it is introduced now, and its retention
+        # starts again; ignored, a posting past its retention would stay unseen for good.
         FingerprintPosting.objects.bulk_create(
             [
                 FingerprintPosting(digest=d, user_id=u, session_id=s, created_at=now)
                 for d, u, s in rows
             ],
-            ignore_conflicts=True,
+            update_conflicts=True,
+            unique_fields=["digest", "user_id", "session_id"],
+            update_fields=["created_at"],
         )
 
     def lookup(self, digests: Sequence[bytes]) -> dict[bytes, list[Posting] | None]:

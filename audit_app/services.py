@@ -333,6 +333,13 @@ def reply_scan(*, user_id: int, session_id: uuid.UUID, text: str) -> ScanResult:
     return dataclasses.replace(result, text=text, digests=keys)
 
 
+def fingerprints_purge_expired() -> int:
+    """Delete the postings past ``FINGERPRINT_TTL_SECONDS`` that the index does not expire
+    by itself (the database table's); return how many. Raise ``IndexUnavailable`` if the
+    index cannot be reached."""
+    return fingerprint_index().purge_expired()
+
+
 def fingerprints_erase_session(
     *, session_id: uuid.UUID, texts: Callable[[], Iterable[str]] = tuple
 ) -> None:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
 
-from audit_app.services import audit_chain_seal
+from audit_app.services import IndexUnavailable, audit_chain_seal, fingerprints_purge_expired
 from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connection
 
 from . import llm, privacy, services
@@ -183,9 +183,17 @@ def sweep_stale_turns() -> dict[str, int]:
 
 @shared_task(acks_late=False, ignore_result=True)
 def purge_expired_sessions() -> int:
-    """Erase expired sessions, and expired API tokens; beat runs it periodically."""
+    """Erase expired sessions, and expired API tokens and fingerprint postings; beat runs
+    it periodically."""
     auth_tokens_purge_expired()
-    return services.chat_session_purge_expired()
+    erased = services.chat_session_purge_expired()
+    try:
+        fingerprints_purge_expired()
+    except IndexUnavailable:
+        logger.warning(
+            "fingerprint index unavailable: its expired postings wait for the next purge"
+        )
+    return erased
 
 
 def beat_jobs_if_due() -> None:

@@ -2,9 +2,11 @@
 
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from audit_app.index import GENERATIONS, LISTED_SINCE, MAX_RECORDS, DbIndex, Layout, RedisIndex
 from audit_app.models import FingerprintPosting
@@ -265,3 +267,24 @@ class TestDbLookup(LookupContract):
         self.index.add([RARE], user_id=1, session_id=(gone := uuid.uuid4()))
         assert self.index.erase_session(session_id=gone) is False
         assert self.index.lookup([RARE]) == {RARE: []}
+
+    def _age(self, **lookup) -> None:
+        """Put the matching postings past the index's retention."""
+        past = timezone.now() - self.index.ttl - timedelta(seconds=1)
+        FingerprintPosting.objects.filter(**lookup).update(created_at=past)
+
+    def test_a_posting_past_its_retention_introduced_again_is_found_again(self):
+        self.index.add([RARE], user_id=1, session_id=(session := uuid.uuid4()))
+        self._age(session_id=session)
+        assert self.index.lookup([RARE]) == {RARE: []}
+        self.index.add([RARE], user_id=1, session_id=session)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (1, str(session))
+        ]
+
+    def test_the_purge_deletes_the_postings_past_their_retention_only(self):
+        self.index.add([RARE, SHARED], user_id=1, session_id=(old := uuid.uuid4()))
+        self.index.add([RARE], user_id=2, session_id=(live := uuid.uuid4()))
+        self._age(session_id=old)
+        assert self.index.purge_expired() == 2
+        assert list(FingerprintPosting.objects.values_list("session_id", flat=True)) == [live]

@@ -338,3 +338,22 @@ def test_the_purge_erases_the_postings_of_an_expired_redis_session_whose_keys_ar
     assert services.chat_session_purge_expired() == 1
     assert postings_naming(gone.pk) == []
     assert introducers(GONE_ASKED) == introducers(GONE_REPLY) == set()
+
+
+def test_the_periodic_purge_deletes_the_database_index_postings_past_their_retention(
+    settings, user
+):
+    """The database index has no expiry of its own: beat's purge (or the embedded setup's
+    in-line one) deletes its postings past ``FINGERPRINT_TTL_SECONDS``, and no live one."""
+    from sessions_app import tasks
+
+    settings.REDIS_URL = ""
+    assert isinstance(fingerprint_index(), DbIndex)
+    old, live = (services.chat_session_create(owner=user) for _ in range(2))
+    exchange(user, old, GONE_ASKED, GONE_REPLY)
+    exchange(user, live, KEPT_MINE, "Noted.")
+    past = timezone.now() - timedelta(seconds=settings.FINGERPRINT_TTL_SECONDS + 1)
+    FingerprintPosting.objects.filter(session_id=old.pk).update(created_at=past)
+    tasks.purge_expired_sessions()
+    assert not FingerprintPosting.objects.filter(session_id=old.pk).exists()
+    assert introducers(KEPT_MINE) == {(user.pk, str(live.pk))}
