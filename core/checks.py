@@ -19,3 +19,20 @@ def proxy_without_num_proxies(**kwargs: object) -> list[CheckMessage]:
             id="isolation.W001",
         )
     ]
+
+
+@register(deploy=True)
+def sweep_before_runs_end(**kwargs: object) -> list[CheckMessage]:
+    """A turn the sweep finds in flight past ``STALE_TURN_SECONDS`` is taken for lost and
+    run again: a bound within the task's time limit mistakes a live run for a lost one."""
+    if settings.STALE_TURN_SECONDS > settings.CELERY_TASK_TIME_LIMIT:
+        return []
+    return [
+        Warning(
+            f"STALE_TURN_SECONDS ({settings.STALE_TURN_SECONDS}) is not past the turn task's "
+            f"time limit ({settings.CELERY_TASK_TIME_LIMIT} s, TURN_DEADLINE_SECONDS + 10): "
+            "the sweep can run a turn again while its first run is still calling Claude.",
+            hint="Set STALE_TURN_SECONDS above TURN_DEADLINE_SECONDS + 10.",
+            id="isolation.W002",
+        )
+    ]

@@ -258,10 +258,10 @@ REDIS_BROKER_TRANSPORT_OPTIONS = {
 # RabbitMQ: no visibility timeout. An unacknowledged task is redelivered the moment the
 # channel that took it closes (its worker killed, its connection lost), and never while
 # that channel lives, except past RabbitMQ's consumer_timeout (30 min by default; a turn
-# holds its delivery at most its retry countdown plus the 110 s time limit, so leave the
-# default, or anything over 5 min). Publisher confirms make a 202 mean RabbitMQ holds the
-# task, as Redis's reply does; the read and write timeouts bound a hung broker (py-amqp
-# would silently ignore the Redis options above).
+# holds its delivery at most its retry countdown plus the task's hard time limit, 110 s
+# by default, so leave the default, or anything over 5 min). Publisher confirms make a
+# 202 mean RabbitMQ holds the task, as Redis's reply does; the read and write timeouts
+# bound a hung broker (py-amqp would silently ignore the Redis options above).
 AMQP_BROKER_TRANSPORT_OPTIONS = {
     "confirm_publish": True,
     "read_timeout": 2,
@@ -274,8 +274,6 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 # already redelivered elsewhere: stop it (prefork pool) rather than run it twice. Not with
 # Redis, where the run can still acknowledge after reconnecting.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = BROKER_IS_AMQP
-CELERY_TASK_TIME_LIMIT = 110
-CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Claude -------------------------------------------------------------------------------
@@ -298,6 +296,10 @@ TURN_MAX_ATTEMPTS = env_number("TURN_MAX_ATTEMPTS", 3, minimum=1)
 # answer ends ``failed`` within 120 s. Calls are sized to end before it.
 TURN_DEADLINE_SECONDS = env_number("TURN_DEADLINE_SECONDS", 100, minimum=1)
 TURN_RETRY_DELAY_SECONDS = env_number("TURN_RETRY_DELAY_SECONDS", 2.0, minimum=0, kind=float)
+# No run of a turn outlives the turn: the soft limit stops a call past the deadline that
+# its own timeouts did not, the hard one a run that ignores the soft one.
+CELERY_TASK_SOFT_TIME_LIMIT = TURN_DEADLINE_SECONDS
+CELERY_TASK_TIME_LIMIT = TURN_DEADLINE_SECONDS + 10
 CLAUDE_SYSTEM_PROMPT = env.str(
     "CLAUDE_SYSTEM_PROMPT",
     default=(

@@ -134,6 +134,24 @@ def test_check_deploy_warns_of_a_proxy_without_num_proxies():
     assert counted.returncode == 0, counted.stderr
 
 
+def test_check_deploy_warns_of_a_sweep_that_would_rerun_live_turns():
+    early = _check_deploy(STALE_TURN_SECONDS="110")
+    assert early.returncode != 0 and "isolation.W002" in early.stderr
+    longer = _check_deploy(TURN_DEADLINE_SECONDS="200", STALE_TURN_SECONDS="300")
+    assert longer.returncode == 0, longer.stderr
+    late = _check_deploy(TURN_DEADLINE_SECONDS="200")  # the default 120 s is now too short
+    assert late.returncode != 0 and "isolation.W002" in late.stderr
+
+
+def test_the_turn_tasks_time_limits_follow_the_turns_deadline():
+    code = (
+        "import django, json; django.setup(); from isolation_site.celery import app;"
+        "print(json.dumps([app.conf.task_soft_time_limit, app.conf.task_time_limit]))"
+    )
+    result = load_settings(code, **PRODUCTION, TURN_DEADLINE_SECONDS="200")
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [200, 210], result.stderr
+
+
 def test_check_deploy_does_complain_when_https_is_off():
     result = _check_deploy(SECURE_HTTPS="off")
     assert result.returncode != 0
