@@ -53,3 +53,13 @@ def test_one_worker_without_redis_or_several_with_it_start():
     for workers, env in ((1, {}), (2, {"REDIS_URL": "redis://127.0.0.1:6379/15"})):
         exited, log = _uvicorn(workers, **env)
         assert exited is None and STARTED in log, log
+
+
+def test_several_workers_with_a_setting_that_refuses_stop_instead_of_respawning():
+    """A worker whose settings refuse to start (here no SECRET_KEY with DEBUG off) stops
+    uvicorn, saying why, rather than being spawned again and again."""
+    exited, log = _uvicorn(2, DEBUG="0", REDIS_URL="redis://127.0.0.1:6379/15")
+    assert exited is not None, log
+    assert "SECRET_KEY must be set when DEBUG is off" in log
+    assert "failed to start, stopping the parent process" in log
+    assert log.count("SECRET_KEY must be set") <= 2, log  # once per worker, not in a loop
