@@ -72,7 +72,12 @@ class _Stream(httpcore2.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore2.NetworkStream:
-        cut = _cut(timeout, httpcore2.ConnectTimeout)
+        try:
+            cut = _cut(timeout, httpcore2.ConnectTimeout)
+        except httpcore2.ConnectTimeout:
+            # As httpcore2 closes a connection whose upgrade fails: the caller drops it.
+            self._stream.close()
+            raise
         return _Stream(self._stream.start_tls(ssl_context, server_hostname, cut))
 
     def get_extra_info(self, info: str) -> Any:

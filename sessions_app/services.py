@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -543,6 +544,10 @@ def account_sessions_erase(*, owner_id: int) -> int:
     cache and the fingerprint postings behind, out of the purge's reach, which starts from
     the session rows. If the store cannot be reached the account's deletion fails whole.
     """
+    # The account's row first: a sign-in meanwhile (a new token, whose foreign key Postgres
+    # checks at COMMIT) waits for the delete and fails then, rather than failing the
+    # delete's COMMIT after the store's copies were erased.
+    list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
     owned = ChatSession.objects.filter(owner_id=owner_id).select_for_update()
     return _sessions_erase(list(owned))
 

@@ -7,21 +7,26 @@ and WSGI) and on an event loop (the ASGI stateless endpoint).
 """
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpcore2
+import httpx2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sessions_app import llm
+from sessions_app import call_deadline, llm
 from sessions_app.isolation import HistoryMessage, bound
 
 from ..fakes.claude import FakeClaude
@@ -200,12 +205,77 @@ def test_over_tls_a_slow_answer_ends_the_call_by_its_timeout(claude_over_tls, wa
     assert claude_over_tls.request_count() == 2
 
 
+@pytest.fixture
+def connect_proxy(monkeypatch) -> Iterator[list[str]]:
+    """An HTTPS proxy as deployments have them (``CONNECT`` tunnels), named by
+    ``HTTPS_PROXY``; yields the targets it tunnelled to."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    tunnelled: list[str] = []
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError), a, b:
+            while chunk := a.recv(65536):
+                b.sendall(chunk)
+            b.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                client, _ = listener.accept()
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += client.recv(4096)
+                target = head.split()[1].decode()
+                host, port = target.rsplit(":", 1)
+                upstream = socket.create_connection((host, int(port)), timeout=5)
+                upstream.settimeout(None)
+                tunnelled.append(target)
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    try:
+        yield tunnelled
+    finally:
+        listener.close()
+
+
+@WAYS
+def test_through_an_https_proxy_a_slow_answer_ends_the_call_by_its_timeout(
+    claude_over_tls: FakeClaude, connect_proxy: list[str], way
+):
+    """The production path: TLS to Claude inside a proxy's tunnel, bounded as a whole."""
+    claude_over_tls.drip(every=0.1, count=30)
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    assert reply == "Echo: hi"
+    assert connect_proxy and set(connect_proxy) == {claude_over_tls.url.split("//")[1]}
+
+
+def test_a_connection_out_of_time_before_its_tls_upgrade_is_closed(claude_over_tls):
+    """Time up between the TCP connect and the TLS handshake: the connection is closed
+    there, as httpcore2 closes one whose upgrade fails, not left to the garbage collector."""
+    host, port = claude_over_tls.url.split("//")[1].rsplit(":", 1)
+    backend = call_deadline.bound(httpx2.Client())._transport._pool._network_backend
+    with call_deadline.within(5):
+        stream = backend.connect_tcp(host, int(port))
+    raw = stream.get_extra_info("socket")
+    with call_deadline.within(-1), pytest.raises(httpcore2.ConnectTimeout):
+        stream.start_tls(ssl.create_default_context(), host)
+    assert raw.fileno() == -1
+
+
 @WAYS
 def test_a_proxy_the_environment_names_carries_the_call_and_bounds_it(
     claude: FakeClaude, settings, monkeypatch, way
 ):
-    """As the SDK's own client does, the call goes through ``HTTP_PROXY`` (here the fake,
-    which answers a proxied request itself), and still ends by its timeout."""
+    """As the SDK's own client does, a plain-HTTP call goes through ``HTTP_PROXY`` (here
+    the fake, which answers a proxied request itself), and still ends by its timeout."""
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", claude.url)

@@ -174,3 +174,21 @@ def test_an_accept_that_waited_behind_an_accept_taken_back_keeps_the_vault(user,
     session.refresh_from_db()
     stored = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
     assert stored == ["<EMAIL_ADDRESS_2>"]
+
+
+def test_an_account_being_deleted_holds_its_row_before_erasing_anything(user):
+    """A sign-in meanwhile (a new token, its foreign key checked at COMMIT) waits for the
+    delete and fails then, rather than failing the delete's COMMIT after the account's
+    history outside the database was erased."""
+    from django.db import IntegrityError
+    from knox.models import AuthToken
+
+    services.chat_session_create(owner=user)
+    with transaction.atomic():
+        services.account_sessions_erase(owner_id=user.pk)
+        run, results = lock_waiter(lambda: AuthToken.objects.create(user), on_this_connection=True)
+        type(user).objects.filter(pk=user.pk).delete()
+    run.join(30)
+    assert not run.is_alive()
+    assert len(results) == 1 and isinstance(results[0], IntegrityError), results
+    assert not type(user).objects.filter(pk=user.pk).exists()
