@@ -9,8 +9,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "isolation_site.settings")
 # Under ASGI each request may run on another thread of a pool, so a persistent connection
-# would be left open per thread; Django advises turning them off (CONN_MAX_AGE still wins).
-os.environ.setdefault("CONN_MAX_AGE", "0")
+# would be left open per thread; Django advises turning them off (CONN_MAX_AGE still wins;
+# set but empty it counts as unset, as everywhere, so is not kept as settings' 60).
+if not os.environ.get("CONN_MAX_AGE", "").strip():
+    os.environ["CONN_MAX_AGE"] = "0"
 
 
 def uvicorn_workers() -> int:

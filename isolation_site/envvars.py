@@ -7,7 +7,7 @@ raises ``ImproperlyConfigured`` naming the variable for a value the service coul
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TypeVar
 
 import environ
@@ -26,14 +26,42 @@ def _listed(words: Sequence[str]) -> str:
     return f"{', '.join(rest)} or {last}" if rest else last
 
 
-def env_choice(name: str, default: str, choices: Sequence[str]) -> str:
-    """Return ``name``, one of ``choices``."""
-    value = env.str(name, default="") or default
+def env_str(name: str, default: str) -> str:
+    """Return ``name`` as given, or ``default`` when it is unset, empty or only blanks."""
+    value = env.str(name, default="")
+    return value if value.strip() else default
+
+
+def env_list(name: str, default: Sequence[str]) -> list[str]:
+    """Return ``name``, a comma list (each item stripped, empty ones dropped), or ``default``
+    when it lists nothing: env.list reads ``ALLOWED_HOSTS=`` as no host at all."""
+    items = [item.strip() for item in env_str(name, "").split(",")]
+    return [item for item in items if item] or list(default)
+
+
+def env_choice(name: str, default: str, choices: Sequence[str], *, any_case: bool = False) -> str:
+    """Return ``name``, one of ``choices``; with ``any_case``, upper-cased first."""
+    raw = env_str(name, default)
+    value = raw.upper() if any_case else raw
     if value not in choices:
+        listed = _listed([repr(c) for c in choices])
         raise ImproperlyConfigured(
-            f"{name}={value!r}: choose {_listed([repr(c) for c in choices])}."
+            f"{name}={raw!r}: choose {listed}{' (in any case)' if any_case else ''}."
         )
     return value
+
+
+def env_codes(name: str, default: Sequence[str], known: Collection[str], what: str) -> list[str]:
+    """Return ``name``, a comma list of codes in ``known``, upper-cased (``what`` says what a
+    code is in the refusal: ``known`` may be too long to list)."""
+    codes = [code.upper() for code in env_list(name, default)]
+    unknown = [code for code in codes if code not in known]
+    if unknown:
+        raise ImproperlyConfigured(
+            f"{name}={env.str(name)!r}: {_listed([repr(c) for c in unknown])} unknown; "
+            f"give a comma list of {what}."
+        )
+    return codes
 
 
 # env.bool's words for on, and their opposites for off; it reads any other word as off.
@@ -86,7 +114,7 @@ def env_number(
 
 def env_rate(name: str, default: str) -> str:
     """Return ``name``, a rate in DRF's syntax such as ``60/min``, of at least one a period."""
-    rate = env.str(name, default="") or default
+    rate = env_str(name, default)
     if not _RATE.fullmatch(rate):
         raise ImproperlyConfigured(f"{name}={rate!r}: give a count per period, e.g. '10/min'.")
     if int(rate.partition("/")[0]) < 1:
@@ -111,10 +139,28 @@ def env_redis_url(name: str) -> str:
     return url
 
 
+# The password of a URL's user, up to the "@" (a refusal is logged: it shows "***" instead).
+_PASSWORD = re.compile(r"^([^:/]+://[^/@:]*:)[^/@]*@")
+
+
+def _shown(url: str) -> str:
+    return _PASSWORD.sub(r"\1***@", url, count=1)
+
+
 def url_scheme_check(name: str, url: str, schemes: Sequence[str]) -> None:
     """Refuse ``url`` (set by ``name``) unless it starts with one of ``schemes`` and ``://``."""
     scheme, sep, _ = url.partition("://")
     if url and not (sep and scheme in schemes):
-        raise ImproperlyConfigured(
-            f"{name}={url!r}: give a URL starting {_listed([f'{s}://' for s in schemes])}."
-        )
+        starts = _listed([f"{s}://" for s in schemes])
+        raise ImproperlyConfigured(f"{name}={_shown(url)!r}: give a URL starting {starts}.")
+
+
+def env_database(name: str, default: str, schemes: Sequence[str]) -> dict:
+    """Return ``name``, a database URL starting with one of ``schemes``, as a ``DATABASES``
+    entry (django-environ's reading); env.db read an empty one as no engine at all."""
+    url = env_str(name, default)
+    url_scheme_check(name, url, schemes)
+    try:
+        return environ.Env.db_url_config(url)
+    except ValueError as error:  # e.g. a port that is not a number
+        raise ImproperlyConfigured(f"{name}={_shown(url)!r}: {error}.") from None

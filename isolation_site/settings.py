@@ -9,6 +9,7 @@ import base64
 import hashlib
 from pathlib import Path
 
+import phonenumbers
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
@@ -16,9 +17,13 @@ from isolation_site.envvars import (
     env,
     env_bool,
     env_choice,
+    env_codes,
+    env_database,
+    env_list,
     env_number,
     env_rate,
     env_redis_url,
+    env_str,
     url_scheme_check,
 )
 
@@ -55,7 +60,7 @@ for _key in ENCRYPTION_KEYS:
             "print(Fernet.generate_key().decode())'"
         ) from None
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
 
 # HTTPS ----------------------------------------------------------------------------------
 # On unless DEBUG: HTTP is redirected to HTTPS (but /healthz, the load balancer's probe),
@@ -138,8 +143,12 @@ TEMPLATES = [
 ]
 
 # Database -----------------------------------------------------------------------------
+# Postgres (psycopg is the one driver installed) or SQLite, the databases the service is
+# written and tested for; Django would refuse another scheme without naming the variable.
 DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+    "default": env_database(
+        "DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", ("postgres", "postgresql", "sqlite")
+    ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions make concurrent writers queue instead of failing mid-transaction.
@@ -168,7 +177,7 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
-            "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="isolation"),
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "isolation"),
             "OPTIONS": {
                 # Short timeouts so an outage becomes a quick 503, not a hung request.
                 "SOCKET_CONNECT_TIMEOUT": 1,
@@ -285,7 +294,7 @@ LLM_PROVIDER = env_choice(
 if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
     # Claude would refuse every call: no turn could end but failed.
     raise ImproperlyConfigured("LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY.")
-CLAUDE_MODEL = env.str("CLAUDE_MODEL", default="claude-haiku-4-5-20251001")
+CLAUDE_MODEL = env_str("CLAUDE_MODEL", "claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env_number("CLAUDE_MAX_TOKENS", 1024, minimum=1)
 CLAUDE_TIMEOUT_SECONDS = env_number("CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float)
 # The SDK retries 429/5xx/connection errors with backoff; a turn then gets further
@@ -300,12 +309,10 @@ TURN_RETRY_DELAY_SECONDS = env_number("TURN_RETRY_DELAY_SECONDS", 2.0, minimum=0
 # its own timeouts did not, the hard one a run that ignores the soft one.
 CELERY_TASK_SOFT_TIME_LIMIT = TURN_DEADLINE_SECONDS
 CELERY_TASK_TIME_LIMIT = TURN_DEADLINE_SECONDS + 10
-CLAUDE_SYSTEM_PROMPT = env.str(
+CLAUDE_SYSTEM_PROMPT = env_str(
     "CLAUDE_SYSTEM_PROMPT",
-    default=(
-        "You are a helpful assistant. You only know what this user told you in this "
-        "conversation; never claim to know anything about other users."
-    ),
+    "You are a helpful assistant. You only know what this user told you in this "
+    "conversation; never claim to know anything about other users.",
 )
 
 # Conversation policy ------------------------------------------------------------------
@@ -319,7 +326,14 @@ SESSION_TTL_SECONDS = env_number("SESSION_TTL_SECONDS", 7200, minimum=1)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
 PII_MODE = env_choice("PII_MODE", "pseudonymize", ("off", "redact", "pseudonymize"))
 # Regions whose national phone formats are recognised (international +numbers always are).
-PII_PHONE_REGIONS = env.list("PII_PHONE_REGIONS", default=["US", "GB", "DE", "FR", "IN"])
+# Checked here: a region phonenumbers does not know made the first message holding a
+# national phone-like number a 500. Lower case is read as upper ("gb" is "GB").
+PII_PHONE_REGIONS = env_codes(
+    "PII_PHONE_REGIONS",
+    ["US", "GB", "DE", "FR", "IN"],
+    phonenumbers.SUPPORTED_REGIONS,
+    "the region codes phonenumbers knows (ISO 3166, e.g. US,GB; the United Kingdom is GB)",
+)
 # A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
 LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
@@ -466,6 +480,10 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
+# Any case, as operators write it ("debug"); logging itself takes upper case only.
+LOG_LEVEL = env_choice(
+    "LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), any_case=True
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -487,7 +505,7 @@ LOGGING = {
             "level": "ERROR",
         },
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Django's own console handler (DEBUG) would print every request error a second
         # time beside the root's: "django" keeps only the mail to ADMINS, and propagates.

@@ -1,7 +1,9 @@
 """Settings come from the environment; production refuses to start without its secrets."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+SETTINGS_SOURCE = (ROOT / "isolation_site" / "settings.py").read_text()
 VALID_KEY = "rP0RmBBqN7Yx7PrwnWbJ1dGPLmVZ8kxAqV8VwK9xG2c="
 
 
@@ -35,16 +38,18 @@ SUITE_ENV = {
 }
 
 
-def load_settings(code: str = SUMMARY, **env: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python with the production settings module and ``env``."""
+def load_settings(code: str = SUMMARY, **env: str | None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python with the production settings module and ``env`` (a
+    variable given as None unset)."""
     clean = {k: v for k, v in os.environ.items() if k not in SUITE_ENV}
+    env = {**clean, "DJANGO_SETTINGS_MODULE": "isolation_site.settings", **env}
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "isolation_site.settings", **env},
+        env={k: v for k, v in env.items() if v is not None},
     )
 
 
@@ -137,6 +142,8 @@ def test_persistent_connections_are_off_under_asgi_unless_asked_for():
     }
     assert load_settings(code, **database).stdout.split()[-1] == "0"
     assert load_settings(code, CONN_MAX_AGE="30", **database).stdout.split()[-1] == "30"
+    # Set but empty is unset: it was kept, and settings read it as the WSGI default, 60.
+    assert load_settings(code, CONN_MAX_AGE="", **database).stdout.split()[-1] == "0"
     wsgi = code.replace("isolation_site.asgi", "isolation_site.wsgi")
     assert load_settings(wsgi, **database).stdout.split()[-1] == "60"
 
@@ -327,3 +334,72 @@ def test_throttle_rates_in_drfs_syntax_start_as_drf_reads_them():
     result = load_settings(code, DEBUG="1", CHAT_THROTTLE_RATE="1/s", LOGIN_THROTTLE_RATE="05/day")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == [[1, 1], [5, 86400]]
+
+
+# Every variable settings.py reads, by the first argument of its env readers.
+READ = sorted(set(re.findall(r"env(?:\.\w+|_\w+)\(\s*\"([A-Z][A-Z0-9_]*)\"", SETTINGS_SOURCE)))
+EVERY_SETTING = (
+    "import json; from django.conf import settings;"
+    "print(json.dumps({k: repr(getattr(settings, k)) for k in dir(settings) if k.isupper()}))"
+)
+
+
+def test_every_variable_set_but_empty_is_its_default():
+    """README: "A variable set but empty counts as unset". Empty, ALLOWED_HOSTS allowed no host
+    (every request a 400, /healthz too), PII_PHONE_REGIONS no region, CLAUDE_MODEL,
+    CLAUDE_SYSTEM_PROMPT and CACHE_KEY_PREFIX were '', and LOG_LEVEL and DATABASE_URL crashed
+    without naming themselves."""
+    given = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY, "REDIS_URL": "redis://h:6379/0"}
+    assert {"ALLOWED_HOSTS", "DATABASE_URL", "LOG_LEVEL", "PII_PHONE_REGIONS"} <= set(READ)
+    unset = load_settings(EVERY_SETTING, **{**dict.fromkeys(READ), **given})
+    empty = load_settings(EVERY_SETTING, **{**dict.fromkeys(READ, ""), **given})
+    assert unset.returncode == 0, unset.stderr
+    assert empty.returncode == 0, empty.stderr
+    defaults = json.loads(unset.stdout.splitlines()[-1])
+    assert defaults["ALLOWED_HOSTS"] == "['localhost', '127.0.0.1']"
+    assert json.loads(empty.stdout.splitlines()[-1]) == defaults
+
+
+REGIONS = "give a comma list of the region codes phonenumbers knows"
+LEVELS = "choose 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (in any case)."
+SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refusal"),
+    [
+        # Started, and the first message with a national phone-like number was a 500.
+        ("PII_PHONE_REGIONS", "US,ZZ", f"PII_PHONE_REGIONS='US,ZZ': 'ZZ' unknown; {REGIONS}"),
+        ("PII_PHONE_REGIONS", "uk", f"PII_PHONE_REGIONS='uk': 'UK' unknown; {REGIONS}"),
+        # Refused by logging with "Unable to configure root logger", the variable unnamed.
+        ("LOG_LEVEL", "bogus", f"LOG_LEVEL='bogus': {LEVELS}"),
+        ("LOG_LEVEL", "10", f"LOG_LEVEL='10': {LEVELS}"),
+        # Refused by Django's backend loader or a bare ValueError, the variable unnamed; the
+        # password is not written to the log.
+        ("DATABASE_URL", "mysql://app:pw@db/x", f"DATABASE_URL='mysql://app:***@db/x': {SCHEMES}"),
+        ("DATABASE_URL", "db.sqlite3", f"DATABASE_URL='db.sqlite3': {SCHEMES}"),
+        ("DATABASE_URL", "postgres://h:x/d", "DATABASE_URL='postgres://h:x/d': Port could not"),
+    ],
+)
+def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
+    result = load_settings(DEBUG="1", **{name: value})
+    assert result.returncode != 0
+    assert refusal in result.stderr
+    assert ":pw@" not in result.stderr
+
+
+def test_phone_regions_and_the_log_level_are_read_in_any_case():
+    """Lower case is upper-cased: "gb" is GB, "debug" DEBUG (logging itself took upper case
+    only, and the detector raised on a region it did not know)."""
+    code = (
+        "import django, json, logging; from django.conf import settings; django.setup();"
+        "print(json.dumps([settings.PII_PHONE_REGIONS, logging.getLogger().level,"
+        " settings.DATABASES['default']['ENGINE']]))"
+    )
+    url = "postgresql://postgres@127.0.0.1:5432/isolation"
+    result = load_settings(
+        code, DEBUG="1", PII_PHONE_REGIONS=" us, gb ,In,", LOG_LEVEL="debug", DATABASE_URL=url
+    )
+    assert result.returncode == 0, result.stderr
+    expected = [["US", "GB", "IN"], logging.DEBUG, "django.db.backends.postgresql"]
+    assert json.loads(result.stdout.splitlines()[-1]) == expected

@@ -51,6 +51,19 @@ def test_lines_without_pii_pass_unchanged() -> None:
     assert json.loads(scan("hello\n", "--json")[0]) == {"text": "hello", "entities": []}
 
 
+def test_national_phone_numbers_are_those_of_the_services_regions(settings) -> None:
+    """It read every national number with detect's own wider list, whatever
+    PII_PHONE_REGIONS said: the scan found what the service leaves, and missed what it takes."""
+    korean, brazilian = "call me on 010-2000-0000", "call me on (11) 96123-4567"
+    assert settings.PII_PHONE_REGIONS == ["US", "GB", "DE", "FR", "IN"]
+    assert scan(f"{korean}\n{brazilian}\n", "--mode", "redact") == [korean, brazilian]
+    settings.PII_PHONE_REGIONS = ["KR", "BR"]
+    assert scan(f"{korean}\n{brazilian}\n", "--mode", "redact") == [
+        "call me on [PHONE_NUMBER]",
+        "call me on [PHONE_NUMBER]",
+    ]
+
+
 def test_rejects_an_unknown_mode() -> None:
     with pytest.raises(CommandError):
         scan(LINES, "--mode", "loud")

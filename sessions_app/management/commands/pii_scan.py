@@ -1,6 +1,7 @@
 import json
 import sys
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
 from sessions_app.pii import detect, pseudonymize_spans, redact_spans
@@ -28,7 +29,9 @@ class Command(BaseCommand):
         vault: dict[str, str] = {}  # one vault for the whole run, as for one session
         for raw in stdin:
             line = raw.rstrip("\r\n")
-            spans = detect(line)
+            # The service's regions (PII_PHONE_REGIONS), not detect's wider default: the
+            # scan shows what the service would scrub.
+            spans = detect(line, regions=settings.PII_PHONE_REGIONS)
             if options["mode"] == "redact":
                 text = redact_spans(line, spans)
             else:
