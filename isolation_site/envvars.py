@@ -134,7 +134,7 @@ def env_redis_url(name: str) -> str:
             parse_url(url)  # redis-py's own reading, as the cache's and the index's clients do
         except ValueError as error:
             raise ImproperlyConfigured(
-                f"{name}={url!r}: {error}; e.g. redis://127.0.0.1:6379/0."
+                f"{name}={_shown(url)!r}: {error}; e.g. redis://127.0.0.1:6379/0."
             ) from None
     return url
 

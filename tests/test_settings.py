@@ -379,6 +379,7 @@ SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
         ("DATABASE_URL", "mysql://app:pw@db/x", f"DATABASE_URL='mysql://app:***@db/x': {SCHEMES}"),
         ("DATABASE_URL", "db.sqlite3", f"DATABASE_URL='db.sqlite3': {SCHEMES}"),
         ("DATABASE_URL", "postgres://h:x/d", "DATABASE_URL='postgres://h:x/d': Port could not"),
+        ("REDIS_URL", "redis://:pw@h:x/0", "REDIS_URL='redis://:***@h:x/0': Port"),
     ],
 )
 def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
