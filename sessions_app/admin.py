@@ -1,4 +1,7 @@
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from knox.models import AuthToken
 
@@ -22,7 +25,8 @@ class MessageInline(ViewOnlyAdmin, admin.TabularInline):
 class ChatSessionAdmin(ViewOnlyAdmin, admin.ModelAdmin):
     """Sessions, viewed only. A Save would set the message counter back past an accept
     made meanwhile; a delete would cascade in the database only, leaving the redis store's
-    keys and the fingerprint postings: erasure is the owner's DELETE or the expiry."""
+    keys and the fingerprint postings: erasure is the owner's DELETE, the expiry or the
+    account's deletion."""
 
     # The title as stored, as message content is: under PII_MODE redacted or with the
     # session's placeholders (and searched so); only its owner's reads restore them.
@@ -84,3 +88,25 @@ class AuthTokenAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: AuthToken | None = None) -> bool:
         return False
+
+
+# Deleting an account erases its conversations everywhere they are kept (the user model's
+# pre_delete receiver, ``account_sessions_erase``), not through these models' own deletes,
+# which their view-only admins refuse: the account's delete needs no permission on them.
+_ERASED_WITH_THE_ACCOUNT = frozenset(
+    str(model._meta.verbose_name) for model in (ChatSession, Turn, Message)
+)
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class AccountAdmin(UserAdmin):
+    """Django's user admin; deleting a user erases their conversations with the account."""
+
+    def get_deleted_objects(
+        self, objs: list[Model] | QuerySet, request: HttpRequest
+    ) -> tuple[list, dict, set, list]:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        return deleted, counts, set(perms_needed) - _ERASED_WITH_THE_ACCOUNT, protected

@@ -5,6 +5,7 @@ import pytest
 from audit_app.services import ScanResult
 from sessions_app import services
 from sessions_app.models import ChatSession, Turn
+from sessions_app.stores import history_store
 
 from ..factories import UserFactory
 
@@ -67,3 +68,40 @@ def test_a_session_or_turn_page_is_read_only_and_saves_nothing(client, staff, wi
     before = type(obj).objects.filter(pk=obj.pk).values().get()
     assert client.post(page, {"_save": "Save"}).status_code == 403
     assert type(obj).objects.filter(pk=obj.pk).values().get() == before
+
+
+@pytest.mark.parametrize("store", ["db", "redis", "cached_db"])
+def test_deleting_a_user_here_erases_their_conversations_everywhere(
+    client, staff, user, other_user, settings, store
+):
+    """Staff erase an account from its delete page: its sessions go from the database and
+    from Redis, as the owner's own DELETE takes them; another user's stay."""
+    from django_redis import get_redis_connection
+
+    settings.HISTORY_STORE = store
+    sessions = {}
+    for owner, canary in ((user, "CANARY-erased"), (other_user, "CANARY-kept")):
+        sessions[owner.pk] = services.chat_session_create(owner=owner)
+        turn = services.message_accept(user=owner, session_id=sessions[owner.pk].pk, content=canary)
+        assert services.turn_complete(turn_id=turn.pk, reply="reply")
+    redis = get_redis_connection("default")
+    gone, kept = sessions[user.pk], sessions[other_user.pk]
+    page = client.get(f"/admin/auth/user/{user.pk}/delete/")
+    assert page.status_code == 200 and b"CANARY" not in page.content
+    assert client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"}).status_code == 302
+    assert not ChatSession.objects.filter(pk=gone.pk).exists()
+    assert list(redis.scan_iter(match=f"*{gone.pk}*")) == []
+    kept.refresh_from_db()
+    stored = history_store().page(session=kept, offset=0, limit=9)
+    assert [m.content for m in stored] == ["CANARY-kept", "reply"]
+
+
+def test_staff_without_the_delete_user_permission_still_cannot(client, user):
+    from django.contrib.auth.models import Permission
+
+    clerk = UserFactory(is_staff=True)
+    clerk.user_permissions.add(Permission.objects.get(codename="view_user"))
+    client.force_login(clerk)
+    services.chat_session_create(owner=user)
+    assert client.post(f"/admin/auth/user/{user.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert ChatSession.objects.filter(owner=user).exists()
