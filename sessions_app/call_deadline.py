@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import anyio
 import httpcore2
 import httpx2
 
@@ -105,14 +106,84 @@ class _Backend(httpcore2.NetworkBackend):
         self._backend.sleep(seconds)
 
 
-def bound(client: httpx2.Client) -> httpx2.Client:
-    """Return ``client`` with its calls ending by the deadline ``within`` sets: through
-    its own transport and through the proxies the environment names (``HTTPS_PROXY``)."""
+class _AsyncStream(httpcore2.AsyncNetworkStream):
+    """An event loop's connection, closed at once when its TLS handshake is cancelled."""
+
+    def __init__(self, stream: httpcore2.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # httpcore2 closes a connection whose handshake fails, not one whose handshake
+            # is cancelled (``asyncio.timeout`` ending the call): that socket would wait
+            # for the garbage collector. The close must finish, cancelled or not.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _AsyncBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's event-loop backend, its connections closed when a handshake is cut."""
+
+    def __init__(self, backend: httpcore2.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _AsyncStream(stream)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+def _wrap_backends(client: httpx2.Client | httpx2.AsyncClient, wrapper: type) -> None:
     # httpx2 takes no network backend, though the httpcore2 pools it builds do: wrapping
     # each pool's own keeps everything httpx2 set up (TLS, limits, proxies). A renamed
     # attribute fails here, at startup, not silently.
     for transport in (client._transport, *client._mounts.values()):
         if transport is not None:
             pool = transport._pool
-            pool._network_backend = _Backend(pool._network_backend)
+            pool._network_backend = wrapper(pool._network_backend)
+
+
+def bound(client: httpx2.Client) -> httpx2.Client:
+    """Return ``client`` with its calls ending by the deadline ``within`` sets: through
+    its own transport and through the proxies the environment names (``HTTPS_PROXY``)."""
+    _wrap_backends(client, _Backend)
+    return client
+
+
+def closing(client: httpx2.AsyncClient) -> httpx2.AsyncClient:
+    """Return ``client`` with a connection whose TLS handshake is cancelled closed at once.
+
+    On an event loop ``asyncio.timeout`` bounds a call as a whole; cancelled during the
+    handshake, httpcore2 would leave the socket to the garbage collector.
+    """
+    _wrap_backends(client, _AsyncBackend)
     return client

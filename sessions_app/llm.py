@@ -93,7 +93,10 @@ def async_client() -> anthropic.AsyncAnthropic:
         clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
         if config not in clients:
             clients[config] = anthropic.AsyncAnthropic(
-                api_key=config[0], base_url=config[1], max_retries=0
+                api_key=config[0],
+                base_url=config[1],
+                max_retries=0,
+                http_client=call_deadline.closing(anthropic.DefaultAsyncHttpxClient()),
             )
         return clients[config]
 

@@ -9,6 +9,7 @@ and WSGI) and on an event loop (the ASGI stateless endpoint).
 import asyncio
 import contextlib
 import datetime
+import gc
 import ipaddress
 import socket
 import ssl
@@ -287,3 +288,53 @@ def test_a_proxy_the_environment_names_carries_the_call_and_bounds_it(
     assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
     assert reply == "Echo: hi"
     assert claude.request_count() == 2
+
+
+@pytest.fixture
+def no_tls_answer() -> Iterator[tuple[str, Callable[[], int]]]:
+    """A server that takes TCP connections and never answers their TLS handshake; yields
+    its URL and a count of the connections whose client has not closed them."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the test is over
+            while True:
+                taken.append(listener.accept()[0])
+
+    def still_open() -> int:
+        count = 0
+        for peer in taken:
+            peer.setblocking(False)
+            try:
+                while peer.recv(65536):
+                    pass
+            except BlockingIOError:
+                count += 1  # nothing to read, no end of stream: the client holds it open
+        return count
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}", still_open
+    finally:
+        listener.close()
+        for peer in taken:
+            peer.close()
+
+
+@WAYS
+def test_a_connection_cut_in_its_tls_handshake_is_closed_at_once(
+    claude: FakeClaude, settings, no_tls_answer, way
+):
+    """The call ends by its timeout in the handshake, and its connection is closed then,
+    not left to the garbage collector (off here, so that it cannot do it for us)."""
+    url, still_open = no_tls_answer
+    settings.ANTHROPIC_BASE_URL = url
+    gc.disable()
+    try:
+        [(error, took)] = calls(way, 1)
+        assert_timed_out(error)
+        assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+        assert wait_until(lambda: still_open() == 0, 2)
+    finally:
+        gc.enable()
