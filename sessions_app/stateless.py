@@ -183,14 +183,18 @@ def token_issue(conversation: Conversation, *, now: float | None = None) -> str:
 def token_open(token: str, *, user_id: int, now: float | None = None) -> Conversation:
     """Return the conversation ``token`` carries for ``user_id``.
 
-    Raise ``TokenTooLarge`` if it is longer than the limit; ``TokenMalformed``,
-    ``TokenTruncated`` or ``TokenInvalid`` unless it is a whole, unaltered token of ours;
+    Raise ``TokenMalformed`` or ``TokenTruncated`` unless it is shaped as a whole token;
+    ``TokenTooLarge`` if it is longer than the limit; ``TokenInvalid`` unless it is an
+    unaltered token of ours;
     ``TokenOtherUser`` if it was issued to someone else; ``TokenExpired`` if the turn that
     issued it was more than ``SESSION_TTL_SECONDS`` ago.
     """
+    # The form first (a regex and a base64 decode, bounded by MAX_REQUEST_BYTES): text
+    # that is no token is malformed however long; only a token may be too large (issued
+    # before the limit was lowered).
+    _check_form(token)
     if len(token) > settings.STATELESS_TOKEN_MAX_BYTES:
         raise TokenTooLarge()
-    _check_form(token)
     try:
         payload = json.loads(_inflate(crypto.unseal(token.encode())))
         conversation, issued_at = _conversation(payload)

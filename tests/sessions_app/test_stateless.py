@@ -192,6 +192,22 @@ def test_a_turn_that_would_outgrow_the_token_is_413_and_the_old_token_stays_good
     ]
 
 
+@pytest.mark.parametrize("text", ["A" * 70000, "not a token " * 6000])
+def test_text_past_the_limit_that_is_no_token_is_malformed_not_too_large(api, text, fake_claude):
+    """API.md's 413 is for a token that would grow past the limit; a long text that is
+    no token at all is malformed (400), and says so."""
+    body = _chat(api, "Hello.", text, status=400)
+    assert body["code"] == "token_malformed"
+    assert fake_claude.request_count() == 0
+
+
+def test_a_token_over_a_lowered_limit_is_413(api, settings, fake_claude):
+    first = _chat(api, "Hello.")
+    settings.STATELESS_TOKEN_MAX_BYTES = len(first["token"]) - 1
+    assert _chat(api, "Again.", first["token"], status=413)["code"] == "token_too_large"
+    assert fake_claude.request_count() == 1
+
+
 def test_keys_rotate(api, user, settings, fake_claude):
     old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.ENCRYPTION_KEYS = [old_key]
