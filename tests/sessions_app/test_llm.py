@@ -156,6 +156,22 @@ def assert_timed_out(error: object) -> None:
     assert error.code == "claude_unreachable" and error.transient
 
 
+def cut_then_answered(way: str) -> None:
+    """Make two calls: the first ends by its timeout with the error a timeout gives, the
+    second (the same client, the slow answer spent) is answered."""
+    (error, took), (reply, _) = calls(way, 2)
+    assert_timed_out(error)
+    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
+    assert reply == "Echo: hi"
+
+
+def proxy_for_everything(monkeypatch, name: str, url: str) -> None:
+    """Name ``url`` as the proxy (``HTTP_PROXY`` or ``HTTPS_PROXY``), with no exception."""
+    for bypass in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(bypass, raising=False)
+    monkeypatch.setenv(name, url)
+
+
 @WAYS
 @SLOW
 def test_a_slow_answer_ends_the_call_by_its_timeout(claude: FakeClaude, way, slow):
@@ -199,10 +215,7 @@ def test_a_slow_answer_is_retried_while_time_remains(claude: FakeClaude, setting
 @pytest.mark.parametrize("headers", [False, True], ids=["drip-body", "drip-headers"])
 def test_over_tls_a_slow_answer_ends_the_call_by_its_timeout(claude_over_tls, way, headers):
     claude_over_tls.drip(every=0.1, count=30, headers=headers)
-    (error, took), (reply, _) = calls(way, 2)
-    assert_timed_out(error)
-    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
-    assert reply == "Echo: hi"
+    cut_then_answered(way)
     assert claude_over_tls.request_count() == 2
 
 
@@ -236,9 +249,9 @@ def connect_proxy(monkeypatch) -> Iterator[list[str]]:
                 threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    proxy_for_everything(
+        monkeypatch, "HTTPS_PROXY", f"http://127.0.0.1:{listener.getsockname()[1]}"
+    )
     try:
         yield tunnelled
     finally:
@@ -251,10 +264,7 @@ def test_through_an_https_proxy_a_slow_answer_ends_the_call_by_its_timeout(
 ):
     """The production path: TLS to Claude inside a proxy's tunnel, bounded as a whole."""
     claude_over_tls.drip(every=0.1, count=30)
-    (error, took), (reply, _) = calls(way, 2)
-    assert_timed_out(error)
-    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
-    assert reply == "Echo: hi"
+    cut_then_answered(way)
     assert connect_proxy and set(connect_proxy) == {claude_over_tls.url.split("//")[1]}
 
 
@@ -277,16 +287,11 @@ def test_a_proxy_the_environment_names_carries_the_call_and_bounds_it(
 ):
     """As the SDK's own client does, a plain-HTTP call goes through ``HTTP_PROXY`` (here
     the fake, which answers a proxied request itself), and still ends by its timeout."""
-    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", claude.url)
+    proxy_for_everything(monkeypatch, "HTTP_PROXY", claude.url)
     # A host no one resolves: only the proxy can answer. Each test its own: a new client.
     settings.ANTHROPIC_BASE_URL = f"http://claude-{uuid.uuid4().hex}.invalid"
     claude.drip(every=0.1, count=30)
-    (error, took), (reply, _) = calls(way, 2)
-    assert_timed_out(error)
-    assert TIMEOUT - 0.05 <= took < TIMEOUT + SLACK
-    assert reply == "Echo: hi"
+    cut_then_answered(way)
     assert claude.request_count() == 2
 
 
