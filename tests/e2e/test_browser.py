@@ -17,8 +17,8 @@ from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from audit_app.models import AuditEntry
-from sessions_app.models import ChatSession
-from sessions_app.services import SUPPRESSED_NOTICE
+from sessions_app.models import ChatSession, Turn
+from sessions_app.services import SUPPRESSED_NOTICE, chat_session_create
 
 from ..factories import UserFactory
 from ..fakes.claude import FakeClaude
@@ -348,3 +348,221 @@ def test_the_address_names_the_open_chat_and_back_forward_and_edits_switch_it(si
     expect(page.get_by_role("alert")).to_contain_text("expired or was deleted")
     assert page.evaluate("window.notReloaded") is True
     assert_no_csp_violations(page)
+
+
+def page_waits_until(page: Page, predicate, timeout: float = 20) -> None:
+    """Wait for ``predicate`` while the page's events (route handlers among them) are served.
+
+    Playwright's sync API runs a route handler only inside a Playwright call; a plain sleep
+    would hold the request the test waits for.
+    """
+    for _ in range(int(timeout * 10)):
+        if predicate():
+            return
+        page.wait_for_timeout(100)
+    assert predicate(), "not before the timeout"
+
+
+def hold(page: Page, pattern: str, method: str = "POST") -> list:
+    """Hold the page's next ``method`` request to ``pattern`` until the test continues it."""
+    held: list = []
+
+    def keep(route) -> None:
+        if route.request.method == method and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(pattern, keep)
+    return held
+
+
+def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_context):
+    erin = UserFactory(username="erin")
+    page = sign_in(open_context(), site, "erin")
+    said = page.locator("#log .msg.user .text")
+    send(page, "In the first chat")
+    expect(replies(page)).to_have_text(["Noted."])
+    page.get_by_role("button", name="New chat").click()
+    send(page, "In the second chat")
+    expect(replies(page)).to_have_text(["Noted."])
+    first, second = (
+        str(s.id) for s in ChatSession.objects.filter(owner=erin).order_by("created_at")
+    )
+
+    # A message to the first chat whose answer comes back once the second is open.
+    page.locator(f'#sessions button[data-session="{first}"]').click()
+    expect(said).to_have_text(["In the first chat"])
+    held = hold(page, "**/api/v1/sessions/*/messages/")
+    send(page, "Still about the first")
+    page_waits_until(page, lambda: held)
+    page.locator(f'#sessions button[data-session="{second}"]').click()
+    expect(said).to_have_text(["In the second chat"])
+    held[0].continue_()
+    expect(page.locator("#live")).to_contain_text("sent to the chat you left")
+    expect(said).to_have_text(["In the second chat"])
+    expect(replies(page)).to_have_text(["Noted."])
+    expect(page.locator("#pending")).to_be_hidden()
+    page.unroute("**/api/v1/sessions/*/messages/")
+
+    # Back in the first chat, the message and its answer are there.
+    page.locator(f'#sessions button[data-session="{first}"]').click()
+    expect(said).to_have_text(["In the first chat", "Still about the first"])
+    expect(replies(page)).to_have_text(["Noted.", "Noted."])
+
+    # The chat left has expired by the time its message arrives: said as that chat's, and
+    # the open chat keeps its view (no "expired" banner for it, its Delete still there).
+    held = hold(page, "**/api/v1/sessions/*/messages/")
+    send(page, "One more for the first")
+    page_waits_until(page, lambda: held)
+    page.locator(f'#sessions button[data-session="{second}"]').click()
+    expect(said).to_have_text(["In the second chat"])
+    ChatSession.objects.filter(pk=first).update(expires_at=timezone.now())
+    held[0].continue_()
+    expect(page.get_by_role("alert")).to_contain_text("chat you left was not sent")
+    expect(page.locator("#banner")).not_to_have_attribute("data-kind", "expired")
+    expect(page.get_by_role("button", name="Delete chat")).to_be_visible()
+    expect(page.locator("#sessions button")).to_have_count(1)
+    expect(page.get_by_label("Message")).to_have_value("One more for the first")
+    assert page.url.endswith(f"#{second}")
+    assert_no_csp_violations(page)
+
+
+def test_the_skip_link_moves_to_the_message_box_and_keeps_the_chat_open(site, open_context):
+    UserFactory(username="frank")
+    page = sign_in(open_context(), site, "frank")
+    send(page, "Hello")
+    expect(replies(page)).to_have_text(["Noted."])
+    address = page.url
+    skip = page.get_by_role("link", name="Skip to main content")
+    skip.focus()  # as the page's first Tab stop would
+    skip.press("Enter")
+    expect(page.get_by_label("Message")).to_be_focused()
+    # A fragment link to a part of the page, followed anyway (no script, say): the same.
+    page.evaluate("() => { window.location.hash = 'message'; }")
+    expect(page).to_have_url(address)
+    expect(page.get_by_role("alert")).to_be_hidden()
+    expect(replies(page)).to_have_text(["Noted."])
+    expect(page.get_by_role("button", name="Delete chat")).to_be_visible()
+
+
+def test_a_sign_in_in_another_tab_asks_for_a_reload_and_keeps_the_text(site, open_context):
+    UserFactory(username="grace")
+    context = open_context()
+    page = sign_in(context, site, "grace")
+    send(page, "Before")
+    expect(replies(page)).to_have_text(["Noted."])
+    # Signing in again (another tab) gives the browser a new CSRF token; this page's is stale.
+    other = sign_in_again(context, site, "grace")
+    other.close()
+    send(page, "After signing in again")
+    expect(page.get_by_role("alert")).to_contain_text("out of date")
+    expect(page.get_by_label("Message")).to_have_value("After signing in again")
+    page.get_by_role("button", name="Reload the page").click()
+    expect(page.get_by_label("Message")).to_have_value("After signing in again")
+    page.get_by_label("Message").press("Enter")
+    expect(replies(page)).to_have_text(["Noted.", "Noted."])
+    expect(page.get_by_role("alert")).to_be_hidden()
+    # The kept text is handed over once: another reload shows an empty box.
+    page.reload()
+    expect(replies(page)).to_have_count(2)
+    expect(page.get_by_label("Message")).to_have_value("")
+
+
+def sign_in_again(context: BrowserContext, url: str, username: str) -> Page:
+    page = context.new_page()
+    page.goto(f"{url}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    return page
+
+
+def test_a_refused_retry_keeps_the_failed_message_and_its_retry(site, open_context, fake_claude):
+    UserFactory(username="heidi")
+    page = sign_in(open_context(), site, "heidi")
+    fake_claude.fail(500, times=CALLS_PER_TURN)
+    send(page, "Hello there")
+    failed = page.locator("#log .msg.failed")
+    expect(failed).to_contain_text("HTTP 500")
+
+    page.route(
+        "**/api/v1/sessions/*/messages/",
+        lambda route: route.fulfill(
+            status=503, json={"detail": "Unavailable.", "code": "unavailable"}
+        ),
+        times=1,
+    )
+    failed.get_by_role("button", name="Retry").click()
+    expect(page.get_by_role("alert")).to_contain_text("briefly unavailable")
+    expect(page.get_by_role("alert")).to_contain_text("Retry again")
+    expect(failed).to_have_count(1)
+    failed.get_by_role("button", name="Retry").click()
+    expect(failed).to_have_count(0)
+    expect(replies(page)).to_have_text(["Noted."])
+
+
+def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context):
+    UserFactory(username="ivan")
+    page = sign_in(open_context(), site, "ivan")
+    page.route(
+        "**/api/v1/sessions/",
+        lambda route: route.fulfill(
+            status=429,
+            headers={"Retry-After": "3"},
+            json={"detail": "Too many requests.", "code": "throttled"},
+        ),
+        times=1,
+    )
+    page.evaluate(
+        """() => {
+          window.bannerTexts = [];
+          new MutationObserver(() => window.bannerTexts.push(
+            document.getElementById('banner-text').textContent)
+          ).observe(document.getElementById('banner'),
+                    {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    send(page, "Too soon")
+    expect(page.get_by_role("alert")).to_contain_text("Wait 3 seconds")
+    send_button = page.locator("#send")
+    expect(send_button).to_be_disabled()
+    expect(send_button).to_have_text(re.compile(r"Send \(\d\)"))
+    expect(send_button).to_be_enabled(timeout=10_000)
+    expect(send_button).to_have_text("Send")
+    expect(page.get_by_role("alert")).to_be_hidden()
+    texts = [t for t in page.evaluate("window.bannerTexts") if t]
+    assert len(set(texts)) == 1, texts  # the alert was written once, not every second
+    expect(page.get_by_label("Message")).to_have_value("Too soon")
+    page.get_by_label("Message").press("Enter")
+    expect(replies(page)).to_have_text(["Noted."])
+
+
+def test_every_chat_is_listed_past_the_first_page(site, open_context):
+    judy = UserFactory(username="judy")
+    for n in range(101):
+        chat_session_create(owner=judy, title=f"Chat number {n}")
+    page = sign_in(open_context(), site, "judy")
+    expect(page.locator("#sessions button")).to_have_count(101)
+
+
+def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_claude):
+    kim = UserFactory(username="kim")
+    page = sign_in(open_context(), site, "kim")
+    send(page, "Hello")
+    expect(replies(page)).to_have_text(["Noted."])
+    fake_claude.delay(4.0)
+    send(page, "A slow one")
+    expect(page.locator("#pending")).to_be_visible()
+    # Reloaded while it is answered: the history is read, then the turn is held until it
+    # has ended, so the reply is in neither the history nor the (pending) turn first seen.
+    held = hold(page, "**/api/v1/turns/*/", method="GET")
+    page.reload()
+    page_waits_until(page, lambda: held)
+    turn = Turn.objects.filter(session__owner=kim).latest("created_at")
+    assert turn.status in ("pending", "running")
+    page_waits_until(page, lambda: Turn.objects.get(pk=turn.pk).status == "completed")
+    held[0].continue_()
+    expect(replies(page)).to_have_text(["Noted.", "Noted."])
+    expect(page.locator("#pending")).to_be_hidden()

@@ -12,6 +12,9 @@
   const TERMINAL = new Set(["completed", "suppressed", "failed"]);
   const POLL_MS = 1000;
   const TURN_KEY = "isolated-chat:turn:"; // sessionStorage: the last turn of each chat (ids only)
+  // sessionStorage: text typed but not sent when the page must be reloaded or signed in again.
+  // Keyed by the signed-in user, so a different account signing in in this tab never sees it.
+  const DRAFT_KEY = `isolated-chat:draft:${root.dataset.user}`;
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -40,7 +43,7 @@
     pollTimer: null,
     sending: false,
     offline: false,
-    loads: 0, // the newest load wins when chats are switched quickly
+    loads: 0, // which view is shown: bumped each time another chat (or a new one) is opened
     bannerAction: null,
     coolDown: null, // the 429 countdown, while Send waits
     reconnectTimer: null,
@@ -84,13 +87,18 @@
     return data;
   }
 
-  async function messagesOf(sessionId) {
+  // Every page of a list: the API serves 100 items a page.
+  async function allPages(path) {
     const all = [];
     for (let page = 1; ; page += 1) {
-      const data = await api("GET", `sessions/${sessionId}/messages/?page=${page}`);
+      const data = await api("GET", `${path}?page=${page}`);
       all.push(...data.results);
       if (!data.next) return all;
     }
+  }
+
+  function messagesOf(sessionId) {
+    return allPages(`sessions/${sessionId}/messages/`);
   }
 
   // ---- what the user sees ------------------------------------------------------------
@@ -174,9 +182,11 @@
     const retry = document.createElement("button");
     retry.type = "button";
     retry.textContent = "Retry";
-    retry.addEventListener("click", () => {
-      li.remove();
-      send(turn.user_message.content, { retry: true });
+    // The failed reply stays, Retry with it, until the message is accepted again.
+    retry.addEventListener("click", async () => {
+      retry.disabled = true;
+      if (await send(turn.user_message.content, { retry: true })) li.remove();
+      else retry.disabled = false;
     });
     li.append(retry);
     announce(`The assistant could not reply. ${detail} Use Retry to send your message again.`);
@@ -221,43 +231,83 @@
     renderSessions();
   }
 
+  // The chat the address names; a link to a part of this page (no chat id is an element's
+  // id) names none.
   function addressedChat() {
-    return window.location.hash.slice(1);
+    const hash = window.location.hash.slice(1);
+    return hash && document.getElementById(hash) ? "" : hash;
   }
 
   // ---- errors: each says what to do --------------------------------------------------
 
-  function handleError(err, { content } = {}) {
+  // ``content``: the message that was not sent; ``retry``: it was a failed reply's Retry (the
+  // text is then by that reply, not in the box); ``left``: the id of the chat it was sent to,
+  // when the user has opened another since: its errors must not be blamed on the open one.
+  function handleError(err, { content, retry = false, left = false } = {}) {
     if (err instanceof ConnectionLost) return connectionLost();
     if (!(err instanceof ApiError)) {
       showBanner(`Something went wrong in this page: ${err.message}`, reloadAction());
       return;
     }
     const { status } = err;
-    if (status === 401 || status === 403) {
+    const kept = retry ? "Use its Retry again" : "It is still in the box";
+    if (status === 401) {
       showBanner("You are signed out: your sign-in has ended. Log in again to go on.", {
         label: "Log in",
-        run: () => window.location.assign(LOGIN_URL),
+        run: () => leaveKeepingDraft(() => window.location.assign(LOGIN_URL)),
       });
+    } else if (status === 403) {
+      // The session cookie is good but this page's CSRF token is not: the user signed in
+      // again (in another tab, say), which gives a new token. A reload fetches it.
+      showBanner(
+        "This page is out of date: you signed in again, perhaps in another tab. Reload the " +
+          "page to go on; what you typed is kept.",
+        { label: "Reload the page", run: () => leaveKeepingDraft(() => window.location.reload()) },
+      );
+    } else if (status === 429) {
+      coolDown(err.retryAfter || 10, kept); // the user's own rate, whichever chat was sent to
+    } else if (left) {
+      // Said without touching the open chat's view; its own state is not in question.
+      if (status === 404) dropChat(left);
+      const why = status === 404 ? "that chat has expired or was deleted." : err.message;
+      showBanner(`Your message to the chat you left was not sent: ${why} ${kept}.`, null);
     } else if (status === 404) {
       chatGone(state.sessionId);
     } else if (status === 409) {
       showBanner(
         "The assistant is still answering your previous message in this chat. " +
-          "Wait for its reply, then send this one again (it is still in the box).",
+          `Wait for its reply, then send this one again. ${kept}.`,
         null,
       );
       if (!state.turn) openSession(state.sessionId, { quiet: true });
-    } else if (status === 429) {
-      coolDown(err.retryAfter || 10);
     } else if (status === 503 || status >= 500) {
       showBanner(
-        "The service is briefly unavailable, so your message was not sent. It is still in " +
-          "the box: try again in a moment.",
-        content !== undefined ? { label: "Try again", run: () => send(content) } : null,
+        `The service is briefly unavailable, so your message was not sent. ${kept}: ` +
+          "try again in a moment.",
+        content !== undefined && !retry ? { label: "Try again", run: () => send(content) } : null,
       );
     } else {
       showBanner(`${err.message}`, null); // 400, 413: the API's own sentence
+    }
+  }
+
+  // Keep the unsent text across a reload or a sign-in in this tab, then go.
+  function leaveKeepingDraft(go) {
+    try {
+      if (els.message.value) window.sessionStorage.setItem(DRAFT_KEY, els.message.value);
+    } catch {
+      // Storage off: the text is lost with the page, as without this.
+    }
+    go();
+  }
+
+  function restoreDraft() {
+    try {
+      const draft = window.sessionStorage.getItem(DRAFT_KEY);
+      window.sessionStorage.removeItem(DRAFT_KEY);
+      if (draft && !els.message.value) els.message.value = draft;
+    } catch {
+      // as above
     }
   }
 
@@ -265,9 +315,14 @@
     return { label: "Reload the page", run: () => window.location.reload() };
   }
 
-  function chatGone(sessionId) {
-    if (sessionId) forgetTurn(sessionId);
+  function dropChat(sessionId) {
+    forgetTurn(sessionId);
     state.sessions = state.sessions.filter((s) => s.id !== sessionId);
+    renderSessions();
+  }
+
+  function chatGone(sessionId) {
+    if (sessionId) dropChat(sessionId);
     stopWatching();
     showPending(false);
     renderSessions();
@@ -279,23 +334,30 @@
     );
   }
 
-  function coolDown(seconds) {
+  // The alert is said once; the seconds left count down on the Send button, which a screen
+  // reader does not re-announce (rewriting a role="alert" each second would).
+  function coolDown(seconds, kept = "It is still in the box") {
     window.clearInterval(state.coolDown);
     let left = seconds;
-    const tell = () =>
-      showBanner(
-        `You are sending messages too fast. Wait ${left} second${left === 1 ? "" : "s"}, ` +
-          "then send again; your message is still in the box.",
-        null,
-      );
+    const label = els.send.dataset.label || els.send.textContent;
+    els.send.dataset.label = label;
+    const tick = () => {
+      els.send.textContent = `${label} (${left})`;
+    };
+    showBanner(
+      `You are sending messages too fast. Wait ${seconds} second${seconds === 1 ? "" : "s"}, ` +
+        `then send again. ${kept}.`,
+      null,
+    );
     els.send.disabled = true;
-    tell();
+    tick();
     state.coolDown = window.setInterval(() => {
       left -= 1;
-      if (left > 0) return tell();
+      if (left > 0) return tick();
       window.clearInterval(state.coolDown);
       state.coolDown = null;
-      els.send.disabled = false;
+      els.send.textContent = label;
+      els.send.disabled = state.sending;
       hideBanner();
       announce("You can send again.");
     }, 1000);
@@ -442,7 +504,8 @@
     loadSessions().catch(() => {}); // message counts; an error here changes nothing shown
   }
 
-  async function resumeTurn(sessionId) {
+  // The chat's remembered turn, once its history is shown (``load``: that view, still open).
+  async function resumeTurn(sessionId, load) {
     const turnId = rememberedTurn(sessionId);
     if (!turnId) return;
     let turn;
@@ -452,17 +515,19 @@
       if (err instanceof ApiError && err.status === 404) return forgetTurn(sessionId);
       throw err;
     }
-    if (state.sessionId !== sessionId) return;
-    if (turn.status === "failed") showFailed(turn);
-    else if (!TERMINAL.has(turn.status)) watch(turn);
-    else forgetTurn(sessionId); // its reply is in the history already
+    if (load !== state.loads) return;
+    if (turn.status === "failed") return showFailed(turn);
+    if (!TERMINAL.has(turn.status)) return watch(turn);
+    forgetTurn(sessionId);
+    // Ended between the history's read and this one: its reply is not shown yet.
+    const shown = [...els.log.querySelectorAll(".msg[data-seq]")].map((li) => li.dataset.seq);
+    if (!shown.includes(String(turn.reply.seq))) appendMessage(turn.reply);
   }
 
   // ---- chats -------------------------------------------------------------------------
 
   async function loadSessions() {
-    const page = await api("GET", "sessions/");
-    state.sessions = page.results;
+    state.sessions = await allPages("sessions/");
     renderSessions();
     const open = state.sessions.find((s) => s.id === state.sessionId);
     if (open) els.title.textContent = open.title || "Untitled chat";
@@ -479,7 +544,7 @@
       if (load !== state.loads) return;
       clearLog();
       for (const message of messages) appendMessage(message);
-      await resumeTurn(sessionId);
+      await resumeTurn(sessionId, load);
     } catch (err) {
       if (load === state.loads) handleError(err);
     }
@@ -502,29 +567,43 @@
     return `Chat of ${when.format(new Date())}`;
   }
 
+  // Send ``content`` to the open chat (a new one is created first); true once it is accepted.
+  // The user may open another chat while this is in flight: the turn then belongs to the
+  // chat it was sent to, remembered there, and nothing of it is drawn in the one now open.
   async function send(content, { retry = false } = {}) {
-    if (state.sending) return;
+    if (state.sending) return false;
     if (!content.trim()) {
       els.message.focus();
       announce("Write a message first.");
-      return;
+      return false;
     }
+    const load = state.loads;
+    let sessionId = state.sessionId;
     state.sending = true;
     els.send.disabled = true;
     hideBanner();
     try {
-      if (!state.sessionId) {
+      if (!sessionId) {
         const session = await api("POST", "sessions/", { title: newTitle() });
+        sessionId = session.id;
         state.sessions.unshift(session);
-        setOpenChat(session.id);
+        if (load === state.loads) setOpenChat(sessionId);
+        else renderSessions();
       }
-      const turn = await api("POST", `sessions/${state.sessionId}/messages/`, { content });
+      const turn = await api("POST", `sessions/${sessionId}/messages/`, { content });
       if (!retry && els.message.value === content) els.message.value = "";
-      appendMessage(turn.user_message);
-      watch(turn);
+      rememberTurn(sessionId, turn.id);
+      if (load === state.loads) {
+        appendMessage(turn.user_message);
+        watch(turn);
+      } else {
+        announce("Your message was sent to the chat you left; its reply will be there.");
+      }
       loadSessions().catch(() => {});
+      return true;
     } catch (err) {
-      handleError(err, { content });
+      handleError(err, { content, retry, left: load === state.loads ? false : sessionId || "new" });
+      return false;
     } finally {
       state.sending = false;
       if (!state.coolDown) els.send.disabled = false;
@@ -570,8 +649,21 @@
   els.bannerAction.addEventListener("click", () => {
     if (state.bannerAction) state.bannerAction();
   });
+  // The skip link moves focus to the message box without naming "message" in the address,
+  // which names the open chat.
+  document.querySelector(".skip-link")?.addEventListener("click", (event) => {
+    event.preventDefault();
+    els.message.focus();
+  });
   // The hash edited by hand, or Back and Forward: open the chat it names.
   window.addEventListener("hashchange", async () => {
+    const hash = window.location.hash.slice(1);
+    if (hash && document.getElementById(hash)) {
+      // A link to a part of this page: the chat stays open, and the address names it again.
+      const url = state.sessionId ? `#${state.sessionId}` : window.location.pathname;
+      window.history.replaceState(null, "", url);
+      return;
+    }
     const wanted = addressedChat();
     if (wanted === (state.sessionId || "")) return; // the page's own change of address
     if (wanted && !state.sessions.some((s) => s.id === wanted)) {
@@ -589,6 +681,7 @@
   });
 
   async function start() {
+    restoreDraft();
     try {
       await loadSessions();
     } catch (err) {
