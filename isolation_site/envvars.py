@@ -32,6 +32,21 @@ def env_str(name: str, default: str) -> str:
     return value if value.strip() else default
 
 
+def env_secret(name: str) -> str:
+    """Return the secret ``name`` as given, or "" when it is unset or empty.
+
+    Blanks only are refused, not read as unset as other variables' are: whoever set them
+    meant to give a secret (a placeholder left blank, a quoting slip), and used as given
+    they would be a key anyone can guess. The refusal does not repeat the value.
+    """
+    value = env.str(name, default="")
+    if value and not value.strip():
+        raise ImproperlyConfigured(
+            f"{name} is only blanks: give the secret itself, or leave {name} unset."
+        )
+    return value
+
+
 def env_list(name: str, default: Sequence[str]) -> list[str]:
     """Return ``name``, a comma list (each item stripped, empty ones dropped), or ``default``
     when it lists nothing: env.list reads ``ALLOWED_HOSTS=`` as no host at all."""

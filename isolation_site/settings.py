@@ -23,6 +23,7 @@ from isolation_site.envvars import (
     env_number,
     env_rate,
     env_redis_url,
+    env_secret,
     env_str,
     url_scheme_check,
 )
@@ -33,13 +34,13 @@ DEBUG = env_bool("DEBUG", False)
 
 # Secrets: generated for development only. Running with DEBUG off and no secret would
 # silently make every token and vault forgeable, so refuse to start instead.
-SECRET_KEY = env.str("SECRET_KEY", default="")
+SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"  # noqa: S105
 
-ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
+ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[]) if env_secret("ENCRYPTION_KEYS") else []
 if not ENCRYPTION_KEYS:
     if not DEBUG:
         raise ImproperlyConfigured(
@@ -286,7 +287,7 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = BROKER_IS_AMQP
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Claude -------------------------------------------------------------------------------
-ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
 LLM_PROVIDER = env_choice(
     "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
@@ -346,7 +347,7 @@ FINGERPRINT_BUCKET_BITS = env_number("FINGERPRINT_BUCKET_BITS", 12, minimum=0, m
 AUDIT_AGGREGATE_WINDOW_SECONDS = env_number("AUDIT_AGGREGATE_WINDOW_SECONDS", 60, minimum=0)
 AUDIT_SEAL_INTERVAL_SECONDS = env_number("AUDIT_SEAL_INTERVAL_SECONDS", 5, minimum=1)
 # Set it to keep verifying the chain across a SECRET_KEY rotation (else derived from it).
-AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
+AUDIT_CHAIN_KEY = env_secret("AUDIT_CHAIN_KEY")
 AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
 MAX_MESSAGE_CHARS = env_number("MAX_MESSAGE_CHARS", 16000, minimum=1)
 MAX_REQUEST_BYTES = env_number("MAX_REQUEST_BYTES", 1048576, minimum=1)

@@ -154,6 +154,28 @@ def test_encryption_keys_that_are_not_fernet_keys_refuse_to_start():
     assert "ENCRYPTION_KEYS must be Fernet keys" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "debug"),
+    [
+        ("SECRET_KEY", None),
+        ("SECRET_KEY", "1"),  # not the development key either: it was set, to nothing usable
+        ("ENCRYPTION_KEYS", None),
+        ("AUDIT_CHAIN_KEY", None),
+        ("ANTHROPIC_API_KEY", None),
+    ],
+)
+def test_a_secret_of_blanks_only_refuses_to_start_naming_the_variable(name, debug):
+    """Blanks were taken as the secret itself: SECRET_KEY=" " signed every session and
+    token with a key anyone can guess, AUDIT_CHAIN_KEY keyed the chain with it, and
+    ANTHROPIC_API_KEY chose Claude with a key it refuses."""
+    secrets = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY}
+    result = load_settings(DEBUG=debug, **{**secrets, name: " \t "})
+    assert result.returncode != 0
+    assert f"{name} is only blanks: give the secret itself, or leave {name} unset." in (
+        result.stderr
+    )
+
+
 BINDING = (
     "import django, json; from django.conf import settings; django.setup();"
     "from django.db import connection;"
