@@ -54,6 +54,27 @@ def env_list(name: str, default: Sequence[str]) -> list[str]:
     return [item for item in items if item] or list(default)
 
 
+def env_origins(name: str) -> list[str]:
+    """Return ``name``, a comma list of origins, each with its scheme (``https://host``).
+
+    Django compares a request's origin, scheme included, with each: one without a scheme
+    matches nothing, and only ``check`` would say so, not the web or worker processes.
+    """
+    origins = env_list(name, [])
+    bare = [origin for origin in origins if not _has_scheme_and_host(origin)]
+    if bare:
+        raise ImproperlyConfigured(
+            f"{name}={env.str(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
+            "give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
+        )
+    return origins
+
+
+def _has_scheme_and_host(origin: str) -> bool:
+    scheme, sep, host = origin.partition("://")
+    return bool(scheme and sep and host)
+
+
 def env_choice(name: str, default: str, choices: Sequence[str], *, any_case: bool = False) -> str:
     """Return ``name``, one of ``choices``; with ``any_case``, upper-cased first."""
     raw = env_str(name, default)

@@ -21,6 +21,7 @@ from isolation_site.envvars import (
     env_database,
     env_list,
     env_number,
+    env_origins,
     env_rate,
     env_redis_url,
     env_secret,
@@ -80,7 +81,7 @@ if SECURE_HTTPS:
 PROXY_SSL_HEADER = env.str("PROXY_SSL_HEADER", default="")
 if PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = env_origins("CSRF_TRUSTED_ORIGINS")
 SESSION_COOKIE_HTTPONLY = True
 # No script reads the CSRF cookie: the chat page takes its token from a meta tag, the admin
 # and /api/docs/ from the page the server renders. Out of reach of an injected script too.

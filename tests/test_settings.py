@@ -385,6 +385,7 @@ def test_every_variable_set_but_empty_is_its_default():
 REGIONS = "give a comma list of the region codes phonenumbers knows"
 LEVELS = "choose 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (in any case)."
 SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
+ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
 
 
 @pytest.mark.parametrize(
@@ -402,6 +403,13 @@ SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
         ("DATABASE_URL", "db.sqlite3", f"DATABASE_URL='db.sqlite3': {SCHEMES}"),
         ("DATABASE_URL", "postgres://h:x/d", "DATABASE_URL='postgres://h:x/d': Port could not"),
         ("REDIS_URL", "redis://:pw@h:x/0", "REDIS_URL='redis://:***@h:x/0': Port"),
+        # Started: only ``check`` said so, and a browser's post through the proxy was a 403.
+        ("CSRF_TRUSTED_ORIGINS", "chat.example.com", f"'chat.example.com' without {ORIGINS}"),
+        (
+            "CSRF_TRUSTED_ORIGINS",
+            "https://a.example.com,b.example.com, *.c.example.com",
+            f"'b.example.com' or '*.c.example.com' without {ORIGINS}",
+        ),
     ],
 )
 def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
@@ -426,3 +434,13 @@ def test_phone_regions_and_the_log_level_are_read_in_any_case():
     assert result.returncode == 0, result.stderr
     expected = [["US", "GB", "IN"], logging.DEBUG, "django.db.backends.postgresql"]
     assert json.loads(result.stdout.splitlines()[-1]) == expected
+
+
+def test_trusted_origins_with_their_schemes_start():
+    code = "from django.conf import settings; print(settings.CSRF_TRUSTED_ORIGINS)"
+    origins = " https://chat.example.com , http://*.example.org:8443,"
+    result = load_settings(code, DEBUG="1", CSRF_TRUSTED_ORIGINS=origins)
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.split("\n")[-2] == "['https://chat.example.com', 'http://*.example.org:8443']"
+    )
