@@ -18,6 +18,8 @@ env = environ.Env()
 Number = TypeVar("Number", int, float)
 
 # What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
+# Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
+# importing it here, while settings load, would configure DRF from half-loaded settings.
 _RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
 
 

@@ -1,5 +1,6 @@
 """Settings come from the environment; production refuses to start without its secrets."""
 
+import ast
 import json
 import logging
 import os
@@ -356,6 +357,30 @@ def test_throttle_rates_in_drfs_syntax_start_as_drf_reads_them():
     result = load_settings(code, DEBUG="1", CHAT_THROTTLE_RATE="1/s", LOGIN_THROTTLE_RATE="05/day")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == [[1, 1], [5, 86400]]
+
+
+def _rate_period_tables(source: str) -> list[int]:
+    """The lines of ``source`` holding a table of a rate's periods (``{"s": 1, "m": 60, ...}``):
+    a reader of rates of its own, which could drift from DRF's."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Dict)
+        and {"s", "m", "h", "d"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+    ]
+
+
+def test_every_rate_is_read_by_drfs_parser_alone():
+    """The settings only check a rate's syntax; the sign-in limit once read its rate with a
+    parser of its own beside DRF's, the throttles'."""
+    tables = {
+        str(path.relative_to(ROOT)): lines
+        for app in ("core", "sessions_app", "audit_app", "isolation_site")
+        for path in sorted((ROOT / app).rglob("*.py"))
+        if (lines := _rate_period_tables(path.read_text()))
+    }
+    assert tables == {}
+    assert _rate_period_tables('PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}') == [1]
 
 
 # Every variable settings.py reads, by the first argument of its env readers.
