@@ -188,19 +188,27 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         return _review(self, request, entry_id=entry_id, decision=decision)
 
     def withheld_view(self, request: HttpRequest, entry_id: int) -> HttpResponse:
+        """GET: say that reading is recorded, and offer the read as a POST. POST: record the
+        read and show the text. A GET must be safe: a link followed by a browser's prefetch,
+        a crawler or a shared URL would otherwise write an audit entry in the reader's name."""
+        if request.method not in ("GET", "POST"):
+            return HttpResponseNotAllowed(["GET", "POST"])
         if not request.user.has_perm(WITHHELD_PERMISSION):
             raise PermissionDenied
         entry = get_object_or_404(AuditEntry, pk=entry_id, flagged=True)
-        text = selectors.withheld_text_for(entry)
-        if text is not None:
-            services.audit_withheld_text_read(entry_id=entry.pk, reader_id=request.user.pk)
         context = {
             **self.admin_site.each_context(request),
             "title": f"Withheld reply of entry {entry.pk}",
             "entry": entry,
             "opts": self.opts,
-            "segments": _segments(text, entry.evidence) if text is not None else None,
         }
+        if request.method == "GET":
+            template = "admin/audit_app/auditentry/withheld_confirm.html"
+            return TemplateResponse(request, template, context)
+        text = selectors.withheld_text_for(entry)
+        if text is not None:
+            services.audit_withheld_text_read(entry_id=entry.pk, reader_id=request.user.pk)
+        context["segments"] = _segments(text, entry.evidence) if text is not None else None
         return TemplateResponse(request, "admin/audit_app/auditentry/withheld.html", context)
 
 

@@ -18,6 +18,8 @@ env = environ.Env()
 Number = TypeVar("Number", int, float)
 
 # What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
+# Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
+# importing it here, while settings load, would configure DRF from half-loaded settings.
 _RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
 
 
@@ -32,11 +34,47 @@ def env_str(name: str, default: str) -> str:
     return value if value.strip() else default
 
 
+def env_secret(name: str) -> str:
+    """Return the secret ``name`` as given, or "" when it is unset or empty.
+
+    Blanks only are refused, not read as unset as other variables' are: whoever set them
+    meant to give a secret (a placeholder left blank, a quoting slip), and used as given
+    they would be a key anyone can guess. The refusal does not repeat the value.
+    """
+    value = env.str(name, default="")
+    if value and not value.strip():
+        raise ImproperlyConfigured(
+            f"{name} is only blanks: give the secret itself, or leave {name} unset."
+        )
+    return value
+
+
 def env_list(name: str, default: Sequence[str]) -> list[str]:
     """Return ``name``, a comma list (each item stripped, empty ones dropped), or ``default``
     when it lists nothing: env.list reads ``ALLOWED_HOSTS=`` as no host at all."""
     items = [item.strip() for item in env_str(name, "").split(",")]
     return [item for item in items if item] or list(default)
+
+
+def env_origins(name: str) -> list[str]:
+    """Return ``name``, a comma list of origins, each with its scheme (``https://host``).
+
+    Django compares a request's origin, scheme included, with each: one without a scheme
+    matches nothing, and only ``check`` would say so, not the web or worker processes.
+    """
+    origins = env_list(name, [])
+    bare = [origin for origin in origins if not _has_scheme_and_host(origin)]
+    if bare:
+        raise ImproperlyConfigured(
+            f"{name}={env.str(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
+            "give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
+        )
+    return origins
+
+
+def _has_scheme_and_host(origin: str) -> bool:
+    scheme, sep, host = origin.partition("://")
+    return bool(scheme and sep and host)
 
 
 def env_choice(name: str, default: str, choices: Sequence[str], *, any_case: bool = False) -> str:

@@ -21,8 +21,10 @@ from isolation_site.envvars import (
     env_database,
     env_list,
     env_number,
+    env_origins,
     env_rate,
     env_redis_url,
+    env_secret,
     env_str,
     url_scheme_check,
 )
@@ -33,13 +35,13 @@ DEBUG = env_bool("DEBUG", False)
 
 # Secrets: generated for development only. Running with DEBUG off and no secret would
 # silently make every token and vault forgeable, so refuse to start instead.
-SECRET_KEY = env.str("SECRET_KEY", default="")
+SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"  # noqa: S105
 
-ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
+ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[]) if env_secret("ENCRYPTION_KEYS") else []
 if not ENCRYPTION_KEYS:
     if not DEBUG:
         raise ImproperlyConfigured(
@@ -79,7 +81,7 @@ if SECURE_HTTPS:
 PROXY_SSL_HEADER = env.str("PROXY_SSL_HEADER", default="")
 if PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = env_origins("CSRF_TRUSTED_ORIGINS")
 SESSION_COOKIE_HTTPONLY = True
 # No script reads the CSRF cookie: the chat page takes its token from a meta tag, the admin
 # and /api/docs/ from the page the server renders. Out of reach of an injected script too.
@@ -286,7 +288,7 @@ CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = BROKER_IS_AMQP
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Claude -------------------------------------------------------------------------------
-ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
 LLM_PROVIDER = env_choice(
     "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
@@ -346,7 +348,7 @@ FINGERPRINT_BUCKET_BITS = env_number("FINGERPRINT_BUCKET_BITS", 12, minimum=0, m
 AUDIT_AGGREGATE_WINDOW_SECONDS = env_number("AUDIT_AGGREGATE_WINDOW_SECONDS", 60, minimum=0)
 AUDIT_SEAL_INTERVAL_SECONDS = env_number("AUDIT_SEAL_INTERVAL_SECONDS", 5, minimum=1)
 # Set it to keep verifying the chain across a SECRET_KEY rotation (else derived from it).
-AUDIT_CHAIN_KEY = env.str("AUDIT_CHAIN_KEY", default="")
+AUDIT_CHAIN_KEY = env_secret("AUDIT_CHAIN_KEY")
 AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
 MAX_MESSAGE_CHARS = env_number("MAX_MESSAGE_CHARS", 16000, minimum=1)
 MAX_REQUEST_BYTES = env_number("MAX_REQUEST_BYTES", 1048576, minimum=1)

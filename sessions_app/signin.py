@@ -33,7 +33,7 @@ from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from rest_framework.exceptions import Throttled
-from rest_framework.throttling import BaseThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 T = TypeVar("T")
 
@@ -44,17 +44,14 @@ class SignInThrottled(Throttled):
     extra_detail_plural = "Try again in {wait} seconds."
 
 
-def parse_rate(rate: str) -> tuple[int, int]:
-    """Return ``(failures, window seconds)`` of a DRF-style rate such as ``10/min``."""
-    count, period = rate.split("/")
-    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
-
-
 class SignInCount:
     """One sign-in's place in the failure counts of its username and its client address."""
 
     def __init__(self, request: HttpRequest | None, username: str) -> None:
-        self.limit, self.window = parse_rate(settings.LOGIN_THROTTLE_RATE)
+        # DRF's reading of the rate, as its throttles read CHAT_THROTTLE_RATE (parse_rate
+        # reads nothing of its instance); settings refused any rate it could not read.
+        rate = settings.LOGIN_THROTTLE_RATE
+        self.limit, self.window = SimpleRateThrottle.parse_rate(None, rate)
         # Hashed: a username may be any length or character a client sends.
         self.names = ["signin:user:" + hashlib.sha256(username.encode()).hexdigest()]
         if request is not None:

@@ -1,5 +1,6 @@
 """Settings come from the environment; production refuses to start without its secrets."""
 
+import ast
 import json
 import logging
 import os
@@ -152,6 +153,28 @@ def test_encryption_keys_that_are_not_fernet_keys_refuse_to_start():
     result = load_settings(SECRET_KEY="s", ENCRYPTION_KEYS=f"{VALID_KEY},not-a-key")
     assert result.returncode != 0
     assert "ENCRYPTION_KEYS must be Fernet keys" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "debug"),
+    [
+        ("SECRET_KEY", None),
+        ("SECRET_KEY", "1"),  # not the development key either: it was set, to nothing usable
+        ("ENCRYPTION_KEYS", None),
+        ("AUDIT_CHAIN_KEY", None),
+        ("ANTHROPIC_API_KEY", None),
+    ],
+)
+def test_a_secret_of_blanks_only_refuses_to_start_naming_the_variable(name, debug):
+    """Blanks were taken as the secret itself: SECRET_KEY=" " signed every session and
+    token with a key anyone can guess, AUDIT_CHAIN_KEY keyed the chain with it, and
+    ANTHROPIC_API_KEY chose Claude with a key it refuses."""
+    secrets = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY}
+    result = load_settings(DEBUG=debug, **{**secrets, name: " \t "})
+    assert result.returncode != 0
+    assert f"{name} is only blanks: give the secret itself, or leave {name} unset." in (
+        result.stderr
+    )
 
 
 BINDING = (
@@ -336,6 +359,30 @@ def test_throttle_rates_in_drfs_syntax_start_as_drf_reads_them():
     assert json.loads(result.stdout.splitlines()[-1]) == [[1, 1], [5, 86400]]
 
 
+def _rate_period_tables(source: str) -> list[int]:
+    """The lines of ``source`` holding a table of a rate's periods (``{"s": 1, "m": 60, ...}``):
+    a reader of rates of its own, which could drift from DRF's."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Dict)
+        and {"s", "m", "h", "d"} <= {k.value for k in node.keys if isinstance(k, ast.Constant)}
+    ]
+
+
+def test_every_rate_is_read_by_drfs_parser_alone():
+    """The settings only check a rate's syntax; the sign-in limit once read its rate with a
+    parser of its own beside DRF's, the throttles'."""
+    tables = {
+        str(path.relative_to(ROOT)): lines
+        for app in ("core", "sessions_app", "audit_app", "isolation_site")
+        for path in sorted((ROOT / app).rglob("*.py"))
+        if (lines := _rate_period_tables(path.read_text()))
+    }
+    assert tables == {}
+    assert _rate_period_tables('PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}') == [1]
+
+
 # Every variable settings.py reads, by the first argument of its env readers.
 READ = sorted(set(re.findall(r"env(?:\.\w+|_\w+)\(\s*\"([A-Z][A-Z0-9_]*)\"", SETTINGS_SOURCE)))
 EVERY_SETTING = (
@@ -363,6 +410,7 @@ def test_every_variable_set_but_empty_is_its_default():
 REGIONS = "give a comma list of the region codes phonenumbers knows"
 LEVELS = "choose 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (in any case)."
 SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
+ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
 
 
 @pytest.mark.parametrize(
@@ -380,6 +428,13 @@ SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
         ("DATABASE_URL", "db.sqlite3", f"DATABASE_URL='db.sqlite3': {SCHEMES}"),
         ("DATABASE_URL", "postgres://h:x/d", "DATABASE_URL='postgres://h:x/d': Port could not"),
         ("REDIS_URL", "redis://:pw@h:x/0", "REDIS_URL='redis://:***@h:x/0': Port"),
+        # Started: only ``check`` said so, and a browser's post through the proxy was a 403.
+        ("CSRF_TRUSTED_ORIGINS", "chat.example.com", f"'chat.example.com' without {ORIGINS}"),
+        (
+            "CSRF_TRUSTED_ORIGINS",
+            "https://a.example.com,b.example.com, *.c.example.com",
+            f"'b.example.com' or '*.c.example.com' without {ORIGINS}",
+        ),
     ],
 )
 def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
@@ -404,3 +459,13 @@ def test_phone_regions_and_the_log_level_are_read_in_any_case():
     assert result.returncode == 0, result.stderr
     expected = [["US", "GB", "IN"], logging.DEBUG, "django.db.backends.postgresql"]
     assert json.loads(result.stdout.splitlines()[-1]) == expected
+
+
+def test_trusted_origins_with_their_schemes_start():
+    code = "from django.conf import settings; print(settings.CSRF_TRUSTED_ORIGINS)"
+    origins = " https://chat.example.com , http://*.example.org:8443,"
+    result = load_settings(code, DEBUG="1", CSRF_TRUSTED_ORIGINS=origins)
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.split("\n")[-2] == "['https://chat.example.com', 'http://*.example.org:8443']"
+    )

@@ -13,6 +13,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.http import HttpRequest, HttpResponseBase
 
+from core.logcontext import request_bound
+
 from .. import events
 
 T = TypeVar("T")
@@ -97,14 +99,18 @@ class AsyncDispatch:
     """
 
     async def dispatch_async(self, request: HttpRequest, serve, **kwargs) -> HttpResponseBase:
-        drf_request = self.initialize_request(request, **kwargs)
-        self.args, self.kwargs = (), kwargs
-        self.request, self.headers = drf_request, self.default_response_headers
-        try:
-            response = await serve(drf_request)
-        except Exception as exc:
-            response = await events.in_thread(self.handle_exception, exc)
-        return self.finalize_response(drf_request, response, **kwargs)
+        # As ``LoggedUserMixin.dispatch``: the user named by ``initial`` (in a thread, whose
+        # context comes back here) must not outlive the request in a context that serves
+        # the next one (a test client's, a server's that awaits its app in place).
+        with request_bound():
+            drf_request = self.initialize_request(request, **kwargs)
+            self.args, self.kwargs = (), kwargs
+            self.request, self.headers = drf_request, self.default_response_headers
+            try:
+                response = await serve(drf_request)
+            except Exception as exc:
+                response = await events.in_thread(self.handle_exception, exc)
+            return self.finalize_response(drf_request, response, **kwargs)
 
 
 async def despite_cancels(awaitable: Awaitable[T]) -> T:

@@ -21,6 +21,7 @@ from core.api import (
     errors,
 )
 from core.errors import ServiceUnavailable
+from core.logcontext import request_bound
 
 from .. import stateless
 from ..llm import LLMError
@@ -125,16 +126,19 @@ class StatelessChatApi(LoggedUserMixin, APIView):
         Authentication, permissions, the throttle, parsing and the error answer are DRF's
         own, run in a thread: they read the database and the cache.
         """
-        drf_request = self.initialize_request(request, *args, **kwargs)
-        self.request, self.headers = drf_request, self.default_response_headers
-        try:
-            data = await sync_to_async(self._accept)(drf_request, *args, **kwargs)
-            with _stateless_errors():
-                result = await stateless.stateless_chat_async(user_id=drf_request.user.pk, **data)
-            response = Response(StatelessChatSerializer(result).data)
-        except Exception as exc:
-            response = await sync_to_async(self.handle_exception)(exc)
-        return self.finalize_response(drf_request, response, *args, **kwargs)
+        with request_bound():  # as the sync dispatch (``LoggedUserMixin``) binds it
+            drf_request = self.initialize_request(request, *args, **kwargs)
+            self.request, self.headers = drf_request, self.default_response_headers
+            try:
+                data = await sync_to_async(self._accept)(drf_request, *args, **kwargs)
+                with _stateless_errors():
+                    result = await stateless.stateless_chat_async(
+                        user_id=drf_request.user.pk, **data
+                    )
+                response = Response(StatelessChatSerializer(result).data)
+            except Exception as exc:
+                response = await sync_to_async(self.handle_exception)(exc)
+            return self.finalize_response(drf_request, response, *args, **kwargs)
 
     def _accept(self, request: Request, *args, **kwargs) -> dict:
         self.initial(request, *args, **kwargs)

@@ -4,6 +4,7 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.test import Client
 
 from audit_app.fingerprint import Evidence, Posting, ScanResult
 from audit_app.models import AuditEntry
@@ -146,20 +147,44 @@ def test_withheld_text_needs_its_permission_and_each_read_is_audited(
 ):
     url = f"{CHANGELIST}{flagged.pk}/withheld/"
     assert client.get(url).status_code == 403
+    assert client.post(url).status_code == 403
     reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
     settings.AUDIT_WITHHELD_TEXT_READER = "tests.audit_app.test_admin.fake_withheld_reader"
-    answer = client.get(url)
+    answer = client.post(url)
     page = answer.content.decode()
     assert "<mark>ORD-583920</mark>" in page
     assert csp_refusals(answer) == []  # wrapped by a stylesheet, not a style attribute
     assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 1
-    client.get(url)
+    client.post(url)
     assert AuditEntry.objects.filter(kind="review", reason__contains="withheld").count() == 2
+
+
+def test_the_withheld_link_asks_first_and_a_get_records_nothing(
+    client, reviewer, flagged, settings
+):
+    """A GET is safe (a prefetch, a crawler, a link sent on): it says the read will be
+    recorded and offers it as a form; only its POST, CSRF-checked, reads and records."""
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
+    settings.AUDIT_WITHHELD_TEXT_READER = "tests.audit_app.test_admin.fake_withheld_reader"
+    url = f"{CHANGELIST}{flagged.pk}/withheld/"
+    assert f'href="{url}"' in client.get(f"{CHANGELIST}{flagged.pk}/change/").content.decode()
+    answer = client.get(url)
+    page = answer.content.decode()
+    assert answer.status_code == 200 and csp_refusals(answer) == []
+    assert "recorded in the audit log" in page
+    assert f'<form method="post" action="{url}">' in page and "csrfmiddlewaretoken" in page
+    assert "ORD-583920" not in page and "Quince" not in page
+    assert not AuditEntry.objects.filter(kind="review").exists()
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(reviewer)
+    assert strict.post(url).status_code == 403  # no CSRF token: nothing read, nothing recorded
+    assert not AuditEntry.objects.filter(kind="review").exists()
+    assert client.put(url).status_code == 405
 
 
 def test_without_a_reader_nothing_is_shown_and_nothing_audited(client, reviewer, flagged):
     reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
-    page = client.get(f"{CHANGELIST}{flagged.pk}/withheld/").content.decode()
+    page = client.post(f"{CHANGELIST}{flagged.pk}/withheld/").content.decode()
     assert "No withheld text" in page
     assert not AuditEntry.objects.filter(kind="review").exists()
 

@@ -1,5 +1,6 @@
 """Adversarial isolation: foreign ids everywhere, tampered credentials, the payload guard."""
 
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,6 +188,67 @@ def test_web_log_lines_name_the_user_served_and_no_one_after(api, user, victim, 
     assert record.isolation_user == user.pk and record.isolation_session == "-"
     logging.getLogger("audit_app.services").warning("after the request")
     assert caplog.records[-1].isolation_user == "-"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("endpoint", ["stateless", "messages"])
+def test_asgi_log_lines_name_the_user_served_and_no_one_after(user, monkeypatch, endpoint):
+    """Layer 5 under ASGI, where a POST is served on the event loop: its lines name the user
+    it serves, as under the sync dispatch, and a next request served in the same context (a
+    test client's handler or a server that awaits its app in place) does not inherit it."""
+    import asyncio
+    import logging
+
+    from asgiref.sync import sync_to_async
+    from django.db import connection, connections
+    from django.test import AsyncClient
+
+    from sessions_app import services, stateless
+    from sessions_app.isolation import IsolationLogFilter
+
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", 0)  # pool threads close
+    owner = UserFactory()
+    if endpoint == "stateless":
+        url = "/api/v1/stateless/chat/"
+        foreign = stateless.token_issue(stateless.Conversation(owner.pk, uuid.uuid4()))
+        body = {"token": foreign, "content": "hi"}
+    else:
+        url = f"/api/v1/sessions/{services.chat_session_create(owner=owner).pk}/messages/"
+        body = {"content": "hi"}
+    signed_in, lines = {"Authorization": f"Token {token_for(user)}"}, []
+
+    class Naming(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            IsolationLogFilter().filter(record)
+            lines.append((record.name, record.isolation_user))
+
+    async def two_posts() -> list[int]:
+        client = AsyncClient()
+        try:
+            posts = [
+                client.post(url, body, content_type="application/json", headers=signed_in),
+                client.post(url, body, content_type="application/json"),  # anonymous
+            ]
+            return [(await post).status_code for post in posts]
+        finally:
+            await sync_to_async(connections.close_all)()
+
+    handler = Naming(level=logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("audit_app.services", "django.request")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        statuses = asyncio.run(two_posts())
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    refused = 403 if endpoint == "stateless" else 404
+    assert statuses == [refused, 401]
+    assert lines == [
+        ("audit_app.services", user.pk),  # the foreign token or session, while it is served
+        ("django.request", user.pk),
+        ("django.request", "-"),  # the anonymous request after it names no one
+    ]
 
 
 def test_djangos_request_log_line_names_the_user_the_api_authenticated(api, user, caplog):

@@ -158,10 +158,10 @@ def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
     assert listing.status_code == 200 and b"1 open flag" in listing.content
     page = client.get(f"/admin/audit_app/auditentry/{entry.pk}/change/")
     assert page.status_code == 200 and b"introduced by" in page.content
-    # Reading the withheld text needs its own permission, and each read is audited.
+    # Reading the withheld text needs its own permission, and each read (a POST) is audited.
     assert client.get(f"/admin/audit_app/auditentry/{entry.pk}/withheld/").status_code == 403
     staff.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
-    withheld = client.get(f"/admin/audit_app/auditentry/{entry.pk}/withheld/")
+    withheld = client.post(f"/admin/audit_app/auditentry/{entry.pk}/withheld/")
     assert withheld.status_code == 200 and b"Vexmoria" in withheld.content
     assert AuditEntry.objects.filter(kind="review", user=staff, reason__contains="read").exists()
     # The decision: a false positive, released to its user.
