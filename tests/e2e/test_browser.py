@@ -377,7 +377,7 @@ def hold(page: Page, pattern: str, method: str = "POST") -> list:
     return held
 
 
-def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_context):
+def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_context, fake_claude):
     erin = UserFactory(username="erin")
     page = sign_in(open_context(), site, "erin")
     said = page.locator("#log .msg.user .text")
@@ -390,7 +390,7 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
         str(s.id) for s in ChatSession.objects.filter(owner=erin).order_by("created_at")
     )
 
-    # A message to the first chat whose answer comes back once the second is open.
+    # A message to the first chat, accepted once the second is open, and answered later.
     page.locator(f'#sessions button[data-session="{first}"]').click()
     expect(said).to_have_text(["In the first chat"])
     held = hold(page, "**/api/v1/sessions/*/messages/")
@@ -398,8 +398,11 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
     page_waits_until(page, lambda: held)
     page.locator(f'#sessions button[data-session="{second}"]').click()
     expect(said).to_have_text(["In the second chat"])
+    fake_claude.delay(1.5)
     held[0].continue_()
     expect(page.locator("#live")).to_contain_text("sent to the chat you left")
+    page_waits_until(page, lambda: not Turn.objects.exclude(status="completed").exists())
+    page.wait_for_timeout(1000)  # time for a notification of its end to reach the page
     expect(said).to_have_text(["In the second chat"])
     expect(replies(page)).to_have_text(["Noted."])
     expect(page.locator("#pending")).to_be_hidden()
@@ -409,6 +412,20 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
     page.locator(f'#sessions button[data-session="{first}"]').click()
     expect(said).to_have_text(["In the first chat", "Still about the first"])
     expect(replies(page)).to_have_text(["Noted.", "Noted."])
+
+    # The open chat reopened (its own button clicked) while a message is in flight: the
+    # message and its answer still show there.
+    held = hold(page, "**/api/v1/sessions/*/messages/")
+    send(page, "Third for the first")
+    page_waits_until(page, lambda: held)
+    page.locator(f'#sessions button[data-session="{first}"]').click()
+    expect(said).to_have_count(2)
+    page.evaluate("() => { document.getElementById('live').textContent = ''; }")
+    held[0].continue_()
+    expect(said).to_have_text(["In the first chat", "Still about the first", "Third for the first"])
+    expect(replies(page)).to_have_text(["Noted.", "Noted.", "Noted."])
+    expect(page.locator("#live")).not_to_contain_text("chat you left")
+    page.unroute("**/api/v1/sessions/*/messages/")
 
     # The chat left has expired by the time its message arrives: said as that chat's, and
     # the open chat keeps its view (no "expired" banner for it, its Delete still there).
@@ -423,7 +440,6 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
     expect(page.locator("#banner")).not_to_have_attribute("data-kind", "expired")
     expect(page.get_by_role("button", name="Delete chat")).to_be_visible()
     expect(page.locator("#sessions button")).to_have_count(1)
-    expect(page.get_by_label("Message")).to_have_value("One more for the first")
     assert page.url.endswith(f"#{second}")
     assert_no_csp_violations(page)
 
@@ -458,13 +474,17 @@ def test_a_sign_in_in_another_tab_asks_for_a_reload_and_keeps_the_text(site, ope
     send(page, "After signing in again")
     expect(page.get_by_role("alert")).to_contain_text("out of date")
     expect(page.get_by_label("Message")).to_have_value("After signing in again")
-    page.get_by_role("button", name="Reload the page").click()
+    # The browser's own reload, not the banner's button: the text is kept all the same.
+    page.reload(wait_until="load")
+    expect(page.locator("#sessions button[aria-current]")).to_have_count(1)
+    expect(replies(page)).to_have_text(["Noted."])
     expect(page.get_by_label("Message")).to_have_value("After signing in again")
+    # Handed over once: nothing is left in the tab's storage.
+    assert page.evaluate("() => Object.keys(sessionStorage).filter(k => k.includes('draft'))") == []
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted.", "Noted."])
     expect(page.get_by_role("alert")).to_be_hidden()
-    # The kept text is handed over once: another reload shows an empty box.
-    page.reload()
+    page.reload(wait_until="load")
     expect(replies(page)).to_have_count(2)
     expect(page.get_by_label("Message")).to_have_value("")
 
@@ -503,18 +523,23 @@ def test_a_refused_retry_keeps_the_failed_message_and_its_retry(site, open_conte
     expect(replies(page)).to_have_text(["Noted."])
 
 
-def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context):
-    UserFactory(username="ivan")
-    page = sign_in(open_context(), site, "ivan")
+def throttle_once(page: Page, seconds: int) -> None:
     page.route(
         "**/api/v1/sessions/",
         lambda route: route.fulfill(
             status=429,
-            headers={"Retry-After": "3"},
+            headers={"Retry-After": str(seconds)},
             json={"detail": "Too many requests.", "code": "throttled"},
         ),
         times=1,
     )
+
+
+def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context):
+    UserFactory(username="ivan")
+    context = open_context()
+    page = sign_in(context, site, "ivan")
+    throttle_once(page, 3)
     page.evaluate(
         """() => {
           window.bannerTexts = [];
@@ -533,8 +558,19 @@ def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context
     expect(send_button).to_have_text("Send")
     expect(page.get_by_role("alert")).to_be_hidden()
     texts = [t for t in page.evaluate("window.bannerTexts") if t]
-    assert len(set(texts)) == 1, texts  # the alert was written once, not every second
+    assert len(texts) == 1, texts  # the alert was written once, not every second
     expect(page.get_by_label("Message")).to_have_value("Too soon")
+
+    # The countdown's end hides its own banner, not one shown since.
+    throttle_once(page, 2)
+    send(page, "Too soon")
+    expect(page.get_by_role("alert")).to_contain_text("Wait 2 seconds")
+    context.set_offline(True)
+    expect(page.get_by_role("alert")).to_contain_text("Connection lost")
+    expect(send_button).to_be_enabled(timeout=10_000)
+    expect(page.get_by_role("alert")).to_contain_text("Connection lost")
+    context.set_offline(False)
+    expect(page.get_by_role("alert")).to_be_hidden()
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted."])
 
@@ -557,8 +593,10 @@ def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_c
     expect(page.locator("#pending")).to_be_visible()
     # Reloaded while it is answered: the history is read, then the turn is held until it
     # has ended, so the reply is in neither the history nor the (pending) turn first seen.
+    address = page.url
+    page.goto("about:blank")  # the old page gone first: none of its reads can be held
     held = hold(page, "**/api/v1/turns/*/", method="GET")
-    page.reload()
+    page.goto(address)
     page_waits_until(page, lambda: held)
     turn = Turn.objects.filter(session__owner=kim).latest("created_at")
     assert turn.status in ("pending", "running")
@@ -566,3 +604,38 @@ def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_c
     held[0].continue_()
     expect(replies(page)).to_have_text(["Noted.", "Noted."])
     expect(page.locator("#pending")).to_be_hidden()
+    expect(page.locator("#live")).to_contain_text("Assistant: Noted.")
+
+
+def test_a_message_whose_answer_the_connection_lost_is_caught_up(site, open_context, fake_claude):
+    UserFactory(username="lena")
+    page = sign_in(open_context(), site, "lena")
+    send(page, "Hello")
+    expect(replies(page)).to_have_text(["Noted."])
+    messages = "**/api/v1/sessions/*/messages/"
+
+    # The server takes the message, and the connection goes before its answer arrives.
+    def answer_lost(route) -> None:
+        route.fetch()
+        route.abort("connectionreset")
+
+    fake_claude.delay(3.0)
+    page.route(messages, answer_lost, times=1)
+    send(page, "Taken, answer lost")
+    expect(page.get_by_role("alert")).to_contain_text("Connection lost")
+    # Reconnected, the page finds the message in the history and waits for its reply.
+    expect(page.locator("#log .msg.user .text")).to_have_text(["Hello", "Taken, answer lost"])
+    expect(page.get_by_label("Message")).to_have_value("")
+    expect(page.locator("#pending")).to_be_visible()
+    expect(replies(page)).to_have_text(["Noted.", "Noted."])
+    expect(page.locator("#pending")).to_be_hidden()
+    expect(page.locator("#live")).to_contain_text("Assistant: Noted.")
+
+    # Lost before the server had it: said, and the text is still in the box.
+    page.route(messages, lambda route: route.abort("connectionreset"), times=1)
+    send(page, "Never taken")
+    expect(page.get_by_role("alert")).to_contain_text("was not sent")
+    expect(page.get_by_label("Message")).to_have_value("Never taken")
+    expect(page.locator("#log .msg.user")).to_have_count(2)
+    page.get_by_label("Message").press("Enter")
+    expect(replies(page)).to_have_text(["Noted.", "Noted.", "Noted."])

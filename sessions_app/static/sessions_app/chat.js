@@ -11,6 +11,7 @@
   const CSRF = document.querySelector('meta[name="csrf-token"]').content;
   const TERMINAL = new Set(["completed", "suppressed", "failed"]);
   const POLL_MS = 1000;
+  const CATCH_UP_POLLS = 90; // a reply looked for in the history, every 2 s, for 3 minutes
   const TURN_KEY = "isolated-chat:turn:"; // sessionStorage: the last turn of each chat (ids only)
   // sessionStorage: text typed but not sent when the page must be reloaded or signed in again.
   // Keyed by the signed-in user, so a different account signing in in this tab never sees it.
@@ -43,7 +44,11 @@
     pollTimer: null,
     sending: false,
     offline: false,
-    loads: 0, // which view is shown: bumped each time another chat (or a new one) is opened
+    loads: 0, // which view is shown: bumped each time a chat (or a new one) is (re)opened
+    loading: true, // the open chat's history is being read: a send waits for it
+    loaded: [], // the sends waiting for it
+    lists: 0, // the newest reading of the chat list wins
+    unsure: null, // a message whose answer the connection lost: {sessionId, afterSeq, content}
     bannerAction: null,
     coolDown: null, // the 429 countdown, while Send waits
     reconnectTimer: null,
@@ -87,11 +92,18 @@
     return data;
   }
 
-  // Every page of a list: the API serves 100 items a page.
+  // Every page of a list: the API serves 100 items a page. A page past the end (the list
+  // shrank between two reads) ends it.
   async function allPages(path) {
     const all = [];
     for (let page = 1; ; page += 1) {
-      const data = await api("GET", `${path}?page=${page}`);
+      let data;
+      try {
+        data = await api("GET", `${path}?page=${page}`);
+      } catch (err) {
+        if (page > 1 && err instanceof ApiError && err.status === 404) return all;
+        throw err;
+      }
       all.push(...data.results);
       if (!data.next) return all;
     }
@@ -110,20 +122,27 @@
     }, 50);
   }
 
-  function showBanner(text, action) {
+  // ``kind`` (else the action's) names the banner, so that one ending by itself (the rate
+  // limit's) never hides another shown since.
+  function showBanner(text, action, kind) {
     els.bannerText.textContent = text;
     state.bannerAction = action ? action.run : null;
     els.bannerAction.hidden = !action;
     if (action) els.bannerAction.textContent = action.label;
-    els.banner.dataset.kind = (action && action.kind) || "";
+    els.banner.dataset.kind = kind || (action && action.kind) || "";
     els.banner.hidden = false;
     scrollToEnd(); // the banner took room from the conversation: keep its end in sight
   }
 
-  function hideBanner() {
+  function hideBanner(kind) {
+    if (kind !== undefined && els.banner.dataset.kind !== kind) return; // another's, since
     els.banner.hidden = true;
     els.banner.dataset.kind = "";
     state.bannerAction = null;
+  }
+
+  function updateSend() {
+    els.send.disabled = state.sending || Boolean(state.coolDown);
   }
 
   function showPending(on) {
@@ -162,6 +181,9 @@
   }
 
   function appendMessage(message) {
+    // Read twice (the history, then the turn that carried it): drawn once.
+    const drawn = els.log.querySelector(`.msg[data-seq="${message.seq}"]`);
+    if (drawn) return drawn;
     const suppressed = message.status === "suppressed";
     const li = messageItem(message.role, message.content, suppressed ? "suppressed" : "");
     li.dataset.seq = message.seq;
@@ -250,27 +272,43 @@
       return;
     }
     const { status } = err;
+    const sent = content !== undefined;
     const kept = retry ? "Use its Retry again" : "It is still in the box";
     if (status === 401) {
+      keepDraft();
       showBanner("You are signed out: your sign-in has ended. Log in again to go on.", {
         label: "Log in",
-        run: () => leaveKeepingDraft(() => window.location.assign(LOGIN_URL)),
+        kind: "signed-out",
+        run: () => window.location.assign(LOGIN_URL),
       });
-    } else if (status === 403) {
-      // The session cookie is good but this page's CSRF token is not: the user signed in
-      // again (in another tab, say), which gives a new token. A reload fetches it.
+    } else if (status === 403 && err.message.startsWith("CSRF Failed")) {
+      // The session cookie is good but this page's CSRF token is not: someone signed in on
+      // this browser since the page was opened, which gives a new token. A reload reads it.
+      keepDraft();
       showBanner(
-        "This page is out of date: you signed in again, perhaps in another tab. Reload the " +
-          "page to go on; what you typed is kept.",
-        { label: "Reload the page", run: () => leaveKeepingDraft(() => window.location.reload()) },
+        "This page is out of date: there was a sign-in on this browser since it was opened " +
+          "(in another tab, say). Reload the page to go on; what you typed is kept.",
+        { label: "Reload the page", kind: "stale", run: () => window.location.reload() },
       );
     } else if (status === 429) {
       coolDown(err.retryAfter || 10, kept); // the user's own rate, whichever chat was sent to
     } else if (left) {
-      // Said without touching the open chat's view; its own state is not in question.
-      if (status === 404) dropChat(left);
-      const why = status === 404 ? "that chat has expired or was deleted." : err.message;
-      showBanner(`Your message to the chat you left was not sent: ${why} ${kept}.`, null);
+      // Said without touching the open chat's view, nor pointing at the box: Send there
+      // would post to the open chat.
+      if (status === 404) {
+        dropChat(left);
+        showBanner(
+          "Your message to the chat you left was not sent: that chat has expired or was " +
+            "deleted.",
+          null,
+        );
+      } else {
+        showBanner(
+          `Your message to the chat you left was not sent: ${err.message} Open that chat ` +
+            "to send it again.",
+          { label: "Open that chat", run: () => openSession(left, { push: true }) },
+        );
+      }
     } else if (status === 404) {
       chatGone(state.sessionId);
     } else if (status === 409) {
@@ -280,31 +318,44 @@
         null,
       );
       if (!state.turn) openSession(state.sessionId, { quiet: true });
-    } else if (status === 503 || status >= 500) {
+    } else if (status >= 500) {
       showBanner(
-        `The service is briefly unavailable, so your message was not sent. ${kept}: ` +
-          "try again in a moment.",
-        content !== undefined && !retry ? { label: "Try again", run: () => send(content) } : null,
+        sent
+          ? `The service is briefly unavailable, so your message was not sent. ${kept}: ` +
+              "try again in a moment."
+          : "The service is briefly unavailable. Try again in a moment.",
+        sent && !retry
+          ? { label: "Try again", run: () => send(content) }
+          : { label: "Try again", run: () => refresh() },
       );
     } else {
-      showBanner(`${err.message}`, null); // 400, 413: the API's own sentence
+      showBanner(`${err.message}`, null); // 400, 403, 413: the API's own sentence
     }
   }
 
-  // Keep the unsent text across a reload or a sign-in in this tab, then go.
-  function leaveKeepingDraft(go) {
+  // The unsent text, kept in this tab for a reload or a new sign-in: now, and again as the
+  // page goes (typed on meanwhile), while the banner asks for either.
+  function keepDraft() {
+    if (!els.message.value) return dropDraft();
     try {
-      if (els.message.value) window.sessionStorage.setItem(DRAFT_KEY, els.message.value);
+      window.sessionStorage.setItem(DRAFT_KEY, els.message.value);
     } catch {
       // Storage off: the text is lost with the page, as without this.
     }
-    go();
+  }
+
+  function dropDraft() {
+    try {
+      window.sessionStorage.removeItem(DRAFT_KEY);
+    } catch {
+      // as above
+    }
   }
 
   function restoreDraft() {
     try {
       const draft = window.sessionStorage.getItem(DRAFT_KEY);
-      window.sessionStorage.removeItem(DRAFT_KEY);
+      dropDraft();
       if (draft && !els.message.value) els.message.value = draft;
     } catch {
       // as above
@@ -348,8 +399,8 @@
       `You are sending messages too fast. Wait ${seconds} second${seconds === 1 ? "" : "s"}, ` +
         `then send again. ${kept}.`,
       null,
+      "throttled",
     );
-    els.send.disabled = true;
     tick();
     state.coolDown = window.setInterval(() => {
       left -= 1;
@@ -357,10 +408,11 @@
       window.clearInterval(state.coolDown);
       state.coolDown = null;
       els.send.textContent = label;
-      els.send.disabled = state.sending;
-      hideBanner();
+      updateSend();
+      hideBanner("throttled");
       announce("You can send again.");
     }, 1000);
+    updateSend();
   }
 
   // ---- a lost connection: say so, and recover by itself ------------------------------
@@ -388,7 +440,7 @@
       }
       if (!state.offline) return;
       state.offline = false;
-      hideBanner();
+      hideBanner("offline");
       announce("Connection restored.");
       await refresh();
     }, delay);
@@ -401,6 +453,9 @@
       return handleError(err);
     }
     if (state.sessionId) return openSession(state.sessionId, { quiet: true });
+    // The page had not opened its first chat yet when the connection went (else a new
+    // chat is open, and stays so).
+    if (state.loading) return openAddressed(firstChat());
   }
 
   // ---- a turn: the event stream, polling as the fallback -----------------------------
@@ -486,6 +541,14 @@
     }
   }
 
+  function announceReply(reply) {
+    announce(
+      reply.status === "suppressed"
+        ? "The reply was withheld for review: it appeared to hold another conversation's data."
+        : `Assistant: ${reply.content}`,
+    );
+  }
+
   function finish(turn) {
     stopWatching();
     showPending(false);
@@ -495,11 +558,7 @@
     } else {
       forgetTurn(turn.session);
       appendMessage(turn.reply);
-      announce(
-        turn.status === "suppressed"
-          ? "The reply was withheld for review: it appeared to hold another conversation's data."
-          : `Assistant: ${turn.reply.content}`,
-      );
+      announceReply(turn.reply);
     }
     loadSessions().catch(() => {}); // message counts; an error here changes nothing shown
   }
@@ -515,19 +574,90 @@
       if (err instanceof ApiError && err.status === 404) return forgetTurn(sessionId);
       throw err;
     }
-    if (load !== state.loads) return;
+    if (load !== state.loads || state.turn || rememberedTurn(sessionId) !== turnId) return;
     if (turn.status === "failed") return showFailed(turn);
     if (!TERMINAL.has(turn.status)) return watch(turn);
-    forgetTurn(sessionId);
-    // Ended between the history's read and this one: its reply is not shown yet.
-    const shown = [...els.log.querySelectorAll(".msg[data-seq]")].map((li) => li.dataset.seq);
-    if (!shown.includes(String(turn.reply.seq))) appendMessage(turn.reply);
+    // Ended between the history's read and this one: its reply may not be shown yet.
+    if (!els.log.querySelector(`.msg[data-seq="${turn.reply.seq}"]`)) finish(turn);
+    else forgetTurn(sessionId);
+  }
+
+  function lastSeqShown() {
+    const shown = els.log.querySelectorAll(".msg[data-seq]");
+    return shown.length ? Number(shown[shown.length - 1].dataset.seq) : 0;
+  }
+
+  // A message sent as the connection went: its answer (the turn) never came, so the history
+  // just read says whether it was taken. Taken, its reply is looked for there until it
+  // comes; not taken, the user is told, the text still in the box.
+  function settleUnsure(sessionId, messages) {
+    const unsure = state.unsure;
+    if (!unsure || unsure.sessionId !== sessionId) return;
+    state.unsure = null;
+    const taken = messages.find((m) => m.role === "user" && m.seq > unsure.afterSeq);
+    if (!taken) {
+      showBanner(
+        "Your last message was not sent: the connection went before the server had it. " +
+          "It is still in the box: send it again.",
+        null,
+      );
+      return;
+    }
+    if (els.message.value === unsure.content) els.message.value = "";
+    if (messages.some((m) => m.role === "assistant" && m.seq > taken.seq)) return;
+    showPending(true);
+    const page = Math.floor(messages.indexOf(taken) / 100) + 1;
+    lookForReply(sessionId, taken.seq, page, CATCH_UP_POLLS);
+  }
+
+  // The turn's id is not known: the history is read, from the page that holds the message.
+  // Opening another chat or watching a turn stops it (``stopWatching``).
+  function lookForReply(sessionId, afterSeq, page, left) {
+    window.clearTimeout(state.pollTimer);
+    state.pollTimer = window.setTimeout(async () => {
+      let reply = null;
+      try {
+        for (let p = page; !reply; p += 1) {
+          const data = await api("GET", `sessions/${sessionId}/messages/?page=${p}`);
+          reply = data.results.find((m) => m.role === "assistant" && m.seq > afterSeq) || null;
+          if (!data.next) break;
+        }
+      } catch (err) {
+        if (err instanceof ConnectionLost) {
+          // Looked for again once reconnected (the refresh reopens this chat).
+          state.unsure = { sessionId, afterSeq: afterSeq - 1, content: "" };
+          return connectionLost();
+        }
+        // Else asked again below: the reply is looked for, not the page's health.
+      }
+      if (state.sessionId !== sessionId || state.turn) return;
+      if (reply) {
+        showPending(false);
+        appendMessage(reply);
+        announceReply(reply);
+        loadSessions().catch(() => {});
+      } else if (left > 1) {
+        lookForReply(sessionId, afterSeq, page, left - 1);
+      } else {
+        showPending(false);
+        showBanner(
+          "No reply has come to your last message yet. Reload the page later to see it, " +
+            "or send your message again.",
+          reloadAction(),
+        );
+      }
+    }, 2000);
   }
 
   // ---- chats -------------------------------------------------------------------------
 
   async function loadSessions() {
-    state.sessions = await allPages("sessions/");
+    const reading = ++state.lists;
+    const sessions = await allPages("sessions/");
+    if (reading !== state.lists) return; // a newer reading is under way
+    // Pages read one by one: a chat created meanwhile shifts one onto the next page too.
+    const seen = new Set();
+    state.sessions = sessions.filter((s) => !seen.has(s.id) && seen.add(s.id));
     renderSessions();
     const open = state.sessions.find((s) => s.id === state.sessionId);
     if (open) els.title.textContent = open.title || "Untitled chat";
@@ -539,15 +669,30 @@
     showPending(false);
     if (!quiet) hideBanner();
     setOpenChat(sessionId, { push });
+    setLoading(true);
     try {
       const messages = await messagesOf(sessionId);
       if (load !== state.loads) return;
       clearLog();
       for (const message of messages) appendMessage(message);
+      settleUnsure(sessionId, messages);
       await resumeTurn(sessionId, load);
     } catch (err) {
       if (load === state.loads) handleError(err);
+    } finally {
+      if (load === state.loads) setLoading(false);
     }
+  }
+
+  // A send waits while the open chat's history is read: sent at once, its message would
+  // land in a view about to be redrawn, or in a new chat before the addressed one opened.
+  function setLoading(on) {
+    state.loading = on;
+    if (!on) for (const go of state.loaded.splice(0)) go();
+  }
+
+  function untilLoaded() {
+    return state.loading ? new Promise((go) => state.loaded.push(go)) : Promise.resolve();
   }
 
   function newChat({ push = false } = {}) {
@@ -556,6 +701,7 @@
     showPending(false);
     hideBanner();
     setOpenChat(null, { push });
+    setLoading(false);
     clearLog();
     els.message.focus();
   }
@@ -571,17 +717,23 @@
   // The user may open another chat while this is in flight: the turn then belongs to the
   // chat it was sent to, remembered there, and nothing of it is drawn in the one now open.
   async function send(content, { retry = false } = {}) {
-    if (state.sending) return false;
+    if (state.sending || state.coolDown) return false;
     if (!content.trim()) {
       els.message.focus();
       announce("Write a message first.");
       return false;
     }
+    state.sending = true;
+    updateSend();
+    await untilLoaded();
     const load = state.loads;
     let sessionId = state.sessionId;
-    state.sending = true;
-    els.send.disabled = true;
+    const afterSeq = lastSeqShown();
+    let posted = false;
     hideBanner();
+    // Still the view it was sent from, or that chat reopened since (a refresh, a click on
+    // it): then the history now read shows the message, and its turn is resumed.
+    const left = () => (sessionId === state.sessionId ? false : sessionId || "new");
     try {
       if (!sessionId) {
         const session = await api("POST", "sessions/", { title: newTitle() });
@@ -590,23 +742,30 @@
         if (load === state.loads) setOpenChat(sessionId);
         else renderSessions();
       }
+      posted = true;
       const turn = await api("POST", `sessions/${sessionId}/messages/`, { content });
+      posted = false;
       if (!retry && els.message.value === content) els.message.value = "";
+      dropDraft();
       rememberTurn(sessionId, turn.id);
       if (load === state.loads) {
         appendMessage(turn.user_message);
         watch(turn);
+      } else if (!left()) {
+        openSession(sessionId, { quiet: true });
       } else {
         announce("Your message was sent to the chat you left; its reply will be there.");
       }
       loadSessions().catch(() => {});
       return true;
     } catch (err) {
-      handleError(err, { content, retry, left: load === state.loads ? false : sessionId || "new" });
+      // Lost on its way, or only its answer: the history says which once reconnected.
+      if (posted && err instanceof ConnectionLost) state.unsure = { sessionId, afterSeq, content };
+      handleError(err, { content, retry, left: left() });
       return false;
     } finally {
       state.sending = false;
-      if (!state.coolDown) els.send.disabled = false;
+      updateSend();
     }
   }
 
@@ -675,6 +834,10 @@
     }
     openAddressed(wanted);
   });
+  window.addEventListener("pagehide", () => {
+    const asked = ["signed-out", "stale"].includes(els.banner.dataset.kind);
+    if (asked && !els.banner.hidden) keepDraft(); // the browser's own reload, say
+  });
   window.addEventListener("offline", connectionLost);
   window.addEventListener("online", () => {
     if (state.offline) reconnect(0);
@@ -687,7 +850,12 @@
     } catch (err) {
       return handleError(err);
     }
-    openAddressed(addressedChat() || (state.sessions[0] && state.sessions[0].id) || "");
+    openAddressed(firstChat());
+  }
+
+  // The chat a page opens first: the one its address names, else the newest.
+  function firstChat() {
+    return addressedChat() || (state.sessions[0] && state.sessions[0].id) || "";
   }
 
   // Open the chat ``wanted`` names: none, a new chat; one not (or no longer) the user's, said.
