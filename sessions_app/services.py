@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -26,6 +26,7 @@ from audit_app.services import (
     reply_scan,
 )
 from core import sql
+from core.errors import once_more_on_fresh_connection
 from core.ids import as_uuid
 
 from . import crypto, events, privacy, rows
@@ -133,9 +134,20 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
 
 def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, content: str) -> Turn:
     turn_id = events.new_turn_id()  # under this process's tag: its waits need no SUBSCRIBE
+    turn = None
     try:
-        return _message_accept(user=user, session_id=session_id, content=content, turn_id=turn_id)
+        with transaction.atomic():
+            turn = _message_accept(
+                user=user, session_id=session_id, content=content, turn_id=turn_id
+            )
+        return turn
     except BaseException as exc:
+        if turn is not None and _committed_after_all(exc, turn_id=turn_id):
+            # The message is stored with a committed turn: it is accepted, and answered as
+            # such (the caller queues the turn), instead of an error that would make the
+            # client send it twice, or an undo that would leave the turn without it.
+            logger.warning("the commit of turn %s was not acknowledged but took", turn_id)
+            return turn
         # A store outside the database (Redis) does not roll back with the transaction:
         # what it took of this turn goes, so that an error answer leaves nothing behind.
         _message_undo(owner_id=user.pk, session_id=session_id, turn_id=turn_id)
@@ -148,6 +160,28 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
         raise
 
 
+def _committed_after_all(exc: BaseException, *, turn_id: uuid.UUID) -> bool:
+    """Tell whether the accept's COMMIT, which raised ``exc``, committed all the same.
+
+    The connection can drop after the server committed and before its answer arrived:
+    only the turn's row, read on a fresh connection, tells. A check that cannot answer
+    says no, and the accept is undone as for any other error.
+    """
+    if not isinstance(exc, DatabaseError) or isinstance(exc, IntegrityError):
+        return False  # a constraint checked at COMMIT refused it: nothing committed
+    if connection.in_atomic_block:
+        return False  # only a savepoint was released: the caller's transaction decides
+    try:
+        return once_more_on_fresh_connection(_turn_exists, turn_id=turn_id)
+    except Exception:  # noqa: BLE001 - unknown is answered as not committed, as before
+        logger.warning("could not tell whether turn %s was committed", turn_id)
+        return False
+
+
+def _turn_exists(*, turn_id: uuid.UUID) -> bool:
+    return Turn.objects.filter(pk=turn_id).exists()
+
+
 def _message_undo(*, owner_id: int, session_id: object, turn_id: uuid.UUID) -> None:
     sid = as_uuid(session_id)
     if sid is None or not history_store().keeps_outside_the_database:
@@ -158,11 +192,11 @@ def _message_undo(*, owner_id: int, session_id: object, turn_id: uuid.UUID) -> N
         logger.warning("could not undo turn %s in the history store", turn_id)
 
 
-@transaction.atomic
 def _message_accept(
     *, user: AbstractBaseUser, session_id: object, content: str, turn_id: uuid.UUID
 ) -> Turn:
-    # The session row lock serialises accepts per session.
+    # Run in the caller's transaction, which must see its COMMIT fail to tell whether it
+    # took. The session row lock serialises accepts per session.
     now = timezone.now()
     session = chat_session_take_seq_for_owner(
         user=user, session_id=session_id, now=now, expires_at=_expiry(now)

@@ -1,16 +1,24 @@
-"""Accepting a message: the session's lock, counter and expiry taken in one statement."""
+"""Accepting a message: the session's lock, counter and expiry taken in one statement, and
+what a COMMIT that fails, or seems to, leaves."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from unittest import mock
 
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django_redis import get_redis_connection
 from rest_framework.exceptions import NotFound
 
 from sessions_app import selectors, services
 from sessions_app.errors import ForeignAccess
-from sessions_app.models import ChatSession
+from sessions_app.models import ChatSession, Turn
+from sessions_app.stores import history_store
+
+from ..conftest import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -141,3 +149,90 @@ def test_a_database_without_returning_takes_the_seq_in_two_steps(
     with pytest.raises(NotFound):
         services.message_accept(user=other_user, session_id=session.pk, content="mine?")
     assert ChatSession.objects.get(pk=session.pk).next_seq == 4
+
+
+# A COMMIT whose answer is lost ------------------------------------------------------------
+
+
+@contextmanager
+def commit_answer_lost(
+    session: ChatSession, *, committed: bool = True, reconnect: bool = True
+) -> Iterator[None]:
+    """The accept's COMMIT reaches Postgres, which commits it (or, ``committed`` off, does
+    not), then the connection drops before the answer comes back; with ``reconnect`` off
+    the database refuses new connections from then on."""
+    wrapper = connections["default"]
+    commit, rollback = wrapper._commit, wrapper._rollback
+    lost = []
+
+    def answer_lost() -> None:
+        if lost or not Turn.objects.filter(session=session).exists():
+            return commit()  # not the accept's (the embedded beat jobs, the eager worker)
+        lost.append(True)
+        (commit if committed else rollback)()
+        wrapper.connection.close()  # the socket is gone: the ROLLBACK after it fails too
+        raise OperationalError("server closed the connection unexpectedly")
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise OperationalError("connection refused")
+
+    with mock.patch.object(wrapper, "_commit", answer_lost):
+        if reconnect:
+            yield
+        else:
+            with mock.patch.object(wrapper, "get_new_connection", refused):
+                yield
+    assert lost, "the accept never committed"
+
+
+def redis_holds(session: ChatSession, text: str) -> bool:
+    held = get_redis_connection("default").hvals(f"session:{{{session.pk}}}:messages")
+    return any(text.encode() in value for value in held)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["redis", "db", "cached_db"])
+def test_a_commit_that_took_but_lost_its_answer_is_accepted_and_answered(user, settings, store):
+    """The turn is in the database: its message stays with it (not undone from Redis), the
+    client is told 202 (an error would make it send the message twice), the turn is queued
+    and its reply answers the message."""
+    settings.HISTORY_STORE = store
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session):
+        response = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 7"}, format="json"
+        )
+    assert response.status_code == 202, response.json()
+    assert response.json()["user_message"]["content"] == "Zorblax 7"
+    turn = Turn.objects.select_related("session").get(pk=response.json()["id"])
+    stored = history_store().turn_messages(session=turn.session, turn_id=turn.pk)
+    assert [(m.role, m.content) for m in stored] == [
+        ("user", "Zorblax 7"),
+        ("assistant", "(offline assistant) You said: Zorblax 7"),  # tasks run eagerly here
+    ]
+    assert turn.status == Turn.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_that_failed_is_undone_from_redis(user, settings):
+    settings.HISTORY_STORE = "redis"
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, committed=False), pytest.raises(OperationalError):
+        services.message_accept(user=user, session_id=session.pk, content="Zorblax 8")
+    assert not Turn.objects.filter(session=session).exists()
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 1
+    assert not redis_holds(session, "Zorblax 8")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_nothing_can_confirm_is_undone_from_redis(user, settings):
+    """The database is gone after the COMMIT: whether it took cannot be told, and the
+    error answer leaves nothing in Redis, as for any failed accept."""
+    settings.HISTORY_STORE = "redis"
+    session = services.chat_session_create(owner=user)
+    with (
+        commit_answer_lost(session, reconnect=False),
+        pytest.raises(OperationalError),
+    ):
+        services.message_accept(user=user, session_id=session.pk, content="Zorblax 9")
+    assert not redis_holds(session, "Zorblax 9")
