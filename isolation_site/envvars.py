@@ -69,6 +69,14 @@ def env_origins(name: str) -> list[str]:
             f"{name}={env.str(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
             "give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
         )
+    # A browser's Origin header never ends in "/" or a path: such an entry matches nothing.
+    pathed = [origin for origin in origins if "/" in origin.partition("://")[2]]
+    if pathed:
+        raise ImproperlyConfigured(
+            f"{name}={env.str(name)!r}: {_listed([repr(o) for o in pathed])} not an origin; "
+            "an origin is a scheme and a host (and port) with nothing after, "
+            "e.g. 'https://chat.example.com'."
+        )
     return origins
 
 

@@ -435,6 +435,12 @@ ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://cha
             "https://a.example.com,b.example.com, *.c.example.com",
             f"'b.example.com' or '*.c.example.com' without {ORIGINS}",
         ),
+        # Started, and a browser's post through the proxy was a 403: no Origin has a path.
+        (
+            "CSRF_TRUSTED_ORIGINS",
+            "https://a.example.com/,https://b.example.com/chat",
+            "'https://a.example.com/' or 'https://b.example.com/chat' not an origin",
+        ),
     ],
 )
 def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
