@@ -101,6 +101,8 @@ def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) ->
     deadline = (turn.deadline_at or _deadline_of(turn)).timestamp()
     with bound(user_id=user_id, session_id=session_id):
         history = once_more_on_fresh_connection(turn_history, turn=turn)
+        if not history:
+            return _message_lost(turn)
         try:
             reply = llm.send(
                 history, deadline=deadline, still_wanted=_still_wanted(turn, history=history)
@@ -121,6 +123,22 @@ def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) ->
         ended = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
     # The worker's log line says how the turn ended: completed, or suppressed by the scan.
     return ended or "skipped"
+
+
+def _message_lost(turn: Turn) -> str:
+    # The history holds no message of this turn: its session was deleted meanwhile, or a
+    # store outside the database lost it (an undo after a COMMIT whose outcome could not be
+    # told, an eviction). Claude is not sent a conversation without what it is to answer.
+    if not turn_in_flight(turn_id=turn.pk):
+        return "abandoned"
+    logger.warning("turn %s: its message is not in the history store", turn.pk)
+    services.turn_fail(
+        turn_id=turn.pk,
+        attempt=turn.attempts,
+        code="message_lost",
+        detail="Your message was lost before it could be answered; send it again.",
+    )
+    return "failed"
 
 
 def _still_wanted(turn: Turn, *, history: list[StoredMessage]) -> Callable[[], bool]:

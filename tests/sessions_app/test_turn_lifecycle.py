@@ -210,3 +210,30 @@ def test_a_turn_takes_five_statements_and_one_transaction_on_postgres(
     statements = [q["sql"].split()[0] for q in queries]
     assert statements == ["UPDATE", "SELECT", "BEGIN", "WITH", "INSERT", "INSERT", "COMMIT"]
     assert fake_claude.request_count() == 1
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_whose_message_the_store_lost_fails_without_calling_claude(
+    settings, user, fake_claude: FakeClaude, vendor
+):
+    """The ``redis`` store, outside the database, can lose what a committed turn holds (its
+    undo after a COMMIT whose outcome was unknown, an eviction): Claude is never sent a
+    conversation without the message it is to answer, and the user is told to send again."""
+    settings.HISTORY_STORE = "redis"
+    session = services.chat_session_create(owner=user)
+    services.message_accept(user=user, session_id=session.pk, content="first")
+    first = Turn.objects.get(session=session)
+    run_turn.apply(args=turn_task_args(first.pk))
+    turn = services.message_accept(user=user, session_id=session.pk, content="lost one")
+    session.refresh_from_db()
+    history_store().discard_turn(session=session, turn_id=turn.pk)
+    calls = fake_claude.request_count()
+
+    outcome = run_turn.apply(args=turn_task_args(turn.pk)).result
+
+    assert outcome == "failed"
+    assert fake_claude.request_count() == calls
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == ("failed", "message_lost")
+    assert "send it again" in turn.error_detail
