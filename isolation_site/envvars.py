@@ -6,6 +6,7 @@ raises ``ImproperlyConfigured`` naming the variable for a value the service coul
 """
 
 import math
+import os
 import re
 from collections.abc import Collection, Sequence
 from typing import TypeVar
@@ -41,7 +42,10 @@ def env_secret(name: str) -> str:
     meant to give a secret (a placeholder left blank, a quoting slip), and used as given
     they would be a key anyone can guess. The refusal does not repeat the value.
     """
-    value = env.str(name, default="")
+    # Read as set, not through django-environ: it takes a value beginning with "$" for the
+    # name of another variable, and a generated secret may begin so (Django's alphabet has
+    # "$"): the secret would silently be that variable's value, or nothing.
+    value = os.environ.get(name, "")
     if value and not value.strip():
         raise ImproperlyConfigured(
             f"{name} is only blanks: give the secret itself, or leave {name} unset."

@@ -41,7 +41,8 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"  # noqa: S105
 
-ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[]) if env_secret("ENCRYPTION_KEYS") else []
+# A comma list; blanks around each key (after a comma, say) are not part of it.
+ENCRYPTION_KEYS = [key.strip() for key in env_secret("ENCRYPTION_KEYS").split(",") if key.strip()]
 if not ENCRYPTION_KEYS:
     if not DEBUG:
         raise ImproperlyConfigured(

@@ -177,6 +177,30 @@ def test_a_secret_of_blanks_only_refuses_to_start_naming_the_variable(name, debu
     )
 
 
+def test_secrets_are_read_as_set():
+    """A secret beginning with "$" (Django's own generator may give one) was read by
+    django-environ as the name of another variable: SECRET_KEY became that variable's value,
+    or nothing. Blanks after the commas of ENCRYPTION_KEYS made a key that is not one."""
+    code = (
+        "import json; from django.conf import settings as s;"
+        "print(json.dumps([s.SECRET_KEY, s.ENCRYPTION_KEYS, s.AUDIT_CHAIN_KEY]))"
+    )
+    other = VALID_KEY.replace("r", "s", 1)
+    result = load_settings(
+        code,
+        DEBUG="0",
+        SECRET_KEY="$HOME-and-then-some-secret",
+        AUDIT_CHAIN_KEY="$PATH",
+        ENCRYPTION_KEYS=f"{VALID_KEY}, {other} ",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.split("\n")[-2]) == [
+        "$HOME-and-then-some-secret",
+        [VALID_KEY, other],
+        "$PATH",
+    ]
+
+
 BINDING = (
     "import django, json; from django.conf import settings; django.setup();"
     "from django.db import connection;"
