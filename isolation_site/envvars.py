@@ -22,6 +22,8 @@ Number = TypeVar("Number", int, float)
 # Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
 # importing it here, while settings load, would configure DRF from half-loaded settings.
 _RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
+# django-environ's "proxied value": the name of another variable after a "$".
+_REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _listed(words: Sequence[str]) -> str:
@@ -50,6 +52,13 @@ def env_secret(name: str) -> str:
         raise ImproperlyConfigured(
             f"{name} is only blanks: give the secret itself, or leave {name} unset."
         )
+    if _REFERENCE.fullmatch(value):
+        # Meant as django-environ's reference to another variable, taken as set it would be
+        # a key anyone can read here. A generated secret is never just letters and "_".
+        raise ImproperlyConfigured(
+            f"{name} names another variable ({value}): secrets are read as set, so give "
+            f'the secret itself (export {name}="${value[1:]}" expands it in the shell).'
+        )
     return value
 
 
@@ -73,8 +82,9 @@ def env_origins(name: str) -> list[str]:
             f"{name}={env.str(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
             "give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
         )
-    # A browser's Origin header never ends in "/" or a path: such an entry matches nothing.
-    pathed = [origin for origin in origins if "/" in origin.partition("://")[2]]
+    # A browser's Origin header never ends in "/" or a path: such an entry matches nothing
+    # (Django matches a wildcard entry by its host alone, so "https://*.x.com/" works).
+    pathed = [origin for origin in origins if not _no_path(origin)]
     if pathed:
         raise ImproperlyConfigured(
             f"{name}={env.str(name)!r}: {_listed([repr(o) for o in pathed])} not an origin; "
@@ -82,6 +92,11 @@ def env_origins(name: str) -> list[str]:
             "e.g. 'https://chat.example.com'."
         )
     return origins
+
+
+def _no_path(origin: str) -> bool:
+    host, _, path = origin.partition("://")[2].partition("/")
+    return not path and (host.startswith("*.") or not origin.endswith("/"))
 
 
 def _has_scheme_and_host(origin: str) -> bool:

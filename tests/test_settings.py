@@ -190,14 +190,14 @@ def test_secrets_are_read_as_set():
         code,
         DEBUG="0",
         SECRET_KEY="$HOME-and-then-some-secret",
-        AUDIT_CHAIN_KEY="$PATH",
+        AUDIT_CHAIN_KEY="$PATH:9f#k",
         ENCRYPTION_KEYS=f"{VALID_KEY}, {other} ",
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.split("\n")[-2]) == [
         "$HOME-and-then-some-secret",
         [VALID_KEY, other],
-        "$PATH",
+        "$PATH:9f#k",
     ]
 
 
@@ -462,9 +462,13 @@ ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://cha
         # Started, and a browser's post through the proxy was a 403: no Origin has a path.
         (
             "CSRF_TRUSTED_ORIGINS",
-            "https://a.example.com/,https://b.example.com/chat",
-            "'https://a.example.com/' or 'https://b.example.com/chat' not an origin",
+            "https://a.example.com/,https://b.example.com/chat,https://*.c.example.com/d",
+            "'https://a.example.com/', 'https://b.example.com/chat' or "
+            "'https://*.c.example.com/d' not an origin",
         ),
+        # A reference to another variable, which django-environ would have expanded.
+        ("SECRET_KEY", "$DJANGO_SECRET", "SECRET_KEY names another variable ($DJANGO_SECRET)"),
+        ("AUDIT_CHAIN_KEY", "$CHAIN_KEY", "AUDIT_CHAIN_KEY names another variable"),
     ],
 )
 def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(name, value, refusal):
@@ -493,9 +497,10 @@ def test_phone_regions_and_the_log_level_are_read_in_any_case():
 
 def test_trusted_origins_with_their_schemes_start():
     code = "from django.conf import settings; print(settings.CSRF_TRUSTED_ORIGINS)"
-    origins = " https://chat.example.com , http://*.example.org:8443,"
+    origins = " https://chat.example.com , http://*.example.org:8443, https://*.example.net/,"
     result = load_settings(code, DEBUG="1", CSRF_TRUSTED_ORIGINS=origins)
     assert result.returncode == 0, result.stderr
     assert (
-        result.stdout.split("\n")[-2] == "['https://chat.example.com', 'http://*.example.org:8443']"
+        result.stdout.split("\n")[-2]
+        == "['https://chat.example.com', 'http://*.example.org:8443', 'https://*.example.net/']"
     )
