@@ -10,10 +10,15 @@ the ``httpx2`` timeout it would see for a single slow read.
 
 The sync client needs this: without threads or an event loop nothing else can interrupt a
 blocking read. (On an event loop, ``asyncio.timeout`` bounds the awaited call as a whole.)
+A new connection's DNS lookup, which no socket timeout bounds, is made in a thread of its
+own and waited for only as long as the call has left.
 """
 
 import contextlib
+import ipaddress
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
@@ -100,10 +105,58 @@ class _Backend(httpcore2.NetworkBackend):
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.NetworkStream:
         cut = _cut(timeout, httpcore2.ConnectTimeout)
-        return _Stream(self._backend.connect_tcp(host, port, cut, local_address, socket_options))
+        addresses = [host] if _is_address(host) else _lookup(host, port, cut)
+        # As socket.create_connection does: each address in turn, the last error raised.
+        failed: httpcore2.ConnectError | None = None
+        for address in addresses:
+            cut = _cut(timeout, httpcore2.ConnectTimeout)
+            try:
+                stream = self._backend.connect_tcp(
+                    address, port, cut, local_address, socket_options
+                )
+            except httpcore2.ConnectError as exc:
+                failed = exc
+                continue
+            return _Stream(stream)
+        raise failed or httpcore2.ConnectError(f"{host} has no address")
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
+    """Return the addresses of ``host``, or raise ``ConnectTimeout`` past ``timeout``.
+
+    The system resolver has no timeout of ours: it is asked in a thread of its own (not a
+    pool's, which a forked worker would inherit without its threads), and one that hangs
+    is left to end by itself. Connections are pooled: a lookup is rare on the hot path.
+    """
+    found: list[str] = []
+    error: list[OSError] = []
+
+    def ask() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            found.extend(dict.fromkeys(str(info[4][0]) for info in infos))
+        except OSError as exc:
+            error.append(exc)
+
+    asking = threading.Thread(target=ask, name=f"lookup {host}", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    if asking.is_alive():
+        raise httpcore2.ConnectTimeout(f"The lookup of {host} ran out of time.")
+    if error:
+        raise httpcore2.ConnectError(str(error[0])) from error[0]
+    return found
 
 
 class _AsyncStream(httpcore2.AsyncNetworkStream):

@@ -200,6 +200,29 @@ def test_a_slow_answer_is_cut_at_the_deadline(claude: FakeClaude, settings, way,
 
 
 @WAYS
+def test_a_hung_dns_lookup_ends_the_call_by_its_timeout(
+    claude: FakeClaude, settings, way, monkeypatch
+):
+    """The system resolver has no timeout of the call's: a lookup that hangs (a resolver
+    gone quiet) held a sync call for as long as it did. The next lookup answers."""
+    real = socket.getaddrinfo
+    hung: list[str] = []
+
+    def lookup(host, *args, **kwargs):
+        if host in ("claude.invalid", b"claude.invalid"):  # bytes from the event loop's
+            if not hung:
+                hung.append(host)
+                time.sleep(TIMEOUT + 2)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    settings.ANTHROPIC_BASE_URL = claude.url.replace("127.0.0.1", "claude.invalid")
+    cut_then_answered(way)
+    assert hung and claude.request_count() == 1
+
+
+@WAYS
 def test_a_slow_answer_is_retried_while_time_remains(claude: FakeClaude, settings, way):
     settings.CLAUDE_MAX_RETRIES = 3
     claude.drip(every=0.1, count=30)
