@@ -17,6 +17,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from audit_app.models import AuditEntry
+from sessions_app import services, tasks
 from sessions_app.models import ChatSession, Turn
 from sessions_app.services import SUPPRESSED_NOTICE, chat_session_create
 
@@ -418,7 +419,8 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
     held = hold(page, "**/api/v1/sessions/*/messages/")
     send(page, "Third for the first")
     page_waits_until(page, lambda: held)
-    page.locator(f'#sessions button[data-session="{first}"]').click()
+    with page.expect_response(lambda r: "/messages/?page=1" in r.url):
+        page.locator(f'#sessions button[data-session="{first}"]').click()
     expect(said).to_have_count(2)
     page.evaluate("() => { document.getElementById('live').textContent = ''; }")
     held[0].continue_()
@@ -562,12 +564,13 @@ def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context
     expect(page.get_by_label("Message")).to_have_value("Too soon")
 
     # The countdown's end hides its own banner, not one shown since.
-    throttle_once(page, 2)
+    throttle_once(page, 6)
     send(page, "Too soon")
-    expect(page.get_by_role("alert")).to_contain_text("Wait 2 seconds")
+    expect(page.get_by_role("alert")).to_contain_text("Wait 6 seconds")
     context.set_offline(True)
     expect(page.get_by_role("alert")).to_contain_text("Connection lost")
-    expect(send_button).to_be_enabled(timeout=10_000)
+    expect(send_button).to_be_disabled()  # the offline banner came while it counted down
+    expect(send_button).to_be_enabled(timeout=15_000)
     expect(page.get_by_role("alert")).to_contain_text("Connection lost")
     context.set_offline(False)
     expect(page.get_by_role("alert")).to_be_hidden()
@@ -588,7 +591,7 @@ def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_c
     page = sign_in(open_context(), site, "kim")
     send(page, "Hello")
     expect(replies(page)).to_have_text(["Noted."])
-    fake_claude.delay(4.0)
+    fake_claude.delay(8.0)
     send(page, "A slow one")
     expect(page.locator("#pending")).to_be_visible()
     # Reloaded while it is answered: the history is read, then the turn is held until it
@@ -619,13 +622,19 @@ def test_a_message_whose_answer_the_connection_lost_is_caught_up(site, open_cont
         route.fetch()
         route.abort("connectionreset")
 
-    fake_claude.delay(3.0)
+    fake_claude.delay(8.0)
     page.route(messages, answer_lost, times=1)
     send(page, "Taken, answer lost")
     expect(page.get_by_role("alert")).to_contain_text("Connection lost")
     # Reconnected, the page finds the message in the history and waits for its reply.
     expect(page.locator("#log .msg.user .text")).to_have_text(["Hello", "Taken, answer lost"])
     expect(page.get_by_label("Message")).to_have_value("")
+    expect(page.locator("#pending")).to_be_visible()
+    # Another chat opened and this one again meanwhile: the reply is still looked for.
+    chat = page.url.split("#", 1)[1]
+    page.get_by_role("button", name="New chat").click()
+    expect(page.locator("#log .msg")).to_have_count(0)
+    page.locator(f'#sessions button[data-session="{chat}"]').click()
     expect(page.locator("#pending")).to_be_visible()
     expect(replies(page)).to_have_text(["Noted.", "Noted."])
     expect(page.locator("#pending")).to_be_hidden()
@@ -639,3 +648,42 @@ def test_a_message_whose_answer_the_connection_lost_is_caught_up(site, open_cont
     expect(page.locator("#log .msg.user")).to_have_count(2)
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted.", "Noted.", "Noted."])
+
+
+def test_a_failure_older_than_the_chat_shown_is_not_drawn_again(site, open_context, fake_claude):
+    mona = UserFactory(username="mona")
+    page = sign_in(open_context(), site, "mona")
+    fake_claude.fail(500, times=CALLS_PER_TURN)
+    send(page, "Hello there")
+    expect(page.locator("#log .msg.failed")).to_contain_text("HTTP 500")
+    # A message from another tab (or client) is answered in this chat meanwhile.
+    session = ChatSession.objects.get(owner=mona)
+    turn = services.message_accept(user=mona, session_id=session.pk, content="From elsewhere")
+    tasks.turn_enqueue(turn=turn)
+    page_waits_until(page, lambda: Turn.objects.get(pk=turn.pk).status == "completed")
+    page.reload(wait_until="load")
+    expect(page.locator("#log .msg.user .text")).to_have_text(["Hello there", "From elsewhere"])
+    expect(replies(page)).to_have_text(["Noted."])
+    expect(page.locator("#log .msg.failed")).to_have_count(0)
+
+
+def test_a_send_while_the_chats_could_not_be_read_is_refused_and_kept(site, open_context):
+    UserFactory(username="nils")
+    context = open_context()
+    context.route(
+        re.compile(r".*/api/v1/sessions/\?page=1$"),
+        lambda route: route.fulfill(
+            status=503, json={"detail": "Unavailable.", "code": "unavailable"}
+        ),
+        times=1,
+    )
+    page = sign_in(context, site, "nils")
+    expect(page.get_by_role("alert")).to_contain_text("briefly unavailable")
+    send(page, "Before the list")
+    expect(page.get_by_role("alert")).to_contain_text("could not be read")
+    expect(page.get_by_label("Message")).to_have_value("Before the list")
+    expect(page.locator("#send")).to_be_enabled()
+    page.get_by_role("button", name="Try again").click()
+    expect(page.get_by_role("alert")).to_be_hidden()
+    page.get_by_label("Message").press("Enter")
+    expect(replies(page)).to_have_text(["Noted."])

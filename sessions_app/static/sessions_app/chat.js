@@ -11,7 +11,7 @@
   const CSRF = document.querySelector('meta[name="csrf-token"]').content;
   const TERMINAL = new Set(["completed", "suppressed", "failed"]);
   const POLL_MS = 1000;
-  const CATCH_UP_POLLS = 90; // a reply looked for in the history, every 2 s, for 3 minutes
+  const CATCH_UP_MS = 180000; // a reply looked for in the history, every 2 s, for 3 minutes
   const TURN_KEY = "isolated-chat:turn:"; // sessionStorage: the last turn of each chat (ids only)
   // sessionStorage: text typed but not sent when the page must be reloaded or signed in again.
   // Keyed by the signed-in user, so a different account signing in in this tab never sees it.
@@ -45,10 +45,14 @@
     sending: false,
     offline: false,
     loads: 0, // which view is shown: bumped each time a chat (or a new one) is (re)opened
-    loading: true, // the open chat's history is being read: a send waits for it
+    loading: true, // the open chat's history (first the chat list) is read: a send waits
     loaded: [], // the sends waiting for it
+    opened: false, // a chat (or a new one) has been opened since the page loaded
     lists: 0, // the newest reading of the chat list wins
-    unsure: null, // a message whose answer the connection lost: {sessionId, afterSeq, content}
+    listing: null, // that reading
+    // A message whose answer the connection lost: {sessionId, afterSeq, content}, then
+    // with ``seq`` (taken) and ``until`` while its reply is looked for in the history.
+    awaiting: null,
     bannerAction: null,
     coolDown: null, // the 429 countdown, while Send waits
     reconnectTimer: null,
@@ -292,6 +296,12 @@
       );
     } else if (status === 429) {
       coolDown(err.retryAfter || 10, kept); // the user's own rate, whichever chat was sent to
+    } else if (left === "new") {
+      showBanner(
+        `Your message for a new chat was not sent: ${err.message} Start a new chat to send ` +
+          "it again.",
+        { label: "Start a new chat", run: () => newChat({ push: true }) },
+      );
     } else if (left) {
       // Said without touching the open chat's view, nor pointing at the box: Send there
       // would post to the open chat.
@@ -325,8 +335,8 @@
               "try again in a moment."
           : "The service is briefly unavailable. Try again in a moment.",
         sent && !retry
-          ? { label: "Try again", run: () => send(content) }
-          : { label: "Try again", run: () => refresh() },
+          ? { label: "Try again", kind: "unavailable", run: () => send(content) }
+          : { label: "Try again", kind: "unavailable", run: () => refresh() },
       );
     } else {
       showBanner(`${err.message}`, null); // 400, 403, 413: the API's own sentence
@@ -392,8 +402,12 @@
     let left = seconds;
     const label = els.send.dataset.label || els.send.textContent;
     els.send.dataset.label = label;
+    // Shown, not part of the button's name: a focused control's name change is announced.
+    const count = document.createElement("span");
+    count.setAttribute("aria-hidden", "true");
+    els.send.replaceChildren(label, count);
     const tick = () => {
-      els.send.textContent = `${label} (${left})`;
+      count.textContent = ` (${left})`;
     };
     showBanner(
       `You are sending messages too fast. Wait ${seconds} second${seconds === 1 ? "" : "s"}, ` +
@@ -423,7 +437,7 @@
     if (state.offline) return;
     state.offline = true;
     showBanner(
-      "Connection lost. Reconnecting… Nothing you sent is lost; this page catches up by itself.",
+      "Connection lost. Reconnecting… This page catches up by itself, and says what was sent.",
       { label: "Try now", kind: "offline", run: () => reconnect(0) },
     );
     reconnect(1000);
@@ -452,10 +466,11 @@
     } catch (err) {
       return handleError(err);
     }
+    hideBanner("unavailable");
     if (state.sessionId) return openSession(state.sessionId, { quiet: true });
     // The page had not opened its first chat yet when the connection went (else a new
     // chat is open, and stays so).
-    if (state.loading) return openAddressed(firstChat());
+    if (!state.opened) return openAddressed(firstChat());
   }
 
   // ---- a turn: the event stream, polling as the fallback -----------------------------
@@ -575,7 +590,12 @@
       throw err;
     }
     if (load !== state.loads || state.turn || rememberedTurn(sessionId) !== turnId) return;
-    if (turn.status === "failed") return showFailed(turn);
+    if (turn.status === "failed") {
+      // A later message is shown (sent from another tab, or caught up): that failure and
+      // its Retry belong to the past.
+      if (lastSeqShown() > turn.user_message.seq) return forgetTurn(sessionId);
+      return showFailed(turn);
+    }
     if (!TERMINAL.has(turn.status)) return watch(turn);
     // Ended between the history's read and this one: its reply may not be shown yet.
     if (!els.log.querySelector(`.msg[data-seq="${turn.reply.seq}"]`)) finish(turn);
@@ -587,62 +607,75 @@
     return shown.length ? Number(shown[shown.length - 1].dataset.seq) : 0;
   }
 
-  // A message sent as the connection went: its answer (the turn) never came, so the history
-  // just read says whether it was taken. Taken, its reply is looked for there until it
-  // comes; not taken, the user is told, the text still in the box.
-  function settleUnsure(sessionId, messages) {
-    const unsure = state.unsure;
-    if (!unsure || unsure.sessionId !== sessionId) return;
-    state.unsure = null;
-    const taken = messages.find((m) => m.role === "user" && m.seq > unsure.afterSeq);
-    if (!taken) {
-      showBanner(
-        "Your last message was not sent: the connection went before the server had it. " +
-          "It is still in the box: send it again.",
-        null,
-      );
+  // A message sent as the connection went: its answer (the turn, with its id) never came,
+  // so the history says whether it was taken. Taken, its reply is looked for there until
+  // it comes, each time its chat is open, for a while; not taken, the user is told, the
+  // text still in the box. Called with each history read of the chat.
+  function catchUp(sessionId, messages) {
+    const awaiting = state.awaiting;
+    if (!awaiting || awaiting.sessionId !== sessionId) return;
+    if (awaiting.seq === undefined) {
+      const after = messages.filter((m) => m.role === "user" && m.seq > awaiting.afterSeq);
+      // Its own text, where the history shows it so (not redacted); else the first after.
+      const taken = after.find((m) => m.content === awaiting.content) || after[0];
+      if (!taken) {
+        state.awaiting = null;
+        showBanner(
+          "Your last message was not sent: the connection went before the server had it. " +
+            "It is still in the box: send it again.",
+          null,
+        );
+        return;
+      }
+      if (els.message.value === awaiting.content) els.message.value = "";
+      forgetTurn(sessionId); // the chat's remembered turn is an earlier one
+      Object.assign(awaiting, { seq: taken.seq, until: Date.now() + CATCH_UP_MS });
+    }
+    if (messages.some((m) => m.role === "assistant" && m.seq > awaiting.seq)) {
+      state.awaiting = null;
       return;
     }
-    if (els.message.value === unsure.content) els.message.value = "";
-    if (messages.some((m) => m.role === "assistant" && m.seq > taken.seq)) return;
     showPending(true);
-    const page = Math.floor(messages.indexOf(taken) / 100) + 1;
-    lookForReply(sessionId, taken.seq, page, CATCH_UP_POLLS);
+    const index = messages.findIndex((m) => m.seq === awaiting.seq);
+    lookForReply(awaiting, Math.floor(Math.max(index, 0) / 100) + 1);
   }
 
-  // The turn's id is not known: the history is read, from the page that holds the message.
-  // Opening another chat or watching a turn stops it (``stopWatching``).
-  function lookForReply(sessionId, afterSeq, page, left) {
+  // The history read from the page that holds the message. Opening another chat or
+  // watching a turn stops it (``stopWatching``); opening this chat again goes on.
+  function lookForReply(awaiting, page) {
     window.clearTimeout(state.pollTimer);
     state.pollTimer = window.setTimeout(async () => {
+      const { sessionId } = awaiting;
       let reply = null;
       try {
         for (let p = page; !reply; p += 1) {
           const data = await api("GET", `sessions/${sessionId}/messages/?page=${p}`);
-          reply = data.results.find((m) => m.role === "assistant" && m.seq > afterSeq) || null;
+          reply = data.results.find((m) => m.role === "assistant" && m.seq > awaiting.seq);
           if (!data.next) break;
         }
       } catch (err) {
-        if (err instanceof ConnectionLost) {
-          // Looked for again once reconnected (the refresh reopens this chat).
-          state.unsure = { sessionId, afterSeq: afterSeq - 1, content: "" };
-          return connectionLost();
+        if (state.awaiting !== awaiting || state.sessionId !== sessionId) return;
+        const transient = err instanceof ApiError && (err.status === 429 || err.status >= 500);
+        if (!transient) {
+          if (!(err instanceof ConnectionLost)) state.awaiting = null; // gone, signed out
+          return handleError(err); // a lost connection: looked for again once reconnected
         }
-        // Else asked again below: the reply is looked for, not the page's health.
       }
-      if (state.sessionId !== sessionId || state.turn) return;
+      if (state.awaiting !== awaiting || state.sessionId !== sessionId || state.turn) return;
       if (reply) {
+        state.awaiting = null;
         showPending(false);
         appendMessage(reply);
         announceReply(reply);
         loadSessions().catch(() => {});
-      } else if (left > 1) {
-        lookForReply(sessionId, afterSeq, page, left - 1);
+      } else if (Date.now() < awaiting.until) {
+        lookForReply(awaiting, page);
       } else {
+        state.awaiting = null;
         showPending(false);
         showBanner(
-          "No reply has come to your last message yet. Reload the page later to see it, " +
-            "or send your message again.",
+          "No reply has come to your last message. It may have failed: if none shows after " +
+            "a reload, send it again.",
           reloadAction(),
         );
       }
@@ -651,10 +684,16 @@
 
   // ---- chats -------------------------------------------------------------------------
 
-  async function loadSessions() {
-    const reading = ++state.lists;
+  // The chat list, read anew. Readings may overlap (a turn ends as the address changes):
+  // every caller gets the newest one's list, never an older one's.
+  function loadSessions() {
+    state.listing = readSessions(++state.lists);
+    return state.listing;
+  }
+
+  async function readSessions(reading) {
     const sessions = await allPages("sessions/");
-    if (reading !== state.lists) return; // a newer reading is under way
+    if (reading !== state.lists) return state.listing;
     // Pages read one by one: a chat created meanwhile shifts one onto the next page too.
     const seen = new Set();
     state.sessions = sessions.filter((s) => !seen.has(s.id) && seen.add(s.id));
@@ -668,6 +707,8 @@
     stopWatching();
     showPending(false);
     if (!quiet) hideBanner();
+    // Another chat's messages never stand under this one's title, even if its read fails.
+    if (sessionId !== state.sessionId) els.log.replaceChildren();
     setOpenChat(sessionId, { push });
     setLoading(true);
     try {
@@ -675,24 +716,29 @@
       if (load !== state.loads) return;
       clearLog();
       for (const message of messages) appendMessage(message);
-      settleUnsure(sessionId, messages);
+      catchUp(sessionId, messages);
       await resumeTurn(sessionId, load);
     } catch (err) {
       if (load === state.loads) handleError(err);
     } finally {
-      if (load === state.loads) setLoading(false);
+      if (load === state.loads) {
+        state.opened = true;
+        setLoading(false);
+      }
     }
   }
 
   // A send waits while the open chat's history is read: sent at once, its message would
   // land in a view about to be redrawn, or in a new chat before the addressed one opened.
+  // The waiters learn whether a chat is open: not when the page could not read its list.
   function setLoading(on) {
     state.loading = on;
-    if (!on) for (const go of state.loaded.splice(0)) go();
+    if (!on) for (const go of state.loaded.splice(0)) go(state.opened);
   }
 
   function untilLoaded() {
-    return state.loading ? new Promise((go) => state.loaded.push(go)) : Promise.resolve();
+    if (!state.loading) return Promise.resolve(state.opened);
+    return new Promise((go) => state.loaded.push(go));
   }
 
   function newChat({ push = false } = {}) {
@@ -701,6 +747,7 @@
     showPending(false);
     hideBanner();
     setOpenChat(null, { push });
+    state.opened = true;
     setLoading(false);
     clearLog();
     els.message.focus();
@@ -725,7 +772,22 @@
     }
     state.sending = true;
     updateSend();
-    await untilLoaded();
+    // The chat it is sent from: once the page has opened one, a send waiting for a
+    // history is for that chat, not for one the user opens meanwhile.
+    const from = state.opened ? state.sessionId : undefined;
+    const opened = await untilLoaded();
+    if (!opened || (from !== undefined && from !== state.sessionId)) {
+      state.sending = false;
+      updateSend();
+      showBanner(
+        opened
+          ? "Your message was not sent: another chat was opened before it could be. It is " +
+              "still in the box."
+          : "Your chats could not be read, so your message was not sent. It is still in the box.",
+        opened ? null : { label: "Try again", kind: "unavailable", run: () => refresh() },
+      );
+      return false;
+    }
     const load = state.loads;
     let sessionId = state.sessionId;
     const afterSeq = lastSeqShown();
@@ -748,10 +810,13 @@
       if (!retry && els.message.value === content) els.message.value = "";
       dropDraft();
       rememberTurn(sessionId, turn.id);
-      if (load === state.loads) {
+      const caughtUp = state.awaiting && state.awaiting.sessionId === sessionId;
+      if (caughtUp) state.awaiting = null; // the turn it awaited has ended, or 409 would be
+      if (load === state.loads && !caughtUp) {
         appendMessage(turn.user_message);
         watch(turn);
       } else if (!left()) {
+        // Reread: the history shows the message (and a caught-up reply before it).
         openSession(sessionId, { quiet: true });
       } else {
         announce("Your message was sent to the chat you left; its reply will be there.");
@@ -760,7 +825,9 @@
       return true;
     } catch (err) {
       // Lost on its way, or only its answer: the history says which once reconnected.
-      if (posted && err instanceof ConnectionLost) state.unsure = { sessionId, afterSeq, content };
+      if (posted && err instanceof ConnectionLost && !left()) {
+        state.awaiting = { sessionId, afterSeq, content };
+      }
       handleError(err, { content, retry, left: left() });
       return false;
     } finally {
@@ -778,7 +845,8 @@
     }
     forgetTurn(sessionId);
     state.sessions = state.sessions.filter((s) => s.id !== sessionId);
-    newChat();
+    if (state.sessionId === sessionId) newChat(); // else the user has opened another since
+    else renderSessions();
     announce("The chat was deleted.");
     loadSessions().catch(handleError);
   }
@@ -831,6 +899,7 @@
       } catch (err) {
         return handleError(err);
       }
+      if (addressedChat() !== wanted) return; // moved on meanwhile: that change opens it
     }
     openAddressed(wanted);
   });
@@ -848,6 +917,7 @@
     try {
       await loadSessions();
     } catch (err) {
+      setLoading(false); // a send waiting is refused: no chat is open (the banner says why)
       return handleError(err);
     }
     openAddressed(firstChat());
