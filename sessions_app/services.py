@@ -142,7 +142,7 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
             )
         return turn
     except BaseException as exc:
-        if turn is not None and _committed_after_all(exc, turn_id=turn_id):
+        if turn is not None and _committed_after_all(exc, turn=turn):
             # The message is stored with a committed turn: it is accepted, and answered as
             # such (the caller queues the turn), instead of an error that would make the
             # client send it twice, or an undo that would leave the turn without it.
@@ -160,7 +160,11 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
         raise
 
 
-def _committed_after_all(exc: BaseException, *, turn_id: uuid.UUID) -> bool:
+# How long the check waits for a COMMIT still under way on the connection that was lost.
+COMMIT_CHECK_LOCK_MS = 5000
+
+
+def _committed_after_all(exc: BaseException, *, turn: Turn) -> bool:
     """Tell whether the accept's COMMIT, which raised ``exc``, committed all the same.
 
     The connection can drop after the server committed and before its answer arrived:
@@ -172,13 +176,27 @@ def _committed_after_all(exc: BaseException, *, turn_id: uuid.UUID) -> bool:
     if connection.in_atomic_block:
         return False  # only a savepoint was released: the caller's transaction decides
     try:
-        return once_more_on_fresh_connection(_turn_exists, turn_id=turn_id)
+        return once_more_on_fresh_connection(
+            _turn_committed, turn_id=turn.pk, session_id=turn.session_id
+        )
     except Exception:  # noqa: BLE001 - unknown is answered as not committed, as before
-        logger.warning("could not tell whether turn %s was committed", turn_id)
+        logger.warning("could not tell whether turn %s was committed", turn.pk)
         return False
 
 
-def _turn_exists(*, turn_id: uuid.UUID) -> bool:
+@transaction.atomic
+def _turn_committed(*, turn_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    if connection.vendor == "postgresql":
+        # The lost connection's server process may still be committing (waiting for a
+        # synchronous standby, say), its accept holding the session row: until it ends,
+        # the turn is not visible yet. This lock waits for that end; past its timeout the
+        # answer is unknown (an error), never a premature "not there".
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true)", [f"{COMMIT_CHECK_LOCK_MS}ms"]
+            )
+        sessions = ChatSession.objects.select_for_update(no_key=True).filter(pk=session_id)
+        list(sessions.values_list("pk"))
     return Turn.objects.filter(pk=turn_id).exists()
 
 

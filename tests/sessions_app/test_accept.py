@@ -1,6 +1,8 @@
 """Accepting a message: the session's lock, counter and expiry taken in one statement, and
 what a COMMIT that fails, or seems to, leaves."""
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -156,19 +158,36 @@ def test_a_database_without_returning_takes_the_seq_in_two_steps(
 
 @contextmanager
 def commit_answer_lost(
-    session: ChatSession, *, committed: bool = True, reconnect: bool = True
+    session: ChatSession,
+    *,
+    committed: bool = True,
+    reconnect: bool = True,
+    commits_after: float | None = None,
 ) -> Iterator[None]:
     """The accept's COMMIT reaches Postgres, which commits it (or, ``committed`` off, does
     not), then the connection drops before the answer comes back; with ``reconnect`` off
-    the database refuses new connections from then on."""
+    the database refuses new connections from then on; with ``commits_after``, the server
+    is still committing when the answer is lost, and commits that many seconds later."""
     wrapper = connections["default"]
     commit, rollback = wrapper._commit, wrapper._rollback
     lost = []
+    late: list[threading.Thread] = []
 
     def answer_lost() -> None:
         if lost or not Turn.objects.filter(session=session).exists():
             return commit()  # not the accept's (the embedded beat jobs, the eager worker)
         lost.append(True)
+        if commits_after is not None:
+            server, wrapper.connection = wrapper.connection, None  # gone from the client
+
+            def committing() -> None:
+                time.sleep(commits_after)
+                server.commit()
+                server.close()
+
+            late.append(threading.Thread(target=committing))
+            late[0].start()
+            raise OperationalError("server closed the connection unexpectedly")
         (commit if committed else rollback)()
         wrapper.connection.close()  # the socket is gone: the ROLLBACK after it fails too
         raise OperationalError("server closed the connection unexpectedly")
@@ -182,6 +201,8 @@ def commit_answer_lost(
         else:
             with mock.patch.object(wrapper, "get_new_connection", refused):
                 yield
+    for thread in late:
+        thread.join(30)
     assert lost, "the accept never committed"
 
 
@@ -211,6 +232,22 @@ def test_a_commit_that_took_but_lost_its_answer_is_accepted_and_answered(user, s
         ("assistant", "(offline assistant) You said: Zorblax 7"),  # tasks run eagerly here
     ]
     assert turn.status == Turn.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_still_under_way_when_its_answer_was_lost_is_waited_for(user, settings):
+    """The server is still committing (a synchronous standby it waits for, say) when the
+    check reads the turn: the check waits for it, and does not take "not there yet" for
+    "not committed" (undone and answered 503, then committed all the same)."""
+    settings.HISTORY_STORE = "redis"
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, commits_after=1.0):
+        response = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 10"}, format="json"
+        )
+    assert response.status_code == 202, response.json()
+    assert redis_holds(session, "Zorblax 10")
+    assert Turn.objects.get(pk=response.json()["id"]).status == Turn.Status.COMPLETED
 
 
 @pytest.mark.django_db(transaction=True)
