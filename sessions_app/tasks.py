@@ -108,13 +108,11 @@ def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) ->
                 history, deadline=deadline, still_wanted=_still_wanted(turn, history=history)
             )
         except IsolationViolation:
-            services.turn_fail(
-                turn_id=turn.pk,
-                attempt=turn.attempts,
+            return _failed(
+                turn,
                 code="isolation_violation",
                 detail="The reply was refused by the isolation guard; send the message again.",
             )
-            return "failed"
         except llm.TurnAbandoned:
             return "abandoned"  # the session was deleted: nothing more is sent or stored
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
@@ -132,12 +130,16 @@ def _message_lost(turn: Turn) -> str:
     if not turn_in_flight(turn_id=turn.pk):
         return "abandoned"
     logger.warning("turn %s: its message is not in the history store", turn.pk)
-    services.turn_fail(
-        turn_id=turn.pk,
-        attempt=turn.attempts,
+    return _failed(
+        turn,
         code="message_lost",
         detail="Your message was lost before it could be answered; send it again.",
     )
+
+
+def _failed(turn: Turn, *, code: str, detail: str) -> str:
+    # This run's attempt only: a redelivered run that claimed the turn since owns it.
+    services.turn_fail(turn_id=turn.pk, attempt=turn.attempts, code=code, detail=detail)
     return "failed"
 
 

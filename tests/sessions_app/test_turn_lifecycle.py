@@ -12,6 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audit_app.models import AuditEntry
 from sessions_app import services
+from sessions_app.isolation import IsolationViolation
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import history_store
 from sessions_app.tasks import run_turn
@@ -237,3 +238,18 @@ def test_a_turn_whose_message_the_store_lost_fails_without_calling_claude(
     turn.refresh_from_db()
     assert (turn.status, turn.error_code) == ("failed", "message_lost")
     assert "send it again" in turn.error_detail
+
+
+@pytest.mark.parametrize("vendor", ["postgresql"], indirect=True)
+@pytest.mark.django_db(transaction=True)
+def test_a_call_the_isolation_guard_refuses_fails_its_turn_as_such(
+    turn, fake_claude: FakeClaude, vendor, monkeypatch
+):
+    def refused(*args: object, **kwargs: object) -> str:
+        raise IsolationViolation("a message of another session in the call")
+
+    monkeypatch.setattr("sessions_app.tasks.llm.send", refused)
+    assert run_turn.apply(args=turn_task_args(turn.pk)).result == "failed"
+    turn.refresh_from_db()
+    assert (turn.status, turn.error_code) == ("failed", "isolation_violation")
+    assert fake_claude.request_count() == 0
