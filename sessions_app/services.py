@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -184,20 +184,34 @@ def _committed_after_all(exc: BaseException, *, turn: Turn) -> bool:
         return False
 
 
-@transaction.atomic
+class _StillCommitting(Exception):
+    """The lost connection's transaction still held the session row at the lock timeout."""
+
+
 def _turn_committed(*, turn_id: uuid.UUID, session_id: uuid.UUID) -> bool:
-    if connection.vendor == "postgresql":
-        # The lost connection's server process may still be committing (waiting for a
-        # synchronous standby, say), its accept holding the session row: until it ends,
-        # the turn is not visible yet. This lock waits for that end; past its timeout the
-        # answer is unknown (an error), never a premature "not there".
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT set_config('lock_timeout', %s, true)", [f"{COMMIT_CHECK_LOCK_MS}ms"]
-            )
-        sessions = ChatSession.objects.select_for_update(no_key=True).filter(pk=session_id)
-        list(sessions.values_list("pk"))
-    return Turn.objects.filter(pk=turn_id).exists()
+    if connection.vendor != "postgresql":
+        return Turn.objects.filter(pk=turn_id).exists()
+    try:
+        with transaction.atomic():
+            # The lost connection's server process may still be committing (waiting for a
+            # synchronous standby, say), its accept holding the session row: until it
+            # ends, the turn is not visible yet. This lock waits for that end.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", [f"{COMMIT_CHECK_LOCK_MS}ms"]
+                )
+            sessions = ChatSession.objects.select_for_update(no_key=True).filter(pk=session_id)
+            list(sessions.values_list("pk"))
+            found = Turn.objects.filter(pk=turn_id).exists()
+            # Rolled back: the check keeps nothing, and the COMMIT of a transaction that
+            # took a row lock would itself wait for a synchronous standby, unbounded.
+            transaction.set_rollback(True)
+            return found
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
+            # Not an outage to retry on a fresh connection: it was waited for long enough.
+            raise _StillCommitting(turn_id) from exc
+        raise
 
 
 def _message_undo(*, owner_id: int, session_id: object, turn_id: uuid.UUID) -> None:

@@ -182,8 +182,10 @@ def commit_answer_lost(
 
             def committing() -> None:
                 time.sleep(commits_after)
-                server.commit()
-                server.close()
+                try:
+                    server.commit()
+                finally:
+                    server.close()
 
             late.append(threading.Thread(target=committing))
             late[0].start()
@@ -195,14 +197,17 @@ def commit_answer_lost(
     def refused(*args: object, **kwargs: object) -> None:
         raise OperationalError("connection refused")
 
-    with mock.patch.object(wrapper, "_commit", answer_lost):
-        if reconnect:
-            yield
-        else:
-            with mock.patch.object(wrapper, "get_new_connection", refused):
+    try:
+        with mock.patch.object(wrapper, "_commit", answer_lost):
+            if reconnect:
                 yield
-    for thread in late:
-        thread.join(30)
+            else:
+                with mock.patch.object(wrapper, "get_new_connection", refused):
+                    yield
+    finally:
+        for thread in late:
+            thread.join(30)
+            assert not thread.is_alive(), "the late COMMIT never ended"
     assert lost, "the accept never committed"
 
 
@@ -248,6 +253,22 @@ def test_a_commit_still_under_way_when_its_answer_was_lost_is_waited_for(user, s
     assert response.status_code == 202, response.json()
     assert redis_holds(session, "Zorblax 10")
     assert Turn.objects.get(pk=response.json()["id"]).status == Turn.Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_still_under_way_past_the_checks_wait_is_unknown_and_undone(
+    user, settings, monkeypatch, caplog
+):
+    """Waited for once, up to the lock timeout: not retried as if the database were down."""
+    settings.HISTORY_STORE = "redis"
+    monkeypatch.setattr(services, "COMMIT_CHECK_LOCK_MS", 300)
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, commits_after=3.0), pytest.raises(OperationalError):
+        services.message_accept(user=user, session_id=session.pk, content="Zorblax 11")
+    assert not redis_holds(session, "Zorblax 11")
+    said = [record.getMessage() for record in caplog.records]
+    assert any("could not tell whether turn" in line for line in said), said
+    assert not any("retrying" in line for line in said), said
 
 
 @pytest.mark.django_db(transaction=True)
