@@ -429,6 +429,21 @@ def test_an_answer_for_a_chat_left_meanwhile_stays_in_that_chat(site, open_conte
     expect(page.locator("#live")).not_to_contain_text("chat you left")
     page.unroute("**/api/v1/sessions/*/messages/")
 
+    # The message to the chat left is refused for the rate: said as that chat's.
+    held = hold(page, "**/api/v1/sessions/*/messages/")
+    send(page, "Too fast for the first")
+    page_waits_until(page, lambda: held)
+    page.locator(f'#sessions button[data-session="{second}"]').click()
+    expect(said).to_have_text(["In the second chat"])
+    held[0].fulfill(
+        status=429, headers={"Retry-After": "1"}, json={"detail": "Slow down.", "code": "throttled"}
+    )
+    page.unroute("**/api/v1/sessions/*/messages/")
+    expect(page.get_by_role("alert")).to_contain_text("to the chat you left was not sent")
+    expect(page.locator("#send")).to_be_enabled(timeout=10_000)
+    page.locator(f'#sessions button[data-session="{first}"]').click()
+    expect(said).to_have_count(3)
+
     # The chat left has expired by the time its message arrives: said as that chat's, and
     # the open chat keeps its view (no "expired" banner for it, its Delete still there).
     held = hold(page, "**/api/v1/sessions/*/messages/")

@@ -295,7 +295,9 @@
         { label: "Reload the page", kind: "stale", run: () => window.location.reload() },
       );
     } else if (status === 429) {
-      coolDown(err.retryAfter || 10, kept); // the user's own rate, whichever chat was sent to
+      // The user's own rate, whichever chat was sent to; the box serves the open chat.
+      const again = left ? "Your message to the chat you left was not sent: open it" : kept;
+      coolDown(err.retryAfter || 10, left && left !== "new" ? again : kept);
     } else if (left === "new") {
       showBanner(
         `Your message for a new chat was not sent: ${err.message} Start a new chat to send ` +
