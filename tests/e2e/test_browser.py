@@ -477,6 +477,7 @@ def test_the_skip_link_moves_to_the_message_box_and_keeps_the_chat_open(site, op
     expect(page.get_by_role("alert")).to_be_hidden()
     expect(replies(page)).to_have_text(["Noted."])
     expect(page.get_by_role("button", name="Delete chat")).to_be_visible()
+    assert_no_csp_violations(page)
 
 
 def test_a_sign_in_in_another_tab_asks_for_a_reload_and_keeps_the_text(site, open_context):
@@ -504,6 +505,7 @@ def test_a_sign_in_in_another_tab_asks_for_a_reload_and_keeps_the_text(site, ope
     page.reload(wait_until="load")
     expect(replies(page)).to_have_count(2)
     expect(page.get_by_label("Message")).to_have_value("")
+    assert_no_csp_violations(page)
 
 
 def sign_in_again(context: BrowserContext, url: str, username: str) -> Page:
@@ -538,6 +540,7 @@ def test_a_refused_retry_keeps_the_failed_message_and_its_retry(site, open_conte
     failed.get_by_role("button", name="Retry").click()
     expect(failed).to_have_count(0)
     expect(replies(page)).to_have_text(["Noted."])
+    assert_no_csp_violations(page)
 
 
 def throttle_once(page: Page, seconds: int) -> None:
@@ -591,6 +594,7 @@ def test_the_rate_limit_is_said_once_and_counted_down_on_send(site, open_context
     expect(page.get_by_role("alert")).to_be_hidden()
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted."])
+    assert_no_csp_violations(page)
 
 
 def test_every_chat_is_listed_past_the_first_page(site, open_context):
@@ -599,6 +603,7 @@ def test_every_chat_is_listed_past_the_first_page(site, open_context):
         chat_session_create(owner=judy, title=f"Chat number {n}")
     page = sign_in(open_context(), site, "judy")
     expect(page.locator("#sessions button")).to_have_count(101)
+    assert_no_csp_violations(page)
 
 
 def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_claude):
@@ -623,6 +628,7 @@ def test_a_reply_ended_while_the_page_loaded_is_shown(site, open_context, fake_c
     expect(replies(page)).to_have_text(["Noted.", "Noted."])
     expect(page.locator("#pending")).to_be_hidden()
     expect(page.locator("#live")).to_contain_text("Assistant: Noted.")
+    assert_no_csp_violations(page)
 
 
 def test_a_message_whose_answer_the_connection_lost_is_caught_up(site, open_context, fake_claude):
@@ -663,6 +669,7 @@ def test_a_message_whose_answer_the_connection_lost_is_caught_up(site, open_cont
     expect(page.locator("#log .msg.user")).to_have_count(2)
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted.", "Noted.", "Noted."])
+    assert_no_csp_violations(page)
 
 
 def test_a_failure_older_than_the_chat_shown_is_not_drawn_again(site, open_context, fake_claude):
@@ -680,6 +687,7 @@ def test_a_failure_older_than_the_chat_shown_is_not_drawn_again(site, open_conte
     expect(page.locator("#log .msg.user .text")).to_have_text(["Hello there", "From elsewhere"])
     expect(replies(page)).to_have_text(["Noted."])
     expect(page.locator("#log .msg.failed")).to_have_count(0)
+    assert_no_csp_violations(page)
 
 
 def test_a_send_while_the_chats_could_not_be_read_is_refused_and_kept(site, open_context):
@@ -702,3 +710,4 @@ def test_a_send_while_the_chats_could_not_be_read_is_refused_and_kept(site, open
     expect(page.get_by_role("alert")).to_be_hidden()
     page.get_by_label("Message").press("Enter")
     expect(replies(page)).to_have_text(["Noted."])
+    assert_no_csp_violations(page)

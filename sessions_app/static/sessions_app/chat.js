@@ -624,7 +624,7 @@
         state.awaiting = null;
         showBanner(
           "Your last message was not sent: the connection went before the server had it. " +
-            "It is still in the box: send it again.",
+            (awaiting.retry ? "Use its Retry again." : "It is still in the box: send it again."),
           null,
         );
         return;
@@ -828,7 +828,7 @@
     } catch (err) {
       // Lost on its way, or only its answer: the history says which once reconnected.
       if (posted && err instanceof ConnectionLost && !left()) {
-        state.awaiting = { sessionId, afterSeq, content };
+        state.awaiting = { sessionId, afterSeq, content, retry };
       }
       handleError(err, { content, retry, left: left() });
       return false;
