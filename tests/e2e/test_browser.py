@@ -518,6 +518,60 @@ def sign_in_again(context: BrowserContext, url: str, username: str) -> Page:
     return page
 
 
+def test_what_the_tab_kept_for_another_account_is_forgotten(site, open_context):
+    """A shared browser: another account's draft (kept for its sign-in) and its chats' turn
+    ids are dropped from the tab's storage when this account's page opens."""
+    UserFactory(username="olga")
+    context = open_context()
+    page = sign_in(context, site, "olga")
+    send(page, "Mine")
+    expect(replies(page)).to_have_text(["Noted."])
+    page.evaluate(
+        """() => {
+          sessionStorage.setItem('isolated-chat:draft:99999', 'Another account typed this');
+          sessionStorage.setItem('isolated-chat:turn:0000-not-mine', 'a-turn-id');
+          sessionStorage.setItem('isolated-chat:draft:' + document.getElementById('chat')
+            .dataset.user, 'My own draft');
+        }"""
+    )
+    page.reload(wait_until="load")
+    expect(page.get_by_label("Message")).to_have_value("My own draft")
+    expect(page.locator("#sessions button[aria-current]")).to_have_count(1)  # list read
+    kept = page.evaluate("() => Object.keys(sessionStorage)")
+    assert not [key for key in kept if "99999" in key or "not-mine" in key], kept
+    assert "Another account typed this" not in page.content()
+    assert_no_csp_violations(page)
+
+
+def test_signing_out_leaves_nothing_of_the_account_for_the_next_in_the_tab(site, open_context):
+    """A shared browser, one tab: the text Peggy typed but did not send is neither restored by
+    the browser into Quentin's box when he goes Back, nor left in the tab's storage."""
+    UserFactory(username="peggy"), UserFactory(username="quentin")
+    context = open_context()
+    page = sign_in(context, site, "peggy")
+    send(page, "Hello")
+    expect(replies(page)).to_have_text(["Noted."])
+    page.get_by_label("Message").fill("Peggy's unsent words")
+    page.evaluate(
+        "() => { sessionStorage.setItem('isolated-chat:draft:' + "
+        "document.getElementById('chat').dataset.user, 'kept for Peggy'); }"
+    )
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    assert page.evaluate("() => Object.keys(sessionStorage)") == []
+    page.get_by_label("Username").fill("quentin")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("button", name="New chat")).to_be_visible()
+    page.go_back()
+    page.go_back()
+    expect(page.get_by_role("button", name="New chat", exact=True)).to_be_visible()
+    page.wait_for_load_state("load")
+    expect(page.get_by_label("Message")).to_have_value("")
+    assert "Peggy" not in page.content()
+    assert_no_csp_violations(page)
+
+
 def test_a_refused_retry_keeps_the_failed_message_and_its_retry(site, open_context, fake_claude):
     UserFactory(username="heidi")
     page = sign_in(open_context(), site, "heidi")

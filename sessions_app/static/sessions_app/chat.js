@@ -472,7 +472,10 @@
     if (state.sessionId) return openSession(state.sessionId, { quiet: true });
     // The page had not opened its first chat yet when the connection went (else a new
     // chat is open, and stays so).
-    if (!state.opened) return openAddressed(firstChat());
+    if (!state.opened) {
+      forgetOthers(); // as start would have, had its read of the list succeeded
+      return openAddressed(firstChat());
+    }
   }
 
   // ---- a turn: the event stream, polling as the fallback -----------------------------
@@ -905,7 +908,19 @@
     }
     openAddressed(wanted);
   });
+  // Signing out here leaves nothing of this account in the tab for whoever signs in next.
+  document.querySelector("form.signout")?.addEventListener("submit", () => {
+    state.signingOut = true;
+    try {
+      for (const key of Object.keys(window.sessionStorage)) {
+        if (key.startsWith("isolated-chat:")) window.sessionStorage.removeItem(key);
+      }
+    } catch {
+      // Storage off: nothing was kept.
+    }
+  });
   window.addEventListener("pagehide", () => {
+    if (state.signingOut) return;
     const asked = ["signed-out", "stale"].includes(els.banner.dataset.kind);
     if (asked && !els.banner.hidden) keepDraft(); // the browser's own reload, say
   });
@@ -922,7 +937,25 @@
       setLoading(false); // a send waiting is refused: no chat is open (the banner says why)
       return handleError(err);
     }
+    forgetOthers();
     openAddressed(firstChat());
+  }
+
+  // A browser shared by several accounts, one after another in this tab: what the page
+  // kept for another account (a draft, its chats' turn ids) goes, never to be shown here.
+  function forgetOthers() {
+    const mine = new Set(state.sessions.map((s) => TURN_KEY + s.id));
+    try {
+      const keys = Object.keys(window.sessionStorage);
+      for (const key of keys) {
+        const otherDraft = key.startsWith("isolated-chat:draft:") && key !== DRAFT_KEY;
+        if (otherDraft || (key.startsWith(TURN_KEY) && !mine.has(key))) {
+          window.sessionStorage.removeItem(key);
+        }
+      }
+    } catch {
+      // Storage off: nothing was kept.
+    }
   }
 
   // The chat a page opens first: the one its address names, else the newest.
