@@ -178,13 +178,11 @@ def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -
         if not services.turn_requeue(turn_id=turn.pk, attempt=turn.attempts):
             return "skipped"  # a newer run of this turn owns it now
         raise task.retry(countdown=countdown, exc=exc)
-    services.turn_fail(
-        turn_id=turn.pk,
-        attempt=turn.attempts,
+    return _failed(
+        turn,
         code=getattr(exc, "code", "timeout"),
         detail=getattr(exc, "detail", "The assistant took too long to answer; send again."),
     )
-    return "failed"
 
 
 def turns_sweep(*, older_than_seconds: int) -> dict[str, int]:
