@@ -15,7 +15,8 @@
   const TURN_KEY = "isolated-chat:turn:"; // sessionStorage: the last turn of each chat (ids only)
   // sessionStorage: text typed but not sent when the page must be reloaded or signed in again.
   // Keyed by the signed-in user, so a different account signing in in this tab never sees it.
-  const DRAFT_KEY = `isolated-chat:draft:${root.dataset.user}`;
+  const DRAFT_PREFIX = "isolated-chat:draft:";
+  const DRAFT_KEY = DRAFT_PREFIX + root.dataset.user;
 
   const $ = (id) => document.getElementById(id);
   const els = {
@@ -96,16 +97,16 @@
     return data;
   }
 
-  // Every page of a list: the API serves 100 items a page. A page past the end (the list
-  // shrank between two reads) ends it.
-  async function allPages(path) {
+  // Every page of a list from page ``first``: the API serves 100 items a page. A page past
+  // the end (the list shrank between two reads) ends it.
+  async function allPages(path, first = 1) {
     const all = [];
-    for (let page = 1; ; page += 1) {
+    for (let page = first; ; page += 1) {
       let data;
       try {
         data = await api("GET", `${path}?page=${page}`);
       } catch (err) {
-        if (page > 1 && err instanceof ApiError && err.status === 404) return all;
+        if (page > first && err instanceof ApiError && err.status === 404) return all;
         throw err;
       }
       all.push(...data.results);
@@ -184,9 +185,13 @@
     return li;
   }
 
+  function shownItem(seq) {
+    return els.log.querySelector(`.msg[data-seq="${seq}"]`);
+  }
+
   function appendMessage(message) {
     // Read twice (the history, then the turn that carried it): drawn once.
-    const drawn = els.log.querySelector(`.msg[data-seq="${message.seq}"]`);
+    const drawn = shownItem(message.seq);
     if (drawn) return drawn;
     const suppressed = message.status === "suppressed";
     const li = messageItem(message.role, message.content, suppressed ? "suppressed" : "");
@@ -296,8 +301,11 @@
       );
     } else if (status === 429) {
       // The user's own rate, whichever chat was sent to; the box serves the open chat.
-      const again = left ? "Your message to the chat you left was not sent: open it" : kept;
-      coolDown(err.retryAfter || 10, left && left !== "new" ? again : kept);
+      const leftChat = left && left !== "new";
+      coolDown(
+        err.retryAfter || 10,
+        leftChat ? "Your message to the chat you left was not sent: open it" : kept,
+      );
     } else if (left === "new") {
       showBanner(
         `Your message for a new chat was not sent: ${err.message} Start a new chat to send ` +
@@ -603,7 +611,7 @@
     }
     if (!TERMINAL.has(turn.status)) return watch(turn);
     // Ended between the history's read and this one: its reply may not be shown yet.
-    if (!els.log.querySelector(`.msg[data-seq="${turn.reply.seq}"]`)) finish(turn);
+    if (!shownItem(turn.reply.seq)) finish(turn);
     else forgetTurn(sessionId);
   }
 
@@ -653,11 +661,8 @@
       const { sessionId } = awaiting;
       let reply = null;
       try {
-        for (let p = page; !reply; p += 1) {
-          const data = await api("GET", `sessions/${sessionId}/messages/?page=${p}`);
-          reply = data.results.find((m) => m.role === "assistant" && m.seq > awaiting.seq);
-          if (!data.next) break;
-        }
+        const messages = await allPages(`sessions/${sessionId}/messages/`, page);
+        reply = messages.find((m) => m.role === "assistant" && m.seq > awaiting.seq);
       } catch (err) {
         if (state.awaiting !== awaiting || state.sessionId !== sessionId) return;
         const transient = err instanceof ApiError && (err.status === 429 || err.status >= 500);
@@ -911,13 +916,7 @@
   // Signing out here leaves nothing of this account in the tab for whoever signs in next.
   document.querySelector("form.signout")?.addEventListener("submit", () => {
     state.signingOut = true;
-    try {
-      for (const key of Object.keys(window.sessionStorage)) {
-        if (key.startsWith("isolated-chat:")) window.sessionStorage.removeItem(key);
-      }
-    } catch {
-      // Storage off: nothing was kept.
-    }
+    dropStored(() => true);
   });
   window.addEventListener("pagehide", () => {
     if (state.signingOut) return;
@@ -945,11 +944,18 @@
   // kept for another account (a draft, its chats' turn ids) goes, never to be shown here.
   function forgetOthers() {
     const mine = new Set(state.sessions.map((s) => TURN_KEY + s.id));
+    dropStored(
+      (key) =>
+        (key.startsWith(DRAFT_PREFIX) && key !== DRAFT_KEY) ||
+        (key.startsWith(TURN_KEY) && !mine.has(key)),
+    );
+  }
+
+  // Remove what this page keeps in the tab's storage (its keys only) that ``unwanted`` names.
+  function dropStored(unwanted) {
     try {
-      const keys = Object.keys(window.sessionStorage);
-      for (const key of keys) {
-        const otherDraft = key.startsWith("isolated-chat:draft:") && key !== DRAFT_KEY;
-        if (otherDraft || (key.startsWith(TURN_KEY) && !mine.has(key))) {
+      for (const key of Object.keys(window.sessionStorage)) {
+        if (key.startsWith("isolated-chat:") && unwanted(key)) {
           window.sessionStorage.removeItem(key);
         }
       }
