@@ -88,7 +88,7 @@ def accept(*, user_id: int, session_id: uuid.UUID, content: str, now: datetime) 
 
 def claim(turn_id: uuid.UUID, now: datetime) -> tuple[uuid.UUID, int] | None:
     """The claim and the history read: the turn's session and owner, or None if it ended."""
-    row = rows.one(services._START_SQL, [Turn.Status.RUNNING.value, now, now, turn_id])
+    row = rows.one(services.turns._START_SQL, [Turn.Status.RUNNING.value, now, now, turn_id])
     if row is None:
         return None
     session_id, owner_id = row[_TURN_FIELDS], row[_TURN_FIELDS + _OWNER]
@@ -101,7 +101,7 @@ def end(turn_id: uuid.UUID, reply: str, now: datetime) -> bool:
     insert = _inserts()
     params = [turn_id, Turn.Status.COMPLETED.value, None, now, now, turn_id]
     with transaction.atomic():
-        row = rows.one(services._END_SQL, params)
+        row = rows.one(services.reply._END_SQL, params)
         if row is None:
             return False
         session_id, owner_id = row[_TURN_FIELDS], row[_TURN_FIELDS + _OWNER]

@@ -261,7 +261,7 @@ def test_a_commit_still_under_way_past_the_checks_wait_is_unknown_and_undone(
 ):
     """Waited for once, up to the lock timeout: not retried as if the database were down."""
     settings.HISTORY_STORE = "redis"
-    monkeypatch.setattr(services, "COMMIT_CHECK_LOCK_MS", 300)
+    monkeypatch.setattr(services.accept, "COMMIT_CHECK_LOCK_MS", 300)
     session = services.chat_session_create(owner=user)
     with commit_answer_lost(session, commits_after=3.0), pytest.raises(OperationalError):
         services.message_accept(user=user, session_id=session.pk, content="Zorblax 11")

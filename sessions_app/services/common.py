@@ -1,0 +1,32 @@
+"""What the services' modules share: the clocks of sessions and turns, the texts users read
+in place of a reply, and the names the turn's statements are written with."""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+
+from ..models import ChatSession, Turn
+
+STALLED_DETAIL = "The reply was lost in transit; send the message again."
+# What the user reads in place of a withheld reply: nothing of the withheld text.
+SUPPRESSED_NOTICE = (
+    "This reply was withheld because it appeared to contain information from another "
+    "conversation. It has been sent for review; please ask again."
+)
+
+
+def expiry(now: datetime) -> datetime:
+    """When a session active at ``now`` expires (``SESSION_TTL_SECONDS``)."""
+    return now + timedelta(seconds=settings.SESSION_TTL_SECONDS)
+
+
+def deadline(now: datetime) -> datetime:
+    """When a turn started or re-queued at ``now`` is past due (``TURN_DEADLINE_SECONDS``)."""
+    return now + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
+
+
+# Postgres claims a turn, and ends one, in one UPDATE ... RETURNING each (``turns``,
+# ``reply``), rows built from what it returns: a claim is then one round trip instead of an
+# update and a read, a turn's end one instead of a lock and two updates (``rows``).
+TURN_TABLE, SESSION_TABLE = Turn._meta.db_table, ChatSession._meta.db_table
+IN_FLIGHT_SQL = ", ".join(f"'{status}'" for status in Turn.IN_FLIGHT)  # constants, not input

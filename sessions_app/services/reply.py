@@ -1,0 +1,175 @@
+"""A turn's reply: scanned, stored or withheld, and the turn ended with it."""
+
+import logging
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit_app.services import (
+    ScanResult,
+    audit_flagged_reply,
+    audit_message,
+    fingerprints_register,
+    reply_scan,
+)
+from core.ids import as_uuid
+
+from .. import crypto, events, rows
+from ..models import ChatSession, Turn
+from ..stores import DuplicateReply, StoredMessage, history_store
+from .common import IN_FLIGHT_SQL, SESSION_TABLE, SUPPRESSED_NOTICE, TURN_TABLE
+from .turns import turn_lock
+
+logger = logging.getLogger(__name__)
+
+
+# The session's row is updated (locked) before the turn's, the order a DELETE takes them.
+# If the turn ended meanwhile, the turn's UPDATE re-reads its row and matches nothing.
+_END_SQL = f"""
+    WITH s AS (
+        UPDATE "{SESSION_TABLE}" SET "next_seq" = "next_seq" + 1
+        WHERE "id" = (
+            SELECT "session_id" FROM "{TURN_TABLE}"
+            WHERE "id" = %s AND "status" IN ({IN_FLIGHT_SQL})
+        )
+        RETURNING *
+    )
+    UPDATE "{TURN_TABLE}" AS t
+    SET "status" = %s, "withheld" = %s, "finished_at" = %s, "updated_at" = %s,
+        "error_code" = '', "error_detail" = ''
+    FROM s
+    WHERE t."id" = %s AND t."session_id" = s."id" AND t."status" IN ({IN_FLIGHT_SQL})
+    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)}
+"""  # noqa: S608 - names from the models, statuses from constants; values are parameters
+
+
+def turn_deliver(*, turn: Turn, reply: str) -> str | None:
+    """Scan the reply against the fingerprint index, then store or withhold it (one read);
+    return how the turn ended, as ``turn_complete``.
+
+    Raise ``IndexUnavailable`` if the index cannot be reached: the task tries again later.
+    """
+    scan = reply_scan(user_id=turn.session.owner_id, session_id=turn.session_id, text=reply)
+    return turn_complete(turn_id=turn.pk, reply=reply, scan=scan)
+
+
+def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None) -> str | None:
+    """Store the reply and end the turn; return how it ended (``completed``, or
+    ``suppressed`` by the leak scan), or None if it had already ended.
+
+    The turn and session rows are locked first, and the store keeps one reply per turn,
+    so two concurrent runs of one turn never store two replies. A reply the ``scan`` found
+    to carry other users' data is flagged for review and, under ``LEAK_ACTION=suppress``,
+    withheld: sealed on the turn, the neutral notice stored in its place, the turn ended
+    ``suppressed``. A delivered reply's fingerprints join the index.
+    """
+    leaked = scan is not None and scan.leaked
+    suppress = leaked and settings.LEAK_ACTION == "suppress"
+    end = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
+    withheld = crypto.seal(reply.encode()) if suppress else None
+    try:
+        with transaction.atomic():
+            turn = _turn_end(turn_id, status=end, withheld=withheld)
+            if turn is None:
+                transaction.set_rollback(True)  # the seq it may have taken goes back
+                return None
+            seq = turn.session.next_seq - 1
+            message = _reply_append(
+                turn=turn,
+                seq=seq,
+                reply=SUPPRESSED_NOTICE if suppress else reply,
+                status="suppressed" if suppress else "ok",
+            )
+            if message.seq != seq:  # an earlier run's reply, kept at the seq it took
+                ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
+            _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
+            if not suppress:
+                # What is stored (an earlier run's reply, if one was kept): the index
+                # holds what the session holds.
+                fingerprints_register(
+                    user_id=turn.session.owner_id,
+                    session_id=turn.session_id,
+                    text=message.content,
+                    scan=scan,  # its digests, when the stored text is the one scanned
+                )
+    except DuplicateReply:
+        logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
+        return None
+    events.publish_turn_changed(turn_id=turn_id, status=end)
+    return end.value
+
+
+def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn | None:
+    """End an unfinished turn and take the next seq of its session for the reply; return the
+    turn with its session (``next_seq`` already past the reply's), or None if it had ended.
+
+    Both rows stay locked to the end of the caller's transaction, the session's first, as
+    ``chat_session_delete`` takes them: a DELETE waits, and seq stays gap-free. Call it
+    inside a transaction, and roll that back on None: the session may have moved on.
+    """
+    now = timezone.now()
+    if rows.in_sql():
+        tid = as_uuid(turn_id)
+        params = [tid, str(status), withheld, now, now, tid]
+        return rows.turn_from_row(rows.one(_END_SQL, params))
+    turn = turn_lock(turn_id)
+    if turn is None or turn.is_finished:
+        return None
+    turn.session.next_seq += 1
+    ChatSession.objects.filter(pk=turn.session_id).update(next_seq=turn.session.next_seq)
+    Turn.objects.filter(pk=turn.pk).update(
+        status=status,
+        withheld=withheld,
+        finished_at=now,
+        updated_at=now,
+        error_code="",
+        error_detail="",
+    )
+    return turn
+
+
+def _reply_audit(*, turn: Turn, content: str, scan: ScanResult | None) -> None:
+    ids = {"user_id": turn.session.owner_id, "session_id": turn.session_id, "turn_id": turn.pk}
+    if scan is None:
+        audit_message(**ids, role="assistant", content=content, kind="reply")
+    else:
+        delivered = settings.LEAK_ACTION != "suppress"
+        audit_flagged_reply(**ids, content=content, result=scan, delivered=delivered)
+
+
+def turn_release_withheld(*, turn_id: object) -> bool:
+    """Deliver a withheld reply that review found harmless; return False if there is none.
+
+    The turn then shows it (``completed``), and its fingerprints join the index.
+    """
+    with transaction.atomic():
+        turn = turn_lock(turn_id)
+        if turn is None or turn.status != Turn.Status.SUPPRESSED or not turn.withheld:
+            return False
+        text = crypto.unseal(bytes(turn.withheld)).decode()
+        history_store().reply_rewrite(
+            session=turn.session, turn_id=turn.pk, content=text, status="ok"
+        )
+        Turn.objects.filter(pk=turn.pk).update(
+            status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
+        )
+        fingerprints_register(user_id=turn.session.owner_id, session_id=turn.session_id, text=text)
+    events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.COMPLETED)
+    return True
+
+
+def _reply_append(*, turn: Turn, seq: int, reply: str, status: str) -> StoredMessage:
+    try:
+        return history_store().append_reply(
+            session=turn.session,
+            turn_id=turn.pk,
+            seq=seq,
+            content=reply,
+            status=status,
+        )
+    except DuplicateReply as duplicate:
+        if duplicate.existing is None:
+            raise  # the database store: the reply is there, this transaction is spoilt
+        # An earlier run stored it and then lost its database commit: finish with it.
+        return duplicate.existing
