@@ -1,10 +1,12 @@
-"""Errors of the chat API: another user's object, a turn already in flight."""
+"""Errors of the chat API: another user's object, a turn already in flight, an accept whose
+COMMIT nothing could confirm."""
 
 import uuid
 
 from rest_framework import exceptions, status
 
 from audit_app.services import audit_security_event
+from core.errors import BackendUnavailable
 
 
 class ForeignAccess(exceptions.NotFound):
@@ -45,3 +47,17 @@ class TurnInFlight(exceptions.APIException):
         "wait for it to finish, then send again."
     )
     default_code = "turn_in_flight"
+
+
+class CommitUnconfirmed(BackendUnavailable):
+    """An accept's COMMIT lost its answer and nothing could tell whether it took.
+
+    Answered 503, as any outage, which tells the client that nothing was kept: whoever
+    answers it has the turn settled once the database answers again
+    (``tasks.turn_settle_later``), removed with its message if the COMMIT took after all.
+    """
+
+    def __init__(self, *, turn_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        super().__init__(f"whether turn {turn_id} was committed is unknown")
+        self.turn_id = turn_id
+        self.session_id = session_id

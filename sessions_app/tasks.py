@@ -51,6 +51,42 @@ def turn_enqueue(*, turn: Turn) -> None:
         raise ServiceUnavailable() from exc
 
 
+def turn_settle_later(*, turn_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """Have an accept whose COMMIT nothing could confirm settled once the database answers:
+    its turn, if the COMMIT took, removed with its message, as its 503 told the client.
+
+    Queued, to outlive the request and a database that is still down; the stale-turn sweep
+    removes the turn too if this cannot (``services.turn_mark_unconfirmed``). Never raises:
+    the 503 being answered matters more.
+    """
+    try:
+        if current_app.conf.task_always_eager:
+            # An eager task's retries would run in-line at once: one try, then the sweep's.
+            services.turn_discard(turn_id=turn_id, session_id=session_id)
+        else:
+            discard_unconfirmed_turn.apply_async(args=[str(turn_id), str(session_id)], countdown=1)
+    except Exception:  # noqa: BLE001 - the sweep removes the marked turn
+        logger.warning("turn %s, perhaps committed, is left to the sweep", turn_id, exc_info=True)
+
+
+# About four minutes of tries while the database is down or the turn's COMMIT still under
+# way; past the stale-turn bound the sweep removes the marked turn as well.
+SETTLE_RETRIES, SETTLE_MAX_DELAY = 12, 30
+
+
+@shared_task(bind=True, acks_late=True, max_retries=SETTLE_RETRIES, ignore_result=True)
+def discard_unconfirmed_turn(self: Task, turn_id: str, session_id: str) -> None:
+    """Remove the turn of an accept answered 503 whose COMMIT took after all, with its
+    message; nothing if it did not take, or if a worker already has it."""
+    try:
+        services.turn_discard(turn_id=uuid.UUID(turn_id), session_id=uuid.UUID(session_id))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        countdown = min(2**self.request.retries, SETTLE_MAX_DELAY)
+        raise self.retry(countdown=countdown, exc=exc) from exc
+
+
 def _queue(turn: Turn) -> None:
     run_turn.delay(str(turn.pk), turn.session.owner_id, str(turn.session_id))
 
@@ -186,11 +222,12 @@ def _retry_or_fail(task: Task, *, turn: Turn, exc: Exception, deadline: float) -
 
 
 def turns_sweep(*, older_than_seconds: int) -> dict[str, int]:
-    """Re-queue or fail turns whose task was lost; return the counts."""
-    requeued, failed = services.turn_sweep_stale(older_than_seconds=older_than_seconds)
+    """Re-queue or fail turns whose task was lost, and remove those answered 503 whose
+    COMMIT took; return the counts."""
+    requeued, failed, discarded = services.turn_sweep_stale(older_than_seconds=older_than_seconds)
     for turn in requeued:
         _queue(turn)
-    return {"requeued": len(requeued), "failed": failed}
+    return {"requeued": len(requeued), "failed": failed, "discarded": discarded}
 
 
 @shared_task(acks_late=False, ignore_result=True)

@@ -22,6 +22,7 @@ from core.api import (
 )
 
 from .. import events, selectors, services, tasks
+from ..errors import CommitUnconfirmed
 from ..models import Turn
 from ..serializers import (
     MessageCreateSerializer,
@@ -204,12 +205,14 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             if timeout:
                 changes = wait_subscribe(turn_id=turn.pk, timeout=timeout, gone=gone)
             tasks.turn_enqueue(turn=turn)
-        except BaseException:
+        except BaseException as exc:
             if changes is not None:
                 changes.close()
             release()
             if turn is not None:
                 _unqueued_discard(turn)
+            elif isinstance(exc, CommitUnconfirmed):
+                tasks.turn_settle_later(turn_id=exc.turn_id, session_id=exc.session_id)
             raise
         return _Accepted(turn, wait, timeout, release, changes)
 

@@ -11,7 +11,6 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from audit_app.services import (
@@ -23,12 +22,12 @@ from core.errors import once_more_on_fresh_connection
 from core.ids import as_uuid
 
 from .. import events, privacy
-from ..errors import TurnInFlight
+from ..errors import CommitUnconfirmed, TurnInFlight
 from ..models import TURN_ONE_IN_FLIGHT, ChatSession, Turn
 from ..selectors import chat_session_take_seq_for_owner
 from ..stores import SessionRef, history_store
-from .common import STALLED_DETAIL, deadline, expiry
-from .turns import turn_fail, turn_lock
+from .common import STALLED_DETAIL, deadline, expiry, lock_timeout
+from .turns import turn_discard, turn_fail, turn_mark_unconfirmed, turn_unconfirmed
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +37,9 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
 
     Raise ``TurnInFlight`` if the session already has a turn pending or running; a turn
     in flight past ``STALE_TURN_SECONDS`` is ended first, so the session is not stuck.
+    Raise ``CommitUnconfirmed`` if the COMMIT's answer was lost and nothing could tell
+    whether it took: the caller answers 503 and has the turn settled
+    (``tasks.turn_settle_later``).
     """
     try:
         return _message_accept_or_undo(user=user, session_id=session_id, content=content)
@@ -57,7 +59,8 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
             )
         return turn
     except BaseException as exc:
-        if turn is not None and _committed_after_all(exc, turn=turn):
+        committed = False if turn is None else _committed_after_all(exc, turn=turn)
+        if committed:
             # The message is stored with a committed turn: it is accepted, and answered as
             # such (the caller queues the turn), instead of an error that would make the
             # client send it twice, or an undo that would leave the turn without it.
@@ -66,6 +69,11 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
         # A store outside the database (Redis) does not roll back with the transaction:
         # what it took of this turn goes, so that an error answer leaves nothing behind.
         _message_undo(owner_id=user.pk, session_id=session_id, turn_id=turn_id)
+        if committed is None:
+            # Perhaps committed: the caller has the turn settled later (removed if it took),
+            # and the sweep, or the next accept, removes it too instead of answering it.
+            turn_mark_unconfirmed(turn_id=turn_id)
+            raise CommitUnconfirmed(turn_id=turn_id, session_id=turn.session_id) from exc
         if isinstance(exc, IntegrityError) and sql.violated_constraint(exc) == TURN_ONE_IN_FLIGHT:
             # The partial unique index: one turn in flight per session. Relying on it
             # instead of looking first saves every accepted message a query. Any other
@@ -79,12 +87,14 @@ def _message_accept_or_undo(*, user: AbstractBaseUser, session_id: object, conte
 COMMIT_CHECK_LOCK_MS = 5000
 
 
-def _committed_after_all(exc: BaseException, *, turn: Turn) -> bool:
-    """Tell whether the accept's COMMIT, which raised ``exc``, committed all the same.
+def _committed_after_all(exc: BaseException, *, turn: Turn) -> bool | None:
+    """Tell whether the accept's COMMIT, which raised ``exc``, committed all the same; None
+    if that cannot be told.
 
     The connection can drop after the server committed and before its answer arrived:
     only the turn's row, read on a fresh connection, tells. A check that cannot answer
-    says no, and the accept is undone as for any other error.
+    (the database unreachable, or the lost connection's COMMIT still under way past
+    ``COMMIT_CHECK_LOCK_MS``) leaves it unknown.
     """
     if not isinstance(exc, DatabaseError) or isinstance(exc, IntegrityError):
         return False  # a constraint checked at COMMIT refused it: nothing committed
@@ -94,9 +104,9 @@ def _committed_after_all(exc: BaseException, *, turn: Turn) -> bool:
         return once_more_on_fresh_connection(
             _turn_committed, turn_id=turn.pk, session_id=turn.session_id
         )
-    except Exception:  # noqa: BLE001 - unknown is answered as not committed, as before
+    except Exception:  # noqa: BLE001 - whatever stopped the check, the answer is unknown
         logger.warning("could not tell whether turn %s was committed", turn.pk)
-        return False
+        return None
 
 
 class _StillCommitting(Exception):
@@ -111,10 +121,7 @@ def _turn_committed(*, turn_id: uuid.UUID, session_id: uuid.UUID) -> bool:
             # The lost connection's server process may still be committing (waiting for a
             # synchronous standby, say), its accept holding the session row: until it
             # ends, the turn is not visible yet. This lock waits for that end.
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT set_config('lock_timeout', %s, true)", [f"{COMMIT_CHECK_LOCK_MS}ms"]
-                )
+            lock_timeout(COMMIT_CHECK_LOCK_MS)
             sessions = ChatSession.objects.select_for_update(no_key=True).filter(pk=session_id)
             list(sessions.values_list("pk"))
             found = Turn.objects.filter(pk=turn_id).exists()
@@ -180,16 +187,11 @@ def _turn_stale_end(*, user: AbstractBaseUser, session_id: object) -> bool:
         status__in=Turn.IN_FLIGHT,
         updated_at__lt=stale_before,
     ).values_list("pk", flat=True)
-    ended = [turn_fail(turn_id=pk, code="stalled", detail=STALLED_DETAIL) for pk in stale]
+    ended = [_turn_stale_one_end(turn_id=pk) for pk in stale]
     return any(ended)
 
 
-def turn_discard(*, turn_id: uuid.UUID) -> None:
-    """Remove a turn that could not be queued, with its message, as if never accepted."""
-    with transaction.atomic():
-        turn = turn_lock(turn_id)
-        if turn is None or turn.status != Turn.Status.PENDING:
-            return
-        history_store().discard_turn(session=turn.session, turn_id=turn.pk)
-        turn.delete()
-        ChatSession.objects.filter(pk=turn.session_id).update(next_seq=F("next_seq") - 1)
+def _turn_stale_one_end(*, turn_id: uuid.UUID) -> bool:
+    if turn_unconfirmed(turn_id=turn_id):  # answered 503: removed, not kept as failed
+        return turn_discard(turn_id=turn_id)
+    return turn_fail(turn_id=turn_id, code="stalled", detail=STALLED_DETAIL)

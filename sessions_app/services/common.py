@@ -4,6 +4,7 @@ in place of a reply, and the names the turn's statements are written with."""
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 
 from ..models import ChatSession, Turn
 
@@ -30,3 +31,11 @@ def deadline(now: datetime) -> datetime:
 # update and a read, a turn's end one instead of a lock and two updates (``rows``).
 TURN_TABLE, SESSION_TABLE = Turn._meta.db_table, ChatSession._meta.db_table
 IN_FLIGHT_SQL = ", ".join(f"'{status}'" for status in Turn.IN_FLIGHT)  # constants, not input
+
+
+def lock_timeout(milliseconds: int) -> None:
+    """Bound every lock wait of the current transaction on Postgres (``lock_timeout``): a
+    wait past it raises ``OperationalError`` (55P03). Elsewhere, nothing."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{milliseconds}ms"])

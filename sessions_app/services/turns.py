@@ -4,16 +4,19 @@ import logging
 import uuid
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.errors import is_outage
 from core.ids import as_uuid
 
 from .. import events, rows
 from ..models import ChatSession, Turn
 from ..queries import turn_get, turn_list_stale
-from .common import IN_FLIGHT_SQL, SESSION_TABLE, STALLED_DETAIL, TURN_TABLE, deadline
+from ..stores import history_store
+from .common import IN_FLIGHT_SQL, SESSION_TABLE, STALLED_DETAIL, TURN_TABLE, deadline, lock_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -114,26 +117,92 @@ def turn_fail(*, turn_id: object, code: str, detail: str, attempt: int | None = 
     return bool(updated)
 
 
-def turn_sweep_stale(*, older_than_seconds: int) -> tuple[list[Turn], int]:
+# How long removing a turn waits for its session's row: a COMMIT of the turn may still be
+# under way on a connection that was lost, holding it.
+DISCARD_LOCK_MS = 5000
+# A turn whose accept was answered 503 though its COMMIT may have taken: marked in the
+# cache, since the database could not be written then, for long enough to outlast an
+# outage of the database.
+UNCONFIRMED_TTL_SECONDS = 24 * 3600
+
+
+def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> bool:
+    """Remove a pending turn with its message, as if never accepted; return whether it was
+    there to remove. One that could not be queued, or one whose accept was answered 503
+    while its COMMIT took. A turn gone, ended or running is left; a pending one is removed
+    even between two attempts (its next attempt then finds it gone, before any reply).
+
+    With ``session_id``, a COMMIT of the turn still under way is waited for, up to
+    ``DISCARD_LOCK_MS``: its accept holds the session's row, and until it ends the turn
+    cannot be seen. Past that, ``OperationalError``, to be tried again.
+    """
+    with transaction.atomic():
+        if session_id is not None:
+            lock_timeout(DISCARD_LOCK_MS)
+            list(ChatSession.objects.select_for_update().filter(pk=session_id).values_list("pk"))
+        turn = turn_lock(turn_id)
+        if turn is None or turn.status != Turn.Status.PENDING:
+            return False
+        history_store().discard_turn(session=turn.session, turn_id=turn.pk)
+        turn.delete()
+        ChatSession.objects.filter(pk=turn.session_id).update(next_seq=F("next_seq") - 1)
+    return True
+
+
+def _unconfirmed_key(turn_id: uuid.UUID) -> str:
+    return f"turn:{turn_id}:unconfirmed"
+
+
+def turn_mark_unconfirmed(*, turn_id: uuid.UUID) -> None:
+    """Mark a turn whose accept was answered 503 while its COMMIT may have taken, so that
+    the stale-turn sweep and the session's next accept remove it instead of answering it.
+
+    The cache down too, the mark is lost: the sweep then answers the turn.
+    """
+    try:
+        cache.set(_unconfirmed_key(turn_id), 1, timeout=UNCONFIRMED_TTL_SECONDS)
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        logger.warning("cache unavailable: turn %s, perhaps committed, is unmarked", turn_id)
+
+
+def turn_unconfirmed(*, turn_id: uuid.UUID) -> bool:
+    """Tell whether the turn's accept was answered 503 (``turn_mark_unconfirmed``); False
+    if the cache cannot say."""
+    try:
+        return cache.get(_unconfirmed_key(turn_id)) is not None
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return False
+
+
+def turn_sweep_stale(*, older_than_seconds: int) -> tuple[list[Turn], int, int]:
     """Decide turns left pending or running past the bound: return those put back to
-    pending (for the caller to queue again) and how many were failed.
+    pending (for the caller to queue again), how many were failed and how many removed.
 
     Their task was lost (the broker restarted empty) or their worker died after acking.
     Each turn is decided under a skip-locked row lock and its ``updated_at`` is bumped, so
-    with many sweepers at once exactly one re-queues it per period.
+    with many sweepers at once exactly one re-queues it per period. A turn whose accept
+    was answered 503 (``turn_unconfirmed``) is removed instead: its client was told that
+    nothing was kept.
     """
     requeued: list[Turn] = []
-    failed = 0
+    failed = discarded = 0
     for turn_id in turn_list_stale(older_than_seconds=older_than_seconds).values_list(
         "pk", flat=True
     ):
+        if turn_unconfirmed(turn_id=turn_id):
+            discarded += turn_discard(turn_id=turn_id)
+            continue
         turn = _turn_sweep_one(turn_id=turn_id, older_than_seconds=older_than_seconds)
         if turn is not None and turn.is_finished:
             failed += 1
         elif turn is not None:
             logger.warning("re-queueing stale turn %s", turn_id)
             requeued.append(turn)
-    return requeued, failed
+    return requeued, failed, discarded
 
 
 def _turn_sweep_one(*, turn_id: uuid.UUID, older_than_seconds: int) -> Turn | None:

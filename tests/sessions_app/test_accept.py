@@ -1,23 +1,28 @@
 """Accepting a message: the session's lock, counter and expiry taken in one statement, and
 what a COMMIT that fails, or seems to, leaves."""
 
+import base64
+import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from unittest import mock
 
 import pytest
+from celery.exceptions import Retry
+from django.core.cache import cache
 from django.db import OperationalError, connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_redis import get_redis_connection
 from rest_framework.exceptions import NotFound
 
-from sessions_app import selectors, services
-from sessions_app.errors import ForeignAccess
-from sessions_app.models import ChatSession, Turn
+from sessions_app import selectors, services, tasks
+from sessions_app.errors import CommitUnconfirmed, ForeignAccess
+from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.stores import history_store
 
 from ..conftest import client_for
@@ -263,7 +268,7 @@ def test_a_commit_still_under_way_past_the_checks_wait_is_unknown_and_undone(
     settings.HISTORY_STORE = "redis"
     monkeypatch.setattr(services.accept, "COMMIT_CHECK_LOCK_MS", 300)
     session = services.chat_session_create(owner=user)
-    with commit_answer_lost(session, commits_after=3.0), pytest.raises(OperationalError):
+    with commit_answer_lost(session, commits_after=3.0), pytest.raises(CommitUnconfirmed):
         services.message_accept(user=user, session_id=session.pk, content="Zorblax 11")
     assert not redis_holds(session, "Zorblax 11")
     said = [record.getMessage() for record in caplog.records]
@@ -282,15 +287,206 @@ def test_a_commit_that_failed_is_undone_from_redis(user, settings):
     assert not redis_holds(session, "Zorblax 8")
 
 
+def leaves_nothing(session: ChatSession, text: str) -> None:
+    """Nothing of a message answered with an error: no turn, no message in any store, the
+    session's counter back where it was, and the session free for the next message."""
+    assert not Turn.objects.filter(session=session).exists()
+    assert not Message.objects.filter(session=session).exists()
+    assert not redis_holds(session, text)
+    assert text not in repr(cache.get(f"session:{{{session.pk}}}:messages"))  # cached_db's
+    assert ChatSession.objects.get(pk=session.pk).next_seq == 1
+    again = client_for(session.owner).post(
+        f"/api/v1/sessions/{session.pk}/messages/", {"content": text}, format="json"
+    )
+    assert again.status_code == 202, again.json()
+    assert again.json()["user_message"]["seq"] == 1
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_commit_nothing_can_confirm_is_undone_from_redis(user, settings):
-    """The database is gone after the COMMIT: whether it took cannot be told, and the
-    error answer leaves nothing in Redis, as for any failed accept."""
-    settings.HISTORY_STORE = "redis"
+@pytest.mark.parametrize("store", ["redis", "db", "cached_db"])
+def test_a_commit_nothing_can_confirm_is_answered_503_and_settled_once_the_database_is_back(
+    user, settings, store, queued
+):
+    """The database is gone after a COMMIT that took: whether it took cannot be told. The
+    answer is 503, which tells the client nothing was kept, so a task queued with it
+    removes the turn and its message once the database answers, from every store."""
+    settings.HISTORY_STORE = store
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, reconnect=False):
+        response = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 9"}, format="json"
+        )
+    assert response.status_code == 503, response.json()
+    assert not redis_holds(session, "Zorblax 9")  # undone from Redis at once
+    [turn] = Turn.objects.filter(session=session)  # it took, as nothing could tell
+    [message] = [json.loads(raw) for raw in queued.lrange("celery", 0, -1)]
+    assert message["headers"]["task"] == "sessions_app.tasks.discard_unconfirmed_turn"
+    assert message["headers"]["eta"] is not None  # not before the database may be back
+    args = json.loads(base64.b64decode(message["body"]))[0]
+    assert args == [str(turn.pk), str(session.pk)]  # ids only: no content on the broker
+    tasks.discard_unconfirmed_turn.apply(args=args).get()
+    queued.delete("celery")
+    leaves_nothing(session, "Zorblax 9")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settling_a_turn_whose_commit_did_not_take_changes_nothing(user, settings, queued):
+    session = services.chat_session_create(owner=user)
+    with (
+        commit_answer_lost(session, committed=False, reconnect=False),
+        pytest.raises(CommitUnconfirmed) as unconfirmed,
+    ):
+        services.message_accept(user=user, session_id=session.pk, content="Zorblax 12")
+    tasks.discard_unconfirmed_turn.apply(
+        args=[str(unconfirmed.value.turn_id), str(session.pk)]
+    ).get()
+    leaves_nothing(session, "Zorblax 12")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settling_leaves_a_turn_a_worker_has(user, settings, queued):
+    """Past the stale-turn bound the sweep queues the turn, and a worker that claimed it
+    answers it: the settling task, later still, takes nothing from it."""
     session = services.chat_session_create(owner=user)
     with (
         commit_answer_lost(session, reconnect=False),
-        pytest.raises(OperationalError),
+        pytest.raises(CommitUnconfirmed) as unconfirmed,
     ):
-        services.message_accept(user=user, session_id=session.pk, content="Zorblax 9")
-    assert not redis_holds(session, "Zorblax 9")
+        services.message_accept(user=user, session_id=session.pk, content="Zorblax 13")
+    assert services.turn_claim(turn_id=unconfirmed.value.turn_id) is not None
+    tasks.discard_unconfirmed_turn.apply(
+        args=[str(unconfirmed.value.turn_id), str(session.pk)]
+    ).get()
+    assert Turn.objects.get(session=session).status == Turn.Status.RUNNING
+    assert Message.objects.filter(session=session).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["redis", "db"])
+def test_without_a_broker_of_its_own_the_unconfirmed_accept_is_settled_in_the_request(
+    user, settings, monkeypatch, store
+):
+    """The embedded setup runs tasks eagerly: the request tries the removal itself, here
+    once the late COMMIT has ended (the removal waits for the session's row)."""
+    settings.HISTORY_STORE = store
+    monkeypatch.setattr(services.accept, "COMMIT_CHECK_LOCK_MS", 300)
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, commits_after=1.0):
+        response = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 14"}, format="json"
+        )
+    assert response.status_code == 503, response.json()
+    leaves_nothing(session, "Zorblax 14")
+
+
+@contextmanager
+def unconfirmed(session: ChatSession, content: str, **lost: object) -> Iterator[list[str]]:
+    """Accept ``content`` through ``commit_answer_lost(**lost)``, nothing able to tell
+    whether it took; yield the settling task's arguments while the loss lasts."""
+    with commit_answer_lost(session, **lost):
+        with pytest.raises(CommitUnconfirmed) as raised:
+            services.message_accept(user=session.owner, session_id=session.pk, content=content)
+        yield [str(raised.value.turn_id), str(session.pk)]
+
+
+def settle_in_a_worker(args: list[str], *, retries: int) -> None:
+    """Run the settling task as a worker runs its ``retries``-th retry, and see it ask for
+    another (queued on the broker, as a worker's ``retry`` does)."""
+    task = tasks.discard_unconfirmed_turn
+    task.push_request(id="settle", retries=retries, args=args, kwargs={}, called_directly=False)
+    try:
+        with pytest.raises(Retry):
+            task.run(*args)
+    finally:
+        task.pop_request()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settling_while_the_database_is_still_down_tries_again_later(user, settings, queued):
+    session = services.chat_session_create(owner=user)
+    with unconfirmed(session, "Zorblax 15", reconnect=False) as args:
+        settle_in_a_worker(args, retries=3)
+    [message] = [json.loads(raw) for raw in queued.lrange("celery", 0, -1)]
+    assert message["headers"]["task"] == "sessions_app.tasks.discard_unconfirmed_turn"
+    assert message["headers"]["retries"] == 4
+    due_in = datetime.fromisoformat(message["headers"]["eta"]) - timezone.now()
+    assert timedelta(seconds=6) < due_in <= timedelta(seconds=8)  # 2**3 s: backing off
+    assert Turn.objects.filter(session=session).exists()  # until the retry runs
+    queued.delete("celery")
+    tasks.discard_unconfirmed_turn.apply(args=args).get()
+    leaves_nothing(session, "Zorblax 15")
+
+
+def unconfirmed_accept(session: ChatSession, content: str) -> uuid.UUID:
+    """Accept ``content`` through a COMMIT that took and whose answer was lost, with
+    nothing able to confirm it; return the turn's id."""
+    with unconfirmed(session, content, reconnect=False) as (turn_id, _):
+        pass
+    assert Turn.objects.filter(pk=turn_id).exists()
+    return uuid.UUID(turn_id)
+
+
+def age(turn_id: uuid.UUID, seconds: int) -> None:
+    past = timezone.now() - timedelta(seconds=seconds)
+    Turn.objects.filter(pk=turn_id).update(updated_at=past)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_removes_a_turn_answered_503_instead_of_answering_it(user, fake_claude):
+    """The database stayed down past the stale-turn bound, or the task was lost: the sweep
+    finds the turn marked and removes it, Claude not called."""
+    session = services.chat_session_create(owner=user)
+    turn_id = unconfirmed_accept(session, "Zorblax 16")
+    age(turn_id, 500)
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0, "discarded": 1}
+    assert fake_claude.request_count() == 0
+    leaves_nothing(session, "Zorblax 16")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_next_accept_removes_a_stale_turn_answered_503_instead_of_failing_it(user):
+    session = services.chat_session_create(owner=user)
+    turn_id = unconfirmed_accept(session, "Zorblax 17")
+    age(turn_id, 500)
+    turn = services.message_accept(user=user, session_id=session.pk, content="Zorblax 18")
+    assert list(Turn.objects.filter(session=session).values_list("pk", flat=True)) == [turn.pk]
+    stored = Message.objects.filter(session=session).values_list("seq", "content")
+    assert list(stored) == [(1, "Zorblax 18")]  # the first message of the session, again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unmarked_stale_turn_is_still_requeued_by_the_sweep(user, queued):
+    """The mark, not the turn's age or its missing task, decides: a lost task's turn is
+    answered as before."""
+    session = services.chat_session_create(owner=user)
+    turn_id = unconfirmed_accept(session, "Zorblax 19")
+    cache.delete(f"turn:{turn_id}:unconfirmed")
+    age(turn_id, 500)
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0, "discarded": 0}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_settling_task_waits_for_a_commit_still_under_way(user, settings, monkeypatch, queued):
+    """The task runs while the lost connection's COMMIT is still under way: it waits for
+    the session's row, then sees the turn and removes it."""
+    monkeypatch.setattr(services.accept, "COMMIT_CHECK_LOCK_MS", 300)
+    session = services.chat_session_create(owner=user)
+    with unconfirmed(session, "Zorblax 20", commits_after=1.5) as args:
+        tasks.discard_unconfirmed_turn.apply(args=args).get()
+    leaves_nothing(session, "Zorblax 20")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_settling_task_tries_again_past_its_lock_wait(user, settings, monkeypatch, queued):
+    """A COMMIT under way longer than the task waits: the task is tried again later, not
+    left holding a worker."""
+    monkeypatch.setattr(services.accept, "COMMIT_CHECK_LOCK_MS", 200)
+    monkeypatch.setattr(services.turns, "DISCARD_LOCK_MS", 200)
+    session = services.chat_session_create(owner=user)
+    with unconfirmed(session, "Zorblax 21", commits_after=2.0) as args:
+        settle_in_a_worker(args, retries=0)
+    [message] = [json.loads(raw) for raw in queued.lrange("celery", 0, -1)]
+    assert message["headers"]["retries"] == 1
+    queued.delete("celery")
+    tasks.discard_unconfirmed_turn.apply(args=args).get()
+    leaves_nothing(session, "Zorblax 21")

@@ -55,7 +55,7 @@ def _ended(turn: Turn) -> None:
 ORM_END = "end-through-the-orm"
 # name: (the turn it needs, the path, what it returns, what it leaves)
 PATHS = {
-    "discard": (_pending, lambda turn: services.turn_discard(turn_id=turn.pk), None, _discarded),
+    "discard": (_pending, lambda turn: services.turn_discard(turn_id=turn.pk), True, _discarded),
     "release": (
         _withheld,
         lambda turn: services.turn_release_withheld(turn_id=turn.pk),

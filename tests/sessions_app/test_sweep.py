@@ -29,9 +29,9 @@ def age(turn: Turn, seconds: int) -> None:
 @pytest.mark.django_db
 def test_a_lost_pending_turn_is_requeued_and_completes(user, settings):
     turn = accepted_turn(user)
-    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0, "discarded": 0}
     age(turn, 61)
-    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0, "discarded": 0}
     turn.refresh_from_db()
     assert turn.status == "completed"
     assert Message.objects.filter(turn=turn, role="assistant").count() == 1
@@ -42,7 +42,7 @@ def test_a_turn_stuck_running_past_its_budget_fails_with_the_message_kept(user, 
     turn = accepted_turn(user, "keep me")
     Turn.objects.filter(pk=turn.pk).update(status="running", attempts=settings.TURN_MAX_ATTEMPTS)
     age(turn, 500)
-    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 1}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 1, "discarded": 0}
     turn.refresh_from_db()
     assert turn.status == "failed" and turn.error_code == "stalled" and turn.error_detail
     assert turn.finished_at is not None
@@ -56,7 +56,7 @@ def test_finished_turns_are_left_alone(user):
     turn = accepted_turn(user)
     services.turn_fail(turn_id=turn.pk, code="x", detail="y")
     age(turn, 500)
-    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0, "discarded": 0}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -158,7 +158,7 @@ def test_a_requeued_turn_gets_a_fresh_deadline(user, fake_claude, settings):
     Turn.objects.filter(pk=turn.pk).update(
         created_at=long_ago, deadline_at=long_ago, updated_at=long_ago
     )
-    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 1, "failed": 0, "discarded": 0}
     turn.refresh_from_db()
     assert turn.status == "completed", (turn.error_code, turn.error_detail)
     assert fake_claude.request_count() == 1

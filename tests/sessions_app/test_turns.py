@@ -379,7 +379,7 @@ def test_a_retry_the_broker_cannot_take_leaves_the_turn_to_the_sweep(
     turn.refresh_from_db()
     assert (turn.status, turn.error_code) == (Turn.Status.PENDING, "")
 
-    assert tasks.turns_sweep(older_than_seconds=0) == {"requeued": 1, "failed": 0}
+    assert tasks.turns_sweep(older_than_seconds=0) == {"requeued": 1, "failed": 0, "discarded": 0}
     turn.refresh_from_db()
     assert turn.status == Turn.Status.COMPLETED
     assert fake_claude.request_count() == 2

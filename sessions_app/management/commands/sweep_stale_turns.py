@@ -17,4 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, older_than: int, **options) -> None:
         counts = turns_sweep(older_than_seconds=older_than)
-        self.stdout.write(f"re-queued {counts['requeued']}, failed {counts['failed']}")
+        self.stdout.write(
+            f"re-queued {counts['requeued']}, failed {counts['failed']},"
+            f" removed {counts['discarded']} answered 503"
+        )
