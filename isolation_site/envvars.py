@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Collection, Sequence
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -218,6 +219,35 @@ def url_scheme_check(name: str, url: str, schemes: Sequence[str]) -> None:
     if url and not (sep and scheme in schemes):
         starts = _listed([f"{s}://" for s in schemes])
         raise ImproperlyConfigured(f"{name}={_shown(url)!r}: give a URL starting {starts}.")
+
+
+def env_http_url(name: str) -> str | None:
+    """Return ``name``, an ``http://`` or ``https://`` URL with a host, or None when it is
+    unset, empty or only blanks. Read as set: a URL is never another variable's name."""
+    url = os.environ.get(name, "").strip()
+    if not url:
+        return None
+    url_scheme_check(name, url, ("http", "https"))
+    if not urlsplit(url).hostname:
+        raise ImproperlyConfigured(f"{name}={_shown(url)!r}: give a URL with a host.")
+    return url
+
+
+# An HTTP header's name: letters, digits and "-" (a "_" is dropped or merged by many
+# proxies and servers, and would never reach Django as written).
+_HEADER_NAME = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")
+
+
+def env_header(name: str) -> str:
+    """Return ``name``, an HTTP header's name such as ``X-Forwarded-Proto``, or "" when it is
+    unset, empty or only blanks; refuse anything no request could carry."""
+    header = os.environ.get(name, "").strip()
+    if header and not _HEADER_NAME.fullmatch(header):
+        raise ImproperlyConfigured(
+            f"{name}={header!r} is not a header name: give it as the proxy sends it, "
+            "letters, digits and '-' (e.g. X-Forwarded-Proto)."
+        )
+    return header
 
 
 def env_database(name: str, default: str, schemes: Sequence[str]) -> dict:

@@ -7,6 +7,7 @@ every variable; production sets ``DATABASE_URL``, ``REDIS_URL`` and the secrets.
 
 import base64
 import hashlib
+import os
 from pathlib import Path
 
 import phonenumbers
@@ -19,6 +20,8 @@ from isolation_site.envvars import (
     env_choice,
     env_codes,
     env_database,
+    env_header,
+    env_http_url,
     env_list,
     env_number,
     env_origins,
@@ -79,7 +82,7 @@ if SECURE_HTTPS:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 # The header a TLS-terminating proxy sets, e.g. X-Forwarded-Proto: "https" in it means the
 # request came over TLS. Unset, such a header is ignored (a client could forge it).
-PROXY_SSL_HEADER = env.str("PROXY_SSL_HEADER", default="")
+PROXY_SSL_HEADER = env_header("PROXY_SSL_HEADER")
 if PROXY_SSL_HEADER:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + PROXY_SSL_HEADER.upper().replace("-", "_"), "https")
 CSRF_TRUSTED_ORIGINS = env_origins("CSRF_TRUSTED_ORIGINS")
@@ -290,7 +293,11 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Claude -------------------------------------------------------------------------------
 ANTHROPIC_API_KEY = env_secret("ANTHROPIC_API_KEY")
-ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="") or None
+ANTHROPIC_BASE_URL = env_http_url("ANTHROPIC_BASE_URL")
+if ANTHROPIC_BASE_URL is None:
+    # Unset for the SDK too: handed None it reads the variable itself, and would take a
+    # blank one for its base URL (every call failing) instead of its own default.
+    os.environ.pop("ANTHROPIC_BASE_URL", None)
 LLM_PROVIDER = env_choice(
     "LLM_PROVIDER", "anthropic" if ANTHROPIC_API_KEY else "offline", ("anthropic", "offline")
 )

@@ -466,6 +466,15 @@ ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://cha
             "'https://a.example.com/', 'https://b.example.com/chat' or "
             "'https://*.c.example.com/d' not an origin",
         ),
+        # Started, and every call to Claude failed ("missing an 'http://' or 'https://'").
+        ("ANTHROPIC_BASE_URL", "notaurl", "ANTHROPIC_BASE_URL='notaurl': give a URL starting"),
+        ("ANTHROPIC_BASE_URL", "ftp://x", "ANTHROPIC_BASE_URL='ftp://x': give a URL starting"),
+        ("ANTHROPIC_BASE_URL", "https://", "ANTHROPIC_BASE_URL='https://': give a URL with a"),
+        # Started, and no request could match it (HTTP_X FORWARDED PROTO): behind a TLS proxy
+        # every request was redirected to HTTPS again. "$FOO" was silently another variable.
+        ("PROXY_SSL_HEADER", "X Forwarded Proto", "PROXY_SSL_HEADER='X Forwarded Proto' is not"),
+        ("PROXY_SSL_HEADER", "X_Forwarded_Proto", "'X_Forwarded_Proto' is not a header name"),
+        ("PROXY_SSL_HEADER", "$FOO", "PROXY_SSL_HEADER='$FOO' is not a header name"),
         # A reference to another variable, which django-environ would have expanded.
         ("SECRET_KEY", "$DJANGO_SECRET", "SECRET_KEY names another variable ($DJANGO_SECRET)"),
         ("AUDIT_CHAIN_KEY", "$CHAIN_KEY", "AUDIT_CHAIN_KEY names another variable"),
@@ -504,3 +513,28 @@ def test_trusted_origins_with_their_schemes_start():
         result.stdout.split("\n")[-2]
         == "['https://chat.example.com', 'http://*.example.org:8443', 'https://*.example.net/']"
     )
+
+
+def test_a_blank_claude_base_url_is_the_sdks_default_and_a_given_one_is_used():
+    """Blank, the SDK read the variable again and took "" for its base URL: every call
+    failed. A proxy's header is read as the proxy sends it."""
+    code = (
+        "import django, json; from django.conf import settings; django.setup();"
+        "from sessions_app import llm;"
+        "print(json.dumps([str(llm.client().base_url), settings.SECURE_PROXY_SSL_HEADER]))"
+    )
+    keyed = {"DEBUG": "1", "ANTHROPIC_API_KEY": "sk-test"}
+    blank = load_settings(code, ANTHROPIC_BASE_URL=" ", PROXY_SSL_HEADER="", **keyed)
+    assert blank.returncode == 0, blank.stderr
+    assert json.loads(blank.stdout.splitlines()[-1]) == ["https://api.anthropic.com", None]
+    given = load_settings(
+        code,
+        ANTHROPIC_BASE_URL="http://127.0.0.1:9/claude",
+        PROXY_SSL_HEADER="X-Forwarded-Proto",
+        **keyed,
+    )
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout.splitlines()[-1]) == [
+        "http://127.0.0.1:9/claude/",
+        ["HTTP_X_FORWARDED_PROTO", "https"],
+    ]

@@ -4,7 +4,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from sessions_app.pii import detect, pseudonymize_spans, redact_spans
+from sessions_app.pii import pseudonymize_spans, redact_spans, spans_to_scrub
 
 
 class Command(BaseCommand):
@@ -29,9 +29,9 @@ class Command(BaseCommand):
         vault: dict[str, str] = {}  # one vault for the whole run, as for one session
         for raw in stdin:
             line = raw.rstrip("\r\n")
-            # The service's regions (PII_PHONE_REGIONS), not detect's wider default: the
-            # scan shows what the service would scrub.
-            spans = detect(line, regions=settings.PII_PHONE_REGIONS)
+            # What the service would scrub: its regions (PII_PHONE_REGIONS), not detect's
+            # wider default, and placeholders already in the text left as they are.
+            spans = spans_to_scrub(line, regions=settings.PII_PHONE_REGIONS)
             if options["mode"] == "redact":
                 text = redact_spans(line, spans)
             else:
