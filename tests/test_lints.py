@@ -37,8 +37,10 @@ SHARED = {
 }
 MUTABLE_CALLS = {
     "list", "dict", "set", "defaultdict", "deque", "OrderedDict", "Counter",
-    "WeakKeyDictionary", "WeakValueDictionary", "WeakSet",
+    "WeakKeyDictionary", "WeakValueDictionary", "WeakSet", "fromkeys", "local",
+    "SimpleNamespace",
 }  # fmt: skip
+CACHES = {"lru_cache", "cache", "cached_property"}
 # Every cached function, with why its cache holds no conversation data. A new one must be
 # added here, so that a cache keyed by content (one user's text handed to the next caller)
 # cannot slip in.
@@ -80,13 +82,29 @@ def _assignments(body: list[ast.stmt]):
             yield stmt.target.id, stmt.value
 
 
-def _cache_decorated(tree: ast.AST):
+def _cache_decorated(tree: ast.Module):
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             for decorator in node.decorator_list:
                 target = decorator.func if isinstance(decorator, ast.Call) else decorator
-                if _name(target) in {"lru_cache", "cache", "cached_property"}:
+                if _name(target) in CACHES:
                     yield node.name
+    # Applied as a call: ``_replies = functools.lru_cache(maxsize=None)(reply_for)``.
+    for target, value in _assignments(tree.body):
+        wrapper = value.func if isinstance(value, ast.Call) else None
+        if isinstance(wrapper, ast.Call):  # lru_cache(maxsize=...)(fn)
+            wrapper = wrapper.func
+        if wrapper is not None and _name(wrapper) in CACHES:
+            yield target
+
+
+def _mutable_defaults(tree: ast.Module):
+    """Functions with a mutable default argument, one object shared by every call."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            defaults = node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+            if any(_mutable(default) for default in defaults):
+                yield node.name
 
 
 def shared_state_offenses(name: str, source: str) -> list[str]:
@@ -108,6 +126,7 @@ def shared_state_offenses(name: str, source: str) -> list[str]:
             if _mutable(value) and target not in DECLARATIVE
         ]
     found += [f"{name}: @cache {fn}" for fn in _cache_decorated(tree) if fn not in CACHED]
+    found += [f"{name}: {fn}(default)" for fn in _mutable_defaults(tree)]
     return found
 
 
@@ -126,13 +145,27 @@ def test_the_shared_state_lint_catches_what_it_names():
             cache = dict()
         @functools.lru_cache
         def reply_for(content): ...
+        _local = threading.local()
+        _last = types.SimpleNamespace(reply=None)
+        _seen = dict.fromkeys(())
+        _replies = functools.lru_cache(maxsize=None)(reply_for)
+        _answers = functools.cache(reply_for)
+        def remember(text, seen=[]): ...
+        def recall(text, *, by_user={}): ...
     """
     assert shared_state_offenses("broken.py", textwrap.dedent(broken)) == [
         "broken.py: HISTORY",
         "broken.py: _messages",
         "broken.py: _by_user",
+        "broken.py: _local",
+        "broken.py: _last",
+        "broken.py: _seen",
         "broken.py: Store.cache",
         "broken.py: @cache reply_for",
+        "broken.py: @cache _replies",
+        "broken.py: @cache _answers",
+        "broken.py: remember(default)",
+        "broken.py: recall(default)",
     ]
     fine = "NAMES = ('a', 'b')\nurlpatterns = []\nclass M:\n    fields = ['x']\n"
     assert shared_state_offenses("fine.py", fine) == []
@@ -216,12 +249,18 @@ MANAGERS = {"objects", "_default_manager", "_base_manager"}
 # The reverse accessor from a user to their sessions skips the gate's "live" filter and
 # its audit. (The ones from a session start from a row the gate already handed out.)
 RELATED = {"chat_sessions"}
-TABLES = ("sessions_app_chatsession", "sessions_app_message", "sessions_app_turn")
+TABLES = (
+    "sessions_app_chatsession",
+    "sessions_app_message",
+    "sessions_app_turn",
+    "sessions_app_sessionvault",
+)
 # Where fetching them is the module's job: the gate, the writes, the worker's reads by
 # turn id, the glue of the vault, the stores.
 GATE = {
     "sessions_app/selectors.py",
     "sessions_app/services/accept.py",
+    "sessions_app/services/common.py",
     "sessions_app/services/reply.py",
     "sessions_app/services/sessions.py",
     "sessions_app/services/turns.py",
@@ -232,15 +271,25 @@ GATE = {
 
 def ownership_offenses(name: str, source: str) -> list[str]:
     """Return every way ``source`` reaches conversation rows other than through the gate:
-    model managers, reverse relations, ``apps.get_model`` and raw SQL on their tables."""
+    model managers (by attribute or ``getattr``, under the model's name or an alias),
+    reverse relations, ``apps.get_model`` and raw SQL on their tables (named, or taken
+    from a model's ``_meta.db_table``)."""
+    tree = ast.parse(source)
+    models = MODELS | _aliases(tree)
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             owner = _name(node.value)
-            if node.attr in MANAGERS and owner in MODELS:
+            if node.attr in MANAGERS and owner in models:
                 found.append(f"{name}:{node.lineno} {owner}.{node.attr}")
             elif node.attr in RELATED and not isinstance(node.ctx, ast.Store):
                 found.append(f"{name}:{node.lineno} .{node.attr}")
+            elif node.attr == "db_table" and _model_meta(node.value, models):
+                found.append(f"{name}:{node.lineno} raw SQL on a model's table")
+        elif isinstance(node, ast.Call) and _name(node.func) == "getattr":
+            owner, attr = (node.args + [None, None])[:2]
+            if _name(owner) in models and getattr(attr, "value", None) in MANAGERS:
+                found.append(f"{name}:{node.lineno} getattr manager")
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get_model":
             names = {a.value for a in node.args if isinstance(a, ast.Constant)}
             if names & (MODELS | {"sessions_app"}):
@@ -248,6 +297,22 @@ def ownership_offenses(name: str, source: str) -> list[str]:
         elif isinstance(node, ast.Constant) and _names_a_table(node.value):
             found.append(f"{name}:{node.lineno} raw SQL")
     return found
+
+
+def _model_meta(node: ast.expr, models: set[str]) -> bool:
+    """Whether ``node`` is ``<one of models>._meta``."""
+    return isinstance(node, ast.Attribute) and node.attr == "_meta" and _name(node.value) in models
+
+
+def _aliases(tree: ast.Module) -> set[str]:
+    """The names ``source`` imports the conversation models under (``ChatSession as CS``)."""
+    return {
+        alias.asname
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+        if alias.name in MODELS and alias.asname
+    }
 
 
 def _names_a_table(value: object) -> bool:
@@ -276,12 +341,21 @@ def test_the_ownership_lint_catches_every_way_around_the_gate():
             c = user.chat_sessions.first()
             e = apps.get_model("sessions_app", "Message")
             connection.cursor().execute("SELECT content FROM sessions_app_message")
+            f = CS.objects.filter(owner=user)
+            g = getattr(Message, "objects").all()
+            connection.cursor().execute(f'SELECT * FROM "{Message._meta.db_table}"')
+            connection.cursor().execute("SELECT entries FROM sessions_app_sessionvault")
+        from sessions_app.models import ChatSession as CS
     """
     found = ownership_offenses("broken.py", textwrap.dedent(broken))
     assert sorted(o.split(" ", 1)[1] for o in found) == [
         ".chat_sessions",
+        "CS.objects",
         "ChatSession.objects",
         "Turn._default_manager",
         "get_model",
+        "getattr manager",
         "raw SQL",
+        "raw SQL",
+        "raw SQL on a model's table",
     ]
