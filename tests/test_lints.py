@@ -50,6 +50,7 @@ CACHED = {
     "_async_client": "one AsyncAnthropic per event loop and configuration",
     "_multi": "one MultiFernet per tuple of ENCRYPTION_KEYS",
     "_redis_index": "one index object per (URL, TTL, bucket bits)",
+    "_redis_client": "one Redis client per URL for the fingerprint index: a connection pool",
     "_plan": "phone numbering-plan metadata per region code",
     "_vocabulary": "wordfreq's fixed English word list: the same for every user",
     "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",

@@ -235,14 +235,14 @@ def _uuid_text(raw: bytes) -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
+def _redis_client(url: str) -> redis.Redis:
     # One pool per process and URL: it holds connections, never conversation data.
     return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
 
 
 class RedisIndex:
     def __init__(self, *, url: str, layout: Layout) -> None:
-        self.client = _client(url)
+        self.client = _redis_client(url)
         self.layout = layout
         self._register = self.client.register_script(_REGISTER)
         self._lookup = self.client.register_script(_LOOKUP)
