@@ -13,10 +13,8 @@ budget (``wait_budget_take``), and the listener runs on an event loop of its own
 
 from .listener import (
     SUBSCRIBE_TIMEOUT_SECONDS,
-    AsyncTurnWatch,
     Subscription,
     TurnListener,
-    in_thread,
     turn_listener,
 )
 from .notify import (
@@ -38,6 +36,8 @@ from .slots import (
     wait_budget_take,
     wait_slot_acquire,
 )
+from .threads import in_thread
+from .watch import AsyncTurnWatch
 
 __all__ = (
     "POLL_INTERVAL_SECONDS",

@@ -1,34 +1,28 @@
-"""Waiting under ASGI: one listener per event loop, and the asynchronous watch of a turn.
+"""Waiting under ASGI: one listener per event loop, and the subscriptions of its waiters.
 
-A waiter awaits on the event loop; only its re-reads take a thread, briefly.
+A waiter awaits on the event loop (``watch``); only its re-reads take a thread, briefly
+(``threads``).
 """
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Collection
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.exceptions
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..models import Turn
-from .notify import POLL_INTERVAL_SECONDS, UNKNOWN, _channel, _status, own_pattern, own_turn
+from .notify import UNKNOWN, _channel, _status, own_pattern, own_turn
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 # Under ASGI: one listener per event loop ----------------------------------------------------
@@ -48,40 +42,6 @@ def _keepalive() -> dict[int, int]:
         for name, value in wanted
         if (option := getattr(socket, name, None)) is not None
     }
-
-
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _database_threads() -> ThreadPoolExecutor:
-    """The process's pool for database work of async views (``ASGI_THREADS``, default 8)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            size = settings.ASGI_THREADS
-            _executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="asgi-db")
-        return _executor
-
-
-async def in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on a thread of the process's pool and await it; the thread goes back after.
-
-    As around a request, unusable or expired database connections are dropped before and
-    after: a pool thread's connection would otherwise never be health-checked (and, with
-    ``CONN_MAX_AGE=0``, never closed).
-    """
-    pool = _database_threads()
-    call = sync_to_async(_on_fresh_connections, thread_sensitive=False, executor=pool)
-    return await call(functools.partial(fn, *args, **kwargs))
-
-
-def _on_fresh_connections(fn: Callable[[], T]) -> T:
-    close_old_connections()
-    try:
-        return fn()
-    finally:
-        close_old_connections()
 
 
 class Subscription:
@@ -479,116 +439,3 @@ def turn_listener() -> TurnListener:
             listener.retire()
         listener = _listeners[loop] = TurnListener(settings.REDIS_URL, loop)
     return listener
-
-
-class AsyncTurnWatch:
-    """``turn_watch`` for the event loop: the turn now, then on each change, until it ends.
-
-    ``await start()`` subscribes and then reads the turn (so no change slips by unseen) and
-    returns it; if Redis cannot be reached it raises, unless ``poll_if_down``. A watch of a
-    turn that cannot change yet (one not queued) calls ``subscribe()`` alone instead, and
-    needs no first read. Iterating yields the turn at each change, None on an idle ``tick``
-    (after a re-read that found nothing new), and stops when the turn ends or after
-    ``timeout``. Every read runs ``refresh`` on the database pool; nothing holds a thread in
-    between. A notification naming a status in ``unread`` is not read (a wait has nothing
-    to answer before the turn ends); one naming another status is read with
-    ``refresh_told`` if given (a wait told of the end reads the turn whole at once, where
-    ``refresh`` would check its status first). If Redis goes away mid-wait, the watch
-    re-reads on a timer instead. ``close`` (any thread, idempotent) ends the subscription.
-    """
-
-    def __init__(
-        self,
-        *,
-        turn: Turn,
-        refresh: Callable[[Turn], Turn],
-        timeout: float,
-        tick: float = 15.0,
-        poll_if_down: bool = False,
-        unread: Collection[str] = (),
-        refresh_told: Callable[[Turn], Turn] | None = None,
-    ) -> None:
-        self.turn = turn
-        self.unread = unread
-        self.refresh = refresh
-        self.refresh_told = refresh_told or refresh
-        self.deadline = time.monotonic() + timeout
-        self.tick = tick
-        self.poll_if_down = poll_if_down
-        self.subscription: Subscription | None = None
-        self.closed = False
-        self._last_seen = (turn.status, turn.updated_at)
-        self._last_event = time.monotonic()
-
-    async def start(self) -> Turn:
-        await self.subscribe()
-        return await self.read()
-
-    async def subscribe(self) -> None:
-        """Subscribe to the turn's changes through the event loop's listener; read nothing.
-
-        Active on Redis when this returns. If Redis cannot be reached, raise, unless
-        ``poll_if_down``: then the watch polls.
-        """
-        if not settings.REDIS_URL:
-            return
-        try:
-            self.subscription = await turn_listener().subscribe(self.turn.pk)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            if not self.poll_if_down:
-                raise
-            logger.warning("turn notifications unavailable; polling turn %s", self.turn.pk)
-
-    async def read(self) -> Turn:
-        """Read the turn now (``refresh``) and return it; iterating yields what changes after."""
-        self.turn = await in_thread(self.refresh, self.turn)
-        self._last_seen = (self.turn.status, self.turn.updated_at)
-        self._last_event = time.monotonic()
-        return self.turn
-
-    def __aiter__(self) -> "AsyncTurnWatch":
-        return self
-
-    async def __anext__(self) -> Turn | None:
-        while not self.turn.is_finished and not self.closed:
-            changed = await self._next_change()
-            if changed is None:
-                break
-            said = self.subscription.status if changed and self.subscription else UNKNOWN
-            if said in self.unread:
-                continue
-            self.turn = await in_thread(self.refresh_told if said else self.refresh, self.turn)
-            seen = (self.turn.status, self.turn.updated_at)
-            if seen != self._last_seen:
-                self._last_seen = seen
-                return self.turn
-            if not changed:
-                return None
-        raise StopAsyncIteration
-
-    async def _next_change(self) -> bool | None:
-        """True on a notification (or a poll), False on an idle tick, None past the deadline."""
-        now = time.monotonic()
-        remaining = self.deadline - now
-        if remaining <= 0:
-            return None
-        subscription = self.subscription
-        if subscription is None or subscription.lost:
-            await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-            if time.monotonic() - self._last_event < self.tick:
-                return True
-            self._last_event = time.monotonic()
-            return False  # a tick while polling too: the stream's keep-alive is due
-        until_tick = max(self.tick - (now - self._last_event), 0)
-        if await subscription.wait(min(until_tick, remaining)):
-            self._last_event = time.monotonic()
-            return True  # a lost subscription wakes its waiter too: it re-reads, then polls
-        if time.monotonic() >= self.deadline:
-            return None
-        self._last_event = time.monotonic()
-        return False
-
-    def close(self) -> None:
-        self.closed = True
-        if self.subscription is not None:
-            self.subscription.close()
