@@ -36,7 +36,8 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
     """Store the user's message and open a pending turn for it, in one transaction.
 
     Raise ``TurnInFlight`` if the session already has a turn pending or running; a turn
-    in flight past ``STALE_TURN_SECONDS`` is ended first, so the session is not stuck.
+    in flight past ``STALE_TURN_SECONDS``, or one whose accept was answered 503
+    (``turn_unconfirmed``), is ended or removed first, so the session is not stuck.
     Raise ``CommitUnconfirmed`` if the COMMIT's answer was lost and nothing could tell
     whether it took: the caller answers 503 and has the turn settled
     (``tasks.turn_settle_later``).
@@ -44,7 +45,7 @@ def message_accept(*, user: AbstractBaseUser, session_id: object, content: str) 
     try:
         return _message_accept_or_undo(user=user, session_id=session_id, content=content)
     except TurnInFlight:
-        if not _turn_stale_end(user=user, session_id=session_id):
+        if not _turns_in_flight_end(user=user, session_id=session_id):
             raise
     return _message_accept_or_undo(user=user, session_id=session_id, content=content)
 
@@ -174,24 +175,28 @@ def _message_accept(
     return turn
 
 
-def _turn_stale_end(*, user: AbstractBaseUser, session_id: object) -> bool:
-    """End the session's turns in flight past ``STALE_TURN_SECONDS``; True if there were any.
+def _turns_in_flight_end(*, user: AbstractBaseUser, session_id: object) -> bool:
+    """Remove the session's turns in flight whose accept was answered 503, and end those in
+    flight past ``STALE_TURN_SECONDS``; True if there were any.
 
-    Without beat (the embedded setup, or a production that lost it) a turn whose process
-    died would otherwise answer every later message with 409 for good.
+    The client told 503 sends again at once: its earlier turn must not answer 409 until the
+    settling task runs. And without beat (the embedded setup, or a production that lost
+    it) a turn whose process died would otherwise answer every later message with 409.
     """
     stale_before = timezone.now() - timedelta(seconds=settings.STALE_TURN_SECONDS)
-    stale = Turn.objects.filter(
-        session_id=as_uuid(session_id),
-        session__owner=user,
-        status__in=Turn.IN_FLIGHT,
-        updated_at__lt=stale_before,
-    ).values_list("pk", flat=True)
-    ended = [_turn_stale_one_end(turn_id=pk) for pk in stale]
+    in_flight = Turn.objects.filter(
+        session_id=as_uuid(session_id), session__owner=user, status__in=Turn.IN_FLIGHT
+    ).values_list("pk", "session_id", "updated_at")
+    ended = [
+        _turn_in_flight_end(turn_id=pk, session_id=sid, stale=updated < stale_before)
+        for pk, sid, updated in in_flight
+    ]
     return any(ended)
 
 
-def _turn_stale_one_end(*, turn_id: uuid.UUID) -> bool:
-    if turn_unconfirmed(turn_id=turn_id):  # answered 503: removed, not kept as failed
-        return turn_discard(turn_id=turn_id)
-    return turn_fail(turn_id=turn_id, code="stalled", detail=STALLED_DETAIL)
+def _turn_in_flight_end(*, turn_id: uuid.UUID, session_id: uuid.UUID, stale: bool) -> bool:
+    # Marked: answered 503, so removed, not kept as failed. A cache that cannot say is an
+    # outage of this request (503), not a reason to keep the 503'd message as a failure.
+    if turn_unconfirmed(turn_id=turn_id):
+        return turn_discard(turn_id=turn_id, session_id=session_id)
+    return stale and turn_fail(turn_id=turn_id, code="stalled", detail=STALLED_DETAIL)

@@ -168,14 +168,12 @@ def turn_mark_unconfirmed(*, turn_id: uuid.UUID) -> None:
 
 
 def turn_unconfirmed(*, turn_id: uuid.UUID) -> bool:
-    """Tell whether the turn's accept was answered 503 (``turn_mark_unconfirmed``); False
-    if the cache cannot say."""
-    try:
-        return cache.get(_unconfirmed_key(turn_id)) is not None
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        return False
+    """Tell whether the turn's accept was answered 503 (``turn_mark_unconfirmed``).
+
+    Raise the cache's error if it cannot say: taken for "no", a brief outage would have a
+    marked turn answered, or failed, for good.
+    """
+    return cache.get(_unconfirmed_key(turn_id)) is not None
 
 
 def turn_sweep_stale(*, older_than_seconds: int) -> tuple[list[Turn], int, int]:
@@ -193,7 +191,14 @@ def turn_sweep_stale(*, older_than_seconds: int) -> tuple[list[Turn], int, int]:
     for turn_id in turn_list_stale(older_than_seconds=older_than_seconds).values_list(
         "pk", flat=True
     ):
-        if turn_unconfirmed(turn_id=turn_id):
+        try:
+            marked = turn_unconfirmed(turn_id=turn_id)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            logger.warning("cache unavailable: stale turn %s waits for the next sweep", turn_id)
+            continue  # still stale, so the next sweep decides it
+        if marked:
             discarded += turn_discard(turn_id=turn_id)
             continue
         turn = _turn_sweep_one(turn_id=turn_id, older_than_seconds=older_than_seconds)

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from unittest import mock
 
 import pytest
+import redis
 from celery.exceptions import Retry
 from django.core.cache import cache
 from django.db import OperationalError, connection, connections
@@ -452,6 +453,68 @@ def test_the_next_accept_removes_a_stale_turn_answered_503_instead_of_failing_it
     assert list(Turn.objects.filter(session=session).values_list("pk", flat=True)) == [turn.pk]
     stored = Message.objects.filter(session=session).values_list("seq", "content")
     assert list(stored) == [(1, "Zorblax 18")]  # the first message of the session, again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sending_again_at_once_after_the_503_is_accepted(user, settings, queued):
+    """The client told 503 sends again as soon as the database is back, before the
+    settling task ran: the earlier turn is removed, not a 409 until it runs."""
+    session = services.chat_session_create(owner=user)
+    with commit_answer_lost(session, reconnect=False):
+        first = client_for(user).post(
+            f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 22"}, format="json"
+        )
+    assert first.status_code == 503, first.json()
+    again = client_for(user).post(
+        f"/api/v1/sessions/{session.pk}/messages/", {"content": "Zorblax 22"}, format="json"
+    )
+    assert again.status_code == 202, again.json()
+    assert again.json()["user_message"]["seq"] == 1
+    assert list(Turn.objects.filter(session=session).values_list("pk", flat=True)) == [
+        uuid.UUID(again.json()["id"])
+    ]
+    stored = Message.objects.filter(session=session).values_list("seq", "content")
+    assert list(stored) == [(1, "Zorblax 22")]
+
+
+def cache_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    monkeypatch.setattr(services.turns.cache, "get", refused)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cache_that_cannot_say_keeps_a_marked_turn_for_the_next_sweep(user, monkeypatch):
+    """Taken for "not marked", a moment's outage would have the turn answered for good:
+    the sweep re-queues it and bumps it out of every later sweep's reach."""
+    session = services.chat_session_create(owner=user)
+    turn_id = unconfirmed_accept(session, "Zorblax 23")
+    age(turn_id, 500)
+    with monkeypatch.context() as patched:
+        cache_unreachable(patched)
+        assert tasks.turns_sweep(older_than_seconds=60) == {
+            "requeued": 0,
+            "failed": 0,
+            "discarded": 0,
+        }
+    assert Turn.objects.get(pk=turn_id).status == Turn.Status.PENDING
+    assert tasks.turns_sweep(older_than_seconds=60) == {"requeued": 0, "failed": 0, "discarded": 1}
+    leaves_nothing(session, "Zorblax 23")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cache_that_cannot_say_keeps_a_marked_turn_from_being_failed(user, monkeypatch):
+    session = services.chat_session_create(owner=user)
+    turn_id = unconfirmed_accept(session, "Zorblax 24")
+    age(turn_id, 500)
+    with monkeypatch.context() as patched:
+        cache_unreachable(patched)
+        with pytest.raises(redis.exceptions.ConnectionError):  # the request's 503
+            services.message_accept(user=user, session_id=session.pk, content="Zorblax 25")
+    assert Turn.objects.get(pk=turn_id).status == Turn.Status.PENDING
+    turn = services.message_accept(user=user, session_id=session.pk, content="Zorblax 25")
+    assert list(Turn.objects.filter(session=session).values_list("pk", flat=True)) == [turn.pk]
 
 
 @pytest.mark.django_db(transaction=True)
