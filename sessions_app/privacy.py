@@ -93,11 +93,13 @@ def content_scrub(
     if settings.PII_MODE == "off":
         return content
     spans = spans_to_scrub(content, regions=settings.PII_PHONE_REGIONS)
-    if not spans:
-        return content  # nothing found: the vault need not be read
     if settings.PII_MODE == "redact":
-        return redact_spans(content, spans)
+        return redact_spans(content, spans) if spans else content
+    if not spans and vault_row is None:
+        return content  # nothing found, and no value of this session's to find again
     wrapped, vault = _vault_of(session_id, vault_row)
+    if not spans and not vault:
+        return content
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new and not _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new}):
         # Numbered anew from the vault found; it exists now, so this writes, never recurses.

@@ -4,7 +4,10 @@ Each type's finder is skipped unless the text has the character it needs ("@", a
 so a plain chat message costs a few regex scans and set look-ups.
 """
 
+import functools
 import re
+import sys
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -110,4 +113,30 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     """
     if not text:
         return []
-    return _resolve(_candidates(text, regions))
+    # The finders read ASCII digits; the ASCII form has one character for each of the
+    # text's, so the spans found in it are the text's own.
+    return _resolve(_candidates(ascii_form(text), regions))
+
+
+def ascii_form(text: str) -> str:
+    """Return ``text`` with the digits of every script ("４", "٤", "४", "𝟒") and the
+    full-width forms of ASCII ("＋", "（", "＠") as ASCII, one character for one.
+
+    A card number typed on a Japanese keyboard, or in Arabic-Indic digits, is read by
+    Claude as any other: the finders must see it too.
+    """
+    return text if text.isascii() else text.translate(_ascii_table())
+
+
+@functools.cache
+def _ascii_table() -> dict[int, str]:
+    # Built once, on the first text that is not ASCII: Unicode's decimal digits (about 650
+    # characters, 60 ms to find) and the full-width block U+FF01-FF5E with its space.
+    table = {
+        code: str(digit)
+        for code in range(0x80, sys.maxunicode + 1)
+        if (digit := unicodedata.decimal(chr(code), None)) is not None
+    }
+    table.update({code: chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)})
+    table[0x3000] = " "
+    return table

@@ -49,14 +49,45 @@ def redact(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> str:
     return redact_spans(text, _outside_placeholders(text, detect(text, regions=regions)))
 
 
+# An original shorter than this is not looked for again without a cue: too many words.
+KNOWN_MIN_CHARS = 3
+
+
+def with_known_values(text: str, spans: Sequence[Span], vault: Mapping[str, str]) -> list[Span]:
+    """Return ``spans`` with every other occurrence in ``text`` of an original ``vault``
+    holds, as a whole word or more, where no span or placeholder is already.
+
+    A value found once (a name after "my name is", say) is this session's personal data
+    wherever it comes again, cue or not: the detector alone would send it on in the clear.
+    The match is exact, case included.
+    """
+    originals: dict[str, str] = {}
+    for key, original in vault.items():
+        if (match := PLACEHOLDER.fullmatch(key)) and len(original) >= KNOWN_MIN_CHARS:
+            originals.setdefault(original, match.group(1))
+    if not originals:
+        return list(spans)
+    longest_first = sorted(originals, key=len, reverse=True)
+    pattern = r"(?<!\w)(?:" + "|".join(map(re.escape, longest_first)) + r")(?!\w)"
+    taken = [(s.start, s.end) for s in spans] + [m.span() for m in PLACEHOLDER.finditer(text)]
+    again = [
+        Span(originals[m.group()], m.start(), m.end(), 1.0)
+        for m in re.finditer(pattern, text)
+        if all(m.end() <= start or m.start() >= end for start, end in taken)
+    ]
+    return sorted([*spans, *again], key=lambda span: span.start)
+
+
 def pseudonymize_spans(
     text: str, spans: Sequence[Span], *, vault: Mapping[str, str]
 ) -> tuple[str, dict[str, str]]:
-    """Replace ``spans`` by placeholders of ``vault``; return the text and the new entries.
+    """Replace ``spans``, and the vault's originals wherever else they are, by placeholders
+    of ``vault``; return the text and the new entries.
 
     A value already in the vault with the same type keeps its placeholder; a new one gets the
     next number of its type after the highest the vault holds.
     """
+    spans = with_known_values(text, spans, vault)
     known = {
         (m.group(1), original): key
         for key, original in vault.items()
@@ -119,6 +150,7 @@ def scrub_reply_spans(
     """``scrub_reply`` with the spans ``spans_to_scrub`` already found in ``text``."""
     if mode == "redact":
         return redact_spans(text, spans)
+    spans = with_known_values(text, spans, vault)
     by_value: dict[str, str] = {}
     same_type: dict[tuple[str, str], str] = {}
     for key, original in vault.items():

@@ -199,6 +199,34 @@ def test_redact_replaces_by_type() -> None:
     assert redact(text) == "Mail [EMAIL_ADDRESS] or call [PHONE_NUMBER], [PERSON]"
 
 
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        # Typed on a Chinese or Japanese keyboard: full-width digits, space and "@".
+        ("card ４１１１ １１１１ １１１１ １１１１", "card [CREDIT_CARD]"),
+        ("card ４１１１\u3000１１１１\u3000１１１１\u3000１１１１", "card [CREDIT_CARD]"),
+        ("mail ｋａｔｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "mail [EMAIL_ADDRESS]"),
+        ("call +44 ２０ ７９４６ ０９５８", "call [PHONE_NUMBER]"),
+        # Arabic-Indic and Devanagari digits (India is one of the default regions).
+        ("card ٤١١١١١١١١١١١١١١١", "card [CREDIT_CARD]"),
+        ("ssn ١٢٣-٤٥-٦٧٨٩", "ssn [US_SSN]"),
+        ("call ०७९११ १२३४५६", "call [PHONE_NUMBER]"),
+        # Mathematical digits, outside the Basic Multilingual Plane.
+        ("card 𝟒𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏 𝟏𝟏𝟏𝟏", "card [CREDIT_CARD]"),
+    ],
+)
+def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> None:
+    """Claude reads them as any number; every finder missed them."""
+    assert redact(text) == redacted
+
+
+def test_a_value_in_another_script_is_restored_as_typed() -> None:
+    typed = "card ４１１１ １１１１ １１１１ １１１１ please"
+    text, vault = pseudonymize(typed, vault={})
+    assert text == "card <CREDIT_CARD_1> please"
+    assert restore(text, vault=vault) == typed
+
+
 def test_pseudonymize_numbers_per_type_and_reuses_known_values() -> None:
     text, new = pseudonymize("anna@example.com, bob@example.org, anna@example.com", vault={})
     assert text == "<EMAIL_ADDRESS_1>, <EMAIL_ADDRESS_2>, <EMAIL_ADDRESS_1>"
@@ -207,6 +235,25 @@ def test_pseudonymize_numbers_per_type_and_reuses_known_values() -> None:
     text, more = pseudonymize("bob@example.org, carol@example.net, (415) 555-0132", vault=vault)
     assert text == "<EMAIL_ADDRESS_2>, <EMAIL_ADDRESS_3>, <PHONE_NUMBER_4>"
     assert more == {"<EMAIL_ADDRESS_3>": "carol@example.net"}  # only the new entries
+
+
+def test_pseudonymize_finds_the_vaults_values_again_without_their_cue() -> None:
+    vault = {"<PERSON_1>": "Kate Bush", "<PERSON_2>": "Al", "<EMAIL_ADDRESS_1>": "k@example.com"}
+    text, new = pseudonymize("Kate Bush, and Kate Bushes, kate bush, Al or Kate Bush.", vault=vault)
+    # Whole words only, case kept, and not a value of two characters.
+    assert text == "<PERSON_1>, and Kate Bushes, kate bush, Al or <PERSON_1>."
+    assert new == {}
+    text, new = pseudonymize("Kate Bush at <PERSON_1>, bob@example.org", vault=vault)
+    assert text == "<PERSON_1> at <PERSON_1>, <EMAIL_ADDRESS_2>"
+    assert new == {"<EMAIL_ADDRESS_2>": "bob@example.org"}
+
+
+def test_a_reply_naming_a_vault_value_without_a_cue_keeps_its_placeholder() -> None:
+    vault = {"<PERSON_1>": "Kate Bush", "<EMAIL_ADDRESS_1>": "kate@example.com"}
+    reply = "Kate Bush, I wrote to kate@example.com and bob@example.org."
+    assert scrub_reply(reply, vault=vault, mode="pseudonymize") == (
+        "<PERSON_1>, I wrote to <EMAIL_ADDRESS_1> and [EMAIL_ADDRESS]."
+    )
 
 
 def test_pseudonymize_leaves_existing_placeholders_alone() -> None:

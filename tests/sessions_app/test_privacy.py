@@ -57,6 +57,23 @@ def test_pseudonymised_claude_sees_placeholders_the_owner_sees_originals(
     assert "Again: <EMAIL_ADDRESS_1>" in _stored(sid)
 
 
+@pytest.mark.parametrize("store", STORES)
+def test_a_value_the_vault_holds_is_protected_again_without_its_cue(
+    store, settings, api, fake_claude: FakeClaude
+):
+    """ "Kate Bush" is found after "My name is"; alone in a later message the detector sees
+    no name in it ("bush" is a word), yet it is this session's personal data: it went to
+    Claude, and into the store, in the clear."""
+    settings.HISTORY_STORE = store
+    sid, _ = post_and_wait(api, "My name is Kate Bush.")
+    _, turn = post_and_wait(api, "Kate Bush lives at home", sid)
+    sent = _sent_to_claude(fake_claude)
+    assert "Kate Bush" not in sent and "<PERSON_1> lives at home" in sent
+    assert "Kate Bush" not in _stored(sid)
+    assert turn["user_message"]["content"] == "Kate Bush lives at home"  # the owner's view
+    assert turn["reply"]["content"] == "Echo: Kate Bush lives at home"
+
+
 def test_placeholders_of_another_session_or_made_up_ones_stay_as_they_are(
     api, fake_claude: FakeClaude
 ):
