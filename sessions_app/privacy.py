@@ -28,6 +28,7 @@ from .pii import (
     restore,
     scrub_reply_spans,
     spans_to_scrub,
+    unknown_placeholders,
 )
 from .stores import StoredMessage
 
@@ -95,16 +96,35 @@ def content_scrub(
     spans = spans_to_scrub(content, regions=settings.PII_PHONE_REGIONS)
     if settings.PII_MODE == "redact":
         return redact_spans(content, spans) if spans else content
-    if not spans and vault_row is None:
+    typed = "<" in content and PLACEHOLDER.search(content) is not None  # to reserve
+    if not spans and not typed and vault_row is None:
         return content  # nothing found, and no value of this session's to find again
     wrapped, vault = _vault_of(session_id, vault_row)
-    if not spans and not vault:
+    if not spans and not typed and not vault:
         return content
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new and not _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new}):
         # Numbered anew from the vault found; it exists now, so this writes, never recurses.
         return content_scrub(session_id=session_id, content=content)
     return scrubbed
+
+
+def placeholders_reserve(*, session_id: uuid.UUID, text: str) -> None:
+    """Reserve in the session's vault the placeholders of ``text`` (a reply as stored) that
+    it does not hold, so that none of them is ever given to a real value
+    (``unknown_placeholders``).
+
+    Call with the session's row locked. Only under pseudonymisation, and only a text with a
+    placeholder in it reads the vault.
+    """
+    if settings.PII_MODE != "pseudonymize" or "<" not in text or not PLACEHOLDER.search(text):
+        return
+    wrapped, vault = _vault_open(session_id)
+    reserved = unknown_placeholders(text, vault)
+    if reserved and not _vault_write(
+        session_id=session_id, wrapped=wrapped, entries={**vault, **reserved}
+    ):
+        placeholders_reserve(session_id=session_id, text=text)  # created meanwhile: once more
 
 
 def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:

@@ -52,7 +52,7 @@ from audit_app.services import (
 
 from . import crypto, llm
 from .isolation import HistoryMessage, bound
-from .pii import pseudonymize, redact, restore, scrub_reply
+from .pii import pseudonymize, redact, restore, scrub_reply, unknown_placeholders
 from .services import SUPPRESSED_NOTICE
 
 VERSION = 1
@@ -295,7 +295,9 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
         kept, after, shown = SUPPRESSED_NOTICE, turn, SUPPRESSED_NOTICE
     else:
         kept = scrubbed
-        after, shown = turn.added("assistant", kept), restore(kept, vault=turn.vault)
+        # Its made-up placeholders reserved, as for stored sessions (``unknown_placeholders``).
+        vault = {**turn.vault, **reserved} if (reserved := _reserved(kept, turn.vault)) else None
+        after, shown = turn.added("assistant", kept, vault=vault), restore(kept, vault=turn.vault)
     token = token_issue(after)
     _turn_record(turn=turn, kept=kept, scan=scan, delivered=not suppress)
     return StatelessReply(reply=shown, token=token)
@@ -330,6 +332,10 @@ def _conversation_for(*, user_id: int, token: str | None) -> Conversation:
 
 def _deadline() -> float:
     return time.time() + settings.TURN_DEADLINE_SECONDS
+
+
+def _reserved(reply: str, vault: Mapping[str, str]) -> dict[str, str]:
+    return unknown_placeholders(reply, vault) if settings.PII_MODE == "pseudonymize" else {}
 
 
 def _content_scrub(content: str, *, vault: Mapping[str, str]) -> tuple[str, dict[str, str]]:

@@ -17,6 +17,7 @@ from .scrub import (
     scrub_reply,
     scrub_reply_spans,
     spans_to_scrub,
+    unknown_placeholders,
 )
 
 __all__ = (
@@ -34,4 +35,5 @@ __all__ = (
     "scrub_reply",
     "scrub_reply_spans",
     "spans_to_scrub",
+    "unknown_placeholders",
 )

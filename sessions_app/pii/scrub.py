@@ -78,6 +78,18 @@ def with_known_values(text: str, spans: Sequence[Span], vault: Mapping[str, str]
     return sorted([*spans, *again], key=lambda span: span.start)
 
 
+def unknown_placeholders(text: str, vault: Mapping[str, str]) -> dict[str, str]:
+    """Return the placeholders in ``text`` that ``vault`` does not hold, as reserved entries
+    (an empty original): made up by the model, or typed by the user.
+
+    Kept in the vault, their numbers are never given to a real value later, which every
+    restore of this text would then show in their place; ``restore`` leaves them as they are.
+    """
+    if "<" not in text:
+        return {}
+    return {m.group(): "" for m in PLACEHOLDER.finditer(text) if m.group() not in vault}
+
+
 def pseudonymize_spans(
     text: str, spans: Sequence[Span], *, vault: Mapping[str, str]
 ) -> tuple[str, dict[str, str]]:
@@ -85,8 +97,11 @@ def pseudonymize_spans(
     of ``vault``; return the text and the new entries.
 
     A value already in the vault with the same type keeps its placeholder; a new one gets the
-    next number of its type after the highest the vault holds.
+    next number of its type after the highest the vault holds. A placeholder the text held
+    already and the vault does not is reserved (``unknown_placeholders``).
     """
+    reserved = unknown_placeholders(text, vault)
+    vault = {**vault, **reserved}
     spans = with_known_values(text, spans, vault)
     known = {
         (m.group(1), original): key
@@ -108,7 +123,7 @@ def pseudonymize_spans(
             new[key] = original
         return known[span.type, original]
 
-    return _replace(text, spans, replacement), new
+    return _replace(text, spans, replacement), {**reserved, **new}
 
 
 def pseudonymize(
@@ -125,7 +140,8 @@ def restore(text: str, *, vault: Mapping[str, str]) -> str:
     """
     if "<" not in text or not vault:
         return text
-    return PLACEHOLDER.sub(lambda m: vault.get(m.group(), m.group()), text)
+    # A reserved placeholder (an empty original) stays as it is too.
+    return PLACEHOLDER.sub(lambda m: vault.get(m.group()) or m.group(), text)
 
 
 def scrub_reply(

@@ -15,7 +15,7 @@ from audit_app.services import (
 )
 from core.ids import as_uuid
 
-from .. import crypto, events, rows
+from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
 from ..stores import DuplicateReply, StoredMessage, history_store
 from .common import IN_FLIGHT_SQL, SESSION_TABLE, SUPPRESSED_NOTICE, TURN_TABLE
@@ -83,6 +83,7 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
+            privacy.placeholders_reserve(session_id=turn.session_id, text=message.content)
             _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
@@ -148,6 +149,7 @@ def turn_release_withheld(*, turn_id: object) -> bool:
         if turn is None or turn.status != Turn.Status.SUPPRESSED or not turn.withheld:
             return False
         text = crypto.unseal(bytes(turn.withheld)).decode()
+        privacy.placeholders_reserve(session_id=turn.session_id, text=text)
         history_store().reply_rewrite(
             session=turn.session, turn_id=turn.pk, content=text, status="ok"
         )

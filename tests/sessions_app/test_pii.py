@@ -256,9 +256,16 @@ def test_a_reply_naming_a_vault_value_without_a_cue_keeps_its_placeholder() -> N
     )
 
 
-def test_pseudonymize_leaves_existing_placeholders_alone() -> None:
-    text, new = pseudonymize("<PERSON_1> wrote to <EMAIL_ADDRESS_1>", vault={})
-    assert (text, new) == ("<PERSON_1> wrote to <EMAIL_ADDRESS_1>", {})
+def test_pseudonymize_leaves_existing_placeholders_alone_and_reserves_unknown_ones() -> None:
+    vault = {"<PERSON_1>": "Priya Sharma"}
+    text, new = pseudonymize("<PERSON_1> wrote to <EMAIL_ADDRESS_1>", vault=vault)
+    assert text == "<PERSON_1> wrote to <EMAIL_ADDRESS_1>"
+    assert new == {"<EMAIL_ADDRESS_1>": ""}  # reserved: no address will be numbered 1
+    text, more = pseudonymize("anna@example.com", vault={**vault, **new})
+    assert (text, more) == ("<EMAIL_ADDRESS_2>", {"<EMAIL_ADDRESS_2>": "anna@example.com"})
+    assert restore("<EMAIL_ADDRESS_1>, <EMAIL_ADDRESS_2>", vault={**vault, **new, **more}) == (
+        "<EMAIL_ADDRESS_1>, anna@example.com"
+    )
 
 
 def test_restore_leaves_unknown_and_foreign_placeholders() -> None:

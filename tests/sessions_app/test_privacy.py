@@ -190,16 +190,40 @@ def test_a_turn_read_back_restores_with_the_vault_read_along_with_it(
     assert not any(VAULT_ALONE in statement for statement in sql)
 
 
-def test_placeholders_in_a_session_without_a_vault_stay_and_no_vault_is_read(
+def test_a_placeholder_made_up_in_a_session_without_a_vault_stays_and_is_reserved(
     user, api, fake_claude: FakeClaude
 ):
+    from sessions_app import privacy
+
     post_and_wait(api, SECRET)  # another session of the user has a vault
     fake_claude.set_responder(lambda body: "I know <EMAIL_ADDRESS_1>.")
     sid, posted = post_and_wait(api, "Hello, who am I?")
-    assert not SessionVault.objects.filter(session_id=sid).exists()
+    assert privacy.vault_read(session_id=sid) == {"<EMAIL_ADDRESS_1>": ""}  # reserved only
     exchange, sql = _turn_read(user, posted["id"])
     assert exchange == ["Hello, who am I?", "I know <EMAIL_ADDRESS_1>."]
-    assert not any(VAULT_ALONE in statement for statement in sql)
+    assert not any(VAULT_ALONE in statement for statement in sql)  # read with the turn
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_made_up_placeholder_never_shows_a_value_given_its_number_later(
+    store, settings, api, fake_claude: FakeClaude
+):
+    """Claude wrote <EMAIL_ADDRESS_2> before the session had a second address. Had the
+    user's next address been numbered 2, every read of that reply would have shown it
+    there: a sentence nobody wrote. Typed by the user, the same."""
+    settings.HISTORY_STORE = store
+    sid, _ = post_and_wait(api, SECRET)  # <EMAIL_ADDRESS_1>
+    fake_claude.set_responder(lambda body: "I will forward it to <EMAIL_ADDRESS_2>.")
+    post_and_wait(api, "Please pass it on. Or to <EMAIL_ADDRESS_3>?", sid)
+    fake_claude.set_responder(lambda body: "Noted.")
+    post_and_wait(api, "My bank's email is secret.boss@example.org", sid)
+    history = api.get(f"/api/v1/sessions/{sid}/messages/").json()["results"]
+    assert [m["content"] for m in history[2:4]] == [
+        "Please pass it on. Or to <EMAIL_ADDRESS_3>?",
+        "I will forward it to <EMAIL_ADDRESS_2>.",
+    ]
+    assert history[4]["content"] == "My bank's email is secret.boss@example.org"
+    assert "My bank's email is <EMAIL_ADDRESS_4>" in _stored(sid)
 
 
 def test_a_restore_refuses_the_vault_of_another_session(user, api, fake_claude: FakeClaude):

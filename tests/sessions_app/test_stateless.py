@@ -356,6 +356,20 @@ def test_pii_is_pseudonymised_for_claude_and_restored_for_its_owner(api, user, f
     }
 
 
+def test_a_made_up_placeholder_is_reserved_in_the_token(api, user, fake_claude):
+    """As in a stored session: the next address is not numbered 2, which would have shown
+    it inside Claude's earlier reply on the next restore."""
+    first = _chat(api, "My email is alice.w@example.com")
+    fake_claude.set_responder(lambda body: "I will forward it to <EMAIL_ADDRESS_2>.")
+    second = _chat(api, "Please pass it on", first["token"])
+    assert second["reply"] == "I will forward it to <EMAIL_ADDRESS_2>."
+    fake_claude.set_responder(lambda body: "Noted.")
+    third = _chat(api, "My bank is boss@example.org", second["token"])
+    assert _sent(fake_claude)[-1] == ("user", "My bank is <EMAIL_ADDRESS_3>")
+    conversation = stateless.token_open(third["token"], user_id=user.pk)
+    assert conversation.vault["<EMAIL_ADDRESS_2>"] == ""
+
+
 def test_a_reply_with_pii_of_no_placeholder_is_scrubbed(api, fake_claude):
     fake_claude.set_responder(lambda body: "Mail carol.z@example.net about it.")
     assert _chat(api, "Whom should I mail?")["reply"] == "Mail [EMAIL_ADDRESS] about it."
