@@ -154,7 +154,8 @@ def title_scrub(*, title: str) -> tuple[str, dict[str, str]]:
     """
     mode = settings.PII_MODE
     spans = [] if mode == "off" else spans_to_scrub(title, regions=settings.PII_PHONE_REGIONS)
-    if not spans:
+    typed = mode == "pseudonymize" and PLACEHOLDER.search(title) is not None  # to reserve
+    if not spans and not typed:
         return title, {}
     if mode == "redact":
         return _title_fit(redact_spans(title, spans)), {}

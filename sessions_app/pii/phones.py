@@ -112,7 +112,10 @@ def _national_ok(text: str, start: int, candidate: str, digits: str) -> bool:
     if NOT_PHONE_CONTEXT.search(before):
         return False
     groups = GROUP_SPLIT.split(candidate.strip("()"))
-    if any(len(g.strip("()")) < 2 for g in groups[1:]):
+    # "0033 1 23 45 67 89": dialled from abroad, the groups are the "+" number's, whose
+    # area code may be one digit.
+    abroad = digits[:2] == "00" and digits[2:3] != "0"
+    if not abroad and any(len(g.strip("()")) < 2 for g in groups[1:]):
         return False  # "20240101.3", "555-12 34": a phone's later groups have 2+ digits
     # Digits alone, or grouped by thousands ("8 336 817"), are ids or amounts as often as
     # phones: ask for a phone word before them.

@@ -78,16 +78,27 @@ def with_known_values(text: str, spans: Sequence[Span], vault: Mapping[str, str]
     return sorted([*spans, *again], key=lambda span: span.start)
 
 
+# Numbers past this are not reserved: the numbering goes on past a reserved one, and one
+# near the pattern's nine digits would make every new value of its type collide, or
+# overflow into a key no pattern reads. No session numbers that many values of a type.
+RESERVED_MAX = 100_000
+
+
 def unknown_placeholders(text: str, vault: Mapping[str, str]) -> dict[str, str]:
     """Return the placeholders in ``text`` that ``vault`` does not hold, as reserved entries
-    (an empty original): made up by the model, or typed by the user.
+    (an empty original): made up by the model, or typed by the user; numbers past
+    ``RESERVED_MAX`` are left out.
 
     Kept in the vault, their numbers are never given to a real value later, which every
     restore of this text would then show in their place; ``restore`` leaves them as they are.
     """
     if "<" not in text:
         return {}
-    return {m.group(): "" for m in PLACEHOLDER.finditer(text) if m.group() not in vault}
+    return {
+        m.group(): ""
+        for m in PLACEHOLDER.finditer(text)
+        if m.group() not in vault and int(m.group(2)) <= RESERVED_MAX
+    }
 
 
 def pseudonymize_spans(

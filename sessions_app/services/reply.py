@@ -83,7 +83,10 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
-            privacy.placeholders_reserve(session_id=turn.session_id, text=message.content)
+            # The reply's made-up placeholders, withheld too (a release would show it).
+            privacy.placeholders_reserve(
+                session_id=turn.session_id, text=f"{reply}\n{message.content}"
+            )
             _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index

@@ -220,6 +220,13 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
     assert redact(text) == redacted
 
 
+def test_a_number_dialled_with_00_is_found_as_its_plus_form_is() -> None:
+    """Paris's area code is one digit: the "+" form was found, the "00" form was not."""
+    assert redact("+33 1 23 45 67 89") == "[PHONE_NUMBER]"
+    assert redact("0033 1 23 45 67 89") == "[PHONE_NUMBER]"
+    assert redact("ref 20240101.3") == "ref 20240101.3"  # a later group of one digit, not 00
+
+
 def test_a_value_in_another_script_is_restored_as_typed() -> None:
     typed = "card ４１１１ １１１１ １１１１ １１１１ please"
     text, vault = pseudonymize(typed, vault={})
@@ -254,6 +261,14 @@ def test_a_reply_naming_a_vault_value_without_a_cue_keeps_its_placeholder() -> N
     assert scrub_reply(reply, vault=vault, mode="pseudonymize") == (
         "<PERSON_1>, I wrote to <EMAIL_ADDRESS_1> and [EMAIL_ADDRESS]."
     )
+
+
+def test_a_placeholder_numbered_near_the_patterns_limit_is_not_reserved() -> None:
+    """Reserved, <PERSON_999999999> had the next name numbered past the pattern's nine
+    digits: every name then shared one key no pattern reads, sent on in the clear."""
+    text, new = pseudonymize("See <PERSON_999999999> and Priya Sharma", vault={})
+    assert (text, new) == ("See <PERSON_999999999> and <PERSON_1>", {"<PERSON_1>": "Priya Sharma"})
+    assert pseudonymize("See <PERSON_100000>", vault={})[1] == {"<PERSON_100000>": ""}
 
 
 def test_pseudonymize_leaves_existing_placeholders_alone_and_reserves_unknown_ones() -> None:

@@ -204,6 +204,33 @@ def test_a_placeholder_made_up_in_a_session_without_a_vault_stays_and_is_reserve
     assert not any(VAULT_ALONE in statement for statement in sql)  # read with the turn
 
 
+def test_a_withheld_replys_made_up_placeholder_is_reserved_before_its_release(user, settings):
+    """Withheld, the reply is not what is stored; released later, after a new address had
+    taken its number, it would have shown that address."""
+    from audit_app.services import ScanResult
+    from sessions_app import privacy, services
+
+    settings.LEAK_ACTION = "suppress"
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="to a.b@example.com")
+    reply = "I forwarded it to <EMAIL_ADDRESS_2>."
+    assert services.turn_complete(turn_id=turn.pk, reply=reply, scan=ScanResult(True, 1.0))
+    assert privacy.vault_read(session_id=session.pk)["<EMAIL_ADDRESS_2>"] == ""
+    after = services.message_accept(user=user, session_id=session.pk, content="boss@secret.org")
+    assert after.exchange[0].content == "boss@secret.org"
+    assert "<EMAIL_ADDRESS_3>" in _stored(str(session.pk))
+
+
+def test_a_titles_placeholder_is_reserved_though_nothing_else_is_found(user):
+    from sessions_app import privacy, services
+
+    session = services.chat_session_create(owner=user, title="Notes for <PERSON_1>")
+    services.message_accept(user=user, session_id=session.pk, content="My name is Kate Bush.")
+    session.refresh_from_db()
+    assert privacy.title_restore(session=session) == "Notes for <PERSON_1>"
+    assert privacy.vault_read(session_id=session.pk)["<PERSON_2>"] == "Kate Bush"
+
+
 @pytest.mark.parametrize("store", STORES)
 def test_a_made_up_placeholder_never_shows_a_value_given_its_number_later(
     store, settings, api, fake_claude: FakeClaude
