@@ -253,6 +253,7 @@ def _turn_cost(turns: int) -> None:
 
     from sessions_app import privacy
     from sessions_app.models import ChatSession
+    from sessions_app.selectors import chat_session_take_seq_for_owner
     from sessions_app.stores import StoredMessage
 
     rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines()]
@@ -270,7 +271,15 @@ def _turn_cost(turns: int) -> None:
 
     def one_turn(session_id, text: str) -> None:
         with transaction.atomic():
-            stored = privacy.content_scrub(session_id=session_id, content=text)
+            # As the accept reads it, in either mode: the session's row locked, with its vault
+            # in the same statement, which the scrub is handed.
+            now = timezone.now()
+            session = chat_session_take_seq_for_owner(
+                user=owner, session_id=session_id, now=now, expires_at=expires
+            )
+            stored = privacy.content_scrub(
+                session_id=session_id, content=text, vault_row=session.vault_row
+            )
         reply = privacy.reply_scrub(session_id=session_id, reply=f"Thanks: {stored}." + reply_tail)
         now = timezone.now()
         pair = [
