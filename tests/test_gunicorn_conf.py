@@ -1,9 +1,13 @@
 """gunicorn.conf.py: what API.md's gunicorn command line gets from the repo's config file."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 from .test_settings import ROOT, SUITE_ENV
 
@@ -18,17 +22,35 @@ def _gunicorn(workers: int, **env: str) -> subprocess.Popen:
 
 def _boots(server: subprocess.Popen) -> tuple[bool, str]:
     """Whether a worker booted before gunicorn exited (then it is stopped), and its log."""
-    log = []
+    log, url = [], None
     try:
         for line in server.stderr:
             log.append(line)
+            if match := re.search(r"Listening at: (http://\S+)", line):
+                url = match.group(1)
             if "Booting worker" in line:
+                _serving(url)
                 return True, "".join(log)
         return False, "".join(log)
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=30)
+        server.communicate(timeout=60)
+
+
+def _serving(url: str | None) -> None:
+    """Wait until the worker answers a request. A SIGTERM forwarded to a worker between
+    its fork and its own signal handlers is lost (the master's, inherited, swallow it):
+    gunicorn then waits out its 30 s graceful timeout before it exits."""
+    deadline = time.monotonic() + 30
+    while url and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5).close()  # noqa: S310
+            return
+        except urllib.error.HTTPError:
+            return  # an answer all the same
+        except OSError:
+            time.sleep(0.1)
 
 
 def test_several_workers_without_redis_refuse_to_start():
