@@ -219,23 +219,38 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
     if not model_admin.has_review_permission(request) or decision not in decisions:
         raise PermissionDenied
     get_object_or_404(AuditEntry, pk=entry_id, flagged=True)
-    _decide_one(
+    # The state the page showed: decided meanwhile by someone else (a confirmed leak, say),
+    # the entry is not overturned by a page opened before, which would release the reply.
+    seen = request.POST.get("seen")
+    taken = seen in AuditEntry.ReviewState.values and _decide_one(
         entry_id=entry_id,
         reviewer_id=request.user.pk,
         leak=decision == "leak",
         release=decision == "release",
+        seen=seen,
     )
-    model_admin.message_user(request, f"Entry {entry_id} reviewed.", messages.SUCCESS)
+    if taken:
+        model_admin.message_user(request, f"Entry {entry_id} reviewed.", messages.SUCCESS)
+    else:
+        notice = f"Entry {entry_id} was decided meanwhile: nothing changed. Review it again."
+        model_admin.message_user(request, notice, messages.WARNING)
     return HttpResponseRedirect(reverse("admin:audit_app_auditentry_change", args=[entry_id]))
 
 
 def _decide_one(
-    *, entry_id: int, reviewer_id: int, leak: bool, release: bool, open_only: bool = False
+    *,
+    entry_id: int,
+    reviewer_id: int,
+    leak: bool,
+    release: bool,
+    open_only: bool = False,
+    seen: str | None = None,
 ) -> bool:
-    """Record the decision (with ``open_only``, only on an open flag; False if it was not);
-    a false positive released delivers the withheld reply."""
+    """Record the decision (with ``open_only``, only on an open flag; with ``seen``, only in
+    that state; False if it was not); a false positive released delivers the withheld
+    reply."""
     entry = services.audit_review_decide(
-        entry_id=entry_id, reviewer_id=reviewer_id, leak=leak, open_only=open_only
+        entry_id=entry_id, reviewer_id=reviewer_id, leak=leak, open_only=open_only, seen=seen
     )
     if entry is None:
         return False

@@ -178,16 +178,23 @@ def audit_flagged_reply(
 
 @transaction.atomic
 def audit_review_decide(
-    *, entry_id: int, reviewer_id: int, leak: bool, open_only: bool = False
+    *,
+    entry_id: int,
+    reviewer_id: int,
+    leak: bool,
+    open_only: bool = False,
+    seen: str | None = None,
 ) -> AuditEntry | None:
     """Record a reviewer's decision on a flagged entry, and a ``review`` entry saying so.
 
-    With ``open_only``, only if no decision was taken yet, as the row is when locked (two
-    reviewers at once cannot overturn each other); None if one was.
+    With ``open_only``, only if no decision was taken yet; with ``seen``, only if the entry
+    is still in the review state the reviewer saw. Either is checked as the row is when
+    locked, so two reviewers at once cannot overturn each other; None if it moved on.
     """
     entries = AuditEntry.objects.select_for_update().filter(pk=entry_id, flagged=True)
-    if open_only:
-        entries = entries.filter(review_state=AuditEntry.ReviewState.OPEN)
+    expected = AuditEntry.ReviewState.OPEN if open_only else seen
+    if expected is not None:
+        entries = entries.filter(review_state=expected)
         if (entry := entries.first()) is None:
             return None
     else:

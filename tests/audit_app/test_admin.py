@@ -15,6 +15,7 @@ from tests.support import csp_refusals
 pytestmark = pytest.mark.django_db
 REPLY = "Your order ORD-583920 is on its way to Bartholomew Quince."
 CHANGELIST = "/admin/audit_app/auditentry/"
+OPEN = {"seen": "open"}  # what a decision's form posts, from a page showing an open flag
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_evidence_from_several_sessions_of_a_user_links_to_the_user(
 
 
 def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
-    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/")
+    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/", OPEN)
     assert response.status_code == 302
     flagged.refresh_from_db()
     assert flagged.review_state == "confirmed" and flagged.reviewed_by_id == reviewer.pk
@@ -93,10 +94,27 @@ def test_review_decisions_record_reviewer_and_time(client, reviewer, flagged):
     client.post(CHANGELIST, {"action": "mark_false_positive", "_selected_action": [flagged.pk]})
     flagged.refresh_from_db()
     assert flagged.review_state == "confirmed"
-    client.post(f"{CHANGELIST}{flagged.pk}/review/false_positive/")
+    client.post(f"{CHANGELIST}{flagged.pk}/review/false_positive/", {"seen": "confirmed"})
     flagged.refresh_from_db()
     assert flagged.review_state == "false_positive"
     assert AuditEntry.objects.filter(kind="review").count() == 2
+
+
+def test_a_page_opened_before_anothers_decision_does_not_overturn_it(client, reviewer, flagged):
+    """Confirmed a leak by one reviewer, the entry was set back to a false positive by a
+    "release" from a page another opened before, and the withheld reply delivered."""
+    page = client.get(f"{CHANGELIST}{flagged.pk}/change/").content.decode()
+    assert page.count('name="seen" value="open"') == 3  # each decision's form
+    assert client.post(f"{CHANGELIST}{flagged.pk}/review/leak/", OPEN).status_code == 302
+    stale = client.post(f"{CHANGELIST}{flagged.pk}/review/release/", OPEN, follow=True)
+    assert f"Entry {flagged.pk} was decided meanwhile: nothing changed." in stale.content.decode()
+    flagged.refresh_from_db()
+    assert flagged.review_state == "confirmed"
+    assert AuditEntry.objects.filter(kind="review").count() == 1
+    # Without the state the page showed (not posted from it), nothing changes either.
+    client.post(f"{CHANGELIST}{flagged.pk}/review/false_positive/")
+    flagged.refresh_from_db()
+    assert flagged.review_state == "confirmed"
 
 
 def test_open_flags_come_before_decided_ones_whatever_their_age(
@@ -104,7 +122,7 @@ def test_open_flags_come_before_decided_ones_whatever_their_age(
 ):
     decided = [_flag(user, other_user) for _ in range(4)]  # all newer than the open one
     for entry, decision in zip(decided, ["leak", "false_positive"] * 2, strict=True):
-        client.post(f"{CHANGELIST}{entry.pk}/review/{decision}/")
+        client.post(f"{CHANGELIST}{entry.pk}/review/{decision}/", OPEN)
     AuditEntry.objects.create(kind="message", user=reviewer)  # newest of all, unflagged
     listed = list(client.get(CHANGELIST).context["cl"].result_list)
     assert listed[0] == flagged
@@ -113,7 +131,7 @@ def test_open_flags_come_before_decided_ones_whatever_their_age(
 
 def test_a_bulk_decision_takes_only_open_flags(client, reviewer, flagged, user, other_user):
     decided = _flag(user, other_user)
-    client.post(f"{CHANGELIST}{decided.pk}/review/leak/")
+    client.post(f"{CHANGELIST}{decided.pk}/review/leak/", OPEN)
     page = client.post(
         CHANGELIST,
         {"action": "mark_false_positive", "_selected_action": [flagged.pk, decided.pk]},
@@ -126,7 +144,7 @@ def test_a_bulk_decision_takes_only_open_flags(client, reviewer, flagged, user, 
 
 
 def test_a_decision_is_confirmed_on_the_next_page_from_the_session(client, reviewer, flagged):
-    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/")
+    response = client.post(f"{CHANGELIST}{flagged.pk}/review/leak/", OPEN)
     assert response.status_code == 302
     assert "messages" not in response.cookies  # kept server-side, in the admin's session
     notice = f"Entry {flagged.pk} reviewed."

@@ -165,7 +165,9 @@ def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
     assert withheld.status_code == 200 and b"Vexmoria" in withheld.content
     assert AuditEntry.objects.filter(kind="review", user=staff, reason__contains="read").exists()
     # The decision: a false positive, released to its user.
-    decided = client.post(f"/admin/audit_app/auditentry/{entry.pk}/review/release/")
+    decided = client.post(
+        f"/admin/audit_app/auditentry/{entry.pk}/review/release/", {"seen": "open"}
+    )
     assert decided.status_code == 302
     entry.refresh_from_db()
     assert entry.review_state == "false_positive" and entry.reviewed_by == staff
@@ -177,7 +179,12 @@ def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
 def test_a_reviewer_confirms_a_leak_and_the_reply_stays_withheld(client, leaked, other_api):
     [entry] = AuditEntry.objects.filter(flagged=True)
     client.force_login(_reviewer("view_auditentry", "change_auditentry"))
-    assert client.post(f"/admin/audit_app/auditentry/{entry.pk}/review/leak/").status_code == 302
+    assert (
+        client.post(
+            f"/admin/audit_app/auditentry/{entry.pk}/review/leak/", {"seen": "open"}
+        ).status_code
+        == 302
+    )
     entry.refresh_from_db()
     assert entry.review_state == "confirmed"
     turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
