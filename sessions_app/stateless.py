@@ -299,7 +299,7 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
         vault = {**turn.vault, **reserved} if (reserved := _reserved(kept, turn.vault)) else None
         after, shown = turn.added("assistant", kept, vault=vault), restore(kept, vault=turn.vault)
     token = token_issue(after)
-    _turn_record(turn=turn, kept=kept, scan=scan, delivered=not suppress)
+    _turn_record(turn=turn, kept=kept, scanned=scrubbed, scan=scan, delivered=not suppress)
     return StatelessReply(reply=shown, token=token)
 
 
@@ -360,13 +360,16 @@ def _audit_refused(exc: TokenRefused, *, user_id: int) -> None:
 
 
 @transaction.atomic
-def _turn_record(*, turn: Conversation, kept: str, scan: ScanResult, delivered: bool) -> None:
-    """Audit both messages (hashes and counts) and index the reply if it was delivered."""
+def _turn_record(
+    *, turn: Conversation, kept: str, scanned: str, scan: ScanResult, delivered: bool
+) -> None:
+    """Audit both messages (hashes and counts; a flagged reply's of the reply as scanned,
+    withheld or not) and index the reply if it was delivered."""
     ids = {"user_id": turn.user_id, "session_id": turn.id}
     _, content = turn.messages[-1]
     audit_message(**ids, role="user", content=content)
     if scan.leaked:
-        audit_flagged_reply(**ids, turn_id=None, content=kept, result=scan, delivered=delivered)
+        audit_flagged_reply(**ids, turn_id=None, content=scanned, result=scan, delivered=delivered)
     else:
         audit_message(**ids, role="assistant", content=kept, kind="reply")
     if delivered:

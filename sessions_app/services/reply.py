@@ -87,7 +87,10 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             privacy.placeholders_reserve(
                 session_id=turn.session_id, text=f"{reply}\n{message.content}"
             )
-            _reply_audit(turn=turn, content=message.content, scan=scan if leaked else None)
+            # A flagged reply's entry hashes the reply as scanned, withheld or not: what its
+            # evidence points into, and what a reviewer reads; not the notice stored instead.
+            audited = reply if leaked else message.content
+            _reply_audit(turn=turn, content=audited, scan=scan if leaked else None)
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
                 # holds what the session holds.

@@ -8,6 +8,7 @@ from cryptography.fernet import Fernet
 from django.contrib.auth.models import Permission
 
 from audit_app.models import AuditEntry
+from audit_app.services import content_hash
 from sessions_app.models import Turn
 from sessions_app.queries import turn_withheld_text
 from sessions_app.services import SUPPRESSED_NOTICE
@@ -76,6 +77,8 @@ def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, 
     assert entry.turn_id is not None and str(entry.turn_id) == turn["id"]
     assert entry.review_state == "open" and "suppressed" in entry.reason
     assert "Vexmoria" not in str(entry.evidence) and entry.evidence["items"]
+    # Its entry hashes the reply withheld, not the notice shown in its place.
+    assert (entry.content_hash, entry.token_count) == (content_hash(LEAK), len(LEAK.split()))
     # The history the next turn sends to Claude holds nothing of it.
     fake_claude.set_responder(lambda body: "ok")
     post_and_wait(other_api, "Thanks", sid)

@@ -26,6 +26,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from audit_app.models import AuditEntry
+from audit_app.services import content_hash
 from sessions_app import stateless
 from sessions_app.services import SUPPRESSED_NOTICE
 
@@ -404,6 +405,7 @@ def test_a_leaked_reply_is_withheld_and_kept_out_of_the_token(
     [entry] = AuditEntry.objects.filter(flagged=True)
     assert entry.user_id == other_user.pk and "suppressed" in entry.reason
     assert entry.session_id == conversation.id and "Vexmoria" not in str(entry.evidence)
+    assert entry.content_hash == content_hash(LEAK)  # the reply withheld, not the notice
     fake_claude.set_responder(lambda body: "All right.")
     _chat(other_api, "Thanks.", body["token"])
     assert "Vexmoria" not in json.dumps(fake_claude.requests[-1])
