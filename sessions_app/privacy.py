@@ -23,6 +23,7 @@ from .models import ChatSession, SessionVault
 from .pii import (
     ENTITY_TYPES,
     PLACEHOLDER,
+    holds_placeholder,
     pseudonymize_spans,
     redact_spans,
     restore,
@@ -96,12 +97,9 @@ def content_scrub(
     spans = spans_to_scrub(content, regions=settings.PII_PHONE_REGIONS)
     if settings.PII_MODE == "redact":
         return redact_spans(content, spans) if spans else content
-    typed = "<" in content and PLACEHOLDER.search(content) is not None  # to reserve
-    if not spans and not typed and vault_row is None:
-        return content  # nothing found, and no value of this session's to find again
-    wrapped, vault = _vault_of(session_id, vault_row)
-    if not spans and not typed and not vault:
-        return content
+    wrapped, vault = _vault_of(session_id, vault_row)  # no query when the row came along
+    if not spans and not vault and not holds_placeholder(content):
+        return content  # nothing found, no value of this session's to find, none to reserve
     scrubbed, new = pseudonymize_spans(content, spans, vault=vault)
     if new and not _vault_write(session_id=session_id, wrapped=wrapped, entries={**vault, **new}):
         # Numbered anew from the vault found; it exists now, so this writes, never recurses.
@@ -117,7 +115,7 @@ def placeholders_reserve(*, session_id: uuid.UUID, text: str) -> None:
     Call with the session's row locked. Only under pseudonymisation, and only a text with a
     placeholder in it reads the vault.
     """
-    if settings.PII_MODE != "pseudonymize" or "<" not in text or not PLACEHOLDER.search(text):
+    if settings.PII_MODE != "pseudonymize" or not holds_placeholder(text):
         return
     wrapped, vault = _vault_open(session_id)
     reserved = unknown_placeholders(text, vault)
@@ -154,7 +152,7 @@ def title_scrub(*, title: str) -> tuple[str, dict[str, str]]:
     """
     mode = settings.PII_MODE
     spans = [] if mode == "off" else spans_to_scrub(title, regions=settings.PII_PHONE_REGIONS)
-    typed = mode == "pseudonymize" and PLACEHOLDER.search(title) is not None  # to reserve
+    typed = mode == "pseudonymize" and holds_placeholder(title)  # to reserve
     if not spans and not typed:
         return title, {}
     if mode == "redact":
@@ -193,7 +191,7 @@ def title_restore(*, session: ChatSession) -> str:
     The vault is the one read along with the session (``select_related("vault")``), or
     read here, and only if the title holds a placeholder.
     """
-    if not PLACEHOLDER.search(session.title):
+    if not holds_placeholder(session.title):
         return session.title
     vault = _vault_of(session.pk, getattr(session, "vault", None))[1]
     return restore(session.title, vault=vault)
@@ -211,7 +209,7 @@ def messages_restore(
     (``select_related("vault")``; None: it has none), so the restore needs no query of
     its own; left out, the vault is read here, and only if a message holds a placeholder.
     """
-    if not any(PLACEHOLDER.search(m.content) for m in messages):
+    if not any(holds_placeholder(m.content) for m in messages):
         return list(messages)
     vault = _vault_of(session_id, vault_row)[1]
     return [dataclasses.replace(m, content=restore(m.content, vault=vault)) for m in messages]

@@ -9,6 +9,7 @@ from .detectors import DEFAULT_REGIONS, ENTITY_TYPES, Span, detect
 from .scrub import (
     MODES,
     PLACEHOLDER,
+    holds_placeholder,
     pseudonymize,
     pseudonymize_spans,
     redact,
@@ -27,6 +28,7 @@ __all__ = (
     "PLACEHOLDER",
     "Span",
     "detect",
+    "holds_placeholder",
     "pseudonymize",
     "pseudonymize_spans",
     "redact",

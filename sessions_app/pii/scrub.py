@@ -84,6 +84,11 @@ def with_known_values(text: str, spans: Sequence[Span], vault: Mapping[str, str]
 RESERVED_MAX = 100_000
 
 
+def holds_placeholder(text: str) -> bool:
+    """Tell whether ``text`` holds a placeholder (cheaply: most texts have no "<")."""
+    return "<" in text and PLACEHOLDER.search(text) is not None
+
+
 def unknown_placeholders(text: str, vault: Mapping[str, str]) -> dict[str, str]:
     """Return the placeholders in ``text`` that ``vault`` does not hold, as reserved entries
     (an empty original): made up by the model, or typed by the user; numbers past
@@ -92,7 +97,7 @@ def unknown_placeholders(text: str, vault: Mapping[str, str]) -> dict[str, str]:
     Kept in the vault, their numbers are never given to a real value later, which every
     restore of this text would then show in their place; ``restore`` leaves them as they are.
     """
-    if "<" not in text:
+    if not holds_placeholder(text):
         return {}
     return {
         m.group(): ""
