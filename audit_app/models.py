@@ -117,6 +117,13 @@ class AuditEntry(models.Model):
             models.Index(
                 fields=["id"], condition=models.Q(chain_seq__isnull=True), name="audit_unsealed"
             ),
+            # The leak hold's count, read with every turn's claim (``holds``): a user's
+            # flagged entries only, a small index whatever the trail's size.
+            models.Index(
+                fields=["user", "created_at"],
+                condition=models.Q(flagged=True),
+                name="audit_flagged_user",
+            ),
         ]
         triggers = [
             pgtrigger.ReadOnly(name="audit_content_read_only", exclude=sorted(MUTABLE_FIELDS)),

@@ -117,6 +117,7 @@ def audit_message(
     content: str,
     kind: str = "message",
     turn_id: uuid.UUID | None = None,
+    reason: str = "",
 ) -> AuditEntry:
     """Record that a message was stored: its hash and token count, not its text."""
     return sql.insert(
@@ -128,6 +129,7 @@ def audit_message(
             role=role,
             content_hash=content_hash(content),
             token_count=len(content.split()),
+            reason=reason,
         )
     )
 

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Model
 
+from audit_app.holds import leak_hold_params
 from audit_app.models import AuditEntry
 from core import sql
 from sessions_app import rows, selectors, services
@@ -88,7 +89,8 @@ def accept(*, user_id: int, session_id: uuid.UUID, content: str, now: datetime) 
 
 def claim(turn_id: uuid.UUID, now: datetime) -> tuple[uuid.UUID, int] | None:
     """The claim and the history read: the turn's session and owner, or None if it ended."""
-    row = rows.one(services.turns._START_SQL, [Turn.Status.RUNNING.value, now, now, turn_id])
+    params = [Turn.Status.RUNNING.value, now, now, turn_id, *leak_hold_params(now)]
+    row = rows.one(services.turns._START_SQL, params)
     if row is None:
         return None
     session_id, owner_id = row[_TURN_FIELDS], row[_TURN_FIELDS + _OWNER]

@@ -346,6 +346,11 @@ PII_PHONE_REGIONS = env_codes(
 )
 # A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
 LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
+# The leak hold (audit_app/holds.py): from a user's LEAK_HOLD_AFTER-th flagged reply within
+# LEAK_HOLD_SECONDS that review has not found harmless, every reply of theirs is withheld,
+# so that a withheld reply no longer tells a prober anything. 0 turns it off.
+LEAK_HOLD_AFTER = env_number("LEAK_HOLD_AFTER", 3, minimum=0)
+LEAK_HOLD_SECONDS = env_number("LEAK_HOLD_SECONDS", 24 * 3600, minimum=1)
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
 # REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
 FINGERPRINT_REDIS_URL = env_redis_url("FINGERPRINT_REDIS_URL")

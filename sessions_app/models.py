@@ -89,6 +89,10 @@ class Turn(models.Model):
     # user's reply message holds the neutral notice instead.
     withheld = models.BinaryField(null=True, blank=True, editable=False)
 
+    # Not a column: set by the claim (``turn_claim``), whether its owner's replies are held
+    # (``audit_app.holds``), so the turn's end withholds its reply whatever the scan finds.
+    leak_hold = False
+
     class Meta:
         constraints = [
             # Two web processes racing cannot both start a turn in one session.

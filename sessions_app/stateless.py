@@ -41,6 +41,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 
+from audit_app.holds import HELD_NOTICE, HELD_REASON, leak_hold_active, leak_hold_note
 from audit_app.services import (
     ScanResult,
     audit_flagged_reply,
@@ -277,7 +278,8 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
     """Return what the owner reads of Claude's ``reply`` to ``turn``, and the next token.
 
     The reply is leak-scanned: one carrying other users' data is flagged and, under
-    ``LEAK_ACTION=suppress``, replaced by the neutral notice and left out of the token.
+    ``LEAK_ACTION=suppress``, replaced by the neutral notice and left out of the token;
+    while the user is held (``audit_app.holds``) every reply is, under the hold's notice.
     Raise ``TokenTooLarge`` if the reply would grow the token past its limit (nothing is
     recorded then), ``IndexUnavailable`` if the fingerprint index is down.
     """
@@ -290,16 +292,20 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
         reply, vault=turn.vault, mode=settings.PII_MODE, regions=settings.PII_PHONE_REGIONS
     )
     scan = reply_scan(user_id=turn.user_id, session_id=turn.id, text=scrubbed)
-    suppress = scan.leaked and settings.LEAK_ACTION == "suppress"
+    held = leak_hold_active(user_id=turn.user_id)
+    suppress = held or (scan.leaked and settings.LEAK_ACTION == "suppress")
     if suppress:
-        kept, after, shown = SUPPRESSED_NOTICE, turn, SUPPRESSED_NOTICE
+        notice = HELD_NOTICE if held else SUPPRESSED_NOTICE
+        kept, after, shown = notice, turn, notice
     else:
         kept = scrubbed
         # Its made-up placeholders reserved, as for stored sessions (``unknown_placeholders``).
         vault = {**turn.vault, **reserved} if (reserved := _reserved(kept, turn.vault)) else None
         after, shown = turn.added("assistant", kept, vault=vault), restore(kept, vault=turn.vault)
     token = token_issue(after)
-    _turn_record(turn=turn, kept=kept, scanned=scrubbed, scan=scan, delivered=not suppress)
+    _turn_record(
+        turn=turn, kept=kept, scanned=scrubbed, scan=scan, delivered=not suppress, held=held
+    )
     return StatelessReply(reply=shown, token=token)
 
 
@@ -361,15 +367,18 @@ def _audit_refused(exc: TokenRefused, *, user_id: int) -> None:
 
 @transaction.atomic
 def _turn_record(
-    *, turn: Conversation, kept: str, scanned: str, scan: ScanResult, delivered: bool
+    *, turn: Conversation, kept: str, scanned: str, scan: ScanResult, delivered: bool, held: bool
 ) -> None:
-    """Audit both messages (hashes and counts; a flagged reply's of the reply as scanned,
-    withheld or not) and index the reply if it was delivered."""
+    """Audit both messages (hashes and counts; a flagged or held reply's of the reply as
+    scanned, withheld or not) and index the reply if it was delivered."""
     ids = {"user_id": turn.user_id, "session_id": turn.id}
     _, content = turn.messages[-1]
     audit_message(**ids, role="user", content=content)
     if scan.leaked:
         audit_flagged_reply(**ids, turn_id=None, content=scanned, result=scan, delivered=delivered)
+        leak_hold_note(user_id=turn.user_id)
+    elif held:
+        audit_message(**ids, role="assistant", content=scanned, kind="reply", reason=HELD_REASON)
     else:
         audit_message(**ids, role="assistant", content=kept, kind="reply")
     if delivered:

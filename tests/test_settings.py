@@ -273,6 +273,8 @@ def test_a_throttle_rate_drf_cannot_use_refuses_to_start(name, rate, says):
         ("SWEEP_INTERVAL_SECONDS", "0", "a whole number of at least 1"),
         ("NUM_PROXIES", "-1", "a whole number of at least 0"),
         ("FINGERPRINT_BUCKET_BITS", "17", "a whole number from 0 to 16"),
+        ("LEAK_HOLD_AFTER", "-1", "a whole number of at least 0"),
+        ("LEAK_HOLD_SECONDS", "0", "a whole number of at least 1"),
     ],
 )
 def test_a_number_out_of_its_range_refuses_to_start(name, value, must):

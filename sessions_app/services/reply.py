@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit_app.holds import HELD_NOTICE, HELD_REASON, leak_hold_note
 from audit_app.services import (
     ScanResult,
     audit_flagged_reply,
@@ -51,21 +52,26 @@ def turn_deliver(*, turn: Turn, reply: str) -> str | None:
     Raise ``IndexUnavailable`` if the index cannot be reached: the task tries again later.
     """
     scan = reply_scan(user_id=turn.session.owner_id, session_id=turn.session_id, text=reply)
-    return turn_complete(turn_id=turn.pk, reply=reply, scan=scan)
+    return turn_complete(turn_id=turn.pk, reply=reply, scan=scan, held=turn.leak_hold)
 
 
-def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None) -> str | None:
+def turn_complete(
+    *, turn_id: object, reply: str, scan: ScanResult | None = None, held: bool = False
+) -> str | None:
     """Store the reply and end the turn; return how it ended (``completed``, or
-    ``suppressed`` by the leak scan), or None if it had already ended.
+    ``suppressed`` by the leak scan or the hold), or None if it had already ended.
 
     The turn and session rows are locked first, and the store keeps one reply per turn,
     so two concurrent runs of one turn never store two replies. A reply the ``scan`` found
     to carry other users' data is flagged for review and, under ``LEAK_ACTION=suppress``,
     withheld: sealed on the turn, the neutral notice stored in its place, the turn ended
-    ``suppressed``. A delivered reply's fingerprints join the index.
+    ``suppressed``. While its owner is ``held`` (``audit_app.holds``) every reply is
+    withheld so, whatever the scan found, under the hold's own notice. A delivered reply's
+    fingerprints join the index.
     """
     leaked = scan is not None and scan.leaked
-    suppress = leaked and settings.LEAK_ACTION == "suppress"
+    suppress = held or (leaked and settings.LEAK_ACTION == "suppress")
+    notice = HELD_NOTICE if held else SUPPRESSED_NOTICE
     end = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
     withheld = crypto.seal(reply.encode()) if suppress else None
     try:
@@ -78,7 +84,7 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             message = _reply_append(
                 turn=turn,
                 seq=seq,
-                reply=SUPPRESSED_NOTICE if suppress else reply,
+                reply=notice if suppress else reply,
                 status="suppressed" if suppress else "ok",
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
@@ -89,8 +95,15 @@ def turn_complete(*, turn_id: object, reply: str, scan: ScanResult | None = None
             )
             # A flagged reply's entry hashes the reply as scanned, withheld or not: what its
             # evidence points into, and what a reviewer reads; not the notice stored instead.
-            audited = reply if leaked else message.content
-            _reply_audit(turn=turn, content=audited, scan=scan if leaked else None)
+            # So does a held one's.
+            audited = reply if leaked or held else message.content
+            _reply_audit(
+                turn=turn,
+                content=audited,
+                scan=scan if leaked else None,
+                held=held,
+                kept=not suppress,
+            )
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
                 # holds what the session holds.
@@ -136,13 +149,16 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     return turn
 
 
-def _reply_audit(*, turn: Turn, content: str, scan: ScanResult | None) -> None:
+def _reply_audit(
+    *, turn: Turn, content: str, scan: ScanResult | None, held: bool, kept: bool
+) -> None:
     ids = {"user_id": turn.session.owner_id, "session_id": turn.session_id, "turn_id": turn.pk}
     if scan is None:
-        audit_message(**ids, role="assistant", content=content, kind="reply")
+        reason = HELD_REASON if held else ""
+        audit_message(**ids, role="assistant", content=content, kind="reply", reason=reason)
     else:
-        delivered = settings.LEAK_ACTION != "suppress"
-        audit_flagged_reply(**ids, content=content, result=scan, delivered=delivered)
+        audit_flagged_reply(**ids, content=content, result=scan, delivered=kept)
+        leak_hold_note(user_id=turn.session.owner_id)
 
 
 def turn_release_withheld(*, turn_id: object) -> bool:

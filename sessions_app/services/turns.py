@@ -9,6 +9,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from audit_app.holds import LEAK_HOLD_SQL, leak_hold_active, leak_hold_params
 from core.errors import is_outage
 from core.ids import as_uuid
 
@@ -39,28 +40,40 @@ def turn_claim(*, turn_id: object) -> Turn | None:
     return turn
 
 
+# The owner's leak hold comes with it, a subquery over a small partial index: no statement
+# more per turn.
 _START_SQL = f"""
     UPDATE "{TURN_TABLE}" AS t
     SET "status" = %s, "attempts" = t."attempts" + 1, "started_at" = %s, "updated_at" = %s
     FROM "{SESSION_TABLE}" AS s
     WHERE t."id" = %s AND t."status" IN ({IN_FLIGHT_SQL}) AND s."id" = t."session_id"
-    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)}
+    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)},
+        {LEAK_HOLD_SQL.format(owner='s."owner_id"')}
 """  # noqa: S608 - names from the models, statuses from constants; values are parameters
 
 
 def _turn_start(turn_id: object) -> Turn | None:
-    """Mark the turn running and count the attempt; return it with its session, or None if
-    it is finished or gone."""
+    """Mark the turn running and count the attempt; return it with its session and its
+    owner's ``leak_hold``, or None if it is finished or gone."""
     tid = as_uuid(turn_id)
     if tid is None:
         return None
     now = timezone.now()
     if rows.in_sql():
-        return rows.turn_from_row(rows.one(_START_SQL, [Turn.Status.RUNNING.value, now, now, tid]))
+        params = [Turn.Status.RUNNING.value, now, now, tid, *leak_hold_params(now)]
+        row = rows.one(_START_SQL, params)
+        if row is None:
+            return None
+        turn = rows.turn_from_row(row[:-1])
+        turn.leak_hold = bool(row[-1])
+        return turn
     updated = Turn.objects.filter(pk=tid, status__in=Turn.IN_FLIGHT).update(
         status=Turn.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, updated_at=now
     )
-    return turn_get(turn_id=tid) if updated else None
+    turn = turn_get(turn_id=tid) if updated else None
+    if turn is not None:
+        turn.leak_hold = leak_hold_active(user_id=turn.session.owner_id)
+    return turn
 
 
 def turn_requeue(*, turn_id: object, attempt: int) -> bool:
