@@ -34,6 +34,7 @@ __all__ = (
     "audit_withheld_text_read",
     "content_hash",
     "fingerprints_erase_session",
+    "fingerprints_erase_user",
     "fingerprints_register",
     "reply_scan",
 )
@@ -363,3 +364,14 @@ def fingerprints_erase_session(
     if index.erase_session(session_id=session_id):
         digests = {d for text in texts() for d in _digests(text)[1].values()}
         index.erase_session(sorted(digests), session_id=session_id)
+
+
+def fingerprints_erase_user(*, user_id: int) -> None:
+    """Remove the user's postings that stand for several of its sessions, which no
+    session's erasure takes: run as the account is deleted, once its sessions are erased.
+
+    Its other postings stay: those of its stateless conversations, which name no session
+    of it, and, in Redis, those folded before the index listed them per user (both age
+    out). Raise ``IndexUnavailable`` if the index cannot be reached.
+    """
+    fingerprint_index().erase_user(user_id=user_id)

@@ -35,7 +35,8 @@ class DbIndex:
     (feature, user, session), at most ``MAX_RECORDS`` sessions of a user per feature and
     then one row of that user with ``SEVERAL_SESSION`` (Redis folds as soon as its value of
     ``MAX_RECORDS`` records is full), and once more than ``MAX_RECORDS`` users introduced a
-    feature one row of ``SHARED_USER``. Erasing a session removes neither of those: they
+    feature one row of ``SHARED_USER``. Erasing a session removes neither of those: a
+    user's rows of several sessions go when the user is erased (``erase_user``), the rest
     age out. So a feature has a bounded number of rows, whatever one user repeats.
 
     A database error is ``IndexUnavailable``, as Redis's are. An erasure fails alone (in a
@@ -125,6 +126,15 @@ class DbIndex:
         with _database_answers(), transaction.atomic():
             FingerprintPosting.objects.filter(session_id=session_id).delete()
         return False
+
+    def erase_user(self, *, user_id: int) -> None:
+        """Remove the user's rows of ``SEVERAL_SESSION`` (its sessions' own rows are
+        ``erase_session``'s). On a database error nothing is erased."""
+        # By session too: the session index finds the rows of several sessions (few, of
+        # every user) where user_id alone, unindexed, would scan the whole table.
+        several = FingerprintPosting.objects.filter(session_id=SEVERAL_SESSION, user_id=user_id)
+        with _database_answers(), transaction.atomic():
+            several.delete()
 
     def purge_expired(self) -> int:
         """Delete postings past their retention; return how many."""

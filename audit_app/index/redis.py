@@ -7,9 +7,9 @@ field is the rest of the feature's 8-byte keyed hash (6 bytes), the value up to
 than that introduced the feature. A record per session, not per user: erasing one session
 must not forget the same user's others. When a user's sessions would overflow the value,
 they become one record of that user with ``SEVERAL`` for a session, which no one session's
-erasure removes; it ages out with its generation. Retention: a generation key expires
-``ttl`` after the generation ends, so a posting lives between ``ttl`` and
-``ttl * (1 + 1/GENERATIONS)``.
+erasure removes: it goes when the user's account is erased (``erase_user``), or ages out
+with its generation. Retention: a generation key expires ``ttl`` after the generation
+ends, so a posting lives between ``ttl`` and ``ttl * (1 + 1/GENERATIONS)``.
 
 Each session also keeps, per generation, the list of the postings it added there: the key
 ``fp:{generation}:s:{session hex}``, a string of 8-byte digests with the generation's
@@ -21,6 +21,13 @@ which nothing erases, keeps none (its postings are kept all the same: the scan o
 users' replies reads them). Postings written before these lists existed are named by
 nothing but their texts: until the generation of ``fp:listed-since`` (the time of the
 first erasure that looked) and the one after it have expired, ``erase_session`` asks for them.
+
+Each user keeps, per generation, the list of its records of several sessions there: the
+key ``fp:{generation}:u:{user id hex}``, 8-byte digests with the generation's expiry,
+appended to by the registering script wherever it folds that user's records (whoever's
+registration folds them: it folds every user with several sessions in a full value).
+``erase_user`` reads them as the account is deleted. Records folded before these lists
+existed are named by nothing: they age out.
 """
 
 import struct
@@ -72,6 +79,9 @@ local function slot(blob, i, g, shift)
   local b = math.floor((string.byte(blob, i) * 256 + string.byte(blob, i + 1)) / 2 ^ shift)
   return 'fp:' .. g .. ':' .. string.format('%x', b), string.sub(blob, i + 2, i + 7)
 end
+local function user_list(g, u)
+  return 'fp:' .. g .. ':u:' .. string.format('%02x%02x%02x%02x', string.byte(u, 1, 4))
+end
 """
 
 _REGISTER = (
@@ -108,13 +118,21 @@ for i = 1, #blob, 8 do
         added[#added + 1] = string.sub(blob, i, i + 7)
       else
         -- Full, yet no more than maxr users: each user with several sessions here keeps
-        -- one record of them all, in the place of its first.
+        -- one record of them all, in the place of its first, named on that user's list
+        -- (a fold is rare: an APPEND each costs little).
         local out = {}
         for j = 0, n - 1 do
           local r = string.sub(v, j * 20 + 1, j * 20 + 20)
           local u = string.sub(r, 1, 4)
           if count[u] == 1 then out[#out + 1] = r
-          elseif count[u] > 1 then out[#out + 1] = u .. several count[u] = 0 end
+          elseif count[u] > 1 then
+            out[#out + 1] = u .. several
+            count[u] = 0
+            local folded = user_list(g, u)
+            if redis.call('APPEND', folded, string.sub(blob, i, i + 7)) == 8 then
+              redis.call('EXPIREAT', folded, expire_at)
+            end
+          end
         end
         if count[user] == 1 then
           out[#out + 1] = rec
@@ -207,6 +225,39 @@ return 0
 """
 )
 
+# Erases, in each live generation, the user's records of several sessions that its list
+# there names, and the list: no other record, whoever's (its sessions' own go with them).
+_ERASE_USER = (
+    _SLOT
+    + """
+local user, g0, g1, shift = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 16 - tonumber(ARGV[4])
+local mine_all = user .. ARGV[5]
+for g = g0, g1 do
+  local listed = user_list(g, user)
+  local folded = redis.call('GET', listed)
+  if folded then
+    for i = 1, #folded, 8 do
+      local key, f = slot(folded, i, g, shift)
+      local v = redis.call('HGET', key, f)
+      if v and v ~= '*' then
+        local kept = {}
+        for j = 0, #v / 20 - 1 do
+          local r = string.sub(v, j * 20 + 1, j * 20 + 20)
+          if r ~= mine_all then kept[#kept + 1] = r end
+        end
+        kept = table.concat(kept)
+        if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
+          redis.call('HSET', key, f, kept)
+        end
+      end
+    end
+    redis.call('DEL', listed)
+  end
+end
+return 0
+"""
+)
+
 
 def _record(user_id: int, session_id: uuid.UUID) -> bytes:
     return struct.pack(">I", user_id) + session_id.bytes
@@ -247,6 +298,7 @@ class RedisIndex:
         self._register = self.client.register_script(_REGISTER)
         self._lookup = self.client.register_script(_LOOKUP)
         self._erase = self.client.register_script(_ERASE)
+        self._erase_user = self.client.register_script(_ERASE_USER)
 
     def add(
         self,
@@ -296,6 +348,15 @@ class RedisIndex:
         args += [b"".join(digests or ()), session_id.hex, LISTED_SINCE, given]
         args += [int(clock), self.layout.generation_seconds]
         return bool(self._call(self._erase, args))
+
+    def erase_user(self, *, user_id: int) -> None:
+        """Remove every record of several of the user's sessions that its lists name; one
+        round trip. Its sessions' own records are ``erase_session``'s; records folded
+        before the lists existed stay (they age out), as do shared ``*`` entries."""
+        now = self.layout.generation(time.time())
+        user = struct.pack(">I", user_id)
+        args = [user, now - GENERATIONS, now, self.layout.bucket_bits, SEVERAL]
+        self._call(self._erase_user, args)
 
     def purge_expired(self) -> int:
         """Return 0: every key of the index expires with its generation, by Redis itself."""

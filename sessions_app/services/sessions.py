@@ -10,6 +10,7 @@ from django.utils import timezone
 from audit_app.services import (
     IndexUnavailable,
     fingerprints_erase_session,
+    fingerprints_erase_user,
 )
 
 from .. import events, privacy
@@ -117,14 +118,31 @@ def account_sessions_erase(*, owner_id: int) -> int:
     Run as the account is deleted (``account_erase_on_delete``): the database's cascade
     takes the rows only, and would leave the ``redis`` store's history, the ``cached_db``
     cache and the fingerprint postings behind, out of the purge's reach, which starts from
-    the session rows. If the store cannot be reached the account's deletion fails whole.
+    the session rows. The account's postings that stand for several of its sessions, which
+    no session's erasure takes, go too. If the store cannot be reached the account's
+    deletion fails whole; if the index cannot, the postings are left to age out.
     """
     # The account's row first: a sign-in meanwhile (a new token, whose foreign key Postgres
     # checks at COMMIT) waits for the delete and fails then, rather than failing the
     # delete's COMMIT after the store's copies were erased.
     list(get_user_model().objects.select_for_update().filter(pk=owner_id).values_list("pk"))
     owned = ChatSession.objects.filter(owner_id=owner_id).select_for_update()
-    return _sessions_erase(list(owned))
+    erased = _sessions_erase(list(owned))
+    _account_fingerprints_erase(owner_id)
+    return erased
+
+
+def _account_fingerprints_erase(owner_id: int) -> None:
+    # After its sessions' postings: with none of its sessions left in the index, no one's
+    # registration can fold its records into a new one of several sessions. Also with no
+    # session left: those deleted one by one left their records of several sessions.
+    try:
+        fingerprints_erase_user(user_id=owner_id)
+    except IndexUnavailable:
+        # As for the sessions' postings (``_sessions_erase``): no content, they age out.
+        logger.warning(
+            "fingerprint index unavailable: the account's postings of several sessions will age out"
+        )
 
 
 def account_erase_on_delete(sender: type, instance: AbstractBaseUser, **kwargs: object) -> None:

@@ -88,6 +88,28 @@ class LookupContract:
             self.index.add([RARE], user_id=user_id, session_id=uuid.uuid4())
         assert self.index.lookup([RARE]) == {RARE: None}
 
+    def test_erasing_a_user_removes_their_posting_of_several_sessions_and_no_others(self):
+        """An account deleted: its posting that stands for several sessions, which no
+        session's erasure removes, goes; another user's, of several sessions or of one, on
+        the same feature stays."""
+        self.index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
+        for user_id in (1, 3):
+            sessions = [uuid.uuid4() for _ in range(MAX_RECORDS + 1)]
+            for session in sessions:
+                self.index.add([RARE], user_id=user_id, session_id=session)
+            for session in sessions:
+                self.index.erase_session([RARE], session_id=session)
+        found = {(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]}
+        assert found == {(1, None), (2, str(theirs)), (3, None)}
+        self.index.erase_user(user_id=1)
+        found = {(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]}
+        assert found == {(2, str(theirs)), (3, None)}
+        self.index.erase_user(user_id=1)  # erased twice: no harm
+        self.index.erase_user(user_id=3)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (2, str(theirs))
+        ]
+
     def test_a_shared_feature_stays_shared_whatever_is_erased(self):
         """Once shared, a feature is never judged on the users still named: erasing the
         session of the one named user must not leave the others' as evidence against them."""
@@ -243,9 +265,53 @@ class TestRedisLookup(LookupContract):
         assert self.index.erase_session(session_id=theirs) is False
         assert self.index.lookup([RARE, SHARED]) == {RARE: [], SHARED: []}
 
+    def test_a_users_records_folded_by_another_users_registration_are_listed_for_them(self):
+        """A fold folds every user with several sessions in the value, not only the one
+        registering: each folded user's list names the digest, with the generation's
+        expiry, and erasing that user takes its record only."""
+        for _ in range(2):
+            self.index.add([RARE], user_id=2, session_id=uuid.uuid4())
+        self.index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        assert self._user_lists(1) == self._user_lists(2) == {}  # nothing folded yet
+        self.index.add([RARE], user_id=1, session_id=uuid.uuid4())  # full: folds 1 and 2
+        found = {(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]}
+        assert found == {(1, None), (2, None)}
+        [(key, listed)] = self._user_lists(2).items()
+        assert listed == RARE and list(self._user_lists(1).values()) == [RARE]
+        client = self.index.client
+        hash_key = self.index.layout.key(RARE, self.index.layout.generation(time.time()))
+        assert client.expiretime(key) == client.expiretime(hash_key) > time.time()
+        self.index.erase_user(user_id=2)
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
+        assert self._user_lists(2) == {} and list(self._user_lists(1).values()) == [RARE]
+
+    def test_a_users_records_of_several_sessions_of_every_live_generation_are_erased(self):
+        index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
+        index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
+        for _ in range(MAX_RECORDS):
+            index.add([RARE], user_id=1, session_id=uuid.uuid4())
+        generation = index.layout.generation(time.time())
+        while index.layout.generation(time.time()) == generation:
+            time.sleep(0.05)
+        for _ in range(MAX_RECORDS + 1):  # alone in the value: folds once it is full
+            index.add([SHARED], user_id=1, session_id=uuid.uuid4())
+        index.add([RARE], user_id=1, session_id=(kept := uuid.uuid4()))  # of one session
+        assert len(self._user_lists(1)) == 2
+        index.erase_user(user_id=1)
+        found = index.lookup([RARE, SHARED])
+        assert {(p.user_id, p.session_id) for p in found[RARE]} == {
+            (2, str(theirs)),
+            (1, str(kept)),  # a session's own: erase_session's, not the user's
+        }
+        assert found[SHARED] == [] and self._user_lists(1) == {}
+
     def _lists(self, session: uuid.UUID) -> dict[bytes, bytes]:
         client = self.index.client
         return {key: client.get(key) for key in client.scan_iter(f"fp:*:s:{session.hex}")}
+
+    def _user_lists(self, user_id: int) -> dict[bytes, bytes]:
+        client = self.index.client
+        return {key: client.get(key) for key in client.scan_iter(f"fp:*:u:{user_id:08x}")}
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """Deleting or expiring a session erases its fingerprint postings too, with each history
 store and each fingerprint index, those of texts no longer stored (a post answered 503, an
 expired ``redis`` history) too; with the index unreachable nothing is half-erased.
+Deleting an account also erases its postings that stand for several of its sessions.
 
 Postings are looked up as the leak scan reads them: ``reply_scan`` for a stranger, whose
 evidence names every (user, session) that introduced a token of the text.
@@ -14,7 +15,8 @@ import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from audit_app.index import DbIndex, RedisIndex
+from audit_app.index import MAX_RECORDS, DbIndex, RedisIndex
+from audit_app.index.base import SEVERAL_SESSION
 from audit_app.models import AuditEntry, FingerprintPosting
 from audit_app.services import ScanResult, fingerprint_index, reply_scan
 from sessions_app import services
@@ -357,3 +359,58 @@ def test_the_periodic_purge_deletes_the_database_index_postings_past_their_reten
     tasks.purge_expired_sessions()
     assert not FingerprintPosting.objects.filter(session_id=old.pk).exists()
     assert introducers(KEPT_MINE) == {(user.pk, str(live.pk))}
+
+
+# An account deleted ----------------------------------------------------------------------
+
+
+def folded(user) -> list[ChatSession]:
+    """Sessions of ``user`` past what a feature keeps, each with ``KEPT_MINE``: the index
+    holds one posting of several of them, which no session's erasure removes."""
+    owned = [services.chat_session_create(owner=user) for _ in range(MAX_RECORDS + 1)]
+    for session in owned:
+        exchange(user, session, KEPT_MINE, "Noted.")
+    return owned
+
+
+def test_deleting_the_account_erases_its_postings_of_several_sessions_and_no_others(
+    index, user, other_user
+):
+    """Its sessions deleted one by one, then the account with the last: nothing of the
+    account is left in the index; another user's posting of the same features stays."""
+    *deleted, last = folded(user)
+    theirs = services.chat_session_create(owner=other_user)
+    exchange(other_user, theirs, KEPT_MINE, "Noted.")
+    for session in deleted:
+        assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+    assert (user.pk, None) in introducers(KEPT_MINE)  # what a session's erasure leaves
+    user.delete()
+    assert not ChatSession.objects.filter(pk=last.pk).exists()
+    assert introducers(KEPT_MINE) == {(other_user.pk, str(theirs.pk))}
+
+
+def test_with_the_index_unreachable_deleting_the_account_still_erases_it(settings, user, caplog):
+    """As the purge does: the account goes, its postings (no content) are left to age out."""
+    owned, user_id = folded(user), user.pk  # delete() clears it
+    index_unreachable(settings)
+    with caplog.at_level(logging.WARNING, logger="sessions_app.services"):
+        user.delete()
+    assert "postings of several sessions will age out" in caplog.text
+    assert not ChatSession.objects.filter(pk__in=[s.pk for s in owned]).exists()
+    index_back(settings)
+    assert (user_id, None) in introducers(KEPT_MINE)  # left to age out
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("index", ["db"], indirect=True)
+def test_with_the_database_index_failing_the_account_is_still_deleted(index, user, caplog):
+    """The user's erasure fails alone, in a savepoint (here a writer holds the rows of
+    several sessions past the lock timeout): the account's deletion goes on."""
+    owned, user_id = folded(user), user.pk  # delete() clears it
+    logged = caplog.at_level(logging.WARNING, logger="sessions_app.services")
+    with postings_locked_elsewhere(SEVERAL_SESSION), logged:
+        user.delete()
+    assert "postings of several sessions will age out" in caplog.text
+    assert not type(user).objects.filter(pk=user_id).exists()
+    assert not ChatSession.objects.filter(pk__in=[s.pk for s in owned]).exists()
+    assert introducers(KEPT_MINE) == {(user_id, None)}  # left to age out
