@@ -1,4 +1,5 @@
-"""The audit log's hash chain: entry hashing and verification. Pure: no Django.
+"""The audit log's hash chain: entry hashing, verification, and review decisions checked
+against their chained review entries. Pure: no Django.
 
 Each sealed entry carries ``entry_hash = HMAC(key, prev_hash || canonical(fields))``. The
 key (derived from the server's secret) means someone who can write to the database but
@@ -8,6 +9,7 @@ does not hold the secret cannot recompute a valid chain after changing a row.
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,7 +58,7 @@ def entry_hash(*, key: bytes, prev_hash: str, fields: Mapping[str, object]) -> s
 class Broken:
     """The first entry where the chain does not hold, and what is wrong with it."""
 
-    chain_seq: int
+    chain_seq: int | None  # None: an entry not sealed yet (only a review disagreement)
     entry_id: int | None
     problem: str
 
@@ -108,3 +110,60 @@ def _tail_problem(sealed: int, head_seq: int) -> str:
     if sealed < head_seq:
         return f"missing entries: the chain ends at {sealed}, the head says {head_seq}"
     return f"entries past the head: the chain ends at {sealed}, the head says {head_seq}"
+
+
+# A reviewer's decision on a flagged entry is the entry's review columns (outside the hash: they
+# change after sealing) and a ``review`` entry whose hashed ``reason`` names the entry and the
+# decision, and whose hashed ``user_id`` is the reviewer. The columns must agree with the last
+# such entry, or with the state the entry was written in if there is none.
+_DECISION = "entry {entry_id} marked {state}"
+_DECISION_RE = re.compile(r"entry (\d+) marked (confirmed|false_positive)")
+_OPEN, _NONE = "open", "none"  # a flagged entry's state until decided; anyone else's
+
+
+def review_decision_reason(*, entry_id: int, state: str) -> str:
+    """Return the ``reason`` of the review entry that records ``state`` for ``entry_id``."""
+    return _DECISION.format(entry_id=entry_id, state=state)
+
+
+def verify_reviews(entries: Iterable[Mapping[str, object]]) -> Broken | None:
+    """Check review columns against review entries; return the first entry that disagrees.
+
+    ``entries``, ordered by id (a decision is written under the decided entry's row lock,
+    so a later one has a higher id), are every ``review`` entry and every entry whose
+    review columns could hold a decision: flagged, or with a review state or a reviewer.
+    Each needs ``id``, ``chain_seq``, ``kind``, ``flagged``, ``user_id``, ``reason``,
+    ``review_state`` and ``reviewed_by_id``. Keeps a tuple per such entry, not the rows.
+    """
+    current: dict[int, tuple[int | None, bool, object, object]] = {}
+    decided: dict[int, tuple[str, object, object]] = {}
+    for entry in entries:
+        decision = entry["kind"] == "review" and _DECISION_RE.fullmatch(str(entry["reason"]))
+        if decision:
+            decided[int(decision[1])] = (decision[2], entry["user_id"], entry["id"])
+        seq, flagged = entry["chain_seq"], bool(entry["flagged"])
+        state, reviewer = entry["review_state"], entry["reviewed_by_id"]
+        if flagged or state != _NONE or reviewer is not None:
+            current[int(entry["id"])] = (seq, flagged, state, reviewer)
+    for entry_id, (seq, flagged, state, reviewer) in current.items():
+        problem = _review_problem(flagged, state, reviewer, decided.get(entry_id))
+        if problem:
+            return Broken(seq, entry_id, problem)
+    return None
+
+
+def _review_problem(
+    flagged: bool, state: object, reviewer: object, decision: tuple[str, object, object] | None
+) -> str | None:
+    if decision is None:
+        expected_state, expected_reviewer = (_OPEN if flagged else _NONE), None
+        source = "no review entry decided it, so it should be"
+    else:
+        expected_state, expected_reviewer, review_id = decision
+        source = f"its last review entry (id {review_id}) says"
+    if state != expected_state:
+        return f"review_state {state!r} disagrees: {source} {expected_state!r}"
+    if reviewer != expected_reviewer:
+        who = "no reviewer" if expected_reviewer is None else f"reviewer {expected_reviewer}"
+        return f"reviewed_by {reviewer} disagrees: {source} {who}"
+    return None

@@ -4,13 +4,24 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from . import chain
 from .models import AuditChainHead, AuditEntry
 from .services import chain_key
+
+_REVIEW_COLUMNS = (
+    "id",
+    "chain_seq",
+    "kind",
+    "flagged",
+    "user_id",
+    "reason",
+    "review_state",
+    "reviewed_by_id",
+)
 
 
 def audit_entries_list(
@@ -43,10 +54,18 @@ class ChainReport:
     verdict: chain.Verdict
     unsealed: int
     oldest_unsealed_age: float | None  # seconds; None when nothing awaits sealing
+    # The first entry whose review columns disagree with its review entries; checked only
+    # once the chain holds (a broken chain is reported first).
+    review: chain.Broken | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok and self.review is None
 
 
 def audit_chain_verify() -> ChainReport:
-    """Check the whole sealed chain, and say how far sealing lags behind the writers."""
+    """Check the whole sealed chain and each review decision against it, and say how far
+    sealing lags behind the writers."""
     head = AuditChainHead.objects.filter(pk=1).first()
     columns = (*chain.HASHED_FIELDS, "prev_hash", "entry_hash")
     sealed = (
@@ -65,7 +84,29 @@ def audit_chain_verify() -> ChainReport:
         n=Count("id"), oldest=Min("created_at")
     )
     age = (timezone.now() - lag["oldest"]).total_seconds() if lag["oldest"] else None
-    return ChainReport(verdict=verdict, unsealed=lag["n"], oldest_unsealed_age=age)
+    review = _reviews_verify() if verdict.ok else None
+    return ChainReport(verdict=verdict, unsealed=lag["n"], oldest_unsealed_age=age, review=review)
+
+
+def _reviews_verify() -> chain.Broken | None:
+    # One statement, so one snapshot: a decision changes the entry and writes its review
+    # entry in one transaction, and both are seen or neither. Review entries not sealed yet
+    # count as much as sealed ones: the decision they record is already in the entry's
+    # columns, so leaving them out would report every decision taken since the last seal as
+    # tampering. Until sealed, such an entry is no better protected than any other unsealed
+    # entry (``verify_audit_chain --seal`` seals first); once sealed, it is.
+    entries = (
+        AuditEntry.objects.filter(
+            Q(kind=AuditEntry.Kind.REVIEW)
+            | Q(flagged=True)
+            | ~Q(review_state=AuditEntry.ReviewState.NONE)
+            | Q(reviewed_by__isnull=False)
+        )
+        .order_by("id")
+        .values(*_REVIEW_COLUMNS)
+        .iterator(chunk_size=2000)
+    )
+    return chain.verify_reviews(entries)
 
 
 def withheld_text_for(entry: AuditEntry) -> str | None:

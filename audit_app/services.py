@@ -210,7 +210,7 @@ def audit_review_decide(
         user_id=reviewer_id,
         session_id=entry.session_id,
         turn_id=entry.turn_id,
-        reason=f"entry {entry.pk} marked {state}",
+        reason=chain.review_decision_reason(entry_id=entry.pk, state=state.value),
     )
     return entry
 

@@ -8,9 +8,17 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 from audit_app import chain
+from audit_app.fingerprint import ScanResult
 from audit_app.models import AppendOnlyError, AuditEntry
 from audit_app.selectors import audit_chain_verify
-from audit_app.services import audit_chain_seal, audit_message, audit_security_event
+from audit_app.services import (
+    audit_chain_seal,
+    audit_flagged_reply,
+    audit_message,
+    audit_review_decide,
+    audit_security_event,
+    audit_withheld_text_read,
+)
 
 TABLE = AuditEntry._meta.db_table
 
@@ -43,6 +51,28 @@ def _verify_cli() -> tuple[int, str]:
     except SystemExit as exc:
         return int(exc.code), ""
     return 0, ""
+
+
+def _flag(user) -> AuditEntry:
+    """A reply of ``user``'s withheld and flagged, open for review."""
+    return audit_flagged_reply(
+        user_id=user.pk,
+        session_id=uuid.uuid4(),
+        turn_id=uuid.uuid4(),
+        content="Your order ORD-583920 is on its way.",
+        result=ScanResult(leaked=True, score=1.0),
+        delivered=False,
+    )
+
+
+def _verify_errors(capsys) -> tuple[int, str]:
+    """The command's exit status and what it wrote to stderr."""
+    capsys.readouterr()
+    try:
+        call_command("verify_audit_chain")
+    except SystemExit as exc:
+        return int(exc.code), capsys.readouterr().err
+    return 0, capsys.readouterr().err
 
 
 @pytest.mark.django_db
@@ -163,12 +193,86 @@ class TestChain:
         assert "missing" in verdict.broken.problem
         assert _verify_cli()[0] == 1
 
-    def test_review_decisions_do_not_break_the_chain(self, user):
-        entry = _write(user, 1)[0]
+    def test_review_decisions_do_not_break_the_chain(self, user, other_user):
+        """Decisions taken before and after a seal, one taken twice, one entry undecided;
+        the newest decision's review entry not sealed yet."""
+        decided, redecided, undecided = _flag(user), _flag(user), _flag(user)
+        audit_review_decide(entry_id=decided.pk, reviewer_id=other_user.pk, leak=True)
+        audit_review_decide(entry_id=redecided.pk, reviewer_id=user.pk, leak=True)
+        audit_withheld_text_read(entry_id=redecided.pk, reader_id=user.pk)  # no decision
         audit_chain_seal()
-        entry.review_state = AuditEntry.ReviewState.FALSE_POSITIVE
-        entry.save(update_fields=["review_state"])
-        assert audit_chain_verify().verdict.ok
+        audit_review_decide(
+            entry_id=redecided.pk, reviewer_id=other_user.pk, leak=False, seen="confirmed"
+        )
+        report = audit_chain_verify()
+        assert report.ok and report.unsealed == 1, report.review
+        assert _verify_cli()[0] == 0
+        audit_chain_seal()
+        assert audit_chain_verify().ok
+        undecided.refresh_from_db()
+        assert undecided.review_state == "open"
+
+
+@pytest.mark.django_db
+class TestReviewDecisions:
+    """Review columns are outside the hash; each decision's chained review entry is not."""
+
+    def test_a_decision_changed_after_sealing_is_found(self, user, other_user, capsys):
+        entry = _flag(user)
+        _write(user, 2)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        audit_chain_seal()
+        assert _verify_errors(capsys) == (0, "")
+        # A confirmed leak passed off as a false positive, by someone with database access.
+        AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
+        code, err = _verify_errors(capsys)
+        assert code == 1
+        assert f"entry id {entry.pk} (chain_seq 1)" in err
+        assert "review_state 'false_positive' disagrees" in err and "'confirmed'" in err
+
+    def test_a_reviewer_changed_after_sealing_is_found(self, user, other_user, capsys):
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=False)
+        audit_chain_seal()
+        AuditEntry.objects.filter(pk=entry.pk).update(reviewed_by=user)
+        code, err = _verify_errors(capsys)
+        assert code == 1
+        assert f"entry id {entry.pk}" in err
+        assert f"reviewed_by {user.pk} disagrees" in err and f"reviewer {other_user.pk}" in err
+
+    def test_a_decision_no_review_entry_records_is_found(self, user, other_user, capsys):
+        """An open flag closed with nothing in the chain to say who decided it, or a
+        decision taken back to open."""
+        closed, reopened = _flag(user), _flag(user)
+        audit_review_decide(entry_id=reopened.pk, reviewer_id=other_user.pk, leak=True)
+        audit_chain_seal()
+        AuditEntry.objects.filter(pk=closed.pk).update(
+            review_state="false_positive", reviewed_by=other_user
+        )
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {closed.pk}" in err and "no review entry" in err
+        AuditEntry.objects.filter(pk=closed.pk).update(review_state="open", reviewed_by=None)
+        AuditEntry.objects.filter(pk=reopened.pk).update(review_state="open", reviewed_by=None)
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {reopened.pk}" in err and "last review entry" in err
+
+    def test_the_last_decision_is_the_one_compared(self, user, other_user, capsys):
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=user.pk, leak=False, seen="confirmed")
+        audit_chain_seal()
+        AuditEntry.objects.filter(pk=entry.pk).update(
+            review_state="confirmed", reviewed_by=other_user
+        )
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {entry.pk}" in err and "'false_positive'" in err
+
+    def test_an_entry_not_sealed_yet_is_checked_too(self, user, other_user, capsys):
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {entry.pk} (unsealed)" in err
 
 
 @pytest.mark.django_db

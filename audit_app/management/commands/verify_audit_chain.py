@@ -1,15 +1,20 @@
-"""``manage.py verify_audit_chain``: check the audit log's hash chain (exit 1 if broken)."""
+"""``manage.py verify_audit_chain``: check the audit log's hash chain and review decisions
+(exit 1 if broken)."""
 
 import sys
 
 from django.core.management.base import BaseCommand
 
+from audit_app.chain import Broken
 from audit_app.selectors import audit_chain_verify
 from audit_app.services import audit_chain_seal
 
 
 class Command(BaseCommand):
-    help = "Check the audit log's hash chain; exit 1 and name the first broken entry."
+    help = (
+        "Check the audit log's hash chain and each review decision against it; exit 1 and "
+        "name the first broken entry."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
@@ -28,6 +33,8 @@ class Command(BaseCommand):
                 f"{broken.problem}; {verdict.sealed} entries verified before it"
             )
             sys.exit(1)
+        if report.review is not None:
+            self._review_broken(report.review)
         sealed = f"{verdict.sealed} {'entry' if verdict.sealed == 1 else 'entries'} sealed"
         if report.oldest_unsealed_age is None:
             self.stdout.write(f"ok, {sealed}, nothing unsealed")
@@ -36,3 +43,10 @@ class Command(BaseCommand):
             f"ok, {sealed}, {report.unsealed} awaiting sealing, "
             f"oldest unsealed age {report.oldest_unsealed_age:.0f}s"
         )
+
+    def _review_broken(self, broken: Broken) -> None:
+        where = "unsealed" if broken.chain_seq is None else f"chain_seq {broken.chain_seq}"
+        self.stderr.write(
+            f"BROKEN review of entry id {broken.entry_id} ({where}): {broken.problem}"
+        )
+        sys.exit(1)
