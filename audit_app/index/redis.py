@@ -1,4 +1,5 @@
-"""``RedisIndex``: the fingerprint index in Redis, the app's only Redis code.
+"""``RedisIndex``: the fingerprint index in Redis; with its Lua scripts (``scripts.py``),
+the app's only Redis code.
 
 Redis layout, chosen for memory (a posting costs about 35 bytes, measured by the bench):
 keys ``fp:{generation}:{bucket}`` are small hashes that Redis keeps as listpacks; the
@@ -40,6 +41,7 @@ from functools import lru_cache
 import redis
 
 from ..fingerprint import Posting
+from . import scripts
 from .base import MAX_RECORDS, SEVERAL, IndexUnavailable
 
 GENERATIONS = 4
@@ -69,194 +71,6 @@ class Layout:
         """Return the hash key that holds ``digest`` (the scripts derive the same)."""
         bucket = int.from_bytes(digest[:2], "big") >> (16 - self.bucket_bits)
         return f"fp:{generation}:{bucket:x}"
-
-
-# Scripts take the digests as one blob of 8-byte hashes and derive each key and field
-# themselves: packing hundreds of arguments costs more client time than the whole lookup.
-# (So keys are not declared: on Redis Cluster, give the prefix a hash tag.)
-_SLOT = """
-local function slot(blob, i, g, shift)
-  local b = math.floor((string.byte(blob, i) * 256 + string.byte(blob, i + 1)) / 2 ^ shift)
-  return 'fp:' .. g .. ':' .. string.format('%x', b), string.sub(blob, i + 2, i + 7)
-end
-local function user_list(g, u)
-  return 'fp:' .. g .. ':u:' .. string.format('%02x%02x%02x%02x', string.byte(u, 1, 4))
-end
-"""
-
-_REGISTER = (
-    _SLOT
-    + """
-local rec, expire_at, maxr = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local g, shift, blob, several = ARGV[4], 16 - tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local listed = 'fp:' .. g .. ':s:' .. ARGV[8]
-local user = string.sub(rec, 1, 4)
-local mine_all = user .. several
-local added = {}
-for i = 1, #blob, 8 do
-  local key, f = slot(blob, i, g, shift)
-  local v = redis.call('HGET', key, f)
-  if not v then
-    redis.call('HSET', key, f, rec)
-    added[#added + 1] = string.sub(blob, i, i + 7)
-  elseif v ~= '*' then
-    local n, present, users, count = #v / 20, false, 0, {}
-    for j = 0, n - 1 do
-      local r = string.sub(v, j * 20 + 1, j * 20 + 20)
-      if r == rec or r == mine_all then present = true break end
-      local u = string.sub(r, 1, 4)
-      if not count[u] then users = users + 1 count[u] = 0 end
-      count[u] = count[u] + 1
-    end
-    if not present then
-      if not count[user] then users = users + 1 count[user] = 0 end
-      count[user] = count[user] + 1
-      if users > maxr then
-        redis.call('HSET', key, f, '*')
-      elseif n < maxr then
-        redis.call('HSET', key, f, v .. rec)
-        added[#added + 1] = string.sub(blob, i, i + 7)
-      else
-        -- Full, yet no more than maxr users: each user with several sessions here keeps
-        -- one record of them all, in the place of its first, named on that user's list
-        -- (a fold is rare: an APPEND each costs little).
-        local out = {}
-        for j = 0, n - 1 do
-          local r = string.sub(v, j * 20 + 1, j * 20 + 20)
-          local u = string.sub(r, 1, 4)
-          if count[u] == 1 then out[#out + 1] = r
-          elseif count[u] > 1 then
-            out[#out + 1] = u .. several
-            count[u] = 0
-            local folded = user_list(g, u)
-            if redis.call('APPEND', folded, string.sub(blob, i, i + 7)) == 8 then
-              redis.call('EXPIREAT', folded, expire_at)
-            end
-          end
-        end
-        if count[user] == 1 then
-          out[#out + 1] = rec
-          added[#added + 1] = string.sub(blob, i, i + 7)
-        end
-        redis.call('HSET', key, f, table.concat(out))
-      end
-    end
-  end
-  redis.call('EXPIREAT', key, expire_at)
-end
--- The session's list of what it added: one APPEND (and its expiry once, when it starts).
--- None for a conversation that nothing erases (ARGV[8] empty): no one would read it.
-if #added > 0 and ARGV[8] ~= '' then
-  local more = table.concat(added)
-  if redis.call('APPEND', listed, more) == #more then redis.call('EXPIREAT', listed, expire_at) end
-end
-return #blob / 8
-"""
-)
-
-# One bulk string back, not an array per feature and generation: the client parses a
-# nested reply element by element, which cost more than the lookup itself. Per digest, in
-# order: a 2-byte length, then ``*`` or the records found in every live generation.
-_LOOKUP = (
-    _SLOT
-    + """
-local g0, g1, shift, blob = tonumber(ARGV[1]), tonumber(ARGV[2]), 16 - tonumber(ARGV[3]), ARGV[4]
-local out = {}
-for i = 1, #blob, 8 do
-  local found = {}
-  for g = g0, g1 do
-    local key, f = slot(blob, i, g, shift)
-    local v = redis.call('HGET', key, f)
-    if v == '*' then found = {v} break end
-    if v then found[#found + 1] = v end
-  end
-  local v = table.concat(found)
-  out[#out + 1] = string.char(math.floor(#v / 256), #v % 256) .. v
-end
-return table.concat(out)
-"""
-)
-
-# Erases, in each live generation, the session's records of the digests on its list there
-# and of ``blob`` (the digests of its texts). While postings from before the lists may
-# live (the generation of ``fp:listed-since``, set by the first call, or the one after it,
-# for code still writing without lists during an upgrade, is live), only with the texts'
-# digests (ARGV[8] set): without them it returns 1 and erases nothing, so that an
-# erasure is whole or not done. A time, not a generation: a new TTL renumbers them.
-_ERASE = (
-    _SLOT
-    + """
-local session, g0, g1 = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local shift, blob, hex, since_key = 16 - tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
-local now, generation_seconds = ARGV[9], tonumber(ARGV[10])
-local since = redis.call('GET', since_key)
-if not since then
-  since = now
-  redis.call('SET', since_key, since)
-end
-local listed_from = math.floor(tonumber(since) / generation_seconds) + 1
-if g0 <= listed_from and ARGV[8] == '' then return 1 end
-local function drop(digests, g)
-  for i = 1, #digests, 8 do
-    local key, f = slot(digests, i, g, shift)
-    local v = redis.call('HGET', key, f)
-    if v and v ~= '*' then
-      local kept = ''
-      for j = 0, #v / 20 - 1 do
-        local r = string.sub(v, j * 20 + 1, j * 20 + 20)
-        if string.sub(r, 5, 20) ~= session then kept = kept .. r end
-      end
-      if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
-        redis.call('HSET', key, f, kept)
-      end
-    end
-  end
-end
-for g = g0, g1 do
-  local listed = 'fp:' .. g .. ':s:' .. hex
-  local own = redis.call('GET', listed)
-  if own then
-    drop(own, g)
-    redis.call('DEL', listed)
-  end
-  drop(blob, g)
-end
-return 0
-"""
-)
-
-# Erases, in each live generation, the user's records of several sessions that its list
-# there names, and the list: no other record, whoever's (its sessions' own go with them).
-_ERASE_USER = (
-    _SLOT
-    + """
-local user, g0, g1, shift = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 16 - tonumber(ARGV[4])
-local mine_all = user .. ARGV[5]
-for g = g0, g1 do
-  local listed = user_list(g, user)
-  local folded = redis.call('GET', listed)
-  if folded then
-    for i = 1, #folded, 8 do
-      local key, f = slot(folded, i, g, shift)
-      local v = redis.call('HGET', key, f)
-      if v and v ~= '*' then
-        local kept = {}
-        for j = 0, #v / 20 - 1 do
-          local r = string.sub(v, j * 20 + 1, j * 20 + 20)
-          if r ~= mine_all then kept[#kept + 1] = r end
-        end
-        kept = table.concat(kept)
-        if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
-          redis.call('HSET', key, f, kept)
-        end
-      end
-    end
-    redis.call('DEL', listed)
-  end
-end
-return 0
-"""
-)
 
 
 def _record(user_id: int, session_id: uuid.UUID) -> bytes:
@@ -295,10 +109,10 @@ class RedisIndex:
     def __init__(self, *, url: str, layout: Layout) -> None:
         self.client = _redis_client(url)
         self.layout = layout
-        self._register = self.client.register_script(_REGISTER)
-        self._lookup = self.client.register_script(_LOOKUP)
-        self._erase = self.client.register_script(_ERASE)
-        self._erase_user = self.client.register_script(_ERASE_USER)
+        self._register = self.client.register_script(scripts.REGISTER)
+        self._lookup = self.client.register_script(scripts.LOOKUP)
+        self._erase = self.client.register_script(scripts.ERASE)
+        self._erase_user = self.client.register_script(scripts.ERASE_USER)
 
     def add(
         self,
