@@ -9,7 +9,7 @@ import uuid
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, QuerySet, Value, When
+from django.db.models import Case, Q, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -21,9 +21,16 @@ from core.admin import ViewOnlyAdmin
 from sessions_app.services import turn_release_withheld
 
 from . import selectors, services
+from .holds import HELD_REASON, leak_hold_active
 from .models import AuditEntry
 
 REVIEW_PERMISSION = "audit_app.change_auditentry"
+# A decision taken; one taken whose release waits for its user's leak hold to lift.
+DECIDED, KEPT_HELD = "decided", "kept while held"
+KEPT_NOTE = (
+    "replies stay withheld while their user is held: release them with "
+    '"Release withheld replies found harmless" once the hold has lifted'
+)
 WITHHELD_PERMISSION = "audit_app.view_withheld_text"
 
 
@@ -77,7 +84,7 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         "-id",
     ]
     list_select_related = ["user"]
-    actions = ["confirm_leak", "mark_false_positive", "release_reply"]
+    actions = ["confirm_leak", "mark_false_positive", "release_reply", "release_held"]
     readonly_fields = ["evidence_display"]
     change_form_template = "admin/audit_app/auditentry/change_form.html"
 
@@ -163,6 +170,35 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
     def release_reply(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._decide(request, queryset, leak=False, release=True)
 
+    @admin.action(
+        description="Release withheld replies found harmless (user not held)",
+        permissions=["review"],
+    )
+    def release_held(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Deliver the selection's withheld replies found harmless: those the leak hold alone
+        withheld (the scan found nothing in them) and flags marked false positives, once
+        their user is no longer held. Released during the hold, they would tell a prober
+        which of their held replies were clean or flagged. (Released after it, they still
+        tell; so release a prober's only when review has found them no prober.)"""
+        harmless = queryset.filter(kind=AuditEntry.Kind.REPLY, turn_id__isnull=False).filter(
+            Q(flagged=False, reason=HELD_REASON)
+            | Q(flagged=True, review_state=AuditEntry.ReviewState.FALSE_POSITIVE)
+        )
+        released = still_held = 0
+        for entry in harmless.only("pk", "user_id", "turn_id"):
+            if leak_hold_active(user_id=entry.user_id):
+                still_held += 1
+            elif turn_release_withheld(turn_id=entry.turn_id):
+                services.audit_reply_released(entry_id=entry.pk, reviewer_id=request.user.pk)
+                released += 1
+        notice = f"{released} withheld replies released"
+        if still_held:
+            notice += (
+                f"; {still_held} left withheld: their user is still held (review the user's"
+                " open flags first)"
+            )
+        self.message_user(request, f"{notice}.", messages.SUCCESS)
+
     def _decide(
         self, request: HttpRequest, queryset: QuerySet, *, leak: bool, release: bool = False
     ) -> None:
@@ -170,7 +206,7 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         # already taken (an entry's own page can still change it, one at a time).
         # (Whether it is open is checked again under the entry's lock.)
         flagged = list(queryset.filter(flagged=True).values_list("pk", flat=True))
-        taken = sum(
+        outcomes = [
             _decide_one(
                 entry_id=entry_id,
                 reviewer_id=request.user.pk,
@@ -179,9 +215,12 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
                 open_only=True,
             )
             for entry_id in flagged
-        )
+        ]
+        taken = sum(1 for outcome in outcomes if outcome)
         left = len(flagged) - taken
         rest = f"; {left} already decided, left as they were" if left else ""
+        if kept := outcomes.count(KEPT_HELD):
+            rest += f"; {kept} {KEPT_NOTE}"
         self.message_user(request, f"{taken} open flags reviewed{rest}.", messages.SUCCESS)
 
     def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
@@ -222,14 +261,20 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
     # The state the page showed: decided meanwhile by someone else (a confirmed leak, say),
     # the entry is not overturned by a page opened before, which would release the reply.
     seen = request.POST.get("seen")
-    taken = seen in AuditEntry.ReviewState.values and _decide_one(
+    outcome = seen in AuditEntry.ReviewState.values and _decide_one(
         entry_id=entry_id,
         reviewer_id=request.user.pk,
         leak=decision == "leak",
         release=decision == "release",
         seen=seen,
     )
-    if taken:
+    if outcome == KEPT_HELD:
+        notice = (
+            f"Entry {entry_id} reviewed; its reply stays withheld while its user is held: "
+            'release it with "Release withheld replies found harmless" once the hold has lifted.'
+        )
+        model_admin.message_user(request, notice, messages.WARNING)
+    elif outcome:
         model_admin.message_user(request, f"Entry {entry_id} reviewed.", messages.SUCCESS)
     else:
         notice = f"Entry {entry_id} was decided meanwhile: nothing changed. Review it again."
@@ -245,19 +290,22 @@ def _decide_one(
     release: bool,
     open_only: bool = False,
     seen: str | None = None,
-) -> bool:
+) -> str | None:
     """Record the decision (with ``open_only``, only on an open flag; with ``seen``, only in
-    that state; False if it was not); a false positive released delivers the withheld
-    reply."""
+    that state; None if it was not); a false positive released delivers the withheld reply,
+    unless its user is held (``KEPT_HELD``): a reply delivered during the hold would tell a
+    prober that it was flagged, the one thing the hold keeps from them."""
     entry = services.audit_review_decide(
         entry_id=entry_id, reviewer_id=reviewer_id, leak=leak, open_only=open_only, seen=seen
     )
     if entry is None:
-        return False
+        return None
     wanted = release and not leak and entry.turn_id is not None
+    if wanted and leak_hold_active(user_id=entry.user_id):
+        return KEPT_HELD
     if wanted and turn_release_withheld(turn_id=entry.turn_id):
         services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
-    return True
+    return DECIDED
 
 
 def _segments(text: str, evidence: dict) -> list[tuple[str, bool]]:

@@ -161,9 +161,11 @@ def audit_flagged_reply(
     content: str,
     result: ScanResult,
     delivered: bool,
+    held: bool = False,
 ) -> AuditEntry:
-    """Record a reply judged to carry another user's data, open for review."""
-    action = "delivered and flagged" if delivered else "suppressed"
+    """Record a reply judged to carry another user's data, open for review. One its user's
+    leak hold withheld (``held``) says so: it counts for no hold (``audit_app.holds``)."""
+    action = "held" if held else "delivered and flagged" if delivered else "suppressed"
     return AuditEntry.objects.create(
         kind=AuditEntry.Kind.REPLY,
         user_id=user_id,

@@ -89,7 +89,7 @@ def accept(*, user_id: int, session_id: uuid.UUID, content: str, now: datetime) 
 
 def claim(turn_id: uuid.UUID, now: datetime) -> tuple[uuid.UUID, int] | None:
     """The claim and the history read: the turn's session and owner, or None if it ended."""
-    params = [Turn.Status.RUNNING.value, now, now, turn_id, *leak_hold_params(now)]
+    params = [Turn.Status.RUNNING.value, now, now, turn_id, *leak_hold_params()]
     row = rows.one(services.turns._START_SQL, params)
     if row is None:
         return None

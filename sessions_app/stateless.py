@@ -375,8 +375,11 @@ def _turn_record(
     _, content = turn.messages[-1]
     audit_message(**ids, role="user", content=content)
     if scan.leaked:
-        audit_flagged_reply(**ids, turn_id=None, content=scanned, result=scan, delivered=delivered)
-        leak_hold_note(user_id=turn.user_id)
+        audit_flagged_reply(
+            **ids, turn_id=None, content=scanned, result=scan, delivered=delivered, held=held
+        )
+        if not held:
+            leak_hold_note(user_id=turn.user_id)
     elif held:
         audit_message(**ids, role="assistant", content=scanned, kind="reply", reason=HELD_REASON)
     else:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.db import connections
 from django.test.client import Client
@@ -135,3 +136,14 @@ def fake_claude(settings) -> Iterator[FakeClaude]:
 
 def random_id() -> str:
     return str(uuid.uuid4())
+
+
+@pytest.fixture
+def reviewer(client):
+    """A staff member who may read and decide flagged entries, signed in on ``client``."""
+    user = UserFactory(is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_auditentry", "change_auditentry"])
+    )
+    client.force_login(user)
+    return user

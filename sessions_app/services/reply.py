@@ -157,8 +157,9 @@ def _reply_audit(
         reason = HELD_REASON if held else ""
         audit_message(**ids, role="assistant", content=content, kind="reply", reason=reason)
     else:
-        audit_flagged_reply(**ids, content=content, result=scan, delivered=kept)
-        leak_hold_note(user_id=turn.session.owner_id)
+        audit_flagged_reply(**ids, content=content, result=scan, delivered=kept, held=held)
+        if not held:
+            leak_hold_note(user_id=turn.session.owner_id)
 
 
 def turn_release_withheld(*, turn_id: object) -> bool:

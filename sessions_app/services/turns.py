@@ -60,7 +60,7 @@ def _turn_start(turn_id: object) -> Turn | None:
         return None
     now = timezone.now()
     if rows.in_sql():
-        params = [Turn.Status.RUNNING.value, now, now, tid, *leak_hold_params(now)]
+        params = [Turn.Status.RUNNING.value, now, now, tid, *leak_hold_params()]
         row = rows.one(_START_SQL, params)
         if row is None:
             return None

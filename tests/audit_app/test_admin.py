@@ -9,23 +9,12 @@ from django.test import Client
 from audit_app.fingerprint import Evidence, Posting, ScanResult
 from audit_app.models import AuditEntry
 from audit_app.services import audit_flagged_reply
-from tests.factories import UserFactory
 from tests.support import csp_refusals
 
 pytestmark = pytest.mark.django_db
 REPLY = "Your order ORD-583920 is on its way to Bartholomew Quince."
 CHANGELIST = "/admin/audit_app/auditentry/"
 OPEN = {"seen": "open"}  # what a decision's form posts, from a page showing an open flag
-
-
-@pytest.fixture
-def reviewer(client):
-    user = UserFactory(is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_auditentry", "change_auditentry"])
-    )
-    client.force_login(user)
-    return user
 
 
 def _flag(user, other_user, *, several: bool = False) -> AuditEntry:

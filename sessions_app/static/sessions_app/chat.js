@@ -572,7 +572,7 @@
   function announceReply(reply) {
     announce(
       reply.status === "suppressed"
-        ? "The reply was withheld for review: it appeared to hold another conversation's data."
+        ? `The reply was withheld: ${reply.content}`
         : `Assistant: ${reply.content}`,
     );
   }
