@@ -7,8 +7,9 @@ from celery import shared_task
 from django.utils import timezone
 
 from bench import statements
-from sessions_app import llm, services
+from sessions_app import services
 from sessions_app.events.notify import publish_turn_changed
+from sessions_app.llm import claude
 
 
 @shared_task(name="bench.floor_turn", acks_late=True, reject_on_worker_lost=True)
@@ -18,7 +19,9 @@ def floor_turn(job: str, content: str) -> None:
     scan, reply or audit to store."""
     status = "failed"  # told on any error too, so the waiting request is freed now, not in 30 s
     try:
-        llm._reply_text(llm._create([{"role": "user", "content": content}], timeout=30, retries=0))
+        claude._reply_text(
+            claude._create([{"role": "user", "content": content}], timeout=30, retries=0)
+        )
         status = "completed"
     finally:
         publish_turn_changed(turn_id=job, status=status)
@@ -32,8 +35,8 @@ def statements_turn(turn_id: str, content: str) -> None:
     try:
         if statements.claim(tid, timezone.now()) is None:
             return  # ended already: the waiter reads how
-        reply = llm._reply_text(
-            llm._create([{"role": "user", "content": content}], timeout=30, retries=0)
+        reply = claude._reply_text(
+            claude._create([{"role": "user", "content": content}], timeout=30, retries=0)
         )
         if statements.end(tid, reply, timezone.now()):
             status = "completed"

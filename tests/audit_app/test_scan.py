@@ -77,14 +77,14 @@ class IndexContract:
     def test_a_text_registered_with_its_own_scan_is_indexed_as_without(self, monkeypatch):
         """Registering the text a scan just read reuses its digests, computing none; a scan
         of another text lends nothing."""
-        from audit_app import services
+        from audit_app import leak_scan
 
         alice_session = uuid.uuid4()
         scan = reply_scan(user_id=1, session_id=alice_session, text=ALICE_DATA)
         assert "Bluefalcon" not in repr(scan)  # the text it carries stays out of logs
         computed = []
-        digests = services._digests
-        monkeypatch.setattr(services, "_digests", lambda t: computed.append(t) or digests(t))
+        digests = leak_scan._digests
+        monkeypatch.setattr(leak_scan, "_digests", lambda t: computed.append(t) or digests(t))
         fingerprints_register(user_id=1, session_id=alice_session, text=ALICE_DATA, scan=scan)
         assert computed == []
         other = reply_scan(user_id=1, session_id=alice_session, text="Another text")

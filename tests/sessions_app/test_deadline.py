@@ -21,12 +21,12 @@ def test_default_deadline_keeps_the_promise(settings):
 
 def test_call_timeout_shrinks_so_every_call_ends_before_the_deadline(settings):
     settings.CLAUDE_TIMEOUT_SECONDS = 25
-    assert llm._call_timeout(None) == 25
-    assert llm._call_timeout(time.time() + 200) == 25
+    assert llm.retries._call_timeout(None) == 25
+    assert llm.retries._call_timeout(time.time() + 200) == 25
     # Each call, retries included, is cut to the time left, so none outlives the deadline.
-    assert 9 < llm._call_timeout(time.time() + 10) <= 10
+    assert 9 < llm.retries._call_timeout(time.time() + 10) <= 10
     with pytest.raises(llm.LLMError) as caught:
-        llm._call_timeout(time.time() + llm.MIN_CALL_SECONDS / 2)
+        llm.retries._call_timeout(time.time() + llm.MIN_CALL_SECONDS / 2)
     assert caught.value.code == "deadline_exceeded" and not caught.value.transient
 
 
@@ -69,7 +69,7 @@ def test_a_dripping_claude_fails_the_turn_by_its_deadline(api, fake_claude, sett
     assert fake_claude.request_count() == 1
 
 
-# Retries within one attempt: llm.py's own, bounded by the deadline ------------------------
+# Retries within one attempt: the llm package's own, bounded by the deadline ----------------
 
 
 def post_and_time(api) -> tuple[dict, float]:
