@@ -9,7 +9,7 @@ import uuid
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Q, QuerySet, Value, When
+from django.db.models import Case, QuerySet, Value, When
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -18,19 +18,11 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from core.admin import ViewOnlyAdmin
-from sessions_app.services import turn_release_withheld
 
-from . import selectors, services
-from .holds import HELD_REASON, leak_hold_active
+from . import review, selectors, services
 from .models import AuditEntry
 
 REVIEW_PERMISSION = "audit_app.change_auditentry"
-# A decision taken; one taken whose release waits for its user's leak hold to lift.
-DECIDED, KEPT_HELD = "decided", "kept while held"
-KEPT_NOTE = (
-    "replies stay withheld while their user is held: release them with "
-    '"Release withheld replies found harmless" once the hold has lifted'
-)
 WITHHELD_PERMISSION = "audit_app.view_withheld_text"
 
 
@@ -175,22 +167,11 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         permissions=["review"],
     )
     def release_held(self, request: HttpRequest, queryset: QuerySet) -> None:
-        """Deliver the selection's withheld replies found harmless: those the leak hold alone
-        withheld (the scan found nothing in them) and flags marked false positives, once
-        their user is no longer held. Released during the hold, they would tell a prober
-        which of their held replies were clean or flagged. (Released after it, they still
-        tell; so release a prober's only when review has found them no prober.)"""
-        harmless = queryset.filter(kind=AuditEntry.Kind.REPLY, turn_id__isnull=False).filter(
-            Q(flagged=False, reason=HELD_REASON)
-            | Q(flagged=True, review_state=AuditEntry.ReviewState.FALSE_POSITIVE)
+        """Deliver the selection's withheld replies found harmless, of users no longer held
+        (``review.harmless_release``)."""
+        released, still_held = review.harmless_release(
+            queryset.values_list("pk", flat=True), reviewer_id=request.user.pk
         )
-        released = still_held = 0
-        for entry in harmless.only("pk", "user_id", "turn_id"):
-            if leak_hold_active(user_id=entry.user_id):
-                still_held += 1
-            elif turn_release_withheld(turn_id=entry.turn_id):
-                services.audit_reply_released(entry_id=entry.pk, reviewer_id=request.user.pk)
-                released += 1
         notice = f"{released} withheld replies released"
         if still_held:
             notice += (
@@ -207,7 +188,7 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         # (Whether it is open is checked again under the entry's lock.)
         flagged = list(queryset.filter(flagged=True).values_list("pk", flat=True))
         outcomes = [
-            _decide_one(
+            review.review_decide(
                 entry_id=entry_id,
                 reviewer_id=request.user.pk,
                 leak=leak,
@@ -219,8 +200,8 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         taken = sum(1 for outcome in outcomes if outcome)
         left = len(flagged) - taken
         rest = f"; {left} already decided, left as they were" if left else ""
-        if kept := outcomes.count(KEPT_HELD):
-            rest += f"; {kept} {KEPT_NOTE}"
+        if kept := outcomes.count(review.KEPT_HELD):
+            rest += f"; {kept} {review.KEPT_NOTE}"
         self.message_user(request, f"{taken} open flags reviewed{rest}.", messages.SUCCESS)
 
     def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
@@ -261,14 +242,14 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
     # The state the page showed: decided meanwhile by someone else (a confirmed leak, say),
     # the entry is not overturned by a page opened before, which would release the reply.
     seen = request.POST.get("seen")
-    outcome = seen in AuditEntry.ReviewState.values and _decide_one(
+    outcome = seen in AuditEntry.ReviewState.values and review.review_decide(
         entry_id=entry_id,
         reviewer_id=request.user.pk,
         leak=decision == "leak",
         release=decision == "release",
         seen=seen,
     )
-    if outcome == KEPT_HELD:
+    if outcome == review.KEPT_HELD:
         notice = (
             f"Entry {entry_id} reviewed; its reply stays withheld while its user is held: "
             'release it with "Release withheld replies found harmless" once the hold has lifted.'
@@ -280,32 +261,6 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
         notice = f"Entry {entry_id} was decided meanwhile: nothing changed. Review it again."
         model_admin.message_user(request, notice, messages.WARNING)
     return HttpResponseRedirect(reverse("admin:audit_app_auditentry_change", args=[entry_id]))
-
-
-def _decide_one(
-    *,
-    entry_id: int,
-    reviewer_id: int,
-    leak: bool,
-    release: bool,
-    open_only: bool = False,
-    seen: str | None = None,
-) -> str | None:
-    """Record the decision (with ``open_only``, only on an open flag; with ``seen``, only in
-    that state; None if it was not); a false positive released delivers the withheld reply,
-    unless its user is held (``KEPT_HELD``): a reply delivered during the hold would tell a
-    prober that it was flagged, the one thing the hold keeps from them."""
-    entry = services.audit_review_decide(
-        entry_id=entry_id, reviewer_id=reviewer_id, leak=leak, open_only=open_only, seen=seen
-    )
-    if entry is None:
-        return None
-    wanted = release and not leak and entry.turn_id is not None
-    if wanted and leak_hold_active(user_id=entry.user_id):
-        return KEPT_HELD
-    if wanted and turn_release_withheld(turn_id=entry.turn_id):
-        services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
-    return DECIDED
 
 
 def _segments(text: str, evidence: dict) -> list[tuple[str, bool]]:
