@@ -19,7 +19,13 @@ from core.ids import as_uuid
 from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
 from ..stores import DuplicateReply, StoredMessage, history_store
-from .common import IN_FLIGHT_SQL, SESSION_TABLE, SUPPRESSED_NOTICE, TURN_TABLE
+from .common import (
+    EARLIER_WITHHELD,
+    IN_FLIGHT_SQL,
+    SESSION_TABLE,
+    SUPPRESSED_NOTICE,
+    TURN_TABLE,
+)
 from .turns import turn_lock
 
 logger = logging.getLogger(__name__)
@@ -89,20 +95,27 @@ def turn_complete(
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
+            if (message.status == "suppressed") != suppress:
+                # An earlier run's reply, kept (its database end was lost, not the store's
+                # write): the turn ends as it shows, which its user may have read since;
+                # this run's scan and hold judged another text.
+                suppress, leaked, held = message.status == "suppressed", False, False
+                end = _turn_end_as_shown(turn.pk, reply=reply, suppressed=suppress)
             # The reply's made-up placeholders, withheld too (a release would show it).
             privacy.placeholders_reserve(
                 session_id=turn.session_id, text=f"{reply}\n{message.content}"
             )
             # A flagged reply's entry hashes the reply as scanned, withheld or not: what its
             # evidence points into, and what a reviewer reads; not the notice stored instead.
-            # So does a held one's.
-            audited = reply if leaked or held else message.content
+            # So does any withheld one's.
+            audited = reply if leaked or suppress else message.content
             _reply_audit(
                 turn=turn,
                 content=audited,
                 scan=scan if leaked else None,
                 held=held,
                 kept=not suppress,
+                reason=HELD_REASON if held else EARLIER_WITHHELD if suppress and not leaked else "",
             )
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
@@ -149,12 +162,20 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     return turn
 
 
+def _turn_end_as_shown(turn_id: object, *, reply: str, suppressed: bool) -> Turn.Status:
+    """End the turn as its kept reply shows: ``suppressed``, with this run's reply sealed for
+    staff (the earlier run's withheld text went with its lost end), or ``completed``."""
+    end = Turn.Status.SUPPRESSED if suppressed else Turn.Status.COMPLETED
+    withheld = crypto.seal(reply.encode()) if suppressed else None
+    Turn.objects.filter(pk=turn_id).update(status=end, withheld=withheld)
+    return end
+
+
 def _reply_audit(
-    *, turn: Turn, content: str, scan: ScanResult | None, held: bool, kept: bool
+    *, turn: Turn, content: str, scan: ScanResult | None, held: bool, kept: bool, reason: str
 ) -> None:
     ids = {"user_id": turn.session.owner_id, "session_id": turn.session_id, "turn_id": turn.pk}
     if scan is None:
-        reason = HELD_REASON if held else ""
         audit_message(**ids, role="assistant", content=content, kind="reply", reason=reason)
     else:
         audit_flagged_reply(**ids, content=content, result=scan, delivered=kept, held=held)

@@ -12,10 +12,12 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from audit_app import review
 from audit_app.models import AuditEntry
-from audit_app.services import ScanResult, reply_scan
+from audit_app.services import ScanResult, content_hash, reply_scan
 from sessions_app import services
 from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.queries import turn_withheld_text
 from sessions_app.stores import (
     DuplicateReply,
     ForeignData,
@@ -25,9 +27,12 @@ from sessions_app.stores import (
 )
 
 from ..conftest import client_for
+from ..factories import UserFactory
 from ..support import PrivateRedis
 
 pytestmark = pytest.mark.django_db
+# A second run's reply that its user was never shown (distinctive enough to be indexed).
+UNSHOWN = "Your Zorblatt Quexington ticket is QX-99812."
 
 
 def _scan(pattern: str) -> list[bytes]:
@@ -386,6 +391,53 @@ class TestRedisStore(StoreContract):
         session.refresh_from_db()
         contents = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
         assert contents == ["hello", "from run one"] and session.next_seq == 3
+
+    def test_a_kept_withheld_reply_ends_the_turn_withheld(self, user, session):
+        """The first run withheld its reply (the scan, or its user's hold), then lost its
+        commit; the second run would deliver: the turn ends as the notice its user was shown
+        says, the second run's reply sealed for staff, nothing of it indexed."""
+        turn = self.accept(user, session, "hello")
+        history_store().append_reply(
+            session=session,
+            turn_id=turn.pk,
+            seq=session.next_seq,
+            content=services.SUPPRESSED_NOTICE,
+            status="suppressed",
+        )
+        assert services.turn_complete(turn_id=turn.pk, reply=UNSHOWN) == "suppressed"
+        turn.refresh_from_db()
+        assert turn.status == "suppressed" and turn_withheld_text(turn_id=turn.pk) == UNSHOWN
+        session.refresh_from_db()
+        shown = history_store().page(session=session, offset=0, limit=9)[-1]
+        assert (shown.content, shown.status) == (services.SUPPRESSED_NOTICE, "suppressed")
+        entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
+        assert not entry.flagged and entry.content_hash == content_hash(UNSHOWN)
+        assert entry.reason == "reply withheld: the turn's earlier run withheld the reply it kept"
+        # Not indexed as the session's: another user's reply carrying it is no leak.
+        assert not reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
+        # Found harmless by review, it is released as any reply withheld without a flag.
+        assert review.harmless_release([entry.pk], reviewer_id=UserFactory().pk) == (1, 0)
+        session.refresh_from_db()
+        shown = history_store().page(session=session, offset=0, limit=9)[-1]
+        assert (shown.content, shown.status) == (UNSHOWN, "ok")
+
+    def test_a_kept_delivered_reply_ends_the_turn_completed(self, user, session):
+        """The first run delivered its reply, then lost its commit; the second run would
+        withhold (its user held since): what was shown stays shown, and is what is audited."""
+        turn = self.accept(user, session, "hello")
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content="from run one"
+        )
+        ended = services.turn_complete(turn_id=turn.pk, reply="from run two", held=True)
+        assert ended == "completed"
+        turn.refresh_from_db()
+        assert (turn.status, turn.withheld) == ("completed", None)
+        session.refresh_from_db()
+        shown = history_store().page(session=session, offset=0, limit=9)[-1]
+        assert (shown.content, shown.status) == ("from run one", "ok")
+        entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
+        assert (entry.flagged, entry.reason) == (False, "")
+        assert entry.content_hash == content_hash("from run one")
 
     def test_a_reply_left_by_a_lost_commit_gives_its_seq_to_the_next_message(self, user, session):
         """No reader sees the newest message past the session's counter, and the next
