@@ -4,6 +4,9 @@ Two capitalised words are not a name ("New York", "Thank You"): a name starts at
 name that is not mostly an English word, or at a plausible word right after a cue such as
 "my name is", "Dear", "Dr." or a letter's closing ("Thanks,\\nPriya"), and runs on over the
 surnames that follow.
+
+The cue phrases and the other word lists are in ``person_words``, the name lists in
+``gazetteer``.
 """
 
 import re
@@ -19,6 +22,16 @@ from .gazetteer import (
     LAST_NAMES,
     fold,
 )
+from .person_words import (
+    INTRO_CUES,
+    NEVER_NAMES,
+    NOT_NAMES,
+    PARTICLES,
+    PLACE_PREFIXES,
+    SIGN_OFFS,
+    STRONG_CUES,
+    TITLES,
+)
 
 # A capitalised word (or "al-Sayed"); [^\W\d_a-z] is any letter but a-z, checked with isupper().
 CAP_WORD = re.compile(r"(?<![\w'’\-])(?:[ae]l-)?[^\W\d_a-z][^\W\d_]*(?:['’\-][^\W\d_]+)*")
@@ -32,126 +45,6 @@ LOWER_NAME = re.compile(
 # Cue strengths: after "my name is" or "Dear" nearly any capitalised word is a name; after a
 # title a surname is; after "I'm" or "this is" only a name the lists know, or a rare word.
 NONE, INTRO, TITLE, STRONG = 0, 1, 2, 3
-TITLES = tuple(
-    [
-        "mr",
-        "mrs",
-        "ms",
-        "mx",
-        "miss",
-        "dr",
-        "prof",
-        "professor",
-        "mme",
-        "herr",
-        "frau",
-        "señor",
-        "señora",
-        "sr",
-        "sra",
-        "monsieur",
-        "madame",
-    ]
-)
-STRONG_CUES = (
-    "my name is",
-    "my name's",
-    "call me",
-    "signed",
-    "dear",
-    "hi",
-    "hello",
-    "hey",
-    "thanks",
-    "thank you",
-    "cheers",
-    "bye",
-)
-INTRO_CUES = (
-    "i'm",
-    "i’m",
-    "i am",
-    "im",
-    "this is",
-    "it's",
-    "it’s",
-    "addressed to",
-    "made out to",
-    "signed by",
-    "attn",
-    "attention",
-    "c/o",
-    "recipient",
-    "on behalf of",
-)
-SIGN_OFFS = (
-    "thanks",
-    "thank you",
-    "many thanks",
-    "best",
-    "best regards",
-    "kind regards",
-    "regards",
-    "cheers",
-    "sincerely",
-    "yours",
-    "yours truly",
-    "warmly",
-    "warm regards",
-    "love",
-    "talk soon",
-)
-PARTICLES = frozenset(
-    [
-        "van",
-        "von",
-        "de",
-        "da",
-        "del",
-        "della",
-        "di",
-        "du",
-        "le",
-        "la",
-        "bin",
-        "binti",
-        "ibn",
-        "al",
-        "el",
-        "dos",
-        "das",
-        "der",
-        "den",
-        "ten",
-        "ter",
-    ]
-)
-# "San Francisco", "St. Louis", "Fort Worth": a first name after these is a place.
-PLACE_PREFIXES = frozenset(
-    [
-        "san",
-        "santa",
-        "santo",
-        "são",
-        "sao",
-        "st",
-        "saint",
-        "ste",
-        "sainte",
-        "los",
-        "las",
-        "fort",
-        "mount",
-        "mt",
-        "port",
-        "lake",
-        "new",
-        "el",
-        "la",
-    ]
-)
-# Assistants and products that the Census lists hold as names; in a chat they rarely are.
-NOT_NAMES = frozenset(["claude", "siri", "alexa", "cortana", "gemini"])
 MAX_PARTS = 4
 
 
@@ -187,13 +80,6 @@ def _capitalised(text: str) -> list[Word]:
                 start = match.start()
                 words.append(Word(start, start + len(word), key))
     return words
-
-
-# English words the name lists do not hold ("Please", "The") are no name after any cue. One
-# letter stays (a middle initial), and so do place prefixes ("St. Louis" is no person).
-NEVER_NAMES = frozenset(
-    w for w in ENGLISH_WORDS - FIRST_NAMES - LAST_NAMES if len(w) > 1 and w not in PLACE_PREFIXES
-)
 
 
 def _never_a_name(key: str) -> bool:
