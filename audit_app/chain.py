@@ -114,10 +114,15 @@ def _tail_problem(sealed: int, head_seq: int) -> str:
 
 # A reviewer's decision on a flagged entry is the entry's review columns (outside the hash: they
 # change after sealing) and a ``review`` entry whose hashed ``reason`` names the entry and the
-# decision, and whose hashed ``user_id`` is the reviewer. The columns must agree with the last
-# such entry, or with the state the entry was written in if there is none.
+# decision, whose hashed ``user_id`` is the reviewer, and whose ``content_hash`` is a MAC
+# under the chain's key over the entry, the decision's ordinal among the entry's decisions,
+# the state, the reviewer and ``reviewed_at`` (``decision_mac``). The columns must agree with
+# the last such entry, or with the state the entry was written in if there is none. The MAC
+# is what keeps someone who can write to the database, but holds no key, from inserting a
+# review entry of their own (an unsealed one is trusted, and the sealer would chain it) or
+# replaying an earlier decision's; the ordinal, from setting an entry back to an earlier one.
 _DECISION = "entry {entry_id} marked {state}"
-_DECISION_RE = re.compile(r"entry (\d+) marked (confirmed|false_positive)")
+_DECISION_RE = re.compile(r"entry ([0-9]+) marked (confirmed|false_positive)")
 _OPEN, _NONE = "open", "none"  # a flagged entry's state until decided; anyone else's
 
 
@@ -126,44 +131,96 @@ def review_decision_reason(*, entry_id: int, state: str) -> str:
     return _DECISION.format(entry_id=entry_id, state=state)
 
 
-def verify_reviews(entries: Iterable[Mapping[str, object]]) -> Broken | None:
+def decision_mac(
+    *,
+    key: bytes,
+    entry_id: int,
+    ordinal: int,
+    state: str,
+    reviewer_id: object,
+    reviewed_at: datetime | None,
+) -> str:
+    """Return the MAC a review entry carries for the ``ordinal``-th decision on an entry."""
+    message = f"review|{entry_id}|{ordinal}|{state}|{reviewer_id}|{_plain(reviewed_at)}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass
+class _Decision:
+    state: str
+    reviewer: object
+    review_id: object
+    mac: str
+    ordinal: int
+
+
+def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Broken | None:
     """Check review columns against review entries; return the first entry that disagrees.
 
     ``entries``, ordered by id (a decision is written under the decided entry's row lock,
     so a later one has a higher id), are every ``review`` entry and every entry whose
     review columns could hold a decision: flagged, or with a review state or a reviewer.
     Each needs ``id``, ``chain_seq``, ``kind``, ``flagged``, ``user_id``, ``reason``,
-    ``review_state`` and ``reviewed_by_id``. Keeps a tuple per such entry, not the rows.
+    ``content_hash``, ``review_state``, ``reviewed_by_id`` and ``reviewed_at``. Keeps a
+    tuple per such entry, not the rows.
     """
-    current: dict[int, tuple[int | None, bool, object, object]] = {}
-    decided: dict[int, tuple[str, object, object]] = {}
+    current: dict[int, tuple[int | None, bool, object, object, datetime | None]] = {}
+    decided: dict[int, _Decision] = {}
     for entry in entries:
         decision = entry["kind"] == "review" and _DECISION_RE.fullmatch(str(entry["reason"]))
         if decision:
-            decided[int(decision[1])] = (decision[2], entry["user_id"], entry["id"])
+            decided_id = int(decision[1])
+            ordinal = decided[decided_id].ordinal + 1 if decided_id in decided else 1
+            mac = str(entry["content_hash"])
+            decided[decided_id] = _Decision(
+                decision[2], entry["user_id"], entry["id"], mac, ordinal
+            )
         seq, flagged = entry["chain_seq"], bool(entry["flagged"])
         state, reviewer = entry["review_state"], entry["reviewed_by_id"]
         if flagged or state != _NONE or reviewer is not None:
-            current[int(entry["id"])] = (seq, flagged, state, reviewer)
-    for entry_id, (seq, flagged, state, reviewer) in current.items():
-        problem = _review_problem(flagged, state, reviewer, decided.get(entry_id))
+            current[int(entry["id"])] = (seq, flagged, state, reviewer, entry["reviewed_at"])
+    for entry_id, (seq, flagged, state, reviewer, reviewed_at) in current.items():
+        decision = decided.get(entry_id)
+        problem = _review_problem(flagged, state, reviewer, decision)
+        if problem is None and decision is not None:
+            problem = _mac_problem(key, entry_id, decision, reviewed_at)
         if problem:
             return Broken(seq, entry_id, problem)
     return None
 
 
 def _review_problem(
-    flagged: bool, state: object, reviewer: object, decision: tuple[str, object, object] | None
+    flagged: bool, state: object, reviewer: object, decision: _Decision | None
 ) -> str | None:
     if decision is None:
         expected_state, expected_reviewer = (_OPEN if flagged else _NONE), None
         source = "no review entry decided it, so it should be"
     else:
-        expected_state, expected_reviewer, review_id = decision
-        source = f"its last review entry (id {review_id}) says"
+        expected_state, expected_reviewer = decision.state, decision.reviewer
+        source = f"its last review entry (id {decision.review_id}) says"
     if state != expected_state:
         return f"review_state {state!r} disagrees: {source} {expected_state!r}"
     if reviewer != expected_reviewer:
         who = "no reviewer" if expected_reviewer is None else f"reviewer {expected_reviewer}"
         return f"reviewed_by {reviewer} disagrees: {source} {who}"
     return None
+
+
+def _mac_problem(
+    key: bytes, entry_id: int, decision: _Decision, reviewed_at: datetime | None
+) -> str | None:
+    expected = decision_mac(
+        key=key,
+        entry_id=entry_id,
+        ordinal=decision.ordinal,
+        state=decision.state,
+        reviewer_id=decision.reviewer,
+        reviewed_at=reviewed_at,
+    )
+    if hmac.compare_digest(expected, decision.mac):
+        return None
+    return (
+        f"its last review entry (id {decision.review_id}) does not vouch for this decision "
+        f"(decision {decision.ordinal} of the entry): written without the chain's key, a "
+        "replayed decision, or reviewed_at changed"
+    )

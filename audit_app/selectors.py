@@ -19,8 +19,10 @@ _REVIEW_COLUMNS = (
     "flagged",
     "user_id",
     "reason",
+    "content_hash",
     "review_state",
     "reviewed_by_id",
+    "reviewed_at",
 )
 
 
@@ -106,7 +108,7 @@ def _reviews_verify() -> chain.Broken | None:
         .values(*_REVIEW_COLUMNS)
         .iterator(chunk_size=2000)
     )
-    return chain.verify_reviews(entries)
+    return chain.verify_reviews(entries, key=chain_key())
 
 
 def withheld_text_for(entry: AuditEntry) -> str | None:

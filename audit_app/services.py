@@ -214,12 +214,29 @@ def audit_review_decide(
     state = AuditEntry.ReviewState.CONFIRMED if leak else AuditEntry.ReviewState.FALSE_POSITIVE
     entry.review_state, entry.reviewed_by_id, entry.reviewed_at = state, reviewer_id, timezone.now()
     entry.save(update_fields=["review_state", "reviewed_by", "reviewed_at"])
+    # Counted under the entry's row lock, which every decision on it takes.
+    earlier = AuditEntry.objects.filter(
+        kind=AuditEntry.Kind.REVIEW,
+        reason__in=[
+            chain.review_decision_reason(entry_id=entry.pk, state=s)
+            for s in (AuditEntry.ReviewState.CONFIRMED, AuditEntry.ReviewState.FALSE_POSITIVE)
+        ],
+    ).count()
+    mac = chain.decision_mac(
+        key=chain_key(),
+        entry_id=entry.pk,
+        ordinal=earlier + 1,
+        state=state.value,
+        reviewer_id=reviewer_id,
+        reviewed_at=entry.reviewed_at,
+    )
     AuditEntry.objects.create(
         kind=AuditEntry.Kind.REVIEW,
         user_id=reviewer_id,
         session_id=entry.session_id,
         turn_id=entry.turn_id,
         reason=chain.review_decision_reason(entry_id=entry.pk, state=state.value),
+        content_hash=mac,
     )
     return entry
 

@@ -133,9 +133,12 @@ def account_sessions_erase(*, owner_id: int) -> int:
 
 
 def _account_fingerprints_erase(owner_id: int) -> None:
-    # After its sessions' postings: with none of its sessions left in the index, no one's
-    # registration can fold its records into a new one of several sessions. Also with no
-    # session left: those deleted one by one left their records of several sessions.
+    # After its sessions' postings, so that no one's registration folds their records into
+    # a new one of several sessions after it. The account's postings that stay (those of
+    # its stateless conversations, in Redis) can still be folded so by another user's
+    # registration later: such a record names the deleted account, holds no content, and
+    # ages out. Also with no session left: those deleted one by one left their records of
+    # several sessions.
     try:
         fingerprints_erase_user(user_id=owner_id)
     except IndexUnavailable:

@@ -2,6 +2,7 @@
 
 import threading
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
@@ -273,6 +274,58 @@ class TestReviewDecisions:
         AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
         code, err = _verify_errors(capsys)
         assert code == 1 and f"entry id {entry.pk} (unsealed)" in err
+
+    def test_a_review_entry_written_without_the_key_is_found(self, user, other_user, capsys):
+        """Inserting is allowed to anyone who can write to the database: a forged review
+        entry, agreeing with forged columns, must not pass, before or after the sealer
+        chains it."""
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        audit_chain_seal()
+        AuditEntry.objects.create(
+            kind="review", user_id=other_user.pk, reason=f"entry {entry.pk} marked false_positive"
+        )
+        AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
+        for _ in range(2):
+            code, err = _verify_errors(capsys)
+            assert code == 1 and f"entry id {entry.pk}" in err
+            assert "does not vouch for this decision (decision 2 of the entry)" in err
+            audit_chain_seal()
+
+    def test_an_earlier_decision_replayed_is_found(self, user, other_user, capsys):
+        """A copy of the entry's first decision (a false positive, its MAC and all), then
+        overturned: setting the entry back to it is still found."""
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=False)
+        first = AuditEntry.objects.filter(kind="review").latest("id")
+        entry.refresh_from_db()
+        was = entry.reviewed_at
+        audit_review_decide(
+            entry_id=entry.pk, reviewer_id=user.pk, leak=True, seen="false_positive"
+        )
+        audit_chain_seal()
+        assert _verify_errors(capsys) == (0, "")
+        AuditEntry.objects.create(
+            kind="review",
+            user_id=first.user_id,
+            reason=first.reason,
+            content_hash=first.content_hash,
+        )
+        AuditEntry.objects.filter(pk=entry.pk).update(
+            review_state="false_positive", reviewed_by=other_user, reviewed_at=was
+        )
+        code, err = _verify_errors(capsys)
+        assert code == 1 and "does not vouch" in err and "(decision 3 of the entry)" in err
+
+    def test_reviewed_at_moved_is_found(self, user, other_user, capsys):
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        audit_chain_seal()
+        entry.refresh_from_db()
+        moved = entry.reviewed_at - timedelta(days=300)
+        AuditEntry.objects.filter(pk=entry.pk).update(reviewed_at=moved)
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {entry.pk}" in err and "reviewed_at changed" in err
 
 
 @pytest.mark.django_db
