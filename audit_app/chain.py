@@ -120,7 +120,8 @@ def _tail_problem(sealed: int, head_seq: int) -> str:
 # the last such entry, or with the state the entry was written in if there is none. The MAC
 # is what keeps someone who can write to the database, but holds no key, from inserting a
 # review entry of their own (an unsealed one is trusted, and the sealer would chain it) or
-# replaying an earlier decision's; the ordinal, from setting an entry back to an earlier one.
+# replaying an earlier decision's; the ordinal, from setting an entry back to an earlier one
+# while the later review entry stands (deleting it is found once it is sealed).
 _DECISION = "entry {entry_id} marked {state}"
 _DECISION_RE = re.compile(r"entry ([0-9]+) marked (confirmed|false_positive)")
 _OPEN, _NONE = "open", "none"  # a flagged entry's state until decided; anyone else's
@@ -145,7 +146,7 @@ def decision_mac(
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Decision:
     state: str
     reviewer: object
@@ -159,7 +160,8 @@ def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Br
 
     ``entries``, ordered by id (a decision is written under the decided entry's row lock,
     so a later one has a higher id), are every ``review`` entry and every entry whose
-    review columns could hold a decision: flagged, or with a review state or a reviewer.
+    review columns could hold a decision: flagged, or with a review state, a reviewer or a
+    review time.
     Each needs ``id``, ``chain_seq``, ``kind``, ``flagged``, ``user_id``, ``reason``,
     ``content_hash``, ``review_state``, ``reviewed_by_id`` and ``reviewed_at``. Keeps a
     tuple per such entry, not the rows.
@@ -177,11 +179,12 @@ def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Br
             )
         seq, flagged = entry["chain_seq"], bool(entry["flagged"])
         state, reviewer = entry["review_state"], entry["reviewed_by_id"]
-        if flagged or state != _NONE or reviewer is not None:
-            current[int(entry["id"])] = (seq, flagged, state, reviewer, entry["reviewed_at"])
+        reviewed_at = entry["reviewed_at"]
+        if flagged or state != _NONE or reviewer is not None or reviewed_at is not None:
+            current[int(entry["id"])] = (seq, flagged, state, reviewer, reviewed_at)
     for entry_id, (seq, flagged, state, reviewer, reviewed_at) in current.items():
         decision = decided.get(entry_id)
-        problem = _review_problem(flagged, state, reviewer, decision)
+        problem = _review_problem(flagged, state, reviewer, reviewed_at, decision)
         if problem is None and decision is not None:
             problem = _mac_problem(key, entry_id, decision, reviewed_at)
         if problem:
@@ -190,11 +193,17 @@ def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Br
 
 
 def _review_problem(
-    flagged: bool, state: object, reviewer: object, decision: _Decision | None
+    flagged: bool,
+    state: object,
+    reviewer: object,
+    reviewed_at: datetime | None,
+    decision: _Decision | None,
 ) -> str | None:
     if decision is None:
         expected_state, expected_reviewer = (_OPEN if flagged else _NONE), None
         source = "no review entry decided it, so it should be"
+        if reviewed_at is not None:
+            return f"reviewed_at {_plain(reviewed_at)} set: {source} undecided"
     else:
         expected_state, expected_reviewer = decision.state, decision.reviewer
         source = f"its last review entry (id {decision.review_id}) says"

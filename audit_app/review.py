@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from django.db.models import Q
 
-from sessions_app.services import EARLIER_WITHHELD, turn_release_withheld
+from sessions_app.services import turn_release_withheld
 
 from . import services
 from .holds import HELD_REASON, leak_hold_active
@@ -51,15 +51,14 @@ def review_decide(
 
 def harmless_release(entry_ids: Iterable[int], *, reviewer_id: int) -> tuple[int, int]:
     """Deliver the withheld replies of ``entry_ids`` found harmless: those the leak hold
-    alone withheld (the scan found nothing in them), those withheld only as an earlier run
-    of their turn withheld the reply kept, and flags marked false positives, of
+    alone withheld (the scan found nothing in them) and flags marked false positives, of
     users no longer held; return how many were released and how many left for their user's
     hold. Released after the hold, a prober's still tell which held replies were clean:
     release them only when review has found their user no prober."""
     harmless = AuditEntry.objects.filter(
         pk__in=list(entry_ids), kind=AuditEntry.Kind.REPLY, turn_id__isnull=False
     ).filter(
-        Q(flagged=False, reason__in=[HELD_REASON, EARLIER_WITHHELD])
+        Q(flagged=False, reason=HELD_REASON)
         | Q(flagged=True, review_state=AuditEntry.ReviewState.FALSE_POSITIVE)
     )
     released = still_held = 0

@@ -103,6 +103,7 @@ def _reviews_verify() -> chain.Broken | None:
             | Q(flagged=True)
             | ~Q(review_state=AuditEntry.ReviewState.NONE)
             | Q(reviewed_by__isnull=False)
+            | Q(reviewed_at__isnull=False)
         )
         .order_by("id")
         .values(*_REVIEW_COLUMNS)

@@ -214,8 +214,10 @@ def audit_review_decide(
     state = AuditEntry.ReviewState.CONFIRMED if leak else AuditEntry.ReviewState.FALSE_POSITIVE
     entry.review_state, entry.reviewed_by_id, entry.reviewed_at = state, reviewer_id, timezone.now()
     entry.save(update_fields=["review_state", "reviewed_by", "reviewed_at"])
-    # Counted under the entry's row lock, which every decision on it takes.
+    # Counted under the entry's row lock, which every decision on it takes; found by the
+    # session (indexed), which each decision's review entry copies, not by a scan of the log.
     earlier = AuditEntry.objects.filter(
+        session_id=entry.session_id,
         kind=AuditEntry.Kind.REVIEW,
         reason__in=[
             chain.review_decision_reason(entry_id=entry.pk, state=s)

@@ -14,9 +14,6 @@ SUPPRESSED_NOTICE = (
     "This reply was withheld because it appeared to contain information from another "
     "conversation. It has been sent for review; please ask again."
 )
-# The audit reason of a reply withheld only because an earlier run of its turn withheld the
-# reply kept (``turn_complete``): this run's scan and hold found no cause.
-EARLIER_WITHHELD = "reply withheld: the turn's earlier run withheld the reply it kept"
 
 
 def expiry(now: datetime) -> datetime:

@@ -1,5 +1,6 @@
 """A turn's reply: scanned, stored or withheld, and the turn ended with it."""
 
+import dataclasses
 import logging
 
 from django.conf import settings
@@ -20,7 +21,6 @@ from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
 from ..stores import DuplicateReply, StoredMessage, history_store
 from .common import (
-    EARLIER_WITHHELD,
     IN_FLIGHT_SQL,
     SESSION_TABLE,
     SUPPRESSED_NOTICE,
@@ -95,12 +95,9 @@ def turn_complete(
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
-            if (message.status == "suppressed") != suppress:
-                # An earlier run's reply, kept (its database end was lost, not the store's
-                # write): the turn ends as it shows, which its user may have read since;
-                # this run's scan and hold judged another text.
-                suppress, leaked, held = message.status == "suppressed", False, False
-                end = _turn_end_as_shown(turn.pk, reply=reply, suppressed=suppress)
+            message = _reply_as_decided(
+                turn, message, reply=reply, notice=notice, suppress=suppress
+            )
             # The reply's made-up placeholders, withheld too (a release would show it).
             privacy.placeholders_reserve(
                 session_id=turn.session_id, text=f"{reply}\n{message.content}"
@@ -115,7 +112,7 @@ def turn_complete(
                 scan=scan if leaked else None,
                 held=held,
                 kept=not suppress,
-                reason=HELD_REASON if held else EARLIER_WITHHELD if suppress and not leaked else "",
+                reason=HELD_REASON if held else "",
             )
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
@@ -162,13 +159,26 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     return turn
 
 
-def _turn_end_as_shown(turn_id: object, *, reply: str, suppressed: bool) -> Turn.Status:
-    """End the turn as its kept reply shows: ``suppressed``, with this run's reply sealed for
-    staff (the earlier run's withheld text went with its lost end), or ``completed``."""
-    end = Turn.Status.SUPPRESSED if suppressed else Turn.Status.COMPLETED
-    withheld = crypto.seal(reply.encode()) if suppressed else None
-    Turn.objects.filter(pk=turn_id).update(status=end, withheld=withheld)
-    return end
+def _reply_as_decided(
+    turn: Turn, message: StoredMessage, *, reply: str, notice: str, suppress: bool
+) -> StoredMessage:
+    """Return the turn's stored reply as this run decided it: an earlier run's reply kept at
+    this seq (its database end was lost, the store's write was not) is written over.
+
+    No reader has seen that one: it lies past the session's counter, which its lost end did
+    not move. Kept as it was, the turn would end as this run decided while showing another
+    run's text and status: a held user's turn showing a reply, or the other way round.
+    """
+    content, status = (notice, "suppressed") if suppress else (reply, "ok")
+    if (message.content, message.status) == (content, status):
+        return message
+    seq = turn.session.next_seq - 1
+    if message.seq != seq:
+        return message  # kept at an earlier seq, which readers may have seen: left as it is
+    history_store().reply_rewrite(
+        session=turn.session, turn_id=turn.pk, content=content, status=status
+    )
+    return dataclasses.replace(message, content=content, status=status)
 
 
 def _reply_audit(

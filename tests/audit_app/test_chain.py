@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
+from django.utils import timezone
 
 from audit_app import chain
 from audit_app.fingerprint import ScanResult
@@ -316,6 +317,13 @@ class TestReviewDecisions:
         )
         code, err = _verify_errors(capsys)
         assert code == 1 and "does not vouch" in err and "(decision 3 of the entry)" in err
+
+    def test_a_review_time_on_an_undecided_entry_is_found(self, user, capsys):
+        entry = _flag(user)
+        audit_chain_seal()
+        AuditEntry.objects.filter(pk=entry.pk).update(reviewed_at=timezone.now())
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {entry.pk}" in err and "undecided" in err
 
     def test_reviewed_at_moved_is_found(self, user, other_user, capsys):
         entry = _flag(user)

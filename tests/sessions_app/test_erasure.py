@@ -272,9 +272,10 @@ def test_a_stored_value_of_another_session_does_not_stop_a_delete(settings, user
     assert introducers(KEPT_THEIRS) == {(other_user.pk, str(theirs.pk))}
 
 
-def test_a_kept_earlier_reply_is_what_gets_registered(user, settings):
-    """An earlier run stored its reply and lost its database commit: the turn ends with that
-    reply, and its tokens, not the later run's, are registered (so erasure finds them)."""
+def test_the_reply_written_over_an_earlier_runs_is_what_gets_registered(user, settings):
+    """An earlier run stored its reply and lost its database commit (past the session's
+    counter, no reader saw it): the later run's reply is written over it, and its tokens,
+    not the earlier one's, are registered (so erasure finds them)."""
     settings.HISTORY_STORE = "redis"
     session = services.chat_session_create(owner=user)
     turn = services.message_accept(user=user, session_id=session.pk, content="Where is it?")
@@ -284,11 +285,11 @@ def test_a_kept_earlier_reply_is_what_gets_registered(user, settings):
     assert services.turn_complete(turn_id=turn.pk, reply=GONE_RELEASED)
     session.refresh_from_db()  # the turn's end moved its counter past the reply
     stored = history_store().turn_messages(session=session, turn_id=turn.pk)
-    assert [m.content for m in stored] == ["Where is it?", GONE_REPLY]
-    assert introducers(GONE_REPLY) == {(user.pk, str(session.pk))}
-    assert introducers(GONE_RELEASED) == set()
-    services.chat_session_delete(user=user, session_id=session.pk)
+    assert [m.content for m in stored] == ["Where is it?", GONE_RELEASED]
+    assert introducers(GONE_RELEASED) == {(user.pk, str(session.pk))}
     assert introducers(GONE_REPLY) == set()
+    services.chat_session_delete(user=user, session_id=session.pk)
+    assert introducers(GONE_RELEASED) == set()
 
 
 # A post answered with an error -----------------------------------------------------------

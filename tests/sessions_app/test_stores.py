@@ -12,7 +12,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from audit_app import review
+from audit_app.holds import HELD_NOTICE, HELD_REASON
 from audit_app.models import AuditEntry
 from audit_app.services import ScanResult, content_hash, reply_scan
 from sessions_app import services
@@ -27,7 +27,6 @@ from sessions_app.stores import (
 )
 
 from ..conftest import client_for
-from ..factories import UserFactory
 from ..support import PrivateRedis
 
 pytestmark = pytest.mark.django_db
@@ -381,21 +380,23 @@ class TestRedisStore(StoreContract):
         assert not Turn.objects.filter(session=session).exists()
         assert AuditEntry.objects.filter(kind="security", session_id=session.pk).exists()
 
-    def test_a_reply_stored_before_a_lost_commit_is_reused_not_doubled(self, user, session):
+    def test_a_reply_stored_before_a_lost_commit_is_written_over_not_doubled(self, user, session):
+        """A first run wrote its reply to Redis, then lost its database commit: past the
+        session's counter, no reader sees it; the second run's reply takes its place."""
         turn = self.accept(user, session, "hello")
-        # A first run wrote the reply to Redis, then lost its database commit.
         history_store().append_reply(
             session=session, turn_id=turn.pk, seq=session.next_seq, content="from run one"
         )
+        assert self.contents(session) == ["hello"]
         assert services.turn_complete(turn_id=turn.pk, reply="from run two")
-        session.refresh_from_db()
-        contents = [m.content for m in history_store().page(session=session, offset=0, limit=9)]
-        assert contents == ["hello", "from run one"] and session.next_seq == 3
+        assert self.contents(session) == ["hello", "from run two"]
+        assert session.next_seq == 3
+        entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
+        assert entry.content_hash == content_hash("from run two")
 
-    def test_a_kept_withheld_reply_ends_the_turn_withheld(self, user, session):
-        """The first run withheld its reply (the scan, or its user's hold), then lost its
-        commit; the second run would deliver: the turn ends as the notice its user was shown
-        says, the second run's reply sealed for staff, nothing of it indexed."""
+    def test_a_kept_withheld_reply_gives_way_to_a_delivered_one(self, user, session):
+        """The first run withheld its reply, then lost its commit; the second run delivers:
+        its reply is what the turn shows, as it ended, and what is audited and indexed."""
         turn = self.accept(user, session, "hello")
         history_store().append_reply(
             session=session,
@@ -404,40 +405,43 @@ class TestRedisStore(StoreContract):
             content=services.SUPPRESSED_NOTICE,
             status="suppressed",
         )
-        assert services.turn_complete(turn_id=turn.pk, reply=UNSHOWN) == "suppressed"
-        turn.refresh_from_db()
-        assert turn.status == "suppressed" and turn_withheld_text(turn_id=turn.pk) == UNSHOWN
-        session.refresh_from_db()
-        shown = history_store().page(session=session, offset=0, limit=9)[-1]
-        assert (shown.content, shown.status) == (services.SUPPRESSED_NOTICE, "suppressed")
-        entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
-        assert not entry.flagged and entry.content_hash == content_hash(UNSHOWN)
-        assert entry.reason == "reply withheld: the turn's earlier run withheld the reply it kept"
-        # Not indexed as the session's: another user's reply carrying it is no leak.
-        assert not reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
-        # Found harmless by review, it is released as any reply withheld without a flag.
-        assert review.harmless_release([entry.pk], reviewer_id=UserFactory().pk) == (1, 0)
-        session.refresh_from_db()
-        shown = history_store().page(session=session, offset=0, limit=9)[-1]
-        assert (shown.content, shown.status) == (UNSHOWN, "ok")
-
-    def test_a_kept_delivered_reply_ends_the_turn_completed(self, user, session):
-        """The first run delivered its reply, then lost its commit; the second run would
-        withhold (its user held since): what was shown stays shown, and is what is audited."""
-        turn = self.accept(user, session, "hello")
-        history_store().append_reply(
-            session=session, turn_id=turn.pk, seq=session.next_seq, content="from run one"
-        )
-        ended = services.turn_complete(turn_id=turn.pk, reply="from run two", held=True)
-        assert ended == "completed"
+        assert services.turn_complete(turn_id=turn.pk, reply=UNSHOWN) == "completed"
         turn.refresh_from_db()
         assert (turn.status, turn.withheld) == ("completed", None)
-        session.refresh_from_db()
-        shown = history_store().page(session=session, offset=0, limit=9)[-1]
-        assert (shown.content, shown.status) == ("from run one", "ok")
+        assert self.shown(session) == (UNSHOWN, "ok")
         entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
         assert (entry.flagged, entry.reason) == (False, "")
-        assert entry.content_hash == content_hash("from run one")
+        assert entry.content_hash == content_hash(UNSHOWN)
+        # Indexed as the session's: another user's reply carrying it is a leak.
+        assert reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
+
+    def test_a_kept_delivered_reply_gives_way_to_a_held_one(self, user, session):
+        """The first run delivered its reply, then lost its commit; the second run finds its
+        user held: a held user's turn shows the hold's notice, as every one of theirs, never
+        the reply no reader saw."""
+        turn = self.accept(user, session, "hello")
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content=UNSHOWN
+        )
+        ended = services.turn_complete(turn_id=turn.pk, reply=UNSHOWN, held=True)
+        assert ended == "suppressed"
+        turn.refresh_from_db()
+        assert turn.status == "suppressed" and turn_withheld_text(turn_id=turn.pk) == UNSHOWN
+        assert self.shown(session) == (HELD_NOTICE, "suppressed")
+        entry = AuditEntry.objects.get(turn_id=turn.pk, kind="reply")
+        assert (entry.flagged, entry.reason) == (False, HELD_REASON)
+        assert not reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
+
+    @staticmethod
+    def contents(session) -> list[str]:
+        session.refresh_from_db()
+        return [m.content for m in history_store().page(session=session, offset=0, limit=9)]
+
+    @staticmethod
+    def shown(session) -> tuple[str, str]:
+        session.refresh_from_db()
+        last = history_store().page(session=session, offset=0, limit=9)[-1]
+        return last.content, last.status
 
     def test_a_reply_left_by_a_lost_commit_gives_its_seq_to_the_next_message(self, user, session):
         """No reader sees the newest message past the session's counter, and the next
