@@ -4,7 +4,7 @@ import dataclasses
 import logging
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit_app.holds import HELD_NOTICE, HELD_REASON, leak_hold_note
@@ -168,17 +168,29 @@ def _reply_as_decided(
     No reader has seen that one: it lies past the session's counter, which its lost end did
     not move. Kept as it was, the turn would end as this run decided while showing another
     run's text and status: a held user's turn showing a reply, or the other way round.
+
+    Only while this run still holds the turn's rows, checked by a round trip just before
+    the write: a run whose connection was lost meanwhile (its locks gone, a redelivered run
+    perhaps ended the turn since, its reply shown) must not write over what was shown.
     """
     content, status = (notice, "suppressed") if suppress else (reply, "ok")
     if (message.content, message.status) == (content, status):
         return message
-    seq = turn.session.next_seq - 1
-    if message.seq != seq:
-        return message  # kept at an earlier seq, which readers may have seen: left as it is
+    if message.seq < turn.session.next_seq - 1:
+        # Below this run's seq: the session's counter was behind its messages (a fault of
+        # ours), and a reader may have seen it. Left as it is.
+        return message
+    _transaction_alive()
     history_store().reply_rewrite(
         session=turn.session, turn_id=turn.pk, content=content, status=status
     )
     return dataclasses.replace(message, content=content, status=status)
+
+
+def _transaction_alive() -> None:
+    """Raise the database's error unless this connection's transaction still answers."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def _reply_audit(

@@ -432,6 +432,28 @@ class TestRedisStore(StoreContract):
         assert (entry.flagged, entry.reason) == (False, HELD_REASON)
         assert not reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
 
+    def test_a_run_that_lost_its_transaction_writes_nothing_over(self, user, session, monkeypatch):
+        """A run whose connection was lost after its turn's end (its locks gone: a
+        redelivered run may have ended the turn and shown its reply since) must not write
+        its own over it: the transaction is checked just before the write."""
+        from sessions_app.services import reply as reply_module
+
+        turn = self.accept(user, session, "hello")
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content="shown by run two"
+        )
+
+        def lost() -> None:
+            raise OperationalError("the connection was lost")
+
+        monkeypatch.setattr(reply_module, "_transaction_alive", lost)
+        with pytest.raises(OperationalError):
+            services.turn_complete(turn_id=turn.pk, reply="from stalled run one")
+        session.refresh_from_db()
+        session.next_seq += 1  # as if run two's end had committed
+        kept = history_store().page(session=session, offset=0, limit=9)
+        assert [m.content for m in kept] == ["hello", "shown by run two"]
+
     @staticmethod
     def contents(session) -> list[str]:
         session.refresh_from_db()
