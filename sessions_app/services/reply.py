@@ -19,7 +19,7 @@ from core.ids import as_uuid
 
 from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
-from ..stores import DuplicateReply, StoredMessage, history_store
+from ..stores import DuplicateReply, MessageMissing, StoredMessage, history_store
 from .common import (
     IN_FLIGHT_SQL,
     SESSION_TABLE,
@@ -206,23 +206,29 @@ def _reply_audit(
 
 
 def turn_release_withheld(*, turn_id: object) -> bool:
-    """Deliver a withheld reply that review found harmless; return False if there is none.
+    """Deliver a withheld reply that review found harmless; return False if there is none,
+    or no stored reply to show it in (the ``redis`` store's history lost): left withheld.
 
     The turn then shows it (``completed``), and its fingerprints join the index.
     """
-    with transaction.atomic():
-        turn = turn_lock(turn_id)
-        if turn is None or turn.status != Turn.Status.SUPPRESSED or not turn.withheld:
-            return False
-        text = crypto.unseal(bytes(turn.withheld)).decode()
-        privacy.placeholders_reserve(session_id=turn.session_id, text=text)
-        history_store().reply_rewrite(
-            session=turn.session, turn_id=turn.pk, content=text, status="ok"
-        )
-        Turn.objects.filter(pk=turn.pk).update(
-            status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
-        )
-        fingerprints_register(user_id=turn.session.owner_id, session_id=turn.session_id, text=text)
+    try:
+        with transaction.atomic():
+            turn = turn_lock(turn_id)
+            if turn is None or turn.status != Turn.Status.SUPPRESSED or not turn.withheld:
+                return False
+            text = crypto.unseal(bytes(turn.withheld)).decode()
+            privacy.placeholders_reserve(session_id=turn.session_id, text=text)
+            history_store().reply_rewrite(
+                session=turn.session, turn_id=turn.pk, content=text, status="ok"
+            )
+            Turn.objects.filter(pk=turn.pk).update(
+                status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
+            )
+            owner = turn.session.owner_id
+            fingerprints_register(user_id=owner, session_id=turn.session_id, text=text)
+    except MessageMissing:
+        logger.warning("turn %s: no stored reply to release its withheld text into", turn_id)
+        return False
     events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.COMPLETED)
     return True
 

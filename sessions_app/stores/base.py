@@ -76,6 +76,11 @@ class DuplicateReply(Exception):
         self.existing = existing
 
 
+class MessageMissing(Exception):
+    """The turn has no message of that role to rewrite (its history expired or was lost, or
+    its seq since holds another turn's message): nothing was written."""
+
+
 class SeqTaken(Exception):
     """The seq holds a message of the session already: its counter is behind its messages.
 
@@ -170,7 +175,10 @@ class BaseHistoryStore(abc.ABC):
     def reply_rewrite(
         self, *, session: SessionLike, turn_id: uuid.UUID, content: str, status: str
     ) -> None:
-        """Replace the text and status of a turn's reply (a withheld reply released on review)."""
+        """Replace the text and status of a turn's reply (a withheld reply released on review).
+
+        Raise ``MessageMissing`` if the turn has no reply to replace, ``ForeignData`` if the
+        store's copy names another owner."""
         self._rewrite(session, turn_id, ASSISTANT, content, status)
 
     # -- the shared check --------------------------------------------------------------
@@ -238,4 +246,4 @@ class BaseHistoryStore(abc.ABC):
     def _rewrite(
         self, session: SessionLike, turn_id: uuid.UUID, role: str, content: str, status: str
     ) -> None:
-        """Replace one message's text and status."""
+        """Replace one message's text and status; raise ``MessageMissing`` if there is none."""

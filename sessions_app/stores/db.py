@@ -10,7 +10,14 @@ from core import sql
 
 from .. import rows
 from ..models import MESSAGE_ONE_PER_TURN_ROLE, MESSAGE_SEQ_UNIQUE, ChatSession, Message
-from .base import BaseHistoryStore, DuplicateReply, SeqTaken, SessionLike, StoredMessage
+from .base import (
+    BaseHistoryStore,
+    DuplicateReply,
+    MessageMissing,
+    SeqTaken,
+    SessionLike,
+    StoredMessage,
+)
 
 FIELDS = ("id", "seq", "role", "content", "status", "created_at", "turn_id", "session_id")
 
@@ -93,9 +100,13 @@ class HistoryStore(BaseHistoryStore):
         Message.objects.filter(session_id__in=session_ids).delete()
 
     def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
-        self._rows(session).filter(turn_id=turn_id, role=role).update(
-            content=content, status=status
+        rewritten = (
+            self._rows(session)
+            .filter(turn_id=turn_id, role=role)
+            .update(content=content, status=status)
         )
+        if not rewritten:
+            raise MessageMissing(f"turn {turn_id} has no {role} message to rewrite")
 
 
 def _messages(found: Iterable[tuple]) -> list[StoredMessage]:

@@ -24,6 +24,7 @@ from django_redis import get_redis_connection
 from .base import (
     BaseHistoryStore,
     DuplicateReply,
+    MessageMissing,
     SeqTaken,
     SessionLike,
     StoredMessage,
@@ -93,13 +94,19 @@ end
 return 1
 """
 
-# KEYS: messages, turns. ARGV: turn field, new text, new status.
+# KEYS: messages, turns, owner. ARGV: turn field, new text, new status, owner, turn id.
+# Returns 1 when rewritten, -1 when the session's keys belong to another owner, 0 when the
+# turn has no such message: its field points to nothing, or to a seq that since holds
+# another turn's message (a run whose commit failed left the field), which is left alone.
 REWRITE = """
+local owner = redis.call('GET', KEYS[3])
+if owner and owner ~= ARGV[4] then return -1 end
 local seq = redis.call('HGET', KEYS[2], ARGV[1])
 if not seq then return 0 end
 local stored = redis.call('HGET', KEYS[1], seq)
 if not stored then return 0 end
 local message = cjson.decode(stored)
+if message['t'] ~= ARGV[5] then return 0 end
 message['c'] = ARGV[2]
 message['st'] = ARGV[3]
 redis.call('HSET', KEYS[1], seq, cjson.encode(message))
@@ -236,7 +243,10 @@ class HistoryStore(BaseHistoryStore):
             pipe.execute()
 
     def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
+        args = [_field(turn_id, role), content, status, session.owner_id, str(turn_id)]
         with _neutral():
-            self._client().register_script(REWRITE)(
-                keys=_keys(session.pk)[:2], args=[_field(turn_id, role), content, status]
-            )
+            outcome = self._client().register_script(REWRITE)(keys=_keys(session.pk), args=args)
+        if outcome == -1:
+            raise self._foreign(session)  # the session's keys name another owner
+        if outcome == 0:
+            raise MessageMissing(f"turn {turn_id} has no {role} message to rewrite")

@@ -15,12 +15,13 @@ from django_redis import get_redis_connection
 from audit_app.holds import HELD_NOTICE, HELD_REASON
 from audit_app.models import AuditEntry
 from audit_app.services import ScanResult, content_hash, reply_scan
-from sessions_app import services
+from sessions_app import crypto, services
 from sessions_app.models import ChatSession, Message, Turn
 from sessions_app.queries import turn_withheld_text
 from sessions_app.stores import (
     DuplicateReply,
     ForeignData,
+    MessageMissing,
     SeqTaken,
     StoreUnavailable,
     history_store,
@@ -66,6 +67,16 @@ class StoreContract:
         assert {(m.user_id, m.session_id, m.turn_id) for m in messages} == {
             (user.pk, session.pk, turn.pk)
         }
+
+    def test_rewriting_a_reply_the_turn_does_not_have_writes_nothing(self, user, session):
+        turn = self.accept(user, session, "hello")
+        with pytest.raises(MessageMissing):
+            history_store().reply_rewrite(
+                session=session, turn_id=turn.pk, content="out of nowhere", status="ok"
+            )
+        assert [m.content for m in history_store().page(session=session, offset=0, limit=9)] == [
+            "hello"
+        ]
 
     @pytest.mark.usefixtures("vendor")  # the database stores' written-out read and the ORM's
     def test_the_backends_own_read_of_a_turn_holds_that_turn_only(self, user, session):
@@ -453,6 +464,40 @@ class TestRedisStore(StoreContract):
         session.next_seq += 1  # as if run two's end had committed
         kept = history_store().page(session=session, offset=0, limit=9)
         assert [m.content for m in kept] == ["hello", "shown by run two"]
+
+    def test_a_rewrite_leaves_another_turns_message_at_the_seq_its_field_names(self, user, session):
+        """A run left a reply at seq 2, lost its commit, and its turn failed; the next
+        message took seq 2. The failed turn's field still names seq 2: a rewrite through it
+        (a release, a re-run) must not touch the other turn's message."""
+        turn = self.accept(user, session, "hello")
+        history_store().append_reply(
+            session=session, turn_id=turn.pk, seq=session.next_seq, content="never shown"
+        )
+        assert services.turn_fail(turn_id=turn.pk, code="x", detail="y")
+        self.accept(user, session, "the next message")
+        with pytest.raises(MessageMissing):
+            history_store().reply_rewrite(
+                session=session, turn_id=turn.pk, content="over it", status="ok"
+            )
+        assert self.contents(session) == ["hello", "the next message"]
+
+    def test_a_rewrite_of_keys_naming_another_owner_is_refused(self, user, session):
+        turn = self.accept(user, session, "hello")
+        assert services.turn_complete(turn_id=turn.pk, reply="hi")
+        get_redis_connection("default").set(f"session:{{{session.pk}}}:owner", "999999")
+        with pytest.raises(ForeignData):
+            history_store().reply_rewrite(
+                session=session, turn_id=turn.pk, content="over it", status="ok"
+            )
+
+    def test_a_withheld_reply_with_no_stored_message_is_left_withheld(self, user, session):
+        """Its history lost (Redis keeps it only so long): the release finds no message to
+        show it in, and the turn stays as it was, withheld."""
+        turn = self.accept(user, session, "hello")
+        Turn.objects.filter(pk=turn.pk).update(status="suppressed", withheld=crypto.seal(b"x"))
+        assert services.turn_release_withheld(turn_id=turn.pk) is False
+        turn.refresh_from_db()
+        assert turn.status == "suppressed" and turn.withheld
 
     @staticmethod
     def contents(session) -> list[str]:
