@@ -21,20 +21,23 @@ turn (``LEAK_HOLD_SQL``, a subquery of the claim's statement, over a partial ind
 holds flagged entries only), and by the stateless turn (``leak_hold_active``).
 """
 
+import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils.timezone import now
 
+from .fingerprint import ScanResult
 from .models import AuditEntry
-from .services import audit_security_event
+from .services import audit_flagged_reply, audit_message, audit_security_event
 
 __all__ = [
     "HELD_FLAG",
     "HELD_NOTICE",
     "HELD_REASON",
     "LEAK_HOLD_SQL",
+    "audit_reply",
     "leak_hold_active",
     "leak_hold_note",
     "leak_hold_params",
@@ -96,6 +99,32 @@ def leak_hold_note(*, user_id: int) -> None:
     each miss the other's; two writing it at once are one entry (the aggregation window)."""
     if _budget() > 0:
         transaction.on_commit(lambda: _hold_started(user_id))
+
+
+def audit_reply(
+    *,
+    user_id: int,
+    session_id: uuid.UUID,
+    turn_id: uuid.UUID | None,
+    scanned: str,
+    shown: str,
+    scan: ScanResult | None,
+    delivered: bool,
+    held: bool,
+) -> None:
+    """Record a reply's audit entry: flagged if the ``scan`` found it leaked (then noted for
+    the hold, unless already held), a held one's saying so; each of the reply as ``scanned``,
+    withheld or not (what a flag's evidence points into, what a reviewer reads), a
+    delivered clean one of the text ``shown``."""
+    ids = {"user_id": user_id, "session_id": session_id, "turn_id": turn_id}
+    if scan is not None and scan.leaked:
+        audit_flagged_reply(**ids, content=scanned, result=scan, delivered=delivered, held=held)
+        if not held:
+            leak_hold_note(user_id=user_id)
+    elif held:
+        audit_message(**ids, role="assistant", content=scanned, kind="reply", reason=HELD_REASON)
+    else:
+        audit_message(**ids, role="assistant", content=shown, kind="reply")
 
 
 def _hold_started(user_id: int) -> None:

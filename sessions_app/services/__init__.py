@@ -6,7 +6,7 @@ of a conversation's life; callers import the services from here.
 """
 
 from .accept import message_accept, turn_discard
-from .common import STALLED_DETAIL, SUPPRESSED_NOTICE
+from .common import STALLED_DETAIL, SUPPRESSED_NOTICE, withheld_notice
 from .reply import turn_complete, turn_deliver, turn_release_withheld
 from .sessions import (
     account_erase_on_delete,
@@ -20,6 +20,7 @@ from .turns import turn_claim, turn_fail, turn_requeue, turn_sweep_stale
 __all__ = [
     "STALLED_DETAIL",
     "SUPPRESSED_NOTICE",
+    "withheld_notice",
     "account_erase_on_delete",
     "account_sessions_erase",
     "chat_session_create",

@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import connection
 
+from audit_app.holds import HELD_NOTICE
+
 from ..models import ChatSession, Turn
 
 STALLED_DETAIL = "The reply was lost in transit; send the message again."
@@ -14,6 +16,16 @@ SUPPRESSED_NOTICE = (
     "This reply was withheld because it appeared to contain information from another "
     "conversation. It has been sent for review; please ask again."
 )
+
+
+def withheld_notice(*, leaked: bool, held: bool) -> str | None:
+    """Return what its user reads in place of a reply, or None if the reply is delivered:
+    the hold's notice while its user is held (``audit_app.holds``), whatever the scan found;
+    else, for a reply the scan found ``leaked``, the neutral notice under
+    ``LEAK_ACTION=suppress``."""
+    if held:
+        return HELD_NOTICE
+    return SUPPRESSED_NOTICE if leaked and settings.LEAK_ACTION == "suppress" else None
 
 
 def expiry(now: datetime) -> datetime:

@@ -3,29 +3,17 @@
 import dataclasses
 import logging
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit_app.holds import HELD_NOTICE, HELD_REASON, leak_hold_note
-from audit_app.services import (
-    ScanResult,
-    audit_flagged_reply,
-    audit_message,
-    fingerprints_register,
-    reply_scan,
-)
+from audit_app.holds import audit_reply
+from audit_app.services import ScanResult, fingerprints_register, reply_scan
 from core.ids import as_uuid
 
 from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
 from ..stores import DuplicateReply, MessageMissing, StoredMessage, history_store
-from .common import (
-    IN_FLIGHT_SQL,
-    SESSION_TABLE,
-    SUPPRESSED_NOTICE,
-    TURN_TABLE,
-)
+from .common import IN_FLIGHT_SQL, SESSION_TABLE, TURN_TABLE, withheld_notice
 from .turns import turn_lock
 
 logger = logging.getLogger(__name__)
@@ -75,9 +63,8 @@ def turn_complete(
     withheld so, whatever the scan found, under the hold's own notice. A delivered reply's
     fingerprints join the index.
     """
-    leaked = scan is not None and scan.leaked
-    suppress = held or (leaked and settings.LEAK_ACTION == "suppress")
-    notice = HELD_NOTICE if held else SUPPRESSED_NOTICE
+    notice = withheld_notice(leaked=scan is not None and scan.leaked, held=held)
+    suppress = notice is not None
     end = Turn.Status.SUPPRESSED if suppress else Turn.Status.COMPLETED
     withheld = crypto.seal(reply.encode()) if suppress else None
     try:
@@ -95,24 +82,20 @@ def turn_complete(
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
-            message = _reply_as_decided(
-                turn, message, reply=reply, notice=notice, suppress=suppress
-            )
+            message = _reply_as_decided(turn, message, reply=reply, notice=notice)
             # The reply's made-up placeholders, withheld too (a release would show it).
             privacy.placeholders_reserve(
                 session_id=turn.session_id, text=f"{reply}\n{message.content}"
             )
-            # A flagged reply's entry hashes the reply as scanned, withheld or not: what its
-            # evidence points into, and what a reviewer reads; not the notice stored instead.
-            # So does any withheld one's.
-            audited = reply if leaked or suppress else message.content
-            _reply_audit(
-                turn=turn,
-                content=audited,
-                scan=scan if leaked else None,
+            audit_reply(
+                user_id=turn.session.owner_id,
+                session_id=turn.session_id,
+                turn_id=turn.pk,
+                scanned=reply,
+                shown=message.content,
+                scan=scan,
+                delivered=not suppress,
                 held=held,
-                kept=not suppress,
-                reason=HELD_REASON if held else "",
             )
             if not suppress:
                 # What is stored (an earlier run's reply, if one was kept): the index
@@ -160,7 +143,7 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
 
 
 def _reply_as_decided(
-    turn: Turn, message: StoredMessage, *, reply: str, notice: str, suppress: bool
+    turn: Turn, message: StoredMessage, *, reply: str, notice: str | None
 ) -> StoredMessage:
     """Return the turn's stored reply as this run decided it: an earlier run's reply kept at
     this seq (its database end was lost, the store's write was not) is written over.
@@ -173,7 +156,7 @@ def _reply_as_decided(
     the write: a run whose connection was lost meanwhile (its locks gone, a redelivered run
     perhaps ended the turn since, its reply shown) must not write over what was shown.
     """
-    content, status = (notice, "suppressed") if suppress else (reply, "ok")
+    content, status = (reply, "ok") if notice is None else (notice, "suppressed")
     if (message.content, message.status) == (content, status):
         return message
     if message.seq < turn.session.next_seq - 1:
@@ -191,18 +174,6 @@ def _transaction_alive() -> None:
     """Raise the database's error unless this connection's transaction still answers."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-
-
-def _reply_audit(
-    *, turn: Turn, content: str, scan: ScanResult | None, held: bool, kept: bool, reason: str
-) -> None:
-    ids = {"user_id": turn.session.owner_id, "session_id": turn.session_id, "turn_id": turn.pk}
-    if scan is None:
-        audit_message(**ids, role="assistant", content=content, kind="reply", reason=reason)
-    else:
-        audit_flagged_reply(**ids, content=content, result=scan, delivered=kept, held=held)
-        if not held:
-            leak_hold_note(user_id=turn.session.owner_id)
 
 
 def turn_release_withheld(*, turn_id: object) -> bool:

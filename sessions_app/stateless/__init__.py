@@ -27,10 +27,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from audit_app.holds import HELD_NOTICE, HELD_REASON, leak_hold_active, leak_hold_note
+from audit_app.holds import audit_reply, leak_hold_active
 from audit_app.services import (
     ScanResult,
-    audit_flagged_reply,
     audit_message,
     audit_security_event,
     fingerprints_register,
@@ -40,7 +39,7 @@ from audit_app.services import (
 from .. import llm
 from ..isolation import bound
 from ..pii import pseudonymize, redact, restore, scrub_reply, unknown_placeholders
-from ..services import SUPPRESSED_NOTICE
+from ..services import withheld_notice
 from .codec import (
     AES_BLOCK,
     FERNET_OVERHEAD,
@@ -130,9 +129,9 @@ def stateless_turn_end(*, turn: Conversation, reply: str) -> StatelessReply:
     )
     scan = reply_scan(user_id=turn.user_id, session_id=turn.id, text=scrubbed)
     held = leak_hold_active(user_id=turn.user_id)
-    suppress = held or (scan.leaked and settings.LEAK_ACTION == "suppress")
+    notice = withheld_notice(leaked=scan.leaked, held=held)
+    suppress = notice is not None
     if suppress:
-        notice = HELD_NOTICE if held else SUPPRESSED_NOTICE
         kept, after, shown = notice, turn, notice
     else:
         kept = scrubbed
@@ -211,15 +210,8 @@ def _turn_record(
     ids = {"user_id": turn.user_id, "session_id": turn.id}
     _, content = turn.messages[-1]
     audit_message(**ids, role="user", content=content)
-    if scan.leaked:
-        audit_flagged_reply(
-            **ids, turn_id=None, content=scanned, result=scan, delivered=delivered, held=held
-        )
-        if not held:
-            leak_hold_note(user_id=turn.user_id)
-    elif held:
-        audit_message(**ids, role="assistant", content=scanned, kind="reply", reason=HELD_REASON)
-    else:
-        audit_message(**ids, role="assistant", content=kept, kind="reply")
+    audit_reply(
+        **ids, turn_id=None, scanned=scanned, shown=kept, scan=scan, delivered=delivered, held=held
+    )
     if delivered:
         fingerprints_register(**ids, text=kept, scan=scan, erasable=False)
