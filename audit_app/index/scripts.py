@@ -2,7 +2,8 @@
 they share with it: keys ``fp:{generation}:{bucket}``, 20-byte records, ``*``, the
 sessions' and users' lists).
 
-Each runs as one round trip and one atomic step on the Redis server.
+Each call runs as one round trip and one atomic step on the Redis server. ``ERASE_USER``
+does a bounded part of its work a call: ``RedisIndex.erase_user`` calls it until it is done.
 """
 
 # Scripts take the digests as one blob of 8-byte hashes and derive each key and field
@@ -159,35 +160,54 @@ return 0
 """
 )
 
-# Erases, in each live generation, the user's records of several sessions that its list
-# there names, and the list: no other record, whoever's (its sessions' own go with them).
+# Erases, in each live generation from ARGV[2] on, the user's records of several sessions
+# that its list there names, and the list: no other record, whoever's (its sessions' own go
+# with them). At most ARGV[7] digests a call, so that a long list does not hold up every
+# other user's turn: it resumes at byte ARGV[6] of generation ARGV[2]'s list and returns
+# where the next call resumes, or false once every list is gone. A list is read by range,
+# never whole, and DEL'ed in the call that reads it to its current end: what a fold
+# APPENDs between two calls is read before the list goes. The budget spans generations:
+# short lists, the common case, take one call for them all.
 ERASE_USER = (
     SLOT
     + """
-local user, g0, g1, shift = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 16 - tonumber(ARGV[4])
-local mine_all = user .. ARGV[5]
-for g = g0, g1 do
-  local listed = user_list(g, user)
-  local folded = redis.call('GET', listed)
-  if folded then
-    for i = 1, #folded, 8 do
-      local key, f = slot(folded, i, g, shift)
-      local v = redis.call('HGET', key, f)
-      if v and v ~= '*' then
-        local kept = {}
-        for j = 0, #v / 20 - 1 do
-          local r = string.sub(v, j * 20 + 1, j * 20 + 20)
-          if r ~= mine_all then kept[#kept + 1] = r end
-        end
-        kept = table.concat(kept)
-        if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
-          redis.call('HSET', key, f, kept)
-        end
+local user, g, g1, shift = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 16 - tonumber(ARGV[4])
+local mine_all, at, budget = user .. ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]) * 8
+local function drop(folded, g)
+  for i = 1, #folded, 8 do
+    local key, f = slot(folded, i, g, shift)
+    local v = redis.call('HGET', key, f)
+    if v and v ~= '*' then
+      local kept = {}
+      for j = 0, #v / 20 - 1 do
+        local r = string.sub(v, j * 20 + 1, j * 20 + 20)
+        if r ~= mine_all then kept[#kept + 1] = r end
+      end
+      kept = table.concat(kept)
+      if kept == '' then redis.call('HDEL', key, f) elseif kept ~= v then
+        redis.call('HSET', key, f, kept)
       end
     end
-    redis.call('DEL', listed)
   end
 end
-return 0
+while g <= g1 do
+  local listed = user_list(g, user)
+  local size = redis.call('STRLEN', listed)
+  -- Shorter than where we stopped: it expired or went (another erasure) and may have
+  -- started again; reading it again from the start removes nothing twice.
+  if size < at then at = 0 end
+  if size - at <= budget then
+    if size > at then drop(redis.call('GETRANGE', listed, at, size - 1), g) end
+    if size > 0 then redis.call('DEL', listed) end
+    g, at, budget = g + 1, 0, budget - (size - at)
+  elseif budget == 0 then
+    -- Not GETRANGE at, at - 1: a negative end counts from the string's end.
+    return {g, at}
+  else
+    drop(redis.call('GETRANGE', listed, at, at + budget - 1), g)
+    return {g, at + budget}
+  end
+end
+return false
 """
 )

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from audit_app.index import GENERATIONS, LISTED_SINCE, MAX_RECORDS, DbIndex, Layout, RedisIndex
+from audit_app.index import redis as redis_index
 from audit_app.models import FingerprintPosting
 
 RARE = b"\x12\x34\x56\x78\x9a\xbc\xde\xf0"
@@ -285,7 +286,13 @@ class TestRedisLookup(LookupContract):
         assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
         assert self._user_lists(2) == {} and list(self._user_lists(1).values()) == [RARE]
 
-    def test_a_users_records_of_several_sessions_of_every_live_generation_are_erased(self):
+    @pytest.mark.parametrize("chunk", [redis_index.ERASE_USER_CHUNK, 1])
+    def test_a_users_records_of_several_sessions_of_every_live_generation_are_erased(
+        self, chunk, monkeypatch
+    ):
+        """Also a digest a call: a call that has read all it may stops at a generation's
+        list, and the next resumes there."""
+        monkeypatch.setattr(redis_index, "ERASE_USER_CHUNK", chunk)
         index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
         index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
         for _ in range(MAX_RECORDS):
@@ -304,6 +311,66 @@ class TestRedisLookup(LookupContract):
             (1, str(kept)),  # a session's own: erase_session's, not the user's
         }
         assert found[SHARED] == [] and self._user_lists(1) == {}
+
+    def test_a_users_list_longer_than_a_call_reads_is_erased_in_several_calls(self, monkeypatch):
+        """Redis serves no one else while a script runs: each call reads a bounded part of
+        the user's list, and together they erase every record it names, no other user's."""
+        monkeypatch.setattr(redis_index, "ERASE_USER_CHUNK", 3)
+        digests = [bytes([n]) * 8 for n in range(1, 11)]
+        self._fold(digests, user_id=1, others=(mine := uuid.uuid4(), theirs := uuid.uuid4()))
+        assert len(self._user_lists(1)[f"fp:{self._now()}:u:00000001".encode()]) == 80
+        calls = self._erase_user_calls()
+        self.index.erase_user(user_id=1)
+        assert len(calls) == 4  # 3 + 3 + 3 + 1 digests
+        for postings in self.index.lookup(digests).values():
+            assert {(p.user_id, p.session_id) for p in postings} == {
+                (3, str(mine)),
+                (2, str(theirs)),
+            }
+        assert self._user_lists(1) == {}
+
+    def test_a_digest_folded_between_two_calls_of_a_users_erasure_is_erased(self, monkeypatch):
+        """A registration may fold the user's records again while the erasure runs (the
+        account is locked, not the index): what its list gains between two calls is read
+        before the call that deletes the list."""
+        monkeypatch.setattr(redis_index, "ERASE_USER_CHUNK", 3)
+        digests = [bytes([n]) * 8 for n in range(1, 8)]
+        late = b"\x42" * 8
+        self._fold(digests, user_id=1, others=(uuid.uuid4(), uuid.uuid4()))
+        calls = self._erase_user_calls(
+            between=lambda: self._fold([late], user_id=1, others=(uuid.uuid4(), uuid.uuid4()))
+        )
+        self.index.erase_user(user_id=1)
+        assert len(calls) == 3  # 3 + 3 + (1 + the late one)
+        found = self.index.lookup([*digests, late])
+        assert all(1 not in {p.user_id for p in postings} for postings in found.values())
+        assert {p.user_id for p in found[late]} == {2, 3}
+        assert self._user_lists(1) == {}
+
+    def _fold(self, digests: list[bytes], *, user_id: int, others: tuple[uuid.UUID, ...]):
+        """Give each of ``digests`` the user's record of several sessions, between one
+        session of user 3 and one of user 2, so that the user's list names them."""
+        self.index.add(digests, user_id=3, session_id=others[0])
+        for _ in range(MAX_RECORDS):  # the third fills the value: the user's two fold
+            self.index.add(digests, user_id=user_id, session_id=uuid.uuid4())
+        self.index.add(digests, user_id=2, session_id=others[1])
+
+    def _erase_user_calls(self, between=None) -> list:
+        """Record each ERASE_USER call's reply; run ``between`` after the first that
+        leaves work for another."""
+        calls, script = [], self.index._erase_user
+
+        def call(**kwargs):
+            calls.append(reply := script(**kwargs))
+            if reply is not None and len(calls) == 1 and between:
+                between()
+            return reply
+
+        self.index._erase_user = call
+        return calls
+
+    def _now(self) -> int:
+        return self.index.layout.generation(time.time())
 
     def _lists(self, session: uuid.UUID) -> dict[bytes, bytes]:
         client = self.index.client
