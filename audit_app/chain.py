@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -122,6 +123,14 @@ def _tail_problem(sealed: int, head_seq: int) -> str:
 # review entry of their own (an unsealed one is trusted, and the sealer would chain it) or
 # replaying an earlier decision's; the ordinal, from setting an entry back to an earlier one
 # while the later review entry stands (deleting it is found once it is sealed).
+# The writer (``audit_review_decide``) and ``verify_reviews`` must count the ordinal by one
+# rule, or a forged review entry that only one of them counts moves every later genuine
+# decision's ordinal and the alarm lands on that genuine entry. The rule: the review entries
+# that decide the entry and carry its ``session_id`` (the writer finds them by that indexed
+# column, and copies it into each review entry it writes). The writer decides only flagged
+# entries, and after them, so ``verify_reviews`` reports a decision review entry in another
+# session, or naming an entry that is not a flagged one before it, as written by no decision
+# (pointing at that review entry) and does not count it.
 _DECISION = "entry {entry_id} marked {state}"
 _DECISION_RE = re.compile(r"entry ([0-9]+) marked (confirmed|false_positive)")
 _OPEN, _NONE = "open", "none"  # a flagged entry's state until decided; anyone else's
@@ -155,6 +164,11 @@ class _Decision:
     ordinal: int
 
 
+# What ``verify_reviews`` keeps of a flagged or decided entry: its chain_seq, flagged,
+# session_id, review_state, reviewed_by and reviewed_at.
+_Kept = tuple[int | None, bool, object, object, object, datetime | None]
+
+
 def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Broken | None:
     """Check review columns against review entries; return the first entry that disagrees.
 
@@ -162,34 +176,84 @@ def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Br
     so a later one has a higher id), are every ``review`` entry and every entry whose
     review columns could hold a decision: flagged, or with a review state, a reviewer or a
     review time.
-    Each needs ``id``, ``chain_seq``, ``kind``, ``flagged``, ``user_id``, ``reason``,
-    ``content_hash``, ``review_state``, ``reviewed_by_id`` and ``reviewed_at``. Keeps a
-    tuple per such entry, not the rows.
+    Each needs ``id``, ``chain_seq``, ``kind``, ``flagged``, ``user_id``, ``session_id``,
+    ``reason``, ``content_hash``, ``review_state``, ``reviewed_by_id`` and ``reviewed_at``.
+    Keeps a tuple per such entry, not the rows.
+
+    A decision's review entry that no decision wrote (see ``_stray_problem``) is not
+    counted, and is itself the problem if no entry before it in id order has one.
     """
-    current: dict[int, tuple[int | None, bool, object, object, datetime | None]] = {}
+    current: dict[int, _Kept] = {}
     decided: dict[int, _Decision] = {}
+    stray: Broken | None = None  # the first review entry no decision wrote, and its id
+    stray_id = 0
     for entry in entries:
         decision = entry["kind"] == "review" and _DECISION_RE.fullmatch(str(entry["reason"]))
         if decision:
             decided_id = int(decision[1])
-            ordinal = decided[decided_id].ordinal + 1 if decided_id in decided else 1
-            mac = str(entry["content_hash"])
-            decided[decided_id] = _Decision(
-                decision[2], entry["user_id"], entry["id"], mac, ordinal
-            )
+            problem = _stray_problem(entry, decided_id, current.get(decided_id))
+            if problem is None:
+                _count_decision(decided, decided_id, decision[2], entry)
+            elif stray is None:
+                stray_id = int(entry["id"])
+                stray = Broken(entry["chain_seq"], stray_id, problem)
         seq, flagged = entry["chain_seq"], bool(entry["flagged"])
         state, reviewer = entry["review_state"], entry["reviewed_by_id"]
         reviewed_at = entry["reviewed_at"]
         if flagged or state != _NONE or reviewer is not None or reviewed_at is not None:
-            current[int(entry["id"])] = (seq, flagged, state, reviewer, reviewed_at)
-    for entry_id, (seq, flagged, state, reviewer, reviewed_at) in current.items():
+            kept = (seq, flagged, _session_key(entry["session_id"]), state, reviewer, reviewed_at)
+            current[int(entry["id"])] = kept
+    for entry_id, (seq, flagged, _, state, reviewer, reviewed_at) in current.items():
+        # The first problem in id order, as for every other problem: with the stray entry
+        # left uncounted, a problem on an entry before it is one of its own, not its echo.
+        if stray is not None and entry_id > stray_id:
+            return stray
         decision = decided.get(entry_id)
         problem = _review_problem(flagged, state, reviewer, reviewed_at, decision)
         if problem is None and decision is not None:
             problem = _mac_problem(key, entry_id, decision, reviewed_at)
         if problem:
             return Broken(seq, entry_id, problem)
+    return stray
+
+
+def _count_decision(
+    decided: dict[int, _Decision], decided_id: int, state: str, entry: Mapping[str, object]
+) -> None:
+    ordinal = decided[decided_id].ordinal + 1 if decided_id in decided else 1
+    mac = str(entry["content_hash"])
+    decided[decided_id] = _Decision(state, entry["user_id"], entry["id"], mac, ordinal)
+
+
+def _stray_problem(
+    review: Mapping[str, object], decided_id: int, decided: _Kept | None
+) -> str | None:
+    # The writer decides only flagged entries, after them, and copies the entry's session
+    # into the review entry; it counts a decision's ordinal by that session. A review entry
+    # that does not fit was inserted behind its back, and counting it would move the
+    # ordinal of every later genuine decision away from the one the writer MACed.
+    if decided is None or not decided[1]:
+        return (
+            f"review entry deciding entry {decided_id}, which is not a flagged entry "
+            "written before it: no decision wrote it, so it is not counted as one"
+        )
+    session = review["session_id"]
+    if _session_key(session) != decided[2]:
+        return (
+            f"review entry deciding entry {decided_id} is in session {session}, not in that "
+            f"entry's session {_session_name(decided[2])}: no decision wrote it, so it is not "
+            "counted as one"
+        )
     return None
+
+
+def _session_key(session_id: object) -> object:
+    # A UUID's 128-bit int is kept, not the UUID: some 50 bytes less for every flag held.
+    return session_id.int if isinstance(session_id, uuid.UUID) else session_id
+
+
+def _session_name(key: object) -> object:
+    return uuid.UUID(int=key) if isinstance(key, int) else key
 
 
 def _review_problem(

@@ -18,6 +18,7 @@ _REVIEW_COLUMNS = (
     "kind",
     "flagged",
     "user_id",
+    "session_id",
     "reason",
     "content_hash",
     "review_state",

@@ -278,13 +278,16 @@ class TestReviewDecisions:
 
     def test_a_review_entry_written_without_the_key_is_found(self, user, other_user, capsys):
         """Inserting is allowed to anyone who can write to the database: a forged review
-        entry, agreeing with forged columns, must not pass, before or after the sealer
-        chains it."""
+        entry, in the entry's session as a decision's is and agreeing with forged columns,
+        must not pass, before or after the sealer chains it."""
         entry = _flag(user)
         audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
         audit_chain_seal()
         AuditEntry.objects.create(
-            kind="review", user_id=other_user.pk, reason=f"entry {entry.pk} marked false_positive"
+            kind="review",
+            user_id=other_user.pk,
+            session_id=entry.session_id,
+            reason=f"entry {entry.pk} marked false_positive",
         )
         AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
         for _ in range(2):
@@ -309,6 +312,7 @@ class TestReviewDecisions:
         AuditEntry.objects.create(
             kind="review",
             user_id=first.user_id,
+            session_id=first.session_id,
             reason=first.reason,
             content_hash=first.content_hash,
         )
@@ -317,6 +321,65 @@ class TestReviewDecisions:
         )
         code, err = _verify_errors(capsys)
         assert code == 1 and "does not vouch" in err and "(decision 3 of the entry)" in err
+
+    def test_a_review_entry_from_another_session_is_found_not_the_genuine_one(
+        self, user, other_user, capsys
+    ):
+        """A forged review entry the writer does not count (another session's) must not
+        be counted by the verifier either, or the genuine decision after it looks forged."""
+        entry = _flag(user)
+        forged = AuditEntry.objects.create(
+            kind="review",
+            user_id=other_user.pk,
+            session_id=uuid.uuid4(),
+            reason=f"entry {entry.pk} marked false_positive",
+        )
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        genuine = AuditEntry.objects.filter(kind="review").latest("id")
+        for where in ("unsealed", "chain_seq 2"):
+            code, err = _verify_errors(capsys)
+            assert code == 1 and f"BROKEN review at entry id {forged.pk} ({where})" in err
+            assert f"deciding entry {entry.pk} is in session {forged.session_id}" in err
+            assert f"(id {genuine.pk})" not in err and "does not vouch" not in err
+            audit_chain_seal()
+
+    @pytest.mark.parametrize("target", ["unflagged", "unknown", "later"])
+    def test_a_review_entry_deciding_no_earlier_flagged_entry_is_found(
+        self, user, other_user, capsys, target
+    ):
+        """A decision is written only for a flagged entry, after it: a review entry
+        naming anything else was inserted without one, even in the named entry's session."""
+        message = _write(user, 1)[0]
+        decided = _flag(user)
+        audit_review_decide(entry_id=decided.pk, reviewer_id=other_user.pk, leak=True)
+        next_id = AuditEntry.objects.latest("id").pk + 1
+        named = {"unflagged": message.pk, "unknown": next_id + 1000, "later": next_id + 1}
+        forged = AuditEntry.objects.create(
+            kind="review",
+            user_id=other_user.pk,
+            session_id=message.session_id,
+            reason=f"entry {named[target]} marked confirmed",
+        )
+        if target == "later":  # flagged, but written after the review entry deciding it
+            assert _flag(user).pk == named[target]
+        audit_chain_seal()
+        forged.refresh_from_db()
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"entry id {forged.pk} (chain_seq {forged.chain_seq})" in err
+        assert f"deciding entry {named[target]}, which is not a flagged entry" in err
+
+    def test_problems_are_reported_in_id_order(self, user, other_user, capsys):
+        """A forged review entry is not counted, so an earlier entry's changed columns are
+        a problem of their own, and the first."""
+        entry = _flag(user)
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        AuditEntry.objects.create(
+            kind="review", user_id=user.pk, reason=f"entry {entry.pk} marked false_positive"
+        )
+        AuditEntry.objects.filter(pk=entry.pk).update(review_state="false_positive")
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"BROKEN review at entry id {entry.pk} (unsealed)" in err
+        assert "review_state 'false_positive' disagrees" in err and "'confirmed'" in err
 
     def test_a_review_time_on_an_undecided_entry_is_found(self, user, capsys):
         entry = _flag(user)

@@ -45,8 +45,10 @@ class Command(BaseCommand):
         )
 
     def _review_broken(self, broken: Broken) -> None:
+        # "at", not "of": the entry named is the decided one, or a review entry no decision
+        # wrote (the problem says which).
         where = "unsealed" if broken.chain_seq is None else f"chain_seq {broken.chain_seq}"
         self.stderr.write(
-            f"BROKEN review of entry id {broken.entry_id} ({where}): {broken.problem}"
+            f"BROKEN review at entry id {broken.entry_id} ({where}): {broken.problem}"
         )
         sys.exit(1)
