@@ -1,7 +1,8 @@
 """System checks for settings that are valid alone but wrong together."""
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Tags, Warning, register
+from django.contrib.auth import get_user_model
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 
 @register(Tags.security, deploy=True)
@@ -34,5 +35,38 @@ def sweep_before_runs_end(**kwargs: object) -> list[CheckMessage]:
             "the sweep can run a turn again while its first run is still calling Claude.",
             hint="Set STALE_TURN_SECONDS above TURN_DEADLINE_SECONDS + 10.",
             id="isolation.W002",
+        )
+    ]
+
+
+# The int types whose values fit the fingerprint index's 4-byte user id (``RedisIndex``).
+_FITS_FOUR_BYTES = {
+    "AutoField",
+    "SmallAutoField",
+    "IntegerField",
+    "SmallIntegerField",
+    "PositiveIntegerField",
+    "PositiveSmallIntegerField",
+}
+
+
+@register()
+def user_ids_fit_the_fingerprint_index(**kwargs: object) -> list[CheckMessage]:
+    """The Redis fingerprint index keeps a user id in 4 bytes (a record is 20 bytes: the
+    postings' memory). ``auth.User``'s ids fit; a swapped-in user model whose ids can pass
+    2^32 would fail every registration, scan and erasure of such a user, after years of
+    running: refused at ``migrate`` and ``check`` instead."""
+    if not (getattr(settings, "FINGERPRINT_REDIS_URL", "") or settings.REDIS_URL):
+        return []  # the database table keeps user ids as bigint
+    pk = get_user_model()._meta.pk
+    if pk.get_internal_type() in _FITS_FOUR_BYTES:
+        return []
+    return [
+        Error(
+            f"AUTH_USER_MODEL ({settings.AUTH_USER_MODEL}) has a {pk.get_internal_type()} "
+            "primary key, but the Redis fingerprint index keeps a user id in 4 bytes.",
+            hint="Give the user model an AutoField or IntegerField primary key, or leave "
+            "REDIS_URL and FINGERPRINT_REDIS_URL unset to keep the index in the database.",
+            id="isolation.E001",
         )
     ]

@@ -186,3 +186,21 @@ def test_the_csrf_cookie_is_out_of_reach_of_scripts_and_the_chat_page_still_post
         "/api/v1/sessions/", {}, content_type="application/json", HTTP_X_CSRFTOKEN=token
     )
     assert posted.status_code == 201, posted.content
+
+
+def test_a_user_model_whose_ids_outgrow_the_redis_index_is_refused(settings, monkeypatch):
+    """The Redis fingerprint index keeps a user id in 4 bytes: a user model with a bigint
+    key would fail every scan of such a user, so ``check`` (and ``migrate``) refuse it."""
+    from django.contrib.auth import get_user_model
+
+    from audit_app.models import AuditEntry
+    from core import checks
+
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    assert get_user_model()._meta.pk.get_internal_type() == "AutoField"
+    assert checks.user_ids_fit_the_fingerprint_index() == []
+    monkeypatch.setattr(checks, "get_user_model", lambda: AuditEntry)  # a BigAutoField key
+    [error] = checks.user_ids_fit_the_fingerprint_index()
+    assert error.id == "isolation.E001" and "BigAutoField" in error.msg
+    settings.REDIS_URL, settings.FINGERPRINT_REDIS_URL = "", ""
+    assert checks.user_ids_fit_the_fingerprint_index() == []  # the table keeps bigints
