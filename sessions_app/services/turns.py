@@ -16,7 +16,7 @@ from core.ids import as_uuid
 from .. import events, rows
 from ..models import ChatSession, Turn
 from ..queries import turn_get, turn_list_stale
-from ..stores import history_store
+from ..stores import BaseHistoryStore, SessionRef, StoreUnavailable, history_store
 from .common import IN_FLIGHT_SQL, SESSION_TABLE, STALLED_DETAIL, TURN_TABLE, deadline, lock_timeout
 
 logger = logging.getLogger(__name__)
@@ -156,10 +156,27 @@ def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> 
         turn = turn_lock(turn_id)
         if turn is None or turn.status != Turn.Status.PENDING:
             return False
-        history_store().discard_turn(session=turn.session, turn_id=turn.pk)
+        store = history_store()
+        if store.keeps_outside_the_database:
+            # Once the turn's removal commits: removed before, a COMMIT that then failed
+            # would leave a pending turn without its message, to end ``message_lost``.
+            # Left behind (Redis down), the message lies past the session's counter: no
+            # reader sees it, the next message takes its seq, its TTL ends it.
+            ref = SessionRef(pk=turn.session_id, owner_id=turn.session.owner_id)
+            tid = turn.pk  # not read in the callback: ``delete()`` sets it to None
+            transaction.on_commit(lambda: _discard_outside(store, ref, tid))
+        else:
+            store.discard_turn(session=turn.session, turn_id=turn.pk)
         turn.delete()
         ChatSession.objects.filter(pk=turn.session_id).update(next_seq=F("next_seq") - 1)
     return True
+
+
+def _discard_outside(store: BaseHistoryStore, session: SessionRef, turn_id: uuid.UUID) -> None:
+    try:
+        store.discard_turn(session=session, turn_id=turn_id)
+    except StoreUnavailable:
+        logger.warning("turn %s removed; its message stays in the history store", turn_id)
 
 
 def _unconfirmed_key(turn_id: uuid.UUID) -> str:

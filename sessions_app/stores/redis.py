@@ -82,13 +82,16 @@ end
 return out
 """
 
-# KEYS: messages, turns. ARGV: turn fields. Removes the messages and their index entries.
+# KEYS: messages, turns. ARGV: turn id, then turn fields. Removes the turn's messages and
+# their index entries. A field's seq may since hold another turn's message (this turn's
+# removal committed first, and the next message took its seq): that one stays.
 DISCARD = """
-for _, field in ipairs(ARGV) do
-  local seq = redis.call('HGET', KEYS[2], field)
+for i = 2, #ARGV do
+  local seq = redis.call('HGET', KEYS[2], ARGV[i])
   if seq then
-    redis.call('HDEL', KEYS[1], seq)
-    redis.call('HDEL', KEYS[2], field)
+    local stored = redis.call('HGET', KEYS[1], seq)
+    if stored and cjson.decode(stored)['t'] == ARGV[1] then redis.call('HDEL', KEYS[1], seq) end
+    redis.call('HDEL', KEYS[2], ARGV[i])
   end
 end
 return 1
@@ -233,7 +236,9 @@ class HistoryStore(BaseHistoryStore):
     def _discard_turn(self, session, turn_id: uuid.UUID) -> None:
         fields = [_field(turn_id, "user"), _field(turn_id, "assistant")]
         with _neutral():
-            self._client().register_script(DISCARD)(keys=_keys(session.pk)[:2], args=fields)
+            self._client().register_script(DISCARD)(
+                keys=_keys(session.pk)[:2], args=[str(turn_id), *fields]
+            )
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         with _neutral():

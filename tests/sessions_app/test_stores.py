@@ -364,6 +364,63 @@ class TestRedisStore(StoreContract):
             assert left - 5 <= client.ttl(key) <= left + 5, key
         assert client.get(f"{tag}:owner") == str(user.pk).encode()
 
+    def test_a_discard_whose_commit_fails_keeps_the_turns_message(self, user, session):
+        """The turn's removal rolled back (its COMMIT failed): the turn is still pending,
+        and its message must still be there for its run, not gone from Redis alone."""
+        turn = self.accept(user, session, "still wanted")
+        with pytest.raises(OperationalError), transaction.atomic():
+            assert services.turn_discard(turn_id=turn.pk)
+            raise OperationalError("the COMMIT failed")
+        session.refresh_from_db()
+        assert Turn.objects.get(pk=turn.pk).status == "pending"
+        assert self.contents(session) == ["still wanted"]
+        assert [m.content for m in history_store().history(session=session, turn_id=turn.pk)] == [
+            "still wanted"
+        ]
+
+    def test_a_discard_removes_the_message_from_redis_once_committed(
+        self, user, session, django_capture_on_commit_callbacks
+    ):
+        turn = self.accept(user, session, "never queued")
+        client = get_redis_connection("default")
+        tag = f"session:{{{session.pk}}}"
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.turn_discard(turn_id=turn.pk)
+        assert client.hgetall(f"{tag}:messages") == {} and client.hgetall(f"{tag}:turns") == {}
+
+    def test_a_discard_redis_cannot_finish_still_removes_the_turn(
+        self, user, session, django_capture_on_commit_callbacks, monkeypatch, caplog
+    ):
+        """Redis down after the removal committed: the turn is gone all the same, and the
+        message it leaves lies past the session's counter, read by no one."""
+        turn = self.accept(user, session, "removed")
+
+        def down(**kwargs) -> None:
+            raise StoreUnavailable("Redis is down")
+
+        monkeypatch.setattr(history_store(), "discard_turn", down)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert services.turn_discard(turn_id=turn.pk)
+        monkeypatch.undo()
+        assert not Turn.objects.filter(pk=turn.pk).exists()
+        assert "its message stays in the history store" in caplog.text
+        session.refresh_from_db()
+        assert self.contents(session) == []
+
+    def test_a_late_discard_leaves_the_next_turns_message_at_its_seq(self, user, session):
+        """The removal committed and the session's next message took the seq before the
+        Redis part ran: that message stays."""
+        gone = self.accept(user, session, "removed")
+        with transaction.atomic():
+            assert services.turn_discard(turn_id=gone.pk)  # its Redis part not run yet
+        following = self.accept(user, session, "the next message")
+        history_store().discard_turn(session=session, turn_id=gone.pk)  # runs late
+        session.refresh_from_db()
+        assert self.contents(session) == ["the next message"]
+        assert [m.turn_id for m in history_store().page(session=session, offset=0, limit=9)] == [
+            following.pk
+        ]
+
     def test_a_value_naming_another_owner_is_refused_and_audited(self, user, other_user, session):
         """The March 2023 failure: a reader handed another user's value must not use it."""
         self.accept(user, session, "mine")
