@@ -16,7 +16,8 @@ from core.ids import as_uuid
 from .. import events, rows
 from ..models import ChatSession, Turn
 from ..queries import turn_get, turn_list_stale
-from ..stores import BaseHistoryStore, SessionRef, StoreUnavailable, history_store
+from ..stores import BaseHistoryStore, SessionRef, history_store
+from ..stores.base import ASSISTANT, USER
 from .common import IN_FLIGHT_SQL, SESSION_TABLE, STALLED_DETAIL, TURN_TABLE, deadline, lock_timeout
 
 logger = logging.getLogger(__name__)
@@ -158,10 +159,13 @@ def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> 
             return False
         store = history_store()
         if store.keeps_outside_the_database:
-            # Once the turn's removal commits: removed before, a COMMIT that then failed
-            # would leave a pending turn without its message, to end ``message_lost``.
-            # Left behind (Redis down), the message lies past the session's counter: no
-            # reader sees it, the next message takes its seq, its TTL ends it.
+            # The user message once the turn's removal commits: removed before, a COMMIT
+            # that then failed would leave a pending turn without it, to end
+            # ``message_lost``. Left behind (Redis down), it lies past the session's
+            # counter: no reader sees it, the next message takes its seq, its TTL ends it.
+            # A reply now: a pending turn's is one whose run lost its commit, never shown,
+            # and left at the seq after, it would make the next message's seq look taken.
+            store.discard_turn(session=turn.session, turn_id=turn.pk, roles=(ASSISTANT,))
             ref = SessionRef(pk=turn.session_id, owner_id=turn.session.owner_id)
             tid = turn.pk  # not read in the callback: ``delete()`` sets it to None
             transaction.on_commit(lambda: _discard_outside(store, ref, tid))
@@ -174,9 +178,11 @@ def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> 
 
 def _discard_outside(store: BaseHistoryStore, session: SessionRef, turn_id: uuid.UUID) -> None:
     try:
-        store.discard_turn(session=session, turn_id=turn_id)
-    except StoreUnavailable:
-        logger.warning("turn %s removed; its message stays in the history store", turn_id)
+        store.discard_turn(session=session, turn_id=turn_id, roles=(USER,))
+    except Exception:  # noqa: BLE001 - committed: the turn is gone whatever this raises
+        logger.warning(
+            "turn %s removed; its message stays in the history store", turn_id, exc_info=True
+        )
 
 
 def _unconfirmed_key(turn_id: uuid.UUID) -> str:

@@ -157,9 +157,15 @@ class BaseHistoryStore(abc.ABC):
         """Return up to ``limit`` messages of the session from position ``offset``, by seq."""
         return self._checked(session, self._page(session, offset, limit))
 
-    def discard_turn(self, *, session: SessionLike, turn_id: uuid.UUID) -> None:
-        """Remove a turn's messages: it is being undone as if never accepted."""
-        self._discard_turn(session, turn_id)
+    def discard_turn(
+        self,
+        *,
+        session: SessionLike,
+        turn_id: uuid.UUID,
+        roles: Sequence[str] = (USER, ASSISTANT),
+    ) -> None:
+        """Remove a turn's messages (of ``roles``): it is being undone as if never accepted."""
+        self._discard_turn(session, turn_id, roles)
 
     def erase(self, *, session_ids: Iterable[uuid.UUID]) -> None:
         """Erase everything kept for these sessions; erasing an unknown session does nothing.
@@ -235,8 +241,8 @@ class BaseHistoryStore(abc.ABC):
         """Return a slice of the session's messages, by seq."""
 
     @abc.abstractmethod
-    def _discard_turn(self, session: SessionLike, turn_id: uuid.UUID) -> None:
-        """Delete the turn's messages."""
+    def _discard_turn(self, session: SessionLike, turn_id: uuid.UUID, roles: Sequence[str]) -> None:
+        """Delete the turn's messages of ``roles``."""
 
     @abc.abstractmethod
     def _erase(self, session_ids: list[uuid.UUID]) -> None:

@@ -93,8 +93,8 @@ class HistoryStore(BaseHistoryStore):
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
         return self._read(self._rows(session)[offset : offset + limit])
 
-    def _discard_turn(self, session, turn_id: uuid.UUID) -> None:
-        self._rows(session).filter(turn_id=turn_id).delete()
+    def _discard_turn(self, session, turn_id: uuid.UUID, roles) -> None:
+        self._rows(session).filter(turn_id=turn_id, role__in=roles).delete()
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         Message.objects.filter(session_id__in=session_ids).delete()

@@ -233,8 +233,8 @@ class HistoryStore(BaseHistoryStore):
             found = self._client().hmget(_keys(session.pk)[0], list(range(offset + 1, last + 1)))
         return _live(session, [_decode(raw) for raw in found if raw is not None])
 
-    def _discard_turn(self, session, turn_id: uuid.UUID) -> None:
-        fields = [_field(turn_id, "user"), _field(turn_id, "assistant")]
+    def _discard_turn(self, session, turn_id: uuid.UUID, roles) -> None:
+        fields = [_field(turn_id, role) for role in roles]
         with _neutral():
             self._client().register_script(DISCARD)(
                 keys=_keys(session.pk)[:2], args=[str(turn_id), *fields]

@@ -388,38 +388,68 @@ class TestRedisStore(StoreContract):
             assert services.turn_discard(turn_id=turn.pk)
         assert client.hgetall(f"{tag}:messages") == {} and client.hgetall(f"{tag}:turns") == {}
 
+    @staticmethod
+    def redis_down_for(monkeypatch, callbacks) -> None:
+        """Run ``callbacks`` (a commit's) with the history store's Redis down."""
+
+        def down(**kwargs) -> None:
+            raise StoreUnavailable("Redis is down")
+
+        monkeypatch.setattr(history_store(), "discard_turn", down)
+        for callback in callbacks:
+            callback()
+        monkeypatch.undo()
+
     def test_a_discard_redis_cannot_finish_still_removes_the_turn(
         self, user, session, django_capture_on_commit_callbacks, monkeypatch, caplog
     ):
         """Redis down after the removal committed: the turn is gone all the same, and the
         message it leaves lies past the session's counter, read by no one."""
         turn = self.accept(user, session, "removed")
-
-        def down(**kwargs) -> None:
-            raise StoreUnavailable("Redis is down")
-
-        monkeypatch.setattr(history_store(), "discard_turn", down)
-        with django_capture_on_commit_callbacks(execute=True):
+        with django_capture_on_commit_callbacks() as after_commit:
             assert services.turn_discard(turn_id=turn.pk)
-        monkeypatch.undo()
+        self.redis_down_for(monkeypatch, after_commit)
         assert not Turn.objects.filter(pk=turn.pk).exists()
         assert "its message stays in the history store" in caplog.text
         session.refresh_from_db()
         assert self.contents(session) == []
 
-    def test_a_late_discard_leaves_the_next_turns_message_at_its_seq(self, user, session):
+    def test_a_late_discard_leaves_the_next_turns_message_at_its_seq(
+        self, user, session, django_capture_on_commit_callbacks
+    ):
         """The removal committed and the session's next message took the seq before the
-        Redis part ran: that message stays."""
+        Redis part ran: that message stays, and only the removed turn's field goes."""
         gone = self.accept(user, session, "removed")
-        with transaction.atomic():
-            assert services.turn_discard(turn_id=gone.pk)  # its Redis part not run yet
+        with django_capture_on_commit_callbacks(execute=False) as late:
+            assert services.turn_discard(turn_id=gone.pk)
         following = self.accept(user, session, "the next message")
-        history_store().discard_turn(session=session, turn_id=gone.pk)  # runs late
+        [discard] = late
+        discard()  # runs late
         session.refresh_from_db()
         assert self.contents(session) == ["the next message"]
         assert [m.turn_id for m in history_store().page(session=session, offset=0, limit=9)] == [
             following.pk
         ]
+        fields = get_redis_connection("default").hkeys(f"session:{{{session.pk}}}:turns")
+        assert sorted(fields) == [f"{following.pk}:user".encode()]
+
+    def test_a_discarded_turns_unshown_reply_does_not_block_the_next_message(
+        self, user, session, monkeypatch, django_capture_on_commit_callbacks
+    ):
+        """A pending turn can hold a reply its run wrote before losing its commit, at the
+        seq after its message. Removed, with the Redis part after the commit failing, the
+        next message must still take the turn's seq (not find the one after it taken)."""
+        gone = self.accept(user, session, "removed")
+        history_store().append_reply(
+            session=session, turn_id=gone.pk, seq=session.next_seq, content="never shown"
+        )
+        with django_capture_on_commit_callbacks() as after_commit:
+            assert services.turn_discard(turn_id=gone.pk)
+        self.redis_down_for(monkeypatch, after_commit)
+        following = self.accept(user, session, "the next message")
+        session.refresh_from_db()
+        assert self.contents(session) == ["the next message"]
+        assert following.exchange[0].seq == 1
 
     def test_a_value_naming_another_owner_is_refused_and_audited(self, user, other_user, session):
         """The March 2023 failure: a reader handed another user's value must not use it."""
