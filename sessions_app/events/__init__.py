@@ -11,12 +11,7 @@ budget (``wait_budget_take``), and the listener runs on an event loop of its own
 (``loop_thread``).
 """
 
-from .listener import (
-    SUBSCRIBE_TIMEOUT_SECONDS,
-    Subscription,
-    TurnListener,
-    turn_listener,
-)
+from .listener import SUBSCRIBE_TIMEOUT_SECONDS, TurnListener, turn_listener
 from .notify import (
     POLL_INTERVAL_SECONDS,
     UNKNOWN,
@@ -36,6 +31,7 @@ from .slots import (
     wait_budget_take,
     wait_slot_acquire,
 )
+from .subscription import Subscription
 from .threads import in_thread
 from .watch import AsyncTurnWatch
 

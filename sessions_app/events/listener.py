@@ -1,26 +1,24 @@
-"""Waiting under ASGI: one listener per event loop, and the subscriptions of its waiters.
+"""Waiting under ASGI: one listener per event loop, and which of its waiters wait on which
+channel (subscribe, enter, drop: the turn's channel, or the process's pattern).
 
-A waiter awaits on the event loop (``watch``); only its re-reads take a thread, briefly
-(``threads``).
+The listener's connection to Redis is its base class (``connection``); what a waiter holds
+is in ``subscription``. A waiter awaits on the event loop (``watch``); only its re-reads
+take a thread, briefly (``threads``).
 """
 
 import asyncio
-import contextlib
 import logging
-import socket
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
-import redis.asyncio
 import redis.exceptions
 from django.conf import settings
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from ..models import Turn
-from .notify import UNKNOWN, _channel, _status, own_pattern, own_turn
+from .connection import ListenerConnection
+from .notify import _channel, own_pattern, own_turn
+from .subscription import Subscription, _Channel, _confirmed
 
 logger = logging.getLogger(__name__)
 
@@ -34,113 +32,7 @@ logger = logging.getLogger(__name__)
 SUBSCRIBE_TIMEOUT_SECONDS = 5.0
 
 
-def _keepalive() -> dict[int, int]:
-    """Idle 10 s, then a probe every 3 s, 3 unanswered: gone (where the platform has them)."""
-    wanted = (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3))
-    return {
-        option: value
-        for name, value in wanted
-        if (option := getattr(socket, name, None)) is not None
-    }
-
-
-class Subscription:
-    """One waiter's hold on a turn's channel: ``changed`` is set on every notification,
-    ``status`` says the newest one's status (``UNKNOWN`` if it did not say).
-
-    ``lost`` turns true if the listener's connection is gone: the waiter polls from then
-    on. ``close`` is idempotent and may be called from any thread.
-    """
-
-    def __init__(self, listener: "TurnListener", channel: str) -> None:
-        self.listener = listener
-        self.channel = channel
-        self.changed = asyncio.Event()
-        self.status = UNKNOWN
-        self.lost = False
-        self.closed = False
-
-    async def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a notification (or the loss); True if one came."""
-        try:
-            await asyncio.wait_for(self.changed.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.changed.clear()
-        return True
-
-    async def take(self, timeout: float, skip: Collection[str] = ()) -> str | None:
-        """``wait``, then return the status it was told (taken in the same step), or None.
-
-        A status in ``skip`` is taken and waited past, within the same ``timeout``: a
-        waiter with nothing to do on it is not woken for it (a thread wakes, a notification
-        at a time, across the listener's loop and back).
-        """
-        deadline = asyncio.get_running_loop().time() + timeout
-        while await self.wait(timeout):
-            if self.lost or self.status not in skip:
-                return self.status
-            timeout = deadline - asyncio.get_running_loop().time()
-        return None
-
-    def told(self, status: str) -> None:
-        """A notification came. Until the waiter takes it, an end (or an unknown status)
-        is not overwritten by a later "pending" or "running": a redelivered run's claim
-        published after another run's end must not hide that end from a ``?wait``."""
-        if not (self._untaken() and self.status not in Turn.IN_FLIGHT):
-            self.status = status
-        self._wake()
-
-    def told_lost(self) -> None:
-        """The listener's connection is gone: the waiter polls from now on."""
-        self.lost = True
-        self.status = UNKNOWN
-        self._wake()
-
-    # What a waiter on another thread overrides (``loop_thread``): how it is woken, and
-    # whether a notification is still untaken.
-    def _untaken(self) -> bool:
-        return self.changed.is_set()
-
-    def _wake(self) -> None:
-        self.changed.set()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        loop = self.listener.loop
-        if loop.is_closed():
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        # Never waits for the listener's lock: a subscription can be closed by a finalizer
-        # (a waiter's generator collected as garbage) run in a thread that holds it.
-        if running is loop:
-            if not self.listener.drop(self, blocking=False):
-                loop.call_soon(self.listener.drop, self)
-        elif not self.listener.drop_own(self):
-            loop.call_soon_threadsafe(self.listener.drop, self)
-
-
-class _Channel:
-    def __init__(self, ready: asyncio.Future, *, own: bool = False) -> None:
-        self.subscriptions: set[Subscription] = set()
-        self.ready = ready  # True once Redis confirmed the subscription, False if it is lost
-        self.own = own  # a turn of this process: under its pattern, not subscribed alone
-
-
-class ListenerRetired(redis.exceptions.ConnectionError):
-    """A listener's ``REDIS_URL`` is no longer the setting's: its connection is let go, and
-    it connects no more (to its callers, notifications are unavailable)."""
-
-    def __init__(self) -> None:
-        super().__init__("REDIS_URL names another server now")
-
-
-class TurnListener:
+class TurnListener(ListenerConnection):
     """The event loop's one pub/sub connection; channels subscribed while someone waits."""
 
     def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -297,129 +189,6 @@ class TurnListener:
         if not entry.own:
             self._later(self._command("unsubscribe", subscription.channel))
         return True
-
-    def retire(self) -> None:
-        """On the loop: let go of the connection of a listener that ``REDIS_URL`` no longer
-        names (settings changed, as tests change them); its waiters poll, as on a loss, and
-        it connects no more: whoever still holds it is told notifications are unavailable."""
-        self._retired = True
-        self._later(self._retired_now())
-
-    async def _retired_now(self) -> None:
-        async with self._lock:
-            if self._pubsub is not None or self.channels:
-                await self._lose(ListenerRetired())
-
-    def _later(self, coroutine) -> None:
-        task = self.loop.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _command(self, name: str, channel: str) -> None:
-        async with self._lock:
-            try:
-                if name in ("subscribe", "psubscribe"):
-                    pubsub = await self._connected()
-                    await getattr(pubsub, name)(channel)
-                    if self._reader is None:  # reads once something is subscribed
-                        self._reader = self.loop.create_task(self._read(pubsub))
-                elif self._pubsub is not None:
-                    await self._pubsub.unsubscribe(channel)
-            except Exception as exc:  # noqa: BLE001 - every waiter falls back to polling
-                await self._lose(exc)
-
-    async def _drop_unanswering(self) -> None:
-        async with self._lock:
-            if self._pubsub is not None:
-                await self._lose(redis.exceptions.TimeoutError("no subscription confirmed"))
-
-    async def _connected(self):
-        if self._retired:
-            raise ListenerRetired()
-        if self._pubsub is None:
-            # TCP keep-alive probes find a peer that vanished without closing the connection
-            # within about 20 s: the read fails and every waiter polls instead.
-            client = redis.asyncio.Redis.from_url(
-                self.url,
-                socket_connect_timeout=2,
-                socket_keepalive=True,
-                socket_keepalive_options=_keepalive(),
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._pubsub = client.pubsub()
-        return self._pubsub
-
-    async def _read(self, pubsub) -> None:
-        try:
-            while True:
-                try:
-                    message = await pubsub.get_message(timeout=None)
-                except redis.exceptions.NoPermissionError:
-                    if not self._pattern_refused():
-                        raise
-                    continue  # the connection itself is fine
-                if message is not None:
-                    self._dispatch(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            if pubsub is self._pubsub:
-                async with self._lock:
-                    await self._lose(exc)
-
-    def _dispatch(self, message: dict) -> None:
-        channel = message["channel"]
-        channel = channel.decode() if isinstance(channel, bytes) else channel
-        kind = message["type"]
-        if kind in ("subscribe", "psubscribe"):  # a pattern's confirmation names the pattern
-            waiting = self._confirmations.get(channel)
-            if waiting:
-                ready = waiting.popleft()
-                if not waiting:
-                    del self._confirmations[channel]
-                if not ready.done():
-                    ready.set_result(True)
-        elif kind in ("message", "pmessage"):
-            with self._guard:
-                entry = self.channels.get(channel)
-                subscriptions = tuple(entry.subscriptions) if entry else ()
-            if subscriptions:
-                status = _status(message["data"])
-                for subscription in subscriptions:
-                    subscription.told(status)
-
-    async def _lose(self, exc: BaseException) -> None:
-        """The connection is gone: every waiter polls; the next subscriber reconnects."""
-        if isinstance(exc, ListenerRetired):  # let go on purpose: nothing is wrong
-            logger.info("turn listener of a former REDIS_URL retired; its waiters poll")
-        else:
-            logger.warning("turn notifications lost (%s); waiters poll", exc.__class__.__name__)
-        pubsub, self._pubsub = self._pubsub, None
-        with self._guard:
-            self._own = None  # the next connection subscribes the pattern anew
-            lost, self.channels = self.channels, {}
-        for entry in lost.values():
-            for subscription in entry.subscriptions:
-                subscription.told_lost()
-            if not entry.ready.done():
-                entry.ready.set_result(False)
-        for waiting in self._confirmations.values():
-            for ready in waiting:
-                if not ready.done():
-                    ready.set_result(False)
-        self._confirmations.clear()
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-
-def _confirmed(ready: asyncio.Future) -> bool:
-    """True if Redis confirmed the subscription ``ready`` stands for (from any thread: a
-    future's outcome, once set, does not change)."""
-    return ready.done() and not ready.cancelled() and ready.exception() is None and ready.result()
 
 
 # The listener's connection belongs to the event loop it was made in, so there is one per

@@ -21,8 +21,9 @@ from collections.abc import Callable, Collection
 import redis.exceptions
 from django.conf import settings
 
-from .listener import SUBSCRIBE_TIMEOUT_SECONDS, Subscription, TurnListener, turn_listener
+from .listener import SUBSCRIBE_TIMEOUT_SECONDS, TurnListener, turn_listener
 from .notify import UNKNOWN
+from .subscription import Subscription
 
 # The loop notes the time every _BEAT_SECONDS; a waiter that finds the note older than
 # this by _GRACE_SECONDS counts the loop as stuck and polls, as when Redis goes away.

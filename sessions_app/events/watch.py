@@ -13,8 +13,9 @@ import redis.exceptions
 from django.conf import settings
 
 from ..models import Turn
-from .listener import Subscription, turn_listener
+from .listener import turn_listener
 from .notify import POLL_INTERVAL_SECONDS, UNKNOWN
+from .subscription import Subscription
 from .threads import in_thread
 
 logger = logging.getLogger(__name__)
