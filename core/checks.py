@@ -40,14 +40,16 @@ def sweep_before_runs_end(**kwargs: object) -> list[CheckMessage]:
 
 
 # The int types whose values fit the fingerprint index's 4-byte user id (``RedisIndex``).
-_FITS_FOUR_BYTES = {
-    "AutoField",
-    "SmallAutoField",
-    "IntegerField",
-    "SmallIntegerField",
-    "PositiveIntegerField",
-    "PositiveSmallIntegerField",
-}
+_FITS_FOUR_BYTES = frozenset(
+    {
+        "AutoField",
+        "SmallAutoField",
+        "IntegerField",
+        "SmallIntegerField",
+        "PositiveIntegerField",
+        "PositiveSmallIntegerField",
+    }
+)
 
 
 @register()
