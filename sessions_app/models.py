@@ -92,6 +92,9 @@ class Turn(models.Model):
     # Not a column: set by the claim (``turn_claim``), whether its owner's replies are held
     # (``audit_app.holds``), so the turn's end withholds its reply whatever the scan finds.
     leak_hold = False
+    # Not a column: set as a run locks the turn to end it (``services.reply``), the value
+    # that fences its writes to a history store outside the database.
+    reply_fence = 0
 
     class Meta:
         constraints = [

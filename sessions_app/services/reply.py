@@ -12,12 +12,18 @@ from core.ids import as_uuid
 
 from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
-from ..stores import DuplicateReply, MessageMissing, StoredMessage, history_store
+from ..stores import DuplicateReply, MessageMissing, ReplyOvertaken, StoredMessage, history_store
 from .common import IN_FLIGHT_SQL, SESSION_TABLE, TURN_TABLE, withheld_notice
 from .turns import turn_lock
 
 logger = logging.getLogger(__name__)
 
+
+# A Postgres sequence (migration 0005): its values follow the order in which runs lock a
+# turn (``_END_SQL`` takes one as it locks), and a rolled-back run's value is never handed
+# out again, as a counter in a row would be. Not the claim's attempt number: runs claim in
+# one order and lock in another.
+FENCE_SEQUENCE = "sessions_app_reply_fence"
 
 # The session's row is updated (locked) before the turn's, the order a DELETE takes them.
 # If the turn ended meanwhile, the turn's UPDATE re-reads its row and matches nothing.
@@ -35,7 +41,8 @@ _END_SQL = f"""
         "error_code" = '', "error_detail" = ''
     FROM s
     WHERE t."id" = %s AND t."session_id" = s."id" AND t."status" IN ({IN_FLIGHT_SQL})
-    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)}
+    RETURNING {rows.columns("t", Turn)}, {rows.columns("s", ChatSession)},
+        nextval('{FENCE_SEQUENCE}')
 """  # noqa: S608 - names from the models, statuses from constants; values are parameters
 
 
@@ -73,16 +80,17 @@ def turn_complete(
             if turn is None:
                 transaction.set_rollback(True)  # the seq it may have taken goes back
                 return None
-            seq = turn.session.next_seq - 1
+            seq, fence = turn.session.next_seq - 1, turn.reply_fence
             message = _reply_append(
                 turn=turn,
                 seq=seq,
                 reply=notice if suppress else reply,
                 status="suppressed" if suppress else "ok",
+                fence=fence,
             )
             if message.seq != seq:  # an earlier run's reply, kept at the seq it took
                 ChatSession.objects.filter(pk=turn.session_id).update(next_seq=message.seq + 1)
-            message = _reply_as_decided(turn, message, reply=reply, notice=notice)
+            message = _reply_as_decided(turn, message, reply=reply, notice=notice, fence=fence)
             # The reply's made-up placeholders, withheld too (a release would show it).
             privacy.placeholders_reserve(
                 session_id=turn.session_id, text=f"{reply}\n{message.content}"
@@ -106,6 +114,9 @@ def turn_complete(
                     text=message.content,
                     scan=scan,  # its digests, when the stored text is the one scanned
                 )
+    except ReplyOvertaken:
+        logger.warning("turn %s: a later run locked it since; this run's reply is dropped", turn_id)
+        return None
     except DuplicateReply:
         logger.info("turn %s already has a reply; discarding a duplicate", turn_id)
         return None
@@ -115,7 +126,8 @@ def turn_complete(
 
 def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn | None:
     """End an unfinished turn and take the next seq of its session for the reply; return the
-    turn with its session (``next_seq`` already past the reply's), or None if it had ended.
+    turn with its session (``next_seq`` already past the reply's) and its ``reply_fence``,
+    or None if it had ended.
 
     Both rows stay locked to the end of the caller's transaction, the session's first, as
     ``chat_session_delete`` takes them: a DELETE waits, and seq stays gap-free. Call it
@@ -125,10 +137,16 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     if rows.in_sql():
         tid = as_uuid(turn_id)
         params = [tid, str(status), withheld, now, now, tid]
-        return rows.turn_from_row(rows.one(_END_SQL, params))
+        row = rows.one(_END_SQL, params)
+        if row is None:
+            return None
+        turn = rows.turn_from_row(row[:-1])
+        turn.reply_fence = row[-1]
+        return turn
     turn = turn_lock(turn_id)
     if turn is None or turn.is_finished:
         return None
+    turn.reply_fence = _fence_next()
     turn.session.next_seq += 1
     ChatSession.objects.filter(pk=turn.session_id).update(next_seq=turn.session.next_seq)
     Turn.objects.filter(pk=turn.pk).update(
@@ -143,7 +161,7 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
 
 
 def _reply_as_decided(
-    turn: Turn, message: StoredMessage, *, reply: str, notice: str | None
+    turn: Turn, message: StoredMessage, *, reply: str, notice: str | None, fence: int
 ) -> StoredMessage:
     """Return the turn's stored reply as this run decided it: an earlier run's reply kept at
     this seq (its database end was lost, the store's write was not) is written over.
@@ -152,9 +170,10 @@ def _reply_as_decided(
     not move. Kept as it was, the turn would end as this run decided while showing another
     run's text and status: a held user's turn showing a reply, or the other way round.
 
-    Only while this run still holds the turn's rows, checked by a round trip just before
-    the write: a run whose connection was lost meanwhile (its locks gone, a redelivered run
-    perhaps ended the turn since, its reply shown) must not write over what was shown.
+    Fenced by ``fence``, taken as this run locked the turn: a run that stalls here and
+    loses its connection (its locks gone; another run perhaps ended the turn since and showed
+    its reply) finds the reply raised to that run's higher fence, and the store refuses its
+    write (``ReplyOvertaken``).
     """
     content, status = (reply, "ok") if notice is None else (notice, "suppressed")
     if (message.content, message.status) == (content, status):
@@ -163,17 +182,23 @@ def _reply_as_decided(
         # Below this run's seq: the session's counter was behind its messages (a fault of
         # ours), and a reader may have seen it. Left as it is.
         return message
-    _transaction_alive()
     history_store().reply_rewrite(
-        session=turn.session, turn_id=turn.pk, content=content, status=status
+        session=turn.session, turn_id=turn.pk, content=content, status=status, fence=fence
     )
     return dataclasses.replace(message, content=content, status=status)
 
 
-def _transaction_alive() -> None:
-    """Raise the database's error unless this connection's transaction still answers."""
+def _fence_next() -> int:
+    """Return a fence for a writer that has just locked a turn (``reply_rewrite``).
+
+    0 off Postgres: a SQLite process keeps its lock for as long as it lives, so no writer
+    ever resumes after another locked the turn.
+    """
+    if not rows.in_sql():
+        return 0
     with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
+        cursor.execute("SELECT nextval(%s)", [FENCE_SEQUENCE])
+        return cursor.fetchone()[0]
 
 
 def turn_release_withheld(*, turn_id: object) -> bool:
@@ -189,8 +214,13 @@ def turn_release_withheld(*, turn_id: object) -> bool:
                 return False
             text = crypto.unseal(bytes(turn.withheld)).decode()
             privacy.placeholders_reserve(session_id=turn.session_id, text=text)
+            # Taken under the turn's lock: any run stalled since its own lock is refused.
             history_store().reply_rewrite(
-                session=turn.session, turn_id=turn.pk, content=text, status="ok"
+                session=turn.session,
+                turn_id=turn.pk,
+                content=text,
+                status="ok",
+                fence=_fence_next(),
             )
             Turn.objects.filter(pk=turn.pk).update(
                 status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
@@ -204,7 +234,7 @@ def turn_release_withheld(*, turn_id: object) -> bool:
     return True
 
 
-def _reply_append(*, turn: Turn, seq: int, reply: str, status: str) -> StoredMessage:
+def _reply_append(*, turn: Turn, seq: int, reply: str, status: str, fence: int) -> StoredMessage:
     try:
         return history_store().append_reply(
             session=turn.session,
@@ -212,6 +242,7 @@ def _reply_append(*, turn: Turn, seq: int, reply: str, status: str) -> StoredMes
             seq=seq,
             content=reply,
             status=status,
+            fence=fence,
         )
     except DuplicateReply as duplicate:
         if duplicate.existing is None:

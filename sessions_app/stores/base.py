@@ -76,6 +76,15 @@ class DuplicateReply(Exception):
         self.existing = existing
 
 
+class ReplyOvertaken(DuplicateReply):
+    """A writer that locked the turn after this one (a higher fence) has written or found its
+    reply since: this one lost its lock (it cannot commit), and its rewrite would write over
+    what the later one decided, and perhaps showed. Nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+
+
 class MessageMissing(Exception):
     """The turn has no message of that role to rewrite (its history expired or was lost, or
     its seq since holds another turn's message): nothing was written."""
@@ -130,13 +139,27 @@ class BaseHistoryStore(abc.ABC):
         )
 
     def append_reply(
-        self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str, status: str = OK
+        self,
+        *,
+        session: SessionLike,
+        turn_id: uuid.UUID,
+        seq: int,
+        content: str,
+        status: str = OK,
+        fence: int = 0,
     ) -> StoredMessage:
         """Store the one reply of a turn at ``seq``, atomically; raise ``DuplicateReply`` if
         it has one (a redelivered run racing the first), ``SeqTaken`` if ``seq`` holds
-        another message."""
+        another message. ``fence`` is the writer's, taken as it locked the turn: see
+        ``reply_rewrite``."""
         return self._append(
-            session, turn_id=turn_id, seq=seq, role=ASSISTANT, content=content, status=status
+            session,
+            turn_id=turn_id,
+            seq=seq,
+            role=ASSISTANT,
+            content=content,
+            status=status,
+            fence=fence,
         )
 
     def turn_messages(self, *, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:
@@ -179,13 +202,20 @@ class BaseHistoryStore(abc.ABC):
             self._erase(ids)
 
     def reply_rewrite(
-        self, *, session: SessionLike, turn_id: uuid.UUID, content: str, status: str
+        self, *, session: SessionLike, turn_id: uuid.UUID, content: str, status: str, fence: int
     ) -> None:
-        """Replace the text and status of a turn's reply (a withheld reply released on review).
+        """Replace the text and status of a turn's reply (a withheld reply released on review,
+        a re-run's reply over one that a lost commit left).
 
+        ``fence`` is a value the writer took as it locked the turn, higher for every later
+        lock (``services.reply``). A store whose writes outlive a lost commit keeps the
+        highest fence that wrote or found the reply, and refuses a lower one
+        (``ReplyOvertaken``): a writer that stalled and lost its lock must not write over what
+        one that locked the turn after it decided. (The database's stores need no fence: a
+        writer's rows go with its transaction.)
         Raise ``MessageMissing`` if the turn has no reply to replace, ``ForeignData`` if the
         store's copy names another owner."""
-        self._rewrite(session, turn_id, ASSISTANT, content, status)
+        self._rewrite(session, turn_id, ASSISTANT, content, status, fence=fence)
 
     # -- the shared check --------------------------------------------------------------
 
@@ -223,10 +253,12 @@ class BaseHistoryStore(abc.ABC):
         role: str,
         content: str,
         status: str,
+        fence: int = 0,
     ) -> StoredMessage:
         """Write one message atomically; one per (turn, role), else ``DuplicateReply`` (and
         for nothing else); one per seq, else ``SeqTaken``, having written nothing (another
-        failure is an error of its own)."""
+        failure is an error of its own). A store that fences rewrites (``reply_rewrite``)
+        keeps ``fence`` with the message, and raises it on the message it finds."""
 
     @abc.abstractmethod
     def _turn_messages(self, session: SessionLike, turn_id: uuid.UUID) -> list[StoredMessage]:
@@ -250,6 +282,14 @@ class BaseHistoryStore(abc.ABC):
 
     @abc.abstractmethod
     def _rewrite(
-        self, session: SessionLike, turn_id: uuid.UUID, role: str, content: str, status: str
+        self,
+        session: SessionLike,
+        turn_id: uuid.UUID,
+        role: str,
+        content: str,
+        status: str,
+        *,
+        fence: int,
     ) -> None:
-        """Replace one message's text and status; raise ``MessageMissing`` if there is none."""
+        """Replace one message's text and status; raise ``MessageMissing`` if there is none,
+        ``ReplyOvertaken`` if the store fences and a higher fence than ``fence`` wrote."""

@@ -104,8 +104,10 @@ class HistoryStore(db.HistoryStore):
         self._cache_delete(keys)
         transaction.on_commit(lambda: self._cache_delete(keys))
 
-    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
-        super()._rewrite(session, turn_id, role, content, status)
+    def _rewrite(
+        self, session, turn_id: uuid.UUID, role: str, content: str, status: str, *, fence: int
+    ) -> None:
+        super()._rewrite(session, turn_id, role, content, status, fence=fence)
         self._invalidate([session.pk])
 
     def _invalidate(self, session_ids: list[uuid.UUID]) -> None:

@@ -45,7 +45,8 @@ class HistoryStore(BaseHistoryStore):
     def _read(self, queryset: QuerySet[Message]) -> list[StoredMessage]:
         return _messages(queryset.values_list(*FIELDS, "session__owner_id"))
 
-    def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
+    def _append(self, session, *, turn_id, seq, role, content, status, fence=0) -> StoredMessage:
+        # No ``fence``: a run's row goes with its transaction.
         try:
             message = sql.insert(
                 Message(
@@ -99,7 +100,9 @@ class HistoryStore(BaseHistoryStore):
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         Message.objects.filter(session_id__in=session_ids).delete()
 
-    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
+    def _rewrite(
+        self, session, turn_id: uuid.UUID, role: str, content: str, status: str, *, fence: int
+    ) -> None:
         rewritten = (
             self._rows(session)
             .filter(turn_id=turn_id, role=role)

@@ -7,6 +7,11 @@ tag), so each write is one atomic Lua script on a cluster too:
 - ``session:{<id>}:turns``: hash, ``<turn id>:<role>`` -> seq (one message per turn and role)
 - ``session:{<id>}:owner``: the owner's id
 
+A reply's JSON also keeps ``a``, the highest fence (``reply_rewrite``: a value taken as a
+writer locks the turn) that wrote it or found it there: a write here outlives a run's lost
+commit, so a run that stalled past its lock could otherwise write over what a run that
+locked the turn after it showed.
+
 Every key expires when the session does, and is pushed back on each write. Losing Redis
 loses the history: the trade-off ``HISTORY_STORE=redis`` chooses.
 """
@@ -25,6 +30,7 @@ from .base import (
     BaseHistoryStore,
     DuplicateReply,
     MessageMissing,
+    ReplyOvertaken,
     SeqTaken,
     SessionLike,
     StoredMessage,
@@ -36,9 +42,11 @@ from .base import (
 MESSAGE_IDS_KEY = "history:message_ids"
 
 # KEYS: messages, turns, owner. ARGV: seq, message JSON, turn field, owner, expire-at,
-# turn id.
+# turn id, fence.
 # Returns 1 when written, -1 when the session's keys belong to another owner, 0 when the
-# seq is taken, or the JSON of the message the turn already has for this role.
+# seq is taken, or the JSON of the message the turn already has for this role; that one
+# is raised to this fence first (REWRITE's check), so that an earlier writer, stalled,
+# cannot write over it once this run decided it (even if this run then leaves it as it is).
 #
 # A seq is taken as the database's unique (session, seq) takes it, with one exception the
 # database never sees: the session's newest message may be one that a run wrote before
@@ -55,7 +63,16 @@ local existing = redis.call('HGET', KEYS[2], ARGV[3])
 if existing then
   local stored = redis.call('HGET', KEYS[1], existing)
   -- The seq may since hold another turn's message (a run whose commit failed left it).
-  if stored and cjson.decode(stored)['t'] == ARGV[6] then return stored end
+  if stored then
+    local message = cjson.decode(stored)
+    if message['t'] == ARGV[6] then
+      if (message['a'] or 0) < tonumber(ARGV[7]) then
+        message['a'] = tonumber(ARGV[7])
+        redis.call('HSET', KEYS[1], existing, cjson.encode(message))
+      end
+      return stored
+    end
+  end
 end
 local held = redis.call('HGET', KEYS[1], ARGV[1])
 if held and (cjson.decode(held)['t'] == ARGV[6]
@@ -97,10 +114,12 @@ end
 return 1
 """
 
-# KEYS: messages, turns, owner. ARGV: turn field, new text, new status, owner, turn id.
+# KEYS: messages, turns, owner. ARGV: turn field, new text, new status, owner, turn id,
+# fence.
 # Returns 1 when rewritten, -1 when the session's keys belong to another owner, 0 when the
 # turn has no such message: its field points to nothing, or to a seq that since holds
-# another turn's message (a run whose commit failed left the field), which is left alone.
+# another turn's message (a run whose commit failed left the field), which is left alone;
+# 2 when a higher fence wrote or found the message, which is left alone.
 REWRITE = """
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[4] then return -1 end
@@ -110,6 +129,8 @@ local stored = redis.call('HGET', KEYS[1], seq)
 if not stored then return 0 end
 local message = cjson.decode(stored)
 if message['t'] ~= ARGV[5] then return 0 end
+if (message['a'] or 0) > tonumber(ARGV[6]) then return 2 end
+message['a'] = tonumber(ARGV[6])
 message['c'] = ARGV[2]
 message['st'] = ARGV[3]
 redis.call('HSET', KEYS[1], seq, cjson.encode(message))
@@ -126,9 +147,10 @@ def _field(turn_id: uuid.UUID, role: str) -> str:
     return f"{turn_id}:{role}"
 
 
-def _encode(message: StoredMessage) -> str:
+def _encode(message: StoredMessage, fence: int) -> str:
     return json.dumps(
         {
+            "a": fence,
             "id": message.id,
             "q": message.seq,
             "r": message.role,
@@ -178,7 +200,7 @@ class HistoryStore(BaseHistoryStore):
     def _client(self):
         return get_redis_connection("default")
 
-    def _append(self, session, *, turn_id, seq, role, content, status) -> StoredMessage:
+    def _append(self, session, *, turn_id, seq, role, content, status, fence=0) -> StoredMessage:
         with _neutral():
             client = self._client()
             message = StoredMessage(
@@ -196,11 +218,12 @@ class HistoryStore(BaseHistoryStore):
                 keys=_keys(session.pk),
                 args=[
                     seq,
-                    _encode(message),
+                    _encode(message, fence),
                     _field(turn_id, role),
                     session.owner_id,
                     int(session.expires_at.timestamp()) + 1,
                     str(turn_id),
+                    fence,
                 ],
             )
         if outcome == 1:
@@ -247,11 +270,15 @@ class HistoryStore(BaseHistoryStore):
                 pipe.delete(*_keys(session_id))  # one slot per session: one command each
             pipe.execute()
 
-    def _rewrite(self, session, turn_id: uuid.UUID, role: str, content: str, status: str) -> None:
-        args = [_field(turn_id, role), content, status, session.owner_id, str(turn_id)]
+    def _rewrite(
+        self, session, turn_id: uuid.UUID, role: str, content: str, status: str, *, fence: int
+    ) -> None:
+        args = [_field(turn_id, role), content, status, session.owner_id, str(turn_id), fence]
         with _neutral():
             outcome = self._client().register_script(REWRITE)(keys=_keys(session.pk), args=args)
         if outcome == -1:
             raise self._foreign(session)  # the session's keys name another owner
         if outcome == 0:
             raise MessageMissing(f"turn {turn_id} has no {role} message to rewrite")
+        if outcome == 2:
+            raise ReplyOvertaken()

@@ -4,6 +4,7 @@
 can show (Redis keys and their TTL, a poisoned cache entry) follows in its own class.
 """
 
+import json
 import uuid
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from sessions_app.stores import (
     DuplicateReply,
     ForeignData,
     MessageMissing,
+    ReplyOvertaken,
     SeqTaken,
     StoreUnavailable,
     history_store,
@@ -72,7 +74,7 @@ class StoreContract:
         turn = self.accept(user, session, "hello")
         with pytest.raises(MessageMissing):
             history_store().reply_rewrite(
-                session=session, turn_id=turn.pk, content="out of nowhere", status="ok"
+                session=session, turn_id=turn.pk, content="out of nowhere", status="ok", fence=1
             )
         assert [m.content for m in history_store().page(session=session, offset=0, limit=9)] == [
             "hello"
@@ -530,27 +532,123 @@ class TestRedisStore(StoreContract):
         assert (entry.flagged, entry.reason) == (False, HELD_REASON)
         assert not reply_scan(user_id=user.pk + 1, session_id=uuid.uuid4(), text=UNSHOWN).leaked
 
-    def test_a_run_that_lost_its_transaction_writes_nothing_over(self, user, session, monkeypatch):
-        """A run whose connection was lost after its turn's end (its locks gone: a
-        redelivered run may have ended the turn and shown its reply since) must not write
-        its own over it: the transaction is checked just before the write."""
+    @staticmethod
+    def locked_then_stalled(turn: Turn) -> Turn:
+        """The turn as a run that locked it to end it holds it, its fence taken; the run
+        then stalls and its connection dies (its transaction, and its locks, go)."""
+        from sessions_app.services import reply as reply_module
+
+        with transaction.atomic():
+            stale = reply_module._turn_end(turn.pk, status="completed", withheld=None)
+            transaction.set_rollback(True)
+        assert stale is not None and stale.reply_fence > 0
+        return stale
+
+    def resume(self, monkeypatch, stale: Turn, reply: str) -> str | None:
+        """The stalled run resumes where it locked the turn: with the turn it read then."""
+        from sessions_app.services import reply as reply_module
+
+        monkeypatch.setattr(reply_module, "_turn_end", lambda *args, **kwargs: stale)
+        try:
+            return services.turn_complete(turn_id=stale.pk, reply=reply)
+        finally:
+            monkeypatch.undo()
+
+    def test_a_stalled_run_writes_nothing_over_a_reply_shown_since(
+        self, user, session, monkeypatch
+    ):
+        """Run two locked the turn first and stalled; run one locked it after, ended it and
+        its reply was shown. Run two, resuming, finds that reply (a duplicate) and must not
+        write its own over it, whatever the order in which they claimed the turn."""
+        turn = self.accept(user, session, "hello")
+        run_two = self.locked_then_stalled(turn)
+        assert services.turn_complete(turn_id=turn.pk, reply="shown by run one") == "completed"
+        assert self.resume(monkeypatch, run_two, "from stalled run two") is None
+        session.refresh_from_db()
+        assert self.contents(session) == ["hello", "shown by run one"]
+        assert Turn.objects.get(pk=turn.pk).status == "completed"
+
+    def test_a_run_that_keeps_the_kept_reply_still_fences_it(self, user, session, monkeypatch):
+        """Run zero left its reply and lost its commit. Run two locked the turn, found it,
+        and stalled; run one locked it after, decided as the kept reply reads (so wrote
+        nothing over it) and committed. Run two's write must still be refused."""
         from sessions_app.services import reply as reply_module
 
         turn = self.accept(user, session, "hello")
+        kept = "the same reply"
         history_store().append_reply(
-            session=session, turn_id=turn.pk, seq=session.next_seq, content="shown by run two"
+            session=session,
+            turn_id=turn.pk,
+            seq=session.next_seq,
+            content=kept,
+            fence=reply_module._fence_next(),
         )
-
-        def lost() -> None:
-            raise OperationalError("the connection was lost")
-
-        monkeypatch.setattr(reply_module, "_transaction_alive", lost)
-        with pytest.raises(OperationalError):
-            services.turn_complete(turn_id=turn.pk, reply="from stalled run one")
+        run_two = self.locked_then_stalled(turn)
+        with pytest.raises(DuplicateReply):  # run two's append finds it, raising its fence
+            history_store().append_reply(
+                session=session,
+                turn_id=turn.pk,
+                seq=session.next_seq,
+                content="run two's",
+                fence=run_two.reply_fence,
+            )
+        assert services.turn_complete(turn_id=turn.pk, reply=kept) == "completed"
+        assert self.resume(monkeypatch, run_two, "run two's") is None
         session.refresh_from_db()
-        session.next_seq += 1  # as if run two's end had committed
-        kept = history_store().page(session=session, offset=0, limit=9)
-        assert [m.content for m in kept] == ["hello", "shown by run two"]
+        assert self.contents(session) == ["hello", kept]
+
+    def test_a_run_that_locks_last_writes_over_a_stalled_runs_reply(
+        self, user, session, monkeypatch
+    ):
+        """The other way round: the stalled run wrote first, lost its commit, and the run
+        that locked after it decides what is shown (its fence is higher)."""
+        turn = self.accept(user, session, "hello")
+        stalled = self.locked_then_stalled(turn)
+        history_store().append_reply(
+            session=session,
+            turn_id=turn.pk,
+            seq=session.next_seq,
+            content="never shown",
+            fence=stalled.reply_fence,
+        )
+        assert services.turn_complete(turn_id=turn.pk, reply="shown") == "completed"
+        session.refresh_from_db()
+        assert self.contents(session) == ["hello", "shown"]
+
+    def test_a_release_fences_out_every_run_before_it(self, user, session):
+        from sessions_app.services import reply as reply_module
+
+        turn = self.accept(user, session, "hello")
+        before = self.locked_then_stalled(turn)
+        leak = ScanResult(leaked=True, score=1.0, evidence=[])
+        assert services.turn_complete(turn_id=turn.pk, reply="withheld", scan=leak)
+        ended_at = reply_module._fence_next() - 1  # the fence its end took, or below
+        assert services.turn_release_withheld(turn_id=turn.pk)
+        session.refresh_from_db()
+        for fence in (before.reply_fence, ended_at):
+            with pytest.raises(ReplyOvertaken):
+                history_store().reply_rewrite(
+                    session=session, turn_id=turn.pk, content="stale", status="ok", fence=fence
+                )
+        assert self.contents(session) == ["hello", "withheld"]
+
+    def test_a_reply_stored_before_fences_is_fenced_from_its_first_rewrite(self, user, session):
+        turn = self.accept(user, session, "hello")
+        assert services.turn_complete(turn_id=turn.pk, reply="old")
+        session.refresh_from_db()
+        client = get_redis_connection("default")
+        key, seq = f"session:{{{session.pk}}}:messages", session.next_seq - 1
+        message = json.loads(client.hget(key, seq))
+        del message["a"]  # as written before replies kept a fence
+        client.hset(key, seq, json.dumps(message))
+        history_store().reply_rewrite(
+            session=session, turn_id=turn.pk, content="new", status="ok", fence=5
+        )
+        with pytest.raises(ReplyOvertaken):
+            history_store().reply_rewrite(
+                session=session, turn_id=turn.pk, content="stale", status="ok", fence=4
+            )
+        assert self.contents(session) == ["hello", "new"]
 
     def test_a_rewrite_leaves_another_turns_message_at_the_seq_its_field_names(self, user, session):
         """A run left a reply at seq 2, lost its commit, and its turn failed; the next
@@ -564,7 +662,7 @@ class TestRedisStore(StoreContract):
         self.accept(user, session, "the next message")
         with pytest.raises(MessageMissing):
             history_store().reply_rewrite(
-                session=session, turn_id=turn.pk, content="over it", status="ok"
+                session=session, turn_id=turn.pk, content="over it", status="ok", fence=1
             )
         assert self.contents(session) == ["hello", "the next message"]
 
@@ -574,7 +672,7 @@ class TestRedisStore(StoreContract):
         get_redis_connection("default").set(f"session:{{{session.pk}}}:owner", "999999")
         with pytest.raises(ForeignData):
             history_store().reply_rewrite(
-                session=session, turn_id=turn.pk, content="over it", status="ok"
+                session=session, turn_id=turn.pk, content="over it", status="ok", fence=1
             )
 
     def test_a_withheld_reply_with_no_stored_message_is_left_withheld(self, user, session):
@@ -645,7 +743,11 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
             monkeypatch.setattr(db.HistoryStore, "_all", database_read)  # once
             with transaction.atomic():  # committed, its invalidation run, before the caching
                 store.reply_rewrite(
-                    session=session, turn_id=turn.pk, content="the released reply", status="ok"
+                    session=session,
+                    turn_id=turn.pk,
+                    content="the released reply",
+                    status="ok",
+                    fence=1,
                 )
             return before
 

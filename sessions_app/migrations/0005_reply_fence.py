@@ -1,0 +1,25 @@
+"""A sequence for the redis history store's reply fence (``services.reply``): a value taken
+as a run locks its turn, which no rollback hands out again. Postgres only: elsewhere (SQLite)
+a process keeps its lock for as long as it lives, and the fence is not needed."""
+
+from django.db import migrations
+
+SEQUENCE = "sessions_app_reply_fence"
+
+
+def create(apps, schema_editor) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(f"CREATE SEQUENCE IF NOT EXISTS {SEQUENCE}")
+
+
+def drop(apps, schema_editor) -> None:
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(f"DROP SEQUENCE IF EXISTS {SEQUENCE}")
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("sessions_app", "0004_turn_withheld"),
+    ]
+
+    operations = [migrations.RunPython(create, drop)]
