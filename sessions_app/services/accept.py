@@ -26,7 +26,7 @@ from ..errors import CommitUnconfirmed, TurnInFlight
 from ..models import TURN_ONE_IN_FLIGHT, ChatSession, Turn
 from ..selectors import chat_session_take_seq_for_owner
 from ..stores import SessionRef, history_store
-from .common import STALLED_DETAIL, deadline, expiry, lock_timeout
+from .common import STALLED_DETAIL, deadline, expiry, fence_next, lock_timeout
 from .turns import turn_discard, turn_fail, turn_mark_unconfirmed, turn_unconfirmed
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,15 @@ def _message_accept(
     stored = privacy.content_scrub(
         session_id=session.pk, content=content, vault_row=session.vault_row
     )
-    message = history_store().append_user_message(
-        session=session, turn_id=turn.pk, seq=session.next_seq, content=stored
+    store = history_store()
+    message = store.append_user_message(
+        session=session,
+        turn_id=turn.pk,
+        seq=session.next_seq,
+        content=stored,
+        # Taken under the session's lock: an accept or a run that stalled past its own
+        # lock must not take this message's seq over (the redis store's APPEND).
+        fence=fence_next() if store.keeps_outside_the_database else 0,
     )
     audit_message(
         user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=stored

@@ -28,6 +28,28 @@ def withheld_notice(*, leaked: bool, held: bool) -> str | None:
     return SUPPRESSED_NOTICE if leaked and settings.LEAK_ACTION == "suppress" else None
 
 
+# A Postgres sequence (migration 0005) whose values fence the writes to a history store
+# outside the database (``BaseHistoryStore.reply_rewrite``): one is taken by each writer as
+# it locks the row it writes under (a turn's end in its locking statement, a release and an
+# accept just after theirs, in the same transaction), so they follow the order of the locks,
+# and a rolled-back writer's value is never handed out again, as a counter in a row would
+# be. Not the claim's attempt number: runs claim in one order and lock in another.
+FENCE_SEQUENCE = "sessions_app_reply_fence"
+
+
+def fence_next() -> int:
+    """Return a fence for a writer that holds the lock it writes under.
+
+    0 off Postgres: a SQLite process keeps its lock for as long as it lives, so no writer
+    ever resumes after another locked the same row.
+    """
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(%s)", [FENCE_SEQUENCE])
+        return cursor.fetchone()[0]
+
+
 def expiry(now: datetime) -> datetime:
     """When a session active at ``now`` expires (``SESSION_TTL_SECONDS``)."""
     return now + timedelta(seconds=settings.SESSION_TTL_SECONDS)

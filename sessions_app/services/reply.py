@@ -3,7 +3,7 @@
 import dataclasses
 import logging
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from audit_app.holds import audit_reply
@@ -13,17 +13,18 @@ from core.ids import as_uuid
 from .. import crypto, events, privacy, rows
 from ..models import ChatSession, Turn
 from ..stores import DuplicateReply, MessageMissing, ReplyOvertaken, StoredMessage, history_store
-from .common import IN_FLIGHT_SQL, SESSION_TABLE, TURN_TABLE, withheld_notice
+from .common import (
+    FENCE_SEQUENCE,
+    IN_FLIGHT_SQL,
+    SESSION_TABLE,
+    TURN_TABLE,
+    fence_next,
+    withheld_notice,
+)
 from .turns import turn_lock
 
 logger = logging.getLogger(__name__)
 
-
-# A Postgres sequence (migration 0005): its values follow the order in which runs lock a
-# turn (``_END_SQL`` takes one as it locks), and a rolled-back run's value is never handed
-# out again, as a counter in a row would be. Not the claim's attempt number: runs claim in
-# one order and lock in another.
-FENCE_SEQUENCE = "sessions_app_reply_fence"
 
 # The session's row is updated (locked) before the turn's, the order a DELETE takes them.
 # If the turn ended meanwhile, the turn's UPDATE re-reads its row and matches nothing.
@@ -146,7 +147,7 @@ def _turn_end(turn_id: object, *, status: str, withheld: bytes | None) -> Turn |
     turn = turn_lock(turn_id)
     if turn is None or turn.is_finished:
         return None
-    turn.reply_fence = _fence_next()
+    turn.reply_fence = fence_next()
     turn.session.next_seq += 1
     ChatSession.objects.filter(pk=turn.session_id).update(next_seq=turn.session.next_seq)
     Turn.objects.filter(pk=turn.pk).update(
@@ -188,19 +189,6 @@ def _reply_as_decided(
     return dataclasses.replace(message, content=content, status=status)
 
 
-def _fence_next() -> int:
-    """Return a fence for a writer that has just locked a turn (``reply_rewrite``).
-
-    0 off Postgres: a SQLite process keeps its lock for as long as it lives, so no writer
-    ever resumes after another locked the turn.
-    """
-    if not rows.in_sql():
-        return 0
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT nextval(%s)", [FENCE_SEQUENCE])
-        return cursor.fetchone()[0]
-
-
 def turn_release_withheld(*, turn_id: object) -> bool:
     """Deliver a withheld reply that review found harmless; return False if there is none,
     or no stored reply to show it in (the ``redis`` store's history lost): left withheld.
@@ -220,7 +208,7 @@ def turn_release_withheld(*, turn_id: object) -> bool:
                 turn_id=turn.pk,
                 content=text,
                 status="ok",
-                fence=_fence_next(),
+                fence=fence_next(),
             )
             Turn.objects.filter(pk=turn.pk).update(
                 status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
@@ -229,6 +217,11 @@ def turn_release_withheld(*, turn_id: object) -> bool:
             fingerprints_register(user_id=owner, session_id=turn.session_id, text=text)
     except MessageMissing:
         logger.warning("turn %s: no stored reply to release its withheld text into", turn_id)
+        return False
+    except ReplyOvertaken:
+        # Its fence below the reply's: the sequence went back (a restore of Postgres that
+        # kept Redis, say; README, Operations). Left withheld rather than half released.
+        logger.error("turn %s: the release's fence is below its reply's; left withheld", turn_id)
         return False
     events.publish_turn_changed(turn_id=turn.pk, status=Turn.Status.COMPLETED)
     return True

@@ -130,12 +130,13 @@ class BaseHistoryStore(abc.ABC):
     # -- public API: used by services and selectors ------------------------------------
 
     def append_user_message(
-        self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str
+        self, *, session: SessionLike, turn_id: uuid.UUID, seq: int, content: str, fence: int = 0
     ) -> StoredMessage:
         """Store the user message of a new turn at ``seq``; raise ``DuplicateReply`` if the
-        turn has one already, ``SeqTaken`` if ``seq`` holds another message."""
+        turn has one already, ``SeqTaken`` if ``seq`` holds another message. ``fence`` is
+        the accept's, taken under the session's lock: see ``reply_rewrite``."""
         return self._append(
-            session, turn_id=turn_id, seq=seq, role=USER, content=content, status=OK
+            session, turn_id=turn_id, seq=seq, role=USER, content=content, status=OK, fence=fence
         )
 
     def append_reply(

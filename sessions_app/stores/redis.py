@@ -54,8 +54,11 @@ MESSAGE_IDS_KEY = "history:message_ids"
 # it (it is past the session's counter) and the next message takes its seq: it is written
 # over. What shows a message was committed: a message after it (taken under a counter
 # that had moved past it), or the appending turn's own (the turn exists, so its user
-# message was committed). The one fault this cannot tell from an uncommitted message is a
-# counter behind by exactly one message of another turn: that one is written over.
+# message was committed), or a fence as high as the writer's (the message was written by a
+# writer that locked after it: this writer stalled past its lock, its own commit will fail,
+# and that message may have been committed and read). The one fault this cannot tell from
+# an uncommitted message is a counter behind by exactly one message of another turn: that
+# one is written over.
 APPEND = """
 local owner = redis.call('GET', KEYS[3])
 if owner and owner ~= ARGV[4] then return -1 end
@@ -75,9 +78,17 @@ if existing then
   end
 end
 local held = redis.call('HGET', KEYS[1], ARGV[1])
-if held and (cjson.decode(held)['t'] == ARGV[6]
-    or redis.call('HEXISTS', KEYS[1], tostring(tonumber(ARGV[1]) + 1)) == 1) then
-  return 0
+if held then
+  local message = cjson.decode(held)
+  -- Only a writer that locked after the held message's (a higher fence; 0: no fences,
+  -- SQLite) takes it over: a run or an accept stalled past its lock must not write over a
+  -- message a later accept committed and its reader saw.
+  local fence = tonumber(ARGV[7])
+  if message['t'] == ARGV[6]
+      or redis.call('HEXISTS', KEYS[1], tostring(tonumber(ARGV[1]) + 1)) == 1
+      or (fence > 0 and (message['a'] or 0) >= fence) then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[1])

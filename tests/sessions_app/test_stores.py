@@ -561,6 +561,8 @@ class TestRedisStore(StoreContract):
         its reply was shown. Run two, resuming, finds that reply (a duplicate) and must not
         write its own over it, whatever the order in which they claimed the turn."""
         turn = self.accept(user, session, "hello")
+        services.turn_claim(turn_id=turn.pk)  # run one: attempt 1
+        services.turn_claim(turn_id=turn.pk)  # run two: attempt 2, yet it locks first
         run_two = self.locked_then_stalled(turn)
         assert services.turn_complete(turn_id=turn.pk, reply="shown by run one") == "completed"
         assert self.resume(monkeypatch, run_two, "from stalled run two") is None
@@ -581,7 +583,7 @@ class TestRedisStore(StoreContract):
             turn_id=turn.pk,
             seq=session.next_seq,
             content=kept,
-            fence=reply_module._fence_next(),
+            fence=reply_module.fence_next(),
         )
         run_two = self.locked_then_stalled(turn)
         with pytest.raises(DuplicateReply):  # run two's append finds it, raising its fence
@@ -615,6 +617,37 @@ class TestRedisStore(StoreContract):
         session.refresh_from_db()
         assert self.contents(session) == ["hello", "shown"]
 
+    def test_a_stalled_run_does_not_take_over_the_next_message_its_reader_saw(
+        self, user, session, monkeypatch
+    ):
+        """Run S locked the turn and stalled; the turn failed without it and the user sent
+        again, the new message at the seq S was to write its reply at. S, resuming, finds
+        that seq another turn's newest message (as a lost commit would leave one): its
+        fence, lower than the accept's, says it is not one to take over."""
+        turn = self.accept(user, session, "hello")
+        stalled = self.locked_then_stalled(turn)
+        assert services.turn_fail(turn_id=turn.pk, code="stalled", detail="x")
+        self.accept(user, session, "my next message")
+        with pytest.raises(SeqTaken):
+            self.resume(monkeypatch, stalled, "stale reply")
+        session.refresh_from_db()
+        assert self.contents(session) == ["hello", "my next message"]
+
+    def test_a_stalled_accept_does_not_take_over_a_later_accepts_message(self, user, session):
+        from sessions_app.services.common import fence_next
+
+        stalled_fence = fence_next()  # an accept that locked the session, then stalled
+        self.accept(user, session, "seen")
+        with pytest.raises(SeqTaken):
+            history_store().append_user_message(
+                session=session,
+                turn_id=uuid.uuid4(),
+                seq=session.next_seq - 1,
+                content="stale",
+                fence=stalled_fence,
+            )
+        assert self.contents(session) == ["seen"]
+
     def test_a_release_fences_out_every_run_before_it(self, user, session):
         from sessions_app.services import reply as reply_module
 
@@ -622,7 +655,7 @@ class TestRedisStore(StoreContract):
         before = self.locked_then_stalled(turn)
         leak = ScanResult(leaked=True, score=1.0, evidence=[])
         assert services.turn_complete(turn_id=turn.pk, reply="withheld", scan=leak)
-        ended_at = reply_module._fence_next() - 1  # the fence its end took, or below
+        ended_at = reply_module.fence_next() - 1  # the fence its end took, or below
         assert services.turn_release_withheld(turn_id=turn.pk)
         session.refresh_from_db()
         for fence in (before.reply_fence, ended_at):
