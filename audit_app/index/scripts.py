@@ -2,8 +2,9 @@
 they share with it: keys ``fp:{generation}:{bucket}``, 20-byte records, ``*``, the
 sessions' and users' lists).
 
-Each call runs as one round trip and one atomic step on the Redis server. ``ERASE_USER``
-does a bounded part of its work a call: ``RedisIndex.erase_user`` calls it until it is done.
+Each call runs as one round trip and one atomic step on the Redis server. ``ERASE`` and
+``ERASE_USER`` do a bounded part of their work a call: ``RedisIndex.erase_session`` and
+``erase_user`` call them until they are done.
 """
 
 # Scripts take the digests as one blob of 8-byte hashes and derive each key and field
@@ -118,19 +119,35 @@ return table.concat(out)
 # for code still writing without lists during an upgrade, is live), only with the texts'
 # digests (ARGV[8] set): without them it returns 1 and erases nothing, so that an
 # erasure is whole or not done. A time, not a generation: a new TTL renumbers them.
+# Only the first call of an erasure (ARGV[14] set) decides that, before anything goes: the
+# calls after it never refuse, so no erasure stops half done by a refusal.
+#
+# At most ARGV[13] digests a call (by the rounding below, less than a text's digest more),
+# so that a long session does not hold up every other user's turn. The lists first, as
+# ERASE_USER reads its own: it resumes at byte ARGV[12] of generation ARGV[11]'s list,
+# reads by range, never whole, and DELs a list in the call that reads it to its current
+# end (what a registration APPENDs between two calls is read before the list goes). Then
+# ``blob``, which holds only what this call may take of the texts' digests: each is looked
+# up in every live generation, so it counts as many digests (rounded up, so that every
+# call takes one). It returns where the next call resumes and how many bytes of ``blob``
+# it took: {g, at, taken}, the lists done once g is past ARGV[3]. The budget spans lists
+# and blob: short ones, the common case, take one call.
 ERASE = (
     SLOT
     + """
 local session, g0, g1 = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local shift, blob, hex, since_key = 16 - tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
 local now, generation_seconds = ARGV[9], tonumber(ARGV[10])
-local since = redis.call('GET', since_key)
-if not since then
-  since = now
-  redis.call('SET', since_key, since)
+local g, at, budget = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]) * 8
+if ARGV[14] ~= '' then
+  local since = redis.call('GET', since_key)
+  if not since then
+    since = now
+    redis.call('SET', since_key, since)
+  end
+  local listed_from = math.floor(tonumber(since) / generation_seconds) + 1
+  if g0 <= listed_from and ARGV[8] == '' then return 1 end
 end
-local listed_from = math.floor(tonumber(since) / generation_seconds) + 1
-if g0 <= listed_from and ARGV[8] == '' then return 1 end
 local function drop(digests, g)
   for i = 1, #digests, 8 do
     local key, f = slot(digests, i, g, shift)
@@ -147,16 +164,28 @@ local function drop(digests, g)
     end
   end
 end
-for g = g0, g1 do
+while g <= g1 do
   local listed = 'fp:' .. g .. ':s:' .. hex
-  local own = redis.call('GET', listed)
-  if own then
-    drop(own, g)
-    redis.call('DEL', listed)
+  local size = redis.call('STRLEN', listed)
+  -- Shorter than where we stopped: it expired or went (another erasure) and may have
+  -- started again; reading it again from the start removes nothing twice.
+  if size < at then at = 0 end
+  if size - at <= budget then
+    if size > at then drop(redis.call('GETRANGE', listed, at, size - 1), g) end
+    if size > 0 then redis.call('DEL', listed) end
+    g, at, budget = g + 1, 0, budget - (size - at)
+  elseif budget == 0 then
+    -- Not GETRANGE at, at - 1: a negative end counts from the string's end.
+    return {g, at, 0}
+  else
+    drop(redis.call('GETRANGE', listed, at, at + budget - 1), g)
+    return {g, at + budget, 0}
   end
-  drop(blob, g)
 end
-return 0
+local taken = math.min(#blob, math.ceil(budget / (8 * (g1 - g0 + 1))) * 8)
+local texts = string.sub(blob, 1, taken)
+for live = g0, g1 do drop(texts, live) end
+return {g, 0, taken}
 """
 )
 

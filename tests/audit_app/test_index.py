@@ -266,6 +266,84 @@ class TestRedisLookup(LookupContract):
         assert self.index.erase_session(session_id=theirs) is False
         assert self.index.lookup([RARE, SHARED]) == {RARE: [], SHARED: []}
 
+    @pytest.mark.parametrize(
+        ("chunk", "calls"), [(redis_index.ERASE_SESSION_CHUNK, 1), (1, 16), (3, 9), (7, 5)]
+    )
+    def test_a_sessions_lists_and_texts_longer_than_a_call_reads_are_erased_in_several_calls(
+        self, chunk, calls, monkeypatch
+    ):
+        """Redis serves no one else while a script runs: each call reads a bounded part of
+        the session's lists, then of its texts' digests (each looked up in every live
+        generation, so it counts as many), and is sent no more of those than it may take.
+        Together they erase every posting of the session, no other session's."""
+        monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", chunk)
+        listed = [bytes([n]) * 8 for n in range(1, 11)]
+        unlisted = [bytes([n]) * 8 for n in range(11, 17)]
+        gone, mine, theirs = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        self.index.add(unlisted, user_id=1, session_id=gone)
+        self.index.client.delete(*self._lists(gone))  # as the code before wrote it: no list
+        self.index.add(listed, user_id=1, session_id=gone)
+        self.index.add(listed + unlisted, user_id=1, session_id=mine)
+        self.index.add(listed + unlisted, user_id=2, session_id=theirs)
+        sent = self._erase_calls()
+        assert self.index.erase_session(unlisted, session_id=gone) is False
+        # 1: ten listed a call, then six texts'; 3: nine listed in three calls, the last
+        # listed and one text's in the fourth, a text's a call after; 7: seven listed, then
+        # three listed and one text's (the four digests left, rounded up to one text's five
+        # generations), then two texts' a call.
+        assert len(sent) == calls
+        per_call = -(-chunk // (GENERATIONS + 1))
+        assert all(len(texts) <= 8 * per_call for texts, _ in sent)
+        for postings in self.index.lookup(listed + unlisted).values():
+            assert {(p.user_id, p.session_id) for p in postings} == {
+                (1, str(mine)),
+                (2, str(theirs)),
+            }
+        assert self._lists(gone) == {}
+
+    def test_a_digest_registered_between_two_calls_of_a_sessions_erasure_is_erased(
+        self, monkeypatch
+    ):
+        """The session may register again while its erasure runs (nothing locks the
+        index): what its list gains between two calls is read before the call that deletes
+        the list."""
+        monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", 3)
+        digests, late = [bytes([n]) * 8 for n in range(1, 8)], b"\x42" * 8
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        self.index.add(digests, user_id=1, session_id=gone)
+        self.index.add([*digests, late], user_id=2, session_id=theirs)
+        self.index.client.set(LISTED_SINCE, 0)  # every live generation listed
+        sent = self._erase_calls(between=lambda: self.index.add([late], user_id=1, session_id=gone))
+        assert self.index.erase_session(session_id=gone) is False
+        assert len(sent) == 3  # 3 + 3 + (1 + the late one)
+        for postings in self.index.lookup([*digests, late]).values():
+            assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
+        assert self._lists(gone) == {}
+
+    def test_an_erasure_is_refused_before_its_first_call_erases_and_never_after(self, monkeypatch):
+        """However many calls the session's lists take, an erasure without the texts'
+        digests, while postings from before the lists may live, is refused by its first
+        call with nothing erased; and one that has begun goes to its end, refused by no
+        later call whatever becomes of the mark (here: lost, as an eviction would)."""
+        monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", 1)
+        client, digests = self.index.client, [bytes([n]) * 8 for n in range(1, 6)]
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        self.index.add(digests, user_id=1, session_id=gone)
+        self.index.add(digests, user_id=2, session_id=theirs)
+        lists, found = self._lists(gone), self.index.lookup(digests)
+        client.set(LISTED_SINCE, int(time.time()))  # the first erasure, now: older ones live
+        sent = self._erase_calls()
+        assert self.index.erase_session(session_id=gone) is True
+        assert len(sent) == 1
+        assert self._lists(gone) == lists and self.index.lookup(digests) == found
+        client.set(LISTED_SINCE, 0)
+        sent = self._erase_calls(between=lambda: client.delete(LISTED_SINCE))
+        assert self.index.erase_session(session_id=gone) is False
+        assert len(sent) == 5
+        for postings in self.index.lookup(digests).values():
+            assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
+        assert self._lists(gone) == {}
+
     def test_a_users_records_folded_by_another_users_registration_are_listed_for_them(self):
         """A fold folds every user with several sessions in the value, not only the one
         registering: each folded user's list names the digest, with the generation's
@@ -367,6 +445,20 @@ class TestRedisLookup(LookupContract):
             return reply
 
         self.index._erase_user = call
+        return calls
+
+    def _erase_calls(self, between=None) -> list:
+        """Record each ERASE call's texts' digests and reply; run ``between`` after the
+        first."""
+        calls, script = [], self.index._erase
+
+        def call(**kwargs):
+            calls.append((kwargs["args"][4], reply := script(**kwargs)))
+            if len(calls) == 1 and between:
+                between()
+            return reply
+
+        self.index._erase = call
         return calls
 
     def _now(self) -> int:
