@@ -20,6 +20,36 @@ local function user_list(g, u)
 end
 """
 
+# The erasures' walk over a session's or a user's lists of digests, generation ``g`` to
+# ``g1`` (``name(g)``), from byte ``at`` of the first, handing ``drop`` at most ``budget``
+# bytes in all: read by range, never whole, and DEL'ed in the call that reads a list to its
+# current end, so that what is APPENDed between two calls is read before the list goes.
+# Returns the generation and byte to resume at (past ``g1``: every list done) and the
+# budget left.
+WALK_LISTS = """
+local function walk_lists(name, g, g1, at, budget, drop)
+  while g <= g1 do
+    local listed = name(g)
+    local size = redis.call('STRLEN', listed)
+    -- Shorter than where we stopped: it expired or went (another erasure) and may have
+    -- started again; reading it again from the start removes nothing twice.
+    if size < at then at = 0 end
+    if size - at <= budget then
+      if size > at then drop(redis.call('GETRANGE', listed, at, size - 1), g) end
+      if size > 0 then redis.call('DEL', listed) end
+      g, at, budget = g + 1, 0, budget - (size - at)
+    elseif budget == 0 then
+      -- Not GETRANGE at, at - 1: a negative end counts from the string's end.
+      return g, at, 0
+    else
+      drop(redis.call('GETRANGE', listed, at, at + budget - 1), g)
+      return g, at + budget, 0
+    end
+  end
+  return g, 0, budget
+end
+"""
+
 REGISTER = (
     SLOT
     + """
@@ -134,6 +164,7 @@ return table.concat(out)
 # and blob: short ones, the common case, take one call.
 ERASE = (
     SLOT
+    + WALK_LISTS
     + """
 local session, g0, g1 = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local shift, blob, hex, since_key = 16 - tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
@@ -164,24 +195,9 @@ local function drop(digests, g)
     end
   end
 end
-while g <= g1 do
-  local listed = 'fp:' .. g .. ':s:' .. hex
-  local size = redis.call('STRLEN', listed)
-  -- Shorter than where we stopped: it expired or went (another erasure) and may have
-  -- started again; reading it again from the start removes nothing twice.
-  if size < at then at = 0 end
-  if size - at <= budget then
-    if size > at then drop(redis.call('GETRANGE', listed, at, size - 1), g) end
-    if size > 0 then redis.call('DEL', listed) end
-    g, at, budget = g + 1, 0, budget - (size - at)
-  elseif budget == 0 then
-    -- Not GETRANGE at, at - 1: a negative end counts from the string's end.
-    return {g, at, 0}
-  else
-    drop(redis.call('GETRANGE', listed, at, at + budget - 1), g)
-    return {g, at + budget, 0}
-  end
-end
+local function session_list(g) return 'fp:' .. g .. ':s:' .. hex end
+g, at, budget = walk_lists(session_list, g, g1, at, budget, drop)
+if g <= g1 then return {g, at, 0} end
 local taken = math.min(#blob, math.ceil(budget / (8 * (g1 - g0 + 1))) * 8)
 local texts = string.sub(blob, 1, taken)
 for live = g0, g1 do drop(texts, live) end
@@ -199,6 +215,7 @@ return {g, 0, taken}
 # short lists, the common case, take one call for them all.
 ERASE_USER = (
     SLOT
+    + WALK_LISTS
     + """
 local user, g, g1, shift = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), 16 - tonumber(ARGV[4])
 local mine_all, at, budget = user .. ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]) * 8
@@ -219,24 +236,8 @@ local function drop(folded, g)
     end
   end
 end
-while g <= g1 do
-  local listed = user_list(g, user)
-  local size = redis.call('STRLEN', listed)
-  -- Shorter than where we stopped: it expired or went (another erasure) and may have
-  -- started again; reading it again from the start removes nothing twice.
-  if size < at then at = 0 end
-  if size - at <= budget then
-    if size > at then drop(redis.call('GETRANGE', listed, at, size - 1), g) end
-    if size > 0 then redis.call('DEL', listed) end
-    g, at, budget = g + 1, 0, budget - (size - at)
-  elseif budget == 0 then
-    -- Not GETRANGE at, at - 1: a negative end counts from the string's end.
-    return {g, at}
-  else
-    drop(redis.call('GETRANGE', listed, at, at + budget - 1), g)
-    return {g, at + budget}
-  end
-end
+g, at = walk_lists(function(g) return user_list(g, user) end, g, g1, at, budget, drop)
+if g <= g1 then return {g, at} end
 return false
 """
 )
