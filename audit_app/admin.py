@@ -10,7 +10,13 @@ import uuid
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, QuerySet, Value, When
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,6 +26,7 @@ from django.utils.safestring import mark_safe
 from core.admin import ViewOnlyAdmin
 
 from . import review, selectors, services
+from .holds import HELD_REASON, held_reply
 from .models import AuditEntry
 
 REVIEW_PERMISSION = "audit_app.change_auditentry"
@@ -128,6 +135,7 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         context = {
             "can_review": self.has_review_permission(request),
             "can_read_withheld": request.user.has_perm(WITHHELD_PERMISSION),
+            "held_reason": HELD_REASON,
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
@@ -215,7 +223,9 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
             return HttpResponseNotAllowed(["GET", "POST"])
         if not request.user.has_perm(WITHHELD_PERMISSION):
             raise PermissionDenied
-        entry = get_object_or_404(AuditEntry, pk=entry_id, flagged=True)
+        entry = get_object_or_404(AuditEntry, pk=entry_id)
+        if not (entry.flagged or held_reply(entry)):
+            raise Http404("no withheld reply behind this entry")
         context = {
             **self.admin_site.each_context(request),
             "title": f"Withheld reply of entry {entry.pk}",

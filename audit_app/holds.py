@@ -51,6 +51,14 @@ HELD_NOTICE = (
 )
 # The audit reason of a reply withheld by the hold alone (the scan found nothing in it).
 HELD_REASON = "reply withheld: the user's replies are held (leak hold)"
+
+
+def held_reply(entry: AuditEntry) -> bool:
+    """Tell whether ``entry`` records a reply withheld by the hold alone (no flag): its
+    text is withheld as a flagged reply's is, and staff may read it the same way."""
+    return entry.kind == AuditEntry.Kind.REPLY and not entry.flagged and entry.reason == HELD_REASON
+
+
 # How the reason of a reply flagged while its user was held begins (``audit_flagged_reply``).
 HELD_FLAG = "reply held:"
 # The reason of the security entry that says a user's hold began.

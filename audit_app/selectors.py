@@ -114,7 +114,8 @@ def _reviews_verify() -> chain.Broken | None:
 
 
 def withheld_text_for(entry: AuditEntry) -> str | None:
-    """Return the withheld reply behind a flagged entry, or None if there is none to show.
+    """Return the withheld reply behind a flagged entry (or a reply the leak hold alone
+    withheld, ``holds.held_reply``), or None if there is none to show.
 
     The text is kept (encrypted) by sessions_app; ``AUDIT_WITHHELD_TEXT_READER`` names its
     function ``(*, turn_id) -> str | None``. Callers must check the permission and audit

@@ -249,7 +249,7 @@ def audit_reply_released(*, entry_id: int, reviewer_id: int) -> AuditEntry:
 
 
 def audit_withheld_text_read(*, entry_id: int, reader_id: int) -> AuditEntry:
-    """Record that a staff member read the withheld text behind a flagged entry."""
+    """Record that a staff member read the withheld text behind a flagged or held entry."""
     return _review_note(entry_id, reader_id, "withheld text of entry {} read")
 
 

@@ -7,8 +7,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from audit_app.fingerprint import Evidence, Posting, ScanResult
+from audit_app.holds import HELD_REASON
 from audit_app.models import AuditEntry
-from audit_app.services import audit_flagged_reply
+from audit_app.services import audit_flagged_reply, audit_message
 from tests.support import csp_refusals
 
 pytestmark = pytest.mark.django_db
@@ -194,6 +195,38 @@ def test_without_a_reader_nothing_is_shown_and_nothing_audited(client, reviewer,
     page = client.post(f"{CHANGELIST}{flagged.pk}/withheld/").content.decode()
     assert "No withheld text" in page
     assert not AuditEntry.objects.filter(kind="review").exists()
+
+
+def test_a_reply_withheld_by_the_leak_hold_alone_is_readable_as_a_flagged_one(
+    client, reviewer, user, settings
+):
+    """No flag, nothing to decide: its text is withheld all the same, and staff with the
+    permission read it the same way (a GET that asks, a POST that reads and records)."""
+    held, plain = (
+        audit_message(
+            user_id=user.pk,
+            session_id=uuid.uuid4(),
+            turn_id=uuid.uuid4(),
+            role="assistant",
+            content=REPLY,
+            kind="reply",
+            reason=reason,
+        )
+        for reason in (HELD_REASON, "")
+    )
+    settings.AUDIT_WITHHELD_TEXT_READER = "tests.audit_app.test_admin.fake_withheld_reader"
+    url = f"{CHANGELIST}{held.pk}/withheld/"
+    assert client.post(url).status_code == 403  # the permission first, as for a flag
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_withheld_text"))
+    page = client.get(f"{CHANGELIST}{held.pk}/change/").content.decode()
+    assert f'href="{url}"' in page and "Confirm leak" not in page
+    assert "ORD-583920" in client.post(url).content.decode()
+    assert AuditEntry.objects.filter(
+        kind="review", reason=f"withheld text of entry {held.pk} read"
+    ).exists()
+    # An entry of a delivered reply has nothing withheld behind it.
+    assert "/withheld/" not in client.get(f"{CHANGELIST}{plain.pk}/change/").content.decode()
+    assert client.post(f"{CHANGELIST}{plain.pk}/withheld/").status_code == 404
 
 
 def fake_withheld_reader(*, turn_id: uuid.UUID) -> str:
