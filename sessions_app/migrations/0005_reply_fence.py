@@ -1,6 +1,7 @@
-"""A sequence for the redis history store's reply fence (``services.reply``): a value taken
-as a run locks its turn, which no rollback hands out again. Postgres only: elsewhere (SQLite)
-a process keeps its lock for as long as it lives, and the fence is not needed."""
+"""A sequence for the redis history store's fences (``services.common.fence_next``): a value
+each writer takes while holding the session's lock, which no rollback hands out again.
+Postgres only: elsewhere (SQLite) a process keeps its lock for as long as it lives, and no
+fence is needed."""
 
 from django.db import migrations
 

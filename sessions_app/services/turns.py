@@ -18,7 +18,15 @@ from ..models import ChatSession, Turn
 from ..queries import turn_get, turn_list_stale
 from ..stores import BaseHistoryStore, SessionRef, history_store
 from ..stores.base import ASSISTANT, USER
-from .common import IN_FLIGHT_SQL, SESSION_TABLE, STALLED_DETAIL, TURN_TABLE, deadline, lock_timeout
+from .common import (
+    IN_FLIGHT_SQL,
+    SESSION_TABLE,
+    STALLED_DETAIL,
+    TURN_TABLE,
+    deadline,
+    fence_next,
+    lock_timeout,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +173,11 @@ def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> 
             # counter: no reader sees it, the next message takes its seq, its TTL ends it.
             # A reply now: a pending turn's is one whose run lost its commit, never shown,
             # and left at the seq after, it would make the next message's seq look taken.
-            store.discard_turn(session=turn.session, turn_id=turn.pk, roles=(ASSISTANT,))
+            # Fenced: a remover that stalled past its lock must not take a reply that a run
+            # which claimed and ended the turn since has shown.
+            store.discard_turn(
+                session=turn.session, turn_id=turn.pk, roles=(ASSISTANT,), fence=fence_next()
+            )
             ref = SessionRef(pk=turn.session_id, owner_id=turn.session.owner_id)
             tid = turn.pk  # not read in the callback: ``delete()`` sets it to None
             transaction.on_commit(lambda: _discard_outside(store, ref, tid))

@@ -187,9 +187,13 @@ class BaseHistoryStore(abc.ABC):
         session: SessionLike,
         turn_id: uuid.UUID,
         roles: Sequence[str] = (USER, ASSISTANT),
+        fence: int = 0,
     ) -> None:
-        """Remove a turn's messages (of ``roles``): it is being undone as if never accepted."""
-        self._discard_turn(session, turn_id, roles)
+        """Remove a turn's messages (of ``roles``): it is being undone as if never accepted.
+
+        ``fence``, the remover's (see ``reply_rewrite``; 0: none), keeps a message that a
+        writer which locked the turn after the remover wrote."""
+        self._discard_turn(session, turn_id, roles, fence)
 
     def erase(self, *, session_ids: Iterable[uuid.UUID]) -> None:
         """Erase everything kept for these sessions; erasing an unknown session does nothing.
@@ -274,8 +278,10 @@ class BaseHistoryStore(abc.ABC):
         """Return a slice of the session's messages, by seq."""
 
     @abc.abstractmethod
-    def _discard_turn(self, session: SessionLike, turn_id: uuid.UUID, roles: Sequence[str]) -> None:
-        """Delete the turn's messages of ``roles``."""
+    def _discard_turn(
+        self, session: SessionLike, turn_id: uuid.UUID, roles: Sequence[str], fence: int = 0
+    ) -> None:
+        """Delete the turn's messages of ``roles`` (a fencing store: none of a higher fence)."""
 
     @abc.abstractmethod
     def _erase(self, session_ids: list[uuid.UUID]) -> None:

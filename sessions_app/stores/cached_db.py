@@ -94,8 +94,8 @@ class HistoryStore(db.HistoryStore):
         self._invalidate([session.pk])
         return message
 
-    def _discard_turn(self, session, turn_id: uuid.UUID, roles) -> None:
-        super()._discard_turn(session, turn_id, roles)
+    def _discard_turn(self, session, turn_id: uuid.UUID, roles, fence: int = 0) -> None:
+        super()._discard_turn(session, turn_id, roles, fence)
         self._invalidate([session.pk])
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:

@@ -94,7 +94,7 @@ class HistoryStore(BaseHistoryStore):
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
         return self._read(self._rows(session)[offset : offset + limit])
 
-    def _discard_turn(self, session, turn_id: uuid.UUID, roles) -> None:
+    def _discard_turn(self, session, turn_id: uuid.UUID, roles, fence: int = 0) -> None:
         self._rows(session).filter(turn_id=turn_id, role__in=roles).delete()
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:

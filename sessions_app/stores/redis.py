@@ -7,10 +7,10 @@ tag), so each write is one atomic Lua script on a cluster too:
 - ``session:{<id>}:turns``: hash, ``<turn id>:<role>`` -> seq (one message per turn and role)
 - ``session:{<id>}:owner``: the owner's id
 
-A reply's JSON also keeps ``a``, the highest fence (``reply_rewrite``: a value taken as a
-writer locks the turn) that wrote it or found it there: a write here outlives a run's lost
-commit, so a run that stalled past its lock could otherwise write over what a run that
-locked the turn after it showed.
+Each message's JSON also keeps ``a``, the highest fence (``reply_rewrite``: a value its
+writer took while holding the session's lock) that wrote it or found it there: a write here
+outlives a writer's lost commit, so one that stalled past its lock could otherwise write
+over, take over or remove what a writer that locked after it showed.
 
 Every key expires when the session does, and is pushed back on each write. Losing Redis
 loses the history: the trade-off ``HISTORY_STORE=redis`` chooses.
@@ -110,16 +110,22 @@ end
 return out
 """
 
-# KEYS: messages, turns. ARGV: turn id, then turn fields. Removes the turn's messages and
-# their index entries. A field's seq may since hold another turn's message (this turn's
-# removal committed first, and the next message took its seq): that one stays.
+# KEYS: messages, turns. ARGV: turn id, fence, then turn fields. Removes the turn's messages
+# and their index entries. A field's seq may since hold another turn's message (this turn's
+# removal committed first, and the next message took its seq): that one stays. So does one
+# of a higher fence than the remover's (0: no fencing): a writer that locked the turn after
+# the remover wrote it (the remover stalled past its lock; the run's reply may be shown).
 DISCARD = """
-for i = 2, #ARGV do
+local fence = tonumber(ARGV[2])
+for i = 3, #ARGV do
   local seq = redis.call('HGET', KEYS[2], ARGV[i])
   if seq then
     local stored = redis.call('HGET', KEYS[1], seq)
-    if stored and cjson.decode(stored)['t'] == ARGV[1] then redis.call('HDEL', KEYS[1], seq) end
-    redis.call('HDEL', KEYS[2], ARGV[i])
+    local message = stored and cjson.decode(stored)
+    if not (message and fence > 0 and (message['a'] or 0) > fence) then
+      if message and message['t'] == ARGV[1] then redis.call('HDEL', KEYS[1], seq) end
+      redis.call('HDEL', KEYS[2], ARGV[i])
+    end
   end
 end
 return 1
@@ -267,11 +273,11 @@ class HistoryStore(BaseHistoryStore):
             found = self._client().hmget(_keys(session.pk)[0], list(range(offset + 1, last + 1)))
         return _live(session, [_decode(raw) for raw in found if raw is not None])
 
-    def _discard_turn(self, session, turn_id: uuid.UUID, roles) -> None:
+    def _discard_turn(self, session, turn_id: uuid.UUID, roles, fence: int = 0) -> None:
         fields = [_field(turn_id, role) for role in roles]
         with _neutral():
             self._client().register_script(DISCARD)(
-                keys=_keys(session.pk)[:2], args=[str(turn_id), *fields]
+                keys=_keys(session.pk)[:2], args=[str(turn_id), fence, *fields]
             )
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:

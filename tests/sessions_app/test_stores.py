@@ -30,7 +30,7 @@ from sessions_app.stores import (
 )
 
 from ..conftest import client_for
-from ..support import PrivateRedis
+from ..support import PrivateRedis, lock_waiter
 
 pytestmark = pytest.mark.django_db
 # A second run's reply that its user was never shown (distinctive enough to be indexed).
@@ -648,6 +648,23 @@ class TestRedisStore(StoreContract):
             )
         assert self.contents(session) == ["seen"]
 
+    def test_a_stalled_discard_does_not_take_a_reply_shown_since(self, user, session):
+        """A pending turn's removal locked it and stalled past its lock; a run claimed the
+        turn, ended it and showed its reply. The removal's Redis part, resuming, must leave
+        that reply (and its field) as they are."""
+        from sessions_app.services.common import fence_next
+
+        turn = self.accept(user, session, "hello")
+        remover = fence_next()  # as the removal locked the turn
+        assert services.turn_complete(turn_id=turn.pk, reply="shown reply") == "completed"
+        history_store().discard_turn(
+            session=session, turn_id=turn.pk, roles=("assistant",), fence=remover
+        )
+        session.refresh_from_db()
+        assert self.contents(session) == ["hello", "shown reply"]
+        [_, reply] = history_store().turn_messages(session=session, turn_id=turn.pk)
+        assert reply.content == "shown reply"
+
     def test_a_release_fences_out_every_run_before_it(self, user, session):
         from sessions_app.services import reply as reply_module
 
@@ -890,3 +907,35 @@ def test_a_post_answered_with_an_error_leaves_nothing_in_the_redis_store(
     assert ChatSession.objects.get(pk=session.pk).next_seq == 1
     held = get_redis_connection("default").hvals(f"session:{{{session.pk}}}:messages")
     assert not any(b"Zorblaxian" in value for value in held)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("writer", ["accept", "end"])
+def test_a_writer_takes_its_fence_once_it_holds_the_session_lock(settings, user, writer):
+    """The fences follow the order of the locks: a writer that waited for the session's lock
+    carries a fence above one taken while it waited (taken before its lock, it would not)."""
+    from sessions_app.services.common import fence_next
+
+    settings.HISTORY_STORE = "redis"
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hello")
+    if writer == "accept":
+        services.turn_complete(turn_id=turn.pk, reply="first reply")
+
+        def write() -> object:
+            return services.message_accept(user=user, session_id=session.pk, content="again")
+
+    else:
+
+        def write() -> object:
+            return services.turn_complete(turn_id=turn.pk, reply="the reply")
+
+    with transaction.atomic():
+        list(ChatSession.objects.select_for_update().filter(pk=session.pk))
+        thread, results = lock_waiter(write, on_this_connection=True)
+        meanwhile = fence_next()
+    thread.join(10)
+    assert results and not isinstance(results[0], BaseException), results
+    stored = get_redis_connection("default").hvals(f"session:{{{session.pk}}}:messages")
+    newest = max((json.loads(raw) for raw in stored), key=lambda message: message["q"])
+    assert newest["a"] > meanwhile
