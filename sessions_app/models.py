@@ -12,6 +12,9 @@ from django.db.models import Q
 TURN_ONE_IN_FLIGHT = "turn_one_in_flight_per_session"
 MESSAGE_ONE_PER_TURN_ROLE = "message_one_per_turn_role"
 MESSAGE_SEQ_UNIQUE = "message_seq_unique"
+# The Postgres sequence of the history store's fences (migration 0005,
+# ``services.common.fence_next``).
+FENCE_SEQUENCE = "sessions_app_reply_fence"
 
 
 class ChatSession(models.Model):
@@ -25,6 +28,10 @@ class ChatSession(models.Model):
     expires_at = models.DateTimeField(db_index=True)
     # Next per-session message number; bumped under a row lock so seq never collides.
     next_seq = models.PositiveIntegerField(default=1)
+
+    # Not a column: set by the accept's locking statement (``selectors``), the fence of the
+    # message it writes to a history store outside the database (0: none, off Postgres).
+    accept_fence = 0
 
     class Meta:
         indexes = [models.Index(fields=["owner", "-created_at"], name="session_owner_created")]

@@ -21,7 +21,7 @@ from core.ids import as_uuid
 
 from . import privacy, rows
 from .errors import ForeignAccess
-from .models import ChatSession, SessionVault, Turn
+from .models import FENCE_SEQUENCE, ChatSession, SessionVault, Turn
 from .stores import history_store
 
 T = TypeVar("T")
@@ -115,10 +115,11 @@ def chat_session_take_seq_for_owner(
     sid = as_uuid(session_id)
     session, vault_row = None, privacy.UNREAD
     if sid and rows.in_sql():  # the row built as ``rows`` builds them: no RawQuerySet
-        row = rows.one(_TAKE_SEQ, [now, expires_at, sid, user.pk, now])
+        row = rows.one(_TAKE_SEQ_FENCED, [now, expires_at, sid, user.pk, now])
         if row is not None:
-            session = rows.built(ChatSession, row[:-3])
-            vault_row = _vault_unless_waited(session, *row[-3:])
+            session = rows.built(ChatSession, row[:-4])
+            vault_row = _vault_unless_waited(session, *row[-4:-1])
+            session.accept_fence = row[-1]
     elif sid and _update_returns_rows():
         ops, pk = connection.ops, ChatSession._meta.pk
         params = [
@@ -184,6 +185,9 @@ _TAKE_SEQ = f"""
             WHERE v.session_id = {_SESSIONS}.id) AS vault_entries,
         (SELECT seen.next_seq FROM {_SESSIONS} AS seen WHERE seen.id = {_SESSIONS}.id) AS seen_seq
 """  # noqa: S608 - column names from the model; values are parameters
+# On Postgres, the fence of the message (``services.common.fence_next``), taken in the
+# statement that locks the session: RETURNING runs once the row is locked.
+_TAKE_SEQ_FENCED = f"{_TAKE_SEQ.rstrip()},\n        nextval('{FENCE_SEQUENCE}') AS fence\n"
 
 
 def turn_get_for_owner(*, user: AbstractBaseUser, turn_id: object) -> Turn:

@@ -26,7 +26,7 @@ from ..errors import CommitUnconfirmed, TurnInFlight
 from ..models import TURN_ONE_IN_FLIGHT, ChatSession, Turn
 from ..selectors import chat_session_take_seq_for_owner
 from ..stores import SessionRef, history_store
-from .common import STALLED_DETAIL, deadline, expiry, fence_next, lock_timeout
+from .common import STALLED_DETAIL, deadline, expiry, lock_timeout
 from .turns import turn_discard, turn_fail, turn_mark_unconfirmed, turn_unconfirmed
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ def _message_accept(
         turn_id=turn.pk,
         seq=session.next_seq,
         content=stored,
-        # Taken under the session's lock: an accept or a run that stalled past its own
-        # lock must not take this message's seq over (the redis store's APPEND).
-        fence=fence_next() if store.keeps_outside_the_database else 0,
+        # Taken by the statement that locked the session: an accept or a run that stalled
+        # past its own lock must not take this message's seq over (the redis store's APPEND).
+        fence=session.accept_fence,
     )
     audit_message(
         user_id=user.pk, session_id=session.pk, turn_id=turn.pk, role="user", content=stored

@@ -8,7 +8,7 @@ from django.db import connection
 
 from audit_app.holds import HELD_NOTICE
 
-from ..models import ChatSession, Turn
+from ..models import FENCE_SEQUENCE, ChatSession, Turn
 
 STALLED_DETAIL = "The reply was lost in transit; send the message again."
 # What the user reads in place of a withheld reply: nothing of the withheld text.
@@ -34,7 +34,6 @@ def withheld_notice(*, leaked: bool, held: bool) -> str | None:
 # accept just after theirs, in the same transaction), so they follow the order of the locks,
 # and a rolled-back writer's value is never handed out again, as a counter in a row would
 # be. Not the claim's attempt number: runs claim in one order and lock in another.
-FENCE_SEQUENCE = "sessions_app_reply_fence"
 
 
 def fence_next() -> int:
