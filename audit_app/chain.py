@@ -126,11 +126,12 @@ def _tail_problem(sealed: int, head_seq: int) -> str:
 # The writer (``audit_review_decide``) and ``verify_reviews`` must count the ordinal by one
 # rule, or a forged review entry that only one of them counts moves every later genuine
 # decision's ordinal and the alarm lands on that genuine entry. The rule: the review entries
-# that decide the entry and carry its ``session_id`` (the writer finds them by that indexed
-# column, and copies it into each review entry it writes). The writer decides only flagged
-# entries, and after them, so ``verify_reviews`` reports a decision review entry in another
-# session, or naming an entry that is not a flagged one before it, as written by no decision
-# (pointing at that review entry) and does not count it.
+# that decide the entry in the exact words of ``review_decision_reason`` and carry its
+# ``session_id`` (the writer finds them by that indexed column, and copies it into each
+# review entry it writes). The writer decides only flagged entries, and after them, so
+# ``verify_reviews`` reports a decision review entry in other words ("entry 07 marked ..."),
+# in another session, or naming an entry that is not a flagged one before it, as written by
+# no decision (pointing at that review entry) and does not count it.
 _DECISION = "entry {entry_id} marked {state}"
 _DECISION_RE = re.compile(r"entry ([0-9]+) marked (confirmed|false_positive)")
 _OPEN, _NONE = "open", "none"  # a flagged entry's state until decided; anyone else's
@@ -191,7 +192,7 @@ def verify_reviews(entries: Iterable[Mapping[str, object]], *, key: bytes) -> Br
         decision = entry["kind"] == "review" and _DECISION_RE.fullmatch(str(entry["reason"]))
         if decision:
             decided_id = int(decision[1])
-            problem = _stray_problem(entry, decided_id, current.get(decided_id))
+            problem = _stray_problem(entry, decided_id, decision[2], current.get(decided_id))
             if problem is None:
                 _count_decision(decided, decided_id, decision[2], entry)
             elif stray is None:
@@ -226,12 +227,19 @@ def _count_decision(
 
 
 def _stray_problem(
-    review: Mapping[str, object], decided_id: int, decided: _Kept | None
+    review: Mapping[str, object], decided_id: int, state: str, decided: _Kept | None
 ) -> str | None:
     # The writer decides only flagged entries, after them, and copies the entry's session
-    # into the review entry; it counts a decision's ordinal by that session. A review entry
-    # that does not fit was inserted behind its back, and counting it would move the
-    # ordinal of every later genuine decision away from the one the writer MACed.
+    # into the review entry; it counts a decision's ordinal by that session and the exact
+    # reason. A review entry that does not fit was inserted behind its back, and counting
+    # it would move the ordinal of every later genuine decision away from the one the
+    # writer MACed.
+    reason = str(review["reason"])
+    if reason != review_decision_reason(entry_id=decided_id, state=state):
+        return (
+            f"review entry's reason {reason!r} is not the reason a decision on entry "
+            f"{decided_id} writes: no decision wrote it, so it is not counted as one"
+        )
     if decided is None or not decided[1]:
         return (
             f"review entry deciding entry {decided_id}, which is not a flagged entry "

@@ -343,6 +343,25 @@ class TestReviewDecisions:
             assert f"(id {genuine.pk})" not in err and "does not vouch" not in err
             audit_chain_seal()
 
+    def test_a_review_entry_the_writer_would_not_count_is_found_not_the_genuine_one(
+        self, user, other_user, capsys
+    ):
+        """The writer counts a decision's review entries by their exact reason: one that
+        names the entry in another spelling, in its own session, is counted by neither."""
+        entry = _flag(user)
+        forged = AuditEntry.objects.create(
+            kind="review",
+            user_id=other_user.pk,
+            session_id=entry.session_id,
+            reason=f"entry 0{entry.pk} marked false_positive",
+        )
+        audit_review_decide(entry_id=entry.pk, reviewer_id=other_user.pk, leak=True)
+        genuine = AuditEntry.objects.filter(kind="review").latest("id")
+        code, err = _verify_errors(capsys)
+        assert code == 1 and f"BROKEN review at entry id {forged.pk} (unsealed)" in err
+        assert f"not the reason a decision on entry {entry.pk} writes" in err
+        assert f"(id {genuine.pk})" not in err and "does not vouch" not in err
+
     @pytest.mark.parametrize("target", ["unflagged", "unknown", "later"])
     def test_a_review_entry_deciding_no_earlier_flagged_entry_is_found(
         self, user, other_user, capsys, target
