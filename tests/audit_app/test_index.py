@@ -3,6 +3,7 @@
 import time
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.conf import settings
@@ -267,10 +268,17 @@ class TestRedisLookup(LookupContract):
         assert self.index.lookup([RARE, SHARED]) == {RARE: [], SHARED: []}
 
     @pytest.mark.parametrize(
-        ("chunk", "calls"), [(redis_index.ERASE_SESSION_CHUNK, 1), (1, 16), (3, 9), (7, 5)]
+        ("chunk", "taken"),
+        [
+            (redis_index.ERASE_SESSION_CHUNK, [6]),
+            (1, [0] * 10 + [1] * 6),
+            (3, [0, 0, 0, 1, 1, 1, 1, 1, 1]),
+            (7, [0, 1, 2, 2, 1]),
+            (15, [1, 3, 2]),
+        ],
     )
     def test_a_sessions_lists_and_texts_longer_than_a_call_reads_are_erased_in_several_calls(
-        self, chunk, calls, monkeypatch
+        self, chunk, taken, monkeypatch
     ):
         """Redis serves no one else while a script runs: each call reads a bounded part of
         the session's lists, then of its texts' digests (each looked up in every live
@@ -287,11 +295,12 @@ class TestRedisLookup(LookupContract):
         self.index.add(listed + unlisted, user_id=2, session_id=theirs)
         sent = self._erase_calls()
         assert self.index.erase_session(unlisted, session_id=gone) is False
-        # 1: ten listed a call, then six texts'; 3: nine listed in three calls, the last
-        # listed and one text's in the fourth, a text's a call after; 7: seven listed, then
-        # three listed and one text's (the four digests left, rounded up to one text's five
-        # generations), then two texts' a call.
-        assert len(sent) == calls
+        # Texts' digests taken a call. 1: ten listed a call, then six texts'; 3: nine listed
+        # in three calls, the last listed and one text's in the fourth, a text's a call
+        # after; 7: seven listed, then three listed and one text's (the four digests left,
+        # rounded up to one text's five generations), then two texts' a call; 15: ten
+        # listed and one text's (five left: one text's five lookups), then three, then two.
+        assert [reply[2] // 8 for _, reply in sent] == taken
         per_call = -(-chunk // (GENERATIONS + 1))
         assert all(len(texts) <= 8 * per_call for texts, _ in sent)
         for postings in self.index.lookup(listed + unlisted).values():
@@ -319,6 +328,48 @@ class TestRedisLookup(LookupContract):
         for postings in self.index.lookup([*digests, late]).values():
             assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
         assert self._lists(gone) == {}
+
+    def test_a_list_gone_and_begun_again_between_two_calls_is_read_from_its_start(
+        self, monkeypatch
+    ):
+        """Another erasure of the same session (a redelivered task) may delete the list
+        this one is halfway through, and a registration begin it again, shorter than where
+        this one stopped: this one reads the new list from its start."""
+        monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", 3)
+        digests, late = [bytes([n]) * 8 for n in range(1, 8)], b"\x42" * 8
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        self.index.add(digests, user_id=1, session_id=gone)
+        self.index.add([*digests, late], user_id=2, session_id=theirs)
+        self.index.client.set(LISTED_SINCE, 0)  # every live generation listed
+        other = RedisIndex(url=settings.REDIS_URL, layout=self.index.layout)
+
+        def another_erasure_then_a_registration():
+            assert other.erase_session(session_id=gone) is False
+            self.index.add([late], user_id=1, session_id=gone)
+
+        sent = self._erase_calls(between=another_erasure_then_a_registration)
+        assert self.index.erase_session(session_id=gone) is False
+        assert len(sent) == 2  # stopped at byte 24; the list, begun again, holds 8
+        for postings in self.index.lookup([*digests, late]).values():
+            assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
+        assert self._lists(gone) == {}
+
+    def test_a_texts_posting_of_the_oldest_live_generation_is_erased(self, monkeypatch):
+        """A posting written before the lists, in the oldest generation still live, is
+        named by the text's digest only: the erasure looks it up there too."""
+        layout = self.index.layout
+        oldest = (layout.generation(time.time()) - GENERATIONS) * layout.generation_seconds
+        gone, theirs = uuid.uuid4(), uuid.uuid4()
+        monkeypatch.setattr(redis_index, "time", SimpleNamespace(time=lambda: oldest + 1))
+        self.index.add([RARE], user_id=1, session_id=gone)
+        self.index.add([RARE], user_id=2, session_id=theirs)
+        self.index.client.delete(*self._lists(gone))  # as the code before wrote it: no list
+        monkeypatch.undo()
+        assert [p.user_id for p in self.index.lookup([RARE])[RARE]] == [1, 2]
+        assert self.index.erase_session([RARE], session_id=gone) is False
+        assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [
+            (2, str(theirs))
+        ]
 
     def test_an_erasure_is_refused_before_its_first_call_erases_and_never_after(self, monkeypatch):
         """However many calls the session's lists take, an erasure without the texts'
@@ -364,12 +415,12 @@ class TestRedisLookup(LookupContract):
         assert [(p.user_id, p.session_id) for p in self.index.lookup([RARE])[RARE]] == [(1, None)]
         assert self._user_lists(2) == {} and list(self._user_lists(1).values()) == [RARE]
 
-    @pytest.mark.parametrize("chunk", [redis_index.ERASE_USER_CHUNK, 1])
+    @pytest.mark.parametrize(("chunk", "calls"), [(redis_index.ERASE_USER_CHUNK, 1), (1, 2)])
     def test_a_users_records_of_several_sessions_of_every_live_generation_are_erased(
-        self, chunk, monkeypatch
+        self, chunk, calls, monkeypatch
     ):
-        """Also a digest a call: a call that has read all it may stops at a generation's
-        list, and the next resumes there."""
+        """Also a digest a call: the budget spans generations, so a call that has read all
+        it may stops at the next generation's list, and the next call resumes there."""
         monkeypatch.setattr(redis_index, "ERASE_USER_CHUNK", chunk)
         index = RedisIndex(url=settings.REDIS_URL, layout=Layout(4, 12))
         index.add([RARE], user_id=2, session_id=(theirs := uuid.uuid4()))
@@ -382,7 +433,10 @@ class TestRedisLookup(LookupContract):
             index.add([SHARED], user_id=1, session_id=uuid.uuid4())
         index.add([RARE], user_id=1, session_id=(kept := uuid.uuid4()))  # of one session
         assert len(self._user_lists(1)) == 2
+        self.index = index
+        sent = self._erase_user_calls()
         index.erase_user(user_id=1)
+        assert len(sent) == calls
         found = index.lookup([RARE, SHARED])
         assert {(p.user_id, p.session_id) for p in found[RARE]} == {
             (2, str(theirs)),
