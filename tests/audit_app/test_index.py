@@ -310,31 +310,16 @@ class TestRedisLookup(LookupContract):
             }
         assert self._lists(gone) == {}
 
+    @pytest.mark.parametrize(("erased_meanwhile", "calls"), [(False, 3), (True, 2)])
     def test_a_digest_registered_between_two_calls_of_a_sessions_erasure_is_erased(
-        self, monkeypatch
+        self, erased_meanwhile, calls, monkeypatch
     ):
         """The session may register again while its erasure runs (nothing locks the
         index): what its list gains between two calls is read before the call that deletes
-        the list."""
-        monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", 3)
-        digests, late = [bytes([n]) * 8 for n in range(1, 8)], b"\x42" * 8
-        gone, theirs = uuid.uuid4(), uuid.uuid4()
-        self.index.add(digests, user_id=1, session_id=gone)
-        self.index.add([*digests, late], user_id=2, session_id=theirs)
-        self.index.client.set(LISTED_SINCE, 0)  # every live generation listed
-        sent = self._erase_calls(between=lambda: self.index.add([late], user_id=1, session_id=gone))
-        assert self.index.erase_session(session_id=gone) is False
-        assert len(sent) == 3  # 3 + 3 + (1 + the late one)
-        for postings in self.index.lookup([*digests, late]).values():
-            assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
-        assert self._lists(gone) == {}
-
-    def test_a_list_gone_and_begun_again_between_two_calls_is_read_from_its_start(
-        self, monkeypatch
-    ):
-        """Another erasure of the same session (a redelivered task) may delete the list
-        this one is halfway through, and a registration begin it again, shorter than where
-        this one stopped: this one reads the new list from its start."""
+        the list (3 + 3 + (1 + the late one)). Another erasure of the same session (a
+        redelivered task) may meanwhile have deleted the list, and the registration begun
+        it again shorter than where this one stopped (byte 24 of 8): this one reads the new
+        list from its start."""
         monkeypatch.setattr(redis_index, "ERASE_SESSION_CHUNK", 3)
         digests, late = [bytes([n]) * 8 for n in range(1, 8)], b"\x42" * 8
         gone, theirs = uuid.uuid4(), uuid.uuid4()
@@ -343,13 +328,14 @@ class TestRedisLookup(LookupContract):
         self.index.client.set(LISTED_SINCE, 0)  # every live generation listed
         other = RedisIndex(url=settings.REDIS_URL, layout=self.index.layout)
 
-        def another_erasure_then_a_registration():
-            assert other.erase_session(session_id=gone) is False
+        def between():
+            if erased_meanwhile:
+                assert other.erase_session(session_id=gone) is False
             self.index.add([late], user_id=1, session_id=gone)
 
-        sent = self._erase_calls(between=another_erasure_then_a_registration)
+        sent = self._erase_calls(between=between)
         assert self.index.erase_session(session_id=gone) is False
-        assert len(sent) == 2  # stopped at byte 24; the list, begun again, holds 8
+        assert len(sent) == calls
         for postings in self.index.lookup([*digests, late]).values():
             assert [(p.user_id, p.session_id) for p in postings] == [(2, str(theirs))]
         assert self._lists(gone) == {}
