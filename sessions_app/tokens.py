@@ -10,6 +10,7 @@ from hmac import compare_digest
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import get_hasher, identify_hasher
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from knox.auth import TokenAuthentication as KnoxTokenAuthentication
@@ -53,13 +54,35 @@ def auth_tokens_revoke_on_password_change(sender, instance, update_fields=None, 
     depends on the password); a token, issued under the old password to whoever held it,
     would go on working until it expired. A save that does not write the password (the
     ``last_login`` of each sign-in) costs nothing; one that does reads the stored hash once.
+    A new hash of the same password is no new password: Django rehashes it on a sign-in
+    whose stored hash is outdated (a new default hasher, more iterations after an upgrade),
+    which must not sign the user's other devices out.
     """
     if instance.pk is None or (update_fields is not None and "password" not in update_fields):
         return
     stored = type(instance)._default_manager.filter(pk=instance.pk).values_list("password")
     row = stored.first()
-    if row is not None and row[0] != instance.password:
-        AuthToken.objects.filter(user_id=instance.pk).delete()
+    if row is None or row[0] == instance.password:
+        return
+    # ``set_password`` keeps the raw password until the save, except in the sign-in's
+    # rehash, which clears it: with none pending, an outdated hash replaced by an up-to-date
+    # one is that rehash. (A hash assigned by hand over an outdated one looks the same.)
+    pending = getattr(instance, "_password", None)
+    if pending is None and _rehashed(row[0], instance.password):
+        return
+    AuthToken.objects.filter(user_id=instance.pk).delete()
+
+
+def _rehashed(old: str, new: str) -> bool:
+    try:
+        old_hasher, new_hasher = identify_hasher(old), identify_hasher(new)
+    except ValueError:  # unusable, or no hash of ours
+        return False
+    preferred = get_hasher("default")
+    outdated = old_hasher.algorithm != preferred.algorithm or preferred.must_update(old)
+    return (
+        outdated and new_hasher.algorithm == preferred.algorithm and not preferred.must_update(new)
+    )
 
 
 def auth_tokens_purge_expired() -> int:

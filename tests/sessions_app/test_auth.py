@@ -127,6 +127,26 @@ def test_a_new_password_signs_out_every_api_token_of_that_user_only(user, other_
     assert with_token(others).get(SESSIONS_URL).status_code == 200
 
 
+def test_a_sign_in_that_rehashes_the_password_keeps_the_users_other_tokens(user, settings):
+    """Django rehashes a password on a sign-in whose stored hash is outdated (a new default
+    hasher, more iterations after an upgrade): the same password, a new hash, which must
+    not sign the user's other devices out. A new password still does."""
+    phone = sign_in_api(user.username, PASSWORD).json()["token"]
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+    laptop = sign_in_api(user.username, PASSWORD)
+    assert laptop.status_code == 200
+    user.refresh_from_db()
+    assert user.password.startswith("pbkdf2_sha256$")  # rehashed by the sign-in
+    assert with_token(phone).get(SESSIONS_URL).status_code == 200
+    assert with_token(laptop.json()["token"]).get(SESSIONS_URL).status_code == 200
+    user.set_password("a-new-pw-for-tests")
+    user.save(update_fields=["password"])
+    assert with_token(phone).get(SESSIONS_URL).status_code == 401
+
+
 def test_saving_a_user_without_a_new_password_keeps_its_tokens(user):
     key = sign_in_api(user.username, PASSWORD).json()["token"]
     user.refresh_from_db()
