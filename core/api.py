@@ -9,8 +9,8 @@ from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIRequest
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
-from rest_framework import renderers, serializers
-from rest_framework.exceptions import NotAcceptable, NotFound
+from rest_framework import parsers, renderers, serializers
+from rest_framework.exceptions import NotAcceptable, NotFound, ParseError
 from rest_framework.negotiation import BaseContentNegotiation, DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -115,6 +115,20 @@ class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
             # django-csp's own marks (its ``csp_exempt``), which ``core.csp`` reads too.
             response._csp_exempt = response._csp_exempt_ro = True
         return super().render(data, accepted_media_type, renderer_context)
+
+
+class JSONParser(parsers.JSONParser):
+    """DRF's, refusing JSON nested past the interpreter's recursion limit as malformed (400).
+
+    ``json`` raises ``RecursionError`` on it, which DRF's parser lets through as a 500: a
+    200 KB body of brackets, well under the body limit, sent by anyone to the sign-in.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - nested too deeply.") from exc
 
 
 class JsonFirstNegotiation(DefaultContentNegotiation):

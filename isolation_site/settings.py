@@ -408,7 +408,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.api.JSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.api.JsonFirstNegotiation",
     "EXCEPTION_HANDLER": "core.errors.exception_handler",
     # drf-spectacular's, describing each operation in its own words (core/openapi.py).

@@ -213,6 +213,20 @@ def test_malformed_json_is_400(api):
     assert response.json()["code"] == "parse_error"
 
 
+@pytest.mark.parametrize(
+    "path", ["/api/v1/auth/token/", "/api/v1/sessions/", "/api/v1/stateless/chat/", "messages"]
+)
+def test_json_nested_past_the_recursion_limit_is_400(api, path):
+    """200 KB, well under the body limit: ``json`` raises RecursionError on it, which
+    DRF's own parser let through as a 500, before any authentication on the sign-in."""
+    if path == "messages":
+        path = f"/api/v1/sessions/{new_session(api)}/messages/"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    response = api.generic("POST", path, deep, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "parse_error"
+
+
 def test_body_over_the_limit_is_413(api, settings):
     sid = new_session(api)
     body = '{"content": "' + "x" * settings.MAX_REQUEST_BYTES + '"}'
