@@ -130,7 +130,8 @@ def token_issue(conversation: Conversation, *, now: float | None = None) -> str:
         "v": VERSION,
         "u": conversation.user_id,
         "c": str(conversation.id),
-        "t": int(time.time() if now is None else now),
+        # Not rounded to the second: a token issued at x.9 s would expire 0.9 s early.
+        "t": time.time() if now is None else now,
         "m": [list(message) for message in conversation.messages],
         "p": dict(conversation.vault),
     }

@@ -171,6 +171,17 @@ def test_a_token_expires_its_ttl_after_the_turn_that_issued_it(api, user, settin
     assert stateless.token_open(fresh["token"], user_id=user.pk, now=time.time() + ttl - 60)
 
 
+def test_a_token_lives_its_whole_ttl_to_the_fraction_of_a_second(user, settings):
+    """Issued at x.9 s, a token rounded to the second would expire 0.9 s early."""
+    ttl = settings.SESSION_TTL_SECONDS
+    conversation = stateless.Conversation(user.pk, uuid.uuid4(), (("user", "Hi."),))
+    issued = 1_800_000_000.9
+    token = stateless.token_issue(conversation, now=issued)
+    assert stateless.token_open(token, user_id=user.pk, now=issued + ttl - 0.05) == conversation
+    with pytest.raises(stateless.TokenExpired):
+        stateless.token_open(token, user_id=user.pk, now=issued + ttl + 0.05)
+
+
 def test_a_turn_that_would_outgrow_the_token_is_413_and_the_old_token_stays_good(
     api, settings, fake_claude
 ):
