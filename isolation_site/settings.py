@@ -402,7 +402,7 @@ REST_FRAMEWORK = {
     # Token first, so an unauthenticated call gets 401 with WWW-Authenticate.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "sessions_app.tokens.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "sessions_app.page_auth.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",

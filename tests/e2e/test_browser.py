@@ -518,6 +518,80 @@ def sign_in_again(context: BrowserContext, url: str, username: str) -> Page:
     return page
 
 
+@pytest.mark.parametrize("reread", ["after a reply", "after a lost connection"])
+def test_a_tab_left_open_by_one_account_never_reads_the_next_ones_chats(
+    site, open_context, fake_claude, reread
+):
+    """One browser: Uma's chat tab stays open while Victor signs in in another tab, which
+    gives the browser his cookie. Uma's page rereads its chat list by itself (a reply's end,
+    a reconnect): the API answers it only for Uma, so it asks for a reload and draws
+    nothing of Victor's, and his audit trail gets no false "another user's session"."""
+    UserFactory(username="uma")
+    victor = UserFactory(username="victor")
+    chat_session_create(owner=victor, title="Victor's private chat")
+    context = open_context()
+    page = sign_in(context, site, "uma")
+    if reread == "after a reply":
+        fake_claude.delay(3.0)
+        send(page, "Hello from Uma")
+        expect(page.locator("#pending")).to_be_visible()
+        sign_in_again(context, site, "victor").close()
+    else:
+        send(page, "Hello from Uma")
+        expect(replies(page)).to_have_text(["Noted."])
+        sign_in_again(context, site, "victor").close()
+        context.set_offline(True)
+        expect(page.get_by_role("alert")).to_contain_text("Connection lost")
+        context.set_offline(False)
+    expect(page.get_by_role("alert")).to_contain_text("another account has signed in")
+    expect(page.locator(".signed-in")).to_contain_text("uma")
+    expect(page.locator("#sessions")).not_to_contain_text("Victor")
+    assert not AuditEntry.objects.filter(kind="security", user=victor).exists()
+    page.get_by_role("button", name="Reload the page").click()
+    expect(page.locator(".signed-in")).to_contain_text("victor")
+    expect(page.locator("#sessions")).to_contain_text("Victor's private chat")
+    expect(page.locator("#sessions")).not_to_contain_text("Hello from Uma")
+    assert_no_csp_violations(page)
+
+
+def test_a_draft_kept_for_a_new_sign_in_returns_to_the_chat_it_was_typed_in(site, open_context):
+    """Signed out while typing in an older chat, or in a new one: after "Log in" the text
+    is back in that chat's box, not in the newest chat's, where Enter would post it."""
+    rita = UserFactory(username="rita")
+    context = open_context()
+    page = sign_in(context, site, "rita")
+    said = page.locator("#log .msg.user .text")
+    for text in ("In the first chat", "In the second chat"):
+        if text != "In the first chat":
+            page.get_by_role("button", name="New chat").click()
+        send(page, text)
+        expect(replies(page)).to_have_text(["Noted."])
+    first = str(ChatSession.objects.filter(owner=rita).earliest("created_at").pk)
+    page.locator(f'#sessions button[data-session="{first}"]').click()
+    expect(said).to_have_text(["In the first chat"])
+    for typed, chat, shown in (
+        ("Meant for the first chat", first, ["In the first chat"]),
+        ("Meant for a new chat", None, []),
+    ):
+        if chat is None:
+            page.get_by_role("button", name="New chat").click()
+        context.clear_cookies()  # the sign-in ends (expired, or signed out elsewhere)
+        send(page, typed)
+        expect(page.get_by_role("alert")).to_contain_text("You are signed out")
+        page.get_by_role("button", name="Log in").click()
+        page.get_by_label("Username").fill("rita")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.get_by_label("Message")).to_have_value(typed)
+        expect(said).to_have_text(shown)
+        current = page.locator("#sessions button[aria-current]")
+        if chat is None:
+            expect(current).to_have_count(0)
+        else:
+            expect(current).to_have_attribute("data-session", chat)
+    assert_no_csp_violations(page)
+
+
 def test_what_the_tab_kept_for_another_account_is_forgotten(site, open_context):
     """A shared browser: another account's draft (kept for its sign-in) and its chats' turn
     ids are dropped from the tab's storage when this account's page opens."""

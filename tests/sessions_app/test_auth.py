@@ -29,6 +29,7 @@ from knox.signals import token_expired
 from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
+from audit_app.models import AuditEntry
 from sessions_app import services, tasks
 from sessions_app.models import ChatSession
 from sessions_app.tokens import _TOKENS, TokenAuthentication
@@ -145,6 +146,26 @@ def test_a_sign_in_that_rehashes_the_password_keeps_the_users_other_tokens(user,
     user.set_password("a-new-pw-for-tests")
     user.save(update_fields=["password"])
     assert with_token(phone).get(SESSIONS_URL).status_code == 401
+
+
+def test_a_page_drawn_for_one_user_is_not_answered_with_anothers_cookie(user, other_user):
+    """The chat page names its user in X-Page-User: a browser whose cookie is now another
+    account's (a sign-in in another tab) gets 401 for it, before anything is read or
+    audited. A token ignores the header: an API client has no page."""
+    browser = Client()
+    browser.force_login(other_user)  # the cookie the browser holds now
+    stale = browser.get(SESSIONS_URL, HTTP_X_PAGE_USER=str(user.pk))
+    assert stale.status_code == 401
+    assert stale.json()["code"] == "signed_in_as_another_user"
+    assert "WWW-Authenticate" in stale.headers
+    chat = services.chat_session_create(owner=user)
+    foreign = browser.get(f"/api/v1/sessions/{chat.pk}/", HTTP_X_PAGE_USER=str(user.pk))
+    assert foreign.status_code == 401
+    assert not AuditEntry.objects.filter(kind="security").exists()
+    assert browser.get(SESSIONS_URL, HTTP_X_PAGE_USER=str(other_user.pk)).status_code == 200
+    assert browser.get(SESSIONS_URL).status_code == 200
+    key = sign_in_api(other_user.username, PASSWORD).json()["token"]
+    assert with_token(key).get(SESSIONS_URL, HTTP_X_PAGE_USER=str(user.pk)).status_code == 200
 
 
 def test_saving_a_user_without_a_new_password_keeps_its_tokens(user):

@@ -57,6 +57,8 @@
     bannerAction: null,
     coolDown: null, // the 429 countdown, while Send waits
     reconnectTimer: null,
+    // The chat a kept draft was typed in ("" a new chat), opened first; null: no draft.
+    draftChat: null,
   };
 
   // ---- the API ----------------------------------------------------------------------
@@ -72,7 +74,13 @@
   class ConnectionLost extends Error {}
 
   async function api(method, path, body) {
-    const headers = { Accept: "application/json", "X-CSRFToken": CSRF };
+    // X-Page-User: the server answers only for the user this page was drawn for, not for
+    // whoever signed in on this browser since (the cookie is the browser's, not the tab's).
+    const headers = {
+      Accept: "application/json",
+      "X-CSRFToken": CSRF,
+      "X-Page-User": root.dataset.user,
+    };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
     try {
@@ -283,7 +291,14 @@
     const { status } = err;
     const sent = content !== undefined;
     const kept = retry ? "Use its Retry again" : "It is still in the box";
-    if (status === 401) {
+    if (status === 401 && err.code === "signed_in_as_another_user") {
+      keepDraft(); // this account's, kept for its next sign-in here; the other never reads it
+      showBanner(
+        "This page is out of date: another account has signed in on this browser since it " +
+          "was opened (in another tab, say). Reload the page to go on.",
+        { label: "Reload the page", kind: "stale", run: () => window.location.reload() },
+      );
+    } else if (status === 401) {
       keepDraft();
       showBanner("You are signed out: your sign-in has ended. Log in again to go on.", {
         label: "Log in",
@@ -357,8 +372,10 @@
   // page goes (typed on meanwhile), while the banner asks for either.
   function keepDraft() {
     if (!els.message.value) return dropDraft();
+    // With the chat it was typed in: the page a sign-in lands on would open the newest.
+    const draft = { chat: state.sessionId || "", text: els.message.value };
     try {
-      window.sessionStorage.setItem(DRAFT_KEY, els.message.value);
+      window.sessionStorage.setItem(DRAFT_KEY, JSON.stringify(draft));
     } catch {
       // Storage off: the text is lost with the page, as without this.
     }
@@ -373,13 +390,24 @@
   }
 
   function restoreDraft() {
+    let kept = null;
     try {
-      const draft = window.sessionStorage.getItem(DRAFT_KEY);
+      kept = window.sessionStorage.getItem(DRAFT_KEY);
       dropDraft();
-      if (draft && !els.message.value) els.message.value = draft;
     } catch {
       // as above
     }
+    if (!kept) return;
+    let draft;
+    try {
+      draft = JSON.parse(kept);
+    } catch {
+      draft = null;
+    }
+    // Kept by the page before drafts named their chat: the text alone.
+    if (!draft || typeof draft.text !== "string") draft = { chat: null, text: kept };
+    if (!els.message.value) els.message.value = draft.text;
+    if (typeof draft.chat === "string") state.draftChat = draft.chat;
   }
 
   function reloadAction() {
@@ -588,7 +616,11 @@
       appendMessage(turn.reply);
       announceReply(turn.reply);
     }
-    loadSessions().catch(() => {}); // message counts; an error here changes nothing shown
+    // Message counts: an error here changes nothing shown, but a 401 is said at once (the
+    // sign-in ended, or another account's began on this browser): nothing more works.
+    loadSessions().catch((err) => {
+      if (err instanceof ApiError && err.status === 401) handleError(err);
+    });
   }
 
   // The chat's remembered turn, once its history is shown (``load``: that view, still open).
@@ -964,8 +996,10 @@
     }
   }
 
-  // The chat a page opens first: the one its address names, else the newest.
+  // The chat a page opens first: the one its kept draft was typed in, else the one its
+  // address names, else the newest.
   function firstChat() {
+    if (state.draftChat !== null) return state.draftChat;
     return addressedChat() || (state.sessions[0] && state.sessions[0].id) || "";
   }
 
