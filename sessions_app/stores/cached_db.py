@@ -1,15 +1,21 @@
 """History in the database, read through a cache: the database is the truth.
 
 One cache entry per session holds its whole history, names its owner and session, and
-records how many messages it holds and the session's cache version it was read under. It
-is used only when that count equals the session row's (``next_seq - 1``, read under the
-ownership gate), so an entry written before an append can never be served after it, even
-if its invalidation was lost; and only when its version is the session's current one.
-Every write deletes the entry, and when it commits deletes it again and gives the session a
-new version: a reader that read the database before a rewrite committed (a rewrite keeps
-the count) took the version before it, so what it caches after is never served; on Redis
-it is not even written (nor after an erase, which deletes the version). A cache that does
-not answer is read past: the database alone still serves.
+records how many messages it holds, the session's expiry and the session's cache version it
+was read under. It is used only when that count and that expiry equal the session row's
+(``next_seq - 1`` and ``expires_at``, read under the ownership gate), so an entry written
+before an accept can never be served after it, even if its invalidation was lost: every
+accept moves the expiry on, and a discard, which takes its seq back, leaves the count of an
+entry that held the discarded message but not the expiry of the accept after it; and only
+when its version is the session's current one. Every write deletes the entry, and when it
+commits deletes it again and gives the session a new version: a reader that read the
+database before a rewrite committed (a rewrite keeps the count) took the version before it,
+so what it caches after is never served; on Redis it is not even written (nor after an
+erase, which deletes the version). A cache that does not answer is read past: the database
+alone still serves. Two writes refuse instead (``StoreUnavailable``), as nothing else would
+catch what they leave: an erase (the conversation would outlive its session's rows, out of
+every later erasure's reach) and a rewrite (it keeps the count and the expiry, so the entry
+from before it would be served until it expires).
 """
 
 import logging
@@ -24,7 +30,7 @@ from redis.commands.core import Script
 from core.cache import cache_redis
 
 from . import db
-from .base import SessionLike, StoredMessage
+from .base import SessionLike, StoredMessage, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,15 @@ _SET_IF_VERSION = Script(
 )
 
 
+_DELETE_IF_VERSION = Script(
+    None,
+    b"""
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """,
+)
+
+
 class HistoryStore(db.HistoryStore):
     # An entry may still be read in the instant between an erase's commit and its keys'
     # deletion (a racing reader can no longer refill one after: its write is refused).
@@ -74,16 +89,24 @@ class HistoryStore(db.HistoryStore):
             and entry.get("user_id") == session.owner_id
             and entry.get("session_id") == session.pk
             and entry.get("count") == count
+            and entry.get("expires_at") == session.expires_at
             and version is not None
             and entry.get("version") == version
         ):
             return entry["messages"]
         # The version is taken before the database is read: a write committed after the
         # read gives the session a newer one, and the entry cached below goes unused.
+        started = version is None
         version = version or self._version_start(session.pk)
         messages = super()._all(session)
-        if len(messages) == count and version is not None:
+        if version is None:
+            return messages
+        if len(messages) == count:
             self._cache_set(session, messages, version)
+        elif started:
+            # The session moved on since its row was read, or was erased (a run reading the
+            # history of a session deleted since its claim): leave no key of it behind.
+            self._version_drop(session.pk, version)
         return messages
 
     def _page(self, session, offset: int, limit: int) -> list[StoredMessage]:
@@ -101,20 +124,20 @@ class HistoryStore(db.HistoryStore):
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         super()._erase(session_ids)
         keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
-        self._cache_delete(keys)
+        self._cache_delete(keys, strict=True)  # else the rows' deletion rolls back
         transaction.on_commit(lambda: self._cache_delete(keys))
 
     def _rewrite(
         self, session, turn_id: uuid.UUID, role: str, content: str, status: str, *, fence: int
     ) -> None:
         super()._rewrite(session, turn_id, role, content, status, fence=fence)
-        self._invalidate([session.pk])
+        self._invalidate([session.pk], strict=True)
 
-    def _invalidate(self, session_ids: list[uuid.UUID]) -> None:
+    def _invalidate(self, session_ids: list[uuid.UUID], *, strict: bool = False) -> None:
         # Now, so that the writer's own transaction reads past the entry; and once the write
         # is visible, with a new version: a reader that read the database before that took
         # the version before it, and what it caches is never served.
-        self._cache_delete([_key(sid) for sid in session_ids])
+        self._cache_delete([_key(sid) for sid in session_ids], strict=strict)
         transaction.on_commit(lambda: self._renew(session_ids))
 
     def _renew(self, session_ids: list[uuid.UUID]) -> None:
@@ -157,11 +180,24 @@ class HistoryStore(db.HistoryStore):
             return None
         return found.get(keys[0]), found.get(keys[1])
 
+    def _version_drop(self, session_id: uuid.UUID, version: int) -> None:
+        """Delete the session's version if it is still ``version`` (on Redis, atomically)."""
+        key = _version_key(session_id)
+        try:
+            if (redis := cache_redis()) is None:
+                if cache.get(key) == version:
+                    cache.delete(key)
+                return
+            _DELETE_IF_VERSION(keys=[cache.make_key(key)], args=[str(version)], client=redis)
+        except Exception:  # noqa: BLE001 - a version left behind holds nothing and expires
+            logger.warning("history cache unavailable; a session version left to expire")
+
     def _cache_set(self, session: SessionLike, messages: list[StoredMessage], version: int) -> None:
         entry = {
             "user_id": session.owner_id,
             "session_id": session.pk,
             "count": len(messages),
+            "expires_at": session.expires_at,
             "version": version,
             "messages": messages,
         }
@@ -176,8 +212,10 @@ class HistoryStore(db.HistoryStore):
         except Exception:  # noqa: BLE001 - an entry not cached is only a slower read
             logger.warning("history cache unavailable; not caching")
 
-    def _cache_delete(self, keys: list[str]) -> None:
+    def _cache_delete(self, keys: list[str], *, strict: bool = False) -> None:
         try:
             cache.delete_many(keys)
-        except Exception:  # noqa: BLE001 - a stale entry is refused by its count anyway
+        except Exception as exc:  # noqa: BLE001 - a stale entry is refused by its count anyway
+            if strict:
+                raise StoreUnavailable("the history cache did not answer") from exc
             logger.warning("history cache unavailable; entry left to its count check")

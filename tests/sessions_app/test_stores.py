@@ -863,6 +863,7 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
             "user_id": user.pk,
             "session_id": session.pk,
             "count": 1,
+            "expires_at": session.expires_at,
             "version": version,  # all the entry's own labels say it is this session's
         }
         session.next_seq = 2  # matches the poisoned count
