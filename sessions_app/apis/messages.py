@@ -5,6 +5,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -163,9 +164,12 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
             )
             accepted = dataclasses.replace(accepted, watch=watch)
             await events.in_thread(tasks.turn_enqueue, turn=accepted.turn)
-        except BaseException:
+        except BaseException as exc:
             await accepted.aclose()
-            await events.in_thread(_unqueued_discard, accepted.turn)
+            taken = await events.in_thread(_unqueued_discard, accepted.turn, request.user)
+            if taken and isinstance(exc, Exception):
+                # Queued after all: answered as accepted, unwaited (its slots are let go).
+                return dataclasses.replace(accepted, wait=None, release=_nothing, watch=None)
             raise
         return accepted
 
@@ -210,7 +214,8 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
                 changes.close()
             release()
             if turn is not None:
-                _unqueued_discard(turn)
+                if _unqueued_discard(turn, request.user) and isinstance(exc, Exception):
+                    return _Accepted(turn, None, 0, _nothing)  # queued after all: see there
             elif isinstance(exc, CommitUnconfirmed):
                 tasks.turn_settle_later(turn_id=exc.turn_id, session_id=exc.session_id)
             raise
@@ -221,17 +226,28 @@ class MessageListCreateApi(AsyncDispatch, LoggedUserMixin, GenericAPIView):
         return Response(data, status=status.HTTP_200_OK if ended else status.HTTP_202_ACCEPTED)
 
 
-def _unqueued_discard(turn: Turn) -> None:
+def _unqueued_discard(turn: Turn, user: AbstractBaseUser) -> bool:
     """Remove a turn accepted but not queued, with its message: an error came between (the
     broker down, or the wait's subscription failing), and an error answer leaves nothing
     behind, nor a turn that only the stale-turn sweep would end.
 
-    A turn that a worker already took is left alone (only a pending turn is discarded).
+    A turn that a worker already took is left alone (only a pending turn is discarded), and
+    True returned: its queueing went through after all (the broker took the task, and its
+    answer was lost), so it will be answered, and the request must not say that nothing was
+    kept.
     """
     try:
-        services.turn_discard(turn_id=turn.pk)
+        if services.turn_discard(turn_id=turn.pk):
+            return False
+        taken = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
+        return taken.status != Turn.Status.PENDING
     except Exception:  # noqa: BLE001 - the error being answered matters more; the sweep ends it
         logger.warning("could not discard unqueued turn %s", turn.pk)
+        return False
+
+
+def _nothing() -> None:
+    """The release of slots already given back."""
 
 
 @dataclasses.dataclass(frozen=True)

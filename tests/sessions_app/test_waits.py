@@ -5,6 +5,7 @@ import json
 import threading
 
 import pytest
+import redis
 from django.core.signals import request_finished
 from django.db import close_old_connections
 
@@ -897,3 +898,49 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
         assert release_budget is not None, "the process's wait slot leaked"
         release_budget()
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+@pytest.mark.parametrize("wait", ["", "?wait=30"])
+def test_a_queueing_whose_answer_was_lost_after_a_worker_took_the_turn_is_accepted(
+    asgi, user, settings, monkeypatch, server, wait
+):
+    """The broker took the task and its answer was lost: the queueing raised, but a worker
+    had already taken the turn, which will be answered. The request says so (202, the turn
+    kept), not 503 ("nothing kept", which would have the client send it again), and the
+    wait's slots are free."""
+    from rest_framework.test import APIClient
+
+    from sessions_app import services, tasks
+    from sessions_app.models import Message
+
+    from ..factories import token_for
+
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = 1
+
+    def taken_then_answer_lost(turn) -> None:
+        services.turn_claim(turn_id=turn.pk)
+        services.turn_complete(turn_id=turn.pk, reply="answered")
+        raise redis.exceptions.ConnectionError("the broker's answer was lost")
+
+    monkeypatch.setattr(tasks, "_queue", taken_then_answer_lost)
+    sid, token = services.chat_session_create(owner=user).pk, token_for(user)
+    path = f"/api/v1/sessions/{sid}/messages/{wait}"
+    if server == "asgi":
+        status, body = asyncio.run(_asgi_post(path, token, "kept"))
+    else:
+        client = APIClient(HTTP_AUTHORIZATION=f"Token {token}")
+        answer = client.post(path, {"content": "kept"}, format="json")
+        status, body = answer.status_code, answer.json()
+    assert status == 202, body
+    turn = Turn.objects.get(pk=body["id"])
+    assert turn.status == "completed"
+    assert [m.content for m in Message.objects.filter(session_id=sid).order_by("seq")] == [
+        "kept",
+        "answered",
+    ]
+    release_budget = events.wait_budget_take()
+    assert release_budget is not None
+    events.wait_slot_acquire(user_id=user.pk)()
+    release_budget()
