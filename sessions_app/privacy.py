@@ -125,13 +125,19 @@ def placeholders_reserve(*, session_id: uuid.UUID, text: str) -> None:
         placeholders_reserve(session_id=session_id, text=text)  # created meanwhile: once more
 
 
-def reply_scrub(*, session_id: uuid.UUID, reply: str) -> str:
-    """Return Claude's reply as it may be stored: no PII but this session's placeholders."""
+def reply_scrub(*, session_id: uuid.UUID, reply: str, sent_placeholders: bool = True) -> str:
+    """Return Claude's reply as it may be stored: no PII but this session's placeholders.
+
+    ``sent_placeholders``: whether the history Claude was sent held any. Claude may then
+    write a vault value in full (a name first found after its cue, "my name is"), which
+    only the vault tells; if it held none, Claude knows no value of the vault, and a reply
+    in which the detector finds nothing needs no read of it.
+    """
     mode = settings.PII_MODE
     if mode == "off":
         return reply
     spans = spans_to_scrub(reply, regions=settings.PII_PHONE_REGIONS)
-    if not spans:
+    if not spans and not (sent_placeholders and mode == "pseudonymize"):
         return reply  # nothing found: the vault need not be read
     vault = vault_read(session_id=session_id) if mode == "pseudonymize" else {}
     return scrub_reply_spans(reply, spans, vault=vault, mode=mode)

@@ -22,6 +22,7 @@ from core.errors import ServiceUnavailable, is_outage, once_more_on_fresh_connec
 from . import llm, privacy, services
 from .isolation import IsolationViolation, bound
 from .models import Turn
+from .pii import holds_placeholder
 from .queries import turn_history, turn_in_flight
 from .stores import StoredMessage, history_store
 from .tokens import auth_tokens_purge_expired
@@ -153,7 +154,8 @@ def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) ->
             return "abandoned"  # the session was deleted: nothing more is sent or stored
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
-        reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply)
+        sent = any(holds_placeholder(message.content) for message in history)
+        reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply, sent_placeholders=sent)
         ended = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
     # The worker's log line says how the turn ended: completed, or suppressed by the scan.
     return ended or "skipped"

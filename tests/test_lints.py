@@ -52,7 +52,7 @@ CACHED = {
     "_redis_index": "one index object per (URL, TTL, bucket bits)",
     "_redis_client": "one Redis client per URL for the fingerprint index: a connection pool",
     "_plan": "phone numbering-plan metadata per region code",
-    "_ascii_table": "Unicode's digits and full-width forms as ASCII: the same for every user",
+    "_unicode_forms": "Unicode's digits, spaces and dashes as ASCII, its invisible ones: for all",
     "_vocabulary": "wordfreq's fixed English word list: the same for every user",
     "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",
     "_statement": "one INSERT statement per model: its SQL and its fields",

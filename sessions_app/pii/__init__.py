@@ -19,6 +19,7 @@ from .scrub import (
     scrub_reply_spans,
     spans_to_scrub,
     unknown_placeholders,
+    with_known_values,
 )
 
 __all__ = (
@@ -38,4 +39,5 @@ __all__ = (
     "scrub_reply_spans",
     "spans_to_scrub",
     "unknown_placeholders",
+    "with_known_values",
 )

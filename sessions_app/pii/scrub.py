@@ -113,8 +113,9 @@ def pseudonymize_spans(
     of ``vault``; return the text and the new entries.
 
     A value already in the vault with the same type keeps its placeholder; a new one gets the
-    next number of its type after the highest the vault holds. A placeholder the text held
-    already and the vault does not is reserved (``unknown_placeholders``).
+    next number of its type after the highest of a value the vault holds, skipping reserved
+    ones. A placeholder the text held already and the vault does not is reserved
+    (``unknown_placeholders``).
     """
     reserved = unknown_placeholders(text, vault)
     vault = {**vault, **reserved}
@@ -124,17 +125,22 @@ def pseudonymize_spans(
         for key, original in vault.items()
         if (m := PLACEHOLDER.fullmatch(key))
     }
+    # Counted from the values only: a reserved number counted would send the next value past
+    # RESERVED_MAX, onto a typed placeholder no reservation holds, which restores would fill.
     highest: dict[str, int] = {}
-    for key in vault:
-        if match := PLACEHOLDER.fullmatch(key):
+    for key, original in vault.items():
+        if original and (match := PLACEHOLDER.fullmatch(key)):
             highest[match.group(1)] = max(highest.get(match.group(1), 0), int(match.group(2)))
     new: dict[str, str] = {}
 
     def replacement(span: Span) -> str:
         original = text[span.start : span.end]
         if (span.type, original) not in known:
-            highest[span.type] = highest.get(span.type, 0) + 1
-            key = placeholder_for(span.type, highest[span.type])
+            number = highest.get(span.type, 0) + 1
+            while placeholder_for(span.type, number) in vault:  # reserved: typed or made up
+                number += 1
+            highest[span.type] = number
+            key = placeholder_for(span.type, number)
             known[span.type, original] = key
             new[key] = original
         return known[span.type, original]

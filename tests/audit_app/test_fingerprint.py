@@ -3,6 +3,7 @@
 import random
 import string
 
+import pytest
 from wordfreq import get_frequency_list, zipf_frequency
 
 from audit_app import fingerprint
@@ -75,3 +76,31 @@ def test_offsets_survive_normalisation():
     assert found["abc1234"] == "ＡＢＣ１２３４"
     assert found["555010022"] == "555-0100-22"
     assert not any("2024" in key or "email" in key for key in found)
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("My card is 4539 1488 0343 6467", "4539148803436467"),
+        ("Call me on +44 20 7946 0958", "442079460958"),
+        ("Call me at 415.555.2671", "4155552671"),
+        ("My SSN is 123 45 6789", "123456789"),
+        ("Appelez le +33 1 23 45 67 89", "33123456789"),
+        ("card 4539\u00a01488\u00a00343\u00a06467", "4539148803436467"),
+        ("call 415\u2013555\u20132671", "4155552671"),
+    ],
+)
+def test_a_number_written_in_groups_is_one_feature(text, number):
+    """Each group alone proves nothing (four digits or fewer): the number whole does, in
+    whichever groups it is written, so another user's card in a reply is evidence."""
+    assert number in {f.text for f in fingerprint.features(text) if f.weight == 1.0}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["on 12.03.2024", "costs 1 000 000", "version 1.2.3", "count 1 2 3 4 5 6 7 8 9"],
+)
+def test_groups_that_are_several_numbers_are_not_joined(text):
+    """A date, an amount, a version, a count: no number's worth of digits, or a group of
+    one digit more than once."""
+    assert not any(f.text.isdigit() and len(f.text) >= 7 for f in fingerprint.features(text))

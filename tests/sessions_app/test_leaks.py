@@ -85,6 +85,40 @@ def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, 
     assert "Vexmoria" not in str(fake_claude.requests[-1]["messages"])
 
 
+@pytest.mark.parametrize(
+    "number", ["4539 1488 0343 6467", "+44 20 7946 0958", "415.555.2671", "123\u201345\u20136789"]
+)
+def test_another_users_number_written_in_groups_is_withheld_with_pii_off(
+    settings, api, other_api, fake_claude, number
+):
+    """With PII_MODE=off the scan alone stands between a user's card or phone and another
+    user's reply: each group of it alone proves nothing, the number whole does."""
+    settings.PII_MODE = "off"
+    fake_claude.set_responder(
+        lambda body: f"Sure: {number}" if "mine" in str(body["messages"][-1]) else "Noted."
+    )
+    post_and_wait(api, f"Keep this safe for me: {number}")
+    _, turn = post_and_wait(other_api, "What is mine?")
+    assert turn["status"] == "suppressed", turn["reply"]["content"]
+    assert AuditEntry.objects.filter(flagged=True).exists()
+
+
+def test_another_users_card_typed_with_no_break_spaces_never_reaches_a_reply(
+    api, other_api, fake_claude
+):
+    """Under the defaults: found in the owner's message (its placeholder is what Claude
+    and the index get), and in the other user's reply, which shows it redacted."""
+    card = "4539\u00a01488\u00a00343\u00a06467"
+    fake_claude.set_responder(
+        lambda body: f"Your card is {card}" if "my card" in str(body["messages"][-1]) else "Ok."
+    )
+    post_and_wait(api, f"Remember it: {card}")
+    assert "1488" not in str(fake_claude.requests[-1]["messages"])
+    sid, turn = post_and_wait(other_api, "What is my card?")
+    shown = other_api.get(f"/api/v1/sessions/{sid}/messages/").content.decode()
+    assert "1488" not in turn["reply"]["content"] and "1488" not in shown
+
+
 def test_a_reply_withheld_under_the_old_first_key_opens_after_a_new_key_is_put_first(
     settings, api, other_api, fake_claude
 ):

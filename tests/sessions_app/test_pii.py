@@ -220,6 +220,37 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
     assert redact(text) == redacted
 
 
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        # Spaces and dashes other than ASCII's: pasted from a web page, French typography.
+        ("call +44\u00a020\u00a07946\u00a00958", "call [PHONE_NUMBER]"),
+        ("tel +33\u202f1\u202f23\u202f45\u202f67\u202f89", "tel [PHONE_NUMBER]"),
+        ("card 4539\u00a01488\u00a00343\u00a06467", "card [CREDIT_CARD]"),
+        ("ssn 123\u201345\u20136789", "ssn [US_SSN]"),
+        ("call 415\u2011555\u20112671", "call [PHONE_NUMBER]"),
+        ("mail kate@example\u3002com", "mail [EMAIL_ADDRESS]"),
+        # Invisible characters inside a value: it is found whole, they go with it.
+        ("mail alice.smith\u200b@example.com", "mail [EMAIL_ADDRESS]"),
+        ("mail ali\u200dce.smith@example.com", "mail [EMAIL_ADDRESS]"),
+        ("mail alice.smith@exam\u00adple.com", "mail [EMAIL_ADDRESS]"),
+        ("card 4539\u200b1488\u200b0343\u200b6467 ok", "card [CREDIT_CARD] ok"),
+    ],
+)
+def test_values_split_by_unicode_spaces_dashes_or_invisible_characters_are_found(
+    text: str, redacted: str
+) -> None:
+    """Claude reads them as the plain values; every finder missed them, so they reached it."""
+    assert redact(text) == redacted
+
+
+def test_a_value_with_invisible_characters_is_restored_as_typed() -> None:
+    typed = "mail ali\u200dce.smith@example.com now"
+    text, vault = pseudonymize(typed, vault={})
+    assert text == "mail <EMAIL_ADDRESS_1> now"
+    assert restore(text, vault=vault) == typed
+
+
 def test_a_number_dialled_with_00_is_found_as_its_plus_form_is() -> None:
     """Paris's area code is one digit: the "+" form was found, the "00" form was not."""
     assert redact("+33 1 23 45 67 89") == "[PHONE_NUMBER]"
@@ -269,6 +300,19 @@ def test_a_placeholder_numbered_near_the_patterns_limit_is_not_reserved() -> Non
     text, new = pseudonymize("See <PERSON_999999999> and Priya Sharma", vault={})
     assert (text, new) == ("See <PERSON_999999999> and <PERSON_1>", {"<PERSON_1>": "Priya Sharma"})
     assert pseudonymize("See <PERSON_100000>", vault={})[1] == {"<PERSON_100000>": ""}
+
+
+def test_new_values_are_numbered_past_the_values_skipping_reserved_numbers() -> None:
+    """A reserved number counted would send the next value past RESERVED_MAX, onto a typed
+    placeholder no reservation holds."""
+    typed = "See <EMAIL_ADDRESS_2> and <EMAIL_ADDRESS_100000> and <EMAIL_ADDRESS_100001>"
+    text, vault = pseudonymize(typed, vault={})
+    assert text == typed and "<EMAIL_ADDRESS_100001>" not in vault
+    for n, address in ((1, "a@example.org"), (3, "b@example.org")):
+        text, new = pseudonymize(f"mail {address}", vault=vault)
+        assert text == f"mail <EMAIL_ADDRESS_{n}>"
+        vault |= new
+    assert restore(typed, vault=vault) == typed
 
 
 def test_pseudonymize_leaves_existing_placeholders_alone_and_reserves_unknown_ones() -> None:

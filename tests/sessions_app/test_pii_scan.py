@@ -46,6 +46,13 @@ def test_json_gives_offsets_into_the_input_line() -> None:
     assert set(first["entities"][0]) == {"type", "start", "end"}
 
 
+def test_json_lists_the_runs_values_found_again_without_their_cue() -> None:
+    """The second line's name is replaced because the run's vault holds it: listed too."""
+    second = json.loads(scan("My name is Kate Bush.\nKate Bush lives at home\n", "--json")[1])
+    assert second["text"] == "<PERSON_1> lives at home"
+    assert second["entities"] == [{"type": "PERSON", "start": 0, "end": 9}]
+
+
 def test_lines_without_pii_pass_unchanged() -> None:
     assert scan("What is my order status?\n\n") == ["What is my order status?", ""]
     assert json.loads(scan("hello\n", "--json")[0]) == {"text": "hello", "entities": []}

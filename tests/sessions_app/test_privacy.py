@@ -253,6 +253,36 @@ def test_a_made_up_placeholder_never_shows_a_value_given_its_number_later(
     assert "My bank's email is <EMAIL_ADDRESS_4>" in _stored(sid)
 
 
+def test_a_typed_placeholder_past_the_reserved_numbers_never_shows_a_value(
+    api, fake_claude: FakeClaude
+):
+    """<EMAIL_ADDRESS_100000> is reserved, <EMAIL_ADDRESS_100001> past the bound is not:
+    numbered after the reserved one, the next address took the unreserved number, and every
+    read of the first message showed it there."""
+    typed = "See <EMAIL_ADDRESS_100000> and <EMAIL_ADDRESS_100001>"
+    sid, _ = post_and_wait(api, typed)
+    post_and_wait(api, "My email is boss@secret-example.org", sid)
+    history = api.get(f"/api/v1/sessions/{sid}/messages/").json()["results"]
+    assert history[0]["content"] == typed
+    assert "My email is <EMAIL_ADDRESS_1>" in _stored(sid)
+
+
+def test_a_reply_writing_a_vault_value_in_full_is_stored_with_its_placeholder(
+    api, fake_claude: FakeClaude
+):
+    """Claude was sent <PERSON_1> and writes the name it stands for (it may guess it): the
+    detector sees no name without its cue, the vault does. Stored in the clear, it would go
+    to Claude with every later turn."""
+    sid, _ = post_and_wait(api, "My name is Kate Bush.")
+    fake_claude.set_responder(lambda body: "Kate Bush lives at home")
+    _, turn = post_and_wait(api, "Where do I live?", sid)
+    assert turn["reply"]["content"] == "Kate Bush lives at home"  # the owner's view
+    assert "Kate Bush" not in _stored(sid)
+    fake_claude.set_responder(lambda body: "ok")
+    post_and_wait(api, "Thanks", sid)
+    assert "Kate Bush" not in json.dumps(fake_claude.requests[-1]["messages"])
+
+
 def test_a_restore_refuses_the_vault_of_another_session(user, api, fake_claude: FakeClaude):
     from sessions_app import privacy
     from sessions_app.models import ChatSession

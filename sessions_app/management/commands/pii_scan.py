@@ -4,7 +4,7 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from sessions_app.pii import pseudonymize_spans, redact_spans, spans_to_scrub
+from sessions_app.pii import pseudonymize_spans, redact_spans, spans_to_scrub, with_known_values
 
 
 class Command(BaseCommand):
@@ -35,6 +35,8 @@ class Command(BaseCommand):
             if options["mode"] == "redact":
                 text = redact_spans(line, spans)
             else:
+                # The run's values found again without their cue are replaced too: listed.
+                spans = with_known_values(line, spans, vault)
                 text, new = pseudonymize_spans(line, spans, vault=vault)
                 vault.update(new)
             if options["json"]:
