@@ -35,6 +35,8 @@ from django.urls import reverse
 from rest_framework.exceptions import Throttled
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
+from .tokens import password_check
+
 T = TypeVar("T")
 
 
@@ -102,7 +104,8 @@ def password_checked(request: HttpRequest | None, username: str, check: Callable
     count = SignInCount(request, username)
     count.reserve()
     try:
-        result = check()
+        with password_check():  # a rehash of the password is no new password
+            result = check()
     except Exception:
         count.release()
         raise

@@ -5,6 +5,9 @@ declares the bearer scheme, which generated clients speak without configuration.
 """
 
 import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from hmac import compare_digest
 
@@ -47,6 +50,21 @@ def auth_token_revoke(*, token: AuthToken) -> None:
     token.delete()
 
 
+# Set while a sign-in checks a password (``signin.password_checked``): the one time Django
+# writes a password that is not new, the rehash of an outdated hash.
+_CHECKING_PASSWORD: ContextVar[bool] = ContextVar("checking_password", default=False)
+
+
+@contextmanager
+def password_check() -> Iterator[None]:
+    """Mark a sign-in's password check: a rehash it writes signs no token out."""
+    token = _CHECKING_PASSWORD.set(True)
+    try:
+        yield
+    finally:
+        _CHECKING_PASSWORD.reset(token)
+
+
 def auth_tokens_revoke_on_password_change(sender, instance, update_fields=None, **kwargs) -> None:
     """``pre_save`` of the user model: a new password (or none) signs out every API token.
 
@@ -64,11 +82,11 @@ def auth_tokens_revoke_on_password_change(sender, instance, update_fields=None, 
     row = stored.first()
     if row is None or row[0] == instance.password:
         return
-    # ``set_password`` keeps the raw password until the save, except in the sign-in's
-    # rehash, which clears it: with none pending, an outdated hash replaced by an up-to-date
-    # one is that rehash. (A hash assigned by hand over an outdated one looks the same.)
+    # The sign-in's rehash: during a password check, with no raw password pending (the
+    # rehash clears it; ``set_password`` keeps it until the save), an outdated hash
+    # replaced by an up-to-date one. A hash assigned by hand is a new password.
     pending = getattr(instance, "_password", None)
-    if pending is None and _rehashed(row[0], instance.password):
+    if pending is None and _CHECKING_PASSWORD.get() and _rehashed(row[0], instance.password):
         return
     AuthToken.objects.filter(user_id=instance.pk).delete()
 

@@ -51,6 +51,7 @@ def chat_session_delete(*, user: AbstractBaseUser, session_id: object) -> None:
     """
     session = chat_session_get_for_owner(user=user, session_id=session_id, for_update=True)
     in_flight = list(session.turns.filter(status__in=Turn.IN_FLIGHT).values_list("pk", flat=True))
+    history_store().erase_begin(session_ids=[session.pk])
     _session_fingerprints_erase(session)
     erased = session.pk  # delete() clears it
     session.delete()
@@ -158,6 +159,7 @@ def _sessions_erase(sessions: list[ChatSession]) -> int:
     # end: the postings hold no content and age out (``FINGERPRINT_TTL_SECONDS``).
     if not sessions:
         return 0
+    history_store().erase_begin(session_ids=[session.pk for session in sessions])
     try:
         for session in sessions:
             _session_fingerprints_erase(session)

@@ -195,6 +195,19 @@ class BaseHistoryStore(abc.ABC):
         writer which locked the turn after the remover wrote."""
         self._discard_turn(session, turn_id, roles, fence)
 
+    def erase_begin(self, *, session_ids: Iterable[uuid.UUID]) -> None:
+        """Refuse (``StoreUnavailable``) an erasure this store could not finish, before the
+        erasure's first step outside the database (the fingerprint postings) is taken: one
+        the store refused after it would leave the session whole but its postings gone, its
+        data no longer found in another user's reply. Erases nothing a rollback would need."""
+        ids = list(session_ids)
+        if ids:
+            self._erase_begin(ids)
+
+    def _erase_begin(self, session_ids: list[uuid.UUID]) -> None:
+        # Nothing to check by default: the database's stores erase with its rows.
+        return None
+
     def erase(self, *, session_ids: Iterable[uuid.UUID]) -> None:
         """Erase everything kept for these sessions; erasing an unknown session does nothing.
 

@@ -121,6 +121,11 @@ class HistoryStore(db.HistoryStore):
         super()._discard_turn(session, turn_id, roles, fence)
         self._invalidate([session.pk])
 
+    def _erase_begin(self, session_ids: list[uuid.UUID]) -> None:
+        # The entries can go now: a rollback needs none of them (a read fills them again).
+        keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
+        self._cache_delete(keys, strict=True)
+
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         super()._erase(session_ids)
         keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]

@@ -280,6 +280,12 @@ class HistoryStore(BaseHistoryStore):
                 keys=_keys(session.pk)[:2], args=[str(turn_id), fence, *fields]
             )
 
+    def _erase_begin(self, session_ids: list[uuid.UUID]) -> None:
+        # A Redis that does not answer now refuses the erasure before anything is erased;
+        # the keys go after the rows (``erase``), or a failed DELETE would lose the history.
+        with _neutral():
+            self._client().ping()
+
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         with _neutral():
             pipe = self._client().pipeline(transaction=False)

@@ -16,7 +16,7 @@ from datetime import timedelta
 import pytest
 from django.apps import apps
 from django.contrib.auth import get_user_model
-from django.contrib.auth.hashers import MD5PasswordHasher
+from django.contrib.auth.hashers import MD5PasswordHasher, make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
@@ -162,10 +162,30 @@ def test_a_page_drawn_for_one_user_is_not_answered_with_anothers_cookie(user, ot
     foreign = browser.get(f"/api/v1/sessions/{chat.pk}/", HTTP_X_PAGE_USER=str(user.pk))
     assert foreign.status_code == 401
     assert not AuditEntry.objects.filter(kind="security").exists()
+    # Its event stream (an EventSource sends no header) names the page's user in the address.
+    turn = services.message_accept(user=user, session_id=chat.pk, content="hi")
+    stream = browser.get(f"/api/v1/turns/{turn.pk}/events/?page_user={user.pk}")
+    assert stream.status_code == 401
+    assert stream.json()["code"] == "signed_in_as_another_user"
+    assert not AuditEntry.objects.filter(kind="security").exists()
     assert browser.get(SESSIONS_URL, HTTP_X_PAGE_USER=str(other_user.pk)).status_code == 200
     assert browser.get(SESSIONS_URL).status_code == 200
     key = sign_in_api(other_user.username, PASSWORD).json()["token"]
     assert with_token(key).get(SESSIONS_URL, HTTP_X_PAGE_USER=str(user.pk)).status_code == 200
+
+
+def test_a_new_password_assigned_as_a_hash_over_an_outdated_one_signs_tokens_out(user, settings):
+    """After an upgrade every stored hash is outdated until its user signs in: a new
+    password set from a shell as a hash (no sign-in's check running) is no rehash."""
+    stolen = sign_in_api(user.username, PASSWORD).json()["token"]
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+    user.refresh_from_db()
+    user.password = make_password("a-brand-new-pw-for-tests")
+    user.save()
+    assert with_token(stolen).get(SESSIONS_URL).status_code == 401
 
 
 def test_saving_a_user_without_a_new_password_keeps_its_tokens(user):

@@ -292,7 +292,7 @@
     const sent = content !== undefined;
     const kept = retry ? "Use its Retry again" : "It is still in the box";
     if (status === 401 && err.code === "signed_in_as_another_user") {
-      keepDraft(); // this account's, kept for its next sign-in here; the other never reads it
+      keepDraft(); // for a reload by the same account; another's page drops it unread
       showBanner(
         "This page is out of date: another account has signed in on this browser since it " +
           "was opened (in another tab, say). Reload the page to go on.",
@@ -559,7 +559,9 @@
     showPending(true);
     if (!("EventSource" in window)) return schedulePoll(POLL_MS);
     const watched = state.turn;
-    const stream = new EventSource(`${API}turns/${turn.id}/events/`);
+    // No header of its own: the page's user rides in the address (see api()).
+    const pageUser = encodeURIComponent(root.dataset.user);
+    const stream = new EventSource(`${API}turns/${turn.id}/events/?page_user=${pageUser}`);
     state.stream = stream;
     stream.addEventListener("turn", (event) => {
       if (state.turn !== watched) return;

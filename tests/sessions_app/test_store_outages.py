@@ -1,11 +1,14 @@
-"""The ``cached_db`` store when its cache (Redis) does not answer for a while and comes back
-with its data: what the cache kept from before must never be served, nor outlive an erasure.
+"""The history stores that keep data in Redis (``cached_db``'s cache, the ``redis`` store)
+when that Redis does not answer for a while and comes back with its data: what the cache
+kept from before must never be served, nor outlive an erasure, and an erasure the store
+cannot finish is refused before anything is erased.
 
-The cache is pointed at a port nobody listens on and back (``cache_at``), its data intact;
-the fingerprint index stays on the suite's Redis (``FINGERPRINT_REDIS_URL``), so that only
-the cache goes out.
+Redis is pointed at a port nobody listens on and back (``cache_at``), its data intact; the
+fingerprint index stays on the suite's Redis (``FINGERPRINT_REDIS_URL``), so that only the
+store's Redis goes out.
 """
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -14,7 +17,8 @@ from django.core.cache import cache
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from audit_app.services import ScanResult
+from audit_app.index import LISTED_SINCE
+from audit_app.services import ScanResult, reply_scan
 from sessions_app import services
 from sessions_app.models import ChatSession, Message
 from sessions_app.queries import turn_history
@@ -154,3 +158,38 @@ def test_a_run_reading_its_deleted_session_leaves_no_key_of_it(settings, user):
     assert _keys_of(session.pk) == []
     assert turn_history(turn=claimed) == []
     assert _keys_of(session.pk) == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["cached_db", "redis"])
+@pytest.mark.parametrize("how", ["delete", "purge"])
+def test_an_erasure_the_store_refuses_leaves_the_fingerprint_postings(
+    cache_switch, settings, user, other_user, store, how
+):
+    """The postings (in an index that answers) were erased first, then the store refused:
+    the session lived on, its data no longer found in another user's reply. The store now
+    refuses before anything is erased."""
+    settings.HISTORY_STORE = store
+    session = services.chat_session_create(owner=user)
+    secret = "My order ORD-583920 for Bartholomew Quince ships to 42 Wisteria Lane."
+    turn = services.message_accept(user=user, session_id=session.pk, content=secret)
+    assert services.turn_complete(turn_id=turn.pk, reply="Noted.")
+    leaked = "Your order ORD-583920 is on its way to Bartholomew Quince."
+    assert reply_scan(user_id=other_user.pk, session_id=uuid.uuid4(), text=leaked).leaked
+    if how == "purge":
+        past = timezone.now() - timedelta(seconds=1)
+        ChatSession.objects.filter(pk=session.pk).update(expires_at=past)
+    # Every live generation listed: the index erases without asking for the texts (which
+    # the store, out, could not give: that refusal came first by chance).
+    get_redis_connection("default").set(LISTED_SINCE, 0)
+    cache_switch.unreachable()
+    try:
+        if how == "delete":
+            assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 503
+        else:
+            with pytest.raises(StoreUnavailable):
+                services.chat_session_purge_expired()
+    finally:
+        cache_switch.back()
+    assert ChatSession.objects.filter(pk=session.pk).exists()
+    assert reply_scan(user_id=other_user.pk, session_id=uuid.uuid4(), text=leaked).leaked
