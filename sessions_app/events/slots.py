@@ -3,6 +3,7 @@ process's wait budget (``WAITS_PER_PROCESS``)."""
 
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Callable
 
@@ -24,36 +25,37 @@ class TooManyWaits(Throttled):
     default_code = "too_many_waits"
 
 
-# A counter left behind by a process that died mid-wait fades after this long.
+# A slot left behind by a process that died mid-wait (a gunicorn timeout, a deploy's
+# SIGKILL) or whose give-back was lost fades after this long.
 WAIT_SLOT_TTL_SECONDS = 15 * 60
 WAIT_RETRY_AFTER_SECONDS = 5
 
 
-# A user's slots are one counter in the cache. On Redis each step is one script, atomic and
-# one round trip (EVALSHA): a wait's cost is paid on every chat turn that waits.
-# Take: count one more, renew the fade-out, and give it straight back past the cap.
+# On Redis a user's slots are one sorted set: a member per slot held (a random token of its
+# holder), scored by the time the slot fades. Each slot so fades on its own: a counter
+# renewed by every take (a refused one too) kept slots leaked by a dead process for as long
+# as their user kept retrying, and a user who had leaked the cap got 429 on every ?wait and
+# stream for good. Each step is one script or command, atomic and one round trip: a wait's
+# cost is paid on every chat turn that waits. The one key is declared (KEYS[1]), so this
+# runs on Redis Cluster too. The time is Redis's own (TIME; Redis 5+ replicates a script's
+# effects, so a read of the clock may precede writes): one clock for every web machine, and
+# the one that expires the key, so a web machine's skewed clock neither fades slots others
+# hold nor keeps its own past their time.
+# Take: drop the faded slots; past the cap refuse, changing nothing more (a refusal renews
+# nothing); else add this one, and let the key fade with its newest slot.
 _TAKE = Script(
     None,  # no client of its own: each call names the connection it runs on
     b"""
-    local held = redis.call('INCR', KEYS[1])
-    redis.call('EXPIRE', KEYS[1], ARGV[1])
-    if held > tonumber(ARGV[2]) then
-        redis.call('DECR', KEYS[1])
+    local clock = redis.call('TIME')
+    local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
         return 0
     end
-    return held
-    """,
-)
-# Give back: never below zero, and never bring back a counter that has faded (it would
-# have no fade-out of its own).
-_GIVE_BACK = Script(
-    None,
-    b"""
-    local held = tonumber(redis.call('GET', KEYS[1]))
-    if held and held > 0 then
-        return redis.call('DECR', KEYS[1])
-    end
-    return 0
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+    local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+    redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(newest) * 1000))
+    return 1
     """,
 )
 
@@ -62,30 +64,40 @@ def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
     """Take one of the user's ``MAX_WAITS_PER_USER`` slots; return the function releasing it.
 
     Raise ``TooManyWaits`` (429 with ``Retry-After``) when they are all taken: one user's
-    open streams must not hold every web thread while everyone else waits.
+    open streams must not hold every web thread while everyone else waits. A slot never
+    given back fades ``WAIT_SLOT_TTL_SECONDS`` after it was taken; releasing twice gives
+    back one slot.
     """
-    key = f"wait-slots:{user_id}"
     if (connection := cache_redis()) is None:
-        return _cache_slot_acquire(key)  # the embedded default: the in-process cache
-    redis_key = cache.make_key(key)
-    args = (WAIT_SLOT_TTL_SECONDS, settings.MAX_WAITS_PER_USER)
+        return _cache_slot_acquire(f"wait-slots:{user_id}")  # the embedded default's cache
+    # Not the former counter's key (a string): during a rolling deploy the processes of
+    # both versions would each find the other's type there, and fail.
+    redis_key = cache.make_key(f"wait-slot-holders:{user_id}")
+    token = secrets.token_hex(8)
+    args = (WAIT_SLOT_TTL_SECONDS, settings.MAX_WAITS_PER_USER, token)
     if not _TAKE(keys=[redis_key], args=args, client=connection):
         raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
 
     def release() -> None:
+        # Only this holder's own slot: never another's, however often it is called, and
+        # nothing comes back of a set that has faded (ZREM makes no key).
         try:
-            _GIVE_BACK(keys=[redis_key], client=connection)
-        except Exception:  # noqa: BLE001 - Redis went away; the counter fades with it
+            connection.zrem(redis_key, token)
+        except Exception:  # noqa: BLE001 - Redis went away; the slot fades with it
             logger.warning("could not release a wait slot of user %s", user_id)
 
     return release
 
 
 def _cache_slot_acquire(key: str) -> Callable[[], None]:
-    """``wait_slot_acquire`` on any other Django cache: three calls, cheap in-process."""
+    """``wait_slot_acquire`` on any other Django cache: a counter, cheap in-process.
+
+    The embedded default's: one process, whose slots go with it if it dies, so the counter
+    fades as a whole. Only a slot taken renews it: a refusal must not keep a counter alive
+    (a give-back lost, say) while its user retries.
+    """
     cache.add(key, 0, timeout=WAIT_SLOT_TTL_SECONDS)
     held = cache.incr(key)
-    cache.touch(key, WAIT_SLOT_TTL_SECONDS)
 
     def release() -> None:
         try:
@@ -96,9 +108,11 @@ def _cache_slot_acquire(key: str) -> Callable[[], None]:
         except Exception:  # noqa: BLE001 - the cache went away; the counter fades with it
             logger.warning("could not release a wait slot (%s)", key)
 
+    release = _once(release)  # as on Redis: a second call gives back nothing more
     if held > settings.MAX_WAITS_PER_USER:
         release()
         raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
+    cache.touch(key, WAIT_SLOT_TTL_SECONDS)
     return release
 
 
