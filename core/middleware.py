@@ -1,5 +1,7 @@
-"""Middleware that keeps every error answer JSON: oversize bodies and outages."""
+"""Middleware: every error answer JSON (oversize bodies, outages), the API never cached, and
+nothing a view holds for its response kept when the server never gets that response."""
 
+import asyncio
 import logging
 import sys
 from collections.abc import Callable
@@ -7,7 +9,7 @@ from collections.abc import Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.utils.cache import patch_cache_control
 from whitenoise.middleware import WhiteNoiseMiddleware
 
@@ -70,6 +72,76 @@ class StaticFilesMiddleware(_EitherMode):
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
         return self.files(request)
+
+
+def response_hold(
+    request: HttpRequest, response: HttpResponseBase, close: Callable[[], None]
+) -> None:
+    """Have ``close`` called if ``response`` never reaches the server.
+
+    For what a view holds until the server closes its response (a stream's wait slots and
+    subscription): the server closes only the response it is handed. ``close`` must be
+    idempotent (the server may close the response too) and may run in any thread.
+    """
+    holds = request.__dict__.setdefault(_HOLDS, [])
+    holds.append((response, close))
+
+
+_HOLDS = "_response_holds"
+
+
+class UnsentResponseMiddleware(_EitherMode):
+    """Close what a view holds for a response that is not the one the server gets.
+
+    Outermost, so that it sees every step after the view. Under ASGI, when the client hangs
+    up while the middleware handle the response (each sync hook a hop to a thread), Django
+    cancels the request and sends ``request_finished``, but never closes the response it
+    did not get back; and a middleware failing after the view replaces the view's
+    response with an error one, under either server. Either way what the view's response
+    holds would be held for good.
+    """
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        try:
+            response = self.get_response(request)
+        except BaseException:
+            for close in _unsent(request, None):
+                _logged(close)
+            raise
+        for close in _unsent(request, response):
+            _logged(close)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response = await self.get_response(request)
+        except BaseException:  # a cancel above all: nothing may be awaited any more
+            _close_in_thread(_unsent(request, None))
+            raise
+        _close_in_thread(_unsent(request, response))
+        return response
+
+
+def _unsent(request: HttpRequest, sent: HttpResponseBase | None) -> list[Callable[[], None]]:
+    return [close for response, close in request.__dict__.pop(_HOLDS, ()) if response is not sent]
+
+
+def _close_in_thread(closes: list[Callable[[], None]]) -> None:
+    # Off the event loop (a close may wait on Redis), and not awaited: after a cancel the
+    # request's task must end at once, and the close needs nothing from it.
+    if closes:
+        loop = asyncio.get_running_loop()
+        for close in closes:
+            loop.run_in_executor(None, _logged, close)
+
+
+def _logged(close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:
+        logger.exception("closing an unsent response failed")
 
 
 class NoStoreApiMiddleware(_EitherMode):

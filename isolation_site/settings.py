@@ -109,7 +109,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Outermost: every API answer, errors of the middleware below included, says no-store.
+    # Outermost: a response held open by its view (a stream's slots) that the server never
+    # gets, a hang-up or an error below replacing it, is closed all the same.
+    "core.middleware.UnsentResponseMiddleware",
+    # Every API answer, errors of the middleware below included, says no-store.
     "core.middleware.NoStoreApiMiddleware",
     "core.middleware.RequestSizeLimitMiddleware",
     "core.middleware.ServiceUnavailableMiddleware",

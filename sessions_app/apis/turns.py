@@ -20,6 +20,7 @@ from core.api import (
     errors,
     streamable,
 )
+from core.middleware import response_hold
 
 from .. import events, selectors
 from ..models import Turn
@@ -93,7 +94,8 @@ class _AsyncStream:
 
     Django calls ``close`` when the response ends, after a hang-up too (an async
     generator's ``finally`` would run only when it is collected): it ends the subscription
-    and gives the slots back.
+    and gives the slots back. A response the server never gets (a hang-up while the
+    middleware handle it) is closed by ``UnsentResponseMiddleware``; once is enough.
     """
 
     def __init__(self, first: str, watch: events.AsyncTurnWatch, release) -> None:
@@ -198,7 +200,12 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
                 watch.close()
                 await events.in_thread(release)
                 raise
-            return self._headers(StreamingHttpResponse(_AsyncStream(first, watch, release)))
+            stream = _AsyncStream(first, watch, release)
+            response = self._headers(StreamingHttpResponse(stream))
+            # Django closes only the response the server sends: a hang-up while the
+            # middleware handle this one (before its first byte) would leave it held.
+            response_hold(request, response, stream.close)
+            return response
 
         return await self.dispatch_async(request, serve, turn_id=turn_id)
 
@@ -224,7 +231,9 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
         # response.
         first = next(watch)
         chunks = _Releasing(self._stream(first, watch), release)
-        return self._headers(StreamingHttpResponse(streamable(request, chunks)))
+        response = self._headers(StreamingHttpResponse(streamable(request, chunks)))
+        response_hold(request._request, response, chunks.close)  # replaced by an error below
+        return response
 
     @staticmethod
     def _headers(response: StreamingHttpResponse) -> StreamingHttpResponse:

@@ -945,6 +945,126 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
 
 
+@pytest.mark.parametrize("budget", [1, None])
+def test_under_asgi_a_stream_whose_client_hangs_up_before_its_first_byte_gives_its_slots_back(
+    asgi, user, settings, monkeypatch, budget
+):
+    """The view has returned the stream and the middleware are still handling the response
+    (each a hop to a thread under ASGI) when the client hangs up: Django cancels the
+    request's task, sends ``request_finished`` and never closes the response. The user's
+    slot, the process's and the listener's subscription must all come back all the same."""
+    import time
+
+    from django.core.handlers.asgi import ASGIHandler
+    from django.middleware.clickjacking import XFrameOptionsMiddleware
+
+    from sessions_app import services
+    from sessions_app.events.listener import turn_listener
+
+    from ..factories import token_for
+
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = budget
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")
+    token = token_for(user)
+    responding = threading.Event()
+    process_response = XFrameOptionsMiddleware.process_response
+
+    def slow_process_response(self, request, response):
+        responding.set()
+        time.sleep(0.5)  # the client hangs up meanwhile
+        return process_response(self, request, response)
+
+    monkeypatch.setattr(XFrameOptionsMiddleware, "process_response", slow_process_response)
+
+    async def scenario() -> tuple[list[dict], int]:
+        scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token, b""), "method": "GET"}
+        sent, received = [], []
+
+        async def receive() -> dict:
+            if not received:
+                received.append(1)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.to_thread(responding.wait, 5)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await ASGIHandler()(scope, receive, send)
+        await asyncio.sleep(1)  # the middleware's thread has ended by then
+        return sent, sum(len(c.subscriptions) for c in turn_listener().channels.values())
+
+    sent, subscribed = asyncio.run(scenario())
+    assert sent == [] and responding.is_set()
+    held = ["the listener's subscription"] if subscribed else []
+    if budget is not None:
+        if (release_budget := events.wait_budget_take()) is None:
+            held.append("the process's wait slot")
+        else:
+            release_budget()
+    try:
+        events.wait_slot_acquire(user_id=user.pk)()
+    except events.TooManyWaits:
+        held.append("the user's wait slot")
+    assert not held, f"left held after the hang-up: {held}"
+
+
+@pytest.mark.parametrize("server", ["wsgi", "asgi"])
+def test_a_stream_replaced_by_an_error_after_its_view_gives_its_slots_back(
+    asgi, user, settings, monkeypatch, server
+):
+    """A middleware that fails after the view turns its response into a 500: the server
+    gets (and closes) that one (here a 503: the failure is an outage), never the stream,
+    whose slots must come back all the same."""
+    from django.core.handlers.asgi import ASGIHandler
+    from django.middleware.clickjacking import XFrameOptionsMiddleware
+    from rest_framework.test import APIClient
+
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    settings.MAX_WAITS_PER_USER = 1
+    settings.WAITS_PER_PROCESS = 1
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")
+    token, path = token_for(user), f"/api/v1/turns/{turn.pk}/events/"
+
+    def failing(self, request, response):
+        raise redis.exceptions.ConnectionError("the session store went away")
+
+    monkeypatch.setattr(XFrameOptionsMiddleware, "process_response", failing)
+
+    async def over_asgi() -> int:
+        sent, received = [], []
+
+        async def receive() -> dict:
+            if not received:
+                received.append(1)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the client stays
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await ASGIHandler()({**_asgi_scope(path, token, b""), "method": "GET"}, receive, send)
+        await asyncio.sleep(0.5)  # the close, in a thread of its own, has run by then
+        return sent[0]["status"]
+
+    if server == "asgi":
+        status = asyncio.run(over_asgi())
+    else:
+        client = APIClient(HTTP_AUTHORIZATION=f"Token {token}", raise_request_exception=False)
+        status = client.get(path).status_code
+    assert status == 503
+    release_budget = events.wait_budget_take()
+    assert release_budget is not None, "the process's wait slot leaked"
+    release_budget()
+    events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
+
+
 @pytest.mark.parametrize("server", ["wsgi", "asgi"])
 @pytest.mark.parametrize("wait", ["", "?wait=30"])
 def test_a_queueing_whose_answer_was_lost_after_a_worker_took_the_turn_is_accepted(
