@@ -6,6 +6,9 @@ from the repo root, so this file applies to it unchanged; flags on the command l
 
 import os
 
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
 # How long an idle kept-alive connection stays open. gunicorn's default, 2 s, is about as
 # long as an API client waits between two requests (a poll after a 202, a Retry-After):
 # the gthread worker then closes the connection just as the client's next request
@@ -21,8 +24,17 @@ def post_fork(server, worker) -> None:
     Under WSGI a ``?wait`` or an event stream holds a thread for as long as it lasts; the
     process's wait budget (``sessions_app.events.wait_budget_size``) is sized from this so
     that threads always stay free for short requests. ``WAITS_PER_PROCESS`` overrides it.
+
+    Only for gunicorn's thread workers (``sync``, ``gthread``): under another worker class
+    (``uvicorn.workers.UvicornWorker``: the ASGI app on an event loop) a wait holds no
+    thread, and ``threads`` (1 there) would make a budget of none, every stream 503 and
+    every ``?wait`` 202 at once on an idle server. Nor may a value inherited from the
+    environment size it there.
     """
-    os.environ["WEB_THREADS"] = str(server.cfg.threads)
+    if isinstance(worker, SyncWorker | ThreadWorker):
+        os.environ["WEB_THREADS"] = str(server.cfg.threads)
+    else:
+        os.environ.pop("WEB_THREADS", None)
 
 
 def on_starting(server) -> None:

@@ -66,3 +66,21 @@ def test_one_worker_without_redis_or_several_with_it_start():
     for server in (_gunicorn(1), _gunicorn(2, REDIS_URL="redis://127.0.0.1:6379/15")):
         booted, log = _boots(server)
         assert booted, log
+
+
+def test_only_a_thread_worker_names_its_threads_to_the_app(monkeypatch):
+    """The wait budget is the worker's threads less an eighth: under gunicorn's uvicorn
+    worker a wait holds no thread, and its one "thread" would make a budget of none."""
+    import runpy
+    from types import SimpleNamespace
+
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+    from uvicorn.workers import UvicornWorker
+
+    post_fork = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["post_fork"]
+    server = SimpleNamespace(cfg=SimpleNamespace(threads=8))
+    for worker_class, named in ((ThreadWorker, "8"), (SyncWorker, "8"), (UvicornWorker, None)):
+        monkeypatch.setenv("WEB_THREADS", "1")  # inherited: not the worker's to use
+        post_fork(server, object.__new__(worker_class))
+        assert os.environ.get("WEB_THREADS") == named, worker_class

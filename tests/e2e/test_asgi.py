@@ -5,6 +5,7 @@ import http.client
 import json
 import re
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from sessions_app.models import Turn
 
 from ..factories import UserFactory, token_for
 from ..fakes.claude import canaries_in
-from ..support import wait_until
+from ..support import free_port, wait_until
+from .conftest import _answers_health
 
 pytestmark = pytest.mark.worker
 
@@ -179,3 +181,28 @@ def test_under_asgi_waits_and_streams_outnumber_the_thread_pool_and_each_gets_it
         assert canaries_in(turn["reply"]["content"]) == {content}
     time.sleep(0.5)
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_under_gunicorn_s_uvicorn_worker_a_stream_is_served(services, queued_tasks):
+    """The ASGI app run by gunicorn (``-k uvicorn.workers.UvicornWorker``, from the repo
+    root, so gunicorn.conf.py applies): a wait holds no thread there, as under uvicorn, so
+    no thread count may size a wait budget (1 thread: a budget of none, every stream 503
+    and every ?wait 202 at once on an idle server)."""
+    from sessions_app import services as chat  # ``services`` is the fixture here
+
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "isolation_site.asgi:application"]
+    argv += ["-b", f"127.0.0.1:{port}", "-w", "1", "-k", "uvicorn.workers.UvicornWorker"]
+    argv += ["--no-control-socket", "--graceful-timeout", "3"]
+    server = services("gunicorn-uvicorn", argv, env={"WEB_THREADS": "1"})  # not taken either
+    server.wait_ready(lambda: _answers_health(port))
+    user = UserFactory()
+    session = chat.chat_session_create(owner=user)
+    turn = chat.message_accept(user=user, session_id=session.pk, content="hi")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"GET /api/v1/turns/{turn.pk}/events/ HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Token {token_for(user)}\r\n\r\n".encode()
+        )
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 200"), head
