@@ -65,8 +65,13 @@ class ListenerConnection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _command(self, name: str, channel: str) -> None:
+    async def _command(self, name: str, channel: str, ready: asyncio.Future | None = None) -> None:
         async with self._lock:
+            if ready is not None and ready.done():
+                # Answered before its turn came: a connection lost meanwhile (``_lose``
+                # told its waiters and forgot the channel) or a refused pattern. Sent on
+                # the next connection, it would hold a channel no one waits on, for good.
+                return
             try:
                 if name in ("subscribe", "psubscribe"):
                     pubsub = await self._connected()

@@ -148,7 +148,7 @@ class TurnListener(ListenerConnection):
     def _asked(self, command: str, name: str) -> asyncio.Future:
         ready = self.loop.create_future()
         self._confirmations.setdefault(name, deque()).append(ready)
-        self._later(self._command(command, name))
+        self._later(self._command(command, name, ready))
         return ready
 
     def unconfirmed(self, subscription: Subscription) -> None:

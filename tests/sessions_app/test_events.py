@@ -388,6 +388,30 @@ def test_a_listener_whose_subscription_is_never_confirmed_drops_its_connection(
     assert asyncio.run(scenario())
 
 
+def test_a_subscribe_queued_behind_a_lost_connection_is_not_sent_on_the_next(settings):
+    """The connection is lost (here: given up as unanswering) while a waiter's SUBSCRIBE
+    waits its turn: the loss tells that waiter (it polls) and forgets its channel, so the
+    command must not go out on the next connection, which would hold a channel no one
+    waits on, and unsubscribe it never."""
+    url, kept, late = settings.REDIS_URL, uuid.uuid4(), uuid.uuid4()
+
+    async def scenario() -> tuple[bool, int, int]:
+        listener = events.turn_listener()
+        first = await listener.subscribe(kept)
+        async with listener._lock:  # the commands below queue, in this order
+            listener._later(listener._drop_unanswering())
+            subscription, ready = listener.enter(late)
+        told = await asyncio.wait_for(asyncio.shield(ready), 5)
+        await asyncio.sleep(0.3)  # the queued command has had its turn by then
+        first.close()
+        subscription.close()
+        return told, subscribers(url, late), len(listener.channels)
+
+    told, subscribed, channels = asyncio.run(scenario())
+    assert told is False  # the waiter is told the connection is gone: it polls
+    assert (subscribed, channels) == (0, 0)
+
+
 def test_a_status_the_waiter_skips_does_not_wake_it(settings):
     turn = uuid.uuid4()
 
