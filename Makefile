@@ -18,13 +18,13 @@ $(STAMP): requirements.txt | $(BIN)/python
 bootstrap: $(STAMP)
 
 migrate: bootstrap
-	DEBUG=$${DEBUG-1} $(BIN)/python manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
 
 # The embedded default: SQLite, in-process cache, eager tasks, offline responder
 # (or Claude when ANTHROPIC_API_KEY is set).
 run: migrate
-	DEBUG=$${DEBUG-1} $(BIN)/python manage.py seed_demo_users
-	DEBUG=$${DEBUG-1} $(BIN)/python manage.py runserver 127.0.0.1:8000
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py seed_demo_users
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py runserver 127.0.0.1:8000
 
 # The whole suite on the real Postgres and Redis (tests/settings.py says where).
 test: bootstrap

@@ -3,6 +3,9 @@
 Each reader returns the variable's value, or its default when it is unset or empty, and
 raises ``ImproperlyConfigured`` naming the variable for a value the service could not use
 (which would otherwise start, and then fail every request, or silently mean something else).
+Every value is read as set: django-environ would take one beginning with "$" for the name of
+another variable, and fall back to the default when that one is unset ("$5 off" a prompt,
+"$REDIS" a URL that gunicorn and Celery, reading the environment themselves, take as set).
 """
 
 import math
@@ -16,13 +19,16 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 from redis.connection import parse_url
 
-env = environ.Env()
 Number = TypeVar("Number", int, float)
+# The longest duration a setting takes, in seconds (ten years): a date that far on is one
+# Python and Postgres can still write; one past year 9999 would fail every request.
+MAX_SECONDS = 10 * 365 * 24 * 3600
 
-# What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter.
+# What DRF's SimpleRateThrottle.parse_rate reads: a count, "/", a period by its first letter;
+# only the periods' own words are taken, since DRF would read "60/month" as 60 a minute.
 # Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
 # importing it here, while settings load, would configure DRF from half-loaded settings.
-_RATE = re.compile(r"[0-9]+/[smhd][a-z]*")
+_RATE = re.compile(r"[0-9]+/(?:s|sec|second|m|min|minute|h|hour|d|day)s?")
 # django-environ's "proxied value": the name of another variable after a "$".
 _REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
@@ -32,9 +38,23 @@ def _listed(words: Sequence[str]) -> str:
     return f"{', '.join(rest)} or {last}" if rest else last
 
 
+def _value(name: str) -> str:
+    """Return ``name`` as set ("" when unset), refusing a bare reference to another variable,
+    which django-environ would have expanded and a program reading the environment itself
+    (gunicorn, Celery) would not."""
+    value = os.environ.get(name, "")
+    if _REFERENCE.fullmatch(value.strip()):
+        raise ImproperlyConfigured(
+            f"{name} names another variable ({value.strip()}): values are read as set, so "
+            f'give the value itself (export {name}="${value.strip()[1:]}" expands it in the '
+            "shell)."
+        )
+    return value
+
+
 def env_str(name: str, default: str) -> str:
     """Return ``name`` as given, or ``default`` when it is unset, empty or only blanks."""
-    value = env.str(name, default="")
+    value = _value(name)
     return value if value.strip() else default
 
 
@@ -80,7 +100,7 @@ def env_origins(name: str) -> list[str]:
     bare = [origin for origin in origins if not _has_scheme_and_host(origin)]
     if bare:
         raise ImproperlyConfigured(
-            f"{name}={env.str(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
+            f"{name}={_value(name)!r}: {_listed([repr(o) for o in bare])} without a scheme; "
             "give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
         )
     # A browser's Origin header never ends in "/" or a path: such an entry matches nothing
@@ -88,7 +108,7 @@ def env_origins(name: str) -> list[str]:
     pathed = [origin for origin in origins if not _no_path(origin)]
     if pathed:
         raise ImproperlyConfigured(
-            f"{name}={env.str(name)!r}: {_listed([repr(o) for o in pathed])} not an origin; "
+            f"{name}={_value(name)!r}: {_listed([repr(o) for o in pathed])} not an origin; "
             "an origin is a scheme and a host (and port) with nothing after, "
             "e.g. 'https://chat.example.com'."
         )
@@ -124,7 +144,7 @@ def env_codes(name: str, default: Sequence[str], known: Collection[str], what: s
     unknown = [code for code in codes if code not in known]
     if unknown:
         raise ImproperlyConfigured(
-            f"{name}={env.str(name)!r}: {_listed([repr(c) for c in unknown])} unknown; "
+            f"{name}={_value(name)!r}: {_listed([repr(c) for c in unknown])} unknown; "
             f"give a comma list of {what}."
         )
     return codes
@@ -139,7 +159,7 @@ def env_bool(name: str, default: bool) -> bool:
     """Return ``name`` as env.bool reads it (a whole number is on unless 0; ``true``, ``yes``,
     ``y``, ``on``, ``ok`` on; ``false``, ``no``, ``n``, ``off`` off, in any case), refusing
     any other word, which env.bool would silently read as off."""
-    raw = env.str(name, default="").strip()
+    raw = _value(name).strip()
     if not raw:
         return default
     try:
@@ -163,7 +183,7 @@ def env_number(
     kind: type[Number] = int,
 ) -> Number | None:
     """Return ``name`` as a ``kind`` (``int`` or ``float``) from ``minimum`` to ``maximum``."""
-    raw = env.str(name, default="").strip()
+    raw = _value(name).strip()
     if not raw:
         return default
     try:
@@ -194,7 +214,7 @@ def env_rate(name: str, default: str) -> str:
 
 def env_redis_url(name: str) -> str:
     """Return ``name``, a Redis URL (``redis://``, ``rediss://`` or ``unix://``), or ""."""
-    url = env.str(name, default="")
+    url = env_str(name, "")
     if url:
         try:
             parse_url(url)  # redis-py's own reading, as the cache's and the index's clients do

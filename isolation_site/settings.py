@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from isolation_site.envvars import (
-    env,
+    MAX_SECONDS,
     env_bool,
     env_choice,
     env_codes,
@@ -159,13 +159,15 @@ DATABASES = {
         "DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", ("postgres", "postgresql", "sqlite")
     ),
 }
+# Read whatever the database, so that a bad value never waits for the move to Postgres.
+_conn_max_age = env_number("CONN_MAX_AGE", 60, minimum=0, maximum=MAX_SECONDS)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE transactions make concurrent writers queue instead of failing mid-transaction.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
 else:
     # Persistent connections keep a turn's few queries cheap; the health check makes a
     # connection killed by a restart or failover heal on the next request.
-    DATABASES["default"]["CONN_MAX_AGE"] = env_number("CONN_MAX_AGE", 60, minimum=0)
+    DATABASES["default"]["CONN_MAX_AGE"] = _conn_max_age
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     options = DATABASES["default"].setdefault("OPTIONS", {})
     options.setdefault("connect_timeout", 2)
@@ -201,9 +203,9 @@ else:
 # Redis or RabbitMQ, the two brokers the settings below are written for (kombu would take
 # others, or none it knows, and the first post would fail). Celery reads the read and write
 # URLs from the environment itself.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
-_broker_read_url = env.str("CELERY_BROKER_READ_URL", default="")
-_broker_write_url = env.str("CELERY_BROKER_WRITE_URL", default="")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "")
+_broker_read_url = env_str("CELERY_BROKER_READ_URL", "")
+_broker_write_url = env_str("CELERY_BROKER_WRITE_URL", "")
 for _name, _url in (
     (
         "CELERY_BROKER_URL" if CELERY_BROKER_URL else "CELERY_BROKER_URL (unset, so REDIS_URL)",
@@ -216,6 +218,14 @@ for _name, _url in (
 CELERY_BROKER_URL = CELERY_BROKER_URL or REDIS_URL or "memory://"
 # No broker configured means the embedded setup: run tasks in the web process.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL == "memory://")
+if not CELERY_TASK_ALWAYS_EAGER and CELERY_BROKER_URL == "memory://":
+    # Tasks would go to a queue in this process's memory that no worker reads: every turn
+    # accepted and none answered, while /healthz says the broker is fine.
+    raise ImproperlyConfigured(
+        "CELERY_TASK_ALWAYS_EAGER is off but no broker is set: set CELERY_BROKER_URL or "
+        "REDIS_URL for a Celery worker to read the turns from, or leave "
+        "CELERY_TASK_ALWAYS_EAGER unset to run them in the web process."
+    )
 # RabbitMQ (amqp://, amqps://) or Redis (redis://, rediss://): the two behave differently
 # when a worker dies, so some settings below depend on which one it is.
 BROKER_IS_AMQP = CELERY_BROKER_URL.partition("://")[0] in {"amqp", "amqps", "pyamqp"}
@@ -264,7 +274,9 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 # Redis: a killed worker's unacknowledged task comes back after the visibility timeout
 # (Redis's default is an hour); it must be well under the 120 s promise, and restores must
 # be checked often. A redelivery may overlap a slow first run: the database keeps one reply.
-CELERY_VISIBILITY_TIMEOUT = env_number("CELERY_VISIBILITY_TIMEOUT", 60, minimum=1)
+CELERY_VISIBILITY_TIMEOUT = env_number(
+    "CELERY_VISIBILITY_TIMEOUT", 60, minimum=1, maximum=MAX_SECONDS
+)
 REDIS_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
     "unacked_restore_interval": 5,
@@ -309,15 +321,19 @@ if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
     raise ImproperlyConfigured("LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY.")
 CLAUDE_MODEL = env_str("CLAUDE_MODEL", "claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env_number("CLAUDE_MAX_TOKENS", 1024, minimum=1)
-CLAUDE_TIMEOUT_SECONDS = env_number("CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float)
+CLAUDE_TIMEOUT_SECONDS = env_number(
+    "CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float, maximum=MAX_SECONDS
+)
 # The SDK retries 429/5xx/connection errors with backoff; a turn then gets further
 # attempts as fresh tasks, so a Claude outage of a few calls does not fail the turn.
 CLAUDE_MAX_RETRIES = env_number("CLAUDE_MAX_RETRIES", 3, minimum=0)
 TURN_MAX_ATTEMPTS = env_number("TURN_MAX_ATTEMPTS", 3, minimum=1)
 # A turn's whole life, every attempt included: API.md promises a turn Claude cannot
 # answer ends ``failed`` within 120 s. Calls are sized to end before it.
-TURN_DEADLINE_SECONDS = env_number("TURN_DEADLINE_SECONDS", 100, minimum=1)
-TURN_RETRY_DELAY_SECONDS = env_number("TURN_RETRY_DELAY_SECONDS", 2.0, minimum=0, kind=float)
+TURN_DEADLINE_SECONDS = env_number("TURN_DEADLINE_SECONDS", 100, minimum=1, maximum=MAX_SECONDS)
+TURN_RETRY_DELAY_SECONDS = env_number(
+    "TURN_RETRY_DELAY_SECONDS", 2.0, minimum=0, kind=float, maximum=MAX_SECONDS
+)
 # No run of a turn outlives the turn: the soft limit stops a call past the deadline that
 # its own timeouts did not, the hard one a run that ignores the soft one.
 CELERY_TASK_SOFT_TIME_LIMIT = TURN_DEADLINE_SECONDS
@@ -335,7 +351,7 @@ if HISTORY_STORE == "redis" and not REDIS_URL:
     # Silently keeping history elsewhere when Redis-only (TTL'd) storage was asked for
     # would break the promise that setting makes.
     raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
-SESSION_TTL_SECONDS = env_number("SESSION_TTL_SECONDS", 7200, minimum=1)
+SESSION_TTL_SECONDS = env_number("SESSION_TTL_SECONDS", 7200, minimum=1, maximum=MAX_SECONDS)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
 PII_MODE = env_choice("PII_MODE", "pseudonymize", ("off", "redact", "pseudonymize"))
 # Regions whose national phone formats are recognised (international +numbers always are).
@@ -353,16 +369,22 @@ LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))
 # LEAK_HOLD_SECONDS that review has not found harmless, every reply of theirs is withheld,
 # so that a withheld reply no longer tells a prober anything. 0 turns it off.
 LEAK_HOLD_AFTER = env_number("LEAK_HOLD_AFTER", 3, minimum=0)
-LEAK_HOLD_SECONDS = env_number("LEAK_HOLD_SECONDS", 24 * 3600, minimum=1)
+LEAK_HOLD_SECONDS = env_number("LEAK_HOLD_SECONDS", 24 * 3600, minimum=1, maximum=MAX_SECONDS)
 # The fingerprint index (keyed hashes of distinctive tokens -> who introduced them): in
 # REDIS_URL's Redis (or FINGERPRINT_REDIS_URL's), else in a database table.
 FINGERPRINT_REDIS_URL = env_redis_url("FINGERPRINT_REDIS_URL")
-FINGERPRINT_TTL_SECONDS = env_number("FINGERPRINT_TTL_SECONDS", 30 * 24 * 3600, minimum=1)
+FINGERPRINT_TTL_SECONDS = env_number(
+    "FINGERPRINT_TTL_SECONDS", 30 * 24 * 3600, minimum=1, maximum=MAX_SECONDS
+)
 FINGERPRINT_BUCKET_BITS = env_number("FINGERPRINT_BUCKET_BITS", 12, minimum=0, maximum=16)
 # Audit log: repeated security events of one user and reason within this window are one
 # counted entry; entries are sealed into the hash chain every AUDIT_SEAL_INTERVAL_SECONDS.
-AUDIT_AGGREGATE_WINDOW_SECONDS = env_number("AUDIT_AGGREGATE_WINDOW_SECONDS", 60, minimum=0)
-AUDIT_SEAL_INTERVAL_SECONDS = env_number("AUDIT_SEAL_INTERVAL_SECONDS", 5, minimum=1)
+AUDIT_AGGREGATE_WINDOW_SECONDS = env_number(
+    "AUDIT_AGGREGATE_WINDOW_SECONDS", 60, minimum=0, maximum=MAX_SECONDS
+)
+AUDIT_SEAL_INTERVAL_SECONDS = env_number(
+    "AUDIT_SEAL_INTERVAL_SECONDS", 5, minimum=1, maximum=MAX_SECONDS
+)
 # Set it to keep verifying the chain across a SECRET_KEY rotation (else derived from it).
 AUDIT_CHAIN_KEY = env_secret("AUDIT_CHAIN_KEY")
 AUDIT_WITHHELD_TEXT_READER = "sessions_app.queries.turn_withheld_text"
@@ -382,9 +404,9 @@ WAITS_PER_PROCESS = env_number("WAITS_PER_PROCESS", None, minimum=1)
 ASGI_THREADS = env_number("ASGI_THREADS", 8, minimum=1)
 # How long a turn may stay pending or running before the sweep re-runs or fails it: past
 # the task's hard time limit, so a live run is never mistaken for a lost one.
-STALE_TURN_SECONDS = env_number("STALE_TURN_SECONDS", 120, minimum=1)
-SWEEP_INTERVAL_SECONDS = env_number("SWEEP_INTERVAL_SECONDS", 30, minimum=1)
-PURGE_INTERVAL_SECONDS = env_number("PURGE_INTERVAL_SECONDS", 300, minimum=1)
+STALE_TURN_SECONDS = env_number("STALE_TURN_SECONDS", 120, minimum=1, maximum=MAX_SECONDS)
+SWEEP_INTERVAL_SECONDS = env_number("SWEEP_INTERVAL_SECONDS", 30, minimum=1, maximum=MAX_SECONDS)
+PURGE_INTERVAL_SECONDS = env_number("PURGE_INTERVAL_SECONDS", 300, minimum=1, maximum=MAX_SECONDS)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-turns": {
         "task": "sessions_app.tasks.sweep_stale_turns",
@@ -463,7 +485,7 @@ AUTHENTICATION_BACKENDS = ["sessions_app.signin.ThrottledModelBackend"]
 # Failed sign-ins allowed per username and per client address in one window (DRF syntax).
 LOGIN_THROTTLE_RATE = env_rate("LOGIN_THROTTLE_RATE", "10/min")
 # An API token stops working this long after it was issued.
-TOKEN_TTL_SECONDS = env_number("TOKEN_TTL_SECONDS", 86400, minimum=1)
+TOKEN_TTL_SECONDS = env_number("TOKEN_TTL_SECONDS", 86400, minimum=1, maximum=MAX_SECONDS)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"

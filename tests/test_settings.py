@@ -241,6 +241,7 @@ def test_a_request_error_is_logged_once_under_debug():
         ("LOGIN_THROTTLE_RATE", "lots", "give a count per period"),
         ("CHAT_THROTTLE_RATE", "lots", "give a count per period"),
         ("CHAT_THROTTLE_RATE", "10/fortnight", "give a count per period"),
+        ("CHAT_THROTTLE_RATE", "60/month", "give a count per period"),  # DRF: 60 a minute
         ("CHAT_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
         ("LOGIN_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
         ("LOGIN_THROTTLE_RATE", "000/s", "give a count of at least 1 per period"),
@@ -258,9 +259,9 @@ def test_a_throttle_rate_drf_cannot_use_refuses_to_start(name, rate, says):
 @pytest.mark.parametrize(
     ("name", "value", "must"),
     [
-        ("SESSION_TTL_SECONDS", "0", "a whole number of at least 1"),
-        ("SESSION_TTL_SECONDS", "2h", "a whole number of at least 1"),
-        ("TOKEN_TTL_SECONDS", "-1", "a whole number of at least 1"),
+        ("SESSION_TTL_SECONDS", "0", "a whole number from 1 to 315360000"),
+        ("SESSION_TTL_SECONDS", "2h", "a whole number from 1 to 315360000"),
+        ("TOKEN_TTL_SECONDS", "-1", "a whole number from 1 to 315360000"),
         ("MAX_MESSAGE_CHARS", "0", "a whole number of at least 1"),
         ("MAX_REQUEST_BYTES", "-1048576", "a whole number of at least 1"),
         ("STATELESS_TOKEN_MAX_BYTES", "0", "a whole number of at least 1"),
@@ -268,13 +269,20 @@ def test_a_throttle_rate_drf_cannot_use_refuses_to_start(name, rate, says):
         ("WAITS_PER_PROCESS", "-1", "a whole number of at least 1"),
         ("TURN_MAX_ATTEMPTS", "0", "a whole number of at least 1"),
         ("CLAUDE_MAX_RETRIES", "-1", "a whole number of at least 0"),
-        ("CLAUDE_TIMEOUT_SECONDS", "nan", "a number of at least 0.1"),
-        ("TURN_RETRY_DELAY_SECONDS", "-2", "a number of at least 0"),
-        ("SWEEP_INTERVAL_SECONDS", "0", "a whole number of at least 1"),
+        ("CLAUDE_TIMEOUT_SECONDS", "nan", "a number from 0.1 to 315360000"),
+        ("TURN_RETRY_DELAY_SECONDS", "-2", "a number from 0 to 315360000"),
+        ("SWEEP_INTERVAL_SECONDS", "0", "a whole number from 1 to 315360000"),
         ("NUM_PROXIES", "-1", "a whole number of at least 0"),
         ("FINGERPRINT_BUCKET_BITS", "17", "a whole number from 0 to 16"),
         ("LEAK_HOLD_AFTER", "-1", "a whole number of at least 0"),
-        ("LEAK_HOLD_SECONDS", "0", "a whole number of at least 1"),
+        ("LEAK_HOLD_SECONDS", "0", "a whole number from 1 to 315360000"),
+        # A date that far on overflows: every sign-in, session or turn was a 500.
+        ("SESSION_TTL_SECONDS", "300000000000", "a whole number from 1 to 315360000"),
+        ("TOKEN_TTL_SECONDS", "300000000000", "a whole number from 1 to 315360000"),
+        ("TURN_DEADLINE_SECONDS", "300000000000", "a whole number from 1 to 315360000"),
+        ("LEAK_HOLD_SECONDS", "300000000000", "a whole number from 1 to 315360000"),
+        ("FINGERPRINT_TTL_SECONDS", "300000000000", "a whole number from 1 to 315360000"),
+        ("CONN_MAX_AGE", "abc", "a whole number from 0 to 315360000"),  # SQLite's too
     ],
 )
 def test_a_number_out_of_its_range_refuses_to_start(name, value, must):
@@ -356,10 +364,13 @@ def test_a_yes_or_no_that_is_neither_refuses_to_start(name, value):
     + ["no", "N"],
 )
 def test_a_yes_or_no_reads_the_words_env_bool_reads_as_it_does(monkeypatch, value):
-    from isolation_site.envvars import env, env_bool
+    import environ
+
+    from isolation_site.envvars import env_bool
 
     monkeypatch.setenv("YES_OR_NO", value)
-    assert env_bool("YES_OR_NO", False) is env.bool("YES_OR_NO") is env_bool("YES_OR_NO", True)
+    read = environ.Env().bool("YES_OR_NO")
+    assert env_bool("YES_OR_NO", False) is read is env_bool("YES_OR_NO", True)
 
 
 def test_an_empty_yes_or_no_is_its_default():
@@ -540,3 +551,48 @@ def test_a_blank_claude_base_url_is_the_sdks_default_and_a_given_one_is_used():
         "http://127.0.0.1:9/claude/",
         ["HTTP_X_FORWARDED_PROTO", "https"],
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HISTORY_STORE", "$NOPE"),
+        ("REDIS_URL", "$MY_REDIS"),
+        ("CELERY_BROKER_URL", "$MYBROKER"),
+        ("SESSION_TTL_SECONDS", " $TTL "),
+    ],
+)
+def test_a_value_naming_another_variable_refuses_to_start(name, value):
+    """django-environ took it for the name of another variable, and the default when that
+    one was unset; gunicorn and Celery, reading the environment themselves, took it as set:
+    a broker URL '$MYBROKER' started, and every post was 503."""
+    broker = "amqp://guest:guest@127.0.0.1:5672//"
+    result = load_settings(DEBUG="1", MYBROKER=broker, **{name: value})
+    assert result.returncode != 0
+    assert f"{name} names another variable ({value.strip()}): values are read as set" in (
+        result.stderr
+    )
+
+
+def test_a_value_beginning_with_a_dollar_is_read_as_set():
+    code = "from django.conf import settings; print(repr(settings.CLAUDE_SYSTEM_PROMPT))"
+    prompt = "$5 coupons are always valid. Be brief."
+    result = load_settings(code, DEBUG="1", CLAUDE_SYSTEM_PROMPT=prompt)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == repr(prompt)
+
+
+def test_tasks_off_the_web_process_with_no_broker_refuse_to_start():
+    """They went to a queue in the process's memory that no worker reads: every turn
+    accepted, none answered, and /healthz said the broker was fine."""
+    result = load_settings(DEBUG="1", CELERY_TASK_ALWAYS_EAGER="0")
+    assert result.returncode != 0
+    assert "CELERY_TASK_ALWAYS_EAGER is off but no broker is set" in result.stderr
+
+
+@pytest.mark.parametrize("rate", ["10/seconds", "5/mins", "3/hours", "1/days", "7/sec"])
+def test_a_rate_with_its_periods_own_words_starts(rate):
+    code = "from django.conf import settings; print(settings.CHAT_THROTTLE_RATE)"
+    result = load_settings(code, DEBUG="1", CHAT_THROTTLE_RATE=rate)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == rate
