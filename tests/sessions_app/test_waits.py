@@ -561,6 +561,29 @@ async def _asgi_post(path: str, token: str, content: str, *, gone=None) -> tuple
     return sent[0]["status"], json.loads(answer)
 
 
+async def _asgi_get_hung_up(path: str, token: str, hang_up: threading.Event) -> list[dict]:
+    """GET ``path`` from the ASGI application, the client hanging up once ``hang_up`` is
+    set; what it was sent. Returns a second after, once the server's threads have ended."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    scope = {**_asgi_scope(path, token, b""), "method": "GET"}
+    sent, received = [], []
+
+    async def receive() -> dict:
+        if not received:
+            received.append(1)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.to_thread(hang_up.wait, 5)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await ASGIHandler()(scope, receive, send)
+    await asyncio.sleep(1)
+    return sent
+
+
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.02)
@@ -897,8 +920,6 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
     back, or a few such hang-ups lock the user out of waits and streams for good."""
     import time
 
-    from django.core.handlers.asgi import ASGIHandler
-
     from sessions_app import services
     from sessions_app.apis import turns as turns_api
 
@@ -919,25 +940,8 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
 
     monkeypatch.setattr(turns_api.TurnEventsApi, "_open", slow_open)
 
-    async def scenario() -> list[dict]:
-        scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token, b""), "method": "GET"}
-        sent, received = [], []
-
-        async def receive() -> dict:
-            if not received:
-                received.append(1)
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.to_thread(taken.wait, 5)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await ASGIHandler()(scope, receive, send)
-        await asyncio.sleep(1)  # the open's thread has ended by then
-        return sent
-
-    assert asyncio.run(scenario()) == [] and taken.is_set()
+    path = f"/api/v1/turns/{turn.pk}/events/"
+    assert asyncio.run(_asgi_get_hung_up(path, token, taken)) == [] and taken.is_set()
     if budget is not None:
         release_budget = events.wait_budget_take()
         assert release_budget is not None, "the process's wait slot leaked"
@@ -955,7 +959,6 @@ def test_under_asgi_a_stream_whose_client_hangs_up_before_its_first_byte_gives_i
     slot, the process's and the listener's subscription must all come back all the same."""
     import time
 
-    from django.core.handlers.asgi import ASGIHandler
     from django.middleware.clickjacking import XFrameOptionsMiddleware
 
     from sessions_app import services
@@ -979,21 +982,7 @@ def test_under_asgi_a_stream_whose_client_hangs_up_before_its_first_byte_gives_i
     monkeypatch.setattr(XFrameOptionsMiddleware, "process_response", slow_process_response)
 
     async def scenario() -> tuple[list[dict], int]:
-        scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token, b""), "method": "GET"}
-        sent, received = [], []
-
-        async def receive() -> dict:
-            if not received:
-                received.append(1)
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.to_thread(responding.wait, 5)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await ASGIHandler()(scope, receive, send)
-        await asyncio.sleep(1)  # the middleware's thread has ended by then
+        sent = await _asgi_get_hung_up(f"/api/v1/turns/{turn.pk}/events/", token, responding)
         return sent, sum(len(c.subscriptions) for c in turn_listener().channels.values())
 
     sent, subscribed = asyncio.run(scenario())
