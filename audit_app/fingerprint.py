@@ -20,20 +20,22 @@ from wordfreq.numbers import smash_numbers
 
 # `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
-# Digit groups joined by hyphens or dashes are one number (phones, order numbers), dates
-# are not; so are three groups or more joined by spaces or dots (a card "4539 1488 0343
-# 6467", a phone "+44 20 7946 0958" or "415.555.2671") when they hold a number's worth of
-# digits (``_one_number``).
-DASHES = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212"
-SPACES = " .\u00a0\u202f"
-TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\d+(?:[{SPACES}]\d+){{2,}}|[^\W_]+")
+# Digit groups joined by hyphens are one number (phones, order numbers), dates are not
+# (nor ranges: the en dash is not a hyphen). Groups joined by spaces are one number only
+# in the shapes of one (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45
+# 6789", an international phone "+44 20 7946 0958"; not a count "10 20 30 40", an amount
+# "125 000 000", a date and time, and never groups joined by dots (addresses, versions).
+DASHES = "-\u2010\u2011\u2012\u2212"
+SPACES = " \u00a0\u202f"
+TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|[^\W_]+")
 GROUP = re.compile(r"\d+")
 YEAR = re.compile(r"1[89]\d\d|20\d\d")
 DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{2,4}")
 _AS_HYPHEN = str.maketrans(dict.fromkeys(DASHES, "-"))
-# Fewer digits than that, or more than one group of one digit, is not one number but
-# several: a date "12.03.2024", an amount "1 000 000", a version "1.2.3", a count "1 2 3 4".
-NUMBER_DIGITS = 9
+# The group lengths of a card (Visa and the like, Amex) and of an SSN written with spaces.
+NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4)})
+# An international phone ("+" and its groups) holds at least this many digits.
+PHONE_DIGITS = 9
 
 LEAK_THRESHOLD = 1.0
 # Words at least this frequent (Zipf scale: 3 is about once per million words) are
@@ -128,11 +130,11 @@ def _tokens(text: str) -> list[_Token]:
         raw = match.group()
         if raw.isalnum():
             raw_norm = raw
-        elif raw[GROUP.match(raw).end()] in DASHES:
+        elif raw[0] != "+" and raw[GROUP.match(raw).end()] in DASHES:
             if DATE.fullmatch(raw.translate(_AS_HYPHEN)):
                 continue
             raw_norm = "".join(GROUP.findall(raw))
-        elif _one_number(groups := GROUP.findall(raw)):
+        elif _one_number(raw, groups := GROUP.findall(raw)):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
             at = match.start()
@@ -150,9 +152,10 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
-def _one_number(groups: list[str]) -> bool:
-    digits = sum(len(group) for group in groups)
-    return digits >= NUMBER_DIGITS and sum(len(group) == 1 for group in groups) <= 1
+def _one_number(raw: str, groups: list[str]) -> bool:
+    if raw[0] == "+":
+        return sum(len(group) for group in groups) >= PHONE_DIGITS
+    return tuple(len(group) for group in groups) in NUMBER_SHAPES
 
 
 def token_weight(word: str) -> float:

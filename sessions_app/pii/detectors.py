@@ -119,19 +119,26 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     invisible = None if form.isascii() else _unicode_forms()[1]
     if invisible is None or not invisible.search(form):
         return _resolve(_candidates(form, regions))
-    # Invisible characters (a zero-width space or joiner, a soft hyphen) split nothing that
-    # Claude reads: the finders read the text without them, and each span is mapped back
-    # to the text's own characters, the invisible ones inside it included.
+    # Invisible characters (a zero-width space or joiner, a soft hyphen) may separate words
+    # (pasted text, Thai) or split a value ("ali\u200dce@..."): the finders read the text
+    # with each as a space, where the boundaries it marks hold, then without them, which
+    # adds what only they had split (mapped back over them) where nothing was found.
+    found = _resolve(_candidates(invisible.sub(" ", form), regions))
     kept = [i for i, char in enumerate(form) if not invisible.match(char)]
-    visible = "".join(form[i] for i in kept)
-    spans = _resolve(_candidates(visible, regions))
-    return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in spans]
+    joined = _resolve(_candidates("".join(form[i] for i in kept), regions))
+    for s in joined:
+        start, end = kept[s.start], kept[s.end - 1] + 1
+        if all(end <= f.start or start >= f.end for f in found):
+            found.append(Span(s.type, start, end, s.score))
+    return sorted(found, key=lambda span: span.start)
 
 
 def ascii_form(text: str) -> str:
     """Return ``text`` with the digits of every script ("４", "٤", "४", "𝟒"), the
     full-width forms of ASCII ("＋", "（", "＠"), every space ("\u00a0", "\u202f") and
-    every dash ("–", "\u2011", "−") as ASCII, one character for one.
+    the hyphens ("\u2010", "\u2011", the figure dash, "−") as ASCII, one character for one.
+    Not the en or em dash: Claude writes ranges with them ("1947–1991"), which the phone
+    finder would take for a number.
 
     A card number typed on a Japanese keyboard, in Arabic-Indic digits, or pasted with
     no-break spaces, is read by Claude as any other: the finders must see it too.
@@ -139,11 +146,16 @@ def ascii_form(text: str) -> str:
     return text if text.isascii() else text.translate(_unicode_forms()[0])
 
 
+# Hyphens other than ASCII's: "\u2010", the non-breaking "\u2011", the figure dash (for
+# digits), the minus sign, the small hyphen-minus.
+HYPHENS = (0x2010, 0x2011, 0x2012, 0x2212, 0xFE63)
+
+
 @functools.cache
 def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
     # Built once, on the first text that is not ASCII, in one pass over Unicode (0.1 to
-    # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; the spaces
-    # and dashes, categories Zs and Pd, and the minus sign; the full-width block
+    # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; the spaces,
+    # category Zs, and ``HYPHENS``; the full-width block
     # U+FF01-FF5E and the ideographic full stops), and the format characters (category Cf:
     # zero-width space and joiners, the soft hyphen, bidirectional marks), which a text
     # shows as nothing.
@@ -155,10 +167,9 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
             table[code] = str(digit)
         elif (category := unicodedata.category(char)) == "Zs":
             table[code] = " "
-        elif category == "Pd":
-            table[code] = "-"
         elif category == "Cf":
             invisible.append(char)
     table.update({code: chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)})
-    table.update({0x2212: "-", 0x3002: ".", 0xFF61: "."})
+    table.update(dict.fromkeys(HYPHENS, "-"))
+    table.update({0x3002: ".", 0xFF61: "."})
     return table, re.compile(f"[{re.escape(''.join(invisible))}]")
