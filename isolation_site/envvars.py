@@ -28,7 +28,7 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # only the periods' own words are taken, since DRF would read "60/month" as 60 a minute.
 # Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
 # importing it here, while settings load, would configure DRF from half-loaded settings.
-_RATE = re.compile(r"[0-9]+/(?:s|sec|second|m|min|minute|h|hour|d|day)s?")
+_RATE = re.compile(r"[0-9]+/(?:s|sec|second|m|min|minute|h|hr|hour|d|day)s?")
 # django-environ's "proxied value": the name of another variable after a "$".
 _REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 

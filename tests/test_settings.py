@@ -590,7 +590,7 @@ def test_tasks_off_the_web_process_with_no_broker_refuse_to_start():
     assert "CELERY_TASK_ALWAYS_EAGER is off but no broker is set" in result.stderr
 
 
-@pytest.mark.parametrize("rate", ["10/seconds", "5/mins", "3/hours", "1/days", "7/sec"])
+@pytest.mark.parametrize("rate", ["10/seconds", "5/mins", "3/hours", "1/days", "7/sec", "10/hr"])
 def test_a_rate_with_its_periods_own_words_starts(rate):
     code = "from django.conf import settings; print(settings.CHAT_THROTTLE_RATE)"
     result = load_settings(code, DEBUG="1", CHAT_THROTTLE_RATE=rate)
