@@ -43,6 +43,11 @@ def _version_key(session_id: uuid.UUID) -> str:
     return f"session:{{{session_id}}}:version"
 
 
+def _all_keys(session_ids: list[uuid.UUID]) -> list[str]:
+    """Every key the store keeps for these sessions: what an erasure deletes."""
+    return [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
+
+
 def _new_version() -> int:
     # An integer, which the Redis cache stores as its digits: the script below compares it.
     return secrets.randbits(62)
@@ -123,12 +128,12 @@ class HistoryStore(db.HistoryStore):
 
     def _erase_begin(self, session_ids: list[uuid.UUID]) -> None:
         # The entries can go now: a rollback needs none of them (a read fills them again).
-        keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
+        keys = _all_keys(session_ids)
         self._cache_delete(keys, strict=True)
 
     def _erase(self, session_ids: list[uuid.UUID]) -> None:
         super()._erase(session_ids)
-        keys = [key for sid in session_ids for key in (_key(sid), _version_key(sid))]
+        keys = _all_keys(session_ids)
         self._cache_delete(keys, strict=True)  # else the rows' deletion rolls back
         transaction.on_commit(lambda: self._cache_delete(keys))
 
