@@ -18,6 +18,8 @@ from typing import NamedTuple
 from wordfreq import get_frequency_list, zipf_frequency
 from wordfreq.numbers import smash_numbers
 
+from sessions_app.pii import detectors as pii_detectors
+
 # `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
 # Digit groups joined by hyphens are one number (phones, order numbers), dates are not
@@ -25,8 +27,10 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
 # in the shapes of one (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45
 # 6789", an international phone "+44 20 7946 0958"; not a count "10 20 30 40", an amount
 # "125 000 000", a date and time, and never groups joined by dots (addresses, versions).
-DASHES = "-\u2010\u2011\u2012\u2212"
-SPACES = " \u00a0\u202f"
+# The hyphens and spaces are those the PII detector reads as ASCII's, the full-width
+# hyphen-minus included: what it protects in a message, the scan must see in a reply.
+DASHES = "-\uff0d" + pii_detectors.HYPHENS
+SPACES = " " + pii_detectors.SPACES
 TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|[^\W_]+")
 GROUP = re.compile(r"\d+")
 YEAR = re.compile(r"1[89]\d\d|20\d\d")

@@ -65,20 +65,14 @@ def env_secret(name: str) -> str:
     meant to give a secret (a placeholder left blank, a quoting slip), and used as given
     they would be a key anyone can guess. The refusal does not repeat the value.
     """
-    # Read as set, not through django-environ: it takes a value beginning with "$" for the
-    # name of another variable, and a generated secret may begin so (Django's alphabet has
-    # "$"): the secret would silently be that variable's value, or nothing.
-    value = os.environ.get(name, "")
+    # Read as set, not through django-environ: a generated secret may begin with "$"
+    # (Django's alphabet has it) and would silently be another variable's value, or nothing.
+    # A bare reference is refused: taken as set it would be a key anyone can read here, and
+    # a generated secret is never just letters and "_".
+    value = _value(name)
     if value and not value.strip():
         raise ImproperlyConfigured(
             f"{name} is only blanks: give the secret itself, or leave {name} unset."
-        )
-    if _REFERENCE.fullmatch(value):
-        # Meant as django-environ's reference to another variable, taken as set it would be
-        # a key anyone can read here. A generated secret is never just letters and "_".
-        raise ImproperlyConfigured(
-            f"{name} names another variable ({value}): secrets are read as set, so give "
-            f'the secret itself (export {name}="${value[1:]}" expands it in the shell).'
         )
     return value
 

@@ -119,18 +119,29 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     invisible = None if form.isascii() else _unicode_forms()[1]
     if invisible is None or not invisible.search(form):
         return _resolve(_candidates(form, regions))
-    # Invisible characters (a zero-width space or joiner, a soft hyphen) may separate words
-    # (pasted text, Thai) or split a value ("ali\u200dce@..."): the finders read the text
-    # with each as a space, where the boundaries it marks hold, then without them, which
-    # adds what only they had split (mapped back over them) where nothing was found.
-    found = _resolve(_candidates(invisible.sub(" ", form), regions))
-    kept = [i for i, char in enumerate(form) if not invisible.match(char)]
-    joined = _resolve(_candidates("".join(form[i] for i in kept), regions))
-    for s in joined:
-        start, end = kept[s.start], kept[s.end - 1] + 1
-        if all(end <= f.start or start >= f.end for f in found):
-            found.append(Span(s.type, start, end, s.score))
+    # Invisible characters (a zero-width space, a word joiner, bidirectional marks) may
+    # separate words (pasted text, Thai) or split a value ("alice\u200b@..."): the finders
+    # read the text with each as a space, where the boundaries it marks hold, then without
+    # them, which adds what only they had split where nothing was found. The soft hyphen
+    # and the zero-width joiner and non-joiner stand inside a word, never between two:
+    # both readings read past them ("ali\u200dce@..." is one address, not "ce@...").
+    spaced = invisible.sub(lambda m: m.group() if m.group() in IN_WORD else " ", form)
+    found = _found_past(spaced, _IN_WORD, regions)
+    for s in _found_past(form, invisible, regions):
+        if all(s.end <= f.start or s.start >= f.end for f in found):
+            found.append(s)
     return sorted(found, key=lambda span: span.start)
+
+
+def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> list[Span]:
+    # The findings in ``text`` read without the characters ``skip`` matches, mapped back
+    # onto ``text``: a span starts and ends on characters read, and covers those skipped
+    # inside it.
+    if not skip.search(text):
+        return _resolve(_candidates(text, regions))
+    kept = [i for i, char in enumerate(text) if not skip.match(char)]
+    found = _resolve(_candidates("".join(text[i] for i in kept), regions))
+    return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
 
 
 def ascii_form(text: str) -> str:
@@ -147,15 +158,27 @@ def ascii_form(text: str) -> str:
 
 
 # Hyphens other than ASCII's: "\u2010", the non-breaking "\u2011", the figure dash (for
-# digits), the minus sign, the small hyphen-minus.
-HYPHENS = (0x2010, 0x2011, 0x2012, 0x2212, 0xFE63)
+# digits), the minus sign, the small hyphen-minus. (The full-width one is in the full-width
+# block below.) The leak scan joins digit groups on the same characters.
+HYPHENS = "\u2010\u2011\u2012\u2212\ufe63"
+# Unicode's spaces (category Zs) other than ASCII's, as the table below reads them; a test
+# checks the list against ``unicodedata``. The leak scan joins digit groups on them too.
+SPACES = (
+    "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u202f\u205f\u3000"
+)
+
+# Format characters that stand inside a word and join the letters on either side: the soft
+# hyphen, the zero-width non-joiner and joiner.
+IN_WORD = "\u00ad\u200c\u200d"
+_IN_WORD = re.compile(f"[{IN_WORD}]")
 
 
 @functools.cache
 def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
     # Built once, on the first text that is not ASCII, in one pass over Unicode (0.1 to
-    # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; the spaces,
-    # category Zs, and ``HYPHENS``; the full-width block
+    # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; ``SPACES``
+    # and ``HYPHENS``; the full-width block
     # U+FF01-FF5E and the ideographic full stops), and the format characters (category Cf:
     # zero-width space and joiners, the soft hyphen, bidirectional marks), which a text
     # shows as nothing.
@@ -165,11 +188,10 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
         char = chr(code)
         if (digit := unicodedata.decimal(char, None)) is not None:
             table[code] = str(digit)
-        elif (category := unicodedata.category(char)) == "Zs":
-            table[code] = " "
-        elif category == "Cf":
+        elif unicodedata.category(char) == "Cf":
             invisible.append(char)
     table.update({code: chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)})
-    table.update(dict.fromkeys(HYPHENS, "-"))
+    table.update(dict.fromkeys(map(ord, SPACES), " "))
+    table.update(dict.fromkeys(map(ord, HYPHENS), "-"))
     table.update({0x3002: ".", 0xFF61: "."})
     return table, re.compile(f"[{re.escape(''.join(invisible))}]")

@@ -7,6 +7,7 @@ import pytest
 from wordfreq import get_frequency_list, zipf_frequency
 
 from audit_app import fingerprint
+from sessions_app.pii import detectors as pii_detectors
 
 # Vocabulary words of every band, codes, words wordfreq does not know, other scripts.
 SAMPLES = [
@@ -88,12 +89,31 @@ def test_offsets_survive_normalisation():
         ("card 4539\u00a01488\u00a00343\u00a06467", "4539148803436467"),
         ("call 415\u2011555\u20112671", "4155552671"),
         ("amex 3782 822463 10005", "378282246310005"),
+        # Every space and hyphen the PII detector reads as ASCII's: thin and figure spaces,
+        # the small and the full-width hyphen-minus.
+        ("card 4539\u20091488\u20090343\u20096467", "4539148803436467"),
+        ("card 4539\u20071488\u20070343\u20076467", "4539148803436467"),
+        ("call 415\ufe63555\ufe632671", "4155552671"),
+        ("call 415\uff0d555\uff0d2671", "4155552671"),
     ],
 )
 def test_a_number_written_in_groups_is_one_feature(text, number):
     """Each group alone proves nothing (four digits or fewer): the number whole does, in
     whichever groups it is written, so another user's card in a reply is evidence."""
     assert number in {f.text for f in fingerprint.features(text) if f.weight == 1.0}
+
+
+def test_the_scan_joins_digit_groups_on_what_the_pii_detector_reads_as_hyphens_and_spaces():
+    """A separator the detector reads as ASCII's joins a value it protects in a message; a
+    reply writing another user's value with it must be joined too, or it is no evidence."""
+    for char in pii_detectors.SPACES:
+        assert pii_detectors.ascii_form(char) == " "
+        number = fingerprint.features(f"card 4539{char}1488{char}0343{char}6467")
+        assert "4539148803436467" in {f.text for f in number}, hex(ord(char))
+    for char in pii_detectors.HYPHENS + "\uff0d":
+        assert pii_detectors.ascii_form(char) == "-"
+        number = fingerprint.features(f"order 415{char}555{char}2671")
+        assert "4155552671" in {f.text for f in number}, hex(ord(char))
 
 
 @pytest.mark.parametrize(

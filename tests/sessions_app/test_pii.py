@@ -2,6 +2,8 @@
 
 import json
 import re
+import sys
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sessions_app.pii import (
     MODES,
     Span,
     detect,
+    detectors,
     pseudonymize,
     redact,
     restore,
@@ -233,6 +236,10 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
         ("mail alice.smith\u200b@example.com", "mail [EMAIL_ADDRESS]"),
         ("mail alice.smith@exam\u00adple.com", "mail [EMAIL_ADDRESS]"),
         ("card 4539\u200b1488\u200b0343\u200b6467 ok", "card [CREDIT_CARD] ok"),
+        # The joiners and the soft hyphen stand inside a word: all of the address is one.
+        ("mail ali\u200dce@example.com", "mail [EMAIL_ADDRESS]"),
+        ("mail ali\u200cce.smith@example.com now", "mail [EMAIL_ADDRESS] now"),
+        ("mail ali\u00adce@example.com", "mail [EMAIL_ADDRESS]"),
         # ... and where they separate words (pasted text, Thai), the boundaries hold.
         ("email\u200bjohn@example.com\u200bthanks", "email\u200b[EMAIL_ADDRESS]\u200bthanks"),
         ("call\u200b415-555-2671\u200bor", "call\u200b[PHONE_NUMBER]\u200bor"),
@@ -248,6 +255,18 @@ def test_values_split_by_unicode_spaces_dashes_or_invisible_characters_are_found
 ) -> None:
     """Claude reads them as the plain values; every finder missed them, so they reached it."""
     assert redact(text) == redacted
+
+
+def test_every_unicode_space_is_read_as_a_space() -> None:
+    """``SPACES`` is written out (the leak scan's pattern is built from it): it must be
+    Unicode's category Zs, every one of them, as this Python's ``unicodedata`` knows it."""
+    spaces = {
+        chr(code)
+        for code in range(0x80, sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) == "Zs"
+    }
+    assert set(detectors.SPACES) == spaces
+    assert detectors.ascii_form(detectors.SPACES) == " " * len(spaces)
 
 
 def test_a_value_with_invisible_characters_is_restored_as_typed() -> None:
