@@ -128,10 +128,15 @@ def exchange(environ: dict[str, Any], body: bytes, response: HttpResponseBase) -
     """
     if _https_redirect(environ, response):
         return
+    head = environ.get("REQUEST_METHOD") == "HEAD"
+    if head:
+        # HEAD is GET without the body (RFC 9110): GET's operation describes its status
+        # and headers, as it does a stream's.
+        environ = {**environ, "REQUEST_METHOD": "GET"}
     openapi = strict_openapi()
     request = openapi_request(environ, body)
     try:
-        if response.streaming:
+        if response.streaming or head:
             _stream_check(openapi, request, response)
         else:
             openapi.validate_response(request, openapi_response(response))

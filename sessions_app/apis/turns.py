@@ -178,6 +178,17 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
             release()
             raise
 
+    def head(self, request: Request, turn_id: str) -> StreamingHttpResponse:
+        """GET's status and headers, and no stream: nothing held for a body no one reads.
+
+        Served as GET, a HEAD would hold a thread and the caller's slots until the turn
+        ended (servers drop a HEAD's body, but read it all), on the thread pool under ASGI
+        too. Its slots are taken and given back at once, so it answers as GET would then.
+        """
+        _turn, release = self._open(request, turn_id)
+        release()
+        return self._headers(StreamingHttpResponse(()))
+
     async def aget(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:
         """GET on the event loop: the stream awaits changes holding no thread."""
 

@@ -55,6 +55,24 @@ def test_one_stream_more_than_the_cap_is_429_and_closing_one_frees_a_slot(
         hang_up(response)
 
 
+def test_a_head_of_a_stream_answers_its_headers_at_once_and_holds_no_slot(
+    api, other_api, pending, settings
+):
+    """A HEAD served as GET followed the turn to its end, holding a thread and a slot."""
+    settings.MAX_WAITS_PER_USER = 1
+    path = f"/api/v1/turns/{pending.pk}/events/"
+    head = api.head(path)
+    assert head.status_code == 200 and head["Content-Type"] == "text/event-stream"
+    # Its body not yet read (a server reads all of a HEAD's), the one slot is free.
+    held = api.get(path)
+    assert held.status_code == 200
+    hang_up(head)
+    refused = api.head(path)  # ... and a HEAD answers as GET would now
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    hang_up(held)
+    assert other_api.head(path).status_code == 404
+
+
 def test_the_cap_is_per_user(api, other_api, pending, settings):
     settings.MAX_WAITS_PER_USER = 1
     held = api.get(f"/api/v1/turns/{pending.pk}/events/")
@@ -947,6 +965,39 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
         assert release_budget is not None, "the process's wait slot leaked"
         release_budget()
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
+
+
+def test_under_asgi_a_head_of_a_stream_ends_at_once_and_holds_no_slot(asgi, user, settings):
+    from django.core.handlers.asgi import ASGIHandler
+
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    settings.MAX_WAITS_PER_USER = 1
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")
+    scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token_for(user), b"")}
+    scope["method"] = "HEAD"
+    sent: list[dict] = []
+    received: list[int] = []
+
+    async def receive() -> dict:
+        if not received:
+            received.append(1)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(ASGIHandler()(scope, receive, send), timeout=10)
+
+    asyncio.run(scenario())  # TimeoutError: it followed the pending turn
+    assert sent[0]["status"] == 200
+    assert not b"".join(m.get("body", b"") for m in sent[1:])
+    events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the HEAD held its slot
 
 
 @pytest.mark.parametrize("budget", [1, None])
