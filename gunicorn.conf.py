@@ -26,7 +26,7 @@ def post_fork(server, worker) -> None:
     that threads always stay free for short requests. ``WAITS_PER_PROCESS`` overrides it.
 
     Only for gunicorn's thread workers (``sync``, ``gthread``): under another worker class
-    (``uvicorn.workers.UvicornWorker``: the ASGI app on an event loop) a wait holds no
+    (``uvicorn_worker.UvicornWorker``: the ASGI app on an event loop) a wait holds no
     thread, and ``threads`` (1 there) would make a budget of none, every stream 503 and
     every ``?wait`` 202 at once on an idle server. Nor may a value inherited from the
     environment size it there.

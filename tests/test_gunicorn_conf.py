@@ -76,7 +76,7 @@ def test_only_a_thread_worker_names_its_threads_to_the_app(monkeypatch):
 
     from gunicorn.workers.gthread import ThreadWorker
     from gunicorn.workers.sync import SyncWorker
-    from uvicorn.workers import UvicornWorker
+    from uvicorn_worker import UvicornWorker
 
     post_fork = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["post_fork"]
     server = SimpleNamespace(cfg=SimpleNamespace(threads=8))

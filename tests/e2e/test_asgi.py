@@ -184,7 +184,7 @@ def test_under_asgi_waits_and_streams_outnumber_the_thread_pool_and_each_gets_it
 
 
 def test_under_gunicorn_s_uvicorn_worker_a_stream_is_served(services, queued_tasks):
-    """The ASGI app run by gunicorn (``-k uvicorn.workers.UvicornWorker``, from the repo
+    """The ASGI app run by gunicorn (``-k uvicorn_worker.UvicornWorker``, from the repo
     root, so gunicorn.conf.py applies): a wait holds no thread there, as under uvicorn, so
     no thread count may size a wait budget (1 thread: a budget of none, every stream 503
     and every ?wait 202 at once on an idle server)."""
@@ -192,7 +192,7 @@ def test_under_gunicorn_s_uvicorn_worker_a_stream_is_served(services, queued_tas
 
     port = free_port()
     argv = [sys.executable, "-m", "gunicorn", "isolation_site.asgi:application"]
-    argv += ["-b", f"127.0.0.1:{port}", "-w", "1", "-k", "uvicorn.workers.UvicornWorker"]
+    argv += ["-b", f"127.0.0.1:{port}", "-w", "1", "-k", "uvicorn_worker.UvicornWorker"]
     argv += ["--no-control-socket", "--graceful-timeout", "3"]
     server = services("gunicorn-uvicorn", argv, env={"WEB_THREADS": "1"})  # not taken either
     server.wait_ready(lambda: _answers_health(port))
