@@ -119,17 +119,25 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     invisible = None if form.isascii() else _unicode_forms()[1]
     if invisible is None or not invisible.search(form):
         return _resolve(_candidates(form, regions))
-    # Invisible characters (a zero-width space, a word joiner, bidirectional marks) may
-    # separate words (pasted text, Thai) or split a value ("alice\u200b@..."): the finders
-    # read the text with each as a space, where the boundaries it marks hold, then without
-    # them, which adds what only they had split where nothing was found. The soft hyphen
-    # and the zero-width joiner and non-joiner stand inside a word, never between two:
-    # both readings read past them ("ali\u200dce@..." is one address, not "ce@...").
-    spaced = invisible.sub(lambda m: m.group() if m.group() in IN_WORD else " ", form)
-    found = _found_past(spaced, _IN_WORD, regions)
-    for s in _found_past(form, invisible, regions):
-        if all(s.end <= f.start or s.start >= f.end for f in found):
-            found.append(s)
+    # Invisible characters (a zero-width space or joiner, a soft hyphen, bidirectional
+    # marks) may separate words (pasted text, Thai) or split a value ("ali\u200dce@..."):
+    # the finders read the text with each as a space, where the boundaries they mark hold,
+    # then without them. What only the second reading finds is added; where it overlaps
+    # what the first found, both are protected as one ("email\u200bjohn@..." whole, the
+    # word with the address): read wrong, a boundary costs a word, never part of a value.
+    found = _resolve(_candidates(invisible.sub(" ", form), regions))
+    for span in _found_past(form, invisible, regions):
+        overlapping = [f for f in found if f.start < span.end and span.start < f.end]
+        if overlapping:
+            found = [f for f in found if f not in overlapping]
+            longest = max([span, *overlapping], key=lambda f: f.end - f.start)
+            span = Span(
+                longest.type,
+                min(f.start for f in (span, *overlapping)),
+                max(f.end for f in (span, *overlapping)),
+                max(f.score for f in (span, *overlapping)),
+            )
+        found.append(span)
     return sorted(found, key=lambda span: span.start)
 
 
@@ -137,8 +145,6 @@ def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> lis
     # The findings in ``text`` read without the characters ``skip`` matches, mapped back
     # onto ``text``: a span starts and ends on characters read, and covers those skipped
     # inside it.
-    if not skip.search(text):
-        return _resolve(_candidates(text, regions))
     kept = [i for i, char in enumerate(text) if not skip.match(char)]
     found = _resolve(_candidates("".join(text[i] for i in kept), regions))
     return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
@@ -167,11 +173,15 @@ SPACES = (
     "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u202f\u205f\u3000"
 )
-
-# Format characters that stand inside a word and join the letters on either side: the soft
-# hyphen, the zero-width non-joiner and joiner.
-IN_WORD = "\u00ad\u200c\u200d"
-_IN_WORD = re.compile(f"[{IN_WORD}]")
+# Characters a text shows as nothing that are not format characters (category Cf):
+# Unicode's other default-ignorable code points (DerivedCoreProperties.txt): the combining
+# grapheme joiner, the Hangul fillers, Khmer's inherent vowels, the Mongolian and other
+# variation selectors.
+IGNORABLE = (
+    "\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u180f\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
 
 
 @functools.cache
@@ -180,8 +190,8 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
     # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; ``SPACES``
     # and ``HYPHENS``; the full-width block
     # U+FF01-FF5E and the ideographic full stops), and the format characters (category Cf:
-    # zero-width space and joiners, the soft hyphen, bidirectional marks), which a text
-    # shows as nothing.
+    # zero-width space and joiners, the soft hyphen, bidirectional marks) and ``IGNORABLE``,
+    # which a text shows as nothing.
     table: dict[int, str] = {}
     invisible = []
     for code in range(0x80, sys.maxunicode + 1):
@@ -194,4 +204,4 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
     table.update(dict.fromkeys(map(ord, SPACES), " "))
     table.update(dict.fromkeys(map(ord, HYPHENS), "-"))
     table.update({0x3002: ".", 0xFF61: "."})
-    return table, re.compile(f"[{re.escape(''.join(invisible))}]")
+    return table, re.compile(f"[{re.escape(''.join(invisible) + IGNORABLE)}]")

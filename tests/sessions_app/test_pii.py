@@ -236,16 +236,34 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
         ("mail alice.smith\u200b@example.com", "mail [EMAIL_ADDRESS]"),
         ("mail alice.smith@exam\u00adple.com", "mail [EMAIL_ADDRESS]"),
         ("card 4539\u200b1488\u200b0343\u200b6467 ok", "card [CREDIT_CARD] ok"),
-        # The joiners and the soft hyphen stand inside a word: all of the address is one.
         ("mail ali\u200dce@example.com", "mail [EMAIL_ADDRESS]"),
         ("mail ali\u200cce.smith@example.com now", "mail [EMAIL_ADDRESS] now"),
         ("mail ali\u00adce@example.com", "mail [EMAIL_ADDRESS]"),
+        # Where a part of the value was found read one way and the whole the other, the
+        # whole is protected, not the part.
+        ("mail alice\u200bsmith@example.com", "mail [EMAIL_ADDRESS]"),
+        ("call me at (415)\u200b 555-2671", "call me at [PHONE_NUMBER]"),
+        ("415-\u200b555-2671", "[PHONE_NUMBER]"),
+        ("ip 1\u200b92.168.10.1", "ip [IP_ADDRESS]"),
+        ("+44 \u200b20 7946 0958", "[PHONE_NUMBER]"),
+        # Invisible characters that are not format characters (default-ignorable ones).
+        ("card 4111\u034f1111\u034f1111\u034f1111", "card [CREDIT_CARD]"),
+        ("mail alice\ufe0f@example.com", "mail [EMAIL_ADDRESS]"),
+        ("mail alice\u3164@example.com", "mail [EMAIL_ADDRESS]"),
         # ... and where they separate words (pasted text, Thai), the boundaries hold.
         ("email\u200bjohn@example.com\u200bthanks", "email\u200b[EMAIL_ADDRESS]\u200bthanks"),
         ("call\u200b415-555-2671\u200bor", "call\u200b[PHONE_NUMBER]\u200bor"),
         ("SSN\u2060123-45-6789\u2060ok", "SSN\u2060[US_SSN]\u2060ok"),
-        ("Contact\u200bjohn.smith@example.com", "Contact\u200b[EMAIL_ADDRESS]"),
         ("card 4539 1488 0343 6467\u200band", "card [CREDIT_CARD]\u200band"),
+        # ... and beside a value, a joiner or a soft hyphen hides none of it.
+        ("card\u200c4539148803436467 ok", "card\u200c[CREDIT_CARD] ok"),
+        ("ssn\u200d123-45-6789", "ssn\u200d[US_SSN]"),
+        ("tel\u00ad4155552671", "tel\u00ad[PHONE_NUMBER]"),
+        ("ip\u200d192.168.1.1", "ip\u200d[IP_ADDRESS]"),
+        ("iban\u200dDE89370400440532013000", "iban\u200d[IBAN_CODE]"),
+        ("call me\u200d+44 20 7946 0958", "call me\u200d[PHONE_NUMBER]"),
+        # A word the address may or may not run on from goes with it: not "john.smith@...".
+        ("Contact\u200bjohn.smith@example.com", "[EMAIL_ADDRESS]"),
         # Ranges are written with the en dash: not a phone number.
         ("era 1947\u20131991, pp. 1234\u20131256", "era 1947\u20131991, pp. 1234\u20131256"),
     ],
