@@ -22,22 +22,25 @@ from sessions_app.pii import detectors as pii_detectors
 
 # `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
-# Digit groups joined by hyphens are one number (phones, order numbers), dates are not
-# (nor ranges: the en dash is not a hyphen). Groups joined by spaces are one number only
-# in the shapes of one (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45
-# 6789", an international phone "+44 20 7946 0958"; not a count "10 20 30 40", an amount
-# "125 000 000", a date and time, and never groups joined by dots (addresses, versions).
-# The hyphens and spaces are those the PII detector reads as ASCII's, the full-width
-# hyphen-minus included: what it protects in a message, the scan must see in a reply.
+# Digit groups joined by hyphens are one number (phones, order numbers); dates are not,
+# nor ranges (``_range``: "1947-1991", "pages 210-245"; nor any with the en dash, which is
+# no hyphen). Groups joined by spaces are one number only in the shapes of one
+# (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45 6789", a phone "415 555
+# 2671" or "+44 20 7946 0958"; not a count "10 20 30 40", an amount "125 000 000", a date
+# and time. Groups joined by dots never are (addresses, versions, dates), and a decimal's
+# fraction is no number of its own ("3.14159265"). The hyphens and spaces are those the
+# PII detector reads as ASCII's, the full-width hyphen-minus included: what it protects in
+# a message, the scan must see in a reply.
 DASHES = "-\uff0d" + pii_detectors.HYPHENS
 SPACES = " " + pii_detectors.SPACES
-TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|[^\W_]+")
+TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|\d+(?:\.\d+)+|[^\W_]+")
 GROUP = re.compile(r"\d+")
 YEAR = re.compile(r"1[89]\d\d|20\d\d")
 DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{2,4}")
 _AS_HYPHEN = str.maketrans(dict.fromkeys(DASHES, "-"))
-# The group lengths of a card (Visa and the like, Amex) and of an SSN written with spaces.
-NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4)})
+# The group lengths of a card (Visa and the like, Amex), an SSN and a national phone (the
+# United States', the United Kingdom's) written with spaces.
+NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4), (3, 3, 4), (3, 4, 4)})
 # An international phone ("+" and its groups) holds at least this many digits.
 PHONE_DIGITS = 9
 
@@ -134,26 +137,50 @@ def _tokens(text: str) -> list[_Token]:
         raw = match.group()
         if raw.isalnum():
             raw_norm = raw
-        elif raw[0] != "+" and raw[GROUP.match(raw).end()] in DASHES:
+        elif (joint := " " if raw[0] == "+" else raw[GROUP.match(raw).end()]) in DASHES:
+            groups = GROUP.findall(raw)
             if DATE.fullmatch(raw.translate(_AS_HYPHEN)):
                 continue
-            raw_norm = "".join(GROUP.findall(raw))
+            if _range(groups):
+                _each_group(tokens, match)
+                continue
+            raw_norm = "".join(groups)
+        elif joint == ".":
+            # Several numbers, each a token; a decimal's fraction none.
+            _each_group(tokens, match, fraction=raw.count(".") == 1)
+            continue
         elif _one_number(raw, groups := GROUP.findall(raw)):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
-            at = match.start()
-            for group in GROUP.finditer(raw):
-                start, end = at + group.start(), at + group.end()
-                tokens.append(_new_token(_Token, (group.group(), start, end, False)))
+            _each_group(tokens, match)
             continue
         # NFKC leaves ASCII as it is, and casefold is lower there: skip both for most words.
+        # Digits of other scripts are read as ASCII's, as the PII detector reads them.
         if raw_norm.isascii():
             norm = raw_norm.lower()
         else:
-            norm = unicodedata.normalize("NFKC", raw_norm).casefold()
+            norm = unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw_norm)).casefold()
         start, end = match.span()
         tokens.append(_new_token(_Token, (norm, start, end, raw[:1].isupper())))
     return tokens
+
+
+def _each_group(tokens: list[_Token], match: re.Match[str], *, fraction: bool = False) -> None:
+    # Each digit group of ``match`` a token of its own; with ``fraction``, but the last.
+    at, raw = match.start(), match.group()
+    groups = list(GROUP.finditer(raw))
+    for group in groups[:-1] if fraction else groups:
+        start, end = at + group.start(), at + group.end()
+        tokens.append(_new_token(_Token, (group.group(), start, end, False)))
+
+
+def _range(groups: list[str]) -> bool:
+    # Two years, or two numbers of three digits or fewer, the second the greater: a range
+    # ("1947-1991", "200-400 mg", "pages 210-245"), which Claude writes for anyone.
+    if len(groups) != 2 or int(groups[0]) >= int(groups[1]):
+        return False
+    short = len(groups[0]) <= 3 and len(groups[1]) <= 3
+    return short or all(YEAR.fullmatch(group) for group in groups)
 
 
 def _one_number(raw: str, groups: list[str]) -> bool:

@@ -1,6 +1,7 @@
 """Feature extraction: the scan's own word table gives wordfreq's answers."""
 
 import random
+import re
 import string
 
 import pytest
@@ -130,9 +131,40 @@ def test_the_scan_joins_digit_groups_on_what_the_pii_detector_reads_as_hyphens_a
         "Termin am 03.12.2026 14:30 Uhr",
         "Timetable 9.00 10.30 12.00",
         "The Cold War era 1947\u20131991",
+        "Between 1947-1991 the two blocs competed.",
+        "in 2019-2020",
+        "The 1990-1991 season",
+        "take between 200-400 mg",
+        "pages 210-245",
+        "Room 101-105",
+        "Use 3.14159265 for pi.",
+        "e is 2.718281828",
     ],
 )
 def test_groups_that_are_several_numbers_are_not_joined(text):
-    """A date, an amount, a version, a count, an address, a range: one token each, one
-    of seven digits or more would be a leak on its own wherever another user wrote it."""
-    assert not any(f.text.isdigit() and len(f.text) >= 7 for f in fingerprint.features(text))
+    """A date, an amount, a version, a count, an address, a range, a decimal: Claude writes
+    them for anyone. Joined, one of seven digits or more, or a pair with its neighbour, is
+    a leak on its own wherever another user wrote it: every other user's reply holding it
+    was withheld for the index's lifetime, and three of them held the user."""
+    joined = re.compile(r"\d{5,}")
+    features = fingerprint.features(text)
+    assert not [(f.text, f.weight) for f in features if f.weight >= 1.0 and joined.search(f.text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("call 555-0100", "5550100"),
+        ("order 1234-5678", "12345678"),
+        ("ref 2021-2345", "20212345"),  # a year, then no year: not a range
+        ("order 5678-1234", "56781234"),  # descending: not a range
+        ("call 415 555 2671", "4155552671"),
+        ("call 020 7946 0958", "02079460958"),
+        ("order \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "12345678"),
+        ("card 4539148803436467.", "4539148803436467"),
+    ],
+)
+def test_numbers_that_look_like_neither_a_range_nor_a_decimal_stay_one(text, number):
+    """What the PII detector protects in a message is evidence in a reply, in whichever
+    script's digits it is written."""
+    assert number in {f.text for f in fingerprint.features(text) if f.weight == 1.0}
