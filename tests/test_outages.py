@@ -411,6 +411,65 @@ def test_broker_down_posting_is_503_fast_and_undone_then_heals(scene, broker_onl
     assert message_count(scene) == 3
 
 
+@pytest.mark.django_db(transaction=True)
+def test_redis_gone_between_the_accept_and_the_queueing_undoes_the_post(
+    user, settings, monkeypatch
+):
+    """The redis store with the broker on the same Redis, which goes away just after the
+    accept commits. The queueing fails, and so did the undo: it removed the turn's reply
+    from Redis first, which a turn no run has claimed cannot have. The answer said nothing
+    was kept while the turn stayed pending; the resend was 409 and the sweep answered it."""
+    from sessions_app import tasks
+
+    from .conftest import client_for
+
+    settings.HISTORY_STORE = "redis"
+    url = settings.REDIS_URL
+
+    def redis_gone(turn):
+        cache_at(settings, f"redis://127.0.0.1:{free_port()}/0")
+        raise redis.exceptions.ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "_queue", redis_gone)
+    session = services.chat_session_create(owner=user)
+    path = f"/api/v1/sessions/{session.pk}/messages/"
+    try:
+        answer = client_for(user).post(path, {"content": "hello"}, format="json")
+    finally:
+        cache_at(settings, url)
+    assert answer.status_code == 503, answer.content
+    assert not Turn.objects.filter(session_id=session.pk).exists()
+    monkeypatch.undo()
+    settings.HISTORY_STORE = "redis"
+    again = client_for(user).post(path, {"content": "hello"}, format="json")
+    assert again.status_code == 202, again.content
+    assert again.json()["user_message"]["seq"] == 1  # the undone message left no gap
+
+
+def test_a_post_whose_connection_dies_before_its_undo_is_undone_on_a_fresh_one(
+    user, database_switch, monkeypatch
+):
+    """The broker refused the task and the database connection died with it (a failover):
+    the undo ran once, failed, and left the turn pending behind a 503 that said nothing
+    was kept."""
+    from sessions_app import tasks
+
+    from .conftest import client_for
+
+    def broker_down_and_connection_killed(turn):
+        database_switch.terminate()
+        raise redis.exceptions.ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "_queue", broker_down_and_connection_killed)
+    session = services.chat_session_create(owner=user)
+    path = f"/api/v1/sessions/{session.pk}/messages/"
+    answer = client_for(user).post(path, {"content": "hello"}, format="json")
+    assert answer.status_code == 503, answer.content
+    connection.close()
+    assert not Turn.objects.filter(session_id=session.pk).exists()
+    assert not Message.objects.filter(session_id=session.pk).exists()
+
+
 def test_publishing_to_a_dead_broker_fails_fast(broker_only, transactional_db):
     broker_only.kill()
     started = time.monotonic()

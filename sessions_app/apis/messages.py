@@ -21,6 +21,7 @@ from core.api import (
     PagePagination,
     errors,
 )
+from core.errors import once_more_on_fresh_connection
 
 from .. import events, selectors, services, tasks
 from ..errors import CommitUnconfirmed
@@ -237,7 +238,9 @@ def _unqueued_discard(turn: Turn, user: AbstractBaseUser) -> bool:
     kept.
     """
     try:
-        if services.turn_discard(turn_id=turn.pk):
+        # Once more after a lost connection: left, the turn would be answered by the sweep
+        # after a 503 that said nothing was kept, and the resend refused meanwhile (409).
+        if once_more_on_fresh_connection(services.turn_discard, turn_id=turn.pk):
             return False
         taken = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
         return taken.status != Turn.Status.PENDING

@@ -174,10 +174,16 @@ def turn_discard(*, turn_id: uuid.UUID, session_id: uuid.UUID | None = None) -> 
             # A reply now: a pending turn's is one whose run lost its commit, never shown,
             # and left at the seq after, it would make the next message's seq look taken.
             # Fenced: a remover that stalled past its lock must not take a reply that a run
-            # which claimed and ended the turn since has shown.
-            store.discard_turn(
-                session=turn.session, turn_id=turn.pk, roles=(ASSISTANT,), fence=fence_next()
-            )
+            # which claimed and ended the turn since has shown. None for a turn no run has
+            # claimed (a run claims under this lock before it writes): one not queued is
+            # removed so with its Redis out too (its broker, say), as its answer says.
+            if turn.attempts:
+                store.discard_turn(
+                    session=turn.session,
+                    turn_id=turn.pk,
+                    roles=(ASSISTANT,),
+                    fence=fence_next(),
+                )
             ref = SessionRef(pk=turn.session_id, owner_id=turn.session.owner_id)
             tid = turn.pk  # not read in the callback: ``delete()`` sets it to None
             transaction.on_commit(lambda: _discard_outside(store, ref, tid))
