@@ -674,6 +674,29 @@ def test_a_refused_retry_keeps_the_failed_message_and_its_retry(site, open_conte
     assert_no_csp_violations(page)
 
 
+def test_try_again_sends_the_message_as_it_is_in_the_box_now(site, open_context):
+    """The banner says the unsent message is still in the box; its Try again sent the text
+    as first sent, so a message corrected meanwhile went out uncorrected, the correction
+    left in the box."""
+    UserFactory(username="hugo")
+    page = sign_in(open_context(), site, "hugo")
+    page.route(
+        "**/api/v1/sessions/*/messages/",
+        lambda route: route.fulfill(
+            status=503, json={"detail": "Unavailable.", "code": "unavailable"}
+        ),
+        times=1,
+    )
+    send(page, "My order is 1234")
+    expect(page.get_by_role("alert")).to_contain_text("It is still in the box")
+    page.get_by_label("Message").fill("My order is 12345")
+    page.get_by_role("button", name="Try again").click()
+    expect(replies(page)).to_have_text(["Noted."])
+    expect(page.locator("#log .msg.user .text")).to_have_text(["My order is 12345"])
+    expect(page.get_by_label("Message")).to_have_value("")
+    assert_no_csp_violations(page)
+
+
 def throttle_once(page: Page, seconds: int) -> None:
     page.route(
         "**/api/v1/sessions/",

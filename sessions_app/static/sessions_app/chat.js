@@ -359,8 +359,10 @@
           ? `The service is briefly unavailable, so your message was not sent. ${kept}: ` +
               "try again in a moment."
           : "The service is briefly unavailable. Try again in a moment.",
+        // What the box holds then: the banner points there, and the text may have been
+        // corrected meanwhile (Send would send it so too).
         sent && !retry
-          ? { label: "Try again", kind: "unavailable", run: () => send(content) }
+          ? { label: "Try again", kind: "unavailable", run: () => send(els.message.value) }
           : { label: "Try again", kind: "unavailable", run: () => refresh() },
       );
     } else {
