@@ -23,12 +23,20 @@ def client_gone(request: Request) -> Callable[[], bool]:
     sock = request.META.get("gunicorn.socket")
     if sock is None or isinstance(sock, ssl.SSLSocket):
         return events.never
+    # poll, not select: select refuses a descriptor past 1023, which a worker holding many
+    # kept-alive connections hands out, and every wait there read as hung up at once.
+    readable = select.poll()
+    try:
+        readable.register(sock, select.POLLIN)
+    except (OSError, ValueError):  # closed already
+        return lambda: True
 
     def gone() -> bool:
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            return bool(readable) and not sock.recv(1, socket.MSG_PEEK)
-        except (OSError, ValueError):
+            return bool(readable.poll(0)) and not sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
             return True
 
     return gone

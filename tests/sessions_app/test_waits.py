@@ -73,6 +73,39 @@ def test_a_head_of_a_stream_answers_its_headers_at_once_and_holds_no_slot(
     assert other_api.head(path).status_code == 404
 
 
+@pytest.mark.parametrize("descriptor", [5, 1100], ids=["low", "past 1023"])
+def test_a_client_is_gone_only_once_its_socket_reads_as_closed(descriptor):
+    """gunicorn's gthread worker keeps up to 1,000 connections open: a client's socket may
+    be past 1023, where ``select`` refuses it, and every wait read as hung up at once (a
+    ``?wait`` answered 202, a stream ended before the turn's end)."""
+    import fcntl
+    import resource
+    import socket
+    from types import SimpleNamespace
+
+    from sessions_app.apis.waiting import client_gone
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft <= descriptor:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    server, client = socket.socketpair()
+    at = fcntl.fcntl(server.fileno(), fcntl.F_DUPFD, descriptor)
+    server.close()
+    server = socket.socket(fileno=at)
+    try:
+        assert server.fileno() >= descriptor
+        gone = client_gone(SimpleNamespace(META={"gunicorn.socket": server}))
+        assert not gone()
+        client.sendall(b"GET /next HTTP/1.1\r\n")  # a pipelined request: still there
+        assert not gone()
+        client.close()
+        server.recv(1024)
+        assert gone()
+    finally:
+        server.close()
+        client.close()
+
+
 def test_the_cap_is_per_user(api, other_api, pending, settings):
     settings.MAX_WAITS_PER_USER = 1
     held = api.get(f"/api/v1/turns/{pending.pk}/events/")
