@@ -14,7 +14,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
+from typing import Any
 
 import redis.asyncio
 import redis.exceptions
@@ -26,6 +27,10 @@ from ..models import Turn
 logger = logging.getLogger(__name__)
 # Without Redis (the embedded setup) turns run eagerly; polling is the rare fallback.
 POLL_INTERVAL_SECONDS = 0.25
+# A waiter polling because Redis went away tries to subscribe again this often: after a
+# failover every open stream would otherwise poll, reading its turn four times a second,
+# until it ends (up to STREAM_MAX_SECONDS).
+RESUBSCRIBE_SECONDS = 5.0
 
 
 def _prefix() -> str:
@@ -128,42 +133,55 @@ def turn_changes(
         yield None
         yield from _poll(deadline, gone)
         return
-    from .loop_thread import subscribe_from_thread  # it builds on the listener, which on this
-
     try:
-        subscription = subscribe_from_thread(turn_id, skip=unread)
+        subscription = _subscribe(turn_id, unread)
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
         if not poll_if_down:
             raise
         logger.warning("turn notifications unavailable; polling turn %s", turn_id)
-        yield None
-        yield from _poll(deadline, gone)
-        return
+        subscription = None
     try:
         yield None
         last = time.monotonic()
-        while (remaining := deadline - time.monotonic()) > 0 and not gone():
-            try:
-                status = subscription.wait(min(1.0, remaining), skip=unread)
-            except redis.exceptions.TimeoutError:
-                status, lost = None, True  # the listener is stuck: as good as lost
+        while True:
+            if subscription is None:
+                # Redis is away: the turn was accepted and still ends, so the waiter re-reads
+                # it on a timer (a look at once: no notification will say what happened
+                # before), and subscribes again as soon as it can, then looks once more.
+                subscription = yield from _poll(deadline, gone, resubscribe=(turn_id, unread))
+                if subscription is None:
+                    return
+            while (remaining := deadline - time.monotonic()) > 0 and not gone():
+                try:
+                    status = subscription.wait(min(1.0, remaining), skip=unread)
+                except redis.exceptions.TimeoutError:
+                    status, lost = None, True  # the listener is stuck: as good as lost
+                else:
+                    lost = subscription.lost
+                if lost:
+                    logger.warning("turn notifications lost; polling turn %s", turn_id)
+                    subscription.close()
+                    subscription = None
+                    break
+                now = time.monotonic()
+                if status is not None:
+                    last = now
+                    yield status
+                elif now - last >= tick:
+                    last = now
+                    yield None
             else:
-                lost = subscription.lost
-            if lost:
-                # Redis went away mid-wait: the turn was accepted and still ends, so the
-                # waiter re-reads it on a timer instead of answering an error.
-                logger.warning("turn notifications lost; polling turn %s", turn_id)
-                yield from _poll(deadline, gone)
                 return
-            now = time.monotonic()
-            if status is not None:
-                last = now
-                yield status
-            elif now - last >= tick:
-                last = now
-                yield None
     finally:
-        subscription.close()
+        if subscription is not None:
+            subscription.close()
+
+
+def _subscribe(turn_id: object, unread: Collection[str]):
+    # Imported here: the loop thread builds on the listener, which imports this module.
+    from .loop_thread import subscribe_from_thread
+
+    return subscribe_from_thread(turn_id, skip=unread)
 
 
 def never() -> bool:
@@ -177,12 +195,35 @@ def _status(data: bytes | str) -> str:
     return status if status in Turn.Status.values else UNKNOWN
 
 
-def _poll(deadline: float, gone: Callable[[], bool] = never) -> Iterator[str]:
-    # A first look at once: no notification will say what happened before the poll began.
+def _poll(
+    deadline: float,
+    gone: Callable[[], bool] = never,
+    *,
+    resubscribe: tuple[object, Collection[str]] | None = None,
+) -> Generator[str, None, Any]:
+    """Yield ``UNKNOWN`` at once and every ``POLL_INTERVAL_SECONDS`` until the deadline or
+    ``gone()``. With ``resubscribe`` (a turn's id and its ``unread``), try to subscribe
+    every ``RESUBSCRIBE_SECONDS``: once subscribed, yield ``UNKNOWN`` once more (what
+    happened before the subscription) and return the subscription; None past the end."""
     yield UNKNOWN
+    retry = time.monotonic() + RESUBSCRIBE_SECONDS
     while (remaining := deadline - time.monotonic()) > 0 and not gone():
         time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+        if resubscribe is not None and time.monotonic() >= retry:
+            try:
+                subscription = _subscribe(*resubscribe)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                retry = time.monotonic() + RESUBSCRIBE_SECONDS
+            else:
+                logger.info("turn notifications back; turn %s", resubscribe[0])
+                try:
+                    yield UNKNOWN
+                except BaseException:
+                    subscription.close()
+                    raise
+                return subscription
         yield UNKNOWN
+    return None
 
 
 def turn_watch(

@@ -5,6 +5,7 @@ take a thread of the process's pool (``threads``), briefly.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -14,7 +15,7 @@ from django.conf import settings
 
 from ..models import Turn
 from .listener import turn_listener
-from .notify import POLL_INTERVAL_SECONDS, UNKNOWN
+from .notify import POLL_INTERVAL_SECONDS, RESUBSCRIBE_SECONDS, UNKNOWN
 from .subscription import Subscription
 from .threads import in_thread
 
@@ -59,6 +60,7 @@ class AsyncTurnWatch:
         self.closed = False
         self._last_seen = (turn.status, turn.updated_at)
         self._last_event = time.monotonic()
+        self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
 
     async def start(self) -> Turn:
         await self.subscribe()
@@ -115,6 +117,20 @@ class AsyncTurnWatch:
         subscription = self.subscription
         if subscription is None or subscription.lost:
             await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+            if settings.REDIS_URL and time.monotonic() >= self._resubscribe_at:
+                # Polling since Redis went away: subscribe again as soon as it can be, then
+                # read once (what changed before); until then, a read every poll.
+                self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
+                with contextlib.suppress(
+                    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
+                ):
+                    renewed = await turn_listener().subscribe(self.turn.pk)
+                    if subscription is not None:
+                        subscription.close()
+                    self.subscription = renewed
+                    if self.closed:  # closed meanwhile, from another thread: this one too
+                        renewed.close()
+                    logger.info("turn notifications back; turn %s", self.turn.pk)
             if time.monotonic() - self._last_event < self.tick:
                 return True
             self._last_event = time.monotonic()

@@ -1053,3 +1053,90 @@ def test_a_polling_async_watch_still_sends_its_keepalive(settings, redis_url):
     started = time.monotonic()
     assert asyncio.run(asyncio.wait_for(scenario(), 20)) == [None, None, None]
     assert time.monotonic() - started >= 3 * tick
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["this process's turn", "another's turn"])
+def test_a_waiter_polling_since_a_lost_connection_subscribes_again(
+    settings, private_redis, monkeypatch, own
+):
+    """After Redis came back (a failover, a restart), a waiter that had lost its
+    subscription polled to its end: up to STREAM_MAX_SECONDS of re-reads four times a
+    second, for every stream open in every process at the loss."""
+    from sessions_app.events import notify
+
+    monkeypatch.setattr(notify, "RESUBSCRIBE_SECONDS", 0.3)
+    settings.REDIS_URL = private_redis.url
+    turn = events.new_turn_id() if own else uuid.uuid4()
+    changes = events.turn_changes(turn_id=turn, timeout=20, tick=120)
+    assert next(changes) is None
+    heard: list[str | None] = []
+
+    def wait() -> None:
+        for change in changes:
+            heard.append(change)
+            if change == "completed":
+                return
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    try:
+        private_redis.kill()
+        assert wait_for(lambda: heard)  # lost: a look at once, then on a timer
+        private_redis.start()
+        time.sleep(3)  # subscribed again meanwhile, then one look more, then quiet
+        polled = len(heard)
+        time.sleep(1)
+        assert len(heard) == polled, "still polling"
+        assert 2 <= polled < 20 and set(heard) == {events.UNKNOWN}, heard
+        published(private_redis.url, turn, "completed")
+        waiting.join(5)
+        assert heard[-1] == "completed"
+    finally:
+        waiting.join(30)
+        changes.close()
+
+
+def wait_for(predicate, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_an_async_watch_polling_since_a_lost_connection_subscribes_again(
+    settings, private_redis, monkeypatch
+):
+    from sessions_app.events import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "RESUBSCRIBE_SECONDS", 0.3)
+    settings.REDIS_URL = private_redis.url
+    stored, reads = Stub(), []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append(time.monotonic())
+        return copy.copy(stored)
+
+    async def scenario() -> tuple[int, list[str]]:
+        watch = events.AsyncTurnWatch(
+            turn=copy.copy(stored), refresh=refresh, timeout=60, tick=120, poll_if_down=True
+        )
+        await watch.start()
+        private_redis.kill()
+        assert await until(lambda: watch.subscription.lost)
+        private_redis.start()
+        following = asyncio.ensure_future(anext(watch))
+        await asyncio.sleep(3)  # subscribed again meanwhile: no more reads on a timer
+        assert not following.done()
+        settled = len(reads)
+        await asyncio.sleep(1)
+        quiet = len(reads) == settled
+        stored.status, stored.updated_at = "completed", 1
+        published(private_redis.url, stored.pk, "completed")
+        seen = await asyncio.wait_for(following, 5)
+        watch.close()
+        return quiet, [seen.status]
+
+    quiet, seen = asyncio.run(scenario())
+    assert quiet and seen == ["completed"]
