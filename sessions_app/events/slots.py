@@ -41,7 +41,8 @@ WAIT_RETRY_AFTER_SECONDS = 5
 # effects, so a read of the clock may precede writes): one clock for every web machine, and
 # the one that expires the key, so a web machine's skewed clock neither fades slots others
 # hold nor keeps its own past their time.
-# Take: drop the faded slots; past the cap refuse, changing nothing more (a refusal renews
+# Take: drop the faded slots; a slot this token holds already is taken (the call sent again
+# after its answer was lost); past the cap refuse, changing nothing more (a refusal renews
 # nothing); else add this one, and let the key fade with its newest slot.
 _TAKE = Script(
     None,  # no client of its own: each call names the connection it runs on
@@ -49,6 +50,9 @@ _TAKE = Script(
     local clock = redis.call('TIME')
     local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+        return 1
+    end
     if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
         return 0
     end
@@ -75,7 +79,17 @@ def wait_slot_acquire(*, user_id: int) -> Callable[[], None]:
     redis_key = cache.make_key(f"wait-slot-holders:{user_id}")
     token = secrets.token_hex(8)
     args = (WAIT_SLOT_TTL_SECONDS, settings.MAX_WAITS_PER_USER, token)
-    if not _TAKE(keys=[redis_key], args=args, client=connection):
+    try:
+        taken = _TAKE(keys=[redis_key], args=args, client=connection)
+    except Exception:
+        # The script may have run and its answer been lost (a timeout): the request is
+        # answered 503, so the slot it may hold must not be held for WAIT_SLOT_TTL_SECONDS.
+        try:
+            connection.zrem(redis_key, token)
+        except Exception:  # noqa: BLE001 - Redis went away; the slot fades with it
+            logger.warning("could not give back a wait slot of user %s", user_id)
+        raise
+    if not taken:
         raise TooManyWaits(wait=WAIT_RETRY_AFTER_SECONDS)
 
     def release() -> None:

@@ -287,6 +287,43 @@ class TestWaitSlotsOnRedis(WaitSlotContract):
             time.sleep(0.1)
         self.assert_exactly_the_cap_is_free()  # the leaked ones faded
 
+    def test_a_take_whose_answer_was_lost_gives_its_slot_back(self, monkeypatch):
+        """The script ran and its answer timed out: the request is answered 503, and its slot
+        was held for WAIT_SLOT_TTL_SECONDS; a few such blips locked the user into 429."""
+        import redis as redis_py
+
+        from sessions_app.events import slots
+
+        take = slots._TAKE
+
+        def answer_lost(**kwargs):
+            take(**kwargs)
+            raise redis_py.exceptions.TimeoutError("Timeout reading from socket")
+
+        monkeypatch.setattr(slots, "_TAKE", answer_lost)
+        for _ in range(self.CAP):
+            with pytest.raises(redis_py.exceptions.TimeoutError):
+                events.wait_slot_acquire(user_id=1)
+        monkeypatch.undo()
+        self.assert_exactly_the_cap_is_free()
+
+    def test_a_take_sent_again_holds_one_slot_and_is_not_refused_its_own(self, monkeypatch):
+        """A client that sends the script again after losing its answer (redis-py's retry)
+        must find its slot taken, not count it against itself at the cap."""
+        from sessions_app.events import slots
+
+        take = slots._TAKE
+        held = self.take()
+        held.pop()()  # one slot left
+        monkeypatch.setattr(slots, "_TAKE", lambda **kwargs: take(**kwargs) and take(**kwargs))
+        held.append(events.wait_slot_acquire(user_id=1))
+        monkeypatch.undo()
+        with pytest.raises(events.TooManyWaits):
+            events.wait_slot_acquire(user_id=1)
+        for release in held:
+            release()
+        self.assert_exactly_the_cap_is_free()
+
 
 class TestWaitSlotsOnTheInProcessCache(WaitSlotContract):
     @pytest.fixture(autouse=True)
