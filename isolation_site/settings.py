@@ -351,6 +351,13 @@ if HISTORY_STORE == "redis" and not REDIS_URL:
     # Silently keeping history elsewhere when Redis-only (TTL'd) storage was asked for
     # would break the promise that setting makes.
     raise ImproperlyConfigured("HISTORY_STORE='redis' needs REDIS_URL.")
+if HISTORY_STORE == "cached_db" and not REDIS_URL and not CELERY_TASK_ALWAYS_EAGER:
+    # Without Redis the cache is each process's memory: the worker's replies would bump
+    # versions the web processes never see, and they would serve histories without them.
+    raise ImproperlyConfigured(
+        "HISTORY_STORE='cached_db' with a Celery worker needs REDIS_URL: the cache must be "
+        "one the web processes and the worker share."
+    )
 SESSION_TTL_SECONDS = env_number("SESSION_TTL_SECONDS", 7200, minimum=1, maximum=MAX_SECONDS)
 # PII: off, redact (irreversible) or pseudonymize (placeholders, per-session vault).
 PII_MODE = env_choice("PII_MODE", "pseudonymize", ("off", "redact", "pseudonymize"))

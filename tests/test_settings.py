@@ -113,6 +113,17 @@ def test_the_redis_history_store_without_redis_refuses_to_start():
     assert "HISTORY_STORE='redis' needs REDIS_URL" in result.stderr
 
 
+def test_the_cached_db_store_with_a_worker_but_no_shared_cache_refuses_to_start():
+    """Each process would cache in its own memory: the web's copies never learn of the
+    worker's replies, so a history read after a reply showed none."""
+    broker = {"CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    result = load_settings(DEBUG="1", HISTORY_STORE="cached_db", **broker)
+    assert result.returncode != 0
+    assert "HISTORY_STORE='cached_db' with a Celery worker needs REDIS_URL" in result.stderr
+    embedded = load_settings(DEBUG="1", HISTORY_STORE="cached_db")  # one process: eager
+    assert embedded.returncode == 0, embedded.stderr
+
+
 def test_static_assets_are_served_by_the_web_process_without_debug(tmp_path):
     """collectstatic, then gunicorn-style serving with DEBUG off: /api/docs/ has its assets."""
     env = {"SECRET_KEY": "s", "ENCRYPTION_KEYS": VALID_KEY, "STATIC_ROOT_FOR_TEST": str(tmp_path)}

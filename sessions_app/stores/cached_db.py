@@ -163,7 +163,9 @@ class HistoryStore(db.HistoryStore):
             pipe = redis.pipeline(transaction=False)
             pipe.delete(*(cache.make_key(_key(sid)) for sid in session_ids))
             for key, version in versions.items():  # the digits, as the cache stores an int
-                pipe.set(cache.make_key(key), version, ex=ttl)
+                # Only over a version: none means no reader holds one (an erasure that
+                # committed first deleted it), and none must come back after an erasure.
+                pipe.set(cache.make_key(key), version, ex=ttl, xx=True)
             pipe.execute()
         except Exception:  # noqa: BLE001 - a lost renewal leaves the entry to its count check
             logger.warning("history cache unavailable; session versions not renewed")

@@ -775,6 +775,18 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
     store_name = "cached_db"
 
     @pytest.mark.django_db(transaction=True)
+    def test_a_write_committed_after_an_erasure_leaves_no_key_behind(self, user, session):
+        """A reply's renewal runs once its write commits; a DELETE waiting on its row lock
+        commits next and deletes the keys, and a renewal that runs after it must not start
+        the session's version again."""
+        self.accept(user, session, "question")
+        client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")  # cached: a version
+        assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+        assert _scan(f"*{session.pk}*") == []
+        history_store()._renew([session.pk])  # the reply's, late
+        assert _scan(f"*{session.pk}*") == []
+
+    @pytest.mark.django_db(transaction=True)
     def test_a_reader_racing_a_rewrite_never_caches_the_text_before_it(
         self, user, session, monkeypatch
     ):
