@@ -44,7 +44,8 @@ def on_starting(server) -> None:
     in each process's memory (the embedded setup's cache), so with N workers every limit
     lets N times as much through. One worker is the embedded setup, and works.
     """
-    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL"):
+    # Blanks only are unset, as the settings read them.
+    if server.cfg.workers > 1 and not os.environ.get("REDIS_URL", "").strip():
         # gunicorn prints a RuntimeError from here as one line and exits 1.
         raise RuntimeError(
             f"{server.cfg.workers} worker processes need REDIS_URL: without it each keeps "

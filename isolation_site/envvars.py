@@ -30,6 +30,9 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # importing it here, while settings load, would configure DRF from half-loaded settings.
 _RATE = re.compile(r"[0-9]+/(?:s|sec|second|m|min|minute|h|hr|hour|d|day)s?")
 # django-environ's "proxied value": the name of another variable after a "$".
+# A model id as the Messages API, Bedrock and Vertex AI name them ("claude-...-20251001",
+# "anthropic.claude-...-v1:0", "claude-...@20251001").
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
 _REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -262,6 +265,19 @@ def env_header(name: str) -> str:
             "letters, digits and '-' (e.g. X-Forwarded-Proto)."
         )
     return header
+
+
+def env_model(name: str, default: str) -> str:
+    """Return ``name``, a Claude model id such as ``claude-haiku-4-5-20251001``, or
+    ``default``; refuse one with blanks or other characters, which every call would send
+    and Claude refuse (a trailing newline from a secrets file, say)."""
+    model = env_str(name, default)
+    if not _MODEL_ID.fullmatch(model):
+        raise ImproperlyConfigured(
+            f"{name}={model!r} is not a model id: letters, digits and '.', '-', '_', ':', "
+            "'@', '/' only, with no blanks (e.g. claude-haiku-4-5-20251001)."
+        )
+    return model
 
 
 def env_database(name: str, default: str, schemes: Sequence[str]) -> dict:

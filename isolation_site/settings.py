@@ -23,6 +23,7 @@ from isolation_site.envvars import (
     env_header,
     env_http_url,
     env_list,
+    env_model,
     env_number,
     env_origins,
     env_rate,
@@ -319,7 +320,7 @@ LLM_PROVIDER = env_choice(
 if LLM_PROVIDER == "anthropic" and not ANTHROPIC_API_KEY:
     # Claude would refuse every call: no turn could end but failed.
     raise ImproperlyConfigured("LLM_PROVIDER='anthropic' needs ANTHROPIC_API_KEY.")
-CLAUDE_MODEL = env_str("CLAUDE_MODEL", "claude-haiku-4-5-20251001")
+CLAUDE_MODEL = env_model("CLAUDE_MODEL", "claude-haiku-4-5-20251001")
 CLAUDE_MAX_TOKENS = env_number("CLAUDE_MAX_TOKENS", 1024, minimum=1)
 CLAUDE_TIMEOUT_SECONDS = env_number(
     "CLAUDE_TIMEOUT_SECONDS", 25.0, minimum=0.1, kind=float, maximum=MAX_SECONDS

@@ -9,6 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from .test_settings import ROOT, SUITE_ENV
 
 
@@ -53,10 +55,12 @@ def _serving(url: str | None) -> None:
             time.sleep(0.1)
 
 
-def test_several_workers_without_redis_refuse_to_start():
+@pytest.mark.parametrize("redis_url", [None, "  "], ids=["unset", "blanks"])
+def test_several_workers_without_redis_refuse_to_start(redis_url):
     """Without Redis the sign-in counts, the chat throttle and the wait slots live in each
-    process's memory: with four workers every limit would let four times as much through."""
-    server = _gunicorn(2)
+    process's memory: with four workers every limit would let four times as much through.
+    Blanks are no Redis either: the settings read them as unset."""
+    server = _gunicorn(2, **({} if redis_url is None else {"REDIS_URL": redis_url}))
     booted, log = _boots(server)
     assert not booted and server.returncode != 0
     assert "2 worker processes need REDIS_URL" in log

@@ -499,6 +499,9 @@ ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://cha
         ("PROXY_SSL_HEADER", "X Forwarded Proto", "PROXY_SSL_HEADER='X Forwarded Proto' is not"),
         ("PROXY_SSL_HEADER", "X_Forwarded_Proto", "'X_Forwarded_Proto' is not a header name"),
         ("PROXY_SSL_HEADER", "$FOO", "PROXY_SSL_HEADER='$FOO' is not a header name"),
+        # Started, and every call to Claude was refused: a model id read with its newline.
+        ("CLAUDE_MODEL", "claude-haiku-4-5\n", "CLAUDE_MODEL='claude-haiku-4-5\\n' is not a"),
+        ("CLAUDE_MODEL", " claude-haiku-4-5", "CLAUDE_MODEL=' claude-haiku-4-5' is not a"),
         # A reference to another variable, which django-environ would have expanded.
         ("SECRET_KEY", "$DJANGO_SECRET", "SECRET_KEY names another variable ($DJANGO_SECRET)"),
         ("AUDIT_CHAIN_KEY", "$CHAIN_KEY", "AUDIT_CHAIN_KEY names another variable"),
