@@ -24,7 +24,7 @@ def _gunicorn(workers: int, **env: str) -> subprocess.Popen:
 
 def _boots(server: subprocess.Popen) -> tuple[bool, str]:
     """Whether a worker booted before gunicorn exited (then it is stopped), and its log."""
-    log, url = [], None
+    log, url, booted = [], None, False
     try:
         for line in server.stderr:
             log.append(line)
@@ -32,12 +32,13 @@ def _boots(server: subprocess.Popen) -> tuple[bool, str]:
                 url = match.group(1)
             if "Booting worker" in line:
                 _serving(url)
-                return True, "".join(log)
-        return False, "".join(log)
+                booted = True
+                break
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=60)
+        log.append(server.communicate(timeout=60)[1] or "")
+    return booted, "".join(log)
 
 
 def _serving(url: str | None) -> None:
@@ -70,6 +71,16 @@ def test_one_worker_without_redis_or_several_with_it_start():
     for server in (_gunicorn(1), _gunicorn(2, REDIS_URL="redis://127.0.0.1:6379/15")):
         booted, log = _boots(server)
         assert booted, log
+
+
+def test_a_worker_whose_threads_leave_no_wait_budget_says_so():
+    """One thread (gunicorn's default) leaves none for waits: every ?wait is answered 202
+    at once and every stream 503 with a Retry-After of seconds, for as long as it runs."""
+    booted, log = _boots(_gunicorn(1))
+    assert booted, log
+    assert "no waits may be held in this process (1 thread(s)" in log
+    booted, log = _boots(_gunicorn(1, GUNICORN_CMD_ARGS="--threads 8"))
+    assert booted and "no waits may be held" not in log, log
 
 
 def test_only_a_thread_worker_names_its_threads_to_the_app(monkeypatch):

@@ -29,6 +29,7 @@ from .slots import (
     WaitBudgetSpent,
     wait_budget_size,
     wait_budget_take,
+    wait_budget_warning,
     wait_slot_acquire,
 )
 from .subscription import Subscription
@@ -56,5 +57,6 @@ __all__ = (
     "turn_watch",
     "wait_budget_size",
     "wait_budget_take",
+    "wait_budget_warning",
     "wait_slot_acquire",
 )

@@ -162,6 +162,22 @@ def wait_budget_size() -> int | None:
     return threads - max(1, threads // 8) if threads else None
 
 
+def wait_budget_warning() -> None:
+    """Log, as a WSGI process starts, a wait budget of none: every ``?wait`` is then
+    answered 202 at once and every event stream 503, for as long as it runs, which its
+    ``Retry-After`` of a few seconds does not tell the operator."""
+    if wait_budget_size() == 0:
+        threads = os.environ.get("WEB_THREADS")
+        logger.warning(
+            "no waits may be held in this process (%s): every ?wait is answered 202 at once "
+            "and every event stream 503. Serve with threads (-k gthread --threads 8) or set "
+            "WAITS_PER_PROCESS.",
+            f"{threads} thread(s), one kept for short requests"
+            if settings.WAITS_PER_PROCESS is None
+            else "WAITS_PER_PROCESS=0",
+        )
+
+
 def wait_budget_take() -> Callable[[], None] | None:
     """Take one of the process's wait slots without blocking; return its release, or None.
 
