@@ -63,14 +63,16 @@ class TurnDetailApi(LoggedUserMixin, APIView):
 
 
 class _Releasing:
-    """The stream's chunks, giving its wait slot back when the server closes the stream.
+    """The stream's chunks, giving its wait slot back and closing its watch (the listener's
+    subscription) when the server closes the stream.
 
     A generator not yet started runs no ``finally`` when closed; this ``close`` always runs.
     """
 
-    def __init__(self, chunks: Iterator[str], release) -> None:
+    def __init__(self, chunks: Iterator[str], release, watch: Iterator[Turn | None]) -> None:
         self.chunks = chunks
         self.release = release
+        self.watch = watch
 
     def __iter__(self) -> "_Releasing":
         return self
@@ -81,6 +83,7 @@ class _Releasing:
     def close(self) -> None:
         try:
             self.chunks.close()
+            self.watch.close()  # closed by the chunks once they started; by no one before
         finally:
             self.release()
 
@@ -241,7 +244,7 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
         # broken stream. CPython closes the generator (and its subscription) with the
         # response.
         first = next(watch)
-        chunks = _Releasing(self._stream(first, watch), release)
+        chunks = _Releasing(self._stream(first, watch), release, watch)
         response = self._headers(StreamingHttpResponse(streamable(request, chunks)))
         response_hold(request._request, response, chunks.close)  # replaced by an error below
         return response

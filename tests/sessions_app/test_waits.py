@@ -1121,6 +1121,28 @@ def test_under_asgi_a_stream_whose_client_hangs_up_before_its_first_byte_gives_i
     assert not held, f"left held after the hang-up: {held}"
 
 
+def test_a_stream_closed_before_its_first_chunk_closes_its_watch(api, pending, monkeypatch):
+    """The stream's chunks close the watch once they started; closed before that (a
+    response replaced, a client gone), the watch and its subscription waited for the
+    collector."""
+    import inspect
+
+    from sessions_app.apis import turns as turns_api
+
+    watches = []
+    watch = turns_api.events.turn_watch
+
+    def recorded(**kwargs):
+        watches.append(watch(**kwargs))
+        return watches[-1]
+
+    monkeypatch.setattr(turns_api.events, "turn_watch", recorded)
+    response = api.get(f"/api/v1/turns/{pending.pk}/events/")
+    assert response.status_code == 200
+    hang_up(response)  # before any chunk was read
+    assert inspect.getgeneratorstate(watches[0]) == inspect.GEN_CLOSED
+
+
 @pytest.mark.parametrize("server", ["wsgi", "asgi"])
 def test_a_stream_replaced_by_an_error_after_its_view_gives_its_slots_back(
     asgi, user, settings, monkeypatch, server
