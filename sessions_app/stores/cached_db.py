@@ -11,7 +11,9 @@ when its version is the session's current one. Every write deletes the entry, an
 commits deletes it again and gives the session a new version: a reader that read the
 database before a rewrite committed (a rewrite keeps the count) took the version before it,
 so what it caches after is never served; on Redis it is not even written (nor after an
-erase, which deletes the version). A cache that does not answer is read past: the database
+erase, which deletes the version). A rewrite also sets, before its commit, a version under
+which nothing is cached, so that a new version lost after the commit leaves no reader's
+entry of the text before it to be served. A cache that does not answer is read past: the database
 alone still serves. Two writes refuse instead (``StoreUnavailable``), as nothing else would
 catch what they leave: an erase (the conversation would outlive its session's rows, out of
 every later erasure's reach) and a rewrite (it keeps the count and the expiry, so the entry
@@ -51,6 +53,12 @@ def _all_keys(session_ids: list[uuid.UUID]) -> list[str]:
 def _new_version() -> int:
     # An integer, which the Redis cache stores as its digits: the script below compares it.
     return secrets.randbits(62)
+
+
+# The version a rewrite sets before it commits: no reader caches under it, so one that read
+# the database before the commit caches nothing, even if the new version the commit gives
+# is lost (the cache blinking then); a later write, or the key's TTL, ends it.
+_WRITING = -1
 
 
 # On Redis an entry is written only while the session's version is still the one its reader
@@ -104,7 +112,7 @@ class HistoryStore(db.HistoryStore):
         started = version is None
         version = version or self._version_start(session.pk)
         messages = super()._all(session)
-        if version is None:
+        if version is None or version == _WRITING:
             return messages
         if len(messages) == count:
             self._cache_set(session, messages, version)
@@ -141,13 +149,20 @@ class HistoryStore(db.HistoryStore):
         self, session, turn_id: uuid.UUID, role: str, content: str, status: str, *, fence: int
     ) -> None:
         super()._rewrite(session, turn_id, role, content, status, fence=fence)
-        self._invalidate([session.pk], strict=True)
+        # The count and the expiry stay: only the version keeps a reader racing this write
+        # from caching what it read before the commit, so it is set now, strictly.
+        try:
+            cache.delete(_key(session.pk))
+            cache.set(_version_key(session.pk), _WRITING, timeout=settings.SESSION_TTL_SECONDS)
+        except Exception as exc:
+            raise StoreUnavailable("the history cache did not answer") from exc
+        transaction.on_commit(lambda: self._renew([session.pk]))
 
-    def _invalidate(self, session_ids: list[uuid.UUID], *, strict: bool = False) -> None:
+    def _invalidate(self, session_ids: list[uuid.UUID]) -> None:
         # Now, so that the writer's own transaction reads past the entry; and once the write
         # is visible, with a new version: a reader that read the database before that took
         # the version before it, and what it caches is never served.
-        self._cache_delete([_key(sid) for sid in session_ids], strict=strict)
+        self._cache_delete([_key(sid) for sid in session_ids])
         transaction.on_commit(lambda: self._renew(session_ids))
 
     def _renew(self, session_ids: list[uuid.UUID]) -> None:

@@ -775,6 +775,50 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
     store_name = "cached_db"
 
     @pytest.mark.django_db(transaction=True)
+    def test_a_reader_racing_a_release_whose_new_version_is_lost_caches_nothing(
+        self, user, session, monkeypatch
+    ):
+        """A reader between a release's rewrite and its commit read the withheld notice and
+        cached it under the version it took; the new version the commit gives was lost (the
+        cache blinking then), so the notice was served while the turn said completed."""
+        import threading
+
+        from django.db import connections
+
+        from sessions_app.stores import cached_db
+
+        def shown() -> list[tuple[str, str]]:
+            page = client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/").json()
+            return [(m["content"], m["status"]) for m in page["results"]]
+
+        turn = self.accept(user, session, "Anything new?")
+        flagged = ScanResult(leaked=True, score=1.0)
+        services.turn_complete(turn_id=turn.pk, reply="Your parcel is ready.", scan=flagged)
+        assert shown()[1][1] == "suppressed"
+        rewrite = cached_db.HistoryStore._rewrite
+
+        def rewrite_then_a_reader(self, *args, **kwargs):
+            rewrite(self, *args, **kwargs)
+
+            def read() -> None:
+                try:
+                    shown()  # another request: reads the database before the commit
+                finally:
+                    connections.close_all()
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            reader.join()
+
+        monkeypatch.setattr(cached_db.HistoryStore, "_rewrite", rewrite_then_a_reader)
+        monkeypatch.setattr(cached_db.HistoryStore, "_renew", lambda self, ids: None)  # lost
+        assert services.turn_release_withheld(turn_id=turn.pk)
+        monkeypatch.undo()
+        assert Turn.objects.get(pk=turn.pk).status == "completed"
+        assert shown()[1] == ("Your parcel is ready.", "ok")
+        assert shown()[1] == ("Your parcel is ready.", "ok")  # and once cached again
+
+    @pytest.mark.django_db(transaction=True)
     def test_a_write_committed_after_an_erasure_leaves_no_key_behind(self, user, session):
         """A reply's renewal runs once its write commits; a DELETE waiting on its row lock
         commits next and deletes the keys, and a renewal that runs after it must not start
