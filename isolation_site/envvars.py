@@ -28,7 +28,8 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # only the periods' own words are taken, since DRF would read "60/month" as 60 a minute.
 # Only a check: DRF's parser reads every rate (the throttles' and the sign-in limit's), but
 # importing it here, while settings load, would configure DRF from half-loaded settings.
-_RATE = re.compile(r"[0-9]+/(?:s|sec|second|m|min|minute|h|hr|hour|d|day)s?")
+# One letter takes no "s": "10/ms" would be 10 a minute to DRF, not per millisecond.
+_RATE = re.compile(r"[0-9]+/(?:[smhd]|(?:sec|second|min|minute|hr|hour|day)s?)")
 # django-environ's "proxied value": the name of another variable after a "$".
 # A model id as the Messages API, Bedrock and Vertex AI name them ("claude-...-20251001",
 # "anthropic.claude-...-v1:0", "claude-...@20251001").

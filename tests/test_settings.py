@@ -253,6 +253,8 @@ def test_a_request_error_is_logged_once_under_debug():
         ("CHAT_THROTTLE_RATE", "lots", "give a count per period"),
         ("CHAT_THROTTLE_RATE", "10/fortnight", "give a count per period"),
         ("CHAT_THROTTLE_RATE", "60/month", "give a count per period"),  # DRF: 60 a minute
+        ("CHAT_THROTTLE_RATE", "10/ms", "give a count per period"),  # DRF: 10 a minute
+        ("CHAT_THROTTLE_RATE", "10/ds", "give a count per period"),  # DRF: 10 a day
         ("CHAT_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
         ("LOGIN_THROTTLE_RATE", "0/min", "give a count of at least 1 per period"),
         ("LOGIN_THROTTLE_RATE", "000/s", "give a count of at least 1 per period"),
