@@ -470,6 +470,38 @@ def test_a_post_whose_connection_dies_before_its_undo_is_undone_on_a_fresh_one(
     assert not Message.objects.filter(session_id=session.pk).exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_post_whose_undo_fails_too_is_marked_so_its_resend_removes_it(user, monkeypatch):
+    """The broker and then the database failed: the 503 says nothing was kept while the turn
+    stays pending. Marked, the session's next message removes it (no 409 for the resend),
+    as the sweep would, instead of the sweep answering it."""
+    from django.db import OperationalError
+
+    from sessions_app import tasks
+
+    from .conftest import client_for
+
+    def database_gone(**kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    def broker_down(turn):
+        raise redis.exceptions.ConnectionError("broker down")
+
+    session = services.chat_session_create(owner=user)
+    path = f"/api/v1/sessions/{session.pk}/messages/"
+    with monkeypatch.context() as patched:
+        patched.setattr(tasks, "_queue", broker_down)
+        patched.setattr(services, "turn_discard", database_gone)
+        answer = client_for(user).post(path, {"content": "hello"}, format="json")
+    assert answer.status_code == 503, answer.content
+    [left] = Turn.objects.filter(session_id=session.pk)
+    assert services.turns.turn_unconfirmed(turn_id=left.pk)
+    again = client_for(user).post(path, {"content": "hello again"}, format="json")
+    assert again.status_code == 202, again.content
+    assert again.json()["user_message"]["seq"] == 1
+    assert Turn.objects.filter(session_id=session.pk).count() == 1  # the resend's alone
+
+
 def test_publishing_to_a_dead_broker_fails_fast(broker_only, transactional_db):
     broker_only.kill()
     started = time.monotonic()

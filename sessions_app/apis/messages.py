@@ -1,5 +1,6 @@
 """Posting a message and waiting for its turn; reading the history."""
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -244,8 +245,12 @@ def _unqueued_discard(turn: Turn, user: AbstractBaseUser) -> bool:
             return False
         taken = selectors.turn_get_for_owner(user=user, turn_id=turn.pk)
         return taken.status != Turn.Status.PENDING
-    except Exception:  # noqa: BLE001 - the error being answered matters more; the sweep ends it
-        logger.warning("could not discard unqueued turn %s", turn.pk)
+    except Exception:  # noqa: BLE001 - the error being answered matters more
+        # Marked, the session's next message and the sweep remove it (if no worker took
+        # it) instead of answering it: the answer says nothing was kept.
+        logger.warning("could not discard unqueued turn %s; marking it", turn.pk)
+        with contextlib.suppress(Exception):
+            services.turn_mark_unconfirmed(turn_id=turn.pk)
         return False
 
 

@@ -15,7 +15,7 @@ from .sessions import (
     chat_session_delete,
     chat_session_purge_expired,
 )
-from .turns import turn_claim, turn_fail, turn_requeue, turn_sweep_stale
+from .turns import turn_claim, turn_fail, turn_mark_unconfirmed, turn_requeue, turn_sweep_stale
 
 __all__ = [
     "STALLED_DETAIL",
@@ -32,6 +32,7 @@ __all__ = [
     "turn_deliver",
     "turn_discard",
     "turn_fail",
+    "turn_mark_unconfirmed",
     "turn_release_withheld",
     "turn_requeue",
     "turn_sweep_stale",
