@@ -442,6 +442,7 @@ class TestRedisStore(StoreContract):
         seq after its message. Removed, with the Redis part after the commit failing, the
         next message must still take the turn's seq (not find the one after it taken)."""
         gone = self.accept(user, session, "removed")
+        Turn.objects.filter(pk=gone.pk).update(attempts=1)  # claimed by the run that wrote
         history_store().append_reply(
             session=session, turn_id=gone.pk, seq=session.next_seq, content="never shown"
         )
