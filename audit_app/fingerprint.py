@@ -38,9 +38,9 @@ GROUP = re.compile(r"\d+")
 YEAR = re.compile(r"1[89]\d\d|20\d\d")
 DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}-\d{1,2}-\d{2,4}")
 _AS_HYPHEN = str.maketrans(dict.fromkeys(DASHES, "-"))
-# The group lengths of a card (Visa and the like, Amex), an SSN and a national phone (the
-# United States', the United Kingdom's) written with spaces.
-NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4), (3, 3, 4), (3, 4, 4)})
+# The group lengths of a card (Visa and the like, Amex) and an SSN written with spaces
+# (national phones: ``_one_number``).
+NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4)})
 # An international phone ("+" and its groups) holds at least this many digits.
 PHONE_DIGITS = 9
 
@@ -146,9 +146,10 @@ def _tokens(text: str) -> list[_Token]:
                 continue
             raw_norm = "".join(groups)
         elif joint == ".":
-            # Several numbers, each a token; a decimal's fraction none.
-            _each_group(tokens, match, fraction=raw.count(".") == 1)
-            continue
+            if not _decimal(groups := GROUP.findall(raw)):
+                _each_group(tokens, match)  # several numbers, each a token
+                continue
+            raw_norm = raw  # one token, weighed as a decimal (``token_weight``)
         elif _one_number(raw, groups := GROUP.findall(raw)):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
@@ -165,13 +166,23 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
-def _each_group(tokens: list[_Token], match: re.Match[str], *, fraction: bool = False) -> None:
-    # Each digit group of ``match`` a token of its own; with ``fraction``, but the last.
-    at, raw = match.start(), match.group()
-    groups = list(GROUP.finditer(raw))
-    for group in groups[:-1] if fraction else groups:
+def _each_group(tokens: list[_Token], match: re.Match[str]) -> None:
+    # Each digit group of ``match`` a token of its own, in ASCII digits.
+    at = match.start()
+    for group in GROUP.finditer(match.group()):
+        digits = group.group()
+        if not digits.isascii():
+            digits = unicodedata.normalize("NFKC", pii_detectors.ascii_form(digits))
         start, end = at + group.start(), at + group.end()
-        tokens.append(_new_token(_Token, (group.group(), start, end, False)))
+        tokens.append(_new_token(_Token, (digits, start, end, False)))
+
+
+def _decimal(groups: list[str]) -> bool:
+    # A whole part of up to three digits, not a zero-led code, and a fraction: "3.14159265",
+    # a latitude "40.7484405". Not "030.12345678" (a phone) nor "1234.5678901" (an id), whose
+    # groups are numbers of their own.
+    whole = groups[0]
+    return len(groups) == 2 and len(whole) <= 3 and not (len(whole) > 1 and whole[0] == "0")
 
 
 def _range(groups: list[str]) -> bool:
@@ -186,13 +197,21 @@ def _range(groups: list[str]) -> bool:
 def _one_number(raw: str, groups: list[str]) -> bool:
     if raw[0] == "+":
         return sum(len(group) for group in groups) >= PHONE_DIGITS
-    return tuple(len(group) for group in groups) in NUMBER_SHAPES
+    shape = tuple(len(group) for group in groups)
+    if shape == (3, 3, 4):  # as a phone of North America: area and exchange from 2 to 9
+        return all(int(group[0]) >= 2 for group in groups[:2])  # not "100 100 1000"
+    if shape == (3, 4, 4):  # as a phone of the United Kingdom: a trunk 0
+        return int(groups[0][0]) == 0  # not "720 1080 1440"
+    return shape in NUMBER_SHAPES
 
 
 def token_weight(word: str) -> float:
     """Return how much a single normalised token proves (0: nothing)."""
     if word.isdigit():
         return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
+    if "." in word:  # a decimal: a coordinate proves something, two of them a place; a
+        # constant ("3.14159265") written for anyone must not alone, nor paired
+        return 0.5 if len(word) - word.index(".") > 5 else 0.0
     if len(word) < 4:
         return 0.0
     zipf = _zipf(word)
@@ -211,7 +230,10 @@ def _house_number(a: _Token, b: _Token) -> bool:
 
 
 def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
-    # A pair proves more than its halves: the other user wrote both, in this order.
+    # A pair proves more than its halves: the other user wrote both, in this order. Not a
+    # decimal's: "Use 3.14159265" would be a leak wherever another user wrote it.
+    if "." in a.text or "." in b.text:
+        return 0.0
     if wa and wb:
         return 1.0
     if not (wa or wb or b.capitalised):  # most pairs: two everyday words, nothing to prove

@@ -139,6 +139,8 @@ def test_the_scan_joins_digit_groups_on_what_the_pii_detector_reads_as_hyphens_a
         "Room 101-105",
         "Use 3.14159265 for pi.",
         "e is 2.718281828",
+        "seq 100 100 1000",  # no North American phone: an area code from 2 to 9
+        "sizes 720 1080 1440",  # no British phone: a trunk 0
     ],
 )
 def test_groups_that_are_several_numbers_are_not_joined(text):
@@ -149,6 +151,20 @@ def test_groups_that_are_several_numbers_are_not_joined(text):
     joined = re.compile(r"\d{5,}")
     features = fingerprint.features(text)
     assert not [(f.text, f.weight) for f in features if f.weight >= 1.0 and joined.search(f.text)]
+
+
+def test_a_decimal_proves_half_and_two_of_them_a_place():
+    """A constant Claude writes for anyone ("3.14159265") must not be a leak alone, nor in a
+    pair with its neighbour; a place's coordinates, another user's, must be."""
+    assert [(f.text, f.weight) for f in fingerprint.features("Use 3.14159265 for pi.")] == [
+        ("3.14159265", 0.5)
+    ]
+    found = fingerprint.features("She lives at 40.7484405, -73.9856644 now")
+    assert {(f.text, f.weight) for f in found if "." in f.text} == {
+        ("40.7484405", 0.5),
+        ("73.9856644", 0.5),
+    }
+    assert not [f for f in found if " " in f.text and "." in f.text]  # in no pair
 
 
 @pytest.mark.parametrize(
@@ -162,6 +178,12 @@ def test_groups_that_are_several_numbers_are_not_joined(text):
         ("call 020 7946 0958", "02079460958"),
         ("order \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "12345678"),
         ("card 4539148803436467.", "4539148803436467"),
+        ("tel 030.12345678", "12345678"),  # a zero-led code: no decimal
+        ("Konto 1234.5678901", "5678901"),  # a whole part of four digits: no decimal
+        (
+            "acct \u0661\u0662\u0663\u0664\u0665 \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668",
+            "12345678",
+        ),
     ],
 )
 def test_numbers_that_look_like_neither_a_range_nor_a_decimal_stay_one(text, number):
