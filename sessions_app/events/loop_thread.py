@@ -226,16 +226,55 @@ def subscribe_from_thread(turn_id: object, skip: Collection[str] = ()) -> Thread
         subscription = listener.enter_own(turn_id, kind)
         if subscription is not None:
             return ThreadSubscription(loop, subscription)
-    entering = _Entering(loop, turn_id, kind)
-    loop.loop.call_soon_threadsafe(entering.enter)
-    wait = SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS
-    if not entering.done.wait(wait) and entering.give_up():
+    pending = PendingSubscription(turn_id, skip, loop=loop, kind=kind)
+    entering = pending.entering
+    if not entering.done.wait(SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS) and entering.give_up():
         raise redis.exceptions.TimeoutError("the turn listener did not answer")
-    if entering.error is not None:
-        raise entering.error
-    if entering.timed_out:
-        raise redis.exceptions.TimeoutError("no subscription confirmed in time")
-    if not entering.confirmed:
-        entering.subscription.close()
-        raise redis.exceptions.ConnectionError("turn notifications are unavailable")
-    return ThreadSubscription(loop, entering.subscription)
+    subscription = pending.result()  # answered: the subscription, or it raises
+    if subscription is None:  # never: done is set once answered
+        raise redis.exceptions.TimeoutError("the turn listener did not answer")
+    return subscription
+
+
+class PendingSubscription:
+    """A thread's subscription asked of the loop and not waited for: a waiter polling since
+    Redis went away asks again without blocking (a Redis that hangs would hold it for
+    ``SUBSCRIBE_TIMEOUT_SECONDS`` and more), and looks at each poll with ``result``."""
+
+    def __init__(
+        self,
+        turn_id: object,
+        skip: Collection[str] = (),
+        *,
+        loop: "_Loop | None" = None,
+        kind: Callable[..., "_Woken"] | None = None,
+    ) -> None:
+        self.loop = loop or _process_loop()
+        kind = kind or functools.partial(_Woken, skip=frozenset(skip))
+        self.entering = _Entering(self.loop, turn_id, kind)
+        self.asked = time.monotonic()
+        self.loop.loop.call_soon_threadsafe(self.entering.enter)
+
+    def result(self) -> ThreadSubscription | None:
+        """The subscription once confirmed, None while it is not answered yet; raise
+        ``redis.exceptions.ConnectionError`` or ``TimeoutError`` if it failed."""
+        entering = self.entering
+        if not entering.done.is_set():
+            waited = time.monotonic() - self.asked
+            if waited > SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS and entering.give_up():
+                raise redis.exceptions.TimeoutError("the turn listener did not answer")
+            if not entering.done.is_set():
+                return None
+        if entering.error is not None:
+            raise entering.error
+        if entering.timed_out:
+            raise redis.exceptions.TimeoutError("no subscription confirmed in time")
+        if not entering.confirmed:
+            entering.subscription.close()
+            raise redis.exceptions.ConnectionError("turn notifications are unavailable")
+        return ThreadSubscription(self.loop, entering.subscription)
+
+    def close(self) -> None:
+        """Give up a subscription not answered yet, or close one answered and not taken."""
+        if not self.entering.give_up() and self.entering.subscription is not None:
+            self.entering.subscription.close()

@@ -202,27 +202,39 @@ def _poll(
     resubscribe: tuple[object, Collection[str]] | None = None,
 ) -> Generator[str, None, Any]:
     """Yield ``UNKNOWN`` at once and every ``POLL_INTERVAL_SECONDS`` until the deadline or
-    ``gone()``. With ``resubscribe`` (a turn's id and its ``unread``), try to subscribe
-    every ``RESUBSCRIBE_SECONDS``: once subscribed, yield ``UNKNOWN`` once more (what
-    happened before the subscription) and return the subscription; None past the end."""
+    ``gone()``. With ``resubscribe`` (a turn's id and its ``unread``), ask for a subscription
+    every ``RESUBSCRIBE_SECONDS``, without waiting for it (a Redis that hangs would hold the
+    poll): once confirmed, yield ``UNKNOWN`` once more (what happened before it) and return
+    it; None past the end."""
+    from .loop_thread import PendingSubscription  # see ``_subscribe``
+
     yield UNKNOWN
     retry = time.monotonic() + RESUBSCRIBE_SECONDS
-    while (remaining := deadline - time.monotonic()) > 0 and not gone():
-        time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-        if resubscribe is not None and time.monotonic() >= retry:
-            try:
-                subscription = _subscribe(*resubscribe)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                retry = time.monotonic() + RESUBSCRIBE_SECONDS
-            else:
-                logger.info("turn notifications back; turn %s", resubscribe[0])
+    pending = None
+    try:
+        while (remaining := deadline - time.monotonic()) > 0 and not gone():
+            time.sleep(min(POLL_INTERVAL_SECONDS, remaining))
+            if resubscribe is not None and pending is None and time.monotonic() >= retry:
+                pending = PendingSubscription(*resubscribe)
+            if pending is not None:
                 try:
-                    yield UNKNOWN
-                except BaseException:
-                    subscription.close()
-                    raise
-                return subscription
-        yield UNKNOWN
+                    subscription = pending.result()
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    pending, retry = None, time.monotonic() + RESUBSCRIBE_SECONDS
+                else:
+                    if subscription is not None:
+                        pending = None
+                        logger.info("turn notifications back; turn %s", resubscribe[0])
+                        try:
+                            yield UNKNOWN
+                        except BaseException:
+                            subscription.close()
+                            raise
+                        return subscription
+            yield UNKNOWN
+    finally:
+        if pending is not None:
+            pending.close()
     return None
 
 

@@ -61,6 +61,8 @@ class AsyncTurnWatch:
         self._last_seen = (turn.status, turn.updated_at)
         self._last_event = time.monotonic()
         self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
+        self._resubscribing: asyncio.Future | None = None
+        self._renewal: Subscription | None = None
 
     async def start(self) -> Turn:
         await self.subscribe()
@@ -117,20 +119,8 @@ class AsyncTurnWatch:
         subscription = self.subscription
         if subscription is None or subscription.lost:
             await asyncio.sleep(min(POLL_INTERVAL_SECONDS, remaining))
-            if settings.REDIS_URL and time.monotonic() >= self._resubscribe_at:
-                # Polling since Redis went away: subscribe again as soon as it can be, then
-                # read once (what changed before); until then, a read every poll.
-                self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
-                with contextlib.suppress(
-                    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
-                ):
-                    renewed = await turn_listener().subscribe(self.turn.pk)
-                    if subscription is not None:
-                        subscription.close()
-                    self.subscription = renewed
-                    if self.closed:  # closed meanwhile, from another thread: this one too
-                        renewed.close()
-                    logger.info("turn notifications back; turn %s", self.turn.pk)
+            if settings.REDIS_URL:
+                self._resubscribe_step(subscription)
             if time.monotonic() - self._last_event < self.tick:
                 return True
             self._last_event = time.monotonic()
@@ -144,7 +134,45 @@ class AsyncTurnWatch:
         self._last_event = time.monotonic()
         return False
 
+    def _resubscribe_step(self, lost: Subscription | None) -> None:
+        # Polling since Redis went away: every RESUBSCRIBE_SECONDS ask for a subscription in
+        # a task of its own, not awaited (a Redis that hangs would hold the watch for
+        # SUBSCRIBE_TIMEOUT_SECONDS: no read, no keep-alive); once it is there, the next
+        # read looks at what changed before it, and notifications follow.
+        task = self._resubscribing
+        if task is None:
+            if time.monotonic() >= self._resubscribe_at:
+                self._resubscribing = asyncio.ensure_future(self._renewed())
+            return
+        if not task.done():
+            return
+        self._resubscribing = None
+        self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
+        renewed = None if task.cancelled() else task.result()
+        if renewed is not None:
+            self._renewal = None
+            if lost is not None:
+                lost.close()
+            self.subscription = renewed
+            logger.info("turn notifications back; turn %s", self.turn.pk)
+
+    async def _renewed(self) -> Subscription | None:
+        try:
+            renewed = await turn_listener().subscribe(self.turn.pk)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return None
+        self._renewal = renewed
+        if self.closed:  # closed meanwhile (from any thread): this one goes too
+            renewed.close()
+            return None
+        return renewed
+
     def close(self) -> None:
         self.closed = True
         if self.subscription is not None:
             self.subscription.close()
+        if self._renewal is not None:  # asked for, and not taken yet
+            self._renewal.close()
+        if (task := self._resubscribing) is not None:
+            with contextlib.suppress(RuntimeError):  # its loop closed: the task is gone too
+                task.get_loop().call_soon_threadsafe(task.cancel)

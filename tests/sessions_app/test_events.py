@@ -1140,3 +1140,69 @@ def test_an_async_watch_polling_since_a_lost_connection_subscribes_again(
 
     quiet, seen = asyncio.run(scenario())
     assert quiet and seen == ["completed"]
+
+
+@pytest.fixture
+def hanging_redis():
+    """An address that takes connections and never answers: a Redis that hangs."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)  # never accepted: the handshake completes, nothing is ever read
+    try:
+        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    finally:
+        server.close()
+
+
+def test_a_waiter_asking_to_subscribe_again_keeps_polling_while_redis_hangs(
+    settings, private_redis, hanging_redis, monkeypatch
+):
+    """Asked in the waiting thread, a subscription to a Redis that hangs held the poll for
+    SUBSCRIBE_TIMEOUT_SECONDS and more: the turn's end seen seconds late, the deadline
+    overrun, a client gone unnoticed."""
+    from sessions_app.events import notify
+
+    monkeypatch.setattr(notify, "RESUBSCRIBE_SECONDS", 0.3)
+    settings.REDIS_URL = private_redis.url
+    changes = events.turn_changes(turn_id=uuid.uuid4(), timeout=8, tick=120)
+    assert next(changes) is None
+    private_redis.kill()
+    settings.REDIS_URL = hanging_redis  # comes back hanging
+    started = time.monotonic()
+    seen = [time.monotonic() for _ in changes]
+    assert time.monotonic() - started < 9, "past its deadline"
+    gaps = [later - earlier for earlier, later in itertools.pairwise([started, *seen])]
+    assert max(gaps) < 1.5, max(gaps)
+
+
+def test_an_async_watch_asking_to_subscribe_again_keeps_polling_while_redis_hangs(
+    settings, private_redis, hanging_redis, monkeypatch
+):
+    from sessions_app.events import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "RESUBSCRIBE_SECONDS", 0.3)
+    settings.REDIS_URL = private_redis.url
+    reads: list[float] = []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append(time.monotonic())
+        return current
+
+    async def scenario() -> None:
+        watch = events.AsyncTurnWatch(turn=Stub(), refresh=refresh, timeout=8, tick=120)
+        await watch.start()
+        private_redis.kill()
+        settings.REDIS_URL = hanging_redis
+        assert await until(lambda: watch.subscription.lost)
+        reads.clear()
+        async for _ in watch:
+            pass
+        watch.close()
+
+    started = time.monotonic()
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert time.monotonic() - started < 9.5, "past its deadline"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
+    assert reads and max(gaps) < 1.5, max(gaps)
