@@ -186,10 +186,16 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
 
         Served as GET, a HEAD would hold a thread and the caller's slots until the turn
         ended (servers drop a HEAD's body, but read it all), on the thread pool under ASGI
-        too. Its slots are taken and given back at once, so it answers as GET would then.
+        too. Its slots are taken and given back at once, and it subscribes and lets go, so it
+        answers as GET would then (503 with the notifications down).
         """
-        _turn, release = self._open(request, turn_id)
-        release()
+        turn, release = self._open(request, turn_id)
+        try:
+            changes = events.turn_changes(turn_id=turn.pk, timeout=0)
+            next(changes)
+            changes.close()
+        finally:
+            release()
         return self._headers(StreamingHttpResponse(()))
 
     async def aget(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:

@@ -1037,6 +1037,19 @@ def test_under_asgi_a_stream_whose_client_hangs_up_while_it_opens_gives_its_slot
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the user's slot leaked
 
 
+def test_a_head_of_a_stream_answers_503_as_its_get_does_with_notifications_down(
+    api, pending, settings
+):
+    """A probe sending HEAD must learn what GET would answer: no stream can start."""
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # notifications down, the cache up
+    path = f"/api/v1/turns/{pending.pk}/events/"
+    assert api.get(path).status_code == 503
+    assert api.head(path).status_code == 503
+    settings.MAX_WAITS_PER_USER = 1
+    settings.REDIS_URL = ""  # no notifications to ask for: the waits poll
+    assert api.head(path).status_code == 200  # the 503s gave their slots back
+
+
 def test_under_asgi_a_head_of_a_stream_ends_at_once_and_holds_no_slot(asgi, user, settings):
     from django.core.handlers.asgi import ASGIHandler
 
