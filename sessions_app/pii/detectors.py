@@ -125,8 +125,12 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # then without them. What only the second reading finds is added; where it overlaps
     # what the first found, both are protected as one ("email\u200bjohn@..." whole, the
     # word with the address): read wrong, a boundary costs a word, never part of a value.
+    # A third reading takes each as a space only at a seam between a word and a number
+    # (a letter, then a digit, "+" or "("; a digit, then a letter), else reads past it:
+    # "call\u200d123-45-\u200b6789" is a word, then a number split inside.
     found = _resolve(_candidates(invisible.sub(" ", form), regions))
-    for span in _found_past(form, invisible, regions):
+    seams = _seams(invisible).sub(" ", form)
+    for span in [*_found_past(form, invisible, regions), *_found_past(seams, invisible, regions)]:
         overlapping = [f for f in found if f.start < span.end and span.start < f.end]
         if overlapping:
             found = [f for f in found if f not in overlapping]
@@ -139,6 +143,12 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
             )
         found.append(span)
     return sorted(found, key=lambda span: span.start)
+
+
+@functools.cache
+def _seams(invisible: re.Pattern[str]) -> re.Pattern[str]:
+    run = f"{invisible.pattern}+"
+    return re.compile(rf"(?<=[^\W\d_]){run}(?=[\d+(])|(?<=\d){run}(?=[^\W\d_])")
 
 
 def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> list[Span]:

@@ -262,6 +262,9 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
         ("ip\u200d192.168.1.1", "ip\u200d[IP_ADDRESS]"),
         ("iban\u200dDE89370400440532013000", "iban\u200d[IBAN_CODE]"),
         ("call me\u200d+44 20 7946 0958", "call me\u200d[PHONE_NUMBER]"),
+        # ... nor one split inside as well.
+        ("call\u200d123-45-\u200b6789", "call\u200d[US_SSN]"),
+        ("card\u200b+44 \u200b20 7946 0958\u200bok", "card\u200b[PHONE_NUMBER]\u200bok"),
         # A word the address may or may not run on from goes with it: not "john.smith@...".
         ("Contact\u200bjohn.smith@example.com", "[EMAIL_ADDRESS]"),
         # Ranges are written with the en dash: not a phone number.
