@@ -649,6 +649,27 @@ async def _asgi_post(path: str, token: str, content: str, *, gone=None) -> tuple
     return sent[0]["status"], json.loads(answer)
 
 
+async def _asgi_staying(scope: dict) -> list[dict]:
+    """Call the ASGI application with ``scope`` and no body, the client staying; what it
+    was sent."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    sent: list[dict] = []
+    received: list[int] = []
+
+    async def receive() -> dict:
+        if not received:
+            received.append(1)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client stays
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await ASGIHandler()(scope, receive, send)
+    return sent
+
+
 async def _asgi_get_hung_up(path: str, token: str, hang_up: threading.Event) -> list[dict]:
     """GET ``path`` from the ASGI application, the client hanging up once ``hang_up`` is
     set; what it was sent. Returns a second after, once the server's threads have ended."""
@@ -1051,7 +1072,6 @@ def test_a_head_of_a_stream_answers_503_as_its_get_does_with_notifications_down(
 
 
 def test_under_asgi_a_head_of_a_stream_ends_at_once_and_holds_no_slot(asgi, user, settings):
-    from django.core.handlers.asgi import ASGIHandler
 
     from sessions_app import services
 
@@ -1062,22 +1082,11 @@ def test_under_asgi_a_head_of_a_stream_ends_at_once_and_holds_no_slot(asgi, user
     turn = services.message_accept(user=user, session_id=session.pk, content="hi")
     scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token_for(user), b"")}
     scope["method"] = "HEAD"
-    sent: list[dict] = []
-    received: list[int] = []
 
-    async def receive() -> dict:
-        if not received:
-            received.append(1)
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the client stays
+    async def scenario() -> list[dict]:
+        return await asyncio.wait_for(_asgi_staying(scope), timeout=10)
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    async def scenario() -> None:
-        await asyncio.wait_for(ASGIHandler()(scope, receive, send), timeout=10)
-
-    asyncio.run(scenario())  # TimeoutError: it followed the pending turn
+    sent = asyncio.run(scenario())  # TimeoutError: it followed the pending turn
     assert sent[0]["status"] == 200
     assert not b"".join(m.get("body", b"") for m in sent[1:])
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the HEAD held its slot
@@ -1163,7 +1172,6 @@ def test_a_stream_replaced_by_an_error_after_its_view_gives_its_slots_back(
     """A middleware that fails after the view turns its response into a 500: the server
     gets (and closes) that one (here a 503: the failure is an outage), never the stream,
     whose slots must come back all the same."""
-    from django.core.handlers.asgi import ASGIHandler
     from django.middleware.clickjacking import XFrameOptionsMiddleware
     from rest_framework.test import APIClient
 
@@ -1183,18 +1191,7 @@ def test_a_stream_replaced_by_an_error_after_its_view_gives_its_slots_back(
     monkeypatch.setattr(XFrameOptionsMiddleware, "process_response", failing)
 
     async def over_asgi() -> int:
-        sent, received = [], []
-
-        async def receive() -> dict:
-            if not received:
-                received.append(1)
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await asyncio.Event().wait()  # the client stays
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        await ASGIHandler()({**_asgi_scope(path, token, b""), "method": "GET"}, receive, send)
+        sent = await _asgi_staying({**_asgi_scope(path, token, b""), "method": "GET"})
         await asyncio.sleep(0.5)  # the close, in a thread of its own, has run by then
         return sent[0]["status"]
 
