@@ -177,7 +177,7 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
     def release_held(self, request: HttpRequest, queryset: QuerySet) -> None:
         """Deliver the selection's withheld replies found harmless, of users no longer held
         (``review.harmless_release``)."""
-        released, still_held = review.harmless_release(
+        released, still_held, refused = review.harmless_release(
             queryset.values_list("pk", flat=True), reviewer_id=request.user.pk
         )
         notice = f"{released} withheld replies released"
@@ -186,7 +186,10 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
                 f"; {still_held} left withheld: their user is still held (review the user's"
                 " open flags first)"
             )
-        self.message_user(request, f"{notice}.", messages.SUCCESS)
+        if refused:
+            notice += f"; {refused} left withheld: the history store did not answer, try again"
+        level = messages.WARNING if refused else messages.SUCCESS
+        self.message_user(request, f"{notice}.", level)
 
     def _decide(
         self, request: HttpRequest, queryset: QuerySet, *, leak: bool, release: bool = False
@@ -210,7 +213,10 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         rest = f"; {left} already decided, left as they were" if left else ""
         if kept := outcomes.count(review.KEPT_HELD):
             rest += f"; {kept} {review.KEPT_NOTE}"
-        self.message_user(request, f"{taken} open flags reviewed{rest}.", messages.SUCCESS)
+        if refused := outcomes.count(review.NOT_RELEASED):
+            rest += f"; {refused} {review.NOT_RELEASED_NOTE}"
+        level = messages.WARNING if refused else messages.SUCCESS
+        self.message_user(request, f"{taken} open flags reviewed{rest}.", level)
 
     def review_view(self, request: HttpRequest, entry_id: int, decision: str) -> HttpResponse:
         return _review(self, request, entry_id=entry_id, decision=decision)
@@ -263,6 +269,12 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
         notice = (
             f"Entry {entry_id} reviewed; its reply stays withheld while its user is held: "
             'release it with "Release withheld replies found harmless" once the hold has lifted.'
+        )
+        model_admin.message_user(request, notice, messages.WARNING)
+    elif outcome == review.NOT_RELEASED:
+        notice = (
+            f"Entry {entry_id} reviewed; its reply stays withheld, as the history store did "
+            'not answer: release it with "Release withheld replies found harmless" once it does.'
         )
         model_admin.message_user(request, notice, messages.WARNING)
     elif outcome:

@@ -213,6 +213,40 @@ def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
     assert AuditEntry.objects.filter(kind="review", reason__contains="released").exists()
 
 
+def test_a_release_the_store_refuses_is_said_and_can_be_made_again(
+    client, leaked, other_api, monkeypatch
+):
+    """The decision is recorded, then the history store refuses the release (its cache out,
+    say): the reviewer must be told the reply is still withheld, not see an error page or
+    "reviewed", and the harmless release delivers it once the store answers."""
+    from audit_app import review
+    from sessions_app.stores import StoreUnavailable
+
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    client.force_login(_reviewer("view_auditentry", "change_auditentry"))
+    release = f"/admin/audit_app/auditentry/{entry.pk}/review/release/"
+
+    def refused(**kwargs):
+        raise StoreUnavailable("the history cache did not answer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(review, "turn_release_withheld", refused)
+        page = client.post(release, {"seen": "open"}, follow=True)
+        assert page.status_code == 200
+        assert "stays withheld, as the history store did not answer" in page.content.decode()
+        selected = {"action": "release_held", "_selected_action": [entry.pk]}
+        page = client.post("/admin/audit_app/auditentry/", selected, follow=True)
+        assert "1 left withheld: the history store did not answer" in page.content.decode()
+    entry.refresh_from_db()
+    assert entry.review_state == "false_positive"
+    turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
+    assert turn["status"] == "suppressed"
+    page = client.post("/admin/audit_app/auditentry/", selected, follow=True)
+    assert "1 withheld replies released." in page.content.decode()
+    turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
+    assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
+
+
 def test_a_reviewer_confirms_a_leak_and_the_reply_stays_withheld(client, leaked, other_api):
     [entry] = AuditEntry.objects.filter(flagged=True)
     client.force_login(_reviewer("view_auditentry", "change_auditentry"))
