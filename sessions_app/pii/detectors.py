@@ -129,7 +129,7 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # (a letter, then a digit, "+" or "("; a digit, then a letter), else reads past it:
     # "call\u200d123-45-\u200b6789" is a word, then a number split inside.
     found = _resolve(_candidates(invisible.sub(" ", form), regions))
-    seams = _seams(invisible).sub(" ", form)
+    seams = _unicode_forms()[2].sub(" ", form)
     for span in [*_found_past(form, invisible, regions), *_found_past(seams, invisible, regions)]:
         overlapping = [f for f in found if f.start < span.end and span.start < f.end]
         if overlapping:
@@ -143,12 +143,6 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
             )
         found.append(span)
     return sorted(found, key=lambda span: span.start)
-
-
-@functools.cache
-def _seams(invisible: re.Pattern[str]) -> re.Pattern[str]:
-    run = f"{invisible.pattern}+"
-    return re.compile(rf"(?<=[^\W\d_]){run}(?=[\d+(])|(?<=\d){run}(?=[^\W\d_])")
 
 
 def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> list[Span]:
@@ -195,7 +189,7 @@ IGNORABLE = (
 
 
 @functools.cache
-def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
+def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str], re.Pattern[str]]:
     # Built once, on the first text that is not ASCII, in one pass over Unicode (0.1 to
     # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; ``SPACES``
     # and ``HYPHENS``; the full-width block
@@ -214,4 +208,7 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str]]:
     table.update(dict.fromkeys(map(ord, SPACES), " "))
     table.update(dict.fromkeys(map(ord, HYPHENS), "-"))
     table.update({0x3002: ".", 0xFF61: "."})
-    return table, re.compile(f"[{re.escape(''.join(invisible) + IGNORABLE)}]")
+    run = f"[{re.escape(''.join(invisible) + IGNORABLE)}]"
+    # And runs of them at a seam between a word and a number (``detect``'s third reading).
+    seams = rf"(?<=[^\W\d_]){run}+(?=[\d+(])|(?<=\d){run}+(?=[^\W\d_])"
+    return table, re.compile(run), re.compile(seams)
