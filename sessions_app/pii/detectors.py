@@ -129,7 +129,9 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # (a letter, then a digit, "+" or "("; a digit, then a letter), else reads past it:
     # "call\u200d123-45-\u200b6789" is a word, then a number split inside.
     found = _resolve(_candidates(invisible.sub(" ", form), regions))
-    seams = _unicode_forms()[2].sub(" ", form)
+    # One space for a run's first character, the rest read past: a character for each of
+    # the text's, so the spans found map back.
+    seams = _unicode_forms()[2].sub(lambda m: " " + m.group()[1:], form)
     for span in [*_found_past(form, invisible, regions), *_found_past(seams, invisible, regions)]:
         overlapping = [f for f in found if f.start < span.end and span.start < f.end]
         if overlapping:

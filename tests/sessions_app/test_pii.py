@@ -264,6 +264,11 @@ def test_digits_of_any_script_are_read_as_digits(text: str, redacted: str) -> No
         ("call me\u200d+44 20 7946 0958", "call me\u200d[PHONE_NUMBER]"),
         # ... nor one split inside as well.
         ("call\u200d123-45-\u200b6789", "call\u200d[US_SSN]"),
+        ("call\u200b\u200b123-45-\u200b6789 thanks", "call\u200b\u200b[US_SSN] thanks"),
+        (
+            "card" + "\u200b" * 12 + "4539148803436467 ok",
+            "card" + "\u200b" * 12 + "[CREDIT_CARD] ok",
+        ),
         ("card\u200b+44 \u200b20 7946 0958\u200bok", "card\u200b[PHONE_NUMBER]\u200bok"),
         # A word the address may or may not run on from goes with it: not "john.smith@...".
         ("Contact\u200bjohn.smith@example.com", "[EMAIL_ADDRESS]"),
@@ -288,6 +293,18 @@ def test_every_unicode_space_is_read_as_a_space() -> None:
     }
     assert set(detectors.SPACES) == spaces
     assert detectors.ascii_form(detectors.SPACES) == " " * len(spaces)
+
+
+def test_a_run_of_invisible_characters_before_a_value_moves_none_of_its_span() -> None:
+    """The third reading once took a run of them as one space: its text was shorter than
+    the message, and every span after the run fell short of its value, by the run's length
+    less one (the last digits sent), or over a placeholder, which dropped it whole."""
+    for run in (2, 5, 8):
+        typed = "a" + "\u200b" * run + "1 <PERSON_1> 123-45-6789 and john@example.com thanks"
+        text, vault = pseudonymize(typed, vault={})
+        assert "6789" not in text and "john@" not in text, text
+        assert text.endswith("<US_SSN_1> and <EMAIL_ADDRESS_1> thanks"), text
+        assert restore(text, vault=vault) == typed
 
 
 def test_a_value_with_invisible_characters_is_restored_as_typed() -> None:
