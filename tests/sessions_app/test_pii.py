@@ -9,7 +9,7 @@ from pathlib import Path
 
 import phonenumbers
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sessions_app.pii import (
@@ -404,6 +404,53 @@ def test_pseudonymize_then_restore_gives_the_original(parts: list[str]) -> None:
     original = " and ".join(parts)
     text, vault = pseudonymize(original, vault={})
     assert restore(text, vault=vault) == original
+
+
+INVISIBLE = st.text(alphabet="\u200b\u200c\u200d\u00ad\u2060\ufe0f", max_size=6)
+AROUND = st.sampled_from(["", "a", "call ", "no. ", "<PERSON_1> ", "email\u200b", ", ", "ok"])
+# Each value in two parts, where an invisible character may split it.
+VALUES = [
+    ("123-45-", "6789"),
+    ("45391488", "03436467"),
+    ("john.smith", "@example.com"),
+    ("+44 20 ", "7946 0958"),
+]
+PLACEHOLDERS = re.compile(r"<[A-Z_]+_\d+>")
+
+
+def _digits(text: str) -> int:
+    return sum(char.isdigit() for char in PLACEHOLDERS.sub("", text))
+
+
+@settings(max_examples=400)
+@given(
+    AROUND,
+    INVISIBLE,
+    st.sampled_from(VALUES),
+    st.sampled_from(["", "\u200b", "\u200d", "\u00ad"]),
+    INVISIBLE,
+    AROUND,
+)
+def test_a_value_beside_invisible_characters_never_reaches_claude(
+    before: str,
+    run_before: str,
+    value: tuple[str, str],
+    split: str,
+    run_after: str,
+    after: str,
+) -> None:
+    """Whatever invisible characters stand between a value and the word before it, or
+    split it, none of the value is sent: its span maps back over all of it. (After it, a
+    space: an address glued to the next word by an invisible character and split inside
+    by another, "a\u200b@b.com\u200bthanks", is found by no reading: see the README.)"""
+    # With no invisible character before it, a space: a value glued to a word is no value.
+    head, tail = value
+    typed = f"{before}{run_before or ' '}{head}{split}{tail}{run_after} {after} thanks"
+    text, vault = pseudonymize(typed, vault={})
+    sent = PLACEHOLDERS.sub("", text)
+    assert _digits(text) == _digits(before + after), (typed, text)  # not one of its digits
+    assert "smith" not in sent and "example" not in sent, (typed, text)
+    assert restore(text, vault=vault) == typed
 
 
 def test_scrub_reply_modes() -> None:
