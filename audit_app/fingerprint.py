@@ -25,12 +25,12 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
 # Digit groups joined by hyphens are one number (phones, order numbers); dates are not,
 # nor ranges (``_range``: "1947-1991", "pages 210-245"; nor any with the en dash, which is
 # no hyphen). Groups joined by spaces are one number only in the shapes of one
-# (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45 6789", a phone "415 555
-# 2671" or "+44 20 7946 0958"; not a count "10 20 30 40", an amount "125 000 000", a date
-# and time. Groups joined by dots never are (addresses, versions, dates), and a decimal's
-# fraction is no number of its own ("3.14159265"). The hyphens and spaces are those the
-# PII detector reads as ASCII's, the full-width hyphen-minus included: what it protects in
-# a message, the scan must see in a reply.
+# (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45 6789", a phone "020 7946
+# 0958" or "+44 20 7946 0958"; not a count "10 20 30 40", an amount "125 000 000", a date
+# and time. Groups joined by dots never are (addresses, versions, dates); a decimal is one
+# token that proves nothing alone ("3.14159265"), two of them side by side a place. The
+# hyphens and spaces are those the PII detector reads as ASCII's, the full-width
+# hyphen-minus included: what it protects in a message, the scan must see in a reply.
 DASHES = "-\uff0d" + pii_detectors.HYPHENS
 SPACES = " " + pii_detectors.SPACES
 TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|\d+(?:\.\d+)+|[^\W_]+")
@@ -138,7 +138,7 @@ def _tokens(text: str) -> list[_Token]:
         if raw.isalnum():
             raw_norm = raw
         elif (joint := " " if raw[0] == "+" else raw[GROUP.match(raw).end()]) in DASHES:
-            groups = GROUP.findall(raw)
+            groups = _ascii_groups(raw)
             if DATE.fullmatch(raw.translate(_AS_HYPHEN)):
                 continue
             if _range(groups):
@@ -146,11 +146,11 @@ def _tokens(text: str) -> list[_Token]:
                 continue
             raw_norm = "".join(groups)
         elif joint == ".":
-            if not _decimal(groups := GROUP.findall(raw)):
+            if not _decimal(groups := _ascii_groups(raw)):
                 _each_group(tokens, match)  # several numbers, each a token
                 continue
             raw_norm = raw  # one token, weighed as a decimal (``token_weight``)
-        elif _one_number(raw, groups := GROUP.findall(raw)):
+        elif _one_number(raw, groups := _ascii_groups(raw)):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
             _each_group(tokens, match)
@@ -177,12 +177,17 @@ def _each_group(tokens: list[_Token], match: re.Match[str]) -> None:
         tokens.append(_new_token(_Token, (digits, start, end, False)))
 
 
+def _ascii_groups(raw: str) -> list[str]:
+    # The digit groups of ``raw`` in ASCII digits, as the PII detector reads every script's.
+    groups = GROUP.findall(raw)
+    return groups if raw.isascii() else [pii_detectors.ascii_form(group) for group in groups]
+
+
 def _decimal(groups: list[str]) -> bool:
-    # A whole part of up to three digits, not a zero-led code, and a fraction: "3.14159265",
-    # a latitude "40.7484405". Not "030.12345678" (a phone) nor "1234.5678901" (an id), whose
-    # groups are numbers of their own.
+    # A whole part and a fraction: "3.14159265", "1096.63316", a latitude "40.7484405"; not
+    # a zero-led code "030.12345678" (a phone), whose groups are numbers of their own.
     whole = groups[0]
-    return len(groups) == 2 and len(whole) <= 3 and not (len(whole) > 1 and whole[0] == "0")
+    return len(groups) == 2 and not (len(whole) > 1 and whole[0] == "0")
 
 
 def _range(groups: list[str]) -> bool:
@@ -198,10 +203,9 @@ def _one_number(raw: str, groups: list[str]) -> bool:
     if raw[0] == "+":
         return sum(len(group) for group in groups) >= PHONE_DIGITS
     shape = tuple(len(group) for group in groups)
-    if shape == (3, 3, 4):  # as a phone of North America: area and exchange from 2 to 9
-        return all(int(group[0]) >= 2 for group in groups[:2])  # not "100 100 1000"
     if shape == (3, 4, 4):  # as a phone of the United Kingdom: a trunk 0
-        return int(groups[0][0]) == 0  # not "720 1080 1440"
+        return groups[0][0] == "0"  # not "720 1080 1440"
+    # Not North America's 3-3-4: "480 720 1080", "256 512 1024" read as phones too.
     return shape in NUMBER_SHAPES
 
 
@@ -209,9 +213,9 @@ def token_weight(word: str) -> float:
     """Return how much a single normalised token proves (0: nothing)."""
     if word.isdigit():
         return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
-    if "." in word:  # a decimal: a coordinate proves something, two of them a place; a
-        # constant ("3.14159265") written for anyone must not alone, nor paired
-        return 0.5 if len(word) - word.index(".") > 5 else 0.0
+    if "." in word:  # a decimal proves nothing alone: a constant ("3.14159265"), a result,
+        # an amount are written for anyone (a latitude with its longitude: ``_pair_weight``)
+        return 0.0
     if len(word) < 4:
         return 0.0
     zipf = _zipf(word)
@@ -222,6 +226,11 @@ def token_weight(word: str) -> float:
     return 0.6 if zipf < RARE_ZIPF else 0.3 if zipf < COMMON_ZIPF else 0.0
 
 
+def _coordinate(word: str) -> bool:
+    # A decimal of four places or more: a latitude or a longitude to about 10 metres.
+    return "." in word and len(word) - word.index(".") > 4
+
+
 def _house_number(a: _Token, b: _Token) -> bool:
     # "4821 Johnson": a number before a capitalised word, as in an address; not a year.
     if not (a.text.isdigit() and 2 <= len(a.text) <= 6 and b.capitalised and b.text.isalpha()):
@@ -230,10 +239,11 @@ def _house_number(a: _Token, b: _Token) -> bool:
 
 
 def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
-    # A pair proves more than its halves: the other user wrote both, in this order. Not a
-    # decimal's: "Use 3.14159265" would be a leak wherever another user wrote it.
+    # A pair proves more than its halves: the other user wrote both, in this order. Of
+    # decimals, only two fine ones side by side, a place's coordinates ("40.7484405,
+    # -73.9856644"); one beside a word proves nothing ("Use 3.14159265").
     if "." in a.text or "." in b.text:
-        return 0.0
+        return 1.0 if _coordinate(a.text) and _coordinate(b.text) else 0.0
     if wa and wb:
         return 1.0
     if not (wa or wb or b.capitalised):  # most pairs: two everyday words, nothing to prove
