@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from django.db.models import Q
 
+from core.errors import BackendUnavailable
 from sessions_app.services import turn_release_withheld
-from sessions_app.stores import StoreUnavailable
 
 from . import services
 from .holds import HELD_REASON, leak_hold_active
@@ -21,7 +21,7 @@ from .models import AuditEntry
 logger = logging.getLogger(__name__)
 
 # A decision taken; one taken whose release waits for its user's leak hold to lift; one
-# taken whose release the history store refused (its cache out, say): the reply is still
+# taken whose release the history store or the leak index refused (out): the reply is still
 # withheld, and the same action releases it later.
 DECIDED, KEPT_HELD, NOT_RELEASED = "decided", "kept while held", "not released"
 KEPT_NOTE = (
@@ -57,7 +57,7 @@ def review_decide(
     if wanted:
         try:
             released = turn_release_withheld(turn_id=entry.turn_id)
-        except StoreUnavailable:
+        except BackendUnavailable:  # the history store or the leak index
             logger.warning("entry %s decided; its reply not released: store down", entry.pk)
             return NOT_RELEASED
         if released:
@@ -87,7 +87,7 @@ def harmless_release(entry_ids: Iterable[int], *, reviewer_id: int) -> tuple[int
             if turn_release_withheld(turn_id=entry.turn_id):
                 services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
                 released += 1
-        except StoreUnavailable:
+        except BackendUnavailable:  # the history store or the leak index
             logger.warning("entry %s: its reply not released: store down", entry.pk)
             refused += 1
     return released, still_held, refused

@@ -213,21 +213,25 @@ def test_a_reviewer_reads_the_withheld_text_and_releases_a_false_positive(
     assert AuditEntry.objects.filter(kind="review", reason__contains="released").exists()
 
 
+@pytest.mark.parametrize("down", ["store", "index"])
 def test_a_release_the_store_refuses_is_said_and_can_be_made_again(
-    client, leaked, other_api, monkeypatch
+    client, leaked, other_api, monkeypatch, down
 ):
-    """The decision is recorded, then the history store refuses the release (its cache out,
-    say): the reviewer must be told the reply is still withheld, not see an error page or
-    "reviewed", and the harmless release delivers it once the store answers."""
+    """The decision is recorded, then the history store (its cache out, say) or the leak
+    index refuses the release: the reviewer must be told the reply is still withheld, not
+    see an error page or "reviewed", and the harmless release delivers it once they answer."""
     from audit_app import review
+    from audit_app.index.base import IndexUnavailable
     from sessions_app.stores import StoreUnavailable
+
+    refusal = StoreUnavailable if down == "store" else IndexUnavailable
 
     [entry] = AuditEntry.objects.filter(flagged=True)
     client.force_login(_reviewer("view_auditentry", "change_auditentry"))
     release = f"/admin/audit_app/auditentry/{entry.pk}/review/release/"
 
     def refused(**kwargs):
-        raise StoreUnavailable("the history cache did not answer")
+        raise refusal("did not answer")
 
     with monkeypatch.context() as patched:
         patched.setattr(review, "turn_release_withheld", refused)
