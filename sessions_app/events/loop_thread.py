@@ -12,6 +12,7 @@ futures chained) cost as much CPU again as carrying the notification itself.
 """
 
 import asyncio
+import contextlib
 import functools
 import os
 import threading
@@ -275,6 +276,21 @@ class PendingSubscription:
         return ThreadSubscription(self.loop, entering.subscription)
 
     def close(self) -> None:
-        """Give up a subscription not answered yet, or close one answered and not taken."""
-        if not self.entering.give_up() and self.entering.subscription is not None:
-            self.entering.subscription.close()
+        """Give up a subscription not answered yet, or close one answered and not taken.
+
+        Never waits for the entering's lock: a finalizer (a waiter's generator collected as
+        garbage) may run this on the loop's thread while the loop holds it; then it is done
+        from the loop, later.
+        """
+        entering = self.entering
+        if not entering.lock.acquire(blocking=False):
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing to give up
+                self.loop.loop.call_soon_threadsafe(self.close)
+            return
+        try:
+            if not entering.done.is_set():
+                entering.abandoned = True
+        finally:
+            entering.lock.release()
+        if entering.subscription is not None:
+            entering.subscription.close()

@@ -63,6 +63,7 @@ class AsyncTurnWatch:
         self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
         self._resubscribing: asyncio.Future | None = None
         self._renewal: Subscription | None = None
+        self._reread = False
 
     async def start(self) -> Turn:
         await self.subscribe()
@@ -99,6 +100,8 @@ class AsyncTurnWatch:
             if changed is None:
                 break
             said = self.subscription.status if changed and self.subscription else UNKNOWN
+            if self._reread:  # subscribed again: read once, whatever the subscription heard
+                said, self._reread = UNKNOWN, False
             if said in self.unread:
                 continue
             self.turn = await in_thread(self.refresh_told if said else self.refresh, self.turn)
@@ -150,10 +153,13 @@ class AsyncTurnWatch:
         self._resubscribe_at = time.monotonic() + RESUBSCRIBE_SECONDS
         renewed = None if task.cancelled() else task.result()
         if renewed is not None:
-            self._renewal = None
             if lost is not None:
                 lost.close()
             self.subscription = renewed
+            self._renewal = None
+            if self.closed:  # closed meanwhile, from another thread, after it looked
+                renewed.close()
+            self._reread = True  # what changed while it was polling, whatever it is told
             logger.info("turn notifications back; turn %s", self.turn.pk)
 
     async def _renewed(self) -> Subscription | None:

@@ -1206,3 +1206,49 @@ def test_an_async_watch_asking_to_subscribe_again_keeps_polling_while_redis_hang
     assert time.monotonic() - started < 9.5, "past its deadline"
     gaps = [later - earlier for earlier, later in itertools.pairwise(reads)]
     assert reads and max(gaps) < 1.5, max(gaps)
+
+
+def test_a_pending_subscription_closed_while_its_lock_is_held_never_waits_for_it(
+    settings, private_redis
+):
+    """A finalizer may close it on the loop's thread while the loop holds the entering's
+    lock (answering it): waiting for that lock there would stop the listener for good."""
+    from sessions_app.events.loop_thread import PendingSubscription
+
+    settings.REDIS_URL = private_redis.url
+    pending = PendingSubscription(uuid.uuid4())
+    assert wait_for(lambda: pending.entering.done.is_set())
+    with pending.entering.lock:  # the loop answering, say
+        closing = threading.Thread(target=pending.close)
+        closing.start()
+        closing.join(2)
+        assert not closing.is_alive(), "close waited for the lock"
+    assert wait_for(lambda: pending.entering.subscription.closed)  # done from the loop
+
+
+def test_an_async_watch_subscribed_again_reads_once_whatever_it_was_told(settings):
+    """The renewed subscription may have heard a status the watch does not read (running)
+    before the watch took it: the end that came while it polled must still be read."""
+    stored, reads = Stub("pending"), []
+
+    def refresh(current: Stub) -> Stub:
+        reads.append(stored.status)
+        return copy.copy(stored)
+
+    async def scenario() -> list[str]:
+        watch = events.AsyncTurnWatch(
+            turn=copy.copy(stored), refresh=refresh, timeout=5, tick=120, unread={"running"}
+        )
+        await watch.start()
+        renewed = await events.turn_listener().subscribe(stored.pk)
+        renewed.status = "running"  # heard before the watch took it
+        watch.subscription.lost = True  # lost meanwhile
+        watch._resubscribing = asyncio.ensure_future(asyncio.sleep(0, result=renewed))
+        watch._resubscribe_at = 0
+        stored.status, stored.updated_at = "completed", 1  # ended while it polled
+        seen = await asyncio.wait_for(anext(watch), 3)
+        watch.close()
+        renewed.close()
+        return [seen.status]
+
+    assert asyncio.run(scenario()) == ["completed"]
