@@ -27,10 +27,10 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
 # no hyphen). Groups joined by spaces are one number only in the shapes of one
 # (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45 6789", a phone "020 7946
 # 0958" or "+44 20 7946 0958"; not a count "10 20 30 40", an amount "125 000 000", a date
-# and time. Groups joined by dots never are (addresses, versions, dates); a decimal is one
-# token that proves nothing alone ("3.14159265"), two of them side by side a place. The
-# hyphens and spaces are those the PII detector reads as ASCII's, the full-width
-# hyphen-minus included: what it protects in a message, the scan must see in a reply.
+# and time. Groups joined by dots never are (addresses, versions, dates), and a decimal's
+# fraction is no number ("3.14159265"). The hyphens and spaces are those the PII detector
+# reads as ASCII's, the full-width hyphen-minus included: what it protects in a message,
+# the scan must see in a reply.
 DASHES = "-\uff0d" + pii_detectors.HYPHENS
 SPACES = " " + pii_detectors.SPACES
 TOKEN = re.compile(rf"\d+(?:[{DASHES}]\d+)+|\+?\d+(?:[{SPACES}]\d+){{2,}}|\d+(?:\.\d+)+|[^\W_]+")
@@ -146,10 +146,9 @@ def _tokens(text: str) -> list[_Token]:
                 continue
             raw_norm = "".join(groups)
         elif joint == ".":
-            if not _decimal(groups := _ascii_groups(raw)):
-                _each_group(tokens, match)  # several numbers, each a token
-                continue
-            raw_norm = raw  # one token, weighed as a decimal (``token_weight``)
+            # Several numbers, each a token; of a decimal, its whole part alone.
+            _each_group(tokens, match, fraction=_decimal(_ascii_groups(raw)))
+            continue
         elif _one_number(raw, groups := _ascii_groups(raw)):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
@@ -166,10 +165,12 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
-def _each_group(tokens: list[_Token], match: re.Match[str]) -> None:
-    # Each digit group of ``match`` a token of its own, in ASCII digits.
+def _each_group(tokens: list[_Token], match: re.Match[str], *, fraction: bool = False) -> None:
+    # Each digit group of ``match`` a token of its own, in ASCII digits; with ``fraction``,
+    # but the last.
     at = match.start()
-    for group in GROUP.finditer(match.group()):
+    groups = list(GROUP.finditer(match.group()))
+    for group in groups[:-1] if fraction else groups:
         digits = group.group()
         if not digits.isascii():
             digits = unicodedata.normalize("NFKC", pii_detectors.ascii_form(digits))
@@ -184,8 +185,10 @@ def _ascii_groups(raw: str) -> list[str]:
 
 
 def _decimal(groups: list[str]) -> bool:
-    # A whole part and a fraction: "3.14159265", "1096.63316", a latitude "40.7484405"; not
-    # a zero-led code "030.12345678" (a phone), whose groups are numbers of their own.
+    # A whole part and a fraction, which proves nothing: a constant "3.14159265", a result
+    # "1096.63316", an amount "2500.00000000", a vector "[0.7071, -0.7071]", a landmark's
+    # coordinates; the whole part stays a number ("12345678.90"). Not a zero-led code
+    # "030.12345678" (a phone), whose groups are numbers of their own.
     whole = groups[0]
     return len(groups) == 2 and not (len(whole) > 1 and whole[0] == "0")
 
@@ -213,9 +216,6 @@ def token_weight(word: str) -> float:
     """Return how much a single normalised token proves (0: nothing)."""
     if word.isdigit():
         return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
-    if "." in word:  # a decimal proves nothing alone: a constant ("3.14159265"), a result,
-        # an amount are written for anyone (a latitude with its longitude: ``_pair_weight``)
-        return 0.0
     if len(word) < 4:
         return 0.0
     zipf = _zipf(word)
@@ -226,11 +226,6 @@ def token_weight(word: str) -> float:
     return 0.6 if zipf < RARE_ZIPF else 0.3 if zipf < COMMON_ZIPF else 0.0
 
 
-def _coordinate(word: str) -> bool:
-    # A decimal of four places or more: a latitude or a longitude to about 10 metres.
-    return "." in word and len(word) - word.index(".") > 4
-
-
 def _house_number(a: _Token, b: _Token) -> bool:
     # "4821 Johnson": a number before a capitalised word, as in an address; not a year.
     if not (a.text.isdigit() and 2 <= len(a.text) <= 6 and b.capitalised and b.text.isalpha()):
@@ -239,11 +234,7 @@ def _house_number(a: _Token, b: _Token) -> bool:
 
 
 def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
-    # A pair proves more than its halves: the other user wrote both, in this order. Of
-    # decimals, only two fine ones side by side, a place's coordinates ("40.7484405,
-    # -73.9856644"); one beside a word proves nothing ("Use 3.14159265").
-    if "." in a.text or "." in b.text:
-        return 1.0 if _coordinate(a.text) and _coordinate(b.text) else 0.0
+    # A pair proves more than its halves: the other user wrote both, in this order.
     if wa and wb:
         return 1.0
     if not (wa or wb or b.capitalised):  # most pairs: two everyday words, nothing to prove

@@ -159,14 +159,22 @@ def test_groups_that_are_several_numbers_are_not_joined(text):
     assert not [(f.text, f.weight) for f in features if f.weight >= 1.0 and joined.search(f.text)]
 
 
-def test_a_decimal_proves_nothing_alone_and_two_side_by_side_a_place():
-    """A constant, a result, an amount Claude writes for anyone ("3.14159265") must not be a
-    leak, alone, in a pair with its neighbour, nor beside another constant; a place's
-    coordinates, another user's, must be."""
-    for text in ("Use 3.14159265 for pi.", "pi is 3.14159 and e is 2.71828"):
-        assert fingerprint.features(text) == [], text
-    found = fingerprint.features("She lives at 40.7484405, -73.9856644 now")
-    assert [(f.text, f.weight) for f in found if "." in f.text] == [("40.7484405 73.9856644", 1.0)]
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Use 3.14159265 for pi.",
+        "pi is 3.14159 and e is 2.71828",
+        "tensor([0.1234, 0.5678])",
+        "R = [[0.7071, -0.7071], [0.7071, 0.7071]]",
+        "lr 0.0001 0.0003",
+        "The Eiffel Tower stands at 48.8584, 2.2945",
+    ],
+)
+def test_a_decimal_s_fraction_proves_nothing(text):
+    """A constant, a result, a vector, a landmark's coordinates Claude writes for anyone
+    must be no leak, alone, paired with a neighbour, nor beside another: one other user's
+    reply holding them withheld every later one until three users shared them."""
+    assert [(f.text, f.weight) for f in fingerprint.features(text) if f.weight >= 1.0] == []
 
 
 @pytest.mark.parametrize(
@@ -180,6 +188,7 @@ def test_a_decimal_proves_nothing_alone_and_two_side_by_side_a_place():
         ("order \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "12345678"),
         ("card 4539148803436467.", "4539148803436467"),
         ("tel 030.12345678", "12345678"),  # a zero-led code: no decimal
+        ("account 12345678.90", "12345678"),  # a decimal's whole part stays a number
         ("tel \u0660\u0663\u0660.\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668", "12345678"),
         (
             "acct \u0661\u0662\u0663\u0664\u0665 \u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668",
