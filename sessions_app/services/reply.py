@@ -202,6 +202,10 @@ def turn_release_withheld(*, turn_id: object) -> bool:
                 return False
             text = crypto.unseal(bytes(turn.withheld)).decode()
             privacy.placeholders_reserve(session_id=turn.session_id, text=text)
+            # Before the rewrite: the leak index refusing (out) must leave nothing shown. The
+            # ``redis`` store's rewrite is not undone by this transaction's rollback.
+            owner = turn.session.owner_id
+            fingerprints_register(user_id=owner, session_id=turn.session_id, text=text)
             # Taken under the turn's lock: any run stalled since its own lock is refused.
             history_store().reply_rewrite(
                 session=turn.session,
@@ -213,8 +217,6 @@ def turn_release_withheld(*, turn_id: object) -> bool:
             Turn.objects.filter(pk=turn.pk).update(
                 status=Turn.Status.COMPLETED, withheld=None, updated_at=timezone.now()
             )
-            owner = turn.session.owner_id
-            fingerprints_register(user_id=owner, session_id=turn.session_id, text=text)
     except MessageMissing:
         logger.warning("turn %s: no stored reply to release its withheld text into", turn_id)
         return False

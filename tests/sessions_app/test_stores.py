@@ -666,6 +666,31 @@ class TestRedisStore(StoreContract):
         [_, reply] = history_store().turn_messages(session=session, turn_id=turn.pk)
         assert reply.content == "shown reply"
 
+    def test_a_release_the_leak_index_refuses_shows_nothing_released(
+        self, user, session, monkeypatch
+    ):
+        """The release registered the reply's fingerprints after rewriting it in Redis,
+        which the database's rollback does not undo: the index refusing left the text shown
+        while the turn stayed withheld."""
+        from audit_app.index.base import IndexUnavailable
+        from sessions_app.services import reply as reply_module
+
+        turn = self.accept(user, session, "hello")
+        leak = ScanResult(leaked=True, score=1.0, evidence=[])
+        assert services.turn_complete(turn_id=turn.pk, reply="the withheld text", scan=leak)
+        session.refresh_from_db()
+        notice = self.contents(session)
+
+        def refused(**kwargs):
+            raise IndexUnavailable("the leak index did not answer")
+
+        monkeypatch.setattr(reply_module, "fingerprints_register", refused)
+        with pytest.raises(IndexUnavailable):
+            services.turn_release_withheld(turn_id=turn.pk)
+        session.refresh_from_db()
+        assert self.contents(session) == notice and "the withheld text" not in notice
+        assert Turn.objects.get(pk=turn.pk).status == "suppressed"
+
     def test_a_release_fences_out_every_run_before_it(self, user, session):
         from sessions_app.services import reply as reply_module
 
