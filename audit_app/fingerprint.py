@@ -171,10 +171,8 @@ def _each_group(tokens: list[_Token], match: re.Match[str], *, fraction: bool = 
     at = match.start()
     groups = list(GROUP.finditer(match.group()))
     for group in groups[:-1] if fraction else groups:
-        digits = group.group()
-        if not digits.isascii():
-            digits = unicodedata.normalize("NFKC", pii_detectors.ascii_form(digits))
         start, end = at + group.start(), at + group.end()
+        digits = pii_detectors.ascii_form(group.group())  # every \d is a decimal digit it maps
         tokens.append(_new_token(_Token, (digits, start, end, False)))
 
 

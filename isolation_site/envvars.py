@@ -30,10 +30,10 @@ MAX_SECONDS = 10 * 365 * 24 * 3600
 # importing it here, while settings load, would configure DRF from half-loaded settings.
 # One letter takes no "s": "10/ms" would be 10 a minute to DRF, not per millisecond.
 _RATE = re.compile(r"[0-9]+/(?:[smhd]|(?:sec|second|min|minute|hr|hour|day)s?)")
-# django-environ's "proxied value": the name of another variable after a "$".
 # A model id as the Messages API, Bedrock and Vertex AI name them ("claude-...-20251001",
 # "anthropic.claude-...-v1:0", "claude-...@20251001").
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]*")
+# django-environ's "proxied value": the name of another variable after a "$".
 _REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -231,10 +231,7 @@ def subscribe_from_thread(turn_id: object, skip: Collection[str] = ()) -> Thread
     entering = pending.entering
     if not entering.done.wait(SUBSCRIBE_TIMEOUT_SECONDS + _GRACE_SECONDS) and entering.give_up():
         raise redis.exceptions.TimeoutError("the turn listener did not answer")
-    subscription = pending.result()  # answered: the subscription, or it raises
-    if subscription is None:  # never: done is set once answered
-        raise redis.exceptions.TimeoutError("the turn listener did not answer")
-    return subscription
+    return pending.answer()
 
 
 class PendingSubscription:
@@ -266,6 +263,11 @@ class PendingSubscription:
                 raise redis.exceptions.TimeoutError("the turn listener did not answer")
             if not entering.done.is_set():
                 return None
+        return self.answer()
+
+    def answer(self) -> ThreadSubscription:
+        """The subscription once answered (``entering.done``); raise as ``result`` does."""
+        entering = self.entering
         if entering.error is not None:
             raise entering.error
         if entering.timed_out:

@@ -18,6 +18,8 @@ from django.conf import settings
 from sessions_app import events
 from sessions_app.models import Turn
 
+from ..support import wait_until
+
 
 @pytest.fixture
 def dead_redis(settings, private_redis):
@@ -1081,7 +1083,8 @@ def test_a_waiter_polling_since_a_lost_connection_subscribes_again(
     waiting.start()
     try:
         private_redis.kill()
-        assert wait_for(lambda: heard)  # lost: a look at once, then on a timer
+        # Lost: a look at once, then on a timer.
+        assert wait_until(lambda: heard, 10, interval=0.02)
         private_redis.start()
         time.sleep(3)  # subscribed again meanwhile, then one look more, then quiet
         polled = len(heard)
@@ -1094,15 +1097,6 @@ def test_a_waiter_polling_since_a_lost_connection_subscribes_again(
     finally:
         waiting.join(30)
         changes.close()
-
-
-def wait_for(predicate, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_an_async_watch_polling_since_a_lost_connection_subscribes_again(
@@ -1217,13 +1211,14 @@ def test_a_pending_subscription_closed_while_its_lock_is_held_never_waits_for_it
 
     settings.REDIS_URL = private_redis.url
     pending = PendingSubscription(uuid.uuid4())
-    assert wait_for(lambda: pending.entering.done.is_set())
+    assert wait_until(lambda: pending.entering.done.is_set(), 10, interval=0.02)
     with pending.entering.lock:  # the loop answering, say
         closing = threading.Thread(target=pending.close)
         closing.start()
         closing.join(2)
         assert not closing.is_alive(), "close waited for the lock"
-    assert wait_for(lambda: pending.entering.subscription.closed)  # done from the loop
+    closed = pending.entering.subscription
+    assert wait_until(lambda: closed.closed, 10, interval=0.02)  # done from the loop
 
 
 def test_an_async_watch_subscribed_again_reads_once_whatever_it_was_told(settings):
