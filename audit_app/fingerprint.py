@@ -105,28 +105,62 @@ class _Token(NamedTuple):
 _new_token = tuple.__new__
 
 
+# The languages whose everyday words are no evidence, when none are configured.
+DEFAULT_LANGUAGES = ("en",)
+# Languages that capitalise every noun: there two capitalised words in a row ("Ihren
+# Ausweis", "Die Straße") are no sign of a name.
+CAPITALISED_NOUNS = frozenset({"de"})
+
+
+class Vocabulary:
+    """Everyday words of some languages, each with its Zipf frequency (the highest of the
+    languages that have it): what a model writes in those languages by itself."""
+
+    def __init__(self, languages: tuple[str, ...]) -> None:
+        self.languages = languages
+        # wordfreq's lists as word -> Zipf (bucket i holds the words of Zipf 9 - i/100), each
+        # word keyed as the tokenizer normalises it: a fixed table, the same for every process
+        # and user. One dict lookup replaces zipf_frequency's tokenizer and its cache, which
+        # would keep every word ever asked about.
+        table: dict[str, float] = {}
+        # The everyday words of the languages that capitalise their nouns.
+        capitalised: set[str] = set()
+        for language in languages:
+            for index, bucket in enumerate(get_frequency_list(language)):
+                zipf = round(9 - index / 100, 2)
+                for word in bucket:
+                    key = word if word.isascii() else _normalised(word)
+                    if table.get(key, -1.0) < zipf:
+                        table[key] = zipf
+                    if zipf >= RARE_ZIPF and language in CAPITALISED_NOUNS:
+                        capitalised.add(key)
+        self.table = table
+        self.capitalised = frozenset(capitalised)
+
+    def zipf(self, word: str) -> float:
+        """Return ``word``'s Zipf frequency in the most frequent of the languages."""
+        zipf = self.table.get(word)
+        if zipf is not None:
+            return zipf
+        # An ASCII token outside the lists is one wordfreq token it does not know (Zipf 0),
+        # also with its digit runs read as zeros, as wordfreq reads them: codes and ids end here.
+        if word.isascii() and (word.isalpha() or smash_numbers(word) not in self.table):
+            return 0.0
+        # Other scripts: wordfreq's own tokenizer decides.
+        return max(zipf_frequency(word, language) for language in self.languages)
+
+
 @cache
-def _vocabulary() -> dict[str, float]:
-    # wordfreq's English list as word -> Zipf (bucket i holds the words of Zipf 9 - i/100):
-    # a fixed table, the same for every process and user. One dict lookup replaces
-    # zipf_frequency's tokenizer and its cache, which would keep every word ever asked about.
-    table = {}
-    for index, bucket in enumerate(get_frequency_list("en")):
-        zipf = round(9 - index / 100, 2)
-        table.update(dict.fromkeys(bucket, zipf))
-    return table
+def vocabulary(languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> Vocabulary:
+    """Return the everyday vocabulary of ``languages``: wordfreq's codes, e.g. ``("en", "de")``,
+    of languages it can look words up in without a tokenizer of its extras (not ja, ko, zh)."""
+    return Vocabulary(languages)
 
 
-def _zipf(word: str) -> float:
-    vocabulary = _vocabulary()
-    zipf = vocabulary.get(word)
-    if zipf is not None:
-        return zipf
-    # An ASCII token outside the list is one wordfreq token it does not know (Zipf 0), also
-    # with its digit runs read as zeros, as wordfreq reads them: codes and ids end here.
-    if word.isascii() and (word.isalpha() or smash_numbers(word) not in vocabulary):
-        return 0.0
-    return zipf_frequency(word, "en")  # other scripts: wordfreq's own tokenizer decides
+def _normalised(raw: str) -> str:
+    # As the scan reads a token that is not ASCII: digits of other scripts as ASCII's, as the
+    # PII detector reads them, then NFKC and casefold ("Straße" is "strasse").
+    return unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw)).casefold()
 
 
 def _tokens(text: str) -> list[_Token]:
@@ -155,11 +189,7 @@ def _tokens(text: str) -> list[_Token]:
             _each_group(tokens, match)
             continue
         # NFKC leaves ASCII as it is, and casefold is lower there: skip both for most words.
-        # Digits of other scripts are read as ASCII's, as the PII detector reads them.
-        if raw_norm.isascii():
-            norm = raw_norm.lower()
-        else:
-            norm = unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw_norm)).casefold()
+        norm = raw_norm.lower() if raw_norm.isascii() else _normalised(raw_norm)
         start, end = match.span()
         tokens.append(_new_token(_Token, (norm, start, end, raw[:1].isupper())))
     return tokens
@@ -210,13 +240,14 @@ def _one_number(raw: str, groups: list[str]) -> bool:
     return shape in NUMBER_SHAPES
 
 
-def token_weight(word: str) -> float:
-    """Return how much a single normalised token proves (0: nothing)."""
+def token_weight(word: str, words: Vocabulary | None = None) -> float:
+    """Return how much a single normalised token proves (0: nothing), judged against the
+    everyday ``words`` (English's when None)."""
     if word.isdigit():
         return 1.0 if len(word) >= 7 else 0.5 if len(word) >= 5 else 0.0
     if len(word) < 4:
         return 0.0
-    zipf = _zipf(word)
+    zipf = (words or vocabulary()).zipf(word)
     if not word.isalpha() and any(ch.isdigit() for ch in word):
         return 1.0 if zipf < RARE_ZIPF else 0.0
     if zipf == 0.0:
@@ -231,7 +262,7 @@ def _house_number(a: _Token, b: _Token) -> bool:
     return len(b.text) >= 3 and not YEAR.fullmatch(a.text)
 
 
-def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
+def _pair_weight(a: _Token, b: _Token, wa: float, wb: float, words: Vocabulary) -> float:
     # A pair proves more than its halves: the other user wrote both, in this order.
     if wa and wb:
         return 1.0
@@ -241,26 +272,33 @@ def _pair_weight(a: _Token, b: _Token, wa: float, wb: float) -> float:
         return 1.0
     if (wa or wb) and min(len(a.text), len(b.text)) >= 3:
         return 1.0 if max(wa, wb) >= 0.5 else 0.6
-    if _name_like(a, b):  # a name: weak unless one half is unusual
-        return 0.6 if min(_zipf(a.text), _zipf(b.text)) < NAME_PART_ZIPF else 0.5
+    if _name_like(a, b, words):  # a name: weak unless one half is unusual
+        return 0.6 if min(words.zipf(a.text), words.zipf(b.text)) < NAME_PART_ZIPF else 0.5
     return 0.0
 
 
-def _name_like(a: _Token, b: _Token) -> bool:
+def _name_like(a: _Token, b: _Token, words: Vocabulary) -> bool:
     both = (a, b)
-    return all(t.capitalised and t.text.isalpha() and len(t.text) >= 3 for t in both)
+    if not all(t.capitalised and t.text.isalpha() and len(t.text) >= 3 for t in both):
+        return False
+    # Not two everyday words of a language that capitalises its nouns ("Ihren Ausweis"),
+    # which a model writes in every other sentence there. Names of such words ("Anna
+    # Müller") go with them: the cost of reading that language.
+    return not (a.text in words.capitalised and b.text in words.capitalised)
 
 
-def features(text: str) -> list[Feature]:
-    """Return the distinctive tokens and adjacent pairs of ``text``, with offsets."""
+def features(text: str, words: Vocabulary | None = None) -> list[Feature]:
+    """Return the distinctive tokens and adjacent pairs of ``text``, with offsets, judged
+    against the everyday ``words`` (English's when None)."""
+    words = words or vocabulary()
     tokens = _tokens(text)
-    weights = [token_weight(t.text) for t in tokens]
+    weights = [token_weight(t.text, words) for t in tokens]
     found = [Feature(t.text, t.start, t.end, w) for t, w in zip(tokens, weights, strict=True) if w]
     for i in range(len(tokens) - 1):
         a, b = tokens[i], tokens[i + 1]
         if b.start - a.end > 3:  # not adjacent: a sentence or clause apart
             continue
-        weight = _pair_weight(a, b, weights[i], weights[i + 1])
+        weight = _pair_weight(a, b, weights[i], weights[i + 1], words)
         if weight:
             found.append(Feature(f"{a.text} {b.text}", a.start, b.end, weight))
     return found

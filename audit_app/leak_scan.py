@@ -41,7 +41,7 @@ def fingerprint_index() -> RedisIndex | DbIndex:
 
 
 def _digests(text: str) -> tuple[list[fingerprint.Feature], dict[str, bytes]]:
-    found = fingerprint.features(text)
+    found = fingerprint.features(text, fingerprint.vocabulary(tuple(settings.LEAK_SCAN_LANGUAGES)))
     key = fingerprint.derive_key(settings.SECRET_KEY, "fingerprint")
     return found, {f.text: fingerprint.keyed_digest(key, f.text) for f in found}
 

@@ -11,7 +11,7 @@ another variable, and fall back to the default when that one is unset ("$5 off" 
 import math
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -135,10 +135,16 @@ def env_choice(name: str, default: str, choices: Sequence[str], *, any_case: boo
     return value
 
 
-def env_codes(name: str, default: Sequence[str], known: Collection[str], what: str) -> list[str]:
-    """Return ``name``, a comma list of codes in ``known``, upper-cased (``what`` says what a
-    code is in the refusal: ``known`` may be too long to list)."""
-    codes = [code.upper() for code in env_list(name, default)]
+def env_codes(
+    name: str,
+    default: Sequence[str],
+    known: Collection[str],
+    what: str,
+    case: Callable[[str], str] = str.upper,
+) -> list[str]:
+    """Return ``name``, a comma list of codes in ``known``, each in ``case`` (``what`` says
+    what a code is in the refusal: ``known`` may be too long to list)."""
+    codes = [case(code) for code in env_list(name, default)]
     unknown = [code for code in codes if code not in known]
     if unknown:
         raise ImproperlyConfigured(

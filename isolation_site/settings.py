@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import phonenumbers
+import wordfreq
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
@@ -370,6 +371,18 @@ PII_PHONE_REGIONS = env_codes(
     ["US", "GB", "DE", "FR", "IN"],
     phonenumbers.SUPPORTED_REGIONS,
     "the region codes phonenumbers knows (ISO 3166, e.g. US,GB; the United Kingdom is GB)",
+)
+# The languages whose everyday words the leak scan takes as no evidence (wordfreq's codes):
+# a model writes them by itself. A reply in another language would have its everyday words
+# read as rare ones, and withheld once another user had written a few of them.
+LEAK_SCAN_LANGUAGES = env_codes(
+    "LEAK_SCAN_LANGUAGES",
+    ["en"],
+    # Not ja, ko or zh: wordfreq looks their words up with MeCab or jieba, not installed.
+    sorted(set(wordfreq.available_languages()) - {"ja", "ko", "zh"}),
+    "wordfreq's language codes (e.g. en,de,fr; not ja, ko or zh, whose words need a "
+    "tokenizer the service does not install)",
+    case=str.lower,
 )
 # A reply carrying tokens only other users introduced: withheld, or delivered and flagged.
 LEAK_ACTION = env_choice("LEAK_ACTION", "suppress", ("suppress", "flag"))

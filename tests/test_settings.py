@@ -458,6 +458,7 @@ def test_every_variable_set_but_empty_is_its_default():
 
 
 REGIONS = "give a comma list of the region codes phonenumbers knows"
+LANGS = "give a comma list of wordfreq's language codes"
 LEVELS = "choose 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL' (in any case)."
 SCHEMES = "give a URL starting postgres://, postgresql:// or sqlite://."
 ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://chat.example.com'."
@@ -466,6 +467,10 @@ ORIGINS = "a scheme; give a comma list of origins with theirs, e.g. 'https://cha
 @pytest.mark.parametrize(
     ("name", "value", "refusal"),
     [
+        # A language wordfreq has no list of; one whose words it looks up with a tokenizer
+        # not installed would have failed the first scan of a reply holding a new word.
+        ("LEAK_SCAN_LANGUAGES", "en,xx", f"LEAK_SCAN_LANGUAGES='en,xx': 'xx' unknown; {LANGS}"),
+        ("LEAK_SCAN_LANGUAGES", "de,JA", f"LEAK_SCAN_LANGUAGES='de,JA': 'ja' unknown; {LANGS}"),
         # Started, and the first message with a national phone-like number was a 500.
         ("PII_PHONE_REGIONS", "US,ZZ", f"PII_PHONE_REGIONS='US,ZZ': 'ZZ' unknown; {REGIONS}"),
         ("PII_PHONE_REGIONS", "uk", f"PII_PHONE_REGIONS='uk': 'UK' unknown; {REGIONS}"),
@@ -516,20 +521,27 @@ def test_a_value_the_service_cannot_use_refuses_to_start_naming_the_variable(nam
     assert ":pw@" not in result.stderr
 
 
-def test_phone_regions_and_the_log_level_are_read_in_any_case():
+def test_phone_regions_the_log_level_and_languages_are_read_in_any_case():
     """Lower case is upper-cased: "gb" is GB, "debug" DEBUG (logging itself took upper case
-    only, and the detector raised on a region it did not know)."""
+    only, and the detector raised on a region it did not know); wordfreq's languages are
+    lower case ("DE" is de)."""
     code = (
         "import django, json, logging; from django.conf import settings; django.setup();"
         "print(json.dumps([settings.PII_PHONE_REGIONS, logging.getLogger().level,"
-        " settings.DATABASES['default']['ENGINE']]))"
+        " settings.DATABASES['default']['ENGINE'], settings.LEAK_SCAN_LANGUAGES]))"
     )
     url = "postgresql://postgres@127.0.0.1:5432/isolation"
     result = load_settings(
-        code, DEBUG="1", PII_PHONE_REGIONS=" us, gb ,In,", LOG_LEVEL="debug", DATABASE_URL=url
+        code,
+        DEBUG="1",
+        PII_PHONE_REGIONS=" us, gb ,In,",
+        LOG_LEVEL="debug",
+        DATABASE_URL=url,
+        LEAK_SCAN_LANGUAGES="en, DE,Fr",
     )
     assert result.returncode == 0, result.stderr
     expected = [["US", "GB", "IN"], logging.DEBUG, "django.db.backends.postgresql"]
+    expected.append(["en", "de", "fr"])
     assert json.loads(result.stdout.splitlines()[-1]) == expected
 
 

@@ -200,3 +200,40 @@ def test_numbers_that_look_like_neither_a_range_nor_a_decimal_stay_one(text, num
     """What the PII detector protects in a message is evidence in a reply, in whichever
     script's digits it is written."""
     assert number in {f.text for f in fingerprint.features(text) if f.weight == 1.0}
+
+
+GERMAN = "Ihr Termin ist morgen um zehn Uhr, bitte bringen Sie Ihren Ausweis mit."
+
+
+def test_everyday_words_of_the_configured_languages_prove_nothing():
+    """Read against English alone, a German sentence is rare words in a row, each pair of
+    them full evidence; with German's vocabulary too, its everyday words are nothing."""
+    english = fingerprint.features(GERMAN)
+    assert {"termin", "bitte bringen"} <= {f.text for f in english if f.weight}
+    german = fingerprint.features(GERMAN, fingerprint.vocabulary(("en", "de")))
+    assert [(f.text, f.weight) for f in german if f.weight >= 0.6] == []
+    # Each word at its most frequent language's Zipf: English's words stay everyday.
+    words = fingerprint.vocabulary(("en", "de"))
+    assert words.zipf("termin") == round(zipf_frequency("termin", "de"), 2)
+    assert words.zipf("the") == fingerprint.vocabulary().zipf("the")
+
+
+def test_capitalised_german_nouns_are_no_name_but_an_unusual_name_still_is():
+    """German capitalises its nouns: "Ihren Ausweis" is no name, weak evidence that two
+    such pairs would have made a leak; a surname outside the vocabulary proves as before."""
+    words = fingerprint.vocabulary(("en", "de"))
+    found = {f.text: f.weight for f in fingerprint.features("Zeigen Sie Ihren Ausweis.", words)}
+    assert found == {}
+    found = {f.text: f.weight for f in fingerprint.features("Herr Quengler wartet.", words)}
+    assert found["herr quengler"] == 1.0
+    # English alone: a capitalised pair of everyday words stays a weak name.
+    found = {f.text: f.weight for f in fingerprint.features("We met John Smith.")}
+    assert found == {"john smith": 0.5}
+
+
+def test_words_of_other_scripts_are_looked_up_as_the_scan_reads_them():
+    """The scan casefolds a word that is not ASCII ("Straße" is "strasse"): the table holds
+    each word so, or German's everyday words with an ß would read as unknown, full weight."""
+    words = fingerprint.vocabulary(("en", "de"))
+    assert words.zipf("strasse") > fingerprint.COMMON_ZIPF
+    assert [f for f in fingerprint.features("Die Straße ist gesperrt.", words) if f.weight] == []

@@ -85,6 +85,43 @@ def test_a_leaked_reply_is_withheld_end_to_end(store, settings, api, other_api, 
     assert "Vexmoria" not in str(fake_claude.requests[-1]["messages"])
 
 
+GERMAN_ASK = "Ich habe morgen um zehn Uhr einen Termin beim Arzt, bitte erinnere mich daran."
+GERMAN_REPLY = "Gern: Ihr Termin beim Arzt ist morgen um zehn Uhr. Bringen Sie Ihren Ausweis mit."
+
+
+@pytest.mark.parametrize(
+    ("languages", "status"), [(["en"], "suppressed"), (["en", "de"], "completed")]
+)
+def test_everyday_german_is_withheld_only_when_read_as_english(
+    settings, api, other_api, fake_claude, languages, status
+):
+    """Read as English, everyday German words another user wrote first are rare words in a
+    row, and the next user's reply holding them was withheld; with LEAK_SCAN_LANGUAGES
+    listing German they prove nothing."""
+    settings.LEAK_SCAN_LANGUAGES = languages
+    fake_claude.set_responder(lambda body: GERMAN_REPLY)
+    post_and_wait(api, GERMAN_ASK)
+    _, turn = post_and_wait(other_api, "Was steht an?")
+    assert turn["status"] == status, turn["reply"]["content"]
+
+
+def test_another_users_data_in_german_is_withheld_with_german_listed(
+    settings, api, other_api, fake_claude
+):
+    settings.LEAK_SCAN_LANGUAGES = ["en", "de"]
+    settings.PII_MODE = "off"  # the scan alone stands between the order and the other user
+    fake_claude.set_responder(
+        lambda body: (
+            "Ihre Bestellnummer lautet 48213377, Herr Quengler."
+            if "Bestellnummer" in str(body["messages"][-1])
+            else "Notiert."
+        )
+    )
+    post_and_wait(api, "Merke dir: ich bin Herr Quengler, Bestellung 48213377.")
+    _, turn = post_and_wait(other_api, "Wie lautet meine Bestellnummer?")
+    assert turn["status"] == "suppressed", turn["reply"]["content"]
+
+
 @pytest.mark.parametrize(
     "number", ["4539 1488 0343 6467", "+44 20 7946 0958", "123 45 6789", "415\u2011555\u20112671"]
 )
