@@ -166,6 +166,16 @@ def _normalised(raw: str) -> str:
 def _tokens(text: str) -> list[_Token]:
     if "<" in text or "[" in text:
         text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    # Read as the PII detector reads a message, past the characters a text shows as nothing:
+    # a card or a name split by zero-width spaces in a reply is the card or the name.
+    reading = pii_detectors.visible_reading(text)
+    if reading is not None:
+        text, at = reading
+        return [t._replace(start=at[t.start], end=at[t.end - 1] + 1) for t in _read(text)]
+    return _read(text)
+
+
+def _read(text: str) -> list[_Token]:
     tokens = []
     for match in TOKEN.finditer(text):
         raw = match.group()

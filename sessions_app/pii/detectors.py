@@ -156,6 +156,24 @@ def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> lis
     return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
 
 
+def visible_reading(text: str) -> tuple[str, list[int]] | None:
+    """Return ``text`` as a reader sees it, with the index in ``text`` of each character of
+    it; None when ``text`` holds no invisible character (``detect``'s third reading).
+
+    Each run of invisible characters is read past ("4539\u200b1488" one number,
+    "Vex\u200bmoria" one word), except at a seam between a word and a number, where it is a
+    space ("card\u200c4539", a word and a number).
+    """
+    if text.isascii():
+        return None
+    _, invisible, seams = _unicode_forms()
+    if not invisible.search(text):
+        return None
+    spaced = seams.sub(lambda m: " " + m.group()[1:], text)
+    kept = [i for i, char in enumerate(spaced) if not invisible.match(char)]
+    return "".join(spaced[i] for i in kept), kept
+
+
 def ascii_form(text: str) -> str:
     """Return ``text`` with the digits of every script ("４", "٤", "४", "𝟒"), the
     full-width forms of ASCII ("＋", "（", "＠"), every space ("\u00a0", "\u202f") and

@@ -237,3 +237,26 @@ def test_words_of_other_scripts_are_looked_up_as_the_scan_reads_them():
     words = fingerprint.vocabulary(("en", "de"))
     assert words.zipf("strasse") > fingerprint.COMMON_ZIPF
     assert [f for f in fingerprint.features("Die Straße ist gesperrt.", words) if f.weight] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("card 4539\u200b1488\u200b0343\u200b6467", "card 4539148803436467"),
+        ("Vex\u200bmoria Quinta\u00adplex", "Vexmoria Quintaplex"),
+        ("order\u2060 48291-\u200dXK7", "order 48291-XK7"),
+        # At a seam between a word and a number, a space: the word and the number apart.
+        ("card\u200c4539148803436467", "card 4539148803436467"),
+        ("4539148803436467\u200bthanks", "4539148803436467 thanks"),
+    ],
+)
+def test_invisible_characters_are_read_past_as_a_reader_reads_them(text, plain):
+    found = fingerprint.features(text)
+    assert [(f.text, f.weight) for f in found] == [
+        (f.text, f.weight) for f in fingerprint.features(plain)
+    ]
+    # Each feature spans the text as given, invisible characters inside it included.
+    for feature in found:
+        shown = text[feature.start : feature.end]
+        assert shown[0].isalnum() and shown[-1].isalnum(), repr(shown)
+        assert feature.text in {f.text for f in fingerprint.features(shown)}, repr(shown)

@@ -140,6 +140,26 @@ def test_another_users_number_written_in_groups_is_withheld_with_pii_off(
     assert AuditEntry.objects.filter(flagged=True).exists()
 
 
+@pytest.mark.parametrize(
+    "shown",
+    [
+        "Sure: 4539\u200b1488\u200b0343\u200b6467",
+        "Your codename is Vex\u200bmoria Quinta\u00adplex.",
+        "card\u200c4539148803436467",
+    ],
+)
+def test_another_users_data_split_by_invisible_characters_in_a_reply_is_withheld(
+    settings, api, other_api, fake_claude, shown
+):
+    """A reply shows a zero-width space, a joiner or a soft hyphen as nothing: the scan
+    reads past them as the reader does (and as the PII detector reads a message)."""
+    settings.PII_MODE = "off"
+    fake_claude.set_responder(lambda body: shown if "mine" in str(body["messages"][-1]) else "Ok.")
+    post_and_wait(api, "Keep it: codename Vexmoria Quintaplex, card 4539 1488 0343 6467.")
+    _, turn = post_and_wait(other_api, "What is mine?")
+    assert turn["status"] == "suppressed", turn["reply"]["content"]
+
+
 def test_another_users_card_typed_with_no_break_spaces_never_reaches_a_reply(
     api, other_api, fake_claude
 ):
