@@ -187,7 +187,10 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
                 " open flags first)"
             )
         if refused:
-            notice += f"; {refused} left withheld: the history store did not answer, try again"
+            notice += (
+                f"; {len(refused)} left withheld: {review.refusers(refused)} did not answer,"
+                " try again"
+            )
         level = messages.WARNING if refused else messages.SUCCESS
         self.message_user(request, f"{notice}.", level)
 
@@ -213,8 +216,9 @@ class AuditEntryAdmin(ViewOnlyAdmin, admin.ModelAdmin):
         rest = f"; {left} already decided, left as they were" if left else ""
         if kept := outcomes.count(review.KEPT_HELD):
             rest += f"; {kept} {review.KEPT_NOTE}"
-        if refused := outcomes.count(review.NOT_RELEASED):
-            rest += f"; {refused} {review.NOT_RELEASED_NOTE}"
+        refused = [outcome for outcome in outcomes if outcome in review.NOT_RELEASED]
+        if refused:
+            rest += f"; {len(refused)} {review.not_released_note(refused)}"
         level = messages.WARNING if refused else messages.SUCCESS
         self.message_user(request, f"{taken} open flags reviewed{rest}.", level)
 
@@ -271,10 +275,11 @@ def _review(model_admin: AuditEntryAdmin, request, *, entry_id: int, decision: s
             'release it with "Release withheld replies found harmless" once the hold has lifted.'
         )
         model_admin.message_user(request, notice, messages.WARNING)
-    elif outcome == review.NOT_RELEASED:
+    elif outcome in review.NOT_RELEASED:
         notice = (
-            f"Entry {entry_id} reviewed; its reply stays withheld, as the history store did "
-            'not answer: release it with "Release withheld replies found harmless" once it does.'
+            f"Entry {entry_id} reviewed; its reply stays withheld, as "
+            f"{review.refusers([outcome])} did not answer: release it with "
+            '"Release withheld replies found harmless" once it does.'
         )
         model_admin.message_user(request, notice, messages.WARNING)
     elif outcome:

@@ -282,6 +282,8 @@ def test_a_release_the_store_refuses_is_said_and_can_be_made_again(
     from sessions_app.stores import StoreUnavailable
 
     refusal = StoreUnavailable if down == "store" else IndexUnavailable
+    # The reviewer is told which one to wait for.
+    part = "the history store" if down == "store" else "the leak index"
 
     [entry] = AuditEntry.objects.filter(flagged=True)
     client.force_login(_reviewer("view_auditentry", "change_auditentry"))
@@ -294,10 +296,10 @@ def test_a_release_the_store_refuses_is_said_and_can_be_made_again(
         patched.setattr(review, "turn_release_withheld", refused)
         page = client.post(release, {"seen": "open"}, follow=True)
         assert page.status_code == 200
-        assert "stays withheld, as the history store did not answer" in page.content.decode()
+        assert f"stays withheld, as {part} did not answer" in page.content.decode()
         selected = {"action": "release_held", "_selected_action": [entry.pk]}
         page = client.post("/admin/audit_app/auditentry/", selected, follow=True)
-        assert "1 left withheld: the history store did not answer" in page.content.decode()
+        assert f"1 left withheld: {part} did not answer" in page.content.decode()
     entry.refresh_from_db()
     assert entry.review_state == "false_positive"
     turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
@@ -306,6 +308,41 @@ def test_a_release_the_store_refuses_is_said_and_can_be_made_again(
     assert "1 withheld replies released." in page.content.decode()
     turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
     assert turn["status"] == "completed" and turn["reply"]["content"] == LEAK
+
+
+@pytest.mark.parametrize("down", ["store", "index"])
+def test_a_batch_release_refused_names_what_did_not_answer(
+    client, leaked, other_api, monkeypatch, down
+):
+    """The "mark false positive and release" action on a selection: a release the leak
+    index or the history store refused is counted and named, so the reviewer knows which
+    one to wait for, and the reply stays withheld."""
+    from audit_app import review
+    from audit_app.index.base import IndexUnavailable
+    from sessions_app.stores import StoreUnavailable
+
+    refusal = StoreUnavailable if down == "store" else IndexUnavailable
+    part = "the history store" if down == "store" else "the leak index"
+
+    def refused(**kwargs):
+        raise refusal("did not answer")
+
+    [entry] = AuditEntry.objects.filter(flagged=True)
+    client.force_login(_reviewer("view_auditentry", "change_auditentry"))
+    monkeypatch.setattr(review, "turn_release_withheld", refused)
+    selected = {"action": "release_reply", "_selected_action": [entry.pk]}
+    page = client.post("/admin/audit_app/auditentry/", selected, follow=True).content.decode()
+    assert f"1 open flags reviewed; 1 replies stay withheld, as {part} did not answer" in page
+    turn = other_api.get(f"/api/v1/turns/{leaked['turn']['id']}/").json()
+    assert turn["status"] == "suppressed"
+
+
+def test_a_note_on_releases_both_refused_names_both():
+    from audit_app import review
+
+    note = review.not_released_note([review.NOT_RELEASED_INDEX, review.NOT_RELEASED_STORE])
+    assert note.startswith("replies stay withheld, as the leak index and the history store did")
+    assert note.endswith("once they do")
 
 
 def test_a_reviewer_confirms_a_leak_and_the_reply_stays_withheld(client, leaked, other_api):
