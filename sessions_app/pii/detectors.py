@@ -10,6 +10,7 @@ import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .addresses import find_streets, find_zips
 from .patterns import find_cards, find_emails, find_ibans, find_ips, find_ssns
@@ -116,7 +117,7 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # The finders read ASCII digits; the ASCII form has one character for each of the
     # text's, so the spans found in it are the text's own.
     form = ascii_form(text)
-    invisible = None if form.isascii() else _unicode_forms()[1]
+    invisible = None if form.isascii() else _unicode_forms().invisible
     if invisible is None or not invisible.search(form):
         return _resolve(_candidates(form, regions))
     # Invisible characters (a zero-width space or joiner, a soft hyphen, bidirectional
@@ -131,7 +132,7 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     found = _resolve(_candidates(invisible.sub(" ", form), regions))
     # One space for a run's first character, the rest read past: a character for each of
     # the text's, so the spans found map back.
-    seams = _unicode_forms()[2].sub(lambda m: " " + m.group()[1:], form)
+    seams = _unicode_forms().seams.sub(lambda m: " " + m.group()[1:], form)
     for span in [*_found_past(form, invisible, regions), *_found_past(seams, invisible, regions)]:
         overlapping = [f for f in found if f.start < span.end and span.start < f.end]
         if overlapping:
@@ -184,7 +185,7 @@ def ascii_form(text: str) -> str:
     A card number typed on a Japanese keyboard, in Arabic-Indic digits, or pasted with
     no-break spaces, is read by Claude as any other: the finders must see it too.
     """
-    return text if text.isascii() else text.translate(_unicode_forms()[0])
+    return text if text.isascii() else text.translate(_unicode_forms().ascii_table)
 
 
 # Hyphens other than ASCII's: "\u2010", the non-breaking "\u2011", the figure dash (for
@@ -208,8 +209,18 @@ IGNORABLE = (
 )
 
 
+class _UnicodeForms(NamedTuple):
+    # ``ascii_form``'s translation table: Unicode's digits, spaces and hyphens and the
+    # full-width forms as ASCII, one character for one.
+    ascii_table: dict[int, str]
+    # One character a text shows as nothing (a format character or ``IGNORABLE``).
+    invisible: re.Pattern[str]
+    # A run of them at a seam between a word and a number (``detect``'s third reading).
+    seams: re.Pattern[str]
+
+
 @functools.cache
-def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str], re.Pattern[str]]:
+def _unicode_forms() -> _UnicodeForms:
     # Built once, on the first text that is not ASCII, in one pass over Unicode (0.1 to
     # 0.2 s): ``ascii_form``'s table (the decimal digits, about 650 characters; ``SPACES``
     # and ``HYPHENS``; the full-width block
@@ -231,4 +242,4 @@ def _unicode_forms() -> tuple[dict[int, str], re.Pattern[str], re.Pattern[str]]:
     run = f"[{re.escape(''.join(invisible) + IGNORABLE)}]"
     # And runs of them at a seam between a word and a number (``detect``'s third reading).
     seams = rf"(?<=[^\W\d_]){run}+(?=[\d+(])|(?<=\d){run}+(?=[^\W\d_])"
-    return table, re.compile(run), re.compile(seams)
+    return _UnicodeForms(ascii_table=table, invisible=re.compile(run), seams=re.compile(seams))
