@@ -22,6 +22,7 @@ from before it would be served until it expires).
 
 import logging
 import secrets
+import threading
 import uuid
 
 from django.conf import settings
@@ -84,6 +85,13 @@ _DELETE_IF_VERSION = Script(
     return 0
     """,
 )
+
+
+# On the in-process cache (no Redis: the embedded setup) the scripts' atomicity is this
+# lock's: a renewal's check for a version and its set are one step against an erasure's
+# deletes, as one process's threads (runserver's, gunicorn's gthread) race them. A
+# check-then-set alone would let an erasure delete in between and the version come back.
+_IN_PROCESS = threading.Lock()
 
 
 class HistoryStore(db.HistoryStore):
@@ -172,8 +180,10 @@ class HistoryStore(db.HistoryStore):
         ttl = settings.SESSION_TTL_SECONDS
         try:
             if (redis := cache_redis()) is None:
-                cache.delete_many([_key(sid) for sid in session_ids])
-                cache.set_many(versions, timeout=ttl)
+                with _IN_PROCESS:  # only over a version, as on Redis below
+                    cache.delete_many([_key(sid) for sid in session_ids])
+                    held = cache.get_many(list(versions))
+                    cache.set_many({k: versions[k] for k in held}, timeout=ttl)
                 return
             pipe = redis.pipeline(transaction=False)
             pipe.delete(*(cache.make_key(_key(sid)) for sid in session_ids))
@@ -241,7 +251,11 @@ class HistoryStore(db.HistoryStore):
 
     def _cache_delete(self, keys: list[str], *, strict: bool = False) -> None:
         try:
-            cache.delete_many(keys)
+            if cache_redis() is None:
+                with _IN_PROCESS:  # not between a renewal's check and its set
+                    cache.delete_many(keys)
+            else:
+                cache.delete_many(keys)
         except Exception as exc:  # noqa: BLE001 - a stale entry is refused by its count anyway
             if strict:
                 raise StoreUnavailable("the history cache did not answer") from exc

@@ -856,6 +856,69 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
         history_store()._renew([session.pk])  # the reply's, late
         assert _scan(f"*{session.pk}*") == []
 
+    @pytest.fixture
+    def in_process(self, settings):
+        """The embedded setup's cache: in-process, no Redis behind it."""
+        from django.core.cache import cache
+
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        cache.clear()
+        return cache
+
+    @pytest.mark.django_db(transaction=True)
+    def test_a_write_committed_after_an_erasure_leaves_no_version_in_process(
+        self, user, session, in_process
+    ):
+        """The same late renewal on the in-process cache: it must not start the erased
+        session's version again either."""
+        version = f"session:{{{session.pk}}}:version"
+        self.accept(user, session, "question")
+        client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")  # cached: a version
+        assert in_process.get(version) is not None
+        assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+        assert in_process.get(version) is None
+        history_store()._renew([session.pk])  # the reply's, late
+        assert in_process.get(version) is None
+
+    @pytest.mark.django_db(transaction=True)
+    def test_an_erasure_between_a_renewals_check_and_its_set_leaves_no_version_in_process(
+        self, user, session, in_process, monkeypatch
+    ):
+        """Another thread's erasure deletes the keys just after the renewal found the
+        session's version: the renewal must not set it again once it is gone."""
+        import threading
+
+        from django.core.cache.backends.locmem import LocMemCache
+        from django.db import connections
+
+        version = f"session:{{{session.pk}}}:version"
+        self.accept(user, session, "question")
+        client_for(user).get(f"/api/v1/sessions/{session.pk}/messages/")  # cached: a version
+        found = LocMemCache.get_many
+
+        def erase() -> None:
+            try:
+                services.chat_session_delete(user=user, session_id=session.pk)
+            finally:
+                connections.close_all()
+
+        def found_then_erased(self, keys, **kwargs):
+            present = found(self, keys, **kwargs)
+            monkeypatch.setattr(LocMemCache, "get_many", found)  # once
+            eraser = threading.Thread(target=erase)
+            eraser.start()
+            eraser.join(timeout=1)  # done, unless it waits for the renewal to finish
+            racing.append(eraser)
+            return present
+
+        racing: list[threading.Thread] = []
+        monkeypatch.setattr(LocMemCache, "get_many", found_then_erased)
+        history_store()._renew([session.pk])
+        [eraser] = racing
+        eraser.join()
+        assert not ChatSession.objects.filter(pk=session.pk).exists()
+        assert in_process.get(version) is None
+
     @pytest.mark.django_db(transaction=True)
     def test_a_reader_racing_a_rewrite_never_caches_the_text_before_it(
         self, user, session, monkeypatch
