@@ -195,7 +195,8 @@ class TokenSerializer(serializers.Serializer):
         "nullable": True,
         "minLength": 1,
         "pattern": r"^[A-Za-z0-9_-]+={0,2}$",
-        # No maxLength: a token past the limit is refused with 413, not 400.
+        # No maxLength: a token of ours past the limit (issued before it was lowered) is
+        # refused with 413, not 400; one altered or forged with 400 (``token_invalid``).
         "description": "The token of the last reply, unchanged; null to start a conversation. "
         f"A turn that would make it longer than {settings.STATELESS_TOKEN_MAX_BYTES} "
         "characters is refused (413).",

@@ -149,21 +149,25 @@ def token_open(token: str, *, user_id: int, now: float | None = None) -> Convers
     """Return the conversation ``token`` carries for ``user_id``.
 
     Raise ``TokenMalformed`` or ``TokenTruncated`` unless it is shaped as a whole token;
-    ``TokenTooLarge`` if it is longer than the limit; ``TokenInvalid`` unless it is an
-    unaltered token of ours;
-    ``TokenOtherUser`` if it was issued to someone else; ``TokenExpired`` if the turn that
-    issued it was more than ``SESSION_TTL_SECONDS`` ago.
+    ``TokenInvalid`` unless it is an unaltered token of ours; ``TokenTooLarge`` if it is
+    longer than the limit; ``TokenOtherUser`` if it was issued to someone else;
+    ``TokenExpired`` if the turn that issued it was more than ``SESSION_TTL_SECONDS`` ago.
     """
     # The form first (a regex and a base64 decode, bounded by MAX_REQUEST_BYTES): text
-    # that is no token is malformed however long; only a token may be too large (issued
-    # before the limit was lowered).
+    # that is no token is malformed however long. Then its authenticity (an HMAC over at
+    # most MAX_REQUEST_BYTES), before its size: no token is issued past the limit, so one
+    # past it is either ours, issued before the limit was lowered, which any turn would
+    # grow further (413), or altered or forged (400, audited as every refused token).
     _check_form(token)
+    try:
+        packed = crypto.unseal(token.encode())
+    except crypto.InvalidToken as exc:
+        raise TokenInvalid() from exc
     if len(token) > settings.STATELESS_TOKEN_MAX_BYTES:
         raise TokenTooLarge()
     try:
-        payload = json.loads(_inflate(crypto.unseal(token.encode())))
-        conversation, issued_at = _conversation(payload)
-    except (crypto.InvalidToken, zlib.error, ValueError, KeyError, TypeError) as exc:
+        conversation, issued_at = _conversation(json.loads(_inflate(packed)))
+    except (zlib.error, ValueError, KeyError, TypeError) as exc:
         raise TokenInvalid() from exc
     if conversation.user_id != user_id:
         raise TokenOtherUser(owner_id=conversation.user_id, conversation_id=conversation.id)

@@ -220,6 +220,52 @@ def test_a_token_over_a_lowered_limit_is_413(api, settings, fake_claude):
     assert fake_claude.request_count() == 1
 
 
+def _grown(token: str, past: int) -> str:
+    """``token`` with ciphertext blocks added until it is longer than ``past``: shaped as a
+    whole token (its form passes), but not one this service issued."""
+    raw = base64.urlsafe_b64decode(token)
+    blocks = secrets.token_bytes(16 * (past * 3 // 4 // 16 + 1))
+    return base64.urlsafe_b64encode(raw[:-32] + blocks + raw[-32:]).decode()
+
+
+@pytest.mark.parametrize("past", ["grown past the limit", "the limit lowered"])
+def test_an_altered_token_past_the_limit_is_400_and_audited_not_413(
+    api, user, settings, fake_claude, past
+):
+    """No token is issued past the limit: one past it that is not an unaltered token of
+    ours was altered or forged, and is answered as every other such token (400, audited),
+    not as ours issued before the limit was lowered (413, which says "start again")."""
+    token = _chat(api, "Hello.")["token"]
+    if past == "grown past the limit":
+        altered = _grown(token, settings.STATELESS_TOKEN_MAX_BYTES)
+        assert settings.STATELESS_TOKEN_MAX_BYTES < len(altered) < settings.MAX_REQUEST_BYTES
+    else:
+        altered = _tampered(token)
+        settings.STATELESS_TOKEN_MAX_BYTES = len(altered) - 1
+    body = _chat(api, "Hello again.", altered, status=400)
+    assert body["code"] == "token_invalid"
+    assert fake_claude.request_count() == 1
+    [entry] = AuditEntry.objects.filter(kind="security", user=user)
+    assert "token_invalid" in entry.reason
+
+
+def test_a_token_at_the_limit_opens_and_a_body_past_the_request_limit_is_413(
+    api, user, settings, fake_claude
+):
+    """Around the token check: a token of ours exactly at the limit is still good (only
+    the turn that would grow it is refused, 413 ``token_too_large``), and a body over
+    ``MAX_REQUEST_BYTES`` is refused at the door whatever token it holds."""
+    token = _chat(api, "Hello.")["token"]
+    settings.STATELESS_TOKEN_MAX_BYTES = len(token)
+    assert stateless.token_open(token, user_id=user.pk).messages[0] == ("user", "Hello.")
+    assert _chat(api, "Again.", token, status=413)["code"] == "token_too_large"
+    body = json.dumps({"token": _grown(token, settings.MAX_REQUEST_BYTES), "content": "Hi."})
+    response = api.generic("POST", URL, body, content_type="application/json")
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
+    assert fake_claude.request_count() == 1
+
+
 def test_keys_rotate(api, user, settings, fake_claude):
     old_key, new_key = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     settings.ENCRYPTION_KEYS = [old_key]
