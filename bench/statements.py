@@ -1,4 +1,5 @@
-"""A turn's SQL statements and nothing else: the ``sql`` phase of ``bench/turn_throughput.py``.
+"""A turn's SQL statements and nothing else: the ``sql`` and ``merged`` phases of
+``bench/turn_throughput.py``.
 
 What the floor does (token auth, a Celery task with a late ack, the worker's SDK call, the
 waiter woken through pub/sub) plus the 11 statements a chat turn runs on Postgres, in the
@@ -10,6 +11,11 @@ runs around them is as little Python as can run them: no ORM, no PII, no scan, n
 fingerprints, no throttle, no wait slots, no serializer. So a turn that keeps these
 promises cannot run faster than this phase in these frameworks, however little its own
 code costs.
+
+The ``merged`` phase runs the same writes with each transaction's statements merged into
+one (the accept's ``UPDATE`` and three INSERTs one statement of data-modifying CTEs, the
+end's two ``UPDATE``s and two INSERTs another): 7 statements instead of 11, what merging
+across the history store's and the audit log's boundaries could save at best.
 """
 
 import functools
@@ -24,7 +30,7 @@ from audit_app.holds import leak_hold_params
 from audit_app.models import AuditEntry
 from core import sql
 from sessions_app import rows, selectors, services
-from sessions_app.models import ChatSession, Message, Turn
+from sessions_app.models import FENCE_SEQUENCE, ChatSession, Message, Turn
 from sessions_app.stores import db as db_store
 
 # A constant in place of each message's hash: hashing is the service's Python, not SQL.
@@ -121,3 +127,112 @@ def reread(*, user_id: int, session_id: uuid.UUID, turn_id: uuid.UUID, now: date
     turn = rows.one(selectors._TURN_OWNED, [turn_id, user_id, now])
     rows.many(db_store._OF_TURN, [session_id, user_id, turn_id])
     return turn[_STATUS] if turn else "gone"
+
+
+def _selected(model: type[Model], computed: dict[str, str]) -> tuple[str, list[str]]:
+    """``INSERT INTO`` ``model``'s table ``SELECT`` its values ``FROM`` the CTE the
+    ``computed`` expressions read; the SQL and the names of the parameters it takes."""
+    statement = sql._statement(model)
+    head = statement.sql.split(" VALUES ")[0]
+    names = [name for name, _ in statement.values]
+    selected = ", ".join(computed.get(name, "%s") for name in names)
+    return f"{head} SELECT {selected}", [name for name in names if name not in computed]
+
+
+@functools.cache
+def _merged() -> dict[str, tuple[str, list[list[str]]]]:
+    """The accept's and the end's statements, each transaction's one statement."""
+    seq = {"seq": "s.next_seq - 1"}
+    turn, turn_names = _selected(Turn, {})
+    message, message_names = _selected(Message, seq)
+    audit, audit_names = _selected(AuditEntry, {})
+    accept = (
+        f"WITH s AS ({selectors._TAKE_SEQ}),\n"
+        f"t AS ({turn} FROM s RETURNING 1),\n"
+        f"m AS ({message} FROM s RETURNING 1),\n"
+        f"a AS ({audit} FROM s RETURNING 1)\n"
+        "SELECT s.next_seq FROM s"
+    )
+    ended = {"session_id": "e.session_id", "seq": "e.next_seq - 1"}
+    reply, reply_names = _selected(Message, ended)
+    reply_audit, reply_audit_names = _selected(
+        AuditEntry, {"session_id": "e.session_id", "user_id": "e.owner_id"}
+    )
+    # The service's end (``services.reply._END_SQL``: the session's UPDATE in a CTE, then
+    # the turn's), the turn's UPDATE made a CTE too, returning what the INSERTs take.
+    head, update = services.reply._END_SQL.split("\n    UPDATE", 1)
+    returning = f't."session_id", s."owner_id", s."next_seq", nextval(\'{FENCE_SEQUENCE}\')'
+    update = f"UPDATE{update.split('RETURNING')[0]}RETURNING {returning}"
+    end = (
+        f"{head},\ne AS ({update}),\n"
+        f"m AS ({reply} FROM e RETURNING 1),\n"
+        f"a AS ({reply_audit} FROM e RETURNING 1)\n"
+        "SELECT e.session_id FROM e"
+    )
+    return {
+        "accept": (accept, [turn_names, message_names, audit_names]),
+        "end": (end, [reply_names, reply_audit_names]),
+    }
+
+
+def _values(kind: str, names: list[str], /, **values: object) -> list[object]:
+    row = {**_inserts()[kind].defaults, **values}
+    return [row[name] for name in names]
+
+
+def accept_merged(
+    *, user_id: int, session_id: uuid.UUID, content: str, now: datetime
+) -> uuid.UUID | None:
+    """``accept`` as one statement."""
+    turn_id = uuid.uuid4()
+    expires = now + timedelta(seconds=settings.SESSION_TTL_SECONDS)
+    deadline = now + timedelta(seconds=settings.TURN_DEADLINE_SECONDS)
+    statement, (turn, message, audit) = _merged()["accept"]
+    common = {"created_at": now, "session_id": session_id, "turn_id": turn_id}
+    params = [
+        now,
+        expires,
+        session_id,
+        user_id,
+        now,
+        *_values(
+            "turn",
+            turn,
+            id=turn_id,
+            session_id=session_id,
+            created_at=now,
+            updated_at=now,
+            deadline_at=deadline,
+        ),
+        *_values("message", message, **common, role="user", content=content, status="ok"),
+        *_values(
+            "audit",
+            audit,
+            **common,
+            kind="message",
+            user_id=user_id,
+            role="user",
+            content_hash=_HASH,
+        ),
+    ]
+    with transaction.atomic():
+        found = rows.one(statement, params)
+    return turn_id if found else None
+
+
+def end_merged(turn_id: uuid.UUID, reply: str, now: datetime) -> bool:
+    """``end`` as one statement."""
+    statement, (message, audit) = _merged()["end"]
+    common = {"created_at": now, "turn_id": turn_id}
+    params = [
+        turn_id,
+        Turn.Status.COMPLETED.value,
+        None,
+        now,
+        now,
+        turn_id,
+        *_values("message", message, **common, role="assistant", content=reply, status="ok"),
+        *_values("audit", audit, **common, kind="reply", role="assistant", content_hash=_HASH),
+    ]
+    with transaction.atomic():
+        return rows.one(statement, params) is not None

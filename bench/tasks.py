@@ -28,9 +28,10 @@ def floor_turn(job: str, content: str) -> None:
 
 
 @shared_task(name="bench.statements_turn", acks_late=True, reject_on_worker_lost=True)
-def statements_turn(turn_id: str, content: str) -> None:
+def statements_turn(turn_id: str, content: str, merged: bool = False) -> None:
     """``floor_turn`` with the worker's statements of a turn around the call: the claim and
-    the history read before it, the end with its reply and audit entry after."""
+    the history read before it, the end with its reply and audit entry after (``merged``:
+    the end's statements as one)."""
     tid, status = uuid.UUID(turn_id), "failed"
     try:
         if statements.claim(tid, timezone.now()) is None:
@@ -38,7 +39,8 @@ def statements_turn(turn_id: str, content: str) -> None:
         reply = claude._reply_text(
             claude._create([{"role": "user", "content": content}], timeout=30, retries=0)
         )
-        if statements.end(tid, reply, timezone.now()):
+        end = statements.end_merged if merged else statements.end
+        if end(tid, reply, timezone.now()):
             status = "completed"
     finally:
         if status == "failed":  # ended, so the session's next post is not refused as in flight

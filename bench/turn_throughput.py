@@ -83,7 +83,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("web", "worker", "postgres", "redis", "rabbitmq", "bench")
 SERVER_COMMS = {"postgres": "postgres", "redis": "redis-server", "rabbitmq": "beam.smp"}
 CLAUDE_MODEL = "claude-haiku-4-5-20251001"  # the service's default (API.md)
-PHASES = ("bare", "floor", "sql", "turn", "read")
+PHASES = ("bare", "floor", "sql", "merged", "turn", "read")
 POLL_SECONDS = 0.05  # how often a client reads a turn its ?wait answered 202 early
 IDLE = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
 # Busy processes at nice 19, the lowest weight (15 against a normal process's 1024), so they
@@ -631,6 +631,7 @@ def run_phases(stack: Stack, clients: Clients, args, rss: dict | None = None) ->
     phases = {"bare": measure(stack, clients, "bare", bare_path, args)}
     phases["floor"] = measure(stack, clients, "floor", floor_path, args) if args.floor else None
     phases["sql"] = measure(stack, clients, "sql", sql_path, args) if args.sql else None
+    phases["merged"] = measure(stack, clients, "merged", merged_path, args) if args.merged else None
 
     def sample(moment: str) -> None:
         if rss is not None:
@@ -672,6 +673,10 @@ def sql_path(session: str) -> str:
     return f"/bench/sql/{session}/"
 
 
+def merged_path(session: str) -> str:
+    return f"/bench/merged/{session}/"
+
+
 def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -> list[dict]:
     """Start the stack on ``broker``, measure every client count; return the results."""
     env = dict(base_env)
@@ -705,7 +710,7 @@ def run_broker(broker: str, args, base_env: dict[str, str], tokens: list[str]) -
 
 def probe_report(results: list[dict], calls: list) -> None:
     for result in results:
-        for name in ("bare", "floor", "sql", "turn", "read"):
+        for name in PHASES:
             phase = result.get(name)
             if phase is None:
                 continue
@@ -741,8 +746,8 @@ def measure_clients(stack: Stack, base: str, broker: str, count: int, args, toke
 
 
 def report(result: dict, args) -> None:
-    bare, floor, sql, turn, read = (result[name] for name in PHASES)
-    phases = [phase for phase in (bare, floor, sql, turn, read) if phase]
+    bare, floor, sql, merged, turn, read = (result[name] for name in PHASES)
+    phases = [phase for phase in (bare, floor, sql, merged, turn, read) if phase]
     print(f"\n== broker={result['broker']} clients={result['clients']}", flush=True)
     for phase in phases:
         unit = "req/s" if phase.name in ("bare", "read") else "turns/s"
@@ -769,6 +774,11 @@ def report(result: dict, args) -> None:
             f"sql   {sql.over(bare):8.3f}  of bare (the floor and the turn's statements, nothing "
             f"else: the most a turn keeping its promises can reach); turn {turn.over(sql):.3f}"
             " of it"
+        )
+    if merged:
+        print(
+            f"merged {merged.over(bare):7.3f}  of bare (the same statements, each transaction's"
+            f" merged into one: 7 instead of 11); turn {turn.over(merged):.3f} of it"
         )
     for phase in phases:
         print(
@@ -858,6 +868,12 @@ def summary(results: list[dict]) -> None:
         "sql",
         "The turn's statements alone (the floor and the turn's 11 SQL statements in its "
         "transactions, nothing else), beside the bare endpoint and the turn:",
+    )
+    baseline_table(
+        results,
+        "merged",
+        "The turn's statements merged (the sql phase with each transaction's statements one "
+        "statement: 7 instead of 11), beside the bare endpoint and the turn:",
     )
     for attr, heading in (
         (
@@ -1020,6 +1036,13 @@ def main() -> None:
         dest="sql",
         action="store_false",
         help="skip the sql phase (the floor and a turn's SQL statements, nothing else)",
+    )
+    parser.add_argument(
+        "--no-merged",
+        dest="merged",
+        action="store_false",
+        help="skip the merged phase (the sql phase with each transaction's statements merged"
+        " into one)",
     )
     parser.add_argument(
         "--no-read",

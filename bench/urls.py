@@ -6,7 +6,8 @@ auth, one owned fetch, a Celery task sent, the worker's SDK call to Claude, the 
 woken through the process's pub/sub listener. None of a turn's promises (turn row,
 history, PII, scan, reply, audit) is kept, so a turn costs at least this, less the
 owned fetch, which a turn's accept folds into its one ``UPDATE``. ``sql``: the floor plus
-the turn's statements, and nothing else (``bench/statements.py``).
+the turn's statements, and nothing else (``bench/statements.py``); ``merged``: the same
+with each transaction's statements merged into one.
 """
 
 import os
@@ -65,11 +66,15 @@ class FloorApi(APIView):
 
 
 class StatementsApi(APIView):
+    # The ``merged`` phase: each transaction's statements merged into one.
+    merged = False
+
     def post(self, request, session_id: str) -> Response:
         sid, user_id = as_uuid(session_id), request.user.pk
         content = str(request.data.get("content", ""))
+        accept = statements.accept_merged if self.merged else statements.accept
         try:
-            turn_id = sid and statements.accept(
+            turn_id = sid and accept(
                 user_id=user_id, session_id=sid, content=content, now=timezone.now()
             )
         except IntegrityError as exc:  # a turn of the session still in flight: a turn's 409
@@ -78,7 +83,8 @@ class StatementsApi(APIView):
             return Response({"status": "in flight"}, status=409)
         if not turn_id:
             return Response({"status": "not found"}, status=404)
-        if _woken(turn_id, lambda: statements_turn.delay(str(turn_id), content)) is None:
+        send = lambda: statements_turn.delay(str(turn_id), content, self.merged)  # noqa: E731
+        if _woken(turn_id, send) is None:
             return _answer(None)
         return _answer(
             statements.reread(user_id=user_id, session_id=sid, turn_id=turn_id, now=timezone.now())
@@ -89,5 +95,6 @@ urlpatterns = [
     path("bench/bare/<str:session_id>/", BareApi.as_view()),
     path("bench/floor/<str:session_id>/", FloorApi.as_view()),
     path("bench/sql/<str:session_id>/", StatementsApi.as_view()),
+    path("bench/merged/<str:session_id>/", StatementsApi.as_view(merged=True)),
     *site_urlpatterns,
 ]

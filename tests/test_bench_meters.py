@@ -173,12 +173,13 @@ def test_the_phases_beside_the_spinners_run_in_the_order_asked(monkeypatch, busy
         busy_first=busy_first,
         floor=False,
         sql=True,
+        merged=True,
         read=True,
         session_turns=0,
     )
     stack = SimpleNamespace(web=0, worker=0)
     result = bench.measure_clients(stack, "http://127.0.0.1:1", "redis", 1, args, ["t"])
-    quiet = [("bare", False), ("sql", False), ("turn", False), ("read", False)]
+    quiet = [("bare", False), ("sql", False), ("merged", False), ("turn", False), ("read", False)]
     busy = [(name, True) for name, _ in quiet]
     assert calls == (busy + quiet if busy_first else quiet + busy)
-    assert sorted(result["busy"]) == ["bare", "read", "sql", "turn"]
+    assert sorted(result["busy"]) == ["bare", "merged", "read", "sql", "turn"]
