@@ -9,6 +9,7 @@ are never features: a model produces them on its own, so they prove nothing.
 import hashlib
 import hmac
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
 # nor ranges (``_range``: "1947-1991", "pages 210-245"; nor any with the en dash, which is
 # no hyphen). Groups joined by spaces are one number only in the shapes of one
 # (``_one_number``): a card "4539 1488 0343 6467", an SSN "123 45 6789", a phone "020 7946
-# 0958" or "+44 20 7946 0958"; not a count "10 20 30 40", an amount "125 000 000", a date
+# 0958" or "+44 20 7946 0958", North America's "415 555 2671" after a word saying it is a
+# phone ("call", "number"); not a count "10 20 30 40", an amount "125 000 000", a date
 # and time. Groups joined by dots never are (addresses, versions, dates), and a decimal's
 # fraction is no number ("3.14159265"). The hyphens and spaces are those the PII detector
 # reads as ASCII's, the full-width hyphen-minus included: what it protects in a message,
@@ -43,6 +45,14 @@ _AS_HYPHEN = str.maketrans(dict.fromkeys(DASHES, "-"))
 NUMBER_SHAPES = frozenset({(4, 4, 4, 4), (4, 6, 5), (3, 2, 4)})
 # An international phone ("+" and its groups) holds at least this many digits.
 PHONE_DIGITS = 9
+# What says that the number after it is a phone's ("call 415 555 2671", "my number is",
+# "Tel.:"), read in the characters just before the number.
+PHONE_CUE = re.compile(
+    r"\b(?:call|dial|phone|telephone|tel|mobile|cell|fax|text|number|reach\s+me)"
+    r"(?:\s+(?:is|at|on|me\s+at|me\s+on))?[\s.:#]*\Z",
+    re.IGNORECASE,
+)
+PHONE_CUE_REACH = 24
 
 LEAK_THRESHOLD = 1.0
 # Words at least this frequent (Zipf scale: 3 is about once per million words) are
@@ -123,19 +133,26 @@ class Vocabulary:
         # and user. One dict lookup replaces zipf_frequency's tokenizer and its cache, which
         # would keep every word ever asked about.
         table: dict[str, float] = {}
-        # The everyday words of the languages that capitalise their nouns.
-        capitalised: set[str] = set()
+        capitalising: dict[str, float] = {}  # the languages that capitalise their nouns
         for language in languages:
+            into = capitalising if language in CAPITALISED_NOUNS else table
             for index, bucket in enumerate(get_frequency_list(language)):
                 zipf = round(9 - index / 100, 2)
                 for word in bucket:
-                    key = word if word.isascii() else _normalised(word)
-                    if table.get(key, -1.0) < zipf:
-                        table[key] = zipf
-                    if zipf >= RARE_ZIPF and language in CAPITALISED_NOUNS:
-                        capitalised.add(key)
+                    for key in _keys(word):
+                        if into.get(key, -1.0) < zipf:
+                            into[key] = zipf
+        # Their everyday words that are theirs more than any other language's: "Ihren",
+        # "Ausweis", not "Sarah" or "Johnson", which German has too, less often than English.
+        self.capitalised = frozenset(
+            key
+            for key, zipf in capitalising.items()
+            if zipf >= RARE_ZIPF and zipf > table.get(key, -1.0)
+        )
+        for key, zipf in capitalising.items():
+            if table.get(key, -1.0) < zipf:
+                table[key] = zipf
         self.table = table
-        self.capitalised = frozenset(capitalised)
 
     def zipf(self, word: str) -> float:
         """Return ``word``'s Zipf frequency in the most frequent of the languages."""
@@ -150,29 +167,57 @@ class Vocabulary:
         return max(zipf_frequency(word, language) for language in self.languages)
 
 
-@cache
+def _keys(word: str) -> tuple[str, ...]:
+    # A list's word as the scan reads a token: ASCII as it is; else read past the characters
+    # it shows as nothing (Persian's zero-width non-joiner), then ``_normalised``. Turkish's
+    # dotless "ı" also as "i", as casefold reads the capital "I" ("IŞIK" is "işik").
+    if word.isascii():
+        return (word,)
+    readings = pii_detectors.invisible_readings(word)
+    key = _normalised(readings.past if readings else word)
+    return (key, key.replace("ı", "i")) if "ı" in key else (key,)
+
+
+# One build at a time: threads making their first scans at once would each build their own.
+_BUILDING = threading.Lock()
+
+
 def vocabulary(languages: tuple[str, ...] = DEFAULT_LANGUAGES) -> Vocabulary:
     """Return the everyday vocabulary of ``languages``: wordfreq's codes, e.g. ``("en", "de")``,
     of languages it can look words up in without a tokenizer of its extras (not ja, ko, zh)."""
+    with _BUILDING:
+        return _vocabulary(languages)
+
+
+@cache
+def _vocabulary(languages: tuple[str, ...]) -> Vocabulary:
     return Vocabulary(languages)
 
 
 def _normalised(raw: str) -> str:
     # As the scan reads a token that is not ASCII: digits of other scripts as ASCII's, as the
-    # PII detector reads them, then NFKC and casefold ("Straße" is "strasse").
-    return unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw)).casefold()
+    # PII detector reads them, then NFKC and casefold ("Straße" is "strasse"); casefold's
+    # dotted "i̇" of the Turkish capital "İ" as "i" ("İstanbul" is "istanbul").
+    folded = unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw)).casefold()
+    return folded.replace("i\u0307", "i") if "\u0307" in folded else folded
+
+
+def _readings(text: str) -> list[list[_Token]]:
+    """The tokens of each reading of ``text``: one, or where it holds characters it shows as
+    nothing, two, as the PII detector reads a message: each of them a space, and read past
+    ("Vexmoria\u200bQuintaplex" two words, "Vex\u200bmoria" one, "4539\u200b1488..." a card)."""
+    if "<" in text or "[" in text:
+        text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    readings = pii_detectors.invisible_readings(text)
+    if readings is None:
+        return [_read(text)]
+    at = readings.at
+    past = [t._replace(start=at[t.start], end=at[t.end - 1] + 1) for t in _read(readings.past)]
+    return [_read(readings.spaced), past]
 
 
 def _tokens(text: str) -> list[_Token]:
-    if "<" in text or "[" in text:
-        text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
-    # Read as the PII detector reads a message, past the characters a text shows as nothing:
-    # a card or a name split by zero-width spaces in a reply is the card or the name.
-    reading = pii_detectors.visible_reading(text)
-    if reading is not None:
-        text, at = reading
-        return [t._replace(start=at[t.start], end=at[t.end - 1] + 1) for t in _read(text)]
-    return _read(text)
+    return [token for tokens in _readings(text) for token in tokens]
 
 
 def _read(text: str) -> list[_Token]:
@@ -193,7 +238,7 @@ def _read(text: str) -> list[_Token]:
             # Several numbers, each a token; of a decimal, its whole part alone.
             _each_group(tokens, match, fraction=_decimal(_ascii_groups(raw)))
             continue
-        elif _one_number(raw, groups := _ascii_groups(raw)):
+        elif _one_number(raw, groups := _ascii_groups(raw), _before(text, match.start())):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
             _each_group(tokens, match)
@@ -240,13 +285,21 @@ def _range(groups: list[str]) -> bool:
     return short or all(YEAR.fullmatch(group) for group in groups)
 
 
-def _one_number(raw: str, groups: list[str]) -> bool:
+def _before(text: str, at: int) -> str:
+    return text[max(at - PHONE_CUE_REACH, 0) : at]
+
+
+def _one_number(raw: str, groups: list[str], before: str) -> bool:
     if raw[0] == "+":
         return sum(len(group) for group in groups) >= PHONE_DIGITS
     shape = tuple(len(group) for group in groups)
     if shape == (3, 4, 4):  # as a phone of the United Kingdom: a trunk 0
         return groups[0][0] == "0"  # not "720 1080 1440"
-    # Not North America's 3-3-4: "480 720 1080", "256 512 1024" read as phones too.
+    if shape == (3, 3, 4):
+        # North America's, only after a word that says it is a phone number: "480 720 1080"
+        # and "256 512 1024" have its shape; its area code and exchange start with 2 to 9.
+        plan = groups[0][0] in "23456789" and groups[1][0] in "23456789"
+        return plan and PHONE_CUE.search(before) is not None
     return shape in NUMBER_SHAPES
 
 
@@ -301,7 +354,19 @@ def features(text: str, words: Vocabulary | None = None) -> list[Feature]:
     """Return the distinctive tokens and adjacent pairs of ``text``, with offsets, judged
     against the everyday ``words`` (English's when None)."""
     words = words or vocabulary()
-    tokens = _tokens(text)
+    first, *others = _readings(text)
+    found = _features(first, words)
+    if others:  # each feature once, the most either reading gave it
+        best = {(f.text, f.start, f.end): f for f in found}
+        for feature in _features(others[0], words):
+            key = (feature.text, feature.start, feature.end)
+            if key not in best or best[key].weight < feature.weight:
+                best[key] = feature
+        found = list(best.values())
+    return found
+
+
+def _features(tokens: list[_Token], words: Vocabulary) -> list[Feature]:
     weights = [token_weight(t.text, words) for t in tokens]
     found = [Feature(t.text, t.start, t.end, w) for t, w in zip(tokens, weights, strict=True) if w]
     for i in range(len(tokens) - 1):

@@ -53,7 +53,7 @@ CACHED = {
     "_redis_client": "one Redis client per URL for the fingerprint index: a connection pool",
     "_plan": "phone numbering-plan metadata per region code",
     "_unicode_forms": "Unicode's digits, spaces and dashes as ASCII, its invisible ones: for all",
-    "vocabulary": "wordfreq's fixed word lists of LEAK_SCAN_LANGUAGES: the same for every user",
+    "_vocabulary": "wordfreq's fixed word lists of LEAK_SCAN_LANGUAGES: the same for every user",
     "_keyed": "one HMAC of the fingerprint key (configuration), copied per use",
     "_statement": "one INSERT statement per model: its SQL and its fields",
     "_policy": "the settings' Content Security Policy headers and excluded paths",

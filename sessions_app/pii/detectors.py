@@ -157,22 +157,29 @@ def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> lis
     return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
 
 
-def visible_reading(text: str) -> tuple[str, list[int]] | None:
-    """Return ``text`` as a reader sees it, with the index in ``text`` of each character of
-    it; None when ``text`` holds no invisible character (``detect``'s third reading).
+class InvisibleReadings(NamedTuple):
+    """Two readings of a text holding characters it shows as nothing, as ``detect`` reads
+    them: where they separate words, and where they split a value."""
 
-    Each run of invisible characters is read past ("4539\u200b1488" one number,
-    "Vex\u200bmoria" one word), except at a seam between a word and a number, where it is a
-    space ("card\u200c4539", a word and a number).
-    """
+    # Each of them a space: the text's own offsets ("Vexmoria\u200bQuintaplex" two words).
+    spaced: str
+    # Each run read past, but a space at a seam between a word and a number
+    # ("4539\u200b1488" one number, "Vex\u200bmoria" one word, "card\u200c4539" a word and
+    # a number), with the index in the text of each of its characters.
+    past: str
+    at: list[int]
+
+
+def invisible_readings(text: str) -> InvisibleReadings | None:
+    """Return both readings of ``text``; None when it holds no invisible character."""
     if text.isascii():
         return None
-    _, invisible, seams = _unicode_forms()
-    if not invisible.search(text):
+    forms = _unicode_forms()
+    if not forms.invisible.search(text):
         return None
-    spaced = seams.sub(lambda m: " " + m.group()[1:], text)
-    kept = [i for i, char in enumerate(spaced) if not invisible.match(char)]
-    return "".join(spaced[i] for i in kept), kept
+    seams = forms.seams.sub(lambda m: " " + m.group()[1:], text)
+    at = [i for i, char in enumerate(seams) if not forms.invisible.match(char)]
+    return InvisibleReadings(forms.invisible.sub(" ", text), "".join(seams[i] for i in at), at)
 
 
 def ascii_form(text: str) -> str:

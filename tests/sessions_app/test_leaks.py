@@ -140,12 +140,28 @@ def test_another_users_number_written_in_groups_is_withheld_with_pii_off(
     assert AuditEntry.objects.filter(flagged=True).exists()
 
 
+def test_another_users_north_american_phone_with_spaces_is_withheld_with_pii_off(
+    settings, api, other_api, fake_claude
+):
+    settings.PII_MODE = "off"
+    fake_claude.set_responder(
+        lambda body: "Call 415 555 2671." if "mine" in str(body["messages"][-1]) else "Ok."
+    )
+    post_and_wait(api, "My number is 415 555 2671, keep it.")
+    _, turn = post_and_wait(other_api, "What is mine?")
+    assert turn["status"] == "suppressed", turn["reply"]["content"]
+
+
 @pytest.mark.parametrize(
     "shown",
     [
         "Sure: 4539\u200b1488\u200b0343\u200b6467",
         "Your codename is Vex\u200bmoria Quinta\u00adplex.",
         "card\u200c4539148803436467",
+        # Between words or numbers: read past alone, one new word that nobody wrote.
+        "Vexmoria\u200bQuintaplex",
+        "Vexmoria\u00adQuintaplex",
+        "4539148803436467\u200b4716",
     ],
 )
 def test_another_users_data_split_by_invisible_characters_in_a_reply_is_withheld(
