@@ -778,7 +778,7 @@ def report(result: dict, args) -> None:
     if merged:
         print(
             f"merged {merged.over(bare):7.3f}  of bare (the same statements, each transaction's"
-            f" merged into one: 7 instead of 11); turn {turn.over(merged):.3f} of it"
+            f" merged into one: 6 instead of 11); turn {turn.over(merged):.3f} of it"
         )
     for phase in phases:
         print(
@@ -873,7 +873,8 @@ def summary(results: list[dict]) -> None:
         results,
         "merged",
         "The turn's statements merged (the sql phase with each transaction's statements one "
-        "statement: 7 instead of 11), beside the bare endpoint and the turn:",
+        "statement, in autocommit: 6 statements instead of 11, no BEGIN and COMMIT), beside "
+        "the bare endpoint and the turn:",
     )
     for attr, heading in (
         (
@@ -926,8 +927,8 @@ def thread_table(results: list[dict], attr: str, heading: str) -> None:
     """The web threads' ``attr`` (switches, migrations) per operation of every phase."""
     print(
         f"\nThe web threads' {heading} per operation (the turn's less its polls' at the read"
-        " phase's per GET):\n| broker | clients | bare | floor | sql | turn | read |"
-        " turn less polls |\n" + "| --- " * 8 + "|"
+        " phase's per GET):\n| broker | clients | " + " | ".join(PHASES) + " |"
+        " turn less polls |\n" + "| --- " * (len(PHASES) + 3) + "|"
     )
     per_op = attrgetter(attr)
     for r in results:
