@@ -88,9 +88,10 @@ _DELETE_IF_VERSION = Script(
 
 
 # On the in-process cache (no Redis: the embedded setup) the scripts' atomicity is this
-# lock's: a renewal's check for a version and its set are one step against an erasure's
-# deletes, as one process's threads (runserver's, gunicorn's gthread) race them. A
-# check-then-set alone would let an erasure delete in between and the version come back.
+# lock's: a renewal's or a reader's check of a version and its write are one step against an
+# erasure's deletes, as one process's threads (runserver's, gunicorn's gthread) race them. A
+# check-then-set alone would let an erasure delete in between and the version, or the
+# erased session's messages, come back.
 _IN_PROCESS = threading.Lock()
 
 
@@ -222,8 +223,9 @@ class HistoryStore(db.HistoryStore):
         key = _version_key(session_id)
         try:
             if (redis := cache_redis()) is None:
-                if cache.get(key) == version:
-                    cache.delete(key)
+                with _IN_PROCESS:  # as the script: no renewal between the check and the delete
+                    if cache.get(key) == version:
+                        cache.delete(key)
                 return
             _DELETE_IF_VERSION(keys=[cache.make_key(key)], args=[str(version)], client=redis)
         except Exception:  # noqa: BLE001 - a version left behind holds nothing and expires
@@ -241,7 +243,11 @@ class HistoryStore(db.HistoryStore):
         ttl = settings.SESSION_TTL_SECONDS
         try:
             if (redis := cache_redis()) is None:
-                cache.set(_key(session.pk), entry, timeout=ttl)
+                # As the script: only under the version the reader read with, so a reader that
+                # read before an erasure leaves nothing of the session in memory after it.
+                with _IN_PROCESS:
+                    if cache.get(_version_key(session.pk)) == version:
+                        cache.set(_key(session.pk), entry, timeout=ttl)
                 return
             keys = [cache.make_key(_key(session.pk)), cache.make_key(_version_key(session.pk))]
             args = [str(version), cache.client.encode(entry), ttl]

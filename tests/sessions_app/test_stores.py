@@ -920,6 +920,21 @@ class TestCachedDbStore(StoreContract, RowStoreContract):
         assert in_process.get(version) is None
 
     @pytest.mark.django_db(transaction=True)
+    def test_a_reader_that_read_before_an_erasure_leaves_nothing_in_process(
+        self, user, session, in_process
+    ):
+        """A reader took the session's version and read the database; the session is erased
+        before it caches what it read: on the in-process cache too, nothing of the erased
+        session is written (it would never be served, but it stayed in memory until its TTL)."""
+        self.accept(user, session, "my secret question")
+        store = history_store()
+        version = store._version_start(session.pk)
+        read = store._all(session)
+        assert client_for(user).delete(f"/api/v1/sessions/{session.pk}/").status_code == 204
+        store._cache_set(session, read, version)
+        assert in_process.get(f"session:{{{session.pk}}}:messages") is None
+
+    @pytest.mark.django_db(transaction=True)
     def test_a_reader_racing_a_rewrite_never_caches_the_text_before_it(
         self, user, session, monkeypatch
     ):
