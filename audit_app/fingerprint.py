@@ -153,6 +153,8 @@ class Vocabulary:
             if table.get(key, -1.0) < zipf:
                 table[key] = zipf
         self.table = table
+        # wordfreq keeps every list it read (its own cache): the table holds what we need.
+        get_frequency_list.cache_clear()
 
     def zipf(self, word: str) -> float:
         """Return ``word``'s Zipf frequency in the most frequent of the languages."""
@@ -163,8 +165,9 @@ class Vocabulary:
         # also with its digit runs read as zeros, as wordfreq reads them: codes and ids end here.
         if word.isascii() and (word.isalpha() or smash_numbers(word) not in self.table):
             return 0.0
-        # Other scripts: wordfreq's own tokenizer decides.
-        return max(zipf_frequency(word, language) for language in self.languages)
+        # Other scripts: wordfreq's own tokenizer decides, in the first language alone (each
+        # one asked would load that language's whole dictionary once more, 50 to 250 MB).
+        return zipf_frequency(word, self.languages[0])
 
 
 def _keys(word: str) -> tuple[str, ...]:
