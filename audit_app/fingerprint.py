@@ -20,6 +20,7 @@ from wordfreq import get_frequency_list, zipf_frequency
 from wordfreq.numbers import smash_numbers
 
 from sessions_app.pii import detectors as pii_detectors
+from sessions_app.pii import gazetteer
 
 # `<EMAIL_ADDRESS_1>` (pseudonymize) and `[EMAIL_ADDRESS]` (redact).
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>|\[[A-Z][A-Z_]*\]")
@@ -139,16 +140,11 @@ class Vocabulary:
             for index, bucket in enumerate(get_frequency_list(language)):
                 zipf = round(9 - index / 100, 2)
                 for word in bucket:
-                    for key in _keys(word):
-                        if into.get(key, -1.0) < zipf:
-                            into[key] = zipf
-        # Their everyday words that are theirs more than any other language's: "Ihren",
-        # "Ausweis", not "Sarah" or "Johnson", which German has too, less often than English.
-        self.capitalised = frozenset(
-            key
-            for key, zipf in capitalising.items()
-            if zipf >= RARE_ZIPF and zipf > table.get(key, -1.0)
-        )
+                    key = _key(word)
+                    if into.get(key, -1.0) < zipf:
+                        into[key] = zipf
+        # Their everyday words ("Ihren", "Ausweis", "Problem", but "Anna" and "Schmidt" too).
+        self.capitalised = frozenset(k for k, zipf in capitalising.items() if zipf >= RARE_ZIPF)
         for key, zipf in capitalising.items():
             if table.get(key, -1.0) < zipf:
                 table[key] = zipf
@@ -170,15 +166,13 @@ class Vocabulary:
         return zipf_frequency(word, self.languages[0])
 
 
-def _keys(word: str) -> tuple[str, ...]:
+def _key(word: str) -> str:
     # A list's word as the scan reads a token: ASCII as it is; else read past the characters
-    # it shows as nothing (Persian's zero-width non-joiner), then ``_normalised``. Turkish's
-    # dotless "ı" also as "i", as casefold reads the capital "I" ("IŞIK" is "işik").
+    # it shows as nothing (Persian's zero-width non-joiner), then ``_normalised``.
     if word.isascii():
-        return (word,)
+        return word
     readings = pii_detectors.invisible_readings(word)
-    key = _normalised(readings.past if readings else word)
-    return (key, key.replace("ı", "i")) if "ı" in key else (key,)
+    return _normalised(readings[-1].text if readings else word)
 
 
 # One build at a time: threads making their first scans at once would each build their own.
@@ -199,28 +193,46 @@ def _vocabulary(languages: tuple[str, ...]) -> Vocabulary:
 
 def _normalised(raw: str) -> str:
     # As the scan reads a token that is not ASCII: digits of other scripts as ASCII's, as the
-    # PII detector reads them, then NFKC and casefold ("Straße" is "strasse"); casefold's
-    # dotted "i̇" of the Turkish capital "İ" as "i" ("İstanbul" is "istanbul").
+    # PII detector reads them, then NFKC and casefold ("Straße" is "strasse"); Turkish's i's
+    # as one: casefold's dotted "i̇" of the capital "İ" and the dotless "ı", which casefold
+    # leaves where the capital "I" is "i" ("İstanbul", "IŞIK", "Işık" and "ışık" meet).
     folded = unicodedata.normalize("NFKC", pii_detectors.ascii_form(raw)).casefold()
-    return folded.replace("i\u0307", "i") if "\u0307" in folded else folded
+    if "\u0307" in folded:
+        folded = folded.replace("i\u0307", "i")
+    return folded.replace("ı", "i") if "ı" in folded else folded
 
 
-def _readings(text: str) -> list[list[_Token]]:
-    """The tokens of each reading of ``text``: one, or where it holds characters it shows as
-    nothing, two, as the PII detector reads a message: each of them a space, and read past
-    ("Vexmoria\u200bQuintaplex" two words, "Vex\u200bmoria" one, "4539\u200b1488..." a card)."""
-    if "<" in text or "[" in text:
-        text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+def _readings(text: str) -> list[tuple[list[_Token], list[int] | None]]:
+    """The tokens of each reading of ``text``, in that reading's offsets, with the index in
+    ``text`` of each of its characters (None: ``text``'s own): one reading, or where it holds
+    characters it shows as nothing, the three the PII detector makes of a message
+    (``detectors.invisible_readings``)."""
+    text = _placeholders_blanked(text)
     readings = pii_detectors.invisible_readings(text)
     if readings is None:
-        return [_read(text)]
-    at = readings.at
-    past = [t._replace(start=at[t.start], end=at[t.end - 1] + 1) for t in _read(readings.past)]
-    return [_read(readings.spaced), past]
+        return [(_read(text), None)]
+    return [(_read(reading.text), reading.at) for reading in readings]
+
+
+def _placeholders_blanked(text: str) -> str:
+    # Each placeholder a run of spaces, one for each of its characters: it proves nothing,
+    # nor does one written with an invisible character inside ("<EMAIL\u200b_ADDRESS_1>").
+    if "<" not in text and "[" not in text:
+        return text
+    text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    readings = pii_detectors.invisible_readings(text)
+    if readings is None:
+        return text
+    bare = readings[-1]  # every invisible character read past
+    chars = list(text)
+    for match in PLACEHOLDER.finditer(bare.text):
+        start, end = bare.at[match.start()], bare.at[match.end() - 1] + 1
+        chars[start:end] = " " * (end - start)
+    return "".join(chars)
 
 
 def _tokens(text: str) -> list[_Token]:
-    return [token for tokens in _readings(text) for token in tokens]
+    return [token for tokens, _ in _readings(text) for token in tokens]
 
 
 def _read(text: str) -> list[_Token]:
@@ -241,7 +253,7 @@ def _read(text: str) -> list[_Token]:
             # Several numbers, each a token; of a decimal, its whole part alone.
             _each_group(tokens, match, fraction=_decimal(_ascii_groups(raw)))
             continue
-        elif _one_number(raw, groups := _ascii_groups(raw), _before(text, match.start())):
+        elif _one_number(raw, groups := _ascii_groups(raw), text, match.start()):
             raw_norm = "".join(groups)
         else:  # several numbers: each group a token of its own
             _each_group(tokens, match)
@@ -288,11 +300,8 @@ def _range(groups: list[str]) -> bool:
     return short or all(YEAR.fullmatch(group) for group in groups)
 
 
-def _before(text: str, at: int) -> str:
-    return text[max(at - PHONE_CUE_REACH, 0) : at]
-
-
-def _one_number(raw: str, groups: list[str], before: str) -> bool:
+def _one_number(raw: str, groups: list[str], text: str, at: int) -> bool:
+    # ``raw``, found in ``text`` at ``at``, is one number.
     if raw[0] == "+":
         return sum(len(group) for group in groups) >= PHONE_DIGITS
     shape = tuple(len(group) for group in groups)
@@ -302,7 +311,8 @@ def _one_number(raw: str, groups: list[str], before: str) -> bool:
         # North America's, only after a word that says it is a phone number: "480 720 1080"
         # and "256 512 1024" have its shape; its area code and exchange start with 2 to 9.
         plan = groups[0][0] in "23456789" and groups[1][0] in "23456789"
-        return plan and PHONE_CUE.search(before) is not None
+        # Searched in place: a word cut by a slice would read as a cue ("Sub|text").
+        return plan and PHONE_CUE.search(text, max(at - PHONE_CUE_REACH, 0), at) is not None
     return shape in NUMBER_SHAPES
 
 
@@ -347,29 +357,34 @@ def _name_like(a: _Token, b: _Token, words: Vocabulary) -> bool:
     both = (a, b)
     if not all(t.capitalised and t.text.isalpha() and len(t.text) >= 3 for t in both):
         return False
-    # Not two everyday words of a language that capitalises its nouns ("Ihren Ausweis"),
-    # which a model writes in every other sentence there. Names of such words ("Anna
-    # Müller") go with them: the cost of reading that language.
-    return not (a.text in words.capitalised and b.text in words.capitalised)
+    # Not two everyday words of a language that capitalises its nouns ("Ihren Ausweis", "Das
+    # Problem"), which a model writes in every other sentence there, unless the first is a
+    # first name ("Anna Schmidt", "Sarah Johnson"). "Herr Müller" goes with them.
+    if a.text in words.capitalised and b.text in words.capitalised:
+        return a.text in gazetteer.FIRST_NAMES
+    return True
 
 
 def features(text: str, words: Vocabulary | None = None) -> list[Feature]:
     """Return the distinctive tokens and adjacent pairs of ``text``, with offsets, judged
     against the everyday ``words`` (English's when None)."""
     words = words or vocabulary()
-    first, *others = _readings(text)
-    found = _features(first, words)
-    if others:  # each feature once, the most either reading gave it
+    (tokens, _), *others = _readings(text)
+    found = _features(tokens, words)
+    if others:  # each feature once, at the most any reading gave it
         best = {(f.text, f.start, f.end): f for f in found}
-        for feature in _features(others[0], words):
-            key = (feature.text, feature.start, feature.end)
-            if key not in best or best[key].weight < feature.weight:
-                best[key] = feature
+        for tokens, at in others:
+            for feature in _features(tokens, words):
+                start, end = at[feature.start], at[feature.end - 1] + 1
+                key = (feature.text, start, end)
+                if key not in best or best[key].weight < feature.weight:
+                    best[key] = Feature(feature.text, start, end, feature.weight)
         found = list(best.values())
     return found
 
 
 def _features(tokens: list[_Token], words: Vocabulary) -> list[Feature]:
+    # In the offsets of the reading the tokens come from: adjacency is the reading's.
     weights = [token_weight(t.text, words) for t in tokens]
     found = [Feature(t.text, t.start, t.end, w) for t, w in zip(tokens, weights, strict=True) if w]
     for i in range(len(tokens) - 1):

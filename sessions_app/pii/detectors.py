@@ -157,29 +157,33 @@ def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> lis
     return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
 
 
-class InvisibleReadings(NamedTuple):
-    """Two readings of a text holding characters it shows as nothing, as ``detect`` reads
-    them: where they separate words, and where they split a value."""
+class Reading(NamedTuple):
+    """A text read one way, and the index in the text of each of its characters (None: the
+    text's own, one for one)."""
 
-    # Each of them a space: the text's own offsets ("Vexmoria\u200bQuintaplex" two words).
-    spaced: str
-    # Each run read past, but a space at a seam between a word and a number
-    # ("4539\u200b1488" one number, "Vex\u200bmoria" one word, "card\u200c4539" a word and
-    # a number), with the index in the text of each of its characters.
-    past: str
-    at: list[int]
+    text: str
+    at: list[int] | None
 
 
-def invisible_readings(text: str) -> InvisibleReadings | None:
-    """Return both readings of ``text``; None when it holds no invisible character."""
+def invisible_readings(text: str) -> list[Reading] | None:
+    """Return the readings of ``text`` that ``detect`` makes when it holds characters it
+    shows as nothing (None when it holds none):
+
+    - each of them a space ("Vexmoria\u200bQuintaplex" two words);
+    - each run read past, but a space at a seam between a word and a number ("4539\u200b1488"
+      one number, "Vex\u200bmoria" one word, "card\u200c4539" a word and a number);
+    - every one read past ("A\u200b7X9" one code).
+    """
     if text.isascii():
         return None
     forms = _unicode_forms()
     if not forms.invisible.search(text):
         return None
-    seams = forms.seams.sub(lambda m: " " + m.group()[1:], text)
-    at = [i for i, char in enumerate(seams) if not forms.invisible.match(char)]
-    return InvisibleReadings(forms.invisible.sub(" ", text), "".join(seams[i] for i in at), at)
+    readings = [Reading(forms.invisible.sub(" ", text), None)]
+    for read in (forms.seams.sub(lambda m: " " + m.group()[1:], text), text):
+        at = [i for i, char in enumerate(read) if not forms.invisible.match(char)]
+        readings.append(Reading("".join(read[i] for i in at), at))
+    return readings
 
 
 def ascii_form(text: str) -> str:

@@ -6,6 +6,8 @@ import string
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from wordfreq import get_frequency_list, zipf_frequency
 
 from audit_app import fingerprint
@@ -230,9 +232,14 @@ def test_capitalised_german_nouns_are_no_name_but_an_unusual_name_still_is():
     # English alone: a capitalised pair of everyday words stays a weak name.
     found = {f.text: f.weight for f in fingerprint.features("We met John Smith.")}
     assert found == {"john smith": 0.5}
-    # With German listed, an English name stays a name: its words are English's more.
+    # With German listed, a pair whose first word is a first name stays a name; an article
+    # and a noun English shares ("Das Problem") is none.
     found = {f.text: f.weight for f in fingerprint.features("Sarah Johnson called.", words)}
     assert found["sarah johnson"] == 0.6
+    found = {f.text: f.weight for f in fingerprint.features("Anna Schmidt kommt.", words)}
+    assert found["anna schmidt"] == 0.5
+    for text in ("Das Problem ist gelöst.", "Die Software ist neu.", "Das Team hilft."):
+        assert fingerprint.features(text, words) == [], text
 
 
 @pytest.mark.parametrize(
@@ -242,7 +249,7 @@ def test_capitalised_german_nouns_are_no_name_but_an_unusual_name_still_is():
         (("en", "fa"), "بین\u200cالمللی"),
         # Turkish capitals: casefold makes "İ" a dotted "i̇" and "I" an "i" where the list
         # has "i" and the dotless "ı".
-        (("en", "tr"), "İstanbul IŞIK İlk"),
+        (("en", "tr"), "İstanbul IŞIK Işık İlk"),
     ],
 )
 def test_everyday_words_are_found_however_their_language_writes_them(languages, text):
@@ -316,6 +323,11 @@ def test_groups_of_a_north_american_phones_shape_are_not_joined_otherwise(text):
         ("Vexmoria\u00adQuintaplex", "Vexmoria Quintaplex"),
         ("Herr\u200bQuengler", "Herr Quengler"),
         ("4539148803436467\u200b4716", "4539148803436467 4716"),
+        # At a seam inside a code, and runs between words: read with every one past.
+        ("A\u200b7X9 code", "A7X9 code"),
+        ("ID\u200b12345678", "ID12345678"),
+        ("Bartholomew\u200b\u200b\u200b Quince", "Bartholomew Quince"),
+        ("4821\u200b\u200b\u200b Johnson", "4821 Johnson"),
     ],
 )
 def test_invisible_characters_between_words_still_separate_them(text, plain):
@@ -332,3 +344,40 @@ def test_threads_making_their_first_scans_at_once_build_one_vocabulary():
     with ThreadPoolExecutor(4) as pool:
         built = list(pool.map(lambda _: fingerprint.vocabulary(languages), range(4)))
     assert all(vocabulary is built[0] for vocabulary in built)
+
+
+def test_a_placeholder_split_by_an_invisible_character_is_still_no_evidence():
+    assert fingerprint.features("<EMAIL\u200b_ADDRESS_1> and <PERSON\u2060_2>") == []
+
+
+def test_a_phone_word_is_a_whole_word_before_the_number():
+    """ "Subtext" ends in "text", a cue only as a word of its own."""
+    text = "Subtext" + " " * 20 + "415 555 2671"
+    assert all(len(f.text) < 10 for f in fingerprint.features(text) if f.text.isdigit())
+
+
+_WORDS = ["Vexmoria", "Quintaplex", "Bartholomew", "Quince", "order", "the", "card", "A7X9"]
+_WORDS += ["4539 1488 0343 6467", "48291-XK7", "+44 20 7946 0958", "4821", "Johnson", "call"]
+_INVISIBLE = "\u200b\u200c\u200d\u2060\u00ad\ufeff\u034f"
+
+
+@given(
+    words=st.lists(st.sampled_from(_WORDS), min_size=1, max_size=8),
+    marks=st.lists(st.tuples(st.integers(0, 200), st.sampled_from(_INVISIBLE)), max_size=6),
+)
+@settings(max_examples=300, deadline=None)
+def test_invisible_characters_anywhere_take_no_feature_away(words, marks):
+    """Whatever invisible characters are put wherever in a text, each feature of the text
+    without them is found, as strong, over the same characters."""
+    plain = " ".join(words)
+    text = plain
+    for at, mark in sorted(marks, reverse=True):
+        at = min(at, len(text))
+        text = text[:at] + mark + text[at:]
+    shown = [i for i, char in enumerate(text) if char not in _INVISIBLE]  # plain's chars
+    found = {}
+    for f in fingerprint.features(text):
+        found[(f.text, f.start, f.end)] = max(f.weight, found.get((f.text, f.start, f.end), 0))
+    for f in fingerprint.features(plain):
+        key = (f.text, shown[f.start], shown[f.end - 1] + 1)
+        assert found.get(key, 0) >= f.weight, (text, f)
