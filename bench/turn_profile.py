@@ -105,10 +105,16 @@ def one_turn(watch: Stopwatch, user, session_id):
             history=history,
             still_wanted=tasks._still_wanted(claimed, history=history),
         )
-    reply = watch.time(
-        "reply scrub (PII)", privacy.reply_scrub, session_id=claimed.session_id, reply=reply
+    scrubbed = watch.time(
+        "reply scrub (PII)", privacy.reply_scrub_read, session_id=claimed.session_id, reply=reply
     )
-    watch.time("scan + store reply + end turn", services.turn_deliver, turn=claimed, reply=reply)
+    watch.time(
+        "scan + store reply + end turn",
+        services.turn_deliver,
+        turn=claimed,
+        reply=scrubbed.text,
+        known_placeholders=scrubbed.vault_placeholders,
+    )
     watch.time("notify (pub/sub)", notify._publish, turn_id=turn.pk, status="completed")
     watch.time("woken (the notification reaches the wait)", _woken, changes=changes)
     ended = watch.time(

@@ -12,8 +12,8 @@ import enum
 import json
 import re
 import uuid
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Collection, Sequence
+from typing import Final, NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -107,16 +107,22 @@ def content_scrub(
     return scrubbed
 
 
-def placeholders_reserve(*, session_id: uuid.UUID, text: str) -> None:
+def placeholders_reserve(
+    *, session_id: uuid.UUID, text: str, known: Collection[str] = frozenset()
+) -> None:
     """Reserve in the session's vault the placeholders of ``text`` (a reply as stored) that
     it does not hold, so that none of them is ever given to a real value
     (``unknown_placeholders``).
 
     Call with the session's row locked. Only under pseudonymisation, and only a text with a
-    placeholder in it reads the vault.
+    placeholder in it that is not ``known`` reads the vault: ``known`` are placeholders read
+    from the vault earlier in this turn (``reply_scrub_read``), which it still holds, as a
+    vault only grows.
     """
     if settings.PII_MODE != "pseudonymize" or not holds_placeholder(text):
         return
+    if known and not unknown_placeholders(text, dict.fromkeys(known, "")):
+        return  # Claude wrote only placeholders the vault holds: nothing to reserve
     wrapped, vault = _vault_open(session_id)
     reserved = unknown_placeholders(text, vault)
     if reserved and not _vault_write(
@@ -133,14 +139,32 @@ def reply_scrub(*, session_id: uuid.UUID, reply: str, sent_placeholders: bool = 
     only the vault tells; if it held none, Claude knows no value of the vault, and a reply
     in which the detector finds nothing needs no read of it.
     """
+    return reply_scrub_read(
+        session_id=session_id, reply=reply, sent_placeholders=sent_placeholders
+    ).text
+
+
+class ScrubbedReply(NamedTuple):
+    """A reply as it may be stored, and the placeholders of the vault its scrub read (none
+    if it read none)."""
+
+    text: str
+    vault_placeholders: frozenset[str]
+
+
+def reply_scrub_read(
+    *, session_id: uuid.UUID, reply: str, sent_placeholders: bool = True
+) -> ScrubbedReply:
+    """``reply_scrub``, with the placeholders of the vault it read: the turn's end need not
+    read it again to reserve the reply's (``placeholders_reserve``'s ``known``)."""
     mode = settings.PII_MODE
     if mode == "off":
-        return reply
+        return ScrubbedReply(reply, frozenset())
     spans = spans_to_scrub(reply, regions=settings.PII_PHONE_REGIONS)
     if not spans and not (sent_placeholders and mode == "pseudonymize"):
-        return reply  # nothing found: the vault need not be read
+        return ScrubbedReply(reply, frozenset())  # nothing found: the vault need not be read
     vault = vault_read(session_id=session_id) if mode == "pseudonymize" else {}
-    return scrub_reply_spans(reply, spans, vault=vault, mode=mode)
+    return ScrubbedReply(scrub_reply_spans(reply, spans, vault=vault, mode=mode), frozenset(vault))
 
 
 # The title column's size. The API's limit is on the title as sent, and a placeholder or

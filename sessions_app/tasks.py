@@ -155,8 +155,15 @@ def _run_turn(task: Task, turn: Turn, *, user_id: int, session_id: uuid.UUID) ->
         except (llm.LLMError, SoftTimeLimitExceeded) as exc:
             return _retry_or_fail(task, turn=turn, exc=exc, deadline=deadline)
         sent = any(holds_placeholder(message.content) for message in history)
-        reply = privacy.reply_scrub(session_id=turn.session_id, reply=reply, sent_placeholders=sent)
-        ended = once_more_on_fresh_connection(services.turn_deliver, turn=turn, reply=reply)
+        scrubbed = privacy.reply_scrub_read(
+            session_id=turn.session_id, reply=reply, sent_placeholders=sent
+        )
+        ended = once_more_on_fresh_connection(
+            services.turn_deliver,
+            turn=turn,
+            reply=scrubbed.text,
+            known_placeholders=scrubbed.vault_placeholders,
+        )
     # The worker's log line says how the turn ended: completed, or suppressed by the scan.
     return ended or "skipped"
 

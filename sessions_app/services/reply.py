@@ -2,6 +2,7 @@
 
 import dataclasses
 import logging
+from collections.abc import Collection
 
 from django.db import transaction
 from django.utils import timezone
@@ -47,18 +48,31 @@ _END_SQL = f"""
 """  # noqa: S608 - names from the models, statuses from constants; values are parameters
 
 
-def turn_deliver(*, turn: Turn, reply: str) -> str | None:
+def turn_deliver(
+    *, turn: Turn, reply: str, known_placeholders: Collection[str] = frozenset()
+) -> str | None:
     """Scan the reply against the fingerprint index, then store or withhold it (one read);
     return how the turn ended, as ``turn_complete``.
 
     Raise ``IndexUnavailable`` if the index cannot be reached: the task tries again later.
     """
     scan = reply_scan(user_id=turn.session.owner_id, session_id=turn.session_id, text=reply)
-    return turn_complete(turn_id=turn.pk, reply=reply, scan=scan, held=turn.leak_hold)
+    return turn_complete(
+        turn_id=turn.pk,
+        reply=reply,
+        scan=scan,
+        held=turn.leak_hold,
+        known_placeholders=known_placeholders,
+    )
 
 
 def turn_complete(
-    *, turn_id: object, reply: str, scan: ScanResult | None = None, held: bool = False
+    *,
+    turn_id: object,
+    reply: str,
+    scan: ScanResult | None = None,
+    held: bool = False,
+    known_placeholders: Collection[str] = frozenset(),
 ) -> str | None:
     """Store the reply and end the turn; return how it ended (``completed``, or
     ``suppressed`` by the leak scan or the hold), or None if it had already ended.
@@ -69,7 +83,8 @@ def turn_complete(
     withheld: sealed on the turn, the neutral notice stored in its place, the turn ended
     ``suppressed``. While its owner is ``held`` (``audit_app.holds``) every reply is
     withheld so, whatever the scan found, under the hold's own notice. A delivered reply's
-    fingerprints join the index.
+    fingerprints join the index. ``known_placeholders``: the vault's, as the reply's scrub
+    read them (the vault is not read again for the reply's placeholders among them).
     """
     notice = withheld_notice(leaked=scan is not None and scan.leaked, held=held)
     suppress = notice is not None
@@ -94,7 +109,9 @@ def turn_complete(
             message = _reply_as_decided(turn, message, reply=reply, notice=notice, fence=fence)
             # The reply's made-up placeholders, withheld too (a release would show it).
             privacy.placeholders_reserve(
-                session_id=turn.session_id, text=f"{reply}\n{message.content}"
+                session_id=turn.session_id,
+                text=f"{reply}\n{message.content}",
+                known=known_placeholders,
             )
             audit_reply(
                 user_id=turn.session.owner_id,

@@ -204,6 +204,33 @@ def test_a_placeholder_made_up_in_a_session_without_a_vault_stays_and_is_reserve
     assert not any(VAULT_ALONE in statement for statement in sql)  # read with the turn
 
 
+@pytest.mark.parametrize(
+    ("reply", "reads", "reserved"),
+    [
+        ("Hello <PERSON_1>, noted.", 1, False),  # only the vault's: the scrub's read serves
+        ("Hello <PERSON_1>; <EMAIL_ADDRESS_9> too.", 2, True),  # one made up: read, reserved
+    ],
+)
+def test_the_turns_end_reads_the_vault_again_only_for_a_placeholder_it_did_not_hold(
+    api, fake_claude: FakeClaude, reply, reads, reserved
+):
+    """The reply's scrub read the vault; a vault only grows, so the end, which reserves the
+    placeholders Claude made up, reads it again only for one the scrub's read did not hold."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from sessions_app import privacy
+
+    sid, _ = post_and_wait(api, SECRET)
+    fake_claude.set_responder(lambda body: reply)
+    with CaptureQueriesContext(connection) as queries:
+        post_and_wait(api, "Say hello to me.", sid)
+    alone = [q["sql"] for q in queries.captured_queries if VAULT_ALONE in q["sql"]]
+    assert len(alone) == reads, alone
+    assert ("<EMAIL_ADDRESS_9>" in privacy.vault_read(session_id=sid)) is reserved
+    assert privacy.vault_read(session_id=sid)["<PERSON_1>"] == "Alice Johnson"
+
+
 def test_a_withheld_replys_made_up_placeholder_is_reserved_before_its_release(user, settings):
     """Withheld, the reply is not what is stored; released later, after a new address had
     taken its number, it would have shown that address."""
