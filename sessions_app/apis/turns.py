@@ -139,13 +139,21 @@ RETRY_AFTER_BUSY = OpenApiParameter(
 )
 
 
+async def _no_body() -> AsyncIterator[bytes]:
+    # A HEAD's body under ASGI: asynchronous, so Django need not consume it in a thread.
+    for chunk in ():
+        yield chunk
+
+
 class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
     content_negotiation_class = FirstRendererNegotiation
 
     @classmethod
     def as_view(cls, **initkwargs):
         """Under ASGI the stream runs on the event loop (``aget``); see ``ServerModeView``."""
-        return ServerModeView(cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget"})
+        return ServerModeView(
+            cls, initkwargs, super().as_view(**initkwargs), {"GET": "aget", "HEAD": "ahead"}
+        )
 
     @extend_schema(
         parameters=[TURN_ID, RETRY_AFTER, RETRY_AFTER_BUSY],
@@ -198,21 +206,27 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
             release()
         return self._headers(StreamingHttpResponse(()))
 
+    async def ahead(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:
+        """HEAD on the event loop: it subscribes and lets go as ``head`` does, awaiting the
+        subscription as GET's stream does. In a thread, a Redis that hangs held that thread
+        for the subscription's whole timeout."""
+
+        async def serve(drf_request: Request) -> HttpResponseBase:
+            watch, release = await self._watch_opened(drf_request, turn_id)
+            try:
+                await watch.start()  # with Redis down, a 503 as GET's
+            finally:
+                watch.close()
+                await events.in_thread(release)
+            return self._headers(StreamingHttpResponse(_no_body()))
+
+        return await self.dispatch_async(request, serve, turn_id=turn_id)
+
     async def aget(self, request: HttpRequest, turn_id: str) -> HttpResponseBase:
         """GET on the event loop: the stream awaits changes holding no thread."""
 
         async def serve(drf_request: Request) -> HttpResponseBase:
-            # The slots the open takes are given back if the client hangs up meanwhile.
-            turn, release = await to_its_end(
-                events.in_thread(self._open_checked, drf_request, turn_id),
-                undo=lambda opened: events.in_thread(opened[1]),
-            )
-            watch = events.AsyncTurnWatch(
-                turn=turn,
-                refresh=functools.partial(turn_reread, drf_request.user),
-                timeout=STREAM_MAX_SECONDS,
-                tick=KEEPALIVE_SECONDS,
-            )
+            watch, release = await self._watch_opened(drf_request, turn_id)
             try:
                 # Subscribed and read before the 200 goes out: with Redis down, a 503.
                 first = await events.in_thread(_sse, await watch.start())
@@ -228,6 +242,24 @@ class TurnEventsApi(AsyncDispatch, LoggedUserMixin, APIView):
             return response
 
         return await self.dispatch_async(request, serve, turn_id=turn_id)
+
+    async def _watch_opened(
+        self, request: Request, turn_id: str
+    ) -> tuple[events.AsyncTurnWatch, Callable[[], None]]:
+        """Open the turn in a thread (``_open_checked``) and make its watch, not started yet;
+        the watch and the function giving the slots back."""
+        # The slots the open takes are given back if the client hangs up meanwhile.
+        turn, release = await to_its_end(
+            events.in_thread(self._open_checked, request, turn_id),
+            undo=lambda opened: events.in_thread(opened[1]),
+        )
+        watch = events.AsyncTurnWatch(
+            turn=turn,
+            refresh=functools.partial(turn_reread, request.user),
+            timeout=STREAM_MAX_SECONDS,
+            tick=KEEPALIVE_SECONDS,
+        )
+        return watch, release
 
     def _open_checked(self, request: Request, turn_id: str) -> tuple[Turn, Callable[[], None]]:
         """DRF's own checks (authentication, throttles), then ``_open``."""

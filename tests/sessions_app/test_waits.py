@@ -1092,6 +1092,35 @@ def test_under_asgi_a_head_of_a_stream_ends_at_once_and_holds_no_slot(asgi, user
     events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if the HEAD held its slot
 
 
+def test_under_asgi_a_head_subscribes_on_the_event_loop_and_answers_as_get_does(
+    asgi, user, settings, monkeypatch
+):
+    """Served in a thread, a HEAD subscribed there: with Redis hanging it held the thread
+    for the subscription's whole timeout. On the event loop, as GET's stream, it holds
+    none, and answers what GET answers: 200 with the notifications up, 503 with them down."""
+    from sessions_app import services
+
+    from ..factories import token_for
+
+    def in_a_thread(**kwargs):
+        raise AssertionError("a HEAD subscribed in a thread")
+
+    monkeypatch.setattr(events, "turn_changes", in_a_thread)
+    session = services.chat_session_create(owner=user)
+    turn = services.message_accept(user=user, session_id=session.pk, content="hi")
+    scope = {**_asgi_scope(f"/api/v1/turns/{turn.pk}/events/", token_for(user), b"")}
+    scope["method"] = "HEAD"
+
+    def head() -> list[dict]:
+        return asyncio.run(asyncio.wait_for(_asgi_staying(scope), timeout=20))
+
+    assert head()[0]["status"] == 200
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # notifications down, the cache up
+    assert head()[0]["status"] == 503
+    settings.REDIS_URL = ""
+    events.wait_slot_acquire(user_id=user.pk)()  # TooManyWaits if a HEAD held its slot
+
+
 @pytest.mark.parametrize("budget", [1, None])
 def test_under_asgi_a_stream_whose_client_hangs_up_before_its_first_byte_gives_its_slots_back(
     asgi, user, settings, monkeypatch, budget
