@@ -84,8 +84,9 @@ def review_decide(
         try:
             released = turn_release_withheld(turn_id=entry.turn_id)
         except BackendUnavailable as exc:  # the leak index or the history store
-            logger.warning("entry %s decided; its reply %s", entry.pk, _not_released(exc))
-            return _not_released(exc)
+            outcome = _not_released(exc)
+            logger.warning("entry %s decided; its reply %s", entry.pk, outcome)
+            return outcome
         if released:
             services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
     return DECIDED
@@ -115,6 +116,6 @@ def harmless_release(entry_ids: Iterable[int], *, reviewer_id: int) -> tuple[int
                 services.audit_reply_released(entry_id=entry.pk, reviewer_id=reviewer_id)
                 released += 1
         except BackendUnavailable as exc:  # the leak index or the history store
-            logger.warning("entry %s: its reply %s", entry.pk, _not_released(exc))
             refused.append(_not_released(exc))
+            logger.warning("entry %s: its reply %s", entry.pk, refused[-1])
     return released, still_held, refused

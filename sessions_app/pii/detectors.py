@@ -117,8 +117,8 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # The finders read ASCII digits; the ASCII form has one character for each of the
     # text's, so the spans found in it are the text's own.
     form = ascii_form(text)
-    invisible = None if form.isascii() else _unicode_forms().invisible
-    if invisible is None or not invisible.search(form):
+    readings = invisible_readings(form)
+    if readings is None:
         return _resolve(_candidates(form, regions))
     # Invisible characters (a zero-width space or joiner, a soft hyphen, bidirectional
     # marks) may separate words (pasted text, Thai) or split a value ("ali\u200dce@..."):
@@ -129,11 +129,9 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
     # A third reading takes each as a space only at a seam between a word and a number
     # (a letter, then a digit, "+" or "("; a digit, then a letter), else reads past it:
     # "call\u200d123-45-\u200b6789" is a word, then a number split inside.
-    found = _resolve(_candidates(invisible.sub(" ", form), regions))
-    # One space for a run's first character, the rest read past: a character for each of
-    # the text's, so the spans found map back.
-    seams = _unicode_forms().seams.sub(lambda m: " " + m.group()[1:], form)
-    for span in [*_found_past(form, invisible, regions), *_found_past(seams, invisible, regions)]:
+    spaced, seams, bare = readings
+    found = _resolve(_candidates(spaced.text, regions))
+    for span in [*_found_in(bare, regions), *_found_in(seams, regions)]:
         overlapping = [f for f in found if f.start < span.end and span.start < f.end]
         if overlapping:
             found = [f for f in found if f not in overlapping]
@@ -146,15 +144,6 @@ def detect(text: str, *, regions: Sequence[str] = DEFAULT_REGIONS) -> list[Span]
             )
         found.append(span)
     return sorted(found, key=lambda span: span.start)
-
-
-def _found_past(text: str, skip: re.Pattern[str], regions: Sequence[str]) -> list[Span]:
-    # The findings in ``text`` read without the characters ``skip`` matches, mapped back
-    # onto ``text``: a span starts and ends on characters read, and covers those skipped
-    # inside it.
-    kept = [i for i, char in enumerate(text) if not skip.match(char)]
-    found = _resolve(_candidates("".join(text[i] for i in kept), regions))
-    return [Span(s.type, kept[s.start], kept[s.end - 1] + 1, s.score) for s in found]
 
 
 class Reading(NamedTuple):
@@ -184,6 +173,14 @@ def invisible_readings(text: str) -> list[Reading] | None:
         at = [i for i, char in enumerate(read) if not forms.invisible.match(char)]
         readings.append(Reading("".join(read[i] for i in at), at))
     return readings
+
+
+def _found_in(reading: Reading, regions: Sequence[str]) -> list[Span]:
+    # The findings in a reading past invisible characters, mapped back onto the text: a
+    # span starts and ends on characters read, and covers those read past inside it.
+    at = reading.at
+    found = _resolve(_candidates(reading.text, regions))
+    return [Span(s.type, at[s.start], at[s.end - 1] + 1, s.score) for s in found]
 
 
 def ascii_form(text: str) -> str:
